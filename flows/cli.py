@@ -1,0 +1,195 @@
+"""The `pretrain` command line: run the Prefect pipeline, show status, inspect stage outputs.
+
+    pretrain run [--config FILE] [--data-root DIR] [--input PATH_OR_URL ...] [--only S] [--from S] [--to S] [--force S]
+    pretrain status [--json] [--all]
+    pretrain inspect STAGE [--version V] [--json] [--sample N] [--rejected] [--reason R]
+    pretrain demo-crawl --out DIR [--pages N] [--seed K]
+
+Knob documentation lives on the pydantic params (`configs/default.yaml` lists them); this module only
+routes arguments. Prefect is imported lazily so that `status`/`inspect` stay quick and the logging
+environment is set before Prefect reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from storage import paths
+from storage.manifest import STAGE_ORDER, Manifest, Stage, latest_version, list_versions, load_manifest
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def deco(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _stage(value: str) -> Stage:
+    try:
+        return Stage(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; choose one of {[str(s) for s in Stage]}") from None
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(nothing)"
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    head = "  ".join(c.ljust(width[c]) for c in cols)
+    body = ["  ".join(str(r.get(c, "")).ljust(width[c]) for c in cols) for r in rows]
+    return "\n".join([head, "  ".join("-" * width[c] for c in cols), *body])
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    paths.apply_prefect_env_defaults()
+    from flows.config import ConfigError, load_config
+    try:
+        config = load_config(args.config)
+        if args.input:
+            config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"inputs": list(args.input)})})
+            config = type(config).model_validate(config.model_dump())
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from flows.pipeline import StageFailed, pipeline_flow, select_stages
+    try:
+        select_stages(args.only, args.from_stage, args.to_stage)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
+                                 to_stage=args.to_stage, force=args.force)
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(_table([{"stage": s, "version": v, "directory": paths.version_dir(root, s, v)} for s, v in versions.items()]))
+    return 0
+
+
+def _status_row(root: str, m: Manifest, latest: str | None) -> dict[str, Any]:
+    return {"stage": str(m.stage), "version": m.version, "latest": m.version == latest,
+            "docs_in": m.stats.docs_in, "docs_out": m.stats.docs_out, "seconds": round(m.stats.seconds, 1),
+            "inputs": ",".join(f"{k}@{v}" for k, v in m.inputs.items()), "created_at": m.created_at}
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    root = paths.resolve_data_root(args.data_root)
+    rows = []
+    for stage in STAGE_ORDER:
+        latest = latest_version(root, stage)
+        if args.all:
+            rows += [_status_row(root, m, latest) for m in list_versions(root, stage)]
+        elif latest is None:
+            rows.append({"stage": str(stage), "version": "-", "latest": False, "docs_in": "", "docs_out": "",
+                         "seconds": "", "inputs": "", "created_at": ""})
+        else:
+            rows.append(_status_row(root, load_manifest(root, stage, latest), latest))
+    if args.json:
+        print(json.dumps({"data_root": root, "stages": rows}, indent=2))
+    else:
+        print(f"data root: {root}")
+        print(_table(rows))
+    return 0
+
+
+def _report(stage: Stage) -> Any:
+    from flows.pipeline import REPORTS
+    return REPORTS.get(stage)
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from flows.sharded import sample_documents
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        m = load_manifest(root, args.stage, args.version)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(m.model_dump_json(indent=2))
+        return 0
+    print(f"{m.stage}@{m.version}  ({paths.version_dir(root, m.stage, m.version)})")
+    print(f"created {m.created_at}  code {m.code_version}  inputs {m.inputs or 'raw files'}")
+    print(_table(m.stats.table()))
+    report = _report(Stage(m.stage))
+    if report is not None:
+        print()
+        print(report(m, root))
+    if args.sample or args.rejected:
+        docs = sample_documents(root, m, n=args.sample or 5, rejected=args.rejected, reason=args.reason)
+        print(f"\n{'rejected' if args.rejected else 'sample'} documents ({len(docs)}):")
+        for d in docs:
+            why = f" reason={d.get('reason')} {d.get('reason_detail')}" if args.rejected else ""
+            print(f"- {d['id']} {d['url']} [{d['source']}]{why}\n    {' '.join(d['text'][:400].split())}")
+    return 0
+
+
+@command("demo-crawl")
+def cmd_demo_crawl(args: argparse.Namespace) -> int:
+    from tasks.demo_crawl import generate_demo_crawl
+    result = generate_demo_crawl(args.out, pages=args.pages, seed=args.seed)
+    print(f"wrote {result.warc_path} and {result.ground_truth_path} ({result.pages} pages)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrain", description="Web crawl -> trained LM, as versioned Prefect stages.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-root", help="data root (else $PRETRAIN_DATA_ROOT, else ./pretrain-data)")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    r = sub.add_parser("run", help="run the pipeline (default config: demo crawl -> tiny model)")
+    r.add_argument("--config", help="YAML config (see configs/default.yaml)")
+    r.add_argument("--input", nargs="+", help="ingest inputs (paths, globs, http(s)/s3 URLs); overrides the config")
+    r.add_argument("--only", type=_stage, help="run just this stage on the latest upstream versions")
+    r.add_argument("--from", dest="from_stage", type=_stage, help="first stage to run")
+    r.add_argument("--to", dest="to_stage", type=_stage, help="last stage to run")
+    r.add_argument("--force", type=_stage, help="recompute this stage even if complete (and what follows it)")
+    s = sub.add_parser("status", help="latest version of every stage")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="every complete version, with lineage")
+    i = sub.add_parser("inspect", help="a stage version's manifest, report and samples")
+    i.add_argument("stage", type=_stage)
+    i.add_argument("--version", default="latest")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--sample", type=int, default=0, help="show N sample documents")
+    i.add_argument("--rejected", action="store_true", help="show rejected documents with reasons")
+    i.add_argument("--reason", help="only rejected documents with this reason")
+    d = sub.add_parser("demo-crawl", help="write the generated demo crawl (WARC + ground truth)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--pages", type=int, default=400)
+    d.add_argument("--seed", type=int, default=0)
+    for name, attach in EXTRA_PARSERS.items():
+        attach(sub.add_parser(name))
+    return p
+
+
+# Subcommands added by stage modules: name -> function that adds its arguments (and registers via @command).
+EXTRA_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The pipeline config: one YAML file holding every stage's params, validated before any stage runs.
+
+`PipelineConfig` nests each stage's `<Stage>Params` (strict: unknown keys and bad values fail, naming
+the key and the allowed values). `pretrain run` with no `--config` uses `PipelineConfig()`: the demo
+crawl, the tiny model, everything offline. `configs/default.yaml` is the same config written out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.ingest import IngestParams
+
+
+class PipelineConfig(BaseModel):
+    """Every stage's params; Prefect renders this as the run form of `pretrain/default`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    workers: int = Field(2, ge=1, le=256, description="Worker processes per CPU stage (1 = run shards in one thread).")
+    demo_pages: int = Field(400, ge=20, le=100_000,
+                            description="Pages of the generated demo crawl, used when ingest has no inputs.")
+    ingest: IngestParams = Field(default_factory=IngestParams, description="Crawl ingest (stage 1).")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the fix."""
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at `loc` inside `model` (for unknown-key messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        current = next((a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed(PipelineConfig, e["loc"])
+            lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<inline>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read and validate a YAML config; None gives the default config."""
+    if path is None:
+        return PipelineConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass --config with a YAML file (see configs/default.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of stage names to params, got {type(data).__name__}")
+    return parse_config(data, str(p))

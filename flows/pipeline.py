@@ -1,0 +1,81 @@
+"""pipeline_flow (`pretrain`): runs the stage flows in order, passing each output version on.
+
+Stages run in `STAGE_ORDER` (ingest -> langid -> quality -> dedup -> decontaminate -> mix -> tokenize ->
+train), restricted by `only` / `from_stage` / `to_stage`. A stage that is not selected is not run; the
+next selected stage reads its upstream's `latest` complete version from disk. Each stage reuses its
+version when it is already complete, so re-running after a failure recomputes only from the failed
+stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
+"""
+
+from collections.abc import Callable
+from typing import Optional
+
+from prefect import flow, get_run_logger
+
+from flows.config import PipelineConfig
+from flows.ingest import ingest_flow
+from flows.ingest import report_markdown as ingest_report
+from flows.sharded import ReportFn, task_runner
+from storage import paths
+from storage.manifest import STAGE_ORDER, Stage
+
+# Stage -> call(config, data_root, input_version, force) -> version. Each stage issue adds its line.
+StageCall = Callable[[PipelineConfig, str, str, bool], str]
+STAGES: dict[Stage, StageCall] = {
+    Stage.INGEST: lambda c, root, inp, force: ingest_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages),
+}
+# Stage -> markdown report used by the summary artifact and `pretrain inspect`.
+REPORTS: dict[Stage, ReportFn] = {
+    Stage.INGEST: ingest_report,
+}
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the message names the stage and the cause."""
+
+    def __init__(self, stage: Stage, cause: BaseException):
+        self.stage = stage
+        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+
+
+def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
+                  to_stage: Optional[Stage] = None) -> list[Stage]:
+    """The implemented stages to run, in order; errors name the allowed values."""
+    available = [s for s in STAGE_ORDER if s in STAGES]
+    for name, s in (("only", only), ("from_stage", from_stage), ("to_stage", to_stage)):
+        if s is not None and s not in STAGES:
+            raise ValueError(f"{name}={s}: stage not available; choose one of {[str(x) for x in available]}")
+    if only is not None:
+        if from_stage is not None or to_stage is not None:
+            raise ValueError("only cannot be combined with from_stage/to_stage")
+        return [only]
+    lo = available.index(from_stage) if from_stage else 0
+    hi = available.index(to_stage) if to_stage else len(available) - 1
+    if lo > hi:
+        raise ValueError(f"from_stage={from_stage} comes after to_stage={to_stage}")
+    return available[lo:hi + 1]
+
+
+@flow(name="pretrain", log_prints=True)
+def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional[str] = None,
+                  only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
+                  to_stage: Optional[Stage] = None, force: Optional[Stage] = None) -> dict[str, str]:
+    """Run the selected stages; returns {stage: version}."""
+    log = get_run_logger()
+    root = paths.resolve_data_root(data_root)
+    selected = select_stages(only, from_stage, to_stage)
+    versions: dict[str, str] = {}
+    forcing = False
+    previous: Optional[str] = None
+    for stage in selected:
+        forcing = forcing or stage == force
+        input_version = previous or "latest"
+        try:
+            previous = STAGES[stage](config, root, input_version, forcing)
+        except Exception as exc:
+            log.error("stage '%s' failed; upstream versions %s are complete and will be reused", stage, versions)
+            raise StageFailed(stage, exc) from exc
+        versions[str(stage)] = previous
+    log.info("pipeline done: %s", " -> ".join(f"{s}@{v}" for s, v in versions.items()))
+    return versions

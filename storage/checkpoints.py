@@ -1,0 +1,122 @@
+"""Training checkpoints: `step-NNNNNN/` directories, valid only once their `meta.json` exists.
+
+A checkpoint is a directory of `torch.save` files (`model.pt`, `optimizer.pt`, `rng.pt`, ...) plus a
+JSON `meta.json` (model config, step, tokens seen, data position, validation loss, tokenize version,
+tokenizer sha256, counters). Commit protocol, as for stage versions: everything is written under
+`.tmp-step-NNNNNN/`, `meta.json` last, then the directory is renamed to `step-NNNNNN/`; readers
+ignore directories without `meta.json`, so a run killed mid-save never resumes from half a checkpoint.
+
+Retention (`prune_checkpoints`): keep the last K valid steps, the step with the lowest `val_loss` in
+its meta, and milestones (steps divisible by M); everything else, and stale `.tmp-*` directories, is
+deleted. Files are read with `torch.load(weights_only=True)`: only tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import torch
+
+from storage import paths
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+PREFIX = "step-"
+_STEP_RE = re.compile(r"^step-(\d{6,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def step_dir(out_dir: str, step: int) -> str:
+    return paths.join(out_dir, step_dir_name(step))
+
+
+def save_checkpoint(out_dir: str, step: int, objects: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Write objects (name -> torch-saveable) as `<name>.pt`, then meta.json, then rename into place."""
+    fs, base = paths.filesystem(out_dir)
+    final = paths.join(base, step_dir_name(step))
+    tmp = paths.join(base, f".tmp-{step_dir_name(step)}")
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)
+    fs.makedirs(tmp, exist_ok=True)
+    for name, obj in objects.items():
+        with fs.open(paths.join(tmp, f"{name}.pt"), "wb") as f:
+            torch.save(obj, f)
+    with fs.open(paths.join(tmp, META), "w") as f:
+        f.write(json.dumps({**meta, "step": step}, indent=2, sort_keys=True, default=str))
+    if fs.exists(final):
+        # a rollback replayed past this step: the newer save wins
+        fs.rm(final, recursive=True)
+    fs.mv(tmp, final, recursive=True)
+    return step_dir(out_dir, step)
+
+
+def list_checkpoints(out_dir: str) -> list[int]:
+    """Steps of the valid checkpoints (those with meta.json), ascending."""
+    fs, base = paths.filesystem(out_dir)
+    if not fs.exists(base):
+        return []
+    steps = []
+    for entry in fs.ls(base, detail=False):
+        m = _STEP_RE.match(entry.rstrip("/").rsplit("/", 1)[-1])
+        if m and fs.exists(paths.join(entry, META)):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_step(out_dir: str) -> int | None:
+    steps = list_checkpoints(out_dir)
+    return steps[-1] if steps else None
+
+
+def load_meta(out_dir: str, step: int) -> dict[str, Any]:
+    fs, base = paths.filesystem(out_dir)
+    with fs.open(paths.join(base, step_dir_name(step), META), "r") as f:
+        meta: dict[str, Any] = json.loads(f.read())
+    return meta
+
+
+def load_object(out_dir: str, step: int, name: str, map_location: str | torch.device = "cpu") -> Any:
+    """One `<name>.pt` of a valid checkpoint."""
+    fs, base = paths.filesystem(out_dir)
+    if not fs.exists(paths.join(base, step_dir_name(step), META)):
+        raise FileNotFoundError(f"{step_dir(out_dir, step)} is not a complete checkpoint (no {META})")
+    with fs.open(paths.join(base, step_dir_name(step), f"{name}.pt"), "rb") as f:
+        return torch.load(f, map_location=map_location, weights_only=True)
+
+
+def best_step(out_dir: str, metric: str = "val_loss") -> int | None:
+    """Valid step with the lowest finite `metric` in its meta (None when no checkpoint has one)."""
+    best: tuple[float, int] | None = None
+    for step in list_checkpoints(out_dir):
+        value = load_meta(out_dir, step).get(metric)
+        if isinstance(value, (int, float)) and value == value and (best is None or value < best[0]):
+            best = (float(value), step)
+    return best[1] if best else None
+
+
+def prune_checkpoints(out_dir: str, keep_last: int, milestone_every: int = 0) -> list[int]:
+    """Delete checkpoints other than the last `keep_last`, the best by val_loss and the milestones."""
+    steps = list_checkpoints(out_dir)
+    keep = set(steps[-keep_last:]) if keep_last > 0 else set()
+    best = best_step(out_dir)
+    if best is not None:
+        keep.add(best)
+    if milestone_every > 0:
+        keep |= {s for s in steps if s % milestone_every == 0}
+    fs, base = paths.filesystem(out_dir)
+    removed = [s for s in steps if s not in keep]
+    for s in removed:
+        fs.rm(paths.join(base, step_dir_name(s)), recursive=True)
+    for entry in fs.ls(base, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1].startswith(f".tmp-{PREFIX}"):
+            fs.rm(entry, recursive=True)
+    if removed:
+        log.info("pruned checkpoints %s (kept %s)", removed, sorted(keep))
+    return removed
