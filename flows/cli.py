@@ -3,7 +3,10 @@
     pretrain run [--config FILE] [--data-root DIR] [--input PATH_OR_URL ...] [--only S] [--from S] [--to S] [--force S]
     pretrain status [--json] [--all]
     pretrain inspect STAGE [--version V] [--json] [--sample N] [--rejected] [--reason R]
+    pretrain inspect dedup --plan [--config FILE]
     pretrain demo-crawl --out DIR [--pages N] [--seed K]
+    pretrain gc --keep N [--dry-run]
+    pretrain export-tokens --format llm.c [--split train|val|anneal] --out FILE [--version V]
 
 Knob documentation lives on the pydantic params (`configs/default.yaml` lists them); this module only
 routes arguments. Prefect is imported lazily so that `status`/`inspect` stay quick and the logging
@@ -110,10 +113,28 @@ def _report(stage: Stage) -> Any:
     return REPORTS.get(stage)
 
 
+def _inspect_plan(args: argparse.Namespace, root: str) -> int:
+    """`inspect dedup --plan`: the stage's dry-run size estimate for its latest input version."""
+    if args.stage != Stage.DEDUP:
+        print(f"error: --plan is available for: dedup (got {args.stage})", file=sys.stderr)
+        return 2
+    from flows.config import ConfigError, load_config
+    from flows.dedup import plan_for_input
+    from tasks.dedup import DedupParams
+    try:
+        print(plan_for_input(root, load_config(args.config).dedup if args.config else DedupParams()))
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from flows.sharded import sample_documents
     root = paths.resolve_data_root(args.data_root)
+    if args.plan:
+        return _inspect_plan(args, root)
     try:
         m = load_manifest(root, args.stage, args.version)
     except FileNotFoundError as err:
@@ -129,12 +150,51 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if report is not None:
         print()
         print(report(m, root))
+    if args.sample and not args.rejected and m.stage == Stage.TOKENIZE:  # token shards: decode sample rows
+        from flows.tokenization import sample_sequences
+        print("\n" + sample_sequences(m, root, args.sample))
+        return 0
     if args.sample or args.rejected:
         docs = sample_documents(root, m, n=args.sample or 5, rejected=args.rejected, reason=args.reason)
         print(f"\n{'rejected' if args.rejected else 'sample'} documents ({len(docs)}):")
         for d in docs:
             why = f" reason={d.get('reason')} {d.get('reason_detail')}" if args.rejected else ""
             print(f"- {d['id']} {d['url']} [{d['source']}]{why}\n    {' '.join(d['text'][:400].split())}")
+    return 0
+
+
+@command("gc")
+def cmd_gc(args: argparse.Namespace) -> int:
+    from storage.gc import gc
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        plan = gc(root, args.keep, dry_run=args.dry_run)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"data root: {root}")
+    print(_table(plan.rows()))
+    for path in plan.stale:
+        print(f"{verb} stale {path}")
+    for path in plan.unknown:
+        print(f"left alone (no manifest, not a temp dir): {path}")
+    print(f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
+          f"{verb} {len(plan.stale)} stale temp dir(s)" + ("; run without --dry-run to delete" if args.dry_run else ""))
+    return 0
+
+
+@command("export-tokens")
+def cmd_export_tokens(args: argparse.Namespace) -> int:
+    from flows.tokenization import export_llmc
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        m = load_manifest(root, Stage.TOKENIZE, args.version)
+        n = export_llmc(m, root, args.split, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {n:,} {args.split} tokens of tokenize@{m.version} to {args.out} ({args.format} format)")
     return 0
 
 
@@ -173,10 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sample", type=int, default=0, help="show N sample documents")
     i.add_argument("--rejected", action="store_true", help="show rejected documents with reasons")
     i.add_argument("--reason", help="only rejected documents with this reason")
+    i.add_argument("--plan", action="store_true", help="dry-run size estimate from the stage's input (dedup)")
+    i.add_argument("--config", help="YAML config whose params --plan uses (default: the built-in defaults)")
     d = sub.add_parser("demo-crawl", help="write the generated demo crawl (WARC + ground truth)")
     d.add_argument("--out", required=True)
     d.add_argument("--pages", type=int, default=400)
     d.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("gc", help="delete old versions that no kept version was built from")
+    g.add_argument("--keep", type=int, required=True, help="newest versions to keep per stage (latest and inputs "
+                   "of kept versions are always kept)")
+    g.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+    x = sub.add_parser("export-tokens", help="write a tokenize split as an llm.c / nanoGPT .bin token file")
+    x.add_argument("--format", choices=["llm.c"], default="llm.c",
+                   help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens")
+    x.add_argument("--split", default="train", help="train, val or anneal")
+    x.add_argument("--out", required=True, help="output .bin file")
+    x.add_argument("--version", default="latest", help="tokenize version")
     for name, attach in EXTRA_PARSERS.items():
         attach(sub.add_parser(name))
     return p

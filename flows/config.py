@@ -13,7 +13,11 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.decontaminate import DecontaminateParams
+from tasks.dedup import DedupParams
 from tasks.ingest import IngestParams
+from tasks.mix import MixParams
+from tasks.tokenization import TokenizeParams
 
 
 class PipelineConfig(BaseModel):
@@ -24,6 +28,17 @@ class PipelineConfig(BaseModel):
     demo_pages: int = Field(400, ge=20, le=100_000,
                             description="Pages of the generated demo crawl, used when ingest has no inputs.")
     ingest: IngestParams = Field(default_factory=IngestParams, description="Crawl ingest (stage 1).")
+    dedup: DedupParams = Field(default_factory=DedupParams,
+                               description="Exact + MinHash near-duplicate removal across all shards (stage 4).")
+    decontaminate: DecontaminateParams = Field(
+        default_factory=DecontaminateParams,
+        description="Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.")
+    mix: MixParams = Field(default_factory=MixParams,
+                           description="Weighted, seeded sampling across sources (stage 6).")
+    tokenize: TokenizeParams = Field(
+        default_factory=lambda: TokenizeParams(vocab_size=4096, seq_len=256),
+        description="Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary "
+                    "and 256-token sequences (the demo crawl is ~1M characters).")
 
 
 class ConfigError(ValueError):

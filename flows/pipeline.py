@@ -7,15 +7,23 @@ version when it is already complete, so re-running after a failure recomputes on
 stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
 """
 
+import time
 from collections.abc import Callable
 from typing import Optional
 
 from prefect import flow, get_run_logger
 
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, load_config
+from flows.decontaminate import decontaminate_flow
+from flows.dedup import dedup_flow
+from flows.dedup import report_markdown as dedup_report
+from flows.decontaminate import report_markdown as decontaminate_report
 from flows.ingest import ingest_flow
 from flows.ingest import report_markdown as ingest_report
+from flows.mix import mix_flow, mix_report
+from flows.tokenization import tokenization_flow, tokenize_report
 from flows.sharded import ReportFn, task_runner
+from flows.summary import publish_summary
 from storage import paths
 from storage.manifest import STAGE_ORDER, Stage
 
@@ -24,10 +32,22 @@ StageCall = Callable[[PipelineConfig, str, str, bool], str]
 STAGES: dict[Stage, StageCall] = {
     Stage.INGEST: lambda c, root, inp, force: ingest_flow.with_options(task_runner=task_runner(c.workers))(
         params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages),
+    Stage.DEDUP: lambda c, root, inp, force: dedup_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.dedup, data_root=root, input_version=inp, force=force),
+    Stage.DECONTAMINATE: lambda c, root, inp, force: decontaminate_flow.with_options(
+        task_runner=task_runner(c.workers))(params=c.decontaminate, data_root=root, input_version=inp, force=force),
+    Stage.MIX: lambda c, root, inp, force: mix_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.mix, data_root=root, input_version=inp, force=force),
+    Stage.TOKENIZE: lambda c, root, inp, force: tokenization_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.tokenize, data_root=root, input_version=inp, force=force),
 }
 # Stage -> markdown report used by the summary artifact and `pretrain inspect`.
 REPORTS: dict[Stage, ReportFn] = {
     Stage.INGEST: ingest_report,
+    Stage.DEDUP: dedup_report,
+    Stage.DECONTAMINATE: decontaminate_report,
+    Stage.MIX: mix_report,
+    Stage.TOKENIZE: tokenize_report,
 }
 
 
@@ -60,9 +80,27 @@ def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = No
 @flow(name="pretrain", log_prints=True)
 def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional[str] = None,
                   only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
-                  to_stage: Optional[Stage] = None, force: Optional[Stage] = None) -> dict[str, str]:
-    """Run the selected stages; returns {stage: version}."""
+                  to_stage: Optional[Stage] = None, force: Optional[Stage] = None,
+                  config_path: Optional[str] = None) -> dict[str, str]:
+    """Run the selected stages; returns {stage: version}.
+
+    Args:
+        config: Every stage's params, inline (the defaults run the demo crawl end to end).
+        data_root: Where stage versions live; empty = $PRETRAIN_DATA_ROOT, else ./pretrain-data.
+        only: Run just this stage, on the latest complete upstream version.
+        from_stage: First stage to run (earlier stages are read from disk).
+        to_stage: Last stage to run.
+        force: Recompute this stage even if its version is complete, and every selected stage after it.
+        config_path: A YAML config file (relative to the deployment's working directory) instead of
+            the inline config; leave the inline config at its defaults when you use it.
+    """
     log = get_run_logger()
+    started = time.time()
+    if config_path is not None:
+        if config != PipelineConfig():
+            raise ValueError(f"config_path={config_path!r} and an inline config were both given; "
+                             f"pass one of them (leave config at its defaults to use the file)")
+        config = load_config(config_path)
     root = paths.resolve_data_root(data_root)
     selected = select_stages(only, from_stage, to_stage)
     versions: dict[str, str] = {}
@@ -75,7 +113,9 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional
             previous = STAGES[stage](config, root, input_version, forcing)
         except Exception as exc:
             log.error("stage '%s' failed; upstream versions %s are complete and will be reused", stage, versions)
+            publish_summary(root, versions, started, failed=(stage, exc))
             raise StageFailed(stage, exc) from exc
         versions[str(stage)] = previous
+    publish_summary(root, versions, started)
     log.info("pipeline done: %s", " -> ".join(f"{s}@{v}" for s, v in versions.items()))
     return versions

@@ -43,12 +43,20 @@ class Stage(StrEnum):
     MIX = "mix"
     TOKENIZE = "tokenize"
     TRAIN = "train"
+    # not a pipeline stage: a versioned model artifact that `quality` references (trained from langid docs)
+    QUALITY_CLASSIFIER = "quality_classifier"
 
 
-STAGE_ORDER: list[Stage] = list(Stage)
+# the pipeline's stages, in order; artifacts such as QUALITY_CLASSIFIER are not listed
+STAGE_ORDER: list[Stage] = [Stage.INGEST, Stage.LANGID, Stage.QUALITY, Stage.DEDUP, Stage.DECONTAMINATE,
+                            Stage.MIX, Stage.TOKENIZE, Stage.TRAIN]
+# upstream of artifacts outside STAGE_ORDER
+ARTIFACT_UPSTREAM: dict[Stage, Stage] = {Stage.QUALITY_CLASSIFIER: Stage.LANGID}
 
 
 def upstream_of(stage: Stage) -> Stage | None:
+    if stage in ARTIFACT_UPSTREAM:
+        return ARTIFACT_UPSTREAM[stage]
     i = STAGE_ORDER.index(stage)
     return STAGE_ORDER[i - 1] if i > 0 else None
 

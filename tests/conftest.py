@@ -45,3 +45,30 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real-data tests are optional)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def make_version():
+    """Write a complete version of `stage` holding `docs` (lists of Documents, one list per shard).
+
+    Usage: `make_version(root, "quality", [[doc, ...], [doc, ...]], extra=[pa.field(...)], version="q1")`.
+    Returns the version id. Lets a stage's tests start from a hand-made upstream without running it.
+    """
+    from storage.documents import DocumentWriter
+    from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
+    from storage.stats import StageStats
+
+    def make(root, stage, shards, extra=None, version="fixture1", inputs=None):
+        w = VersionWriter(str(root), Stage(stage), version)
+        infos, total = [], 0
+        for i, docs in enumerate(shards):
+            name = f"part-{i:05d}.parquet"
+            with DocumentWriter(f"{w.tmp_path}/{name}", extra=extra) as dw:
+                for d in docs:
+                    dw.write(d)
+            infos.append(ShardInfo(name=name, rows=len(docs), bytes=1))
+            total += len(docs)
+        w.commit(new_manifest(Stage(stage), 1, version, {}, inputs or {}, infos, [],
+                              StageStats(docs_in=total, docs_out=total)))
+        return version
+    return make

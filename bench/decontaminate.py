@@ -1,0 +1,226 @@
+"""Decontamination benchmark: our 13-gram filter vs datatrove's NGramsDecontFilter, same documents, same index.
+
+    .venv/bin/python -m bench.decontaminate [--evals DIR] [--input PATH ...] [--plant 0.02] [--skip-datatrove]
+
+Index: every `*.jsonl` of `--evals` (default ../shared/data/evals/llm_foundry_local_data: ARC, PIQA,
+SIQA, BoolQ, GSM8K, MATH, LAMBADA, TriviaQA, ...; the text fields are each file's string and list
+fields) plus the built-in HumanEval. Reported: build time, n-grams, bytes, items per benchmark.
+Documents: real text from ../shared/data (DCLM Common Crawl documents, news article bodies, Common
+Crawl WET records, WikiText-2 paragraphs of >= 300 characters), or the documents of `--input` (Parquet
+shards, e.g. an ingest version directory, or JSONL with a `text` field). A `--plant` fraction of them
+get one benchmark item (>= 13 words) inserted in the middle, so recall is measured on known positives.
+Engines, one process, one core, each timed over the same documents after a warm-up pass:
+  ours        tasks.decontaminate.process (drop mode; cut mode timed too): words() + vectorised
+              n-gram hashes + one np.searchsorted per document.
+  reference   the same words() tokens, one tasks.text.hash64 (blake2b) per n-gram string, looked up in
+              a Python set: what the stage would cost without ngram_hashes.
+  datatrove   NGramsDecontFilter with NGramsDecontConfig(n_grams=13) over an index built by its own
+              NGramsDecontIndexer.compute_hashes from the same item texts (spaCy word tokenizer, digits
+              folded to 0, xxhash64 of the UTF-8 bytes; the indexer step itself requires lighteval, so
+              its compute_hashes is called on a namespace holding the same config, tokenizer and hash).
+Quality: planted documents caught (recall), and unplanted documents flagged, with their matched
+n-gram so they can be judged (real overlaps such as BoolQ's Wikipedia passages inside WikiText).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def benchmark_specs(evals: Path) -> list[Any]:
+    from tasks.benchmarks import BenchmarkFile
+    specs = []
+    for f in sorted(evals.glob("*.jsonl")):
+        first = json.loads(f.open().readline())
+        fields = [k for k, v in first.items() if isinstance(v, (str, list))]
+        specs.append(BenchmarkFile(name=f.stem, path=str(f), fields=fields))
+    return specs
+
+
+def real_documents() -> list[str]:
+    docs: list[str] = []
+    for name in ("majority_data.jsonl", "agreement_data.jsonl"):
+        docs += [json.loads(line)["text"] for line in open(SHARED / "quality/dclm_human_annotated" / name)]
+    truth = json.loads((SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json").read_text())
+    docs += [v["articleBody"] for v in truth.values() if v.get("articleBody")]
+    from warcio.archiveiterator import ArchiveIterator
+    for wet in sorted((SHARED / "warc/commoncrawl").glob("*.wet.gz")):
+        with open(wet, "rb") as f:
+            docs += [r.content_stream().read().decode("utf-8", "replace") for r in ArchiveIterator(f)
+                     if r.rec_type == "conversion"]
+    lines = (SHARED / "quality/wikitext2/valid.txt").read_text().splitlines()
+    docs += [line.strip() for line in lines if len(line) >= 300 and not line.strip().startswith("=")]
+    return list(dict.fromkeys(d for d in docs if d.strip()))
+
+
+def input_documents(inputs: list[str]) -> list[str]:
+    import pyarrow.parquet as pq
+    docs: list[str] = []
+    for p in inputs:
+        files = sorted(Path(p).glob("part-*.parquet")) if Path(p).is_dir() else [Path(p)]
+        for f in files:
+            if f.suffix == ".parquet":
+                docs += [t for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
+            else:
+                opener = gzip.open if f.suffix == ".gz" else open
+                docs += [json.loads(line)["text"] for line in opener(f, "rt")]
+    return docs
+
+
+def plant(docs: list[str], items: list[tuple[str, str, str]], fraction: float, seed: int = 0) -> dict[int, str]:
+    """Insert one benchmark item into `fraction` of the documents; returns {doc index: benchmark}."""
+    from tasks.text import words
+    rng = random.Random(seed)
+    usable = [it for it in items if len(words(it[2])) >= 13]
+    planted = {}
+    for i in rng.sample(range(len(docs)), int(len(docs) * fraction)):
+        bench, _, text = rng.choice(usable)
+        cut = docs[i].find(" ", len(docs[i]) // 2)
+        cut = len(docs[i]) if cut < 0 else cut
+        docs[i] = f"{docs[i][:cut]}\n{text}\n{docs[i][cut:]}"
+        planted[i] = bench
+    return planted
+
+
+def time_it(fn: Any, docs: list[Any]) -> tuple[float, Any]:
+    fn(docs[: min(50, len(docs))])  # warm-up: caches, lazy loads
+    t0 = time.perf_counter()
+    out = fn(docs)
+    return time.perf_counter() - t0, out
+
+
+class Sink:
+    def __init__(self, stats: Any) -> None:
+        self.stats, self.rows = stats, []
+
+    def add(self, doc: Any, reason: str, detail: Any = None, error: bool = False) -> None:
+        self.stats.drop(reason)
+        self.rows.append((doc.id, detail))
+
+
+def run_ours(params: Any, index: Any, texts: list[str]) -> tuple[float, dict[int, str]]:
+    from storage.documents import Document
+    from storage.stats import StageStats
+    from tasks.decontaminate import process
+
+    def go(ts: list[str]) -> dict[int, str]:
+        stats = StageStats()
+        sink = Sink(stats)
+        for _ in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink, params, index):
+            pass
+        return {int(i): d.get("ngram", "") if d else "" for i, d in sink.rows}
+    return time_it(go, texts)
+
+
+def run_reference(items: list[tuple[str, str, str]], texts: list[str], n: int, max_items: int) -> tuple[float, float, set[int]]:
+    from collections import Counter
+
+    from tasks.text import hash64, ngrams, words
+    t0 = time.perf_counter()
+    per_item = [{hash64(g) for g in ngrams(words(text), n)} for _, _, text in items]
+    counts = Counter(h for s in per_item for h in s)
+    index = {h for h, c in counts.items() if c <= max_items}
+    build = time.perf_counter() - t0
+
+    def go(ts: list[str]) -> set[int]:
+        return {i for i, t in enumerate(ts) if any(hash64(g) in index for g in ngrams(words(t), n))}
+    seconds, flagged = time_it(go, texts)
+    return build, seconds, flagged
+
+
+def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -> tuple[float, float, set[int]]:
+    from datatrove.data import Document as DTDocument
+    from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
+    from datatrove.utils.hashing import create_hash_func
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+    config = NGramsDecontConfig(n_grams=n)
+    folder = tempfile.mkdtemp(prefix="dt-decon-")
+    t0 = time.perf_counter()
+    # the indexer step insists on lighteval (not installed); its compute_hashes only needs these three
+    # datatrove 0.10 hands str to xxhash, which xxhash >= 4 refuses: encode to UTF-8 first (as bench/dedup.py)
+    raw_hash = create_hash_func(config.hash_config)
+
+    def hash_func(s: str) -> int:
+        return int(raw_hash(s.encode("utf-8")))
+    indexer = SimpleNamespace(config=config, tokenizer=load_word_tokenizer("en"), hash_func=hash_func)
+    per_bench: dict[str, set[int]] = {}
+    for bench, _, text in items:
+        per_bench.setdefault(bench, set()).update(NGramsDecontIndexer.compute_hashes(indexer, text))
+    for bench, hashes in per_bench.items():
+        np.array(sorted(hashes), dtype=np.dtype(config.hash_config.np_descr)).tofile(f"{folder}/{bench}.index.hashes")
+    filt = NGramsDecontFilter(index_folder=folder, config=config)
+    filt.hash_func = hash_func
+    filt.load_index_hashes()
+    build = time.perf_counter() - t0
+
+    def go(ts: list[str]) -> set[int]:
+        return {i for i, t in enumerate(ts) if filt.filter(DTDocument(text=t, id=str(i))) is not True}
+    seconds, flagged = time_it(go, texts)
+    return build, seconds, flagged
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--evals", default=str(SHARED / "evals" / "llm_foundry_local_data"))
+    ap.add_argument("--input", nargs="*", help="Parquet shards / ingest version dirs / JSONL with `text`")
+    ap.add_argument("--plant", type=float, default=0.02, help="fraction of documents given a benchmark item")
+    ap.add_argument("--n", type=int, default=13)
+    ap.add_argument("--skip-datatrove", action="store_true")
+    args = ap.parse_args()
+
+    from tasks import benchmarks as bm
+    from tasks.decontaminate import DecontaminateParams, index_sources
+    from tasks.ngram_index import build_index
+
+    params = DecontaminateParams(n=args.n, benchmarks=benchmark_specs(Path(args.evals)))
+    t0 = time.perf_counter()
+    index, summary = build_index(index_sources(params), params.n, params.max_items_per_ngram)
+    print(f"index: {len(summary['benchmarks'])} benchmarks, {summary['ngrams']:,} {params.n}-grams "
+          f"({summary['ngrams_too_common']:,} too common), {summary['bytes'] / 1e6:.1f} MB, "
+          f"built in {time.perf_counter() - t0:.2f} s (one core, files already read from disk)")
+    for b in summary["benchmarks"]:
+        print(f"  {b['name']:<18} items {b['items']:>6}  indexed {b['items_indexed']:>6}  "
+              f"too short {b['items_too_short']:>5}  n-grams {b['ngrams']:>9,}")
+    items = [(s.name, it.id, it.text) for s in index_sources(params) for it in s.items()]
+
+    texts = input_documents(args.input) if args.input else real_documents()
+    planted = plant(texts, items, args.plant)
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    print(f"\ndocuments: {len(texts):,} ({mb:.1f} MB of text), {len(planted)} with a planted benchmark item")
+
+    secs, ours = run_ours(params, index, texts)
+    cut_secs, _ = run_ours(params.model_copy(update={"action": "cut"}), index, texts)
+    rows = [("ours (drop)", None, secs, set(ours)), ("ours (cut)", None, cut_secs, set(ours))]
+    ref_build, ref_secs, ref = run_reference(items, texts, params.n, params.max_items_per_ngram)
+    rows.append(("reference (hash64 per n-gram)", ref_build, ref_secs, ref))
+    if not args.skip_datatrove:
+        dt_build, dt_secs, dt = run_datatrove(items, texts, params.n)
+        rows.append(("datatrove NGramsDecontFilter", dt_build, dt_secs, dt))
+    print(f"\n{'engine':<32}{'index s':>9}{'docs/s':>10}{'MB/s':>8}{'flagged':>9}{'recall':>8}{'ours is':>10}")
+    for name, build, s, flagged in rows:
+        recall = len(flagged & planted.keys()) / max(1, len(planted))
+        print(f"{name:<32}{'' if build is None else f'{build:.2f}':>9}{len(texts) / s:>10,.0f}{mb / s:>8.2f}"
+              f"{len(flagged):>9}{recall:>8.3f}{s / secs:>9.2f}x")
+    for name, _, _, flagged in rows[2:]:
+        print(f"agreement with {name}: ours only {len(set(ours) - flagged)}, theirs only {len(flagged - set(ours))}")
+    extra = sorted(set(ours) - planted.keys())
+    print(f"\nunplanted documents ours flagged: {len(extra)}")
+    for i in extra[:15]:
+        print(f"  doc {i}: '{ours[i]}'")
+
+
+if __name__ == "__main__":
+    main()

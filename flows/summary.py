@@ -1,0 +1,233 @@
+"""The pipeline summary artifact (`pretrain-summary`): attrition after each stage and the lineage of versions.
+
+Published by `pipeline_flow` at the end of every run, also when a stage failed (it then shows what
+completed and names the failed stage). Built only from the manifests on disk, so it describes what the
+versions hold, whichever run made them:
+
+- attrition table: per stage, its version, whether this run computed it, reused it (a complete
+  version made before this run started) or read it from disk without running it, and documents,
+  characters and tokens after the stage, with the share of ingest's documents left;
+- attrition funnel: a PNG (matplotlib, Agg) of documents and characters per stage, embedded in the
+  markdown as a base64 data URI (the Prefect UI renders it on the artifact page);
+- lineage: the chain of `stage@version` from ingest to the last stage, following each manifest's
+  `inputs` (the recorded lineage, not this run's arguments), with the directory of each version.
+
+Characters are counted exactly from the Parquet `text` column (pyarrow `utf8_length`, streamed by
+record batch) when a version holds at most `EXACT_CHARS_MAX_BYTES` of text; above that they are
+estimated from `bytes_out` and the first shard's characters per byte and marked `~`. Tokens come from
+the tokenize / train manifests (`extras`); document stages show an estimate `~N` scaled by the
+characters per token that tokenize measured, when a tokenize version is in the lineage.
+"""
+
+import base64
+import datetime as dt
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pyarrow.compute as pc
+
+from storage import paths
+from storage.documents import iter_batches
+from storage.manifest import STAGE_ORDER, Manifest, Stage, is_complete, latest_version, load_manifest, upstream_of
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_KEY = "pretrain-summary"
+EXACT_CHARS_MAX_BYTES = 1 << 30
+# where tokenize / train put their token counts in `extras` (first hit wins; one level of nesting searched)
+TOKEN_KEYS = ("tokens", "num_tokens", "total_tokens", "tokens_total", "train_tokens", "tokens_seen")
+
+
+@dataclass
+class StageRow:
+    stage: Stage
+    version: Optional[str]
+    status: str  # computed | reused | on disk | FAILED | not run
+    documents: Optional[int] = None
+    characters: Optional[int] = None
+    chars_estimated: bool = False
+    tokens: Optional[int] = None
+    tokens_estimated: bool = False
+    created_at: str = ""
+    directory: str = ""
+    error: str = ""
+
+
+def parse_time(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def count_characters(root: str, m: Manifest) -> tuple[Optional[int], bool]:
+    """(characters of kept text, estimated?) for a document version; (None, False) for other outputs."""
+    shards = [s for s in m.shards if s.name.endswith(".parquet")]
+    if not shards:
+        return None, False
+    base = paths.version_dir(root, m.stage, m.version)
+
+    def chars_of(name: str) -> int:
+        return sum(int(pc.sum(pc.utf8_length(b.column(0))).as_py() or 0)
+                   for b in iter_batches(paths.join(base, name), columns=["text"]))
+    if m.stats.bytes_out <= EXACT_CHARS_MAX_BYTES:
+        return sum(chars_of(s.name) for s in shards if s.rows), False
+    first = next((s for s in shards if s.rows), None)
+    if first is None:
+        return 0, False
+    first_bytes = sum(int(pc.sum(pc.binary_length(b.column(0))).as_py() or 0)
+                      for b in iter_batches(paths.join(base, first.name), columns=["text"]))
+    ratio = chars_of(first.name) / first_bytes if first_bytes else 1.0
+    return int(m.stats.bytes_out * ratio), True
+
+
+def manifest_tokens(m: Manifest) -> Optional[int]:
+    """Token count recorded by a tokenize/train version (see TOKEN_KEYS), else None."""
+    scopes: list[dict[str, Any]] = [m.extras] + [v for v in m.extras.values() if isinstance(v, dict)]
+    for key in TOKEN_KEYS:
+        for scope in scopes:
+            value = scope.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return int(value)
+    return None
+
+
+def lineage(root: str, end: Optional[tuple[Stage, str]]) -> list[Manifest]:
+    """Manifests from ingest to `end`, following `inputs` backwards (stops where a version is missing)."""
+    chain: list[Manifest] = []
+    current = end
+    while current is not None and is_complete(root, current[0], current[1]):
+        m = load_manifest(root, current[0], current[1])
+        chain.append(m)
+        up = upstream_of(current[0])
+        current = (up, m.inputs[str(up)]) if up is not None and str(up) in m.inputs else None
+    return chain[::-1]
+
+
+def attrition(root: str, versions: dict[str, str], started: Optional[float] = None,
+              failed: Optional[tuple[Stage, BaseException]] = None) -> list[StageRow]:
+    """One row per stage from ingest to the last completed (or the failed) stage."""
+    ran = {Stage(s): v for s, v in versions.items()}
+    end: Optional[tuple[Stage, str]] = None
+    if ran:
+        last = max(ran, key=STAGE_ORDER.index)
+        end = (last, ran[last])
+    elif failed is not None and upstream_of(failed[0]) is not None:
+        up = upstream_of(failed[0])
+        assert up is not None
+        latest = latest_version(root, up)
+        end = (up, latest) if latest else None
+    rows: list[StageRow] = []
+    for m in lineage(root, end):
+        if m.stage in ran:
+            status = "reused" if started is not None and parse_time(m.created_at) < started else "computed"
+        else:
+            status = "on disk"
+        chars, est = count_characters(root, m)
+        rows.append(StageRow(m.stage, m.version, status, documents=m.stats.docs_out, characters=chars,
+                             chars_estimated=est, tokens=manifest_tokens(m), created_at=m.created_at,
+                             directory=paths.version_dir(root, m.stage, m.version)))
+    if failed is not None:
+        rows.append(StageRow(failed[0], None, "FAILED", error=f"{type(failed[1]).__name__}: {failed[1]}"))
+    _estimate_tokens(rows)
+    return rows
+
+
+def _estimate_tokens(rows: list[StageRow]) -> None:
+    """Fill document stages' tokens from tokenize's measured characters per token."""
+    by_stage = {r.stage: r for r in rows}
+    tok = by_stage.get(Stage.TOKENIZE)
+    src = by_stage.get(upstream_of(Stage.TOKENIZE)) if tok else None  # type: ignore[arg-type]
+    if tok is None or src is None or not tok.tokens or not src.characters:
+        return
+    per_char = tok.tokens / src.characters
+    for r in rows:
+        if r.tokens is None and r.characters is not None:
+            r.tokens, r.tokens_estimated = int(r.characters * per_char), True
+
+
+def _fmt(value: Optional[int], estimated: bool = False) -> str:
+    return "-" if value is None else ("~" if estimated else "") + f"{value:,}"
+
+
+def funnel_png(rows: list[StageRow]) -> bytes:
+    """Horizontal bar funnel of documents and characters per stage (failed stage hatched red)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.documents is not None or r.status == "FAILED"]
+    labels = [f"{r.stage}" + (" (FAILED)" if r.status == "FAILED" else "") for r in shown]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.55 * len(shown) + 1.6), sharey=True)
+    for ax, attr, title in ((axes[0], "documents", "documents"), (axes[1], "characters", "characters")):
+        values = [getattr(r, attr) or 0 for r in shown]
+        top = max(values) if values and max(values) > 0 else 1
+        colors = ["#d62728" if r.status == "FAILED" else ("#9ecae1" if r.status != "computed" else "#3182bd")
+                  for r in shown]
+        bars = ax.barh(range(len(shown)), values, color=colors)
+        for bar, r, v in zip(bars, shown, values):
+            if r.status == "FAILED":
+                ax.text(0.01 * top, bar.get_y() + bar.get_height() / 2, "failed", va="center", color="#d62728")
+                continue
+            share = f" ({100.0 * v / values[0]:.0f}%)" if values[0] else ""
+            ax.text(v + 0.01 * top, bar.get_y() + bar.get_height() / 2, f"{v:,}{share}", va="center", fontsize=8)
+        ax.set_title(title)
+        ax.set_xlim(0, top * 1.35)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].set_yticks(range(len(shown)), labels)
+    axes[0].invert_yaxis()
+    fig.suptitle("attrition funnel (dark: computed in this run, light: reused / on disk)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def summary_markdown(root: str, versions: dict[str, str], started: Optional[float] = None,
+                     failed: Optional[tuple[Stage, BaseException]] = None, image: bool = True) -> str:
+    rows = attrition(root, versions, started, failed)
+    done = [r for r in rows if r.version]
+    if failed is not None:
+        head = f"# pretrain: FAILED at stage `{failed[0]}`\n\n{rows[-1].error}\n\n" \
+               f"Complete upstream versions are kept; a re-run (Retry, a new run, `pretrain run`) reuses them " \
+               f"and starts at `{failed[0]}`."
+    else:
+        head = f"# pretrain: completed ({len(versions)} stage(s) run)"
+    ingest_docs = done[0].documents if done and done[0].stage == Stage.INGEST else None
+    table = ["| stage | version | this run | documents | % of ingest | characters | tokens |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        share = f"{100.0 * r.documents / ingest_docs:.1f}%" if ingest_docs and r.documents is not None else "-"
+        table.append(f"| {r.stage} | {r.version or '-'} | {r.status} | {_fmt(r.documents)} | {share} | "
+                     f"{_fmt(r.characters, r.chars_estimated)} | {_fmt(r.tokens, r.tokens_estimated)} |")
+    parts = [head, "", "## Attrition", "", *table, ""]
+    if image and done:
+        b64 = base64.b64encode(funnel_png(rows)).decode()
+        parts += [f"![attrition funnel](data:image/png;base64,{b64})", ""]
+    parts += ["## Lineage", "", " -> ".join(f"`{r.stage}@{r.version}`" for r in done) or "(no complete version)", ""]
+    parts += [f"- `{r.stage}@{r.version}`: `{r.directory}` (created {r.created_at}); "
+              f"`pretrain inspect {r.stage} --version {r.version}`" for r in done]
+    parts += ["", "`~` = estimated (characters from bytes, tokens from tokenize's characters per token); "
+              "`reused` = complete before this run started; `on disk` = upstream not run by this run."]
+    return "\n".join(parts)
+
+
+def publish_summary(root: str, versions: dict[str, str], started: Optional[float] = None,
+                    failed: Optional[tuple[Stage, BaseException]] = None) -> Optional[str]:
+    """Create the `pretrain-summary` markdown artifact (inside a flow run); returns the markdown.
+
+    A broken summary must not hide the run's real outcome, so errors here are logged, not raised.
+    """
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    try:
+        md = summary_markdown(root, versions, started, failed)
+        if FlowRunContext.get() is not None:
+            state = f"failed at {failed[0]}" if failed else "completed"
+            create_markdown_artifact(key=ARTIFACT_KEY, markdown=md,
+                                     description=f"pipeline {state}: attrition per stage and version lineage")
+        return md
+    except Exception:  # noqa: BLE001 - the summary is a report; the stages' own outcome decides the run
+        log.exception("could not build the pipeline summary artifact")
+        return None

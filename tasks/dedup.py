@@ -1,0 +1,357 @@
+"""Dedup stage: `quality` documents -> `dedup` documents, exact and MinHash near duplicates removed.
+
+Global across all shards of the input version, in three steps (flows/dedup.py runs them):
+  1. `dedup_signature_shard` (map): per shard, the exact key (`tasks.dedup_exact`), the keep-rule key,
+     MinHash signatures (`tasks.dedup_minhash`, written as a (num_perm, docs) uint32 `.npy`) and, with
+     `verify_jaccard`, the sorted shingle-hash set of each document, under `_work/minhash/`.
+  2. `dedup_cluster` (one task): ranks all documents by the keep rule, groups exact duplicates by
+     sorting digests, then LSH over the exact survivors band by band (sort, never a dict), optional
+     true-Jaccard verification of the candidate pairs (reads only those documents' shingle sets),
+     union-find clusters, one kept document per cluster; writes per-shard decisions.
+  3. `dedup_shard` (map): copies each input shard, sending the decided documents to `rejected/`.
+Keep rule (`keep`): `earliest` crawl_date (ISO-8601 text; documents without a date lose) or
+`highest_quality` (`quality_score` column from the quality stage); ties by id. Drop reasons:
+`exact_duplicate` (detail `kept_id`: the exact copy kept) and `near_duplicate` (`cluster_id`,
+`kept_id`). No meta columns are added. References: Broder 1997 (MinHash), FineWeb (5-grams, 14 x 8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, Field, model_validator
+
+from storage import paths
+from storage.documents import count_rows, iter_batches, read_schema
+from storage.manifest import Stage
+from storage.params import StageParams
+from storage.shards import ShardResult, run_document_shard
+from storage.stats import StageStats
+from tasks.dedup_exact import exact_digests, exact_kept
+from tasks.dedup_minhash import (HashFunction, MinHasher, band_pairs, choose_kept, connected_components, jaccard_sorted,
+                                 unique_pairs, unique_sets)
+
+log = logging.getLogger(__name__)
+
+STAGE = Stage.DEDUP
+STAGE_VERSION = 1
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+QUALITY_COLUMN = "quality_score"
+WORK = "_work/minhash"
+CLUSTERS = "_work/clusters.parquet"
+
+
+class DedupParams(StageParams):
+    keep: Literal["earliest", "highest_quality"] = Field(
+        "earliest", description="Which copy of a duplicate group survives: the earliest crawl_date, or the "
+                                "highest quality_score (needs the quality stage's column); ties by id.")
+    exact: bool = Field(True, description="Remove exact duplicates (same normalised text) across all shards.")
+    near: bool = Field(True, description="Remove near duplicates with MinHash + LSH across all shards.")
+    shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle (FineWeb: 5).")
+    bands: int = Field(14, ge=1, le=256, description="LSH bands (FineWeb: 14).")
+    rows: int = Field(8, ge=1, le=64, description="MinHash rows per band (FineWeb: 8); bands x rows "
+                                                  "permutations in all.")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="Seed of the MinHash permutations.")
+    hash_function: HashFunction = Field(
+        "sha1", description="32-bit shingle hash: sha1 (datasketch's default, identical signatures) or "
+                            "xxhash (faster; needs the xxhash package).")
+    verify_jaccard: bool = Field(True, description="Check each LSH candidate pair's true shingle Jaccard "
+                                                   "before joining it (cuts false positives).")
+    jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Minimum true Jaccard of a verified pair.")
+    all_pairs_max: int = Field(16, ge=2, le=256, description="With verification, buckets up to this size compare "
+                                                             "all member pairs; larger ones star + chain.")
+    keep_work: bool = Field(False, description="Keep signatures and shingle sets under _work/ after commit "
+                                               "(debugging); does not change the output or the version.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DedupParams:
+        if not (self.exact or self.near):
+            raise ValueError("dedup: exact and near are both off; turn one on or skip the dedup stage")
+        return self
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+    def version_params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"keep_work"})
+
+
+def work_path(out_dir: str, kind: str, index: int, ext: str) -> str:
+    return paths.join(out_dir, WORK, paths.shard_name(index, kind, ext))
+
+
+def key_column(params: DedupParams) -> str:
+    return QUALITY_COLUMN if params.keep == "highest_quality" else "crawl_date"
+
+
+def check_inputs(sources: list[str], params: DedupParams) -> None:
+    """Fail before any shard runs when the keep rule's column is missing."""
+    for src in sources:
+        names = read_schema(src).names
+        if key_column(params) not in names:
+            raise ValueError(f"dedup: keep='{params.keep}' needs a '{key_column(params)}' column, but {src} has "
+                             f"{names}; run the quality stage first or set dedup.keep='earliest'")
+
+
+class SignatureResult(BaseModel):
+    """Counts of one signature shard (duck-types `ShardResult` for `map_shards`)."""
+
+    index: int
+    stats: StageStats
+    docs: int
+
+
+def _key_values(batch: pa.RecordBatch, params: DedupParams) -> pa.Array:
+    col = batch.column(key_column(params))
+    if params.keep == "earliest":  # an empty date must lose, not win: make it null (sorted last)
+        return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    return col.cast(pa.float64())
+
+
+@task
+def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParams) -> SignatureResult:
+    """Exact keys, keep keys, signatures and shingle sets of one input shard, under `_work/minhash/`."""
+    os.makedirs(paths.join(out_dir, WORK), exist_ok=True)
+    hasher = MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
+    # written in place, batch by batch: memory stays one batch of signatures, not the shard's
+    sig = np.lib.format.open_memmap(work_path(out_dir, "sig", index, "npy"), mode="w+", dtype=np.uint32,
+                                    shape=(params.num_perm if params.near else 0, count_rows(src)))
+    keys: list[pa.RecordBatch] = []
+    offsets = [0]
+    done = 0
+    sets = open(work_path(out_dir, "shingles", index, "u32"), "wb") if params.near and params.verify_jaccard else None
+    try:
+        for batch in iter_batches(src, columns=["id", "url", "text", key_column(params)], batch_size=1024):
+            texts = [t or "" for t in batch.column("text").to_pylist()]
+            digests = exact_digests(texts)
+            hashes = [hasher.hashes(t) for t in texts] if params.near else [np.empty(0, np.uint32)] * len(texts)
+            if params.near:
+                sig[:, done:done + len(texts)] = hasher.signatures(hashes)
+            done += len(texts)
+            if sets is not None:
+                flat, lens = unique_sets(hashes)
+                sets.write(flat.astype("<u4").tobytes())
+                offsets.extend((offsets[-1] + np.cumsum(lens)).tolist())
+            keys.append(pa.record_batch(
+                [batch.column("id"), batch.column("url"), _key_values(batch, params), pa.array(digests[:, 0]),
+                 pa.array(digests[:, 1]), pa.array([len(h) for h in hashes], pa.int32())],
+                names=["id", "url", "key", "exact0", "exact1", "shingles"]))
+    finally:
+        if sets is not None:
+            sets.close()
+    assert done == sig.shape[1], f"{src}: read {done} rows, the Parquet footer says {sig.shape[1]}"
+    sig.flush()
+    del sig
+    key_type = pa.float64() if params.keep == "highest_quality" else pa.string()
+    schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("key", key_type), ("exact0", pa.uint64()),
+                        ("exact1", pa.uint64()), ("shingles", pa.int32())])
+    table = pa.Table.from_batches(keys, schema=schema)
+    pq.write_table(table, work_path(out_dir, "keys", index, "parquet"))
+    if sets is not None:
+        np.save(work_path(out_dir, "offsets", index, "npy"), np.asarray(offsets, dtype=np.int64))
+    n = table.num_rows
+    return SignatureResult(index=index, stats=StageStats(docs_in=n, docs_out=n), docs=n)
+
+
+# ---------------------------------------------------------------- the global step
+
+class ClusterSummary(BaseModel):
+    """What the global step found; goes into the manifest extras (the report reads it from there)."""
+
+    docs: int
+    exact_duplicates: int
+    near_duplicates: int
+    candidate_pairs: int
+    verified_pairs: int
+    near_clusters: int
+    cluster_sizes: dict[str, int] = Field(description="Duplicate clusters (exact + near members) by size bin.")
+    largest_clusters: list[dict[str, Any]]
+
+
+def keep_rank(keys: pa.Table, keep: str) -> np.ndarray:
+    """rank[i] = position of document i in keep order (0 = kept first): key, then id; nulls last."""
+    order = "descending" if keep == "highest_quality" else "ascending"
+    idx = pc.sort_indices(keys, sort_keys=[("key", order), ("id", "ascending")], null_placement="at_end")
+    rank = np.empty(keys.num_rows, dtype=np.int64)
+    rank[idx.to_numpy()] = np.arange(keys.num_rows, dtype=np.int64)
+    return rank
+
+
+_CORPUS_COLUMNS = ["id", "key", "exact0", "exact1", "shingles"]  # not url: read per row when reported
+
+
+class _Corpus:
+    """Global document index <-> (shard, row), with lazily memory-mapped per-shard work files."""
+
+    def __init__(self, out_dir: str, n_shards: int, params: DedupParams):
+        self.out_dir, self.params = out_dir, params
+        tables = [pq.read_table(work_path(out_dir, "keys", i, "parquet"), columns=_CORPUS_COLUMNS)
+                  for i in range(n_shards)]
+        self.counts = np.array([t.num_rows for t in tables], dtype=np.int64)
+        self.start = np.concatenate(([0], np.cumsum(self.counts)))
+        self.keys = pa.concat_tables(tables).combine_chunks() if tables else None
+        self._shingles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def locate(self, i: int) -> tuple[int, int]:
+        s = int(np.searchsorted(self.start, i, side="right") - 1)
+        return s, int(i - self.start[s])
+
+    def band(self, b: int, eligible: np.ndarray) -> np.ndarray:
+        r = self.params.rows
+        parts = []
+        for s in range(len(self.counts)):
+            sig = np.load(work_path(self.out_dir, "sig", s, "npy"), mmap_mode="r")
+            parts.append(np.asarray(sig[b * r:(b + 1) * r][:, eligible[self.start[s]:self.start[s + 1]]]))
+        return np.concatenate(parts, axis=1)
+
+    def shingles(self, i: int) -> np.ndarray:
+        s, row = self.locate(i)
+        if s not in self._shingles:
+            flat = np.memmap(work_path(self.out_dir, "shingles", s, "u32"), dtype="<u4", mode="r") \
+                if os.path.getsize(work_path(self.out_dir, "shingles", s, "u32")) else np.empty(0, np.uint32)
+            self._shingles[s] = (flat, np.load(work_path(self.out_dir, "offsets", s, "npy")))
+        flat, off = self._shingles[s]
+        return np.asarray(flat[off[row]:off[row + 1]])
+
+
+def _candidate_pairs(corpus: _Corpus, eligible: np.ndarray, params: DedupParams) -> np.ndarray:
+    ids = np.flatnonzero(eligible)
+    found: list[np.ndarray] = []
+    for b in range(params.bands):
+        found.append(band_pairs(corpus.band(b, eligible), ids, params.all_pairs_max if params.verify_jaccard else 2))
+        if sum(len(p) for p in found) > 4 * max(len(ids), 1):  # keep the pair list near its unique size
+            found = [unique_pairs(found)]
+    return unique_pairs(found)
+
+
+def _verify(corpus: _Corpus, pairs: np.ndarray, threshold: float) -> np.ndarray:
+    order = np.argsort(pairs[:, 0], kind="stable")  # walk the shards in order (page-cache friendly)
+    ok = np.zeros(len(pairs), dtype=bool)
+    for k in order:
+        u, v = int(pairs[k, 0]), int(pairs[k, 1])
+        ok[k] = jaccard_sorted(corpus.shingles(u), corpus.shingles(v)) >= threshold
+    return pairs[ok]
+
+
+def _size_bins(sizes: np.ndarray) -> dict[str, int]:
+    bins = [(2, 2), (3, 3), (4, 4), (5, 9), (10, 99), (100, None)]
+    out = {}
+    for lo, hi in bins:
+        label = str(lo) if lo == hi else (f"{lo}-{hi}" if hi else f"{lo}+")
+        out[label] = int(np.count_nonzero((sizes >= lo) & (sizes <= (hi or np.iinfo(np.int64).max))))
+    return out
+
+
+@task
+def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSummary:
+    """Global exact groups and near-duplicate clusters; writes `_work/minhash/decisions-NNNNN.parquet`."""
+    corpus = _Corpus(out_dir, n_shards, params)
+    n = int(corpus.start[-1])
+    if corpus.keys is None or n == 0:
+        return ClusterSummary(docs=0, exact_duplicates=0, near_duplicates=0, candidate_pairs=0, verified_pairs=0,
+                              near_clusters=0, cluster_sizes={}, largest_clusters=[])
+    rank = keep_rank(corpus.keys, params.keep)
+    everyone = np.arange(n, dtype=np.int64)
+    ekept = everyone.copy()
+    if params.exact:
+        digests = np.stack([corpus.keys.column("exact0").to_numpy(), corpus.keys.column("exact1").to_numpy()], axis=1)
+        ekept = exact_kept(digests, rank)
+    nkept, cluster = everyone.copy(), np.full(n, -1, dtype=np.int64)
+    n_candidates = n_verified = n_clusters = 0
+    if params.near:
+        eligible = (ekept == everyone) & (corpus.keys.column("shingles").to_numpy() > 0)
+        pairs = _candidate_pairs(corpus, eligible, params)
+        n_candidates = len(pairs)
+        if params.verify_jaccard and len(pairs):
+            pairs = _verify(corpus, pairs, params.jaccard_threshold)
+        n_verified = len(pairs)
+        nodes = np.unique(pairs)
+        labels = connected_components(len(nodes), np.searchsorted(nodes, pairs))
+        nkept[nodes] = nodes[choose_kept(labels, rank[nodes])]
+        _, cluster[nodes] = np.unique(labels, return_inverse=True)
+        n_clusters = len(np.unique(labels))
+    log.info("dedup: %d docs, %d exact duplicates, %d candidate pairs, %d verified, %d near clusters",
+             n, int(np.count_nonzero(ekept != everyone)), n_candidates, n_verified, n_clusters)
+    _write_decisions(corpus, ekept, nkept, cluster)
+    final = nkept[ekept]
+    sizes = np.bincount(final, minlength=n)
+    top = np.argsort(-sizes, kind="stable")[:10]
+    largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top if sizes[k] > 1]
+    return ClusterSummary(docs=n, exact_duplicates=int(np.count_nonzero(ekept != everyone)),
+                          near_duplicates=int(np.count_nonzero(nkept != everyone)), candidate_pairs=n_candidates,
+                          verified_pairs=n_verified, near_clusters=n_clusters,
+                          cluster_sizes=_size_bins(sizes[sizes > 1]), largest_clusters=largest)
+
+
+def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, cluster: np.ndarray) -> None:
+    """Per shard: the dropped rows with reason and detail; plus `_work/clusters.parquet` (all members)."""
+    ids = corpus.keys.column("id")
+    everyone = np.arange(len(ekept))
+    exact = ekept != everyone
+    dropped = np.flatnonzero(exact | (nkept != everyone))
+    is_exact = exact[dropped]
+    kept_ids = ids.take(pa.array(np.where(is_exact, ekept[dropped], nkept[dropped]))).to_pylist()
+    details = [json.dumps({"kept_id": k} if e else {"cluster_id": c, "kept_id": k}, sort_keys=True)
+               for k, e, c in zip(kept_ids, is_exact.tolist(), cluster[dropped].tolist())]
+    table = pa.table({"global": pa.array(dropped, pa.int64()), "id": ids.take(pa.array(dropped, pa.int64())),
+                      "reason": pa.array(np.where(is_exact, EXACT_DUPLICATE, NEAR_DUPLICATE).tolist(), pa.string()),
+                      "detail": pa.array(details, pa.string())})
+    for s in range(len(corpus.counts)):
+        lo, hi = np.searchsorted(dropped, [corpus.start[s], corpus.start[s + 1]])
+        part = table.slice(int(lo), int(hi - lo))
+        part = part.append_column("row", pc.subtract(part.column("global"), pa.scalar(int(corpus.start[s]))))
+        pq.write_table(part, work_path(corpus.out_dir, "decisions", s, "parquet"))
+    final = nkept[ekept]
+    members = np.flatnonzero(np.bincount(final, minlength=len(final))[final] > 1)
+    kind = np.where(final[members] == members, "kept", np.where(exact[members], EXACT_DUPLICATE, NEAR_DUPLICATE))
+    pq.write_table(pa.table({
+        "doc_id": ids.take(pa.array(members, pa.int64())),
+        "kept_id": ids.take(pa.array(final[members], pa.int64())),
+        "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
+        "kind": pa.array(kind.tolist(), pa.string())}), paths.join(corpus.out_dir, CLUSTERS))
+
+
+def _cluster_row(corpus: _Corpus, kept: int, final: np.ndarray, ekept: np.ndarray,
+                 cluster: np.ndarray) -> dict[str, Any]:
+    """One of the largest clusters, for the report: size, how many exact copies, kept id, its URL."""
+    members = np.flatnonzero(final == kept)
+    s, row = corpus.locate(kept)
+    url = pq.read_table(work_path(corpus.out_dir, "keys", s, "parquet"), columns=["url"]).column(0)[row].as_py()
+    return {"kept_id": corpus.keys.column("id")[kept].as_py(), "size": len(members),
+            "exact": int(np.count_nonzero(ekept[members] != members)), "near_cluster_id": int(cluster[kept]),
+            "sample_url": url or ""}
+
+
+# ---------------------------------------------------------------- the filter map
+
+def load_decisions(out_dir: str, index: int) -> dict[int, tuple[str, str, dict[str, Any]]]:
+    """row -> (doc id, reason, detail) for the documents of shard `index` that the global step dropped."""
+    t = pq.read_table(work_path(out_dir, "decisions", index, "parquet"), columns=["row", "id", "reason", "detail"])
+    return {r: (i, reason, json.loads(d)) for r, i, reason, d in
+            zip(*(t.column(c).to_pylist() for c in ("row", "id", "reason", "detail")))}
+
+
+@task
+def dedup_shard(src: str, out_dir: str, index: int, params: DedupParams) -> ShardResult:
+    """Copy one input shard, sending the documents the global step dropped to `rejected/`."""
+    decisions = load_decisions(out_dir, index)
+
+    def process(docs, stats, rejects):  # type: ignore[no-untyped-def]
+        for row, doc in enumerate(docs):
+            decision = decisions.get(row)
+            if decision is None:
+                yield doc
+                continue
+            assert decision[0] == doc.id, f"{src} row {row}: decision for {decision[0]} but document is {doc.id}"
+            rejects.add(doc, decision[1], decision[2])
+    return run_document_shard(src, out_dir, index, process)

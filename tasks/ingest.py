@@ -1,0 +1,308 @@
+"""Ingest: raw crawl files (WARC, WET, JSONL, Parquet) -> the `ingest` artifact (documents).
+
+Input: the files named by `IngestParams.inputs` (paths, globs, directories, http(s)/s3 URLs) plus, with
+`crawl`, the first `segments` WARC files listed in that Common Crawl crawl's `warc.paths.gz`.
+One input file becomes one output shard. Output: documents with the base columns and `INGEST_FIELDS`.
+
+Algorithm, per WARC record (`tasks.warc`, FastWARC): keep `response` records with HTTP 200 and an HTML
+content type (WARC-Identified-Payload-Type, else HTTP Content-Type, else sniffed), decode the charset
+(BOM, HTTP header, `<meta>`, detection: `tasks.extract`), extract the main text (trafilatura by
+default; `extractor`) under a per-page time limit that really interrupts, and keep texts of
+`min_text_chars`..`max_text_chars` characters. WET `conversion` records are text already. JSONL and
+Parquet rows (`id`, `text`, optional `url`, `source`, `crawl_date`) pass the same length checks.
+
+Columns: `id` = first 20 hex digits (80 bits) of sha256 of the WARC-Record-ID (collision odds ~1e-5
+at 5e9 documents; the same record always gets the same id). JSONL/Parquet rows keep their `id`, or
+get sha256(url + "\\n" + text)[:20] if they have none. `crawl_date` = WARC-Date as ISO 8601 UTC.
+`source` = `tasks.sources.classify_source(url)` unless a table row brings its own. `warc_file` = the
+input path or URL, `warc_offset` = the record's byte offset (row number for JSONL/Parquet),
+`warc_record_id`, `content_type`, `charset` (the encoding the HTML was decoded with).
+Stats: `docs_in` counts response/conversion records and table rows; `bytes_in` their payload bytes;
+other record types only in `counters["records.<type>"]`; `counters["charset.<bom|http|meta|detected>"]`
+and `counters["source.<category>"]` (kept documents).
+
+Drop reasons (errors, counted against `max_error_fraction`, are marked *): `http_status`, `not_html`,
+`decode_error`*, `extraction_timeout`, `extraction_error`*, `empty_text`, `too_short`, `too_long`,
+`corrupt_record`*, `truncated_file`*, `missing_text`*. A file that cannot be read at all raises
+`ValueError` naming the file; a fault part-way keeps the records before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import Task, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from pydantic import Field, field_validator, model_validator
+
+from storage.documents import Document
+from storage.manifest import Stage
+from storage.params import StageParams
+from storage.shards import Rejects, ShardResult, write_stream
+from storage.stats import StageStats
+from tasks.extract import ExtractionTimeout, Extractor, decode_html, extract_main_text, looks_like_html, time_limit
+from tasks.sources import (SUFFIXES, InputFormat, classify_source, expand_inputs, input_fingerprint, input_format,
+                           open_input)
+
+__all__ = ["STAGE", "STAGE_VERSION", "INGEST_FIELDS", "IngestParams", "resolve_inputs", "input_fingerprint",
+           "process", "ingest_shard"]
+from tasks.warc import WarcItem, read_warc
+
+log = logging.getLogger(__name__)
+
+STAGE = Stage.INGEST
+STAGE_VERSION = 1
+
+HTTP_STATUS = "http_status"
+NOT_HTML = "not_html"
+DECODE_ERROR = "decode_error"
+EXTRACTION_TIMEOUT = "extraction_timeout"
+EXTRACTION_ERROR = "extraction_error"
+EMPTY_TEXT = "empty_text"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+CORRUPT_RECORD = "corrupt_record"
+TRUNCATED_FILE = "truncated_file"
+MISSING_TEXT = "missing_text"
+
+INGEST_FIELDS: list[pa.Field] = [
+    pa.field("warc_file", pa.string()), pa.field("warc_offset", pa.int64()),
+    pa.field("warc_record_id", pa.string()), pa.field("content_type", pa.string()),
+    pa.field("charset", pa.string()),
+]
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+ID_HEX_CHARS = 20
+REJECT_TEXT_CHARS = 10_000  # how much raw text a rejected document keeps for inspection
+_LOGGED_ERRORS = 5  # per file: the first few error drops are logged with their offsets
+
+
+class IngestParams(StageParams):
+    inputs: list[str] = Field(default_factory=list, max_length=100_000, description=(
+        "Input files: paths, globs (`data/**/*.warc.gz`), directories (their WARC/WET/JSONL/Parquet files) "
+        "or http(s)/s3 URLs. Formats by suffix: .warc(.gz), .wet(.gz), .jsonl(.gz), .parquet."))
+    crawl: str | None = Field(None, pattern=r"^CC-MAIN-\d{4}-\d{2}$", description=(
+        "Common Crawl crawl id (`CC-MAIN-YYYY-WW`): adds the first `segments` WARC files of its warc.paths.gz."))
+    segments: int = Field(1, ge=1, le=100_000, description=(
+        "How many WARC files (lines of warc.paths.gz, in listed order) to take from `crawl`."))
+    crawl_base_url: str = Field("https://data.commoncrawl.org", min_length=1, description=(
+        "Base URL the crawl listing and WARC paths are relative to (an http(s), s3 or file URL)."))
+    extractor: Extractor = Field("trafilatura", description=(
+        "Main-text extractor: `trafilatura` (higher F1) or `resiliparse` (about 8x faster); see bench/ingest.py."))
+    extract_timeout_s: float = Field(5.0, gt=0, le=600, description=(
+        "CPU seconds allowed for extracting one page (the median page takes ~0.02 s); slower pages are "
+        "interrupted and dropped as `extraction_timeout`."))
+    min_text_chars: int = Field(20, ge=1, le=100_000, description=(
+        "Texts shorter than this are dropped as `too_short` (navigation residue such as 'Loading...')."))
+    max_text_chars: int = Field(1_000_000, ge=1, le=100_000_000, description=(
+        "Texts longer than this are dropped as `too_long` (logs and data dumps rather than prose)."))
+    max_error_fraction: float = Field(0.05, ge=0.0, le=1.0, description=(
+        "Fail a file (and the run) if more than this fraction of its records are unreadable."))
+
+    @field_validator("inputs")
+    @classmethod
+    def _non_empty_inputs(cls, v: list[str]) -> list[str]:
+        blank = [i for i, s in enumerate(v) if not s.strip()]
+        if blank:
+            raise ValueError(f"inputs{blank} are empty strings; remove them")
+        return [s.strip() for s in v]
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestParams:
+        if not self.inputs and self.crawl is None:
+            raise ValueError("nothing to ingest: set `inputs` (paths, globs, URLs) and/or `crawl` (CC-MAIN-YYYY-WW)")
+        if self.crawl is None and "segments" in self.model_fields_set:
+            raise ValueError("`segments` only applies with `crawl`; set `crawl` or drop `segments`")
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError(f"min_text_chars={self.min_text_chars} > max_text_chars={self.max_text_chars}")
+        if "://" not in self.crawl_base_url:
+            raise ValueError(f"crawl_base_url={self.crawl_base_url!r} must be a URL such as https://data.commoncrawl.org")
+        return self
+
+    def version_params(self) -> dict[str, Any]:
+        # the error budget decides pass/fail, not what is written
+        return self.model_dump(mode="json", exclude={"max_error_fraction"})
+
+
+def resolve_inputs(params: IngestParams) -> list[str]:
+    """Concrete input files (absolute paths or URLs), in order, without duplicates."""
+    return expand_inputs(params.inputs, params.crawl, params.segments, params.crawl_base_url)
+
+
+class _Drop(Exception):
+    """A record is dropped: reason constant, detail for `reason_detail`, and whether it is an error."""
+
+    def __init__(self, reason: str, detail: dict[str, Any] | None = None, error: bool = False, text: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail, self.error, self.text = reason, detail or {}, error, text
+
+
+def _checked_text(text: str, params: IngestParams) -> str:
+    if not text:
+        raise _Drop(EMPTY_TEXT)
+    if len(text) < params.min_text_chars:
+        raise _Drop(TOO_SHORT, {"chars": len(text)}, text=text)
+    if len(text) > params.max_text_chars:
+        raise _Drop(TOO_LONG, {"chars": len(text)}, text=text[:REJECT_TEXT_CHARS])
+    return text
+
+
+def _html_text(item: WarcItem, doc: Document, params: IngestParams, stats: StageStats) -> str:
+    """Main text of an HTTP response record, or raise `_Drop`."""
+    if item.http_status is not None and item.http_status != 200:
+        raise _Drop(HTTP_STATUS, {"status": item.http_status})
+    html_type = item.content_type in HTML_TYPES if item.content_type else looks_like_html(item.payload)
+    if item.http_status is None or not html_type:
+        raise _Drop(NOT_HTML, {"content_type": item.content_type})
+    if item.body_error:
+        raise _Drop(DECODE_ERROR, {"error": item.body_error}, error=True)
+    try:
+        html, doc.meta["charset"], charset_source = decode_html(item.payload, item.http_charset)
+    except (UnicodeError, LookupError) as e:
+        raise _Drop(DECODE_ERROR, {"error": repr(e)}, error=True) from e
+    stats.count(f"charset.{charset_source}")
+    t0 = time.perf_counter()
+    try:
+        with time_limit(params.extract_timeout_s):
+            text = extract_main_text(html, params.extractor)
+    except ExtractionTimeout as e:
+        raise _Drop(EXTRACTION_TIMEOUT, {"seconds": round(time.perf_counter() - t0, 3)},
+                    text=html[:REJECT_TEXT_CHARS]) from e
+    except Exception as e:  # the extractor's own failure on one page: a counted drop, never the whole file
+        raise _Drop(EXTRACTION_ERROR, {"error": repr(e)[:500]}, error=True, text=html[:REJECT_TEXT_CHARS]) from e
+    return _checked_text(text, params)
+
+
+def _record_doc(item: WarcItem, path: str) -> Document:
+    record_id = item.record_id or f"{path}@{item.offset}"
+    return Document(
+        id=hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:ID_HEX_CHARS], text="", url=item.url,
+        source=classify_source(item.url), crawl_date=item.date,
+        meta={"warc_file": path, "warc_offset": item.offset, "warc_record_id": item.record_id or None,
+              "content_type": item.content_type or None, "charset": None})
+
+
+def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
+               rejects: Rejects) -> Iterator[Document]:
+    errors = 0
+    for item in read_warc(f, path, stats):
+        stats.docs_in += 1
+        stats.bytes_in += len(item.payload)
+        doc = _record_doc(item, path)
+        try:
+            if item.fault is not None:
+                reason = TRUNCATED_FILE if item.fault == "truncated" else CORRUPT_RECORD
+                raise _Drop(reason, {"error": f"{item.fault_detail}; records after this offset are lost"}, error=True)
+            if item.kind == "conversion":
+                doc.meta["charset"] = "utf-8"
+                doc.text = _checked_text(item.payload.decode("utf-8", errors="replace").strip(), params)
+            else:
+                doc.text = _html_text(item, doc, params, stats)
+        except _Drop as drop:
+            doc.text = drop.text
+            rejects.add(doc, drop.reason, {"file": path, "offset": item.offset, **drop.detail}, error=drop.error)
+            if drop.error and (errors := errors + 1) <= _LOGGED_ERRORS:
+                log.warning("%s: offset %d dropped as %s: %s", path, item.offset, drop.reason, drop.detail)
+            continue
+        stats.count(f"source.{doc.source}")
+        yield doc
+
+
+def _table_rows(f: IO[bytes], path: str, fmt: InputFormat) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(row number, row or None, parse error) for each JSONL line or Parquet row."""
+    if fmt == "parquet":
+        pf = pq.ParquetFile(f)
+        names = set(pf.schema_arrow.names)
+        if "text" not in names:
+            raise ValueError(f"{path}: has no 'text' column (columns: {sorted(names)}); "
+                             "document files need `id` and `text` columns")
+        wanted = [c for c in ("id", "text", "url", "source", "crawl_date") if c in names]
+        row_number = 0
+        for batch in pf.iter_batches(columns=wanted, batch_size=2048):
+            for row in batch.to_pylist():
+                yield row_number, row, ""
+                row_number += 1
+        return
+    for line_number, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            yield line_number, None, f"invalid JSON: {e}"
+            continue
+        yield line_number, row if isinstance(row, dict) else None, "" if isinstance(row, dict) else "not a JSON object"
+
+
+def _table_doc(row: dict[str, Any], path: str, row_number: int) -> Document:
+    text, url = row.get("text"), str(row.get("url") or "")
+    if not isinstance(text, str):
+        raise _Drop(MISSING_TEXT, {"error": f"`text` is {type(text).__name__}, not a string"}, error=True)
+    doc_id = row.get("id")
+    if doc_id is None or doc_id == "":
+        doc_id = hashlib.sha256(f"{url}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()[:ID_HEX_CHARS]
+    source = row.get("source")
+    return Document(id=str(doc_id), text=text, url=url,
+                    source=source if isinstance(source, str) and source else classify_source(url),
+                    crawl_date=str(row.get("crawl_date") or ""),
+                    meta={"warc_file": path, "warc_offset": row_number, "warc_record_id": None,
+                          "content_type": None, "charset": None})
+
+
+def _table_docs(f: IO[bytes], path: str, fmt: InputFormat, params: IngestParams, stats: StageStats,
+                rejects: Rejects) -> Iterator[Document]:
+    where = "row" if fmt == "parquet" else "line"
+    for row_number, row, problem in _table_rows(f, path, fmt):
+        stats.docs_in += 1
+        placeholder = Document(id=f"{os.path.basename(path)}:{row_number}", text="",
+                               meta={"warc_file": path, "warc_offset": row_number})
+        try:
+            if row is None:
+                raise _Drop(CORRUPT_RECORD, {"error": problem}, error=True)
+            doc = placeholder = _table_doc(row, path, row_number)
+            stats.bytes_in += len(doc.text.encode("utf-8", "surrogatepass"))
+            doc.text = _checked_text(doc.text.strip(), params)
+        except _Drop as drop:
+            placeholder.text = drop.text
+            rejects.add(placeholder, drop.reason, {"file": path, where: row_number, **drop.detail}, error=drop.error)
+            continue
+        stats.count(f"source.{doc.source}")
+        yield doc
+
+
+def process(path: str, params: IngestParams, stats: StageStats, rejects: Rejects) -> Iterator[Document]:
+    """Stream the kept documents of one input file; drops go to `rejects` (see module docstring)."""
+    fmt = input_format(path)
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported input type; expected one of {sorted(SUFFIXES)}")
+    with open_input(path) as f:
+        if fmt == "warc":
+            yield from _warc_docs(f, path, params, stats, rejects)
+        else:
+            yield from _table_docs(f, path, fmt, params, stats, rejects)
+
+
+def _retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry I/O failures; bad input (ValueError) and broken invariants fail the same way every time."""
+    return not isinstance(state.data, (ValueError, AssertionError, TypeError))
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_on_io_error)
+def ingest_shard(src: str, out_dir: str, index: int, params: IngestParams) -> ShardResult:
+    """Ingest one input file into shard `index` under `out_dir` (kept and rejected documents)."""
+    stats = StageStats()
+    result = write_stream([], out_dir, index, INGEST_FIELDS,
+                          lambda _docs, st, rj: process(src, params, st, rj), stats)
+    result.stats.check_conservation(src)
+    result.stats.check_error_fraction(params.max_error_fraction, src)
+    log.info("%s: %d records -> %d documents (%s)", src, result.stats.docs_in, result.stats.docs_out,
+             result.stats.dropped)
+    return result

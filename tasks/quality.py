@@ -1,0 +1,271 @@
+"""Quality: the `langid` documents -> the `quality` artifact (documents passing heuristics and classifier).
+
+Two phases, so thresholds can change without recomputing any score:
+1. score (`quality_score_shard`): for every document, the verdict of each heuristic filter
+   (`tasks.quality_heuristics`: datatrove's Gopher repetition, Gopher quality, C4 quality, FineWeb
+   quality, per language) and `quality_score` = P(high quality) from the fastText quality classifier
+   (`tasks.quality_classifier`, a versioned artifact). Written to the score cache
+   `<root>/quality/_scores/<scores version>/part-NNNNN.parquet` (id, source, language, input_error,
+   heuristic_<filter>, quality_score), committed by writing `scores.json` last. The scores version
+   hashes only the scoring params, the langid version and the classifier version.
+2. filter (`quality_filter_shard`): joins each input shard with its score shard, copies the score
+   columns onto the documents, and drops by the thresholds. `keep_top_fraction` first computes one
+   global score threshold over all score shards (`top_fraction_threshold`).
+A change of `enforce_filters`, `min_score`, `keep_top_fraction` or `exempt_sources` gives a new quality
+version that reuses the cached scores: no tokenizer or model runs again.
+
+Columns added: `heuristic_gopher_repetition`, `heuristic_gopher_quality`, `heuristic_c4_quality`,
+`heuristic_fineweb_quality` (`pass`, the filter's reason, `undefined`, or null when the filter does not
+apply to the language), `quality_score` (float64; null for languages outside `classifier_languages` or
+with the classifier off). Counters: `heuristic.<filter>.<reason>` (every failure, enforced or not),
+`score_bin.<0-9>` (histogram of scores in tenths), `unscored.<language>`, `exempt`.
+Drop reasons: `empty_text` (empty or whitespace only), `text_too_long` (over `max_chars`: beyond
+Gopher's 100,000-word cap anyway, and not worth tokenizing), one per heuristic filter, named after it
+(`gopher_repetition`, `gopher_quality`, `c4_quality`, `fineweb_quality`: the first enforced filter that
+failed; detail {filter, reason, failed: every failed filter}), `quality_score_low` (detail {score, threshold}).
+Documents whose `source` is in `exempt_sources` are scored but never dropped by either layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, Field, model_validator
+
+from models.classifiers import TextClassifier, load_quality_model
+from storage import paths
+from storage.documents import Document, iter_batches, read_documents
+from storage.manifest import Stage, canonical_json
+from storage.params import StageParams
+from storage.shards import Rejects, ShardResult, run_document_shard
+from storage.stats import StageStats
+from tasks.langid import batched
+from tasks.quality_classifier import classifier_text, score_texts
+from tasks.quality_heuristics import FILTER_NAMES, FilterName, HeuristicLayer, check_options, failures
+
+log = logging.getLogger(__name__)
+
+STAGE = Stage.QUALITY
+STAGE_VERSION = 1
+SCORES_VERSION = 1
+SCORES_DIR = "_scores"
+SCORES_META = "scores.json"
+
+EMPTY_TEXT = "empty_text"
+TEXT_TOO_LONG = "text_too_long"
+QUALITY_SCORE_LOW = "quality_score_low"
+# one drop reason per heuristic filter, named after it
+HEURISTIC_REASONS: tuple[str, ...] = FILTER_NAMES
+
+HEURISTIC_COLUMNS = [f"heuristic_{f}" for f in FILTER_NAMES]
+QUALITY_FIELDS: list[pa.Field] = [pa.field(c, pa.string()) for c in HEURISTIC_COLUMNS] + [
+    pa.field("quality_score", pa.float64())]
+SCORE_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("source", pa.string()),
+                          pa.field("language", pa.string()), pa.field("input_error", pa.string()),
+                          *QUALITY_FIELDS])
+
+
+class QualityParams(StageParams):
+    filters: list[FilterName] = Field(list(FILTER_NAMES), description=(
+        "Heuristic filters to evaluate (datatrove's, with their published defaults)."))
+    filter_options: dict[FilterName, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Constructor overrides per filter, e.g. {c4_quality: {filter_no_terminal_punct: false}} (FineWeb's C4)."))
+    use_classifier: bool = Field(True, description="Score documents with the fastText quality classifier.")
+    classifier_version: str | None = Field(None, description=(
+        "quality_classifier version id, or 'latest'; empty: train (once, then reused) a classifier bootstrapped "
+        "from the heuristic layer on this langid version."))
+    classifier_languages: list[str] = Field(["en"], description=(
+        "Languages the classifier scores; other documents get a null quality_score and skip the score threshold."))
+    max_chars: int = Field(1_000_000, ge=1000, le=100_000_000, description=(
+        "Longer documents are dropped as text_too_long (the heuristics would tokenize all of it)."))
+    batch_size: int = Field(512, ge=1, le=65_536, description="Documents per classifier predict call.")
+    enforce_filters: list[FilterName] | None = Field(None, description=(
+        "Filters whose failure drops a document (threshold phase: no rescoring); empty: all evaluated filters."))
+    min_score: float | None = Field(0.5, ge=0.0, le=1.0, description=(
+        "Drop documents with quality_score below this (threshold phase)."))
+    keep_top_fraction: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "Instead of min_score: keep this top share by quality_score of the scored documents that pass the "
+        "heuristics (one global threshold; ties at it are kept)."))
+    exempt_sources: list[str] = Field(default_factory=list, description=(
+        "Sources (e.g. code) scored but never dropped: prose heuristics misjudge them."))
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityParams:
+        check_options(dict(self.filter_options))
+        if self.keep_top_fraction is not None and self.min_score is not None:
+            if "min_score" in self.model_fields_set:
+                raise ValueError("set min_score or keep_top_fraction, not both")
+            object.__setattr__(self, "min_score", None)  # the top fraction replaces the default min_score
+        unknown = [f for f in (self.enforce_filters or []) if f not in self.filters]
+        if unknown:
+            raise ValueError(f"enforce_filters {unknown} are not evaluated; add them to filters {self.filters}")
+        if not self.use_classifier and (self.keep_top_fraction is not None):
+            raise ValueError("keep_top_fraction needs the classifier (use_classifier: true)")
+        return self
+
+    def version_params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"batch_size"})
+
+    def scoring_params(self) -> dict[str, Any]:
+        """What the score cache depends on (the threshold knobs are left out)."""
+        return self.model_dump(mode="json", include={"filters", "filter_options", "use_classifier",
+                                                     "classifier_languages", "max_chars"})
+
+
+class ScorePlan(StageParams):
+    """What one score task needs: the params and the resolved classifier."""
+    params: QualityParams
+    classifier_path: str | None = None
+    classifier_max_chars: int = 100_000
+
+
+class FilterPlan(StageParams):
+    """What one filter task needs: the params, the score cache and the global score threshold."""
+    params: QualityParams
+    scores_dir: str
+    score_threshold: float | None = None
+
+
+class ScoreResult(BaseModel):
+    index: int
+    rows: int
+    counters: dict[str, int]
+    seconds: float
+
+
+@functools.lru_cache(maxsize=4)
+def heuristic_layer(filters: tuple[FilterName, ...], options_json: str) -> HeuristicLayer:
+    """One layer (spaCy tokenizers, datatrove filters) per process and configuration."""
+    return HeuristicLayer(list(filters), json.loads(options_json))
+
+
+def input_error(text: str, max_chars: int) -> str | None:
+    if not text.strip():
+        return EMPTY_TEXT
+    if len(text) > max_chars:
+        return TEXT_TOO_LONG
+    return None
+
+
+def score_documents(docs: Iterable[Document], plan: ScorePlan, layer: HeuristicLayer,
+                    model: TextClassifier | None, stats: StageStats) -> Iterator[dict[str, Any]]:
+    """One score row per document, in input order (heuristic verdicts first, then a batched classifier)."""
+    p = plan.params
+    scored_languages = set(p.classifier_languages)
+    for batch in batched(docs, p.batch_size):
+        rows, to_score = [], []
+        for doc in batch:
+            lang = doc.meta.get("language")
+            err = input_error(doc.text, p.max_chars)
+            verdicts = layer.evaluate(doc.text, lang) if err is None else {f: None for f in FILTER_NAMES}
+            row = {"id": doc.id, "source": doc.source, "language": lang, "input_error": err, "quality_score": None,
+                   **{f"heuristic_{f}": verdicts.get(f) for f in FILTER_NAMES}}
+            rows.append(row)
+            if err is None and model is not None and lang in scored_languages:
+                to_score.append((row, classifier_text(doc.text, plan.classifier_max_chars)))
+            elif err is None:
+                stats.count(f"unscored.{lang}")
+        if to_score:
+            for (row, _), score in zip(to_score, score_texts(model, [t for _, t in to_score])):
+                row["quality_score"] = score
+        yield from rows
+
+
+@task(task_run_name="quality-score-{index}")
+def quality_score_shard(src: str, out_dir: str, index: int, plan: ScorePlan) -> ScoreResult:
+    """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache."""
+    t0, stats = time.perf_counter(), StageStats()
+    layer = heuristic_layer(tuple(plan.params.filters), canonical_json(plan.params.filter_options))
+    model = load_quality_model(plan.classifier_path) if plan.classifier_path else None
+    out = paths.join(out_dir, paths.shard_name(index))
+    fs, p = paths.filesystem(out)
+    rows = 0
+    with fs.open(p + ".tmp", "wb") as f, pq.ParquetWriter(f, SCORE_SCHEMA, compression="zstd") as writer:
+        docs = read_documents(src, columns=["id", "text", "source", "language"])
+        for chunk in batched(score_documents(docs, plan, layer, model, stats), 2048):
+            writer.write_table(pa.Table.from_pylist(chunk, schema=SCORE_SCHEMA))
+            rows += len(chunk)
+    fs.mv(p + ".tmp", p)
+    log.info("%s: scored %d documents in %.1fs", src, rows, time.perf_counter() - t0)
+    return ScoreResult(index=index, rows=rows, counters=stats.counters, seconds=time.perf_counter() - t0)
+
+
+def _drop(doc: Document, row: dict[str, Any], p: QualityParams, threshold: float | None,
+          stats: StageStats) -> tuple[str, dict[str, Any]] | None:
+    """The drop reason and detail of one scored document, or None to keep it."""
+    if row["input_error"] is not None:
+        return row["input_error"], {"chars": len(doc.text)}
+    verdicts = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
+    for f, reason in failures(verdicts):
+        stats.count(f"heuristic.{f}.{reason}")
+    if doc.source in p.exempt_sources:
+        stats.count("exempt")
+        return None
+    failed = failures(verdicts, p.enforce_filters)
+    if failed:
+        return failed[0][0], {"filter": failed[0][0], "reason": failed[0][1], "failed": dict(failed)}
+    score = row["quality_score"]
+    if threshold is not None and score is not None and score < threshold:
+        return QUALITY_SCORE_LOW, {"score": round(score, 4), "threshold": threshold}
+    return None
+
+
+def filter_documents(docs: Iterable[Document], scores: Iterator[dict[str, Any]], plan: FilterPlan,
+                     stats: StageStats, rejects: Rejects) -> Iterator[Document]:
+    """Copy the cached scores onto the documents and apply the thresholds."""
+    threshold = plan.score_threshold
+    for doc in docs:
+        row = next(scores, None)
+        assert row is not None and row["id"] == doc.id, (
+            f"score cache {plan.scores_dir} out of step with the input at document {doc.id} (got {row and row['id']}); "
+            f"delete the cache directory and rerun")
+        doc.meta.update({c: row[c] for c in HEURISTIC_COLUMNS}, quality_score=row["quality_score"])
+        if row["quality_score"] is not None:
+            stats.count(f"score_bin.{min(int(row['quality_score'] * 10), 9)}")
+        dropped = _drop(doc, row, plan.params, threshold, stats)
+        if dropped is None:
+            yield doc
+        else:
+            rejects.add(doc, dropped[0], dropped[1])
+    assert next(scores, None) is None, f"score cache {plan.scores_dir} has more rows than the input shard"
+
+
+def _score_rows(path: str) -> Iterator[dict[str, Any]]:
+    for batch in iter_batches(path):
+        yield from batch.to_pylist()
+
+
+@task(task_run_name="quality-filter-{index}")
+def quality_filter_shard(src: str, out_dir: str, index: int, plan: FilterPlan) -> ShardResult:
+    """Apply the thresholds to one langid shard using its cached scores."""
+    scores = _score_rows(paths.join(plan.scores_dir, paths.shard_name(index)))
+    result = run_document_shard(src, out_dir, index,
+                                lambda docs, st, rj: filter_documents(docs, scores, plan, st, rj), QUALITY_FIELDS)
+    log.info("%s: %d in, %d kept, dropped %s", src, result.stats.docs_in, result.stats.docs_out, result.stats.dropped)
+    return result
+
+
+def top_fraction_threshold(score_paths: list[str], p: QualityParams) -> float | None:
+    """The score of the last document inside the top `keep_top_fraction` of the eligible scored documents."""
+    assert p.keep_top_fraction is not None
+    eligible: list[float] = []
+    for path in score_paths:
+        for row in _score_rows(path):
+            verdicts = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
+            if (row["input_error"] is None and row["quality_score"] is not None and row["source"] not in p.exempt_sources
+                    and not failures(verdicts, p.enforce_filters)):
+                eligible.append(row["quality_score"])
+    if not eligible:
+        return None
+    k = max(1, math.ceil(len(eligible) * p.keep_top_fraction))
+    return float(np.sort(np.asarray(eligible))[::-1][k - 1])

@@ -1,0 +1,191 @@
+"""The heuristic layer of the quality stage: datatrove's published filters, per language, all verdicts kept.
+
+Filters (datatrove.pipeline.filters, their published defaults unless `filter_options` overrides a
+constructor argument), evaluated in FineWeb's order on every document, without stopping at the first
+failure, so every verdict is stored and enforcement can change later without recomputing:
+  gopher_repetition  GopherRepetitionFilter  (Rae et al. 2021, Gopher table A1: duplicate lines/paragraphs/n-grams)
+  gopher_quality     GopherQualityFilter     (word count, mean word length, symbols, bullets, alpha words, stop words)
+  c4_quality         C4QualityFilter         (Raffel et al. 2020: lorem ipsum, curly brackets, >= 5 sentences in kept lines)
+  fineweb_quality    FineWebQualityFilter    (Penedo et al. 2024: line punctuation, short lines, duplicate chars, list ratio)
+A verdict is `pass`, the filter's own reason (`gopher_short_doc`, `dup_line_frac`, `too_few_sentences`,
+...), `undefined` (the filter divided by zero on this text, e.g. words disabled by an override), or null
+when the filter does not apply to the document's language. C4QualityFilter rewrites the text it keeps
+(drops lines without terminal punctuation); as in datatrove's pipeline the filters after it see that
+text, so the verdicts equal datatrove's chain. The stored document text is never rewritten.
+
+Languages (the heuristics were written for English; langid may admit others):
+  en                      all four filters as published.
+  other languages         gopher_repetition, fineweb_quality, and gopher_quality without its English
+                          stop-word rule (min_stop_words=None); c4_quality is not applied (its terminal
+                          punctuation, "javascript", policy and lorem-ipsum rules are English).
+  zh ja th lo km my bo    none: these scripts do not separate words with spaces, so word counts, word
+  yue wuu                 lengths and word n-grams are meaningless; the classifier layer still applies.
+
+Words and sentences come from spaCy's rule-based tokenizer for the language (`spacy.blank(lang)`,
+no model download; `xx` when spaCy has no tokenizer for it or it needs an extra package), exactly
+the tokens datatrove's own SpaCyTokenizer yields. `SpacyWordTokenizer` calls the tokenizer directly
+and applies spaCy's sentencizer rule itself instead of running the nlp pipeline per call (datatrove
+runs it once per line in C4's sentence count): same words and sentence counts, fewer passes
+(bench/filters.py measures the speed and the decision agreement with datatrove's stock chain).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, get_args
+
+from datatrove.data import Document as DatatroveDocument
+from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                        GopherRepetitionFilter)
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+log = logging.getLogger(__name__)
+
+FilterName = Literal["gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+FILTER_NAMES: tuple[FilterName, ...] = get_args(FilterName)
+FILTER_CLASSES: dict[str, type[BaseFilter]] = {
+    "gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
+    "c4_quality": C4QualityFilter, "fineweb_quality": FineWebQualityFilter}
+PASS = "pass"
+UNDEFINED = "undefined"
+ENGLISH = "en"
+ENGLISH_ONLY: frozenset[str] = frozenset({"c4_quality"})
+UNSEGMENTED: frozenset[str] = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"})
+NOT_CONSTRUCTOR_ARGS = ("language", "exclusion_writer")
+
+
+class SpacyWordTokenizer(WordTokenizer):
+    """datatrove WordTokenizer over spaCy's tokenizer for one language (tokens identical to datatrove's).
+
+    spaCy splits text at whitespace before anything else, so a document's tokens are its lines' tokens
+    in order. Lines are tokenized once each and cached until `reset()` (called per document): the
+    Gopher filters, C4's per-line sentence counts and FineWeb's pass over C4's rewritten text all
+    reuse them, where datatrove tokenizes the text three times.
+    """
+
+    def __init__(self, language: str):
+        super().__init__(language)
+        import spacy
+        from spacy.pipeline import Sentencizer
+        try:
+            self.nlp = spacy.blank(language)
+        except (ImportError, KeyError, ValueError, OSError) as err:  # unknown code or a missing extra package
+            log.warning("no spaCy tokenizer for %r (%s); using the multi-language tokenizer 'xx'", language, err)
+            self.nlp = spacy.blank("xx")
+        self.punct_chars = frozenset(Sentencizer.default_punct_chars)
+        self._lines: dict[str, list[tuple[str, int, bool]]] = {}
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (SpacyWordTokenizer, (str(self.language),))
+
+    def reset(self) -> None:
+        self._lines.clear()
+
+    def _tokens(self, text: str) -> list[tuple[str, int, bool]]:
+        """(text, char offset, is_punct) of every spaCy token of `text` (whitespace tokens included)."""
+        cached = self._lines.get(text)
+        if cached is None:
+            with self.nlp.memory_zone():  # spaCy's string store would otherwise grow with every new word
+                cached = [(t.text, t.idx, t.is_punct) for t in self.nlp.tokenizer(text)]
+            self._lines[text] = cached
+        return cached
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return [s for line in text.split("\n") for s in (t[0].strip() for t in self._tokens(line.strip())) if s]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [text[a:b] for a, b in self.span_tokenize(text)]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        """Sentence spans by spaCy's Sentencizer rule: a sentence starts at the first token that is not
+        punctuation after a token in the sentence-final punctuation set."""
+        tokens = self._tokens(text)
+        if not tokens:
+            return []
+        starts, seen_period = [0], False
+        for i, (tok, _, is_punct) in enumerate(tokens):
+            in_punct_chars = tok in self.punct_chars
+            if seen_period and not is_punct and not in_punct_chars:
+                starts.append(i)
+                seen_period = False
+            elif in_punct_chars:
+                seen_period = True
+        ends = [*starts[1:], len(tokens)]
+        return [(tokens[s][1], tokens[e - 1][1] + len(tokens[e - 1][0])) for s, e in zip(starts, ends)]
+
+
+def applicable_filters(language: str | None, filters: list[FilterName]) -> list[FilterName]:
+    """The filters that apply to a document in `language` (see the module docstring)."""
+    lang = (language or ENGLISH).split("_")[0]
+    if lang in UNSEGMENTED:
+        return []
+    if lang == ENGLISH:
+        return list(filters)
+    return [f for f in filters if f not in ENGLISH_ONLY]
+
+
+def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str,
+                 options: dict[str, Any] | None = None) -> BaseFilter:
+    """A datatrove filter with its published defaults, the language's tokenizer and `options` overrides."""
+    kwargs = dict(options or {})
+    if name == "gopher_quality" and language.split("_")[0] != ENGLISH:
+        kwargs.setdefault("min_stop_words", None)  # Gopher's stop words are English
+    bad = [k for k in kwargs if k in NOT_CONSTRUCTOR_ARGS]
+    if bad:
+        raise ValueError(f"filter_options.{name}: {bad} are set by the stage, not by options")
+    try:
+        return FILTER_CLASSES[name](language=tokenizer, **kwargs)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ValueError(f"filter_options.{name}: {err}; see datatrove's {FILTER_CLASSES[name].__name__} "
+                         f"constructor for the allowed arguments") from None
+
+
+def check_options(options: dict[str, dict[str, Any]]) -> None:
+    """Fail at params validation for unknown filters or constructor arguments (no tokenizer needed)."""
+    for name, opts in options.items():
+        if name not in FILTER_NAMES:
+            raise ValueError(f"filter_options: unknown filter {name!r}; choose from {list(FILTER_NAMES)}")
+        build_filter(name, ENGLISH, ENGLISH, opts)  # type: ignore[arg-type]
+
+
+class HeuristicLayer:
+    """Evaluates the configured filters on documents; tokenizers and filters are built once per language."""
+
+    def __init__(self, filters: list[FilterName], options: dict[str, dict[str, Any]] | None = None):
+        self.filters = [f for f in FILTER_NAMES if f in filters]  # always FineWeb's order
+        self.options = options or {}
+        self._by_language: dict[str, tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]] = {}
+
+    def _filters_for(self, language: str | None) -> tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]:
+        lang = (language or ENGLISH).split("_")[0]
+        if lang not in self._by_language:
+            names = applicable_filters(lang, self.filters)
+            tokenizer = SpacyWordTokenizer(lang) if names else None
+            self._by_language[lang] = (tokenizer, [(n, build_filter(n, lang, tokenizer, self.options.get(n)))  # type: ignore[arg-type]
+                                                   for n in names])
+        return self._by_language[lang]
+
+    def evaluate(self, text: str, language: str | None) -> dict[str, str | None]:
+        """Verdict per configured filter: `pass`, the filter's reason, `undefined`, or None (not applied)."""
+        verdicts: dict[str, str | None] = {f: None for f in self.filters}
+        tokenizer, filters = self._filters_for(language)
+        if tokenizer is not None:
+            tokenizer.reset()
+        doc = DatatroveDocument(text=text, id="")
+        for name, flt in filters:
+            try:
+                result = flt.filter(doc)
+            except ArithmeticError:  # e.g. a ratio over zero words when an override disabled the word-count rule
+                verdicts[name] = UNDEFINED
+                continue
+            ok, reason = (result, None) if isinstance(result, bool) else result
+            verdicts[name] = PASS if ok else (reason or "failed")
+        if tokenizer is not None:
+            tokenizer.reset()
+        return verdicts
+
+
+def failures(verdicts: dict[str, str | None], enforce: list[str] | None = None) -> list[tuple[str, str]]:
+    """(filter, reason) for every applied, enforced filter that did not pass, in filter order."""
+    return [(f, v) for f, v in verdicts.items() if v is not None and v != PASS and (enforce is None or f in enforce)]

@@ -1,0 +1,174 @@
+"""Where ingest's documents come from: input files (paths, globs, crawl listings) and URL categories.
+
+Inputs. `expand_inputs` turns the configured patterns into concrete files: globs (fsspec, any
+filesystem), directories (their files with a supported suffix), plain paths (must exist) and URLs
+(checked when fingerprinted or opened), plus, for a Common Crawl crawl id, the first `segments` lines
+of `<base>/crawl-data/<crawl>/warc.paths.gz`. The format is chosen by suffix (`input_format`).
+`input_fingerprint` records size and change markers for the version hash; `open_input` streams HTTP.
+
+Categories. `classify_source(url)` gives the coarse `source` column that `mix` weights by, from a
+small ordered rule table over the URL's host (and, for forums, its path); the first match wins:
+
+| category    | host rules (suffix match on whole labels)                                         | path rules |
+|-------------|------------------------------------------------------------------------------------|------------|
+| `wikipedia` | wikipedia.org, wikimedia.org, wikibooks.org, wikisource.org, wiktionary.org, ...   |            |
+| `code`      | github.com, gitlab.com, bitbucket.org, stackoverflow.com, stackexchange.com, ...   |            |
+| `academic`  | arxiv.org, biorxiv.org, ncbi.nlm.nih.gov, ...; TLD `.edu`, `.edu.<cc>`, `.ac.<cc>` |            |
+| `forum`     | reddit.com, quora.com, ...; first label forum(s)/board(s)/community/discuss        | /forum/, /forums/, /threads/, viewtopic.php, showthread.php, forumdisplay.php, forum-display.php |
+| `news`      | a list of large news sites; any host label (not the TLD) containing "news"        |            |
+| `web`       | everything else, and URLs without a host (`dns:`, empty)                           |            |
+
+The lists are deliberately short: `mix` needs a few broad buckets, not a site classifier. Changing the
+table changes `source` values, so it requires bumping `tasks.ingest.STAGE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import IO, Any, Literal
+from urllib.parse import urlsplit
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.http import HTTPFileSystem
+
+InputFormat = Literal["warc", "jsonl", "parquet"]
+SUFFIXES: dict[str, InputFormat] = {
+    ".warc.gz": "warc", ".warc": "warc", ".wet.gz": "warc", ".wet": "warc",
+    ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".parquet": "parquet"}
+SOURCES: tuple[str, ...] = ("wikipedia", "code", "academic", "forum", "news", "web")
+
+_WIKIPEDIA = ("wikipedia.org", "wikimedia.org", "wikibooks.org", "wikisource.org", "wiktionary.org",
+              "wikiquote.org", "wikinews.org", "wikiversity.org", "wikivoyage.org", "wikidata.org")
+_CODE = ("github.com", "github.io", "gitlab.com", "bitbucket.org", "sourceforge.net", "stackoverflow.com",
+         "stackexchange.com", "serverfault.com", "superuser.com", "askubuntu.com", "readthedocs.io",
+         "pypi.org", "npmjs.com", "crates.io", "docs.python.org", "developer.mozilla.org", "gist.github.com")
+_ACADEMIC = ("arxiv.org", "biorxiv.org", "medrxiv.org", "ncbi.nlm.nih.gov", "europepmc.org", "doi.org",
+             "semanticscholar.org", "openreview.net", "aclanthology.org", "jstor.org", "plos.org",
+             "springer.com", "sciencedirect.com", "researchgate.net", "ssrn.com", "scholar.archive.org")
+_FORUM = ("reddit.com", "quora.com", "discourse.org", "disqus.com", "tripadvisor.com", "4chan.org",
+          "boards.ie", "forums.somethingawful.com", "phpbb.com", "proboards.com")
+_NEWS = ("nytimes.com", "washingtonpost.com", "wsj.com", "theguardian.com", "bbc.co.uk", "bbc.com", "cnn.com",
+         "reuters.com", "apnews.com", "bloomberg.com", "ft.com", "economist.com", "npr.org", "aljazeera.com",
+         "latimes.com", "usatoday.com", "theatlantic.com", "politico.com", "forbes.com", "cnbc.com",
+         "spiegel.de", "lemonde.fr", "elpais.com", "corriere.it", "nikkei.com", "scmp.com", "abc.net.au")
+_ACADEMIC_TLD = re.compile(r"(^|\.)(edu|edu\.[a-z]{2}|ac\.[a-z]{2})$")
+_FORUM_FIRST_LABEL = re.compile(r"^(forums?|boards?|community|discuss|discussions?|bbs)$")
+_FORUM_PATH = re.compile(r"/(forums?|threads?|topics?)/|(viewtopic|showthread|forumdisplay|forum-display)\.php",
+                         re.IGNORECASE)
+
+
+def _host_in(host: str, domains: tuple[str, ...]) -> bool:
+    """True if `host` is one of `domains` or a subdomain of one (whole-label suffix match)."""
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def classify_source(url: str) -> str:
+    """The source category of `url` (one of `SOURCES`), by the rule table in the module docstring."""
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError:  # malformed URL (e.g. bad IPv6 literal): no host to classify
+        return "web"
+    if not host:
+        return "web"
+    if host.startswith("www."):
+        host = host[4:]
+    if _host_in(host, _WIKIPEDIA):
+        return "wikipedia"
+    if _host_in(host, _CODE):
+        return "code"
+    if _host_in(host, _ACADEMIC) or _ACADEMIC_TLD.search(host):
+        return "academic"
+    if _host_in(host, _FORUM) or _FORUM_FIRST_LABEL.match(host.split(".", 1)[0]) or _FORUM_PATH.search(parts.path):
+        return "forum"
+    if _host_in(host, _NEWS) or any("news" in label for label in host.split(".")[:-1]):
+        return "news"
+    return "web"
+
+
+def input_format(path: str) -> InputFormat | None:
+    """The reader for a path, by its suffix (None if unsupported)."""
+    name = path.lower().split("?", 1)[0]
+    return next((fmt for suffix, fmt in SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def crawl_warc_urls(crawl: str, segments: int, base_url: str) -> list[str]:
+    """URLs of the first `segments` WARC files listed in `<base>/crawl-data/<crawl>/warc.paths.gz`."""
+    listing = f"{base_url.rstrip('/')}/crawl-data/{crawl}/warc.paths.gz"
+    urls: list[str] = []
+    try:
+        with fsspec.open(listing, "rt", compression="gzip", encoding="utf-8") as f:
+            for line in f:
+                if line.strip().endswith(".warc.gz"):
+                    urls.append(f"{base_url.rstrip('/')}/{line.strip().lstrip('/')}")
+                    if len(urls) == segments:
+                        break
+    except FileNotFoundError as e:
+        raise ValueError(f"crawl {crawl}: no WARC listing at {listing} ({e}). Check the crawl id "
+                         "(CC-MAIN-YYYY-WW, as listed on commoncrawl.org) and crawl_base_url") from e
+    if len(urls) < segments:
+        raise ValueError(f"crawl {crawl}: {listing} lists {len(urls)} WARC files, fewer than segments={segments}")
+    return urls
+
+
+def _expand(pattern: str) -> list[str]:
+    fs, inner = url_to_fs(os.path.expanduser(pattern))
+    local = "://" not in pattern
+    if any(c in inner for c in "*?["):
+        found = sorted(fs.glob(inner))
+    elif local and fs.isdir(inner):
+        found = sorted(p for p in fs.find(inner) if input_format(p) is not None)
+    elif local and not fs.exists(inner):
+        raise ValueError(f"input {pattern!r} does not exist")
+    else:
+        found = [inner]
+    if not found:
+        raise ValueError(f"input pattern {pattern!r} matches no files")
+    return [os.path.abspath(p) if local else fs.unstrip_protocol(p) for p in found]
+
+
+def expand_inputs(inputs: list[str], crawl: str | None, segments: int, crawl_base_url: str) -> list[str]:
+    """Concrete input files (absolute paths or URLs), in order, without duplicates."""
+    found = [p for pattern in inputs for p in _expand(pattern)]
+    if crawl is not None:
+        found += crawl_warc_urls(crawl, segments, crawl_base_url)
+    unsupported = [p for p in found if input_format(p) is None]
+    if unsupported:
+        raise ValueError(f"unsupported input files {unsupported[:5]} ({len(unsupported)} in all); expected one "
+                         f"of {sorted(SUFFIXES)}. Narrow the glob or remove them from inputs")
+    return list(dict.fromkeys(found))
+
+
+def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
+    """Path, size and change markers (mtime, ETag, Last-Modified) of each input, for the version hash."""
+    out = []
+    for path in paths:
+        fs, inner = url_to_fs(path)
+        try:
+            info = fs.info(inner)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path}: input not found or unreachable ({e!r}); check the path or URL, "
+                                    "or remove it from inputs") from e
+        entry: dict[str, Any] = {"path": path, "size": info.get("size")}
+        for key in ("mtime", "ETag", "etag", "Last-Modified", "LastModified"):
+            if info.get(key) is not None:
+                value = info[key]
+                entry[key.lower().replace("-", "_")] = value if isinstance(value, (int, float)) else str(value)
+        out.append(entry)
+    return out
+
+
+def open_input(path: str) -> IO[bytes]:
+    """Open an input for sequential reading; HTTP is streamed, not fetched in random-access blocks."""
+    fs, inner = url_to_fs(path)
+    compression = "infer" if input_format(path) == "jsonl" else None  # FastWARC decompresses WARC itself
+    kwargs: dict[str, Any] = {"block_size": 0} if isinstance(fs, HTTPFileSystem) else {}
+    try:
+        return fsspec.open(path, "rb", compression=compression, **kwargs).open()  # type: ignore[no-any-return]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: input not found ({e!r}); check the path or URL, "
+                                "or remove it from inputs") from e
+    except Exception as e:  # connection refused, DNS, HTTP errors: an OSError so that the task retries
+        raise OSError(f"{path}: cannot open the input ({e!r}); check the URL and the network") from e

@@ -1,0 +1,535 @@
+"""The train stage: `tokenize` token shards -> a trained GPT (checkpoints, metrics, plot, sample).
+
+Input: a tokenize version directory with `train/tokens-NNNNN.arrow` and `val/tokens-NNNNN.arrow`
+(storage/token_shards.py), memory-mapped. Output, in `out_dir`: `step-NNNNNN/` checkpoints
+(storage/checkpoints.py), `metrics.jsonl`, `loss.png`, `sample.txt` and `result.json` (TrainResult).
+
+Algorithm: next-token cross-entropy on x = row[:-1], y = row[1:] in a seeded, resumable data order;
+AdamW (fused on CUDA, weight decay on matrices only); linear warmup then cosine decay to
+`min_lr_ratio` x peak; clipping at `grad_clip`; gradient accumulation up to `tokens_per_step`;
+bf16 autocast + torch.compile on CUDA, float32 on CPU. Every `eval_interval` steps: validation loss
+on a fixed token budget, perplexity, bits per byte, compared with the unigram baseline.
+Stability: a step whose gradient norm is non-finite or above `skip_grad_norm_factor` x `grad_clip` is
+skipped; a loss above `spike_factor` x its running mean for `spike_patience` steps rolls back to the
+last checkpoint and skips the offending batches. Both are logged and counted in the result.
+Resume: `train` continues from the highest valid checkpoint in `out_dir` (model, optimizer, data
+position, RNG), so an interrupted run reaches the same losses as an uninterrupted one.
+
+Runs in-process (`train(...)`, what the Prefect `train_run` task calls) or as
+`python -m tasks.train JOB.json` (a `TrainJob`), also under `torchrun --nproc_per_node N` (DDP; NCCL
+on CUDA, gloo on CPU). References: nanoGPT train.py; Chinchilla; PaLM appendix B (MFU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, model_validator
+
+from models.gpt import GPT, GPTConfig
+from models.presets import preset
+from storage import checkpoints as ckpt
+from storage.manifest import Stage
+from storage.params import StageParams
+from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards, doc_ids_to_torch, to_torch
+from tasks.plan import gpu_key_for_device_name, peak_flops, pick_preset, plan
+from tasks.train_loop import (DataOrder, MicroBatch, Runtime, SpikeGuard, barrier, gather_rng, rank_slices,
+                              restore_rng, setup_runtime, skip_past, teardown_runtime, train_step)
+from tasks.train_report import (LOSS_PLOT, SAMPLE, MetricsLog, bits_per_byte, generate_sample, plot_losses,
+                                sentencepiece_codec)
+
+log = logging.getLogger(__name__)
+
+STAGE = Stage.TRAIN
+STAGE_VERSION = 1
+RESULT = "result.json"
+
+
+class TrainParams(StageParams):
+    model: Literal["tiny", "small", "gpt2-124m", "auto"] = Field(
+        "tiny", description="Model preset (models/presets.py); 'auto' picks the preset closest to the "
+                            "Chinchilla-optimal size for the training tokens (tasks/plan.py).")
+    micro_batch_size: int = Field(16, ge=1, le=4096, description="Sequences per forward pass per device.")
+    tokens_per_step: int = Field(8192, ge=1, le=2**27, description="Target tokens per optimizer step over all "
+                                 "devices; gradient accumulation = this / (micro_batch_size * seq_len * "
+                                 "devices), rounded down, at least 1.")
+    max_steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the run.")
+    warmup_steps: int = Field(30, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
+    lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (after warmup).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1.0, description="Cosine decay floor as a fraction of lr.")
+    weight_decay: float = Field(0.1, ge=0, le=1.0, description="AdamW decoupled weight decay on matrices.")
+    beta1: float = Field(0.9, ge=0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1.0, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, gt=0, le=1e3, description="Max global gradient norm (clipped above).")
+    eval_interval: int = Field(50, ge=1, le=1_000_000, description="Steps between validation evaluations.")
+    eval_tokens: int = Field(65536, ge=1, le=2**34, description="Validation token budget per evaluation "
+                             "(the first eval_tokens / seq_len validation sequences, always the same).")
+    log_interval: int = Field(10, ge=1, le=100_000, description="Steps between training-metric rows.")
+    ckpt_interval: int = Field(100, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
+                               "of eval_interval so each checkpoint has its validation loss.")
+    keep_last: int = Field(2, ge=1, le=1000, description="Most recent checkpoints kept.")
+    milestone_interval: int = Field(0, ge=0, le=10_000_000, description="Also keep checkpoints at multiples "
+                                    "of this step (0: none). The best by validation loss is always kept.")
+    seed: int = Field(1337, ge=0, le=2**31 - 1, description="Seed of model init, data order and sampling.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto: bf16 autocast on "
+                                                          "CUDA, float32 on CPU.")
+    compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU).")
+    doc_mask: bool = Field(False, description="Block-diagonal attention within documents (doc_offsets); "
+                           "disables the flash kernel on CUDA.")
+    skip_grad_norm_factor: float = Field(100.0, ge=1.0, le=1e6, description="Skip a step whose gradient "
+                                         "norm exceeds this x grad_clip (or is not finite).")
+    spike_factor: float = Field(3.0, gt=1.0, le=100.0, description="Loss spike: loss above this x the "
+                                "running mean of recent losses.")
+    spike_patience: int = Field(3, ge=1, le=1000, description="Consecutive spike steps that trigger a "
+                                "rollback to the last checkpoint (offending batches are skipped).")
+    spike_window: int = Field(50, ge=5, le=100_000, description="Steps in the running mean of the loss.")
+    max_rollbacks: int = Field(5, ge=0, le=1000, description="Rollbacks before the run fails as diverged.")
+    resume: bool = Field(True, description="Continue from the latest valid checkpoint in the output dir.")
+    sample_prompt: str = Field("The", max_length=2000, description="Prompt of the logged text sample "
+                               "(needs a tokenizer; else the start of the first validation sequence).")
+    sample_tokens: int = Field(64, ge=0, le=4096, description="Tokens generated for the sample.")
+    sample_temperature: float = Field(0.8, ge=0, le=10.0, description="Sampling temperature (0: greedy).")
+    sample_top_k: int = Field(50, ge=0, le=1_000_000, description="Top-k sampling (0: full distribution).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.ckpt_interval % self.eval_interval:
+            raise ValueError(f"ckpt_interval={self.ckpt_interval} must be a multiple of "
+                             f"eval_interval={self.eval_interval} (checkpoints keep their validation loss)")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} > max_steps={self.max_steps}")
+        return self
+
+
+class TrainJob(BaseModel):
+    """Everything `python -m tasks.train JOB.json` needs (the in-process call takes the same fields)."""
+
+    params: TrainParams = Field(default_factory=TrainParams)
+    shards_dir: str = Field(description="tokenize version directory (has train/ and val/).")
+    out_dir: str = Field(description="Output directory (checkpoints, metrics, plot, sample).")
+    bytes_per_token: float = Field(gt=0, description="UTF-8 bytes per token, from the tokenize manifest.")
+    tokenizer_path: str | None = Field(None, description="sentencepiece model for the text sample.")
+    tokenize_version: str = ""
+    tokenizer_sha256: str = ""
+
+
+class TrainResult(BaseModel):
+    model: str
+    num_params: int
+    steps: int
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float
+    best_val_loss: float
+    val_ppl: float
+    val_bpb: float
+    unigram_loss: float = Field(description="Unigram (train token frequency) cross-entropy on the val set.")
+    tokens_per_s: float | None = Field(description="Training throughput over this process's steps.")
+    mfu: float | None
+    skipped_steps: int
+    rollbacks: int
+    skipped_batches: int
+    checkpoint: str
+    metrics_path: str
+    plot_path: str
+    sample: str
+    seconds: float
+
+
+@dataclass
+class FaultHooks:
+    """Fault injection for tests: corrupt rows (by sample position), corrupt the loss, or stop after a step."""
+
+    corrupt_rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    corrupt_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    after_step: Callable[[int], None] | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimizer that a checkpoint must restore."""
+
+    step: int = 0
+    seq_pos: int = 0
+    tokens_seen: int = 0
+    skip_ranges: list[tuple[int, int]] = field(default_factory=list)
+    val_loss: float | None = None
+    val_step: int = -1
+    best_val_loss: float | None = None
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    skipped_batches: int = 0
+    unrecovered_spikes: int = 0
+
+
+@dataclass
+class Models:
+    raw: GPT  # parameters live here; state_dict and generate use it
+    compiled: torch.nn.Module  # raw or torch.compile(raw); used for evaluation
+    train: torch.nn.Module  # compiled, wrapped in DDP when world > 1
+    ddp: torch.nn.Module | None
+
+
+@dataclass
+class Run:
+    params: TrainParams
+    rt: Runtime
+    out: Path
+    train_data: TokenShards
+    val_data: TokenShards
+    model_name: str
+    cfg: GPTConfig
+    models: Models
+    optimizer: torch.optim.Optimizer
+    order: DataOrder
+    accum: int
+    metrics: MetricsLog
+    guard: SpikeGuard
+    unigram: float
+    bytes_per_token: float
+    lineage: dict[str, str]
+    state: TrainState = field(default_factory=TrainState)
+    peak: float | None = None
+    timing: dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0,
+                                                              "win_seconds": 0.0, "steps": 0.0})
+
+    @property
+    def global_batch(self) -> int:
+        return self.params.micro_batch_size * self.accum * self.rt.world
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.cfg.seq_len
+
+
+def resolve_model_name(params: TrainParams, data: TokenShards) -> str:
+    if params.model != "auto":
+        return params.model
+    return pick_preset(plan(tokens=data.num_tokens, vocab_size=data.vocab_size, seq_len=data.seq_len))
+
+
+def build_model(cfg: GPTConfig, params: TrainParams, rt: Runtime) -> Models:
+    """Seeded init, then torch.compile on CUDA and DDP when launched with several processes."""
+    torch.manual_seed(params.seed)
+    raw = GPT(cfg).to(rt.device)
+    compiled: torch.nn.Module = raw
+    if params.compile and rt.device_type == "cuda":
+        compiled = torch.compile(raw)  # type: ignore[assignment]
+    ddp = None
+    if rt.ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(compiled, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    return Models(raw=raw, compiled=compiled, train=ddp or compiled, ddp=ddp)
+
+
+def lr_at(step: int, params: TrainParams) -> float:
+    """Learning rate of (0-based) step: linear warmup, then cosine decay to min_lr_ratio x lr at max_steps."""
+    if step < params.warmup_steps:
+        return params.lr * (step + 1) / params.warmup_steps
+    progress = (step - params.warmup_steps) / max(1, params.max_steps - params.warmup_steps)
+    floor = params.lr * params.min_lr_ratio
+    return floor + 0.5 * (params.lr - floor) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def micro_batch(data: TokenShards, idx: np.ndarray, rt: Runtime, doc_mask: bool,
+                corrupt: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                positions: np.ndarray | None = None) -> MicroBatch:
+    rows = data.get(idx)
+    if corrupt is not None and positions is not None:
+        rows = corrupt(positions, rows)
+    x, y = to_torch(rows, rt.device, pin=rt.device_type == "cuda")
+    doc_ids = doc_ids_to_torch(data.offsets(idx), data.seq_len, rt.device) if doc_mask else None
+    return x, y, doc_ids
+
+
+def batches(run: Run, start: int, hooks: FaultHooks) -> Iterator[tuple[int, int, list[MicroBatch]]]:
+    """(first position, end position, this rank's micro-batches) per step, from sample position start."""
+    p, rt, pos = run.params, run.rt, start
+    slices = rank_slices(run.global_batch, p.micro_batch_size, run.accum, rt.rank, rt.world)
+    while True:
+        pos = skip_past(pos, run.state.skip_ranges)
+        positions = np.arange(pos, pos + run.global_batch, dtype=np.int64)
+        idx = run.order.indices(pos, run.global_batch)
+        micro = [micro_batch(run.train_data, idx[s], rt, p.doc_mask, hooks.corrupt_rows, positions[s])
+                 for s in slices]
+        yield pos, pos + run.global_batch, micro
+        pos += run.global_batch
+
+
+def num_eval_sequences(params: TrainParams, val: TokenShards) -> int:
+    wanted = max(1, params.eval_tokens // val.seq_len)
+    if wanted >= params.micro_batch_size:  # whole micro-batches only: one compiled shape
+        wanted -= wanted % params.micro_batch_size
+    return min(wanted, val.num_sequences)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val: TokenShards, num_sequences: int, micro: int, rt: Runtime,
+             doc_mask: bool) -> float:
+    """Mean next-token loss over the first num_sequences validation rows (split over ranks)."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    for start in range(rt.rank * micro, num_sequences, micro * rt.world):
+        idx = np.arange(start, min(start + micro, num_sequences))
+        x, y, doc_ids = micro_batch(val, idx, rt, doc_mask)
+        with rt.autocast():
+            _, loss = model(x, y, doc_ids)
+        total[0] += loss.double() * len(idx)
+        total[1] += len(idx)
+    if rt.ddp:
+        torch.distributed.all_reduce(total)
+    model.train()
+    return float(total[0] / total[1])
+
+
+def unigram_baseline_loss(train: TokenShards, val: TokenShards, num_val_sequences: int | None = None,
+                          max_train_tokens: int = 200_000_000) -> float:
+    """Cross-entropy (nats/token) on val targets of the train-set unigram distribution (add-one smoothed)."""
+    counts = np.zeros(train.vocab_size, dtype=np.int64)
+    seen = 0
+    for chunk in train.iter_chunks():
+        counts += np.bincount(chunk.reshape(-1), minlength=train.vocab_size)[: train.vocab_size]
+        seen += chunk.size
+        if seen >= max_train_tokens:
+            break
+    logp = np.log(counts + 1.0) - np.log(counts.sum() + train.vocab_size)
+    n = val.num_sequences if num_val_sequences is None else min(num_val_sequences, val.num_sequences)
+    targets = val.get(np.arange(n))[:, 1:].reshape(-1)
+    return float(-logp[targets].mean())
+
+
+def save_step(run: Run) -> None:
+    """Checkpoint the current step (collective under DDP: every rank contributes its RNG state)."""
+    st, rt = run.state, run.rt
+    rng = gather_rng(rt)
+    if rt.is_main:
+        meta = {**dataclasses.asdict(st), "model": run.model_name, "model_config": run.cfg.to_dict(),
+                "val_loss": st.val_loss if st.val_step == st.step else None, "world_size": rt.world,
+                "params": run.params.model_dump(mode="json"), **run.lineage}
+        objects = {"model": run.models.raw.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng}
+        ckpt.save_checkpoint(str(run.out), st.step, objects, meta)
+        ckpt.prune_checkpoints(str(run.out), run.params.keep_last, run.params.milestone_interval)
+    barrier(rt)
+
+
+def restore_step(run: Run, step: int) -> TrainState:
+    """Load model, optimizer and RNG of a valid checkpoint; returns its TrainState."""
+    out, rt = str(run.out), run.rt
+    meta = ckpt.load_meta(out, step)
+    if meta["model_config"] != run.cfg.to_dict():
+        raise ValueError(f"{ckpt.step_dir(out, step)} holds a different model ({meta['model_config']}); "
+                         f"use a fresh output directory or set resume: false")
+    run.models.raw.load_state_dict(ckpt.load_object(out, step, "model", rt.device))
+    run.optimizer.load_state_dict(ckpt.load_object(out, step, "optimizer", rt.device))
+    rng = ckpt.load_object(out, step, "rng")
+    if len(rng) == rt.world:
+        restore_rng(rng[rt.rank], rt)
+    names = {f.name for f in dataclasses.fields(TrainState)}
+    st = TrainState(**{k: v for k, v in meta.items() if k in names})
+    st.skip_ranges = [(int(a), int(b)) for a, b in st.skip_ranges]
+    st.val_step = step if meta.get("val_loss") is not None else -1
+    return st
+
+
+def rollback(run: Run) -> bool:
+    """Return to the last checkpoint, skipping the spike's batches; False when there is none."""
+    ranges, st = run.guard.reset_spike(), run.state
+    step = ckpt.latest_step(str(run.out))
+    if step is None:
+        st.unrecovered_spikes += 1
+        log.warning("loss spike at step %d but no checkpoint to roll back to; continuing", st.step)
+        return False
+    if st.rollbacks >= run.params.max_rollbacks:
+        raise RuntimeError(f"loss spiked again at step {st.step} after {st.rollbacks} rollbacks; the run "
+                           f"diverged (lower lr, raise warmup_steps, or inspect the batches {ranges})")
+    new = restore_step(run, step)
+    new.skip_ranges = sorted(set(new.skip_ranges) | set(st.skip_ranges) | set(ranges))
+    new.skipped_steps, new.unrecovered_spikes = st.skipped_steps, st.unrecovered_spikes
+    new.rollbacks, new.skipped_batches = st.rollbacks + 1, st.skipped_batches + len(ranges)
+    log.warning("loss spike at step %d: rolled back to step %d, skipping sample positions %s", st.step, step, ranges)
+    run.metrics.write({"step": st.step, "event": "rollback", "to_step": step, "skip_ranges": ranges})
+    run.state = new
+    return True
+
+
+def record_step(run: Run, loss: float, grad_norm: float, skipped: bool, seconds: float) -> None:
+    st, t, p = run.state, run.timing, run.params
+    if skipped:
+        st.skipped_steps += 1
+        log.warning("step %d skipped: gradient norm %.3g (loss %.4g)", st.step, grad_norm, loss)
+        run.metrics.write({"step": st.step, "event": "grad_skip", "grad_norm": grad_norm, "loss": loss})
+    t["steps"] += 1
+    if t["steps"] > 1:  # the first step of a process includes compilation
+        t["tokens"] += run.tokens_per_step
+        t["seconds"] += seconds
+    t["win_tokens"] += run.tokens_per_step
+    t["win_seconds"] += seconds
+    if st.step % p.log_interval and st.step != p.max_steps:
+        return
+    tps = t["win_tokens"] / t["win_seconds"]
+    mfu = run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if run.peak else None
+    t["win_tokens"] = t["win_seconds"] = 0.0
+    run.metrics.write({"step": st.step, "loss": loss, "lr": lr_at(st.step - 1, p), "grad_norm": grad_norm,
+                       "tokens_per_s": tps, "mfu": mfu, "skipped_steps": st.skipped_steps,
+                       "rollbacks": st.rollbacks})
+    if run.rt.is_main:
+        log.info("step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s", st.step, p.max_steps, loss,
+                 lr_at(st.step - 1, p), grad_norm, tps, f" mfu {mfu:.1%}" if mfu else "")
+
+
+def run_eval(run: Run) -> float:
+    st, p = run.state, run.params
+    loss = evaluate(run.models.compiled, run.val_data, num_eval_sequences(p, run.val_data),
+                    p.micro_batch_size, run.rt, p.doc_mask)
+    st.val_loss, st.val_step = loss, st.step
+    st.best_val_loss = loss if st.best_val_loss is None else min(st.best_val_loss, loss)
+    bpb = bits_per_byte(loss, run.bytes_per_token)
+    run.metrics.write({"step": st.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
+                       "val_bpb": bpb, "unigram_loss": run.unigram})
+    if run.rt.is_main:
+        log.info("step %d val loss %.4f (unigram %.4f) bpb %.4f", st.step, loss, run.unigram, bpb)
+    return loss
+
+
+def run_steps(run: Run, hooks: FaultHooks) -> float | None:
+    """The training loop; returns the last training loss."""
+    p, last_loss = run.params, None
+    stream = batches(run, run.state.seq_pos, hooks)
+    while run.state.step < p.max_steps:
+        start, end, micro = next(stream)
+        t0 = time.perf_counter()
+        out = train_step(run.models.train, run.optimizer, micro, run.rt, lr_at(run.state.step, p), p.grad_clip,
+                         p.skip_grad_norm_factor, run.state.step, run.models.ddp, hooks.corrupt_loss)
+        st = run.state
+        st.step, st.seq_pos, st.tokens_seen = st.step + 1, end, st.tokens_seen + run.tokens_per_step
+        record_step(run, out.loss, out.grad_norm, out.skipped, time.perf_counter() - t0)
+        last_loss = out.loss
+        if run.guard.update(out.loss, (start, end)) and rollback(run):
+            stream = batches(run, run.state.seq_pos, hooks)
+            continue
+        if st.step % p.eval_interval == 0 or st.step == p.max_steps:
+            run_eval(run)
+        if st.step % p.ckpt_interval == 0 or st.step == p.max_steps:
+            save_step(run)
+        if hooks.after_step is not None:
+            hooks.after_step(st.step)
+    return last_loss
+
+
+def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
+    """Open the data, build model and optimizer, resume from the latest checkpoint."""
+    train_data = TokenShards(str(Path(job.shards_dir) / TRAIN_DIR))
+    val_data = TokenShards(str(Path(job.shards_dir) / VAL_DIR))
+    name = resolve_model_name(params, train_data)
+    cfg = preset(name, vocab_size=train_data.vocab_size, seq_len=train_data.seq_len)
+    models = build_model(cfg, params, rt)
+    optimizer = models.raw.configure_optimizers(params.lr, params.weight_decay, (params.beta1, params.beta2),
+                                                rt.device_type)
+    accum = max(1, params.tokens_per_step // (params.micro_batch_size * cfg.seq_len * rt.world))
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None
+    run = Run(params=params, rt=rt, out=out, train_data=train_data, val_data=val_data, model_name=name, cfg=cfg,
+              models=models, optimizer=optimizer, order=DataOrder(train_data.num_sequences, params.seed),
+              accum=accum, metrics=MetricsLog(out, rt.is_main),
+              guard=SpikeGuard(params.spike_factor, params.spike_patience, params.spike_window),
+              unigram=unigram_baseline_loss(train_data, val_data, num_eval_sequences(params, val_data)),
+              bytes_per_token=job.bytes_per_token,
+              lineage={"tokenize_version": job.tokenize_version, "tokenizer_sha256": job.tokenizer_sha256},
+              peak=peak_flops(gpu) if gpu and gpu_key_for_device_name(gpu) else None)
+    latest = ckpt.latest_step(str(out)) if params.resume else None
+    if latest is not None:
+        run.state = restore_step(run, latest)
+        run.metrics.truncate_after(latest)
+        run.metrics.write({"step": latest, "event": "resume"})
+    elif rt.is_main:
+        run.metrics.path.unlink(missing_ok=True)
+    log.info("train %s (%d params) on %s x%d: %d seq/step (accum %d), %d train seqs, unigram loss %.4f%s",
+             name, cfg.num_params(), rt.device, rt.world, run.global_batch, accum, train_data.num_sequences,
+             run.unigram, f", resumed at step {latest}" if latest is not None else "")
+    return run
+
+
+def finish(run: Run, last_loss: float | None, decode: Callable[[list[int]], str] | None,
+           encode: Callable[[str], list[int]] | None, seconds: float) -> TrainResult:
+    """Final evaluation, checkpoint, plot, sample and result.json."""
+    st, p = run.state, run.params
+    if st.val_step != st.step:
+        run_eval(run)
+    if ckpt.latest_step(str(run.out)) != st.step:
+        save_step(run)
+    assert st.val_loss is not None and st.best_val_loss is not None, "no evaluation ran"
+    prompt = encode(p.sample_prompt) if encode is not None and p.sample_prompt else []
+    prompt = prompt or [int(t) for t in run.val_data.get([0])[0, :8]]
+    sample = generate_sample(run.models.raw, prompt, decode, p.sample_tokens, p.sample_temperature,
+                             p.sample_top_k or None, p.seed, run.rt.device)
+    t = run.timing
+    tps = t["tokens"] / t["seconds"] if t["seconds"] else None
+    result = TrainResult(
+        model=run.model_name, num_params=run.models.raw.num_params(), steps=st.step, tokens_seen=st.tokens_seen,
+        train_loss=last_loss, val_loss=st.val_loss, best_val_loss=st.best_val_loss,
+        val_ppl=math.exp(min(st.val_loss, 700.0)), val_bpb=bits_per_byte(st.val_loss, run.bytes_per_token),
+        unigram_loss=run.unigram, tokens_per_s=tps,
+        mfu=run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if tps and run.peak else None,
+        skipped_steps=st.skipped_steps, rollbacks=st.rollbacks, skipped_batches=st.skipped_batches,
+        checkpoint=ckpt.step_dir(str(run.out), st.step), metrics_path=str(run.metrics.path),
+        plot_path=str(run.out / LOSS_PLOT), sample=sample, seconds=seconds)
+    if run.rt.is_main:
+        plot_losses(run.metrics.rows(), run.out / LOSS_PLOT, run.unigram)
+        (run.out / SAMPLE).write_text(sample + "\n")
+        (run.out / RESULT).write_text(result.model_dump_json(indent=2))
+        log.info("done: %d steps, val loss %.4f (unigram %.4f), bpb %.4f -> %s", st.step, st.val_loss,
+                 run.unigram, result.val_bpb, run.out / RESULT)
+    barrier(run.rt)
+    return result
+
+
+def train(params: TrainParams, shards_dir: str | Path, out_dir: str | Path, bytes_per_token: float, *,
+          tokenizer_path: str | None = None, decode: Callable[[list[int]], str] | None = None,
+          encode: Callable[[str], list[int]] | None = None, tokenize_version: str = "",
+          tokenizer_sha256: str = "", hooks: FaultHooks | None = None) -> TrainResult:
+    """Train (or resume) a model on a tokenize version's shards; writes everything under out_dir."""
+    job = TrainJob(params=params, shards_dir=str(shards_dir), out_dir=str(out_dir), bytes_per_token=bytes_per_token,
+                   tokenizer_path=tokenizer_path, tokenize_version=tokenize_version,
+                   tokenizer_sha256=tokenizer_sha256)
+    if tokenizer_path is not None and (encode is None or decode is None):
+        sp_encode, sp_decode = sentencepiece_codec(tokenizer_path)
+        encode, decode = encode or sp_encode, decode or sp_decode
+    t0 = time.perf_counter()
+    rt = setup_runtime(params.device, params.dtype)
+    try:
+        run = prepare(params, job, rt)
+        last_loss = run_steps(run, hooks or FaultHooks())
+        return finish(run, last_loss, decode, encode, time.perf_counter() - t0)
+    finally:
+        teardown_runtime(rt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tasks.train JOB.json` (also under torchrun); the result lands in OUT_DIR/result.json."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tasks.train JOB.json   (a TrainJob: params, shards_dir, out_dir, bytes_per_token)",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    job = TrainJob.model_validate_json(Path(args[0]).read_text())
+    train(job.params, job.shards_dir, job.out_dir, job.bytes_per_token, tokenizer_path=job.tokenizer_path,
+          tokenize_version=job.tokenize_version, tokenizer_sha256=job.tokenizer_sha256)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,585 @@
+"""Tests for tasks/ingest.py (+ tasks/warc.py, tasks/extract.py, tasks/sources.py).
+
+Every WARC is built in the test with warcio; corrupt and truncated variants are cut from good bytes.
+The --crawl path runs against an http.server on 127.0.0.1. Real-data tests use ../shared/data and skip
+when it is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import socket
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+import tasks.ingest as ingest
+from storage.documents import Document, read_documents
+from storage.shards import Rejects
+from storage.stats import StageStats
+from tasks.extract import ExtractionTimeout, choose_charset, decode_html, time_limit
+from tasks.sources import classify_source
+
+PROSE = ("The committee met on Tuesday to review the proposal for a new library in the town centre. "
+         "Members discussed the budget, the timeline and the design, and agreed to publish a summary. ")
+PAGE = f"<html><head><title>Library</title></head><body><article><p>{PROSE * 3}</p><p>{PROSE}</p></article></body></html>"
+DATE = "2024-05-18T01:58:10Z"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def response(url: str, body: bytes | str, status: str = "200 OK", content_type: str | None = "text/html; charset=utf-8",
+             headers: tuple[tuple[str, str], ...] = (), record_id: str | None = None) -> dict[str, Any]:
+    hdrs = ([("Content-Type", content_type)] if content_type else []) + list(headers)
+    return {"type": "response", "url": url, "status": status, "headers": hdrs, "record_id": record_id,
+            "body": body.encode() if isinstance(body, str) else body}
+
+
+def warc_bytes(records: list[dict[str, Any]], gz: bool = True, requests: bool = True) -> bytes:
+    """A WARC: warcinfo, then per record (a request and) the response/conversion/other record."""
+    buf = io.BytesIO()
+    w = WARCWriter(buf, gzip=gz)
+    w.write_record(w.create_warcinfo_record("test.warc.gz", {"software": "tests"}))
+    for i, r in enumerate(records):
+        warc_headers = {"WARC-Date": DATE, "WARC-Record-ID": r.get("record_id") or f"<urn:uuid:00000000-0000-0000-0000-{i:012d}>"}
+        is_http = r["type"] == "response" and "status" in r
+        if is_http and requests:
+            req = StatusAndHeaders("GET / HTTP/1.1", [("Host", "x")], is_http_request=True)
+            w.write_record(w.create_warc_record(r["url"], "request", http_headers=req, warc_headers_dict={"WARC-Date": DATE}))
+        if is_http:
+            http = StatusAndHeaders(r["status"], r["headers"], protocol="HTTP/1.1")
+            rec = w.create_warc_record(r["url"], "response", payload=io.BytesIO(r["body"]), http_headers=http,
+                                       warc_headers_dict=warc_headers)
+        else:  # conversion (WET), dns response, metadata: no HTTP block
+            rec = w.create_warc_record(r["url"], r["type"], payload=io.BytesIO(r["body"]),
+                                       warc_content_type=r.get("warc_content_type", "text/plain"),
+                                       warc_headers_dict=warc_headers, length=len(r["body"]))
+        w.write_record(rec)
+    return buf.getvalue()
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+class ListRejects(Rejects):
+    """Rejects sink that keeps (doc, reason, detail) in memory."""
+
+    def __init__(self, stats: StageStats):
+        self.stats, self.items = stats, []  # type: ignore[var-annotated]
+
+    def add(self, doc: Document, reason: str, detail: dict[str, Any] | None = None, error: bool = False) -> None:
+        self.stats.drop(reason, error=error)
+        self.items.append((doc, reason, detail or {}))
+
+
+def run(path: str, **params: Any) -> tuple[list[Document], ListRejects, StageStats]:
+    p = ingest.IngestParams(inputs=[path], **params)
+    stats = StageStats()
+    rejects = ListRejects(stats)
+    docs = list(ingest.process(path, p, stats, rejects))
+    stats.docs_out = len(docs)
+    stats.check_conservation(path)
+    return docs, rejects, stats
+
+
+def reasons(rejects: ListRejects) -> list[str]:
+    return [r for _, r, _ in rejects.items]
+
+
+# ------------------------------------------------------------------------------------ WARC records
+
+def test_keeps_html_200_with_all_columns(tmp_path):
+    rid = "<urn:uuid:2aabeff2-67f5-4608-8466-e87c6296e2b6>"
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("https://en.wikipedia.org/wiki/Library", PAGE, record_id=rid)]))
+    docs, rejects, stats = run(path)
+    assert len(docs) == 1 and not rejects.items
+    doc = docs[0]
+    assert doc.id == hashlib.sha256(rid.encode()).hexdigest()[:20]
+    assert doc.url == "https://en.wikipedia.org/wiki/Library" and doc.source == "wikipedia"
+    assert doc.crawl_date == DATE
+    assert "committee met on Tuesday" in doc.text and "<p>" not in doc.text
+    assert doc.meta["warc_file"] == path and doc.meta["warc_record_id"] == rid
+    assert doc.meta["content_type"] == "text/html" and doc.meta["charset"] == "utf-8"
+    assert set(doc.meta) == {f.name for f in ingest.INGEST_FIELDS}
+    # request and warcinfo records are counted, not treated as documents
+    assert stats.docs_in == 1
+    assert stats.counters["records.request"] == 1 and stats.counters["records.warcinfo"] == 1
+    assert stats.counters["source.wikipedia"] == 1 and stats.bytes_in == len(PAGE.encode())
+
+
+def test_offsets_locate_the_records(tmp_path):
+    data = warc_bytes([response(f"http://example.com/{i}", PAGE) for i in range(3)])
+    path = write(tmp_path, "a.warc.gz", data)
+    docs, _, _ = run(path)
+    for doc in docs:  # every offset starts a gzip member holding that response's WARC header
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[doc.meta["warc_offset"]:])
+        assert member.startswith(b"WARC/1") and doc.url.encode() in member[:400]
+
+
+def test_ids_are_stable_and_depend_only_on_the_record_id(tmp_path):
+    rid = "<urn:uuid:11111111-2222-3333-4444-555555555555>"
+    a = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE, record_id=rid)]))
+    b = write(tmp_path, "b.warc", warc_bytes([response("http://a.com/", PAGE, record_id=rid)], gz=False))
+    c = write(tmp_path, "c.warc.gz", warc_bytes([response("http://a.com/", PAGE)]))
+    ids = [run(p)[0][0].id for p in (a, a, b, c)]
+    assert ids[0] == ids[1] == ids[2] != ids[3]
+    assert len(ids[0]) == ingest.ID_HEX_CHARS and int(ids[0], 16) >= 0
+
+
+@pytest.mark.parametrize("status", ["404 Not Found", "301 Moved Permanently", "500 Internal Server Error"])
+def test_drops_non_200(tmp_path, status):
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/x", PAGE, status=status)]))
+    docs, rejects, stats = run(path)
+    assert not docs and reasons(rejects) == [ingest.HTTP_STATUS]
+    assert rejects.items[0][2]["status"] == int(status[:3]) and rejects.items[0][2]["file"] == path
+    assert stats.errors == 0
+
+
+def test_drops_non_html_and_non_http_responses(tmp_path):
+    png = b"\x89PNG\r\n\x1a\n" + bytes(200)
+    dns = {"type": "response", "url": "dns:example.com", "body": b"20080430204825\nexample.com. 589 IN A 1.2.3.4\n",
+           "warc_content_type": "text/dns"}
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/logo.png", png, content_type="image/png"),
+                                                    response("http://a.com/data.json", "{}", content_type="application/json"),
+                                                    dns]))
+    docs, rejects, _ = run(path)
+    assert not docs and reasons(rejects) == [ingest.NOT_HTML] * 3
+    assert [d["content_type"] for _, _, d in rejects.items] == ["image/png", "application/json", "text/dns"]
+
+
+def test_sniffs_html_without_content_type(tmp_path):
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE, content_type=None),
+                                                    response("http://a.com/b", b"\x00\x01binary", content_type=None)]))
+    docs, rejects, _ = run(path)
+    assert len(docs) == 1 and reasons(rejects) == [ingest.NOT_HTML]
+
+
+def test_identified_payload_type_wins_over_http_header(tmp_path):
+    data = warc_bytes([response("http://a.com/", PAGE, content_type="application/octet-stream")], requests=False)
+    data = gzip.compress(gzip.decompress(data).replace(b"WARC-Date: " + DATE.encode(),
+                                                       b"WARC-Identified-Payload-Type: text/html\r\nWARC-Date: " + DATE.encode(), 1))
+    # one gzip stream instead of per-record members: FastWARC reads both
+    docs, _, _ = run(write(tmp_path, "a.warc.gz", data))
+    assert len(docs) == 1 and docs[0].meta["content_type"] == "text/html"
+
+
+def test_empty_short_and_long_texts(tmp_path):
+    nav_only = "<html><body><script>document.write('hello');</script><img src='a.png'></body></html>"
+    short = "<html><body><p>Hi there</p></body></html>"
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", nav_only), response("http://a.com/2", short),
+                                                    response("http://a.com/3", PAGE)]))
+    docs, rejects, stats = run(path, max_text_chars=200)
+    assert not docs
+    assert reasons(rejects) == [ingest.EMPTY_TEXT, ingest.TOO_SHORT, ingest.TOO_LONG]
+    assert rejects.items[1][0].text == "Hi there" and rejects.items[2][2]["chars"] > 200
+    assert stats.errors == 0
+
+
+def test_heritrix_style_chunked_gzip_body_is_decoded(tmp_path):
+    raw = gzip.compress(PAGE.encode())
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(raw[i:i + 100]), raw[i:i + 100]) for i in range(0, len(raw), 100)) + b"0\r\n\r\n"
+    stored_decoded = PAGE.encode()  # Common Crawl 2014 kept "Content-Encoding: gzip" on a decoded body
+    path = write(tmp_path, "a.warc.gz", warc_bytes([
+        response("http://a.com/1", chunked, headers=(("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip"))),
+        response("http://a.com/2", stored_decoded, headers=(("Content-Encoding", "gzip"),)),
+        response("http://a.com/3", b"\x1f\x8b\x08\x00broken gzip", headers=(("Content-Encoding", "gzip"),))]))
+    docs, rejects, stats = run(path)
+    assert [d.url for d in docs] == ["http://a.com/1", "http://a.com/2"]
+    assert reasons(rejects) == [ingest.DECODE_ERROR] and stats.errors == 1
+
+
+def test_wet_conversion_records_are_kept(tmp_path):
+    text = "Escopete\n" + PROSE
+    wet = {"type": "conversion", "url": "https://an.wikipedia.org/wiki/Escopete", "body": text.encode()}
+    path = write(tmp_path, "a.warc.wet.gz", warc_bytes([wet, {"type": "conversion", "url": "http://b.com/", "body": b"  "}]))
+    docs, rejects, _ = run(path)
+    assert [d.text for d in docs] == [text.strip()] and docs[0].source == "wikipedia"
+    assert docs[0].meta["content_type"] == "text/plain" and docs[0].crawl_date == DATE
+    assert reasons(rejects) == [ingest.EMPTY_TEXT]
+
+
+# ------------------------------------------------------------------------------------------ charsets
+
+def test_charset_from_http_header(tmp_path):
+    body = f"<html><body><p>{'Привет, мир. Это проверка кодировки страницы. ' * 5}</p></body></html>".encode("cp1251")
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.ru/", body, content_type="text/html; charset=windows-1251")]))
+    docs, _, stats = run(path)
+    assert "Привет, мир" in docs[0].text and docs[0].meta["charset"] == "cp1251"
+    assert stats.counters["charset.http"] == 1
+
+
+@pytest.mark.parametrize("meta", ['<meta charset="windows-1251">',
+                                  '<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">'])
+def test_charset_from_meta_tag(meta):
+    body = f"<html><head>{meta}</head><body><p>Привет, мир</p></body></html>".encode("cp1251")
+    text, encoding, source = decode_html(body, None)
+    assert "Привет, мир" in text and encoding == "cp1251" and source == "meta"
+
+
+def test_charset_detected_and_bom_and_whatwg_labels():
+    body = ("<html><body><p>" + "日本語のテキストです。文字コードを自動で判定します。" * 20 + "</p></body></html>").encode("shift_jis")
+    text, encoding, source = decode_html(body, None)
+    assert source == "detected" and "日本語のテキスト" in text
+    assert choose_charset(b"\xef\xbb\xbf<html>", "iso-8859-1") == ("utf-8", "bom")
+    assert choose_charset(b"<html>", "ISO-8859-1") == ("cp1252", "http")  # WHATWG: latin-1 means windows-1252
+    assert choose_charset(b"<html>", "no-such-charset")[1] == "detected"
+
+
+# ------------------------------------------------------------------------------- extraction limits
+
+def _slow_extraction(html: str, extractor: str) -> str:
+    if "SLOW" in html:
+        while True:  # a pathological page: never finishes on its own
+            pass
+    return "a perfectly ordinary extracted text of some length"
+
+
+def test_extraction_timeout_interrupts_in_main_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "extract_main_text", _slow_extraction)
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"),
+                                                    response("http://a.com/2", PAGE)]))
+    docs, rejects, stats = run(path, extract_timeout_s=0.2)
+    assert [d.url for d in docs] == ["http://a.com/2"]
+    assert reasons(rejects) == [ingest.EXTRACTION_TIMEOUT] and stats.errors == 0
+    assert "SLOW" in rejects.items[0][0].text  # the raw HTML is kept for inspection
+
+
+def test_extraction_timeout_interrupts_in_worker_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "extract_main_text", _slow_extraction)
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"),
+                                                    response("http://a.com/2", PAGE)]))
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.update(result=run(path, extract_timeout_s=0.2)))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the watchdog did not interrupt the extraction"
+    docs, rejects, _ = out["result"]
+    assert [d.url for d in docs] == ["http://a.com/2"] and reasons(rejects) == [ingest.EXTRACTION_TIMEOUT]
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_time_limit_does_not_fire_after_the_block(in_thread):
+    def many_quick_blocks() -> None:
+        for _ in range(300):
+            with time_limit(0.05):
+                sum(range(1000))
+        with pytest.raises(ExtractionTimeout), time_limit(0.05):
+            while True:
+                pass
+
+    if in_thread:
+        worker = threading.Thread(target=many_quick_blocks)
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    else:
+        many_quick_blocks()
+
+
+def test_extraction_error_is_a_counted_error(tmp_path, monkeypatch):
+    def broken(html: str, extractor: str) -> str:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(ingest, "extract_main_text", broken)
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE)]))
+    docs, rejects, stats = run(path)
+    assert not docs and reasons(rejects) == [ingest.EXTRACTION_ERROR] and stats.errors == 1
+    assert "RecursionError" in rejects.items[0][2]["error"]
+
+
+def test_resiliparse_extractor(tmp_path):
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE)]))
+    docs, _, _ = run(path, extractor="resiliparse")
+    assert "committee met on Tuesday" in docs[0].text
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def _three_pages() -> bytes:
+    return warc_bytes([response(f"http://a.com/{i}", PAGE.replace("library", f"library {i}")) for i in range(3)])
+
+
+def test_truncated_gzip_keeps_the_records_before(tmp_path):
+    data = _three_pages()
+    path = write(tmp_path, "cut.warc.gz", data[: len(data) - 300])  # inside the last response's member
+    docs, rejects, stats = run(path)
+    assert [d.url for d in docs] == ["http://a.com/0", "http://a.com/1"]
+    assert reasons(rejects) == [ingest.TRUNCATED_FILE] and stats.errors == 1
+    detail = rejects.items[0][2]
+    assert detail["file"] == path and detail["offset"] > docs[-1].meta["warc_offset"]
+
+
+def test_truncated_uncompressed_warc(tmp_path):
+    data = warc_bytes([response(f"http://a.com/{i}", PAGE) for i in range(3)], gz=False)
+    docs, rejects, _ = run(write(tmp_path, "cut.warc", data[: len(data) - 200]))
+    assert len(docs) == 2 and reasons(rejects) == [ingest.TRUNCATED_FILE]
+
+
+def test_corrupt_gzip_member_keeps_the_records_before(tmp_path):
+    data = bytearray(_three_pages())
+    data[-500:-450] = bytes(50)  # zeroes inside the deflate stream of the last record
+    path = write(tmp_path, "bad.warc.gz", bytes(data))
+    docs, rejects, stats = run(path, max_error_fraction=1.0)
+    assert len(docs) == 2 and reasons(rejects) in ([ingest.CORRUPT_RECORD], [ingest.TRUNCATED_FILE])
+    assert stats.errors == 1 and rejects.items[0][2]["file"] == path
+
+
+@pytest.mark.parametrize("name,data", [
+    ("notes.warc.gz", gzip.compress(b"hello, this is not a WARC file\n" * 10)),
+    ("notes.warc", b"plain text, not a WARC\n" * 10),
+    ("empty.warc.gz", b""),
+])
+def test_unreadable_file_raises_naming_the_file(tmp_path, name, data):
+    path = write(tmp_path, name, data)
+    with pytest.raises(ValueError, match=r"(?s)" + name + r".*(re-download|remove)"):
+        run(path)
+
+
+def test_error_fraction_fails_the_shard(tmp_path):
+    data = _three_pages()
+    path = write(tmp_path, "cut.warc.gz", data[: len(data) - 300])  # 1 of 3 records fails
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="max_error_fraction"):
+        ingest.ingest_shard.fn(path, str(out), 0, ingest.IngestParams(inputs=[path], max_error_fraction=0.05))
+    result = ingest.ingest_shard.fn(path, str(out), 0, ingest.IngestParams(inputs=[path], max_error_fraction=0.5))
+    assert (result.stats.docs_in, result.stats.docs_out, result.stats.errors) == (3, 2, 1)
+
+
+def test_retry_only_on_io_errors():
+    from prefect.states import Failed
+
+    assert not ingest._retry_on_io_error(None, None, Failed(data=ValueError("bad file")))  # type: ignore[arg-type]
+    assert ingest._retry_on_io_error(None, None, Failed(data=ConnectionResetError("reset")))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ shard task
+
+def test_ingest_shard_writes_kept_and_rejected_shards(tmp_path):
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.edu/", PAGE),
+                                                    response("http://a.edu/404", PAGE, status="404 Not Found")]))
+    out = tmp_path / "out"
+    result = ingest.ingest_shard.fn(path, str(out), 3, ingest.IngestParams(inputs=[path]))
+    assert (result.shard.rows, result.rejected.rows) == (1, 1) and result.stats.docs_in == 2
+    kept = list(read_documents(str(out / "part-00003.parquet")))
+    assert kept[0].source == "academic" and kept[0].meta["warc_offset"] > 0
+    schema = pq.read_schema(out / "part-00003.parquet")
+    assert schema.field("warc_offset").type == pa.int64() and "warc_record_id" in schema.names
+    rejected = pq.read_table(out / "rejected" / "part-00003.parquet").to_pylist()
+    assert rejected[0]["reason"] == ingest.HTTP_STATUS and json.loads(rejected[0]["reason_detail"])["status"] == 404
+
+
+# ------------------------------------------------------------------------------- JSONL / Parquet
+
+def test_jsonl_rows(tmp_path):
+    lines = [json.dumps({"id": "a1", "text": PROSE, "url": "https://github.com/x/y", "crawl_date": DATE}),
+             json.dumps({"text": PROSE + " second", "source": "books"}),
+             json.dumps({"id": "a3", "url": "http://a.com/"}),
+             "{not json",
+             "",
+             json.dumps({"id": "a5", "text": "tiny"})]
+    path = write(tmp_path, "docs.jsonl.gz", gzip.compress("\n".join(lines).encode()))
+    docs, rejects, stats = run(path)
+    assert [d.id for d in docs][0] == "a1" and docs[0].source == "code" and docs[0].crawl_date == DATE
+    assert docs[1].source == "books" and len(docs[1].id) == ingest.ID_HEX_CHARS
+    assert reasons(rejects) == [ingest.MISSING_TEXT, ingest.CORRUPT_RECORD, ingest.TOO_SHORT]
+    assert [d["line"] for _, _, d in rejects.items] == [3, 4, 6] and rejects.items[0][2]["file"] == path
+    assert stats.docs_in == 5 and stats.errors == 2
+
+
+def test_parquet_rows(tmp_path):
+    table = pa.table({"id": ["p1", "p2"], "text": [PROSE, None], "url": ["https://arxiv.org/abs/1", None]})
+    path = str(tmp_path / "docs.parquet")
+    pq.write_table(table, path)
+    docs, rejects, _ = run(path)
+    assert [d.id for d in docs] == ["p1"] and docs[0].source == "academic" and docs[0].meta["warc_offset"] == 0
+    assert reasons(rejects) == [ingest.MISSING_TEXT] and rejects.items[0][2]["row"] == 1
+
+
+def test_parquet_without_text_column_raises(tmp_path):
+    path = str(tmp_path / "docs.parquet")
+    pq.write_table(pa.table({"id": ["p1"], "body": ["x"]}), path)
+    with pytest.raises(ValueError, match="no 'text' column"):
+        run(path)
+
+
+# --------------------------------------------------------------------------- inputs and params
+
+def test_resolve_inputs_globs_dirs_and_errors(tmp_path):
+    (tmp_path / "crawl" / "sub").mkdir(parents=True)
+    for name in ("a.warc.gz", "sub/b.warc.wet.gz", "sub/c.jsonl", "notes.txt"):
+        (tmp_path / "crawl" / name).write_bytes(b"x")
+    found = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl")]))
+    assert [Path(p).name for p in found] == ["a.warc.gz", "b.warc.wet.gz", "c.jsonl"]
+    globbed = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/**/*.gz"), str(tmp_path / "crawl/a.warc.gz")]))
+    assert [Path(p).name for p in globbed] == ["a.warc.gz", "b.warc.wet.gz"]  # duplicates removed
+    with pytest.raises(ValueError, match="matches no files"):
+        ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "nothing-*.warc.gz")]))
+    with pytest.raises(ValueError, match="does not exist"):
+        ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "missing.warc.gz")]))
+    with pytest.raises(ValueError, match="unsupported input files"):
+        ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/*.txt")]))
+
+
+def test_input_fingerprint_changes_with_the_file(tmp_path):
+    path = write(tmp_path, "a.warc.gz", b"one")
+    before = ingest.input_fingerprint([path])
+    Path(path).write_bytes(b"three")
+    after = ingest.input_fingerprint([path])
+    assert before[0]["path"] == path and before[0]["size"] == 3 and after[0]["size"] == 5 and "mtime" in after[0]
+    with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
+        ingest.input_fingerprint([str(tmp_path / "missing.warc.gz")])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "nothing to ingest"),
+    ({"crawl": "CC-MAIN-24-22"}, "pattern"),
+    ({"inputs": ["a.warc.gz"], "segments": 3}, "only applies with `crawl`"),
+    ({"inputs": ["a.warc.gz"], "min_text_chars": 50, "max_text_chars": 10}, "min_text_chars"),
+    ({"inputs": ["a.warc.gz"], "extractor": "regex"}, "trafilatura"),
+    ({"inputs": ["a.warc.gz"], "max_error_fraction": 1.5}, "less than or equal"),
+    ({"inputs": ["  "]}, "empty strings"),
+    ({"crawl": "CC-MAIN-2024-22", "crawl_base_url": "data.commoncrawl.org"}, "must be a URL"),
+])
+def test_params_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ingest.IngestParams(**kwargs)
+
+
+def test_error_budget_is_not_part_of_the_version():
+    a = ingest.IngestParams(inputs=["a.warc.gz"], max_error_fraction=0.1).version_params()
+    b = ingest.IngestParams(inputs=["a.warc.gz"], max_error_fraction=0.2).version_params()
+    assert a == b and "extract_timeout_s" in a
+
+
+@pytest.mark.parametrize("url,source", [
+    ("https://en.wikipedia.org/wiki/Python", "wikipedia"),
+    ("https://commons.wikimedia.org/x", "wikipedia"),
+    ("https://github.com/torvalds/linux", "code"),
+    ("https://unix.stackexchange.com/questions/1", "code"),
+    ("https://arxiv.org/abs/2101.00001", "academic"),
+    ("http://www.cs.stanford.edu/people", "academic"),
+    ("https://www.ox.ac.uk/research", "academic"),
+    ("https://www.reddit.com/r/python", "forum"),
+    ("http://forum.example.org/t/1", "forum"),
+    ("http://www.archive.org/iathreads/forum-display.php?forum=x", "forum"),
+    ("https://www.nytimes.com/2024/01/01/world.html", "news"),
+    ("https://dailynews.example.com/a", "news"),
+    ("https://example.news/a", "web"),  # a .news TLD alone says nothing
+    ("https://notgithub.com/x", "web"),
+    ("dns:example.com", "web"),
+    ("", "web"),
+    ("http://[::1", "web"),
+])
+def test_source_categories(url, source):
+    assert classify_source(url) == source
+
+
+# ------------------------------------------------------------------------- --crawl over HTTP
+
+@pytest.fixture
+def http_root(tmp_path) -> Iterator[tuple[Path, str]]:
+    """A directory served by http.server on 127.0.0.1 (free port); yields (dir, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_crawl_resolution_and_http_streaming(http_root):
+    root, base = http_root
+    crawl = root / "crawl-data" / "CC-MAIN-2099-01"
+    (crawl / "segments" / "1" / "warc").mkdir(parents=True)
+    names = [f"crawl-data/CC-MAIN-2099-01/segments/1/warc/CC-MAIN-{i}.warc.gz" for i in range(2)]
+    for i, name in enumerate(names):
+        (root / name).write_bytes(warc_bytes([response(f"https://news.example.com/{i}", PAGE)]))
+    listing = "cc-index/table/cc-main/warc/part-0.parquet\n" + "\n".join(names) + "\n"
+    (crawl / "warc.paths.gz").write_bytes(gzip.compress(listing.encode()))
+
+    params = ingest.IngestParams(crawl="CC-MAIN-2099-01", segments=1, crawl_base_url=base)
+    urls = ingest.resolve_inputs(params)
+    assert urls == [f"{base}/{names[0]}"]  # the non-WARC first line is skipped
+    fingerprint = ingest.input_fingerprint(urls)
+    assert fingerprint[0]["size"] == (root / names[0]).stat().st_size and "last_modified" in fingerprint[0]
+    stats = StageStats()
+    docs = list(ingest.process(urls[0], params, stats, ListRejects(stats)))
+    assert len(docs) == 1 and docs[0].source == "news" and docs[0].meta["warc_file"] == urls[0]
+
+    with pytest.raises(ValueError, match="fewer than segments=5"):
+        ingest.resolve_inputs(params.model_copy(update={"segments": 5}))
+    with pytest.raises(ValueError, match="CC-MAIN-2099-02.*crawl id"):
+        ingest.resolve_inputs(params.model_copy(update={"crawl": "CC-MAIN-2099-02"}))
+
+
+def test_unreachable_url_names_the_url():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/crawl/x.warc.gz"
+    with pytest.raises(FileNotFoundError, match="x.warc.gz"):
+        ingest.input_fingerprint([url])
+    with pytest.raises(OSError, match="x.warc.gz"):
+        run(url)
+
+
+def test_missing_http_file_names_the_url(http_root):
+    _, base = http_root
+    with pytest.raises(OSError, match="missing.warc.gz"):
+        run(f"{base}/missing.warc.gz")
+
+
+# ------------------------------------------------------------------------------------ real data
+
+def test_real_common_crawl_files(shared_data):
+    files = sorted((shared_data / "warc" / "commoncrawl").glob("*0*.warc.gz"))
+    files += sorted((shared_data / "warc" / "commoncrawl").glob("*.warc.wet.gz"))
+    assert files
+    total = StageStats()
+    for path in files:
+        docs, rejects, stats = run(str(path))
+        assert stats.errors == 0, (path, rejects.items[:3])
+        total = total.merge(stats)
+    assert total.docs_out >= 45 and total.counters["records.request"] >= 20
+    whirlwind = run(str(shared_data / "warc/commoncrawl/CC-MAIN-20240517233122-20240518023122-00000_whirlwind.warc.gz"))[0]
+    assert whirlwind[0].url == "https://an.wikipedia.org/wiki/Escopete" and whirlwind[0].source == "wikipedia"
+    assert "Escopete" in whirlwind[0].text and whirlwind[0].crawl_date.startswith("2024-05-18T")
+
+
+def test_real_heritrix_file_drops(shared_data):
+    path = shared_data / "warc" / "other_crawls" / "IAH-20080430204825-00000-blackbook_sample.warc.gz"
+    docs, rejects, stats = run(str(path), extractor="resiliparse")  # trafilatura takes ~5 s on this file
+    assert stats.docs_in == 299 and stats.errors == 0
+    assert stats.dropped[ingest.HTTP_STATUS] >= 40 and stats.dropped[ingest.NOT_HTML] >= 100
+    assert len(docs) >= 80
+
+
+def test_real_paths_listing_is_not_a_warc(shared_data):
+    with pytest.raises(ValueError, match="unsupported input files"):
+        ingest.resolve_inputs(ingest.IngestParams(inputs=[str(shared_data / "warc/commoncrawl/*.paths.gz")]))

@@ -1,0 +1,203 @@
+"""The deployment definitions load: every prefect.yaml entrypoint imports, is a flow, and its parameters
+validate; every stage flow has a deployment; docker-compose.yml has the services, health checks, database
+URL and shared data volume the README promises (`docker compose config` too where the plugin exists).
+
+The real `prefect deploy` + worker + UI checks are in tests/server/ (marker `server`).
+"""
+
+import importlib
+import inspect
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+SECRET_WORDS = re.compile(r"(password|secret|api_key|apikey|token|credential)s?\s*:", re.I)
+
+
+def _deployments():
+    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+
+def _load(entrypoint, monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+    monkeypatch.chdir(REPO)  # entrypoints are relative to the repo root, as for `prefect deploy`
+    # no placeholder: Prefect otherwise swaps in an untyped stand-in flow when the module fails to import
+    return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+
+
+def test_prefect_yaml_has_pipeline_and_unique_names():
+    deps = _deployments()
+    entry = {(d["entrypoint"], d["name"]) for d in deps}
+    assert ("flows/pipeline.py:pipeline_flow", "default") in entry
+    assert len(entry) == len(deps), "two deployments with the same entrypoint and name"
+
+
+@pytest.mark.parametrize("dep", _deployments(), ids=lambda d: f"{d['entrypoint']}:{d['name']}")
+def test_entrypoint_is_a_flow_with_a_typed_form_and_valid_parameters(dep, monkeypatch):
+    from prefect import Flow
+    from prefect.utilities.callables import parameter_schema
+
+    path, func = dep["entrypoint"].split(":")
+    assert (REPO / path).is_file(), f"{dep['entrypoint']}: no such file"
+    flow = _load(dep["entrypoint"], monkeypatch)
+    assert isinstance(flow, Flow), f"{dep['entrypoint']} is not a Prefect flow"
+    params = dep.get("parameters") or {}
+    unknown = set(params) - set(inspect.signature(flow.fn).parameters)
+    assert not unknown, f"{dep['entrypoint']}: parameters {unknown} are not arguments of the flow"
+    flow.validate_parameters(params)  # raises ParameterTypeError on a bad value
+    if "config_path" in params:
+        from flows.config import load_config
+        load_config(REPO / params["config_path"])
+    schema = parameter_schema(flow).model_dump()
+    for name, prop in schema["properties"].items():
+        # a typed field renders as a form input; an untyped one as a raw JSON box
+        assert {"type", "$ref", "allOf", "anyOf", "enum"} & set(prop), f"{dep['entrypoint']}: {name} has no type"
+    pool = dep["work_pool"]["name"]
+    assert pool == ("gpu" if flow.name == "train" else "cpu"), f"{flow.name} deployed to pool {pool}"
+
+
+def test_pipeline_form_offers_config_path_and_stage_choices(monkeypatch):
+    from prefect.utilities.callables import parameter_schema
+
+    flow = _load("flows/pipeline.py:pipeline_flow", monkeypatch)
+    schema = parameter_schema(flow).model_dump()
+    props = schema["properties"]
+    assert {"config", "config_path", "only", "from_stage", "to_stage", "force", "data_root"} <= set(props)
+    assert "YAML" in props["config_path"].get("description", ""), "Args docstring should describe the field"
+    stage_enum = schema["definitions"]["Stage"]["enum"]
+    assert stage_enum[0] == "ingest" and stage_enum[-1] == "train"
+    assert "PipelineConfig" in schema["definitions"]
+
+
+def test_every_stage_flow_has_a_deployment(monkeypatch):
+    from prefect import Flow
+
+    monkeypatch.chdir(REPO)
+    entrypoints = {d["entrypoint"] for d in _deployments()}
+    missing = []
+    for path in sorted((REPO / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{path.stem}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, Flow) and obj.fn.__module__ == module.__name__:
+                if f"flows/{path.name}:{name}" not in entrypoints:
+                    missing.append(f"flows/{path.name}:{name}")
+    assert not missing, (f"stage flows without a deployment: {missing}; add an entry to deployments/prefect.yaml "
+                         f"(copy the ingest one; train goes to `work_pool: *gpu_pool`)")
+
+
+def test_schedules_are_paused_and_yaml_has_no_secrets():
+    deps = _deployments()
+    schedules = [s for d in deps for s in d.get("schedules") or []]
+    assert schedules, "a schedule example (weekly) is expected"
+    assert all(s.get("active") is False for s in schedules), "schedules must be paused by default"
+    text = PREFECT_YAML.read_text()
+    assert not SECRET_WORDS.search(text), "no credentials in prefect.yaml; workers take them from the environment"
+    assert "pull:" not in text.replace("`pull:`", ""), \
+        "no pull section: prefect deploy must store the repo root as the working directory"
+
+
+# ---------------------------------------------------------------- docker-compose
+
+def _env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _interpolate(value, env):
+    """Compose-style ${VAR}, ${VAR:-default}, ${VAR:?error} and $$ (enough for this file)."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"docker-compose.yml needs {name}: {arg}")
+        return arg if op == ":-" else ""
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value.replace("$$", "\0")).replace("\0", "$")
+
+
+@pytest.fixture
+def compose():
+    raw = yaml.safe_load(COMPOSE.read_text())  # PyYAML resolves the x-* anchors and `<<` merges
+    return _interpolate(raw, _env_example())
+
+
+def _env(service) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return env if isinstance(env, dict) else dict(e.split("=", 1) for e in env)
+
+
+def test_compose_every_variable_is_documented_in_env_example():
+    used = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
+    assert used <= set(_env_example()), f"add {used - set(_env_example())} to .env.example"
+
+
+def test_compose_services_health_checks_and_database(compose):
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "worker-cpu", "worker-gpu"} <= set(services)
+    for name in ("postgres", "prefect-server", "worker-cpu", "worker-gpu"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
+    url = _env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert re.fullmatch(r"postgresql\+asyncpg://[^:]+:[^@]+@postgres:5432/\w+", url), url
+    pg = _env(services["postgres"])
+    assert url.endswith("/" + pg["POSTGRES_DB"]) and f"//{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@" in url
+    assert services["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert all(p.startswith("127.0.0.1:") for p in services["prefect-server"]["ports"]), "UI bound to localhost"
+    for name in ("worker-cpu", "worker-gpu"):
+        assert _env(services[name])["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+
+
+def test_compose_workers_share_one_data_volume_at_the_same_path(compose):
+    services = compose["services"]
+    mounts = {}
+    for name in ("worker-cpu", "worker-gpu", "deploy"):
+        vols = [v for v in services[name]["volumes"] if v.split(":")[0] in compose["volumes"]]
+        assert len(vols) == 1, f"{name}: expected one named data volume, got {services[name]['volumes']}"
+        mounts[name] = vols[0]
+        assert vols[0].split(":")[1] == _env(services[name])["PRETRAIN_DATA_ROOT"], \
+            f"{name}: PRETRAIN_DATA_ROOT is not the mounted data path"
+    assert len(set(mounts.values())) == 1, f"workers mount different data volumes/paths: {mounts}"
+
+
+def test_compose_workers_pools_gpu_and_one_image(compose):
+    services = compose["services"]
+    pools = yaml.safe_load(PREFECT_YAML.read_text())["definitions"]["work_pools"]
+    cpu_cmd, gpu_cmd = services["worker-cpu"]["command"], services["worker-gpu"]["command"]
+    assert cpu_cmd[cpu_cmd.index("--pool") + 1] == pools["cpu"]["name"]
+    assert gpu_cmd[gpu_cmd.index("--pool") + 1] == pools["gpu"]["name"]
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    images = {services[s]["image"] for s in ("prefect-server", "worker-cpu", "worker-gpu", "deploy")}
+    assert len(images) == 1, f"server and workers must share one image (same Prefect version): {images}"
+    dockerfile = REPO / services["worker-cpu"]["build"]["dockerfile"]
+    assert dockerfile.is_file() and services["worker-cpu"]["build"]["context"] == "."
+    assert "deployments/prefect.yaml" in " ".join(services["deploy"]["command"])
+    ignore = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().split()
+    assert ".venv/" in ignore and ".git/" in ignore
+
+
+def test_compose_config_validates_with_the_docker_cli():
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here; the YAML checks above cover the file")
+    res = subprocess.run([docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
