@@ -44,7 +44,8 @@ def benchmark_specs(evals: Path) -> list[Any]:
     from tasks.benchmarks import BenchmarkFile
     specs = []
     for f in sorted(evals.glob("*.jsonl")):
-        first = json.loads(f.open().readline())
+        with f.open() as fh:
+            first = json.loads(fh.readline())
         fields = [k for k, v in first.items() if isinstance(v, (str, list))]
         specs.append(BenchmarkFile(name=f.stem, path=str(f), fields=fields))
     return specs
@@ -53,7 +54,8 @@ def benchmark_specs(evals: Path) -> list[Any]:
 def real_documents() -> list[str]:
     docs: list[str] = []
     for name in ("majority_data.jsonl", "agreement_data.jsonl"):
-        docs += [json.loads(line)["text"] for line in open(SHARED / "quality/dclm_human_annotated" / name)]
+        lines = (SHARED / "quality/dclm_human_annotated" / name).read_text().split("\n")
+        docs += [json.loads(line)["text"] for line in lines if line.strip()]
     truth = json.loads((SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json").read_text())
     docs += [v["articleBody"] for v in truth.values() if v.get("articleBody")]
     from warcio.archiveiterator import ArchiveIterator
@@ -141,7 +143,7 @@ def run_reference(items: list[tuple[str, str, str]], texts: list[str], n: int, m
     return build, seconds, flagged
 
 
-def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -> tuple[float, float, set[int]]:
+def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -> tuple[float, float, dict[int, str]]:
     from datatrove.data import Document as DTDocument
     from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
     from datatrove.utils.hashing import create_hash_func
@@ -166,8 +168,9 @@ def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -
     filt.load_index_hashes()
     build = time.perf_counter() - t0
 
-    def go(ts: list[str]) -> set[int]:
-        return {i for i, t in enumerate(ts) if filt.filter(DTDocument(text=t, id=str(i))) is not True}
+    def go(ts: list[str]) -> dict[int, str]:
+        docs = [DTDocument(text=t, id=str(i)) for i, t in enumerate(ts)]
+        return {i: d.metadata["contaminated_ngram"] for i, d in enumerate(docs) if filt.filter(d) is not True}
     seconds, flagged = time_it(go, texts)
     return build, seconds, flagged
 
@@ -181,7 +184,6 @@ def main() -> None:
     ap.add_argument("--skip-datatrove", action="store_true")
     args = ap.parse_args()
 
-    from tasks import benchmarks as bm
     from tasks.decontaminate import DecontaminateParams, index_sources
     from tasks.ngram_index import build_index
 
@@ -208,7 +210,7 @@ def main() -> None:
     rows.append(("reference (hash64 per n-gram)", ref_build, ref_secs, ref))
     if not args.skip_datatrove:
         dt_build, dt_secs, dt = run_datatrove(items, texts, params.n)
-        rows.append(("datatrove NGramsDecontFilter", dt_build, dt_secs, dt))
+        rows.append(("datatrove NGramsDecontFilter", dt_build, dt_secs, set(dt)))
     print(f"\n{'engine':<32}{'index s':>9}{'docs/s':>10}{'MB/s':>8}{'flagged':>9}{'recall':>8}{'ours is':>10}")
     for name, build, s, flagged in rows:
         recall = len(flagged & planted.keys()) / max(1, len(planted))
@@ -216,6 +218,9 @@ def main() -> None:
               f"{len(flagged):>9}{recall:>8.3f}{s / secs:>9.2f}x")
     for name, _, _, flagged in rows[2:]:
         print(f"agreement with {name}: ours only {len(set(ours) - flagged)}, theirs only {len(flagged - set(ours))}")
+    if not args.skip_datatrove:
+        for i in sorted(set(dt) - set(ours))[:10]:
+            print(f"  datatrove only, doc {i} (planted: {i in planted}): '{dt[i]}'")
     extra = sorted(set(ours) - planted.keys())
     print(f"\nunplanted documents ours flagged: {len(extra)}")
     for i in extra[:15]:

@@ -1,6 +1,7 @@
 """Near-dedup benchmark: our dedup stage vs datatrove's 4-step MinHash, on the same planted corpus.
 
-    .venv/bin/python -m bench.dedup [--docs 10000] [--shards 4] [--workers 1] [--datatrove spacy,regex]
+    .venv/bin/python -m bench.dedup [--docs 10000] [--shards 4] [--workers 1] [--ours ours,ours-xxhash]
+                                    [--datatrove spacy,regex]
 
 Corpus: N documents built from real text in ../shared/data (DCLM Common Crawl documents, WikiText-2
 articles, news article bodies, Common Crawl WET records): each background document is a run of
@@ -12,7 +13,8 @@ duplicate pairs are split across shards. The corpus is cached under --cache.
 
 Engines run one after the other, each in its own subprocess (peak RSS = that process's ru_maxrss):
   ours       tasks.dedup: signature map -> global cluster step -> filter map (the stage's own task
-             functions, without Prefect), FineWeb defaults (5-grams, 14 x 8), verification on.
+             functions, without Prefect), FineWeb defaults (5-grams, 14 x 8), verification on, sha1
+             shingle hashes (datasketch-identical signatures); `ours-xxhash` with hash_function=xxhash.
   datatrove  MinhashDedupSignature -> MinhashDedupBuckets -> MinhashDedupCluster -> MinhashDedupFilter
              with MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8) on LocalPipelineExecutor,
              its default 64-bit xxhash shingle hash (str encoded to UTF-8 first: datatrove 0.10 hands str to

@@ -85,7 +85,8 @@ class RefGPT(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor, doc_ids: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor,
+                doc_ids: None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(idx.size(1), device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
@@ -127,7 +128,7 @@ def bench_ours(args: argparse.Namespace, rt: Runtime, data: list[tuple[torch.Ten
     torch.manual_seed(0)
     cfg = preset(args.preset, vocab_size=args.vocab, seq_len=args.seq)
     raw = GPT(cfg).to(rt.device)
-    model = torch.compile(raw) if args.compile else raw
+    model: nn.Module = torch.compile(raw) if args.compile else raw  # type: ignore[assignment]
     opt = raw.configure_optimizers(3e-4, 0.1, (0.9, 0.95), rt.device_type)
 
     def step(i: int) -> None:
@@ -144,7 +145,7 @@ def bench_reference(args: argparse.Namespace, rt: Runtime, data: list[tuple[torc
     cfg = preset(args.preset, vocab_size=args.vocab, seq_len=args.seq)
     vocab = cfg.padded_vocab_size if args.ref_pad_vocab else args.vocab
     raw = RefGPT(RefConfig(vocab, args.seq, cfg.n_layer, cfg.n_head, cfg.n_embd)).to(rt.device)
-    model = torch.compile(raw) if args.compile else raw
+    model: nn.Module = torch.compile(raw) if args.compile else raw  # type: ignore[assignment]
     opt = ref_optimizer(raw, 3e-4, rt.device_type)
 
     def step(i: int) -> None:

@@ -198,6 +198,32 @@ def cmd_export_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("train-quality-classifier")
+def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
+    paths.apply_prefect_env_defaults()
+    from pydantic import ValidationError
+    try:
+        from tasks.quality_classifier import QualityClassifierParams
+        params = QualityClassifierParams(positive=args.positive or [], negative=args.negative or [],
+                                         detokenize_wikitext=args.wikitext, languages=args.languages)
+    except ValidationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from flows.quality_classifier import report_markdown, train_quality_classifier_flow
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        version = train_quality_classifier_flow(params=params, data_root=root, input_version=args.input_version,
+                                                force=args.force)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    m = load_manifest(root, Stage.QUALITY_CLASSIFIER, version)
+    print(f"quality_classifier@{version}  ({paths.version_dir(root, m.stage, version)})")
+    print(report_markdown(m, root))
+    print(f"use it: quality.classifier_version: {version}")
+    return 0
+
+
 @command("demo-crawl")
 def cmd_demo_crawl(args: argparse.Namespace) -> int:
     from tasks.demo_crawl import generate_demo_crawl
@@ -249,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", default="train", help="train, val or anneal")
     x.add_argument("--out", required=True, help="output .bin file")
     x.add_argument("--version", default="latest", help="tokenize version")
+    q = sub.add_parser("train-quality-classifier", help="train the fastText quality classifier (DCLM recipe)")
+    q.add_argument("--positive", nargs="+", help="high-quality reference files (.jsonl/.parquet with text, .txt); "
+                   "none: bootstrap labels from the heuristic filters")
+    q.add_argument("--negative", nargs="+", help="low-quality files; none: sample the crawl (langid documents)")
+    q.add_argument("--wikitext", action="store_true", help="undo WikiText tokenization in positive .txt files")
+    q.add_argument("--languages", nargs="+", default=["en"], help="crawl languages used (langid labels)")
+    q.add_argument("--input-version", default="latest", help="langid version the crawl documents come from")
+    q.add_argument("--force", action="store_true", help="retrain even if this version exists")
     for name, attach in EXTRA_PARSERS.items():
         attach(sub.add_parser(name))
     return p

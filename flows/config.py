@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tasks.decontaminate import DecontaminateParams
 from tasks.dedup import DedupParams
 from tasks.ingest import IngestParams
+from tasks.langid import LangidParams
 from tasks.mix import MixParams
+from tasks.quality import QualityParams
 from tasks.tokenization import TokenizeParams
 
 
@@ -28,6 +30,10 @@ class PipelineConfig(BaseModel):
     demo_pages: int = Field(400, ge=20, le=100_000,
                             description="Pages of the generated demo crawl, used when ingest has no inputs.")
     ingest: IngestParams = Field(default_factory=IngestParams, description="Crawl ingest (stage 1).")
+    langid: LangidParams = Field(default_factory=LangidParams,
+                                 description="fastText LID-176 language ID and keep-list (stage 2).")
+    quality: QualityParams = Field(default_factory=QualityParams, description=(
+        "Heuristic filters (Gopher, C4, FineWeb) and the fastText quality classifier (stage 3)."))
     dedup: DedupParams = Field(default_factory=DedupParams,
                                description="Exact + MinHash near-duplicate removal across all shards (stage 4).")
     decontaminate: DecontaminateParams = Field(

@@ -20,8 +20,15 @@ from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards,
 from storage import paths
 from storage.manifest import Manifest
 from storage.stats import StageStats
-from tasks.decontaminate import (STAGE, STAGE_VERSION, DecontaminateParams, decontaminate_index,
-                                 decontaminate_shard, index_version, write_index_ref)
+from tasks.decontaminate import (
+    STAGE,
+    STAGE_VERSION,
+    DecontaminateParams,
+    decontaminate_index,
+    decontaminate_shard,
+    index_version,
+    write_index_ref,
+)
 from tasks.ngram_index import read_items
 
 TOP_ITEMS = 10
@@ -65,21 +72,22 @@ def report_markdown(manifest: Manifest, root: str) -> str:
     if not index:
         return ""
     c = manifest.stats.counters
-    lines = [f"## Benchmarks (action `{manifest.params.get('action')}`)", "",
-             f"Index `{index['version']}`: {index['ngrams']:,} {index['n']}-grams "
-             f"({index['ngrams_too_common']:,} left out as in more than {index['max_items_per_ngram']} items), "
-             f"{index['bytes'] / 1e6:.1f} MB, built in {index['build_seconds']} s; `{index['dir']}`.", "",
+    built = (f"Index `{index['version']}`: {index['ngrams']:,} {index['n']}-grams ({index['ngrams_too_common']:,} "
+             f"left out as in more than {index['max_items_per_ngram']} items), {index['bytes'] / 1e6:.1f} MB, "
+             f"built in {index['build_seconds']} s; `{index['dir']}`.")
+    lines = [f"## Benchmarks (action `{manifest.params.get('action')}`)", "", built, "",
              "| benchmark | items | items indexed | n-grams | items matched | docs matched | docs removed |",
              "|---|---|---|---|---|---|---|"]
     for r in benchmark_rows(manifest):
         lines.append(f"| {r['benchmark']} | {r['items']} | {r['items_indexed']} | {r['ngrams']} | "
                      f"{r['items_matched']} | {r['docs_matched']} | {r['docs_removed']} |")
-    lines += ["", "A document matching several benchmarks counts once for each. Items with fewer than n words "
-                  "cannot be matched (items - items indexed).", ""]
+    note = ("Items indexed have at least one n-gram in the index (the others are shorter than n words or share "
+            "all their n-grams with too many items). A document matching several benchmarks counts for each.")
+    lines += ["", note, ""]
     if c.get("cut.documents") or manifest.params.get("action") == "cut":
-        lines += [f"Cut: {c.get('cut.documents', 0)} documents, {c.get('cut.spans', 0)} spans, "
-                  f"{c.get('cut.chars_removed', 0):,} characters removed, "
-                  f"{c.get('cut.pieces_too_short', 0)} leftover pieces too short.", ""]
+        lines += [(f"Cut: {c.get('cut.documents', 0)} documents, {c.get('cut.spans', 0)} spans, "
+                   f"{c.get('cut.chars_removed', 0):,} characters removed, "
+                   f"{c.get('cut.pieces_too_short', 0)} leftover pieces too short."), ""]
     return "\n".join(lines + _top_items(manifest, root))
 
 

@@ -7,7 +7,7 @@ manifest extras (`plan`), with `anneal_shards` when annealing; `mix_report` rend
 table for the Prefect summary artifact and `pretrain inspect mix`.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import unmapped
@@ -16,7 +16,23 @@ from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards,
 from storage.manifest import Manifest
 from storage.stats import StageStats
 from tasks.mix import (STAGE, STAGE_VERSION, MixJob, MixParams, MixPlan, merge_counts, mix_count_shard, mix_shard,
-                       plan_mix, summary_rows)
+                       plan_mix)
+
+
+def summary_rows(plan: MixPlan, counters: dict[str, int]) -> list[dict[str, Any]]:
+    """Per-source rows of the report: available, target, achieved (documents, characters, share), repeats."""
+    out_total = sum(v for k, v in counters.items() if k.startswith("chars_out.")) or 1
+    rows = []
+    for s, sp in plan.sources.items():
+        chars_out = counters.get(f"chars_out.{s}", 0)
+        rows.append({"source": s, "weight": round(sp.weight, 4), "docs_available": sp.available_docs,
+                     "chars_available": sp.available_chars, "chars_target": round(sp.target_chars),
+                     "share_target": round(sp.target_chars / plan.budget_chars, 4) if plan.budget_chars else 0.0,
+                     "docs_kept": counters.get(f"docs_out.{s}", 0), "copies": counters.get(f"copies.{s}", 0),
+                     "chars_achieved": chars_out, "share_achieved": round(chars_out / out_total, 4),
+                     "repeat_factor": round(chars_out / sp.available_chars, 3) if sp.available_chars else 0.0,
+                     "shortfall_chars": round(max(0.0, sp.wanted_chars - sp.target_chars))})
+    return rows
 
 
 def _md_table(rows: list[dict]) -> str:

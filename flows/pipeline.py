@@ -20,6 +20,11 @@ from flows.dedup import report_markdown as dedup_report
 from flows.decontaminate import report_markdown as decontaminate_report
 from flows.ingest import ingest_flow
 from flows.ingest import report_markdown as ingest_report
+from flows.langid import langid_flow
+from flows.langid import report_markdown as langid_report
+from flows.quality import quality_flow
+from flows.quality import report_markdown as quality_report
+from flows.quality_classifier import report_markdown as quality_classifier_report
 from flows.mix import mix_flow, mix_report
 from flows.tokenization import tokenization_flow, tokenize_report
 from flows.sharded import ReportFn, task_runner
@@ -32,6 +37,10 @@ StageCall = Callable[[PipelineConfig, str, str, bool], str]
 STAGES: dict[Stage, StageCall] = {
     Stage.INGEST: lambda c, root, inp, force: ingest_flow.with_options(task_runner=task_runner(c.workers))(
         params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages),
+    Stage.LANGID: lambda c, root, inp, force: langid_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.langid, data_root=root, input_version=inp, force=force),
+    Stage.QUALITY: lambda c, root, inp, force: quality_flow.with_options(task_runner=task_runner(c.workers))(
+        params=c.quality, data_root=root, input_version=inp, force=force),
     Stage.DEDUP: lambda c, root, inp, force: dedup_flow.with_options(task_runner=task_runner(c.workers))(
         params=c.dedup, data_root=root, input_version=inp, force=force),
     Stage.DECONTAMINATE: lambda c, root, inp, force: decontaminate_flow.with_options(
@@ -44,6 +53,9 @@ STAGES: dict[Stage, StageCall] = {
 # Stage -> markdown report used by the summary artifact and `pretrain inspect`.
 REPORTS: dict[Stage, ReportFn] = {
     Stage.INGEST: ingest_report,
+    Stage.LANGID: langid_report,
+    Stage.QUALITY: quality_report,
+    Stage.QUALITY_CLASSIFIER: quality_classifier_report,
     Stage.DEDUP: dedup_report,
     Stage.DECONTAMINATE: decontaminate_report,
     Stage.MIX: mix_report,

@@ -28,7 +28,7 @@ from prefect.utilities.annotations import unmapped
 from flows.sharded import StageRun, abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from models.tokenizer import Tokenizer, file_sha256
 from storage import paths
-from storage.manifest import Manifest, ShardInfo, compute_version
+from storage.manifest import Manifest, compute_version
 from storage.stats import StageStats
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards
 from tasks.tokenization import (ANNEAL_SPLIT, STAGE, STAGE_VERSION, TOKENIZER_DIR, TOKENIZER_INFO, TOKENIZER_MODEL,
@@ -115,8 +115,12 @@ def encode_main(run: StageRun, params: TokenizeParams, tok_file: str, sources: l
     results = map_shards(run, tokenize_shard, sources, TokenizeJob(params=params, tokenizer_file=tok_file,
                                                                     val_threshold=threshold))
     row_len = params.seq_len + 1
+    assert run.input_manifest is not None
+    if not any(r.stats.docs_out for r in results):
+        raise ValueError(f"all {sum(r.stats.docs_in for r in results):,} documents of mix@{run.input_manifest.version} "
+                         f"are empty or whitespace-only; nothing to tokenize: check `pretrain inspect mix` and the "
+                         f"upstream stages")
     if sum(r.stats.counters.get(f"tokens.{VAL_DIR}", 0) for r in results) < row_len:
-        assert run.input_manifest is not None
         hist = np.sum([r.val_bucket_tokens for r in results], axis=0)
         threshold = val_threshold_for(hist, row_len, run.input_manifest.version)
         log.warning("tokenize: val_fraction=%s gives no full val sequence; re-encoding with val threshold %.4f",
@@ -173,9 +177,6 @@ def _run(run: StageRun, params: TokenizeParams) -> Manifest:
     job = TokenizeJob(params=params, tokenizer_file=tok_file, val_threshold=val_threshold)
     anneal_results = map_shards(run, tokenize_shard, anneal, job.model_copy(update={"kind": "anneal"})) if anneal else []
     stats = StageStats.merge_all([r.stats for r in results + anneal_results])
-    if stats.docs_out == 0:
-        raise ValueError(f"all {stats.docs_in:,} documents of mix@{mix.version} are empty or whitespace-only; "
-                         f"nothing to tokenize: check `pretrain inspect mix` and the upstream stages")
     splits = [(TRAIN_DIR, len(main)), (VAL_DIR, len(main))] + ([(ANNEAL_SPLIT, len(anneal))] if anneal else [])
     tails = {s: tokenize_tails.submit(run.out_dir, s, n, job) for s, n in splits}
     shards = [o for r in results + anneal_results for o in r.outputs]

@@ -132,7 +132,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        return self.proj(y.transpose(1, 2).contiguous().view(b, t, -1))
+        out: torch.Tensor = self.proj(y.transpose(1, 2).contiguous().view(b, t, -1))
+        return out
 
 
 class SwiGLU(nn.Module):
@@ -148,7 +149,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        out: torch.Tensor = self.w2(F.silu(gate) * up)
+        return out
 
 
 class Block(nn.Module):
@@ -162,10 +164,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
-        return x + self.mlp(self.mlp_norm(x))
+        out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
+        return out
 
 
 class GPT(nn.Module):
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg

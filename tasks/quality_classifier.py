@@ -134,7 +134,9 @@ def read_corpus(path: str, wikitext: bool = False) -> Iterator[str]:
         with fs.open(inner, "r", encoding="utf-8") as f:
             text = f.read()
         for block in re.split(r"\n\s*\n", text):
-            yield detokenize_wikitext(block) if wikitext else block.strip()
+            doc = detokenize_wikitext(block) if wikitext else block.strip()
+            if doc:
+                yield doc
     else:
         raise ValueError(f"{path}: unsupported reference format; use .jsonl, .jsonl.gz, .parquet or .txt")
 
@@ -256,9 +258,20 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
     with tempfile.TemporaryDirectory(prefix="quality-clf-") as tmp:
         train_file = Path(tmp) / "train.txt"
         train_file.write_text("".join(f"__label__{label} {text}\n" for label, text in train_rows), encoding="utf-8")
-        model = train_supervised(str(train_file), epoch=params.epoch, lr=params.lr, dim=params.dim,
-                                 wordNgrams=params.word_ngrams, minCount=params.min_count, bucket=params.bucket,
-                                 thread=1, seed=params.seed)
+        model, lr = None, params.lr
+        for _ in range(4):
+            try:
+                model = train_supervised(str(train_file), epoch=params.epoch, lr=lr, dim=params.dim,
+                                         wordNgrams=params.word_ngrams, minCount=params.min_count,
+                                         bucket=params.bucket, thread=1, seed=params.seed)
+                break
+            except RuntimeError as err:  # fastText's "Encountered NaN": the usual fix is a lower learning rate
+                if "NaN" not in str(err):
+                    raise
+                log.warning("fastText diverged at lr=%s; retrying with lr=%s", lr, lr / 2)
+                lr /= 2
+        if model is None:
+            raise RuntimeError(f"fastText diverged (NaN) down to lr={lr * 2}; lower lr or raise dim/bucket")
     model_path = out_dir / MODEL_FILE
     model.save_model(str(model_path))
     clf = load_quality_model.__wrapped__(str(model_path))  # fresh load: the file just written
@@ -269,4 +282,4 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
     return {"metrics": metrics, "label_sources": sources, "bootstrap": params.bootstrap, "counts": counts,
             "candidates": dict(ex.seen), "model_file": MODEL_FILE, "model_bytes": model_path.stat().st_size,
             "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "languages": params.languages,
-            "n_examples": len(train_rows) + len(test_texts)}
+            "n_examples": len(train_rows) + len(test_texts), "lr": lr}

@@ -73,8 +73,7 @@ def classify_source(url: str) -> str:
         return "web"
     if not host:
         return "web"
-    if host.startswith("www."):
-        host = host[4:]
+    host = host.removeprefix("www.")
     if _host_in(host, _WIKIPEDIA):
         return "wikipedia"
     if _host_in(host, _CODE):
@@ -162,7 +161,7 @@ def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
 
 def open_input(path: str) -> IO[bytes]:
     """Open an input for sequential reading; HTTP is streamed, not fetched in random-access blocks."""
-    fs, inner = url_to_fs(path)
+    fs, _ = url_to_fs(path)
     compression = "infer" if input_format(path) == "jsonl" else None  # FastWARC decompresses WARC itself
     kwargs: dict[str, Any] = {"block_size": 0} if isinstance(fs, HTTPFileSystem) else {}
     try:

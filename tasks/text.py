@@ -112,7 +112,8 @@ def _position_multipliers(n: int) -> np.ndarray:
 
 def word_hashes(tokens: Iterable[str], count: int = -1) -> np.ndarray:
     """uint64 `hash64` of each token (cached per process: most words of a corpus repeat)."""
-    return np.fromiter(map(_word_hash, tokens), dtype=np.uint64, count=count)
+    out: np.ndarray = np.fromiter(map(_word_hash, tokens), dtype=np.uint64, count=count)
+    return out
 
 
 def rolling_ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
@@ -126,7 +127,7 @@ def rolling_ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     if m <= 0:
         return np.empty(0, dtype=np.uint64)
     mult = _position_multipliers(n)
-    h = hashes[:m] * mult[0]
+    h: np.ndarray = hashes[:m] * mult[0]
     tmp = np.empty_like(h)
     for k in range(1, n):
         np.multiply(hashes[k:k + m], mult[k], out=tmp)
@@ -142,3 +143,10 @@ def ngram_hashes(tokens: list[str], n: int) -> np.ndarray:
     and runs, and several times faster (bench/decontaminate.py).
     """
     return rolling_ngram_hashes(word_hashes(tokens, len(tokens)), n)
+
+
+def text_digest(text: str) -> bytes:
+    """`bytes.fromhex(text_hash(text))`, three times cheaper: `str.split()` collapses exactly the characters
+    `\\s` matches (both are Unicode `isspace`; checked over every code point), without the regex."""
+    norm = " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    return hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=16).digest()

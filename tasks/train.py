@@ -28,13 +28,13 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field, model_validator
+from torch.nn.parallel import DistributedDataParallel
 
 from models.gpt import GPT, GPTConfig
 from models.presets import preset
@@ -43,10 +43,13 @@ from storage.manifest import Stage
 from storage.params import StageParams
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards, doc_ids_to_torch, to_torch
 from tasks.plan import gpu_key_for_device_name, peak_flops, pick_preset, plan
-from tasks.train_loop import (DataOrder, MicroBatch, Runtime, SpikeGuard, barrier, gather_rng, rank_slices,
-                              restore_rng, setup_runtime, skip_past, teardown_runtime, train_step)
+from tasks.train_loop import (DataOrder, FaultHooks, MicroBatch, Models, Run, Runtime, SpikeGuard, TrainState,
+                              barrier, gather_rng, rank_slices, restore_rng, setup_runtime, skip_past,
+                              teardown_runtime, train_step)
 from tasks.train_report import (LOSS_PLOT, SAMPLE, MetricsLog, bits_per_byte, generate_sample, plot_losses,
-                                sentencepiece_codec)
+                                record_step, sentencepiece_codec, unigram_baseline_loss)
+
+__all__ = ["FaultHooks", "TrainJob", "TrainParams", "TrainResult", "lr_at", "train", "unigram_baseline_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ class TrainParams(StageParams):
 class TrainJob(BaseModel):
     """Everything `python -m tasks.train JOB.json` needs (the in-process call takes the same fields)."""
 
-    params: TrainParams = Field(default_factory=TrainParams)
+    params: TrainParams = Field(default_factory=lambda: TrainParams())
     shards_dir: str = Field(description="tokenize version directory (has train/ and val/).")
     out_dir: str = Field(description="Output directory (checkpoints, metrics, plot, sample).")
     bytes_per_token: float = Field(gt=0, description="UTF-8 bytes per token, from the tokenize manifest.")
@@ -147,72 +150,6 @@ class TrainResult(BaseModel):
     seconds: float
 
 
-@dataclass
-class FaultHooks:
-    """Fault injection for tests: corrupt rows (by sample position), corrupt the loss, or stop after a step."""
-
-    corrupt_rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-    corrupt_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
-    after_step: Callable[[int], None] | None = None
-
-
-@dataclass
-class TrainState:
-    """Everything besides model and optimizer that a checkpoint must restore."""
-
-    step: int = 0
-    seq_pos: int = 0
-    tokens_seen: int = 0
-    skip_ranges: list[tuple[int, int]] = field(default_factory=list)
-    val_loss: float | None = None
-    val_step: int = -1
-    best_val_loss: float | None = None
-    skipped_steps: int = 0
-    rollbacks: int = 0
-    skipped_batches: int = 0
-    unrecovered_spikes: int = 0
-
-
-@dataclass
-class Models:
-    raw: GPT  # parameters live here; state_dict and generate use it
-    compiled: torch.nn.Module  # raw or torch.compile(raw); used for evaluation
-    train: torch.nn.Module  # compiled, wrapped in DDP when world > 1
-    ddp: torch.nn.Module | None
-
-
-@dataclass
-class Run:
-    params: TrainParams
-    rt: Runtime
-    out: Path
-    train_data: TokenShards
-    val_data: TokenShards
-    model_name: str
-    cfg: GPTConfig
-    models: Models
-    optimizer: torch.optim.Optimizer
-    order: DataOrder
-    accum: int
-    metrics: MetricsLog
-    guard: SpikeGuard
-    unigram: float
-    bytes_per_token: float
-    lineage: dict[str, str]
-    state: TrainState = field(default_factory=TrainState)
-    peak: float | None = None
-    timing: dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0,
-                                                              "win_seconds": 0.0, "steps": 0.0})
-
-    @property
-    def global_batch(self) -> int:
-        return self.params.micro_batch_size * self.accum * self.rt.world
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch * self.cfg.seq_len
-
-
 def resolve_model_name(params: TrainParams, data: TokenShards) -> str:
     if params.model != "auto":
         return params.model
@@ -228,8 +165,6 @@ def build_model(cfg: GPTConfig, params: TrainParams, rt: Runtime) -> Models:
         compiled = torch.compile(raw)  # type: ignore[assignment]
     ddp = None
     if rt.ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
         ddp = DistributedDataParallel(compiled, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
     return Models(raw=raw, compiled=compiled, train=ddp or compiled, ddp=ddp)
 
@@ -294,22 +229,6 @@ def evaluate(model: torch.nn.Module, val: TokenShards, num_sequences: int, micro
     return float(total[0] / total[1])
 
 
-def unigram_baseline_loss(train: TokenShards, val: TokenShards, num_val_sequences: int | None = None,
-                          max_train_tokens: int = 200_000_000) -> float:
-    """Cross-entropy (nats/token) on val targets of the train-set unigram distribution (add-one smoothed)."""
-    counts = np.zeros(train.vocab_size, dtype=np.int64)
-    seen = 0
-    for chunk in train.iter_chunks():
-        counts += np.bincount(chunk.reshape(-1), minlength=train.vocab_size)[: train.vocab_size]
-        seen += chunk.size
-        if seen >= max_train_tokens:
-            break
-    logp = np.log(counts + 1.0) - np.log(counts.sum() + train.vocab_size)
-    n = val.num_sequences if num_val_sequences is None else min(num_val_sequences, val.num_sequences)
-    targets = val.get(np.arange(n))[:, 1:].reshape(-1)
-    return float(-logp[targets].mean())
-
-
 def save_step(run: Run) -> None:
     """Checkpoint the current step (collective under DDP: every rank contributes its RNG state)."""
     st, rt = run.state, run.rt
@@ -364,31 +283,6 @@ def rollback(run: Run) -> bool:
     return True
 
 
-def record_step(run: Run, loss: float, grad_norm: float, skipped: bool, seconds: float) -> None:
-    st, t, p = run.state, run.timing, run.params
-    if skipped:
-        st.skipped_steps += 1
-        log.warning("step %d skipped: gradient norm %.3g (loss %.4g)", st.step, grad_norm, loss)
-        run.metrics.write({"step": st.step, "event": "grad_skip", "grad_norm": grad_norm, "loss": loss})
-    t["steps"] += 1
-    if t["steps"] > 1:  # the first step of a process includes compilation
-        t["tokens"] += run.tokens_per_step
-        t["seconds"] += seconds
-    t["win_tokens"] += run.tokens_per_step
-    t["win_seconds"] += seconds
-    if st.step % p.log_interval and st.step != p.max_steps:
-        return
-    tps = t["win_tokens"] / t["win_seconds"]
-    mfu = run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if run.peak else None
-    t["win_tokens"] = t["win_seconds"] = 0.0
-    run.metrics.write({"step": st.step, "loss": loss, "lr": lr_at(st.step - 1, p), "grad_norm": grad_norm,
-                       "tokens_per_s": tps, "mfu": mfu, "skipped_steps": st.skipped_steps,
-                       "rollbacks": st.rollbacks})
-    if run.rt.is_main:
-        log.info("step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s", st.step, p.max_steps, loss,
-                 lr_at(st.step - 1, p), grad_norm, tps, f" mfu {mfu:.1%}" if mfu else "")
-
-
 def run_eval(run: Run) -> float:
     st, p = run.state, run.params
     loss = evaluate(run.models.compiled, run.val_data, num_eval_sequences(p, run.val_data),
@@ -414,7 +308,7 @@ def run_steps(run: Run, hooks: FaultHooks) -> float | None:
                          p.skip_grad_norm_factor, run.state.step, run.models.ddp, hooks.corrupt_loss)
         st = run.state
         st.step, st.seq_pos, st.tokens_seen = st.step + 1, end, st.tokens_seen + run.tokens_per_step
-        record_step(run, out.loss, out.grad_norm, out.skipped, time.perf_counter() - t0)
+        record_step(run, out.loss, lr_at(st.step - 1, p), out.grad_norm, out.skipped, time.perf_counter() - t0)
         last_loss = out.loss
         if run.guard.update(out.loss, (start, end)) and rollback(run):
             stream = batches(run, run.state.seq_pos, hooks)

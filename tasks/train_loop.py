@@ -12,6 +12,9 @@
 - `SpikeGuard`: rollback trigger when the loss stays above `factor` x the running mean for `patience`
   consecutive steps.
 - RNG capture/restore (torch, CUDA, numpy, python) for checkpoints.
+- The loop's state: `TrainState` (what a checkpoint's meta.json restores besides weights and
+  optimizer), `Models` (raw / compiled / DDP views of one model), `Run` (everything one run holds),
+  `FaultHooks` (fault injection used by the tests).
 """
 
 from __future__ import annotations
@@ -23,11 +26,20 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from models.gpt import GPT, GPTConfig
+from storage.token_shards import TokenShards
+from tasks.train_report import MetricsLog
+
+if TYPE_CHECKING:
+    from tasks.train import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +156,7 @@ LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[MicroBatch],
                rt: Runtime, lr: float, grad_clip: float, skip_factor: float, step: int = 0,
-               ddp_module: torch.nn.Module | None = None, loss_hook: LossHook | None = None) -> StepOutcome:
+               ddp_module: DistributedDataParallel | None = None, loss_hook: LossHook | None = None) -> StepOutcome:
     """One optimizer step over the micro-batches; skipped when the gradient norm is bad."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -204,7 +216,7 @@ class SpikeGuard:
 
 def capture_rng(rt: Runtime) -> dict[str, Any]:
     """This process's RNG states (torch CPU, CUDA, numpy global, python) as plain containers."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(rt.device) if rt.device_type == "cuda" else None,
             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -229,3 +241,69 @@ def gather_rng(rt: Runtime) -> list[dict[str, Any]]:
     out: list[Any] = [None] * rt.world
     dist.all_gather_object(out, mine)
     return out
+
+
+@dataclass
+class FaultHooks:
+    """Fault injection for tests: corrupt rows (by sample position), corrupt the loss, or stop after a step."""
+
+    corrupt_rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    corrupt_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    after_step: Callable[[int], None] | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimizer that a checkpoint must restore."""
+
+    step: int = 0
+    seq_pos: int = 0
+    tokens_seen: int = 0
+    skip_ranges: list[tuple[int, int]] = field(default_factory=list)
+    val_loss: float | None = None
+    val_step: int = -1
+    best_val_loss: float | None = None
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    skipped_batches: int = 0
+    unrecovered_spikes: int = 0
+
+
+@dataclass
+class Models:
+    raw: GPT  # parameters live here; state_dict and generate use it
+    compiled: torch.nn.Module  # raw or torch.compile(raw); used for evaluation
+    train: torch.nn.Module  # compiled, wrapped in DDP when world > 1
+    ddp: DistributedDataParallel | None
+
+
+@dataclass
+class Run:
+    params: TrainParams
+    rt: Runtime
+    out: Path
+    train_data: TokenShards
+    val_data: TokenShards
+    model_name: str
+    cfg: GPTConfig
+    models: Models
+    optimizer: torch.optim.Optimizer
+    order: DataOrder
+    accum: int
+    metrics: MetricsLog
+    guard: SpikeGuard
+    unigram: float
+    bytes_per_token: float
+    lineage: dict[str, str]
+    state: TrainState = field(default_factory=TrainState)
+    peak: float | None = None
+    timing: dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0,
+                                                              "win_seconds": 0.0, "steps": 0.0})
+
+    @property
+    def global_batch(self) -> int:
+        return self.params.micro_batch_size * self.accum * self.rt.world
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.cfg.seq_len

@@ -21,7 +21,7 @@ import datetime as dt
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, BinaryIO, Literal, cast
 
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
@@ -88,7 +88,7 @@ def _iso_date(record: WarcRecord) -> str:
         date = None
     if date is None:
         return str(record.headers.get("WARC-Date") or "")
-    return date.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return date.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -191,8 +191,9 @@ def _cut_header_fault(records: Iterator[WarcRecord]) -> Fault:
 def read_warc(raw: IO[bytes], name: str, stats: StageStats) -> Iterator[WarcItem]:
     """Stream the response/conversion records of one WARC/WET file (see module docstring for faults)."""
     stream = _TrackedStream(raw)
-    records = iter(ArchiveIterator(stream, record_types=WarcRecordType.any_type, parse_http=False))
+    records = iter(ArchiveIterator(cast(BinaryIO, stream), record_types=WarcRecordType.any_type, parse_http=False))
     seen, offset = 0, 0
+    item: WarcItem | None
     while True:
         try:
             record = next(records)

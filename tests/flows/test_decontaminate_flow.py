@@ -1,6 +1,7 @@
 """decontaminate_flow under a Prefect test server: index artifact reuse, drop/cut runs, bad input, demo crawl."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -132,7 +133,7 @@ def test_demo_crawl_humaneval_pages_are_removed_and_nothing_else(prefect_backend
     from tasks.ingest import IngestParams
     root = tmp_path / "data"
     crawl = generate_demo_crawl(str(tmp_path / "crawl"), pages=400)
-    truth = [json.loads(line) for line in open(crawl.ground_truth_path)]
+    truth = [json.loads(line) for line in Path(crawl.ground_truth_path).read_text().split("\n") if line]
     iv = ingest_flow.with_options(task_runner=task_runner(1))(
         params=IngestParams(inputs=[crawl.warc_path]), data_root=str(root))
     im = load_manifest(str(root), Stage.INGEST, iv)

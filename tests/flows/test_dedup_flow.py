@@ -157,13 +157,13 @@ def test_missing_quality_column_fails_before_any_shard(prefect_backend, data_roo
     assert not [p for p in (data_root / "dedup").iterdir() if p.name.startswith(".tmp")]
 
 
-def test_exact_only_keeps_near_duplicates(prefect_backend, data_root, make_version):
+def test_exact_only_keeps_near_duplicates_and_empty_inputs(prefect_backend, data_root, make_version):
     a = " ".join(stdlib_docstrings()[7].split())
     b = edit_to_jaccard(a, 0.9, random.Random(0), ["zebra", "quartz"])[0]
     make_version(data_root, Stage.QUALITY, [[Document(id="a", text=a, crawl_date="2024-01-01"),
                                               Document(id="b", text=b, crawl_date="2024-01-02"),
                                               Document(id="c", text="", crawl_date="2024-01-03"),
-                                              Document(id="d", text="", crawl_date="2024-01-04")]])
+                                              Document(id="d", text="", crawl_date="2024-01-04")], []])
     v = FLOW(params=DedupParams(near=False), data_root=str(data_root))
     m = load_manifest(str(data_root), Stage.DEDUP, v)
     assert _rejected(data_root, m) == {"d": ("exact_duplicate", {"kept_id": "c"})}

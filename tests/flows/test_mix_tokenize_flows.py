@@ -43,9 +43,9 @@ def _mix(root, params=None):
         weights={"web": 0.5, "news": 0.3, "code": 0.2}), data_root=str(root))
 
 
-def _tokenize(root, **kw):
+def _tokenize(root, workers=1, **kw):
     params = TokenizeParams(**{"vocab_size": 400, "seq_len": 31, "val_fraction": 0.1, **kw})
-    return tokenization_flow.with_options(task_runner=task_runner(1))(params=params, data_root=str(root))
+    return tokenization_flow.with_options(task_runner=task_runner(workers))(params=params, data_root=str(root))
 
 
 def _mix_version(make_version, root, shards, version="mix1"):
@@ -133,11 +133,11 @@ def test_exact_packing_across_shards_with_tails(prefect_backend, data_root, make
 def test_same_input_and_seed_give_identical_shards_and_shuffle_permutes_rows(prefect_backend, tmp_path,
                                                                             make_version):
     versions = []
-    for name, shuffle in (("a", True), ("b", True), ("b", False)):
+    for name, shuffle, workers in (("a", True, 1), ("b", True, 1), ("b", False, 1)):
         root = tmp_path / name
         if not (root / "mix").exists():
             _mix_version(make_version, root, [_docs(80, 5), _docs(80, 6)])
-        versions.append((root, _tokenize(root, shuffle=shuffle)))
+        versions.append((root, _tokenize(root, workers=workers, shuffle=shuffle)))
     files = [sorted(p.relative_to(r / "tokenize" / v) for p in (r / "tokenize" / v).rglob("*.arrow"))
              for r, v in versions]
     assert files[0] == files[1] and files[0]
@@ -149,6 +149,18 @@ def test_same_input_and_seed_give_identical_shards_and_shuffle_permutes_rows(pre
         shuffled, plain = (s.get(range(len(s))) for s in rows)
         assert shuffled.tolist() != plain.tolist() or len(plain) < 3
         assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, plain.tolist()))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_same_bytes_as_one_thread(prefect_backend, tmp_path, make_version):
+    """The process pool (pickled jobs and results, per-process tokenizer) changes nothing in the output."""
+    out = []
+    for name, workers in (("one", 1), ("two", 2)):
+        _mix_version(make_version, tmp_path / name, [_docs(40, 5), _docs(40, 6), _docs(40, 7)])
+        v = _tokenize(tmp_path / name, workers=workers)
+        base = tmp_path / name / "tokenize" / v
+        out.append({p.relative_to(base): p.read_bytes() for p in base.rglob("*.arrow")})
+    assert out[0] == out[1] and len(out[0]) >= 4
 
 
 def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_backend, data_root, make_version):

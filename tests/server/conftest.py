@@ -31,6 +31,25 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = os.environ.setdefault("PRETRAIN_TEST_SESSION_TOKEN", uuid.uuid4().hex)
 MARK = "PRETRAIN_TEST_PROCESS"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+TIMINGS: dict[str, float] = {}  # printed at the end of the session (pytest_terminal_summary)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_line("real-server timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries 503/429 like Prefect's own client does (SQLite answers 503 while the database is locked)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(8):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503) or attempt == 7:
+                return response
+            response.close()
+            time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 def free_port() -> int:
@@ -156,7 +175,7 @@ class PrefectServer:
         return res
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30)
+        return httpx.Client(base_url=self.api, timeout=30, transport=RetryingTransport())
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         with self.http() as c:
@@ -229,7 +248,8 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
     home = base / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     log = base / "logs" / "server.log"
-    env = base_env(PREFECT_HOME=str(home))
+    # the UI's API address defaults to port 4200 whatever --port says; point it at this server
+    env = base_env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     t0 = time.monotonic()
@@ -247,6 +267,7 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"prefect server not healthy after {timeout}s:\n{tail(log)}")
         time.sleep(0.3)
+    TIMINGS[f"server start ({'postgres' if db_url else 'sqlite'})"] = time.monotonic() - t0
     return PrefectServer(url=url, home=home, log=log, proc=proc, data_root=base / "data", log_dir=base / "logs",
                          started_in=time.monotonic() - t0)
 
@@ -348,7 +369,7 @@ def sqlite_server(processes, tmp_path_factory):
     server = start_server(processes, tmp_path_factory.mktemp("prefect-sqlite"))
     t0 = time.monotonic()
     deploy_all(server)
-    server.extra["deploy_s"] = time.monotonic() - t0
+    TIMINGS["pools + deploy --all"] = time.monotonic() - t0
     start_worker(processes, server, "cpu")
     return server
 
@@ -368,7 +389,7 @@ def completed_run(sqlite_server) -> CompletedRun:
 
     t0 = time.monotonic()
     run_id, code = sqlite_server.run_deployment_cli("pretrain/default", {"config": demo_config()})
-    seconds = time.monotonic() - t0
+    seconds = TIMINGS["first deployment run (cli --watch)"] = time.monotonic() - t0
     run = sqlite_server.flow_run(run_id)
     assert code == 0 and run["state"]["type"] == "COMPLETED", (
         f"run {run_id}: exit {code}, state {run['state']}\nworker log:\n{tail(sqlite_server.worker_log, 120)}")

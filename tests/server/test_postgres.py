@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.server.conftest import deploy_all, demo_config, pg_bin, start_server, start_worker, tail
+from tests.server.conftest import TIMINGS, deploy_all, demo_config, pg_bin, start_server, start_worker, tail
 
 pytestmark = pytest.mark.server
 
@@ -20,7 +20,7 @@ def test_deployment_run_on_postgres(processes, postgres_url, tmp_path_factory):
     first = str(next(iter(STAGES)))
     t0 = time.monotonic()
     run_id, code = server.run_deployment_cli("pretrain/default", {"config": demo_config(), "to_stage": first})
-    seconds = time.monotonic() - t0
+    TIMINGS["postgres deployment run"] = time.monotonic() - t0
     run = server.flow_run(run_id)
     assert code == 0 and run["state"]["type"] == "COMPLETED", f"{run['state']}\n{tail(server.worker_log, 100)}"
     assert (server.data_root / first / "latest").is_file()
@@ -31,6 +31,5 @@ def test_deployment_run_on_postgres(processes, postgres_url, tmp_path_factory):
                          capture_output=True, text=True, timeout=30)
     assert res.stdout.strip() == "COMPLETED", res.stderr
     assert not list(server.home.glob("*.db")), "the server should not have created a SQLite database"
-    print(f"postgres: server healthy in {server.started_in:.1f}s, run {seconds:.1f}s")
     processes.stop(worker)
     processes.stop(server.proc)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 import pytest
 import yaml
 
@@ -185,7 +184,7 @@ def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed
 
     case.create(case.missing)  # the operator fixes the world (the file appears), then presses Retry in the UI
     t_retry = time.time()
-    with httpx.Client(base_url=server.api, timeout=30) as c:
+    with server.http() as c:
         r = c.post(f"/flow_runs/{run_id}/set_state", json={
             "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True})
         assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text

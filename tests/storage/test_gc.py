@@ -107,8 +107,10 @@ def test_stale_temp_dirs_removed_only_when_older_than_an_hour(store):
 def test_directory_without_manifest_is_reported_not_deleted(store):
     odd = store / "langid" / "handmade"
     odd.mkdir()
+    internal = store / "langid" / "_index" / "abc"  # a stage's own work area (decontaminate has one)
+    internal.mkdir(parents=True)
     plan = gc(str(store), keep=1)
-    assert plan.unknown == [str(odd)] and odd.exists()
+    assert plan.unknown == [str(odd)] and odd.exists() and internal.exists()
 
 
 def test_keep_must_be_positive(store):

@@ -4,6 +4,7 @@ import gzip
 import json
 import random
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +15,17 @@ from pydantic import ValidationError
 from storage.documents import Document
 from storage.stats import StageStats
 from tasks import benchmarks as bm
-from tasks.decontaminate import (CONTAMINATED, CUTS_FIELD, TOO_MANY_SPANS, DecontaminateParams, cut_intervals,
-                                 ensure_index, index_version, kept_pieces, process)
+from tasks.decontaminate import (
+    CONTAMINATED,
+    CUTS_FIELD,
+    TOO_MANY_SPANS,
+    DecontaminateParams,
+    cut_intervals,
+    ensure_index,
+    index_version,
+    kept_pieces,
+    process,
+)
 from tasks.ngram_index import load_index
 from tasks.text import ngram_hashes, ngrams, word_spans, words
 
@@ -106,7 +116,7 @@ def test_ngrams_in_too_many_items_are_ignored(tmp_path):
     for limit, caught in ((3, False), (4, True)):
         params = DecontaminateParams(humaneval=False, benchmarks=[spec], max_items_per_ngram=limit)
         index = index_for(params, tmp_path / f"r{limit}")
-        kept, rejected, _ = run(params, index, [doc])
+        _, rejected, _ = run(params, index, [doc])
         assert bool(rejected) is caught
     summary = ensure_index(params, str(tmp_path / "r3"), index_version(
         DecontaminateParams(humaneval=False, benchmarks=[spec], max_items_per_ngram=3)))
@@ -320,9 +330,9 @@ def test_demo_crawl_page_texts_only_humaneval_pages_are_contaminated(tmp_path):
     """The ground-truth texts of a 200-page demo crawl (the slow flow test ingests the 400-page one)."""
     from tasks.demo_crawl import generate_demo_crawl
     crawl = generate_demo_crawl(str(tmp_path / "crawl"), pages=200)
-    truth = [json.loads(line) for line in open(crawl.ground_truth_path)]
+    truth = [json.loads(line) for line in Path(crawl.ground_truth_path).read_text().split("\n") if line]
     params = DecontaminateParams()
-    kept, rejected, _ = run(params, index_for(params, tmp_path / "root"), [t["text"] or "" for t in truth])
+    _, rejected, _ = run(params, index_for(params, tmp_path / "root"), [t["text"] or "" for t in truth])
     found = {truth[int(d.id[1:])]["url"]: detail["item"] for d, _, detail in rejected}
     assert found == {t["url"]: t["benchmark"]["item_id"] for t in truth if t["benchmark"]} and len(found) == 6
 

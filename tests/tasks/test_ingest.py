@@ -26,12 +26,15 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-import tasks.ingest as ingest
 from storage.documents import Document, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
+from tasks import ingest
 from tasks.extract import ExtractionTimeout, choose_charset, decode_html, time_limit
 from tasks.sources import classify_source
+
+# tasks.ingest logs the first error drops of a file; outside a flow run Prefect's API handler warns
+pytestmark = pytest.mark.filterwarnings("ignore:Logger 'tasks.ingest' attempted to send logs to the API")
 
 PROSE = ("The committee met on Tuesday to review the proposal for a new library in the town centre. "
          "Members discussed the budget, the timeline and the design, and agreed to publish a summary. ")
@@ -234,7 +237,7 @@ def test_charset_from_meta_tag(meta):
 
 def test_charset_detected_and_bom_and_whatwg_labels():
     body = ("<html><body><p>" + "日本語のテキストです。文字コードを自動で判定します。" * 20 + "</p></body></html>").encode("shift_jis")
-    text, encoding, source = decode_html(body, None)
+    text, _, source = decode_html(body, None)
     assert source == "detected" and "日本語のテキスト" in text
     assert choose_charset(b"\xef\xbb\xbf<html>", "iso-8859-1") == ("utf-8", "bom")
     assert choose_charset(b"<html>", "ISO-8859-1") == ("cp1252", "http")  # WHATWG: latin-1 means windows-1252
@@ -290,6 +293,22 @@ def test_time_limit_does_not_fire_after_the_block(in_thread):
         assert not worker.is_alive()
     else:
         many_quick_blocks()
+
+
+def test_slow_trafilatura_page_falls_back_to_resiliparse(tmp_path, monkeypatch):
+    def slow_trafilatura(html: str, extractor: str) -> str:
+        if extractor == "trafilatura":
+            while True:
+                pass
+        return "text from the fallback extractor, long enough to keep"
+
+    monkeypatch.setattr(ingest, "extract_main_text", slow_trafilatura)
+    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE)]))
+    docs, rejects, stats = run(path, fallback_after_s=0.1, extract_timeout_s=2)
+    assert [d.text for d in docs] == ["text from the fallback extractor, long enough to keep"] and not rejects.items
+    assert stats.counters["extractor.fallback"] == 1
+    _, rejects, stats = run(path, fallback_after_s=0, extract_timeout_s=0.2)  # no fallback: dropped
+    assert reasons(rejects) == [ingest.EXTRACTION_TIMEOUT] and "extractor.fallback" not in stats.counters
 
 
 def test_extraction_error_is_a_counted_error(tmp_path, monkeypatch):
@@ -395,7 +414,7 @@ def test_jsonl_rows(tmp_path):
              json.dumps({"id": "a5", "text": "tiny"})]
     path = write(tmp_path, "docs.jsonl.gz", gzip.compress("\n".join(lines).encode()))
     docs, rejects, stats = run(path)
-    assert [d.id for d in docs][0] == "a1" and docs[0].source == "code" and docs[0].crawl_date == DATE
+    assert docs[0].id == "a1" and docs[0].source == "code" and docs[0].crawl_date == DATE
     assert docs[1].source == "books" and len(docs[1].id) == ingest.ID_HEX_CHARS
     assert reasons(rejects) == [ingest.MISSING_TEXT, ingest.CORRUPT_RECORD, ingest.TOO_SHORT]
     assert [d["line"] for _, _, d in rejects.items] == [3, 4, 6] and rejects.items[0][2]["file"] == path
@@ -447,7 +466,6 @@ def test_input_fingerprint_changes_with_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({}, "nothing to ingest"),
     ({"crawl": "CC-MAIN-24-22"}, "pattern"),
     ({"inputs": ["a.warc.gz"], "segments": 3}, "only applies with `crawl`"),
     ({"inputs": ["a.warc.gz"], "min_text_chars": 50, "max_text_chars": 10}, "min_text_chars"),
@@ -459,6 +477,12 @@ def test_input_fingerprint_changes_with_the_file(tmp_path):
 def test_params_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ingest.IngestParams(**kwargs)
+
+
+def test_empty_params_are_valid_but_resolve_to_an_error():
+    params = ingest.IngestParams()  # the flow's default: it fills in the demo crawl
+    with pytest.raises(ValueError, match="nothing to ingest"):
+        ingest.resolve_inputs(params)
 
 
 def test_error_budget_is_not_part_of_the_version():
@@ -563,7 +587,7 @@ def test_real_common_crawl_files(shared_data):
     assert files
     total = StageStats()
     for path in files:
-        docs, rejects, stats = run(str(path))
+        _, rejects, stats = run(str(path))
         assert stats.errors == 0, (path, rejects.items[:3])
         total = total.merge(stats)
     assert total.docs_out >= 45 and total.counters["records.request"] >= 20
@@ -574,7 +598,7 @@ def test_real_common_crawl_files(shared_data):
 
 def test_real_heritrix_file_drops(shared_data):
     path = shared_data / "warc" / "other_crawls" / "IAH-20080430204825-00000-blackbook_sample.warc.gz"
-    docs, rejects, stats = run(str(path), extractor="resiliparse")  # trafilatura takes ~5 s on this file
+    docs, _, stats = run(str(path), extractor="resiliparse")  # trafilatura takes ~5 s on this file
     assert stats.docs_in == 299 and stats.errors == 0
     assert stats.dropped[ingest.HTTP_STATUS] >= 40 and stats.dropped[ingest.NOT_HTML] >= 100
     assert len(docs) >= 80

@@ -1,0 +1,132 @@
+"""langid, quality and train-quality-classifier flows under a Prefect test server: versions, reuse,
+re-thresholding from cached scores, the bootstrap classifier, reports, and the demo crawl end to end."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+import tasks.quality
+from flows.cli import main
+from flows.langid import langid_flow
+from flows.quality import quality_flow
+from flows.quality_classifier import train_quality_classifier_flow
+from flows.sharded import task_runner
+from storage.documents import Document, read_documents
+from storage.manifest import Stage, list_versions, load_manifest
+from tasks.langid import LANGID_FIELDS, LangidParams
+from tasks.quality import QualityParams
+from tasks.quality_classifier import QualityClassifierParams
+
+LANGID_1 = langid_flow.with_options(task_runner=task_runner(1))
+QUALITY_1 = quality_flow.with_options(task_runner=task_runner(1))
+
+
+def _langid_docs(rows):
+    """Langid-version documents from demo ground-truth rows (English prose and spam, one German page)."""
+    docs = []
+    for i, r in enumerate(rows):
+        if r["language"] == "en" and r["category"] in ("prose", "spam") or r["language"] == "de":
+            docs.append(Document(id=f"d{i}", text=r["text"], url=r["url"], source=r["source"],
+                                 meta={"language": r["language"], "language_score": 0.99,
+                                       "language_top3": [{"lang": r["language"], "score": 0.99}]}))
+    return docs
+
+
+@pytest.fixture
+def langid_version(tmp_path, make_version, demo_ground_truth):
+    docs = _langid_docs(demo_ground_truth[1])[:22]
+    make_version(tmp_path, "langid", [docs[:11], docs[11:]], extra=LANGID_FIELDS, version="lid1")
+    return str(tmp_path), docs
+
+
+def test_langid_flow_reuse_and_inspect(prefect_backend, tmp_path, make_version, capsys):
+    docs = [Document(id="en1", text="The museum reopened after the long renovation of its east wing."),
+            Document(id="de1", text="Das Museum wurde nach der langen Renovierung des Ostflügels wieder eröffnet."),
+            Document(id="x", text="   ")]
+    make_version(tmp_path, "ingest", [docs[:2], docs[2:]], version="ing1")
+    v = LANGID_1(params=LangidParams(), data_root=str(tmp_path))
+    m = load_manifest(str(tmp_path), Stage.LANGID)
+    assert m.version == v and m.inputs == {"ingest": "ing1"} and len(m.shards) == 2
+    assert m.stats.dropped == {"language_not_kept": 1, "empty_text": 1}
+    assert m.stats.counters == {"language.en": 1, "language.de": 1, "kept.en": 1}
+    assert LANGID_1(params=LangidParams(), data_root=str(tmp_path)) == v
+    assert load_manifest(str(tmp_path), Stage.LANGID).created_at == m.created_at
+    assert main(["inspect", "langid", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| en | 1 | 1 | 50.0% |" in out and "### language_not_kept (1)" in out and "`de1`" in out
+
+
+def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_version, monkeypatch, capsys):
+    root, docs = langid_version
+    pos = [d.text for d in docs if d.meta["language"] == "en"][:8]
+    (tmp := __import__("pathlib").Path(root) / "ref").mkdir()
+    (tmp / "pos.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pos))
+    clf_params = QualityClassifierParams(positive=[str(tmp / "pos.jsonl")], dim=16)
+    cv = train_quality_classifier_flow(params=clf_params, data_root=root)
+    cm = load_manifest(root, Stage.QUALITY_CLASSIFIER, cv)
+    assert cm.inputs["langid"] == "lid1" and cm.extras["label_sources"] == {"positive": "files", "negative": "crawl_sample"}
+    assert set(cm.extras["metrics"]) == {"n", "precision", "recall", "accuracy", "auc"}
+    assert train_quality_classifier_flow(params=clf_params, data_root=root) == cv  # reused
+
+    v1 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=0.0), data_root=root)
+    m1 = load_manifest(root, Stage.QUALITY, v1)
+    assert m1.inputs == {"langid": "lid1", "quality_classifier": cv} and not m1.extras["scores_reused"]
+    assert m1.stats.docs_in == 22 and sum(m1.stats.counters[f"score_bin.{i}"] for i in range(10)
+                                          if f"score_bin.{i}" in m1.stats.counters) == 21  # German unscored
+    scores = sorted(d.meta["quality_score"] for s in m1.shards
+                    for d in read_documents(f"{root}/quality/{v1}/{s.name}") if d.meta["quality_score"] is not None)
+
+    def boom(*a, **k):
+        raise AssertionError("models must not run when only thresholds change")
+    monkeypatch.setattr(tasks.quality, "load_quality_model", boom)
+    monkeypatch.setattr(tasks.quality, "heuristic_layer", boom)
+    median = scores[len(scores) // 2]
+    v2 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=median), data_root=root)
+    m2 = load_manifest(root, Stage.QUALITY, v2)
+    assert v2 != v1 and m2.extras["scores_reused"] and m2.extras["scores_version"] == m1.extras["scores_version"]
+    assert m2.stats.dropped["quality_score_low"] == sum(1 for s in scores if s < median) > 0
+    v3 = QUALITY_1(params=QualityParams(classifier_version=cv, keep_top_fraction=0.5), data_root=root)
+    assert load_manifest(root, Stage.QUALITY, v3).extras["scores_reused"]
+    assert main(["inspect", "quality", "--data-root", root, "--version", v2]) == 0
+    out = capsys.readouterr().out
+    assert "## Score histogram" in out and "## Drops by filter" in out and "quality_score_low" in out
+
+
+def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, langid_version):
+    root, docs = langid_version
+    v = QUALITY_1(data_root=root)
+    m = load_manifest(root, Stage.QUALITY, v)
+    clf = load_manifest(root, Stage.QUALITY_CLASSIFIER, m.extras["classifier_version"])
+    assert clf.extras["bootstrap"] and clf.extras["label_sources"]["positive"] == "heuristics"
+    assert m.extras["classifier_bootstrap"] and "de" not in clf.extras["languages"]
+    spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
+    rejected = {d.id: d.meta["reason"] for s in m.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
+    assert spam_ids and spam_ids <= set(rejected)
+    kept = [d for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}")]
+    assert any(d.meta["language"] == "de" and d.meta["heuristic_c4_quality"] is None for d in kept)
+    assert QUALITY_1(data_root=root) == v and len(list_versions(root, Stage.QUALITY_CLASSIFIER)) == 1
+
+
+@pytest.mark.slow
+def test_demo_crawl_end_to_end(prefect_backend, tmp_path, demo_ground_truth):
+    """Ingest the demo crawl, then langid and quality: ground-truth languages and spam are recovered."""
+    from flows.ingest import ingest_flow
+    from tasks.ingest import IngestParams
+
+    warc, rows = demo_ground_truth
+    root = str(tmp_path)
+    ingest_flow.with_options(task_runner=task_runner(1))(params=IngestParams(inputs=[str(warc)]), data_root=root)
+    LANGID_1(data_root=root)
+    lm = load_manifest(root, Stage.LANGID)
+    truth = {r["url"]: r for r in rows}
+    langs = {d.url: d.meta["language"] for s in lm.shards + lm.rejected for d in read_documents(f"{root}/langid/{lm.version}/{s.name}")}
+    assert langs and all(truth[u]["language"] == lang for u, lang in langs.items())
+    assert lm.stats.dropped["language_not_kept"] == sum(1 for u in langs if truth[u]["language"] != "en")
+    v = QUALITY_1(data_root=root)
+    qm = load_manifest(root, Stage.QUALITY, v)
+    dropped = {d.url for s in qm.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
+    spam = {u for u in langs if truth[u]["expected_drop"] == "quality"}
+    assert spam and spam <= dropped
+    prose_kept = [u for u in langs if truth[u]["category"] == "prose" and langs[u] == "en" and u not in dropped]
+    assert len(prose_kept) >= 0.8 * sum(1 for u in langs if truth[u]["category"] == "prose" and langs[u] == "en")

@@ -1,0 +1,212 @@
+"""Quality stage: heuristic verdicts per language, every drop reason, thresholds, the classifier recipe."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+from storage.documents import Document
+from storage.stats import StageStats
+from tasks.quality import (EMPTY_TEXT, QUALITY_SCORE_LOW, SCORE_SCHEMA, TEXT_TOO_LONG, FilterPlan, QualityParams,
+                           ScorePlan, filter_documents, score_documents, top_fraction_threshold)
+from tasks.quality_classifier import (QualityClassifierParams, classification_metrics, classifier_text,
+                                      detokenize_wikitext, read_corpus, roc_auc, train_classifier)
+from tasks.quality_heuristics import PASS, HeuristicLayer, SpacyWordTokenizer
+
+PROSE = ("The town library opened in 1902 with a gift from a local merchant. It held a few thousand books "
+         "and a reading room that was warm in winter. Over the following decades the collection grew, and "
+         "the building was extended twice to make room for the archive of the local newspaper. Today the "
+         "library lends books, films and music, and it runs classes for children and adults. Volunteers "
+         "help with the history room, where visitors can read letters and photographs from the early years "
+         "of the town. The council pays for most of the costs, and a small trust covers the rest.")
+GERMAN = ("Die Bibliothek der Stadt wurde im Jahr 1902 eröffnet. Sie besaß einige tausend Bücher und einen "
+          "Lesesaal, der im Winter geheizt wurde. In den folgenden Jahrzehnten wuchs die Sammlung, und das "
+          "Gebäude wurde zweimal erweitert. Heute verleiht die Bibliothek Bücher, Filme und Musik. Freiwillige "
+          "helfen im Geschichtsraum, wo Besucher Briefe und Fotografien lesen können. Die Stadt bezahlt den "
+          "größten Teil der Kosten, eine kleine Stiftung trägt den Rest.")
+
+
+class ListRejects:
+    def __init__(self, stats):
+        self.stats, self.items = stats, []
+
+    def add(self, doc, reason, detail=None, error=False):
+        self.stats.drop(reason, error=error)
+        self.items.append((doc.id, reason, detail))
+
+
+@pytest.fixture(scope="module")
+def layer():
+    return HeuristicLayer(["gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"])
+
+
+def test_tokenizer_matches_datatrove_spacy_tokenizer(demo_ground_truth):
+    ours, stock = SpacyWordTokenizer("en"), load_word_tokenizer("en")
+    texts = [r["text"] for r in demo_ground_truth[1] if r["language"] == "en"][:12] + [PROSE, "Hi.  Two spaces!  Ok"]
+    for text in texts:
+        ours.reset()
+        assert ours.word_tokenize(text) == stock.word_tokenize(text)
+        for line in text.splitlines():
+            if line.strip():
+                assert len(ours.span_tokenize(line.strip())) == len(stock.span_tokenize(line.strip())), line
+
+
+def test_english_verdicts(layer, demo_ground_truth):
+    assert layer.evaluate(PROSE, "en") == {f: PASS for f in layer.filters}
+    spam = {r["defect"]: r["text"] for r in demo_ground_truth[1] if r["category"] == "spam"}
+    assert layer.evaluate(spam["repeated_lines"], "en")["gopher_repetition"] == "dup_line_frac"
+    assert layer.evaluate(spam["too_short"], "en")["gopher_quality"] == "gopher_short_doc"
+    lorem = PROSE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."
+    assert layer.evaluate(lorem, "en")["c4_quality"] == "lorem_ipsum"
+
+
+def test_other_languages_are_not_judged_by_english_rules(layer):
+    german = layer.evaluate(GERMAN, "de")
+    assert german["c4_quality"] is None and german["gopher_quality"] == PASS and german["gopher_repetition"] == PASS
+    assert HeuristicLayer(["gopher_quality"]).evaluate(GERMAN, "en")["gopher_quality"] == "gopher_enough_stop_words"
+    assert set(layer.evaluate("公共图书馆于一九零二年开放。" * 20, "zh").values()) == {None}
+
+
+def test_filter_options_override_and_validation():
+    lenient = HeuristicLayer(["gopher_quality"], {"gopher_quality": {"min_doc_words": 5}})
+    text = "The museum and the library opened with several wonderful exhibitions today."
+    assert lenient.evaluate(text, "en")["gopher_quality"] == PASS
+    with pytest.raises(ValueError, match="filter_options.gopher_quality"):
+        QualityParams(filter_options={"gopher_quality": {"no_such_arg": 1}})
+    with pytest.raises(ValueError, match="not both"):
+        QualityParams(min_score=0.3, keep_top_fraction=0.5)
+    assert QualityParams(keep_top_fraction=0.5).min_score is None
+    with pytest.raises(ValueError, match="not evaluated"):
+        QualityParams(filters=["gopher_quality"], enforce_filters=["c4_quality"])
+    assert "min_score" not in QualityParams().scoring_params()
+
+
+class ConstantModel:
+    """TextClassifier fake: P(hq) is NN/100 for a word zzscoreNN in the text (0.5 otherwise)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, lines, k=1):
+        self.calls += 1
+        out = []
+        for line in lines:
+            marks = [w for w in line.split() if w.startswith("zzscore")]
+            p = int(marks[0][7:]) / 100 if marks else 0.5
+            out.append([("hq", p), ("lq", 1 - p)])
+        return out
+
+
+def _score_and_filter(docs, params, layer, threshold="min_score"):
+    stats = StageStats()
+    rows = list(score_documents(docs, ScorePlan(params=params), layer, ConstantModel(), stats))
+    if threshold == "min_score":
+        threshold = params.min_score
+    rejects = ListRejects(stats)
+    kept = list(filter_documents(docs, iter(rows), FilterPlan(params=params, scores_dir="-", score_threshold=threshold),
+                                 stats, rejects))
+    return rows, [d.id for d in kept], {i: (r, d) for i, r, d in rejects.items}, stats
+
+
+def test_every_drop_reason_and_exemption(layer, demo_ground_truth):
+    spam = {r["defect"]: r["text"] for r in demo_ground_truth[1] if r["category"] == "spam"}
+    docs = [Document("good", "zzscore90 " + PROSE), Document("low", "zzscore20 " + PROSE),
+            Document("empty", "  \n "), Document("huge", "word " * 300_000),
+            Document("rep", spam["repeated_lines"]), Document("short", spam["too_short"]),
+            Document("code", spam["too_short"], source="code"), Document("de", GERMAN, meta={"language": "de"})]
+    for d in docs:
+        d.meta.setdefault("language", "en")
+    params = QualityParams(max_chars=1_000_000, min_score=0.5, exempt_sources=["code"])
+    rows, kept, dropped, stats = _score_and_filter(docs, params, layer)
+    assert kept == ["good", "code", "de"]
+    assert {k: v[0] for k, v in dropped.items()} == {"low": QUALITY_SCORE_LOW, "empty": EMPTY_TEXT,
+                                                     "huge": TEXT_TOO_LONG, "rep": "gopher_repetition",
+                                                     "short": "gopher_repetition"}
+    assert dropped["short"][1]["failed"]["gopher_quality"] == "gopher_short_doc"  # every failure is recorded
+    assert dropped["rep"][1]["reason"] == "dup_line_frac" and dropped["low"][1] == {"score": 0.2, "threshold": 0.5}
+    assert rows[7]["quality_score"] is None and stats.counters["unscored.de"] == 1 and stats.counters["exempt"] == 1
+    assert stats.counters["heuristic.gopher_repetition.dup_line_frac"] == 1
+    assert stats.counters["score_bin.9"] == 1 and stats.docs_dropped == 5
+
+
+def test_thresholds_change_without_rescoring(layer):
+    docs = [Document(str(i), f"zzscore{s} " + PROSE, meta={"language": "en"}) for i, s in enumerate([10, 50, 70, 90])]
+    rows, kept, _, _ = _score_and_filter(docs, QualityParams(min_score=0.5), layer)
+    assert kept == ["1", "2", "3"]
+    # same cached rows, other thresholds: the boundary keeps score == threshold
+    _, kept, _, _ = _score_and_filter(docs, QualityParams(min_score=0.7), layer)
+    assert kept == ["2", "3"]
+    _, kept, dropped, _ = _score_and_filter(docs, QualityParams(min_score=None, enforce_filters=[]), layer)
+    assert kept == ["0", "1", "2", "3"]
+
+
+def test_keep_top_fraction_threshold(tmp_path):
+    rows = [{"id": str(i), "source": "web", "language": "en", "input_error": None, "quality_score": s,
+             "heuristic_gopher_repetition": PASS, "heuristic_gopher_quality": "gopher_short_doc" if i == 0 else PASS,
+             "heuristic_c4_quality": PASS, "heuristic_fineweb_quality": None}
+            for i, s in enumerate([0.99, 0.1, 0.2, 0.3, 0.4, 0.6])]
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA), path)
+    # the heuristic failure (0.99) is not eligible; top 40% of the other 5 = 2 documents: 0.6 and 0.4
+    assert top_fraction_threshold([str(path)], QualityParams(keep_top_fraction=0.4)) == 0.4
+    assert top_fraction_threshold([str(path)], QualityParams(keep_top_fraction=1.0)) == 0.1
+
+
+def test_metrics():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert math.isnan(roc_auc(np.array([0.5]), np.array([1])))
+    m = classification_metrics([0.9, 0.6, 0.4, 0.1], [1, 0, 1, 0])
+    assert (m["precision"], m["recall"], m["accuracy"]) == (0.5, 0.5, 0.5)
+
+
+def test_reference_corpora_formats(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
+    pq.write_table(pa.table({"text": ["three", None]}), tmp_path / "b.parquet")
+    (tmp_path / "c.txt").write_text(" = Title = \n\n The war @-@ time plan , he said , was <unk> ( not ) final . \n\n")
+    assert list(read_corpus(str(tmp_path / "a.jsonl"))) == ["one", "two"]
+    assert list(read_corpus(str(tmp_path / "b.parquet"))) == ["three"]
+    assert list(read_corpus(str(tmp_path / "c.txt"), wikitext=True)) == ["The war-time plan, he said, was (not) final."]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        list(read_corpus(str(tmp_path / "bad.jsonl")))
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    with pytest.raises(ValueError, match="unsupported"):
+        list(read_corpus(str(tmp_path / "d.csv")))
+    assert detokenize_wikitext(" = = Section = = ") == ""
+    assert classifier_text("Hello,  World!\nNew line.") == "hello , world ! new line ."
+
+
+def _synthetic_corpus(tmp_path, seed=0):
+    rng = np.random.default_rng(seed)
+    good = ("river museum library history council research student village century archive painting "
+            "committee report science harbour engineer garden theatre").split()
+    bad = "buy cheap free click now best deal pills casino bonus win prize offer".split()
+    pos = [" ".join(f"The {rng.choice(good)} of the {rng.choice(good)} was described in the {rng.choice(good)}."
+                    for _ in range(12)) for _ in range(60)]
+    neg = [" ".join(f"{rng.choice(bad).upper()} {rng.choice(bad)} {rng.choice(bad)}!!!" for _ in range(20)) for _ in range(60)]
+    (tmp_path / "pos.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pos))
+    (tmp_path / "neg.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in neg))
+    return str(tmp_path / "pos.jsonl"), str(tmp_path / "neg.jsonl")
+
+
+def test_classifier_trained_in_process_separates_the_classes(tmp_path):
+    pos, neg = _synthetic_corpus(tmp_path)
+    params = QualityClassifierParams(positive=[pos], negative=[neg], min_chars=50, dim=16)
+    facts = train_classifier(params, [], tmp_path)
+    m = facts["metrics"]
+    assert m["auc"] == 1.0 and m["precision"] == 1.0 and m["recall"] == 1.0 and m["n"] == 24
+    assert facts["label_sources"] == {"positive": "files", "negative": "files"} and not facts["bootstrap"]
+    assert facts["counts"] == {"train.hq": 48, "train.lq": 48, "test.hq": 12, "test.lq": 12}
+    assert (tmp_path / "model.bin").stat().st_size == facts["model_bytes"]
+
+
+def test_classifier_needs_both_classes(tmp_path):
+    pos, _ = _synthetic_corpus(tmp_path)
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": "x" * 300}) + "\n")
+    with pytest.raises(ValueError, match="only 1 negatives"):
+        train_classifier(QualityClassifierParams(positive=[pos], negative=[str(tmp_path / "one.jsonl")]), [], tmp_path)
