@@ -11,7 +11,7 @@ deleted span, appended boilerplate) until the word-5-gram Jaccard reaches a targ
 2% get exact copies with case and whitespace changes. Documents are shuffled over the shards, so most
 duplicate pairs are split across shards. The corpus is cached under --cache.
 
-Engines run one after the other, each in its own subprocess (peak RSS = that process's ru_maxrss):
+Engines run one after the other, each in its own subprocess (peak RSS = its VmHWM, and its workers'):
   ours       tasks.dedup: signature map -> global cluster step -> filter map (the stage's own task
              functions, without Prefect), FineWeb defaults (5-grams, 14 x 8), verification on, sha1
              shingle hashes (datasketch-identical signatures); `ours-xxhash` with hash_function=xxhash.
@@ -228,9 +228,11 @@ def write_corpus(docs: list[dict[str, Any]], planted: list[dict[str, Any]], out:
 # ---------------------------------------------------------------- engines (each runs in its own subprocess)
 
 def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+    """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not inherit the parent's peak across
+    fork + exec) and of its worker processes, in MB."""
+    with open("/proc/self/status") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def _cpu_seconds() -> float:
@@ -363,6 +365,39 @@ def engine_main(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps(res))
 
 
+def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[str, Any]:
+    """Signatures and LSH candidate pairs: ours (tasks.dedup_minhash) vs datasketch (MinHash.bulk,
+    LeanMinHash, MinHashLSH with the same bands x rows), in this process, same documents. Checks that
+    both give identical signatures and identical candidate pairs."""
+    from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+    from tasks.dedup_minhash import MinHasher, band_pairs, shingle_bytes, unique_pairs
+    out: dict[str, Any] = {"docs": len(texts)}
+    t = time.process_time()
+    hasher = MinHasher(bands * rows, seed=1)
+    sig = hasher.signatures([hasher.hashes(x) for x in texts])
+    out["ours_signatures_s"] = time.process_time() - t
+    t = time.process_time()
+    ids = np.flatnonzero(sig[0] != np.uint32(0xFFFFFFFF))  # documents with shingles
+    ours = unique_pairs(band_pairs(sig[b * rows:(b + 1) * rows][:, ids], ids, 2) for b in range(bands))
+    out["ours_lsh_s"] = time.process_time() - t
+    t = time.process_time()
+    sketches = MinHash.bulk([shingle_bytes(x, 5) for x in texts], num_perm=bands * rows, seed=1)
+    out["datasketch_signatures_s"] = time.process_time() - t
+    out["identical_signatures"] = bool(all((m.hashvalues == sig[:, j]).all() for j, m in enumerate(sketches)))
+    t = time.process_time()
+    lsh = MinHashLSH(num_perm=bands * rows, params=(bands, rows))
+    lean = {int(j): LeanMinHash(sketches[j]) for j in ids}
+    with lsh.insertion_session() as session:
+        for j, m in lean.items():
+            session.insert(j, m, check_duplication=False)
+    theirs = {(min(j, k), max(j, k)) for j, m in lean.items() for k in lsh.query(m) if k != j}
+    out["datasketch_lsh_s"] = time.process_time() - t
+    out["identical_pairs"] = theirs == {tuple(p) for p in ours.tolist()}
+    out["candidate_pairs"] = len(theirs)
+    return out
+
+
 # ---------------------------------------------------------------- evaluation and the report
 
 def evaluate(result: dict[str, Any], planted: list[dict[str, Any]], texts: dict[str, str],
@@ -419,6 +454,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ours", default="ours,ours-xxhash", help="our variants to run (ours = sha1, ours-xxhash)")
     ap.add_argument("--datatrove", default="spacy,regex", help="datatrove tokenizers to run (spacy, regex; '' = none)")
+    ap.add_argument("--datasketch-docs", type=int, default=5000,
+                    help="documents for the signature + LSH comparison with datasketch (0 = skip)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dedup-bench"))
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -468,6 +505,14 @@ def main() -> None:
     from tasks.dedup_minhash import s_curve
     print("theory, P(candidate) at bin start, 14x8: " + ", ".join(
         f"{b}: {float(s_curve(float(b.split('-')[0]), 14, 8)):.3f}" for b in bins if b != "exact"))
+    if args.datasketch_docs:
+        ds = bench_datasketch(list(texts.values())[:args.datasketch_docs])
+        print(f"\nsignatures, {ds['docs']} docs, CPU s: ours {ds['ours_signatures_s']:.2f}, datasketch MinHash.bulk "
+              f"{ds['datasketch_signatures_s']:.2f} (x{ds['datasketch_signatures_s'] / ds['ours_signatures_s']:.1f}); "
+              f"identical: {ds['identical_signatures']}")
+        print(f"LSH 14x8 candidate pairs ({ds['candidate_pairs']}), CPU s: ours band sort {ds['ours_lsh_s']:.2f}, "
+              f"datasketch MinHashLSH {ds['datasketch_lsh_s']:.2f} (x{ds['datasketch_lsh_s'] / ds['ours_lsh_s']:.1f}); "
+              f"identical: {ds['identical_pairs']}")
     for ours in (r for r in rows if r["engine"].startswith("ours")):
         for r in (r for r in rows if r["engine"].startswith("datatrove")):
             print(f"{ours['engine']} / {r['engine']}: speed x{ours['docs_per_s'] / r['docs_per_s']:.2f} wall, "

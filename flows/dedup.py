@@ -63,8 +63,9 @@ def plan_markdown(n_docs: int, bytes_in: int, params: DedupParams, source: str =
         f"- MinHash: {params.shingle_size}-word shingles, {params.bands} bands x {params.rows} rows "
         f"= {params.num_perm} permutations, seed {params.seed}, {params.hash_function}",
         f"- signatures on disk (_work/minhash): {human_bytes(e['signature_bytes'])}",
-        f"- shingle sets on disk for verification: {human_bytes(e['shingle_set_bytes'])}"
-        + ("" if params.verify_jaccard else " (verification off)"),
+        "- shingle sets on disk for verification: " + (
+            "none (verification off)" if not params.verify_jaccard else human_bytes(e["shingle_set_bytes"])
+            if bytes_in else "unknown (the input manifest records no text bytes)"),
         f"- memory of the global cluster step: about {human_bytes(e['cluster_step_bytes'])}",
         f"- expected candidate pairs: about {e['expected_candidate_pairs']:,.0f} (background Jaccard 0.05 and "
         f"5% near duplicates)",
@@ -106,7 +107,6 @@ def report_markdown(manifest: Manifest, root: str) -> str:
                   s_curve_table(p["bands"], p["rows"]), "",
                   f"Plot: `{paths.join(paths.version_dir(root, manifest.stage, manifest.version), S_CURVE_PNG)}`"]
     return "\n".join(lines)
-
 
 
 @flow(name="dedup", task_runner=task_runner(2))

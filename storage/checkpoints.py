@@ -101,6 +101,15 @@ def best_step(out_dir: str, metric: str = "val_loss") -> int | None:
     return best[1] if best else None
 
 
+def remove_checkpoints_after(out_dir: str, step: int) -> list[int]:
+    """Delete the valid checkpoints after `step` (a rollback abandons them)."""
+    fs, base = paths.filesystem(out_dir)
+    removed = [s for s in list_checkpoints(out_dir) if s > step]
+    for s in removed:
+        fs.rm(paths.join(base, step_dir_name(s)), recursive=True)
+    return removed
+
+
 def prune_checkpoints(out_dir: str, keep_last: int, milestone_every: int = 0) -> list[int]:
     """Delete checkpoints other than the last `keep_last`, the best by val_loss and the milestones."""
     steps = list_checkpoints(out_dir)

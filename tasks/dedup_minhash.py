@@ -17,8 +17,8 @@ and permutes one document at a time, while `signatures()` batches many documents
 LSH: the signature is cut into `bands` bands of `rows` rows. Documents whose band rows are equal land in
 one bucket; buckets are found by sorting a 64-bit key of each band (one band at a time, so memory is a
 few arrays of length N, never a dict of buckets) and confirming equal rows (on a key collision the band is
-re-sorted by its rows), so collisions neither create nor hide candidates. P(candidate | Jaccard s) = 1 - (1 - s^rows)^bands (`s_curve`; 14 x 8 gives 0.924 at
-s = 0.8). Candidate pairs (optionally verified by true Jaccard of the shingle-hash sets) are joined into
+re-sorted by its rows), so collisions neither create nor hide candidates.
+P(candidate | Jaccard s) = 1 - (1 - s^rows)^bands (`s_curve`; 14 x 8 gives 0.924 at s = 0.8). Candidate pairs (optionally verified by true Jaccard of the shingle-hash sets) are joined into
 clusters by `connected_components`, a vectorised union-find (hook to the smaller root, pointer jumping)
 over integer document indices.
 """

@@ -49,7 +49,15 @@ from storage.manifest import Stage
 from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, write_stream
 from storage.stats import StageStats
-from tasks.extract import ExtractionTimeout, Extractor, decode_html, extract_main_text, looks_like_html, time_limit
+from tasks.extract import (
+    ExtractionTimeout,
+    Extractor,
+    decode_html,
+    extract_main_text,
+    looks_like_html,
+    prepare_extractor,
+    time_limit,
+)
 from tasks.sources import (
     SUFFIXES,
     InputFormat,
@@ -169,6 +177,7 @@ def _checked_text(text: str, params: IngestParams) -> str:
 def _extract(html: str, params: IngestParams, stats: StageStats) -> str:
     """Main text under the time limits: trafilatura within its budget, else resiliparse (see params)."""
     extractor = params.extractor
+    prepare_extractor(extractor)
     if extractor == "trafilatura" and 0 < params.fallback_after_s < params.extract_timeout_s:
         try:
             with time_limit(params.fallback_after_s):

@@ -263,9 +263,10 @@ def restore_step(run: Run, step: int) -> TrainState:
 
 
 def rollback(run: Run) -> bool:
-    """Return to the last checkpoint, skipping the spike's batches; False when there is none."""
-    ranges, st = run.guard.reset_spike(), run.state
-    step = ckpt.latest_step(str(run.out))
+    """Return to the last checkpoint before the spike, skipping its batches; False when there is none."""
+    ranges, st, out = run.guard.reset_spike(), run.state, str(run.out)
+    before = [s for s in ckpt.list_checkpoints(out) if s <= st.step - len(ranges)]
+    step = before[-1] if before else None
     if step is None:
         st.unrecovered_spikes += 1
         log.warning("loss spike at step %d but no checkpoint to roll back to; continuing", st.step)
@@ -274,6 +275,9 @@ def rollback(run: Run) -> bool:
         raise RuntimeError(f"loss spiked again at step {st.step} after {st.rollbacks} rollbacks; the run "
                            f"diverged (lower lr, raise warmup_steps, or inspect the batches {ranges})")
     new = restore_step(run, step)
+    barrier(run.rt)
+    if run.rt.is_main:  # checkpoints after `step` saw the spike: drop that branch of history
+        ckpt.remove_checkpoints_after(out, step)
     new.skip_ranges = sorted(set(new.skip_ranges) | set(st.skip_ranges) | set(ranges))
     new.skipped_steps, new.unrecovered_spikes = st.skipped_steps, st.unrecovered_spikes
     new.rollbacks, new.skipped_batches = st.rollbacks + 1, st.skipped_batches + len(ranges)
@@ -343,7 +347,10 @@ def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
               bytes_per_token=job.bytes_per_token,
               lineage={"tokenize_version": job.tokenize_version, "tokenizer_sha256": job.tokenizer_sha256},
               peak=peak_flops(gpu) if gpu and gpu_key_for_device_name(gpu) else None)
-    latest = ckpt.latest_step(str(out)) if params.resume else None
+    latest = ckpt.latest_step(str(out))
+    if latest is not None and not params.resume:
+        raise ValueError(f"{out} already holds checkpoints (up to step {latest}) and resume is false; "
+                         f"use a fresh output directory or set resume: true")
     if latest is not None:
         run.state = restore_step(run, latest)
         run.metrics.truncate_after(latest)

@@ -66,15 +66,19 @@ class MetricsLog:
 
 
 def plot_losses(rows: Sequence[dict[str, Any]], path: Path, unigram_loss: float | None) -> None:
-    """Train and validation loss against step, with the unigram baseline as a dashed line."""
+    """Train and validation loss against step, unigram baseline dashed, rollbacks as red lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and r["loss"] is not None and "event" not in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    # after a rollback a step is logged twice: the later row is the history that counts
+    train = sorted({r["step"]: r["loss"] for r in rows if r.get("loss") is not None and "event" not in r}.items())
+    val = sorted({r["step"]: r["val_loss"] for r in rows if r.get("val_loss") is not None}.items())
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in rows:
+        if r.get("event") == "rollback":
+            ax.axvline(r["step"], color="red", alpha=0.3, linewidth=1)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
     if val:

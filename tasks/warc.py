@@ -1,7 +1,7 @@
 """Reading WARC/WET files into candidate records, with byte offsets and fault detection.
 
 Parser: FastWARC (`fastwarc.warc.ArchiveIterator`), about 3x faster than warcio on the same files
-(`bench/ingest.py --parsers` measures both). Only `response` (WARC) and `conversion` (WET) records
+(`bench/ingest.py` measures both). Only `response` (WARC) and `conversion` (WET) records
 become `WarcItem`s; every other record type is counted in `stats.counters["records.<type>"]` and its
 body is skipped. `WarcItem.offset` is the record's byte offset in the file as stored (the compressed
 offset for per-record gzip, as in the Common Crawl index), so `(file, offset)` locates the record.

@@ -148,6 +148,12 @@ def test_resume_reaches_the_same_losses(shards, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(p, shards, tmp_path / "cut", bytes_per_token=3.0, hooks=FaultHooks(after_step=crash))
     assert ckpt.latest_step(str(tmp_path / "cut")) == 5
+    half_written = tmp_path / "cut" / "step-000007"  # killed while saving: no meta.json
+    half_written.mkdir()
+    (half_written / "model.pt").write_bytes(b"partial")
+    assert ckpt.latest_step(str(tmp_path / "cut")) == 5
+    with pytest.raises(ValueError, match="resume is false"):
+        train(p.model_copy(update={"resume": False}), shards, tmp_path / "cut", bytes_per_token=3.0)
     resumed = train(p, shards, tmp_path / "cut", bytes_per_token=3.0)
     a, b = step_losses(tmp_path / "full"), step_losses(tmp_path / "cut")
     assert sorted(b) == list(range(1, 11))  # rows of the crashed steps 6-7 were replaced
@@ -212,13 +218,13 @@ def test_golden_tiny_loss(shards, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(shards, tmp_path):
-    p = params(max_steps=6, ckpt_interval=3, eval_interval=3, micro_batch_size=8, tokens_per_step=1024)
+    p = params(max_steps=4, ckpt_interval=2, eval_interval=2, micro_batch_size=8, tokens_per_step=1024)
     single = train(p, shards, tmp_path / "single", bytes_per_token=3.0)  # accumulation 2
     job = TrainJob(params=p, shards_dir=str(shards), out_dir=str(tmp_path / "ddp"), bytes_per_token=3.0)
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tasks.train", str(job_file)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "-m", "tasks.train", str(job_file)], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     a, b = step_losses(tmp_path / "single"), step_losses(tmp_path / "ddp")
