@@ -9,7 +9,7 @@ Documents: real text from ../shared/data (DCLM Common Crawl documents, news arti
 Crawl WET records, WikiText-2 paragraphs of >= 300 characters), or the documents of `--input` (Parquet
 shards, e.g. an ingest version directory, or JSONL with a `text` field). A `--plant` fraction of them
 get one benchmark item (>= 13 words) inserted in the middle, so recall is measured on known positives.
-Engines, one process, one core, each timed over the same documents after a warm-up pass:
+Engines, one process, one core, timed over the same documents taking turns (best of --repeat passes):
   ours        tasks.decontaminate.process (drop mode; cut mode timed too): words() + vectorised
               n-gram hashes + one np.searchsorted per document.
   reference   the same words() tokens, one tasks.text.hash64 (blake2b) per n-gram string, looked up in
@@ -97,17 +97,18 @@ def plant(docs: list[str], items: list[tuple[str, str, str]], fraction: float, s
     return planted
 
 
-REPEAT = 3
-
-
-def time_it(fn: Any, docs: list[Any]) -> tuple[float, Any]:
-    """Best of REPEAT timed passes after a warm-up pass (word-hash cache, lazy loads); shared machines are noisy."""
-    fn(docs[: min(50, len(docs))])
-    best, out = float("inf"), None
-    for _ in range(REPEAT):
-        t0 = time.perf_counter()
-        out = fn(docs)
-        best = min(best, time.perf_counter() - t0)
+def time_interleaved(engines: dict[str, Any], docs: list[str], repeat: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best of `repeat` passes per engine, the engines taking turns (A B C A B C ...) so that load changes
+    on a shared machine hit them alike; one untimed warm-up pass each (word-hash cache, lazy loads)."""
+    best = {name: float("inf") for name in engines}
+    out: dict[str, Any] = {}
+    for fn in engines.values():
+        fn(docs[: min(50, len(docs))])
+    for _ in range(repeat):
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            out[name] = fn(docs)
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best, out
 
 
@@ -120,21 +121,22 @@ class Sink:
         self.rows.append((doc.id, detail))
 
 
-def run_ours(params: Any, index: Any, texts: list[str]) -> tuple[float, dict[int, str]]:
+def ours_engine(params: Any, index: Any) -> Any:
     from storage.documents import Document
     from storage.stats import StageStats
     from tasks.decontaminate import process
 
     def go(ts: list[str]) -> dict[int, str]:
+        """Contaminated documents: dropped ones (with the matched n-gram) and, in cut mode, cut ones."""
         stats = StageStats()
         sink = Sink(stats)
-        for _ in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink, params, index):
-            pass
-        return {int(i): d.get("ngram", "") if d else "" for i, d in sink.rows}
-    return time_it(go, texts)
+        cut = {int(d.id): "(cut)" for d in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink,
+                                                   params, index) if d.meta.get("decontaminate_cuts")}
+        return {**cut, **{int(i): d.get("ngram", "") if d else "" for i, d in sink.rows}}
+    return go
 
 
-def run_reference(items: list[tuple[str, str, str]], texts: list[str], n: int, max_items: int) -> tuple[float, float, set[int]]:
+def reference_engine(items: list[tuple[str, str, str]], n: int, max_items: int) -> tuple[float, Any]:
     from collections import Counter
 
     from tasks.text import hash64, ngrams, words
@@ -146,11 +148,10 @@ def run_reference(items: list[tuple[str, str, str]], texts: list[str], n: int, m
 
     def go(ts: list[str]) -> set[int]:
         return {i for i, t in enumerate(ts) if any(hash64(g) in index for g in ngrams(words(t), n))}
-    seconds, flagged = time_it(go, texts)
-    return build, seconds, flagged
+    return build, go
 
 
-def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -> tuple[float, float, dict[int, str]]:
+def datatrove_engine(items: list[tuple[str, str, str]], n: int) -> tuple[float, Any]:
     from datatrove.data import Document as DTDocument
     from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
     from datatrove.utils.hashing import create_hash_func
@@ -178,8 +179,7 @@ def run_datatrove(items: list[tuple[str, str, str]], texts: list[str], n: int) -
     def go(ts: list[str]) -> dict[int, str]:
         docs = [DTDocument(text=t, id=str(i)) for i, t in enumerate(ts)]
         return {i: d.metadata["contaminated_ngram"] for i, d in enumerate(docs) if filt.filter(d) is not True}
-    seconds, flagged = time_it(go, texts)
-    return build, seconds, flagged
+    return build, go
 
 
 def main() -> None:
@@ -191,8 +191,6 @@ def main() -> None:
     ap.add_argument("--skip-datatrove", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per engine (best is reported)")
     args = ap.parse_args()
-    global REPEAT
-    REPEAT = args.repeat
 
     from tasks.decontaminate import DecontaminateParams, index_sources
     from tasks.ngram_index import build_index
@@ -213,22 +211,27 @@ def main() -> None:
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"\ndocuments: {len(texts):,} ({mb:.1f} MB of text), {len(planted)} with a planted benchmark item")
 
-    secs, ours = run_ours(params, index, texts)
-    cut_secs, _ = run_ours(params.model_copy(update={"action": "cut"}), index, texts)
-    rows = [("ours (drop)", None, secs, set(ours)), ("ours (cut)", None, cut_secs, set(ours))]
-    ref_build, ref_secs, ref = run_reference(items, texts, params.n, params.max_items_per_ngram)
-    rows.append(("reference (hash64 per n-gram)", ref_build, ref_secs, ref))
+    engines = {"ours (drop)": ours_engine(params, index),
+               "ours (cut)": ours_engine(params.model_copy(update={"action": "cut"}), index)}
+    builds: dict[str, float] = {}
+    builds["reference (hash64 per n-gram)"], engines["reference (hash64 per n-gram)"] = reference_engine(
+        items, params.n, params.max_items_per_ngram)
     if not args.skip_datatrove:
-        dt_build, dt_secs, dt = run_datatrove(items, texts, params.n)
-        rows.append(("datatrove NGramsDecontFilter", dt_build, dt_secs, set(dt)))
+        builds["datatrove NGramsDecontFilter"], engines["datatrove NGramsDecontFilter"] = datatrove_engine(
+            items, params.n)
+    seconds, results = time_interleaved(engines, texts, args.repeat)
+    ours = results["ours (drop)"]
+    rows = [(name, builds.get(name), seconds[name], set(results[name])) for name in engines]
+    secs = seconds["ours (drop)"]
     print(f"\n{'engine':<32}{'index s':>9}{'docs/s':>10}{'MB/s':>8}{'flagged':>9}{'recall':>8}{'ours is':>10}")
-    for name, build, s, flagged in rows:
+    for name, build, sec, flagged in rows:
         recall = len(flagged & planted.keys()) / max(1, len(planted))
-        print(f"{name:<32}{'' if build is None else f'{build:.2f}':>9}{len(texts) / s:>10,.0f}{mb / s:>8.2f}"
-              f"{len(flagged):>9}{recall:>8.3f}{s / secs:>9.2f}x")
+        print(f"{name:<32}{'' if build is None else f'{build:.2f}':>9}{len(texts) / sec:>10,.0f}{mb / sec:>8.2f}"
+              f"{len(flagged):>9}{recall:>8.3f}{sec / secs:>9.2f}x")
     for name, _, _, flagged in rows[2:]:
         print(f"agreement with {name}: ours only {len(set(ours) - flagged)}, theirs only {len(flagged - set(ours))}")
     if not args.skip_datatrove:
+        dt = results["datatrove NGramsDecontFilter"]
         for i in sorted(set(dt) - set(ours))[:10]:
             print(f"  datatrove only, doc {i} (planted: {i in planted}): '{dt[i]}'")
     extra = sorted(set(ours) - planted.keys())

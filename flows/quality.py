@@ -18,12 +18,37 @@ from prefect.futures import wait
 from prefect.utilities.annotations import unmapped
 
 from flows.quality_classifier import train_quality_classifier_flow
-from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.sharded import (
+    abort_on_error,
+    begin_stage,
+    finish_stage,
+    map_shards,
+    publish,
+    task_runner,
+)
 from storage import paths
-from storage.manifest import Manifest, Stage, canonical_json, compute_version, load_manifest
+from storage.manifest import (
+    Manifest,
+    Stage,
+    canonical_json,
+    compute_version,
+    load_manifest,
+)
 from storage.stats import StageStats
-from tasks.quality import (FILTER_NAMES, SCORES_DIR, SCORES_META, SCORES_VERSION, STAGE, STAGE_VERSION, FilterPlan,
-                           QualityParams, ScorePlan, quality_filter_shard, quality_score_shard, top_fraction_threshold)
+from tasks.quality import (
+    FILTER_NAMES,
+    SCORES_DIR,
+    SCORES_META,
+    SCORES_VERSION,
+    STAGE,
+    STAGE_VERSION,
+    FilterPlan,
+    QualityParams,
+    ScorePlan,
+    quality_filter_shard,
+    quality_score_shard,
+    top_fraction_threshold,
+)
 from tasks.quality_classifier import MODEL_FILE, QualityClassifierParams
 
 log = logging.getLogger(__name__)

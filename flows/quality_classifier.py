@@ -14,16 +14,31 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, task
-
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 from flows.sharded import summary_markdown, task_runner
 from storage import paths
-from storage.manifest import (Manifest, ShardInfo, Stage, VersionWriter, canonical_json, compute_version,
-                              is_complete, load_manifest, new_manifest, set_latest)
+from storage.manifest import (
+    Manifest,
+    ShardInfo,
+    Stage,
+    VersionWriter,
+    canonical_json,
+    compute_version,
+    is_complete,
+    load_manifest,
+    new_manifest,
+    set_latest,
+)
 from storage.stats import StageStats
-from tasks.quality_classifier import MODEL_FILE, STAGE, STAGE_VERSION, QualityClassifierParams, train_classifier
+from tasks.quality_classifier import (
+    MODEL_FILE,
+    STAGE,
+    STAGE_VERSION,
+    QualityClassifierParams,
+    train_classifier,
+)
 from tasks.sources import input_fingerprint
 
 log = logging.getLogger(__name__)

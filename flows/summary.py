@@ -46,6 +46,7 @@ class StageRow:
     version: Optional[str]
     status: str  # computed | reused | on disk | FAILED | not run
     documents: Optional[int] = None
+    unique: Optional[int] = None  # distinct documents when the output repeats some (mix upsampling)
     characters: Optional[int] = None
     chars_estimated: bool = False
     tokens: Optional[int] = None
@@ -80,8 +81,20 @@ def count_characters(root: str, m: Manifest) -> tuple[Optional[int], bool]:
     return int(m.stats.bytes_out * ratio), True
 
 
+def manifest_documents(m: Manifest) -> tuple[Optional[int], Optional[int]]:
+    """(documents in the output, distinct documents if fewer): Parquet shard rows, else stats.docs_out."""
+    parquet = [s for s in m.shards if s.name.endswith(".parquet")]
+    if not parquet:
+        return (m.stats.docs_out if m.stats.docs_in else None), None
+    rows = sum(s.rows for s in parquet)
+    return rows, (m.stats.docs_out if m.stats.docs_out != rows else None)
+
+
 def manifest_tokens(m: Manifest) -> Optional[int]:
-    """Token count recorded by a tokenize/train version (see TOKEN_KEYS), else None."""
+    """Tokens a tokenize/train version recorded: `tokens.<split>` counters, else `extras` (TOKEN_KEYS)."""
+    split_tokens = [v for k, v in m.stats.counters.items() if k.startswith("tokens.")]
+    if split_tokens:
+        return int(sum(split_tokens))
     scopes: list[dict[str, Any]] = [m.extras] + [v for v in m.extras.values() if isinstance(v, dict)]
     for key in TOKEN_KEYS:
         for scope in scopes:
@@ -123,7 +136,8 @@ def attrition(root: str, versions: dict[str, str], started: Optional[float] = No
         else:
             status = "on disk"
         chars, est = count_characters(root, m)
-        rows.append(StageRow(m.stage, m.version, status, documents=m.stats.docs_out, characters=chars,
+        docs, unique = manifest_documents(m)
+        rows.append(StageRow(m.stage, m.version, status, documents=docs, unique=unique, characters=chars,
                              chars_estimated=est, tokens=manifest_tokens(m), created_at=m.created_at,
                              directory=paths.version_dir(root, m.stage, m.version)))
     if failed is not None:
@@ -150,15 +164,18 @@ def _fmt(value: Optional[int], estimated: bool = False) -> str:
 
 
 def funnel_png(rows: list[StageRow]) -> bytes:
-    """Horizontal bar funnel of documents and characters per stage (failed stage hatched red)."""
+    """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.documents is not None or r.status == "FAILED"]
+    shown = [r for r in rows if r.characters is not None or r.status == "FAILED"]
     labels = [f"{r.stage}" + (" (FAILED)" if r.status == "FAILED" else "") for r in shown]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.55 * len(shown) + 1.6), sharey=True)
-    for ax, attr, title in ((axes[0], "documents", "documents"), (axes[1], "characters", "characters")):
+    panels = [("documents", "documents"), ("characters", "characters")]
+    if any(r.tokens for r in shown):
+        panels.append(("tokens", "tokens (~ estimated from tokenize)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.55 * len(shown) + 1.6), sharey=True)
+    for ax, (attr, title) in zip(axes, panels):
         values = [getattr(r, attr) or 0 for r in shown]
         top = max(values) if values and max(values) > 0 else 1
         colors = ["#d62728" if r.status == "FAILED" else ("#9ecae1" if r.status != "computed" else "#3182bd")
@@ -198,7 +215,8 @@ def summary_markdown(root: str, versions: dict[str, str], started: Optional[floa
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         share = f"{100.0 * r.documents / ingest_docs:.1f}%" if ingest_docs and r.documents is not None else "-"
-        table.append(f"| {r.stage} | {r.version or '-'} | {r.status} | {_fmt(r.documents)} | {share} | "
+        docs = _fmt(r.documents) + (f" ({r.unique:,} distinct)" if r.unique is not None else "")
+        table.append(f"| {r.stage} | {r.version or '-'} | {r.status} | {docs} | {share} | "
                      f"{_fmt(r.characters, r.chars_estimated)} | {_fmt(r.tokens, r.tokens_estimated)} |")
     parts = [head, "", "## Attrition", "", *table, ""]
     if image and done:

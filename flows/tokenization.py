@@ -253,7 +253,10 @@ def sample_sequences(manifest: Manifest, root: str, n: int, split: str = TRAIN_D
     base = paths.version_dir(root, manifest.stage, manifest.version)
     tok = Tokenizer(paths.join(base, manifest.extras.get("tokenizer_path", TOKENIZER_MODEL)))
     shards = TokenShards(paths.join(base, split))
-    idx = list(range(min(n, len(shards))))
+    first = range(min(len(shards), 2_000))  # prefer rows that show a document boundary
+    with_eos = [i for i, row in zip(first, shards.get(list(first))) if (row == tok.eos_id).any()]
+    seen = set(with_eos)
+    idx = sorted((with_eos + [i for i in first if i not in seen])[:n])
     lines = [f"sample {split} sequences ({len(idx)} of {len(shards):,}; <eos> ends a document):"]
     for i, row, offs in zip(idx, shards.get(idx), shards.offsets(idx)):
         text = decode_row(tok, row).replace("\n", "\n    ")

@@ -29,10 +29,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from storage import paths
-from storage.manifest import LATEST, MANIFEST, STAGE_ORDER, Manifest, Stage, latest_version, list_versions
+from storage.manifest import LATEST, MANIFEST, Manifest, Stage, latest_version, list_versions
 
 log = logging.getLogger(__name__)
 
+# pipeline stages and the artifacts they reference (e.g. the quality classifier): all are collected
+ALL_STAGES: list[Stage] = list(Stage)
 STALE_PREFIXES = (".tmp-", ".old-", ".gc-", f"{LATEST}.tmp-")
 DEFAULT_STALE_AFTER_S = 3600.0
 
@@ -105,7 +107,7 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
     plan = GcPlan(root=root, keep=keep)
     manifests: dict[tuple[Stage, str], Manifest] = {}
     why: dict[tuple[Stage, str], str] = {}
-    for stage in STAGE_ORDER:
+    for stage in ALL_STAGES:
         versions = list_versions(root, stage)
         for m in versions:
             manifests[(stage, m.version)] = m
@@ -130,8 +132,8 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
         plan.versions.append(VersionDecision(
             str(stage), version, m.created_at, keep_it, why.get((stage, version), "unreferenced"),
             0 if keep_it else _du(fs, paths.join(base, str(stage), version))))
-    plan.versions.sort(key=lambda d: (STAGE_ORDER.index(Stage(d.stage)), d.created_at))
-    for stage in STAGE_ORDER:
+    plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.created_at))
+    for stage in ALL_STAGES:
         d = paths.join(base, str(stage))
         if not fs.exists(d):
             continue

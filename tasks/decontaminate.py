@@ -28,6 +28,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -45,6 +46,8 @@ from storage.stats import StageStats
 from tasks import benchmarks as bm
 from tasks.ngram_index import IndexSource, NgramIndex, build_index, load_index, read_summary, save_index
 from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
+
+log = logging.getLogger(__name__)
 
 STAGE = Stage.DECONTAMINATE
 STAGE_VERSION = 1
@@ -133,8 +136,11 @@ def ensure_index(params: DecontaminateParams, root: str, version: str) -> dict[s
         summary = {**summary, "version": version, "dir": directory}
         save_index(index, summary, directory)
         summary["reused"] = False
+        log.info("built n-gram index %s: %d %d-grams of %s in %.1fs", version, summary["ngrams"], params.n,
+                 [b["name"] for b in summary["benchmarks"]], summary["build_seconds"])
     else:
         summary["reused"] = True
+        log.info("reused n-gram index %s (%d %d-grams)", version, summary["ngrams"], params.n)
     summary["dir"] = directory  # the data root may have moved since the build
     return summary
 

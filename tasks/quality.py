@@ -51,7 +51,13 @@ from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.langid import batched
 from tasks.quality_classifier import classifier_text, score_texts
-from tasks.quality_heuristics import FILTER_NAMES, FilterName, HeuristicLayer, check_options, failures
+from tasks.quality_heuristics import (
+    FILTER_NAMES,
+    FilterName,
+    HeuristicLayer,
+    check_options,
+    failures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +211,7 @@ def _drop(doc: Document, row: dict[str, Any], p: QualityParams, threshold: float
     """The drop reason and detail of one scored document, or None to keep it."""
     if row["input_error"] is not None:
         return row["input_error"], {"chars": len(doc.text)}
-    verdicts = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
+    verdicts: dict[str, str | None] = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
     for f, reason in failures(verdicts):
         stats.count(f"heuristic.{f}.{reason}")
     if doc.source in p.exempt_sources:
@@ -261,7 +267,7 @@ def top_fraction_threshold(score_paths: list[str], p: QualityParams) -> float | 
     eligible: list[float] = []
     for path in score_paths:
         for row in _score_rows(path):
-            verdicts = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
+            verdicts: dict[str, str | None] = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
             if (row["input_error"] is None and row["quality_score"] is not None and row["source"] not in p.exempt_sources
                     and not failures(verdicts, p.enforce_filters)):
                 eligible.append(row["quality_score"])

@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,13 @@ from storage import paths
 from storage.documents import read_documents
 from storage.manifest import Stage
 from storage.params import StageParams
-from tasks.quality_heuristics import FILTER_NAMES, FilterName, HeuristicLayer, check_options, failures
+from tasks.quality_heuristics import (
+    FILTER_NAMES,
+    FilterName,
+    HeuristicLayer,
+    check_options,
+    failures,
+)
 from tasks.text import hash64, normalise
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,9 @@ class QualityClassifierParams(StageParams):
     min_chars: int = Field(200, ge=0, le=100_000, description="Shorter reference documents are skipped.")
     max_chars: int = Field(100_000, ge=100, le=10_000_000, description="Characters of a document the model sees.")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share of each class for the metrics.")
+    balance: bool = Field(True, description=(
+        "Downsample the larger class to the size of the smaller (DCLM trains on balanced classes; an imbalanced "
+        "fastText model puts P(hq) near the class prior and 0.5 stops being a useful threshold)."))
     seed: int = Field(0, description="Sampling and split seed.")
     epoch: int = Field(10, ge=1, le=1000, description="fastText epochs.")
     lr: float = Field(0.1, gt=0.0, le=10.0, description="fastText learning rate.")
@@ -98,7 +107,7 @@ def classifier_text(text: str, max_chars: int = 100_000) -> str:
 
 _WIKI_FIXES = [(re.compile(r" @(.)@ "), r"\1"), (re.compile(r"<unk>"), ""), (re.compile(r" ([.,;:!?)\]}'])"), r"\1"),
                (re.compile(r"([(\[{]) "), r"\1"), (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b"), r"\1"),
-               (re.compile(r"^ *= .*= *$", re.M), ""), (re.compile(r"[ \t]{2,}"), " ")]
+               (re.compile(r"^ *= .*= *$", re.MULTILINE), ""), (re.compile(r"[ \t]{2,}"), " ")]
 
 
 def detokenize_wikitext(text: str) -> str:
@@ -172,9 +181,9 @@ def collect_examples(params: QualityClassifierParams, crawl_shards: list[str]) -
     ex = Examples(params.max_examples_per_class, params.seed)
     for label, files in ((HQ, params.positive), (LQ, params.negative)):
         for path in files:
-            for i, text in enumerate(read_corpus(path, wikitext=params.detokenize_wikitext and label == HQ)):
+            for text in read_corpus(path, wikitext=params.detokenize_wikitext and label == HQ):
                 if len(text) >= params.min_chars:
-                    ex.add(label, f"{path}:{i}", classifier_text(text, params.max_chars))
+                    ex.add(label, text[:10_000], classifier_text(text, params.max_chars))  # keyed by content, not path
     sources = {"positive": "files" if params.positive else "heuristics",
                "negative": "files" if params.negative else ("heuristics" if params.bootstrap else "crawl_sample")}
     if params.positive and params.negative:
@@ -224,7 +233,7 @@ def classification_metrics(scores: list[float], labels: list[int], threshold: fl
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
     pred = s >= threshold
     tp, fp, fn = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
-    return {"n": int(len(y)), "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+    return {"n": len(y), "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
             "accuracy": float((pred == (y == 1)).mean()) if len(y) else 0.0, "auc": roc_auc(s, y)}
 
 
@@ -243,13 +252,18 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
     train_rows: list[tuple[str, str]] = []
     test_texts: list[str] = []
     test_labels: list[int] = []
-    for label in (HQ, LQ):
-        texts = ex.texts(label)
+    per_class = {label: ex.texts(label) for label in (HQ, LQ)}
+    for label, texts in per_class.items():
         if len(texts) < 2:
             what = "positives" if label == HQ else "negatives"
             raise ValueError(f"only {len(texts)} {what} for the quality classifier (need >= 2): pass "
                              f"--{'positive' if label == HQ else 'negative'} files, or run on a crawl with more "
                              f"{'documents passing' if label == HQ else 'documents failing'} the heuristics")
+    if params.balance:
+        n = min(len(t) for t in per_class.values())
+        per_class = {label: texts[:n] for label, texts in per_class.items()}  # texts are in sample-key order
+    for label in (HQ, LQ):
+        texts = per_class[label]
         tr, te = split(texts, params.test_fraction, params.seed)
         train_rows += [(label, t) for t in tr]
         test_texts += te

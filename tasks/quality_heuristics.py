@@ -32,11 +32,16 @@ runs it once per line in C4's sentence count): same words and sentence counts, f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from datatrove.data import Document as DatatroveDocument
-from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                        GopherRepetitionFilter)
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
@@ -152,20 +157,20 @@ def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str
                          f"constructor for the allowed arguments") from None
 
 
-def check_options(options: dict[str, dict[str, Any]]) -> None:
+def check_options(options: Mapping[Any, Mapping[str, Any]]) -> None:
     """Fail at params validation for unknown filters or constructor arguments (no tokenizer needed)."""
     for name, opts in options.items():
         if name not in FILTER_NAMES:
             raise ValueError(f"filter_options: unknown filter {name!r}; choose from {list(FILTER_NAMES)}")
-        build_filter(name, ENGLISH, ENGLISH, opts)  # type: ignore[arg-type]
+        build_filter(name, ENGLISH, ENGLISH, dict(opts))  # type: ignore[arg-type]
 
 
 class HeuristicLayer:
     """Evaluates the configured filters on documents; tokenizers and filters are built once per language."""
 
-    def __init__(self, filters: list[FilterName], options: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, filters: Sequence[FilterName], options: Mapping[Any, Mapping[str, Any]] | None = None):
         self.filters = [f for f in FILTER_NAMES if f in filters]  # always FineWeb's order
-        self.options = options or {}
+        self.options = {k: dict(v) for k, v in (options or {}).items()}
         self._by_language: dict[str, tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]] = {}
 
     def _filters_for(self, language: str | None) -> tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]:
@@ -195,6 +200,6 @@ class HeuristicLayer:
         return verdicts
 
 
-def failures(verdicts: dict[str, str | None], enforce: list[str] | None = None) -> list[tuple[str, str]]:
+def failures(verdicts: Mapping[str, str | None], enforce: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(filter, reason) for every applied, enforced filter that did not pass, in filter order."""
     return [(f, v) for f, v in verdicts.items() if v is not None and v != PASS and (enforce is None or f in enforce)]

@@ -4,7 +4,9 @@ Inputs. `expand_inputs` turns the configured patterns into concrete files: globs
 filesystem), directories (their files with a supported suffix), plain paths (must exist) and URLs
 (checked when fingerprinted or opened), plus, for a Common Crawl crawl id, the first `segments` lines
 of `<base>/crawl-data/<crawl>/warc.paths.gz`. The format is chosen by suffix (`input_format`).
-`input_fingerprint` records size and change markers for the version hash; `open_input` streams HTTP.
+`input_fingerprint` records size and a change marker per file for the version hash (local files: a
+digest of their first and last MiB, not the mtime; URLs: ETag / Last-Modified); `open_input` streams
+HTTP.
 
 Categories. `classify_source(url)` gives the coarse `source` column that `mix` weights by, from a
 small ordered rule table over the URL's host (and, for forums, its path); the first match wins:
@@ -24,6 +26,7 @@ table changes `source` values, so it requires bumping `tasks.ingest.STAGE_VERSIO
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import IO, Any, Literal
@@ -140,8 +143,24 @@ def expand_inputs(inputs: list[str], crawl: str | None, segments: int, crawl_bas
     return list(dict.fromkeys(found))
 
 
+_SAMPLE_BYTES = 1 << 20
+
+
+def _sample_digest(fs: fsspec.AbstractFileSystem, inner: str, size: int) -> str:
+    """sha256 of the first and last MiB (the whole file if smaller): content, not mtime, so that a copy or
+    a regenerated identical file (the demo crawl) keeps its version, while a re-download differs."""
+    digest = hashlib.sha256()
+    with fs.open(inner, "rb") as f:
+        digest.update(f.read(_SAMPLE_BYTES))
+        if size > 2 * _SAMPLE_BYTES:
+            f.seek(size - _SAMPLE_BYTES)
+        digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
 def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
-    """Path, size and change markers (mtime, ETag, Last-Modified) of each input, for the version hash."""
+    """Path, size and a change marker per input, for the version hash: for local files a digest of
+    their first and last MiB; for URLs the server's ETag / Last-Modified (nothing is downloaded)."""
     out = []
     for path in paths:
         fs, inner = url_to_fs(path)
@@ -151,10 +170,11 @@ def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{path}: input not found or unreachable ({e!r}); check the path or URL, "
                                     "or remove it from inputs") from e
         entry: dict[str, Any] = {"path": path, "size": info.get("size")}
-        for key in ("mtime", "ETag", "etag", "Last-Modified", "LastModified"):
+        if "://" not in path:
+            entry["sample_sha256"] = _sample_digest(fs, inner, int(info["size"]))
+        for key in ("ETag", "etag", "Last-Modified", "LastModified"):
             if info.get(key) is not None:
-                value = info[key]
-                entry[key.lower().replace("-", "_")] = value if isinstance(value, (int, float)) else str(value)
+                entry[key.lower().replace("-", "_")] = str(info[key])
         out.append(entry)
     return out
 

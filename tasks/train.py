@@ -63,11 +63,11 @@ class TrainParams(StageParams):
         "tiny", description="Model preset (models/presets.py); 'auto' picks the preset closest to the "
                             "Chinchilla-optimal size for the training tokens (tasks/plan.py).")
     micro_batch_size: int = Field(16, ge=1, le=4096, description="Sequences per forward pass per device.")
-    tokens_per_step: int = Field(8192, ge=1, le=2**27, description="Target tokens per optimizer step over all "
+    tokens_per_step: int = Field(4096, ge=1, le=2**27, description="Target tokens per optimizer step over all "
                                  "devices; gradient accumulation = this / (micro_batch_size * seq_len * "
                                  "devices), rounded down, at least 1.")
-    max_steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the run.")
-    warmup_steps: int = Field(30, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
+    max_steps: int = Field(150, ge=1, le=10_000_000, description="Optimizer steps of the run.")
+    warmup_steps: int = Field(15, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
     lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (after warmup).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1.0, description="Cosine decay floor as a fraction of lr.")
     weight_decay: float = Field(0.1, ge=0, le=1.0, description="AdamW decoupled weight decay on matrices.")
@@ -75,10 +75,10 @@ class TrainParams(StageParams):
     beta2: float = Field(0.95, ge=0, lt=1.0, description="AdamW beta2.")
     grad_clip: float = Field(1.0, gt=0, le=1e3, description="Max global gradient norm (clipped above).")
     eval_interval: int = Field(50, ge=1, le=1_000_000, description="Steps between validation evaluations.")
-    eval_tokens: int = Field(65536, ge=1, le=2**34, description="Validation token budget per evaluation "
+    eval_tokens: int = Field(32768, ge=1, le=2**34, description="Validation token budget per evaluation "
                              "(the first eval_tokens / seq_len validation sequences, always the same).")
     log_interval: int = Field(10, ge=1, le=100_000, description="Steps between training-metric rows.")
-    ckpt_interval: int = Field(100, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
+    ckpt_interval: int = Field(50, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
                                "of eval_interval so each checkpoint has its validation loss.")
     keep_last: int = Field(2, ge=1, le=1000, description="Most recent checkpoints kept.")
     milestone_interval: int = Field(0, ge=0, le=10_000_000, description="Also keep checkpoints at multiples "

@@ -9,7 +9,7 @@ from prefect.client.orchestration import get_client
 
 from flows.decontaminate import benchmark_rows, decontaminate_flow, report_markdown
 from flows.sharded import task_runner
-from storage.documents import Document, read_documents
+from storage.documents import Document, extra_fields, read_documents, read_schema
 from storage.manifest import Stage, list_versions, load_manifest
 from tasks import benchmarks as bm
 from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
@@ -138,7 +138,8 @@ def test_demo_crawl_humaneval_pages_are_removed_and_nothing_else(prefect_backend
         params=IngestParams(inputs=[crawl.warc_path]), data_root=str(root))
     im = load_manifest(str(root), Stage.INGEST, iv)
     docs = [d for s in im.shards for d in read_documents(f"{root}/ingest/{iv}/{s.name}")]
-    make_version(root, "dedup", [docs[::2], docs[1::2]], version="demo")
+    extra = extra_fields(read_schema(f"{root}/ingest/{iv}/{im.shards[0].name}"))
+    make_version(root, "dedup", [docs[::2], docs[1::2]], extra=extra, version="demo")
     v = decontaminate_flow.with_options(task_runner=task_runner(2))(data_root=str(root))
     m = load_manifest(str(root), Stage.DECONTAMINATE, v)
     rejected = [d for s in m.rejected for d in read_documents(f"{root}/decontaminate/{v}/{s.name}")]

@@ -3,7 +3,6 @@ re-thresholding from cached scores, the bootstrap classifier, reports, and the d
 
 import json
 
-import pyarrow as pa
 import pytest
 
 import tasks.quality

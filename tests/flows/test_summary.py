@@ -124,3 +124,16 @@ def test_publish_logs_instead_of_raising(chain, monkeypatch, caplog):
     with caplog.at_level("ERROR", logger="flows.summary"):
         assert publish_summary(str(chain), {"ingest": "i1"}, failed=(Stage.LANGID, ValueError("x"))) is None
     assert "matplotlib exploded" in caplog.text
+
+
+def test_tokens_from_split_counters_and_repeated_documents(tmp_path, make_version):
+    from flows.summary import manifest_documents, manifest_tokens
+    from storage.manifest import load_manifest
+
+    root = tmp_path / "data"
+    make_version(root, "mix", [_docs(["a", "b", "a"])], version="m1")
+    m = load_manifest(str(root), "mix", "m1").model_copy(deep=True)
+    m.stats.docs_out = 2  # two distinct documents, one written twice (upsampling)
+    assert manifest_documents(m) == (3, 2)
+    m.stats.counters = {"tokens.train": 30, "tokens.val": 5, "sequences.train": 2}
+    assert manifest_tokens(m) == 35

@@ -59,9 +59,18 @@ def test_ui_shows_the_deployment_and_the_completed_run(chromium, sqlite_server, 
 
 
 def test_ui_renders_the_summary_artifact_with_its_funnel_image(chromium, sqlite_server, completed_run, tmp_path):
-    page = f"{sqlite_server.url}/artifacts/key/pretrain-summary"
+    server = sqlite_server
+    run = server.flow_run(completed_run.run_id)
+    # Artifacts -> pretrain-summary: the timeline of versions, linked to the runs that made them
+    text = visible_text(render(chromium, f"{server.url}/artifacts/key/pretrain-summary", tmp_path / "profile"))
+    assert "pretrain-summary" in text and run["name"] in text, text[:2000]
+    # the artifact itself: attrition table, the funnel PNG (a data URI the UI must not strip), lineage
+    art = next(a for a in server.artifacts([completed_run.run_id]) if a["key"] == "pretrain-summary")
+    page = f"{server.url}/artifacts/artifact/{art['id']}"
     dom = render(chromium, page, tmp_path / "profile")
     assert re.search(r'<img[^>]+src="data:image/png;base64,', dom), "funnel image not rendered"
     text = visible_text(dom)
-    assert "Attrition" in text and "Lineage" in text, text[:2000]
-    render(chromium, page, tmp_path / "profile", screenshot=tmp_path / "summary-artifact.png")
+    assert "Attrition" in text and "Lineage" in text and "computed" in text, text[:2000]
+    shot = tmp_path / "summary-artifact.png"
+    render(chromium, page, tmp_path / "profile", screenshot=shot)
+    assert shot.stat().st_size > 20_000

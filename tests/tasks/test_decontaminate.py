@@ -350,3 +350,25 @@ def test_batches_never_match_across_documents(tmp_path, monkeypatch):
         assert [d.id for d in kept] == expected
         assert [(d.id, detail["item"], detail["matched_ngrams"]) for d, _, detail in rejected] == [
             ("d4", "q2", len(words(Q2)) - 12), ("d6", "q1", len(words(Q1)) - 12)]
+
+
+def test_real_benchmarks_catch_planted_items_and_leave_real_documents(tmp_path, shared_data):
+    """ARC-Easy, PIQA and GSM8K from ../shared/data/evals against 499 real Common Crawl documents (DCLM)."""
+    evals = shared_data / "evals" / "llm_foundry_local_data"
+    specs = [bm.BenchmarkFile(name="arc_easy", path=str(evals / "arc_easy.jsonl"), fields=["query", "choices"]),
+             bm.BenchmarkFile(name="piqa", path=str(evals / "piqa.jsonl"), fields=["query", "choices"]),
+             bm.BenchmarkFile(name="gsm8k", path=str(evals / "gsm8k.jsonl"), fields=["context", "chain_of_thought"])]
+    params = DecontaminateParams(humaneval=False, benchmarks=specs)
+    summary = ensure_index(params, str(tmp_path), index_version(params))
+    assert [b["items"] for b in summary["benchmarks"]] == [2376, 1838, 1319]
+    index = load_index(summary["dir"])
+    lines = (shared_data / "quality/dclm_human_annotated/majority_data.jsonl").read_text().split("\n")
+    docs = [json.loads(line)["text"] for line in lines if line.strip()]
+    gsm = json.loads((evals / "gsm8k.jsonl").read_text().split("\n")[7])
+    arc = json.loads((evals / "arc_easy.jsonl").read_text().split("\n")[100])
+    docs[3] = docs[3] + "\n\nHomework help: " + gsm["context"].replace("  ", " ").upper()
+    docs[10] = f"{arc['query']} {' or '.join(arc['choices'])}\n" + docs[10]
+    kept, rejected, _ = run(params, index, docs)
+    assert [(d.id, detail["benchmark"], detail["item"]) for d, _, detail in rejected] == [
+        ("d3", "gsm8k", "7"), ("d10", "arc_easy", "100")]
+    assert len(kept) == len(docs) - 2

@@ -370,6 +370,27 @@ def test_unreadable_file_raises_naming_the_file(tmp_path, name, data):
         run(path)
 
 
+class _FlakyStream(io.BytesIO):
+    """A stream whose connection drops after `limit` bytes."""
+
+    def __init__(self, data: bytes, limit: int):
+        super().__init__(data)
+        self.limit = limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self.limit:
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(min(size if size and size > 0 else self.limit, self.limit - self.tell()))
+
+
+def test_network_failure_midway_is_an_io_error_not_a_drop():
+    from tasks.warc import read_warc
+
+    data = _three_pages()
+    with pytest.raises(OSError, match=r"https://x/a.warc.gz: reading failed near offset \d+.*reset"):
+        list(read_warc(_FlakyStream(data, len(data) // 2), "https://x/a.warc.gz", StageStats()))
+
+
 def test_error_fraction_fails_the_shard(tmp_path):
     data = _three_pages()
     path = write(tmp_path, "cut.warc.gz", data[: len(data) - 300])  # 1 of 3 records fails
@@ -455,12 +476,21 @@ def test_resolve_inputs_globs_dirs_and_errors(tmp_path):
         ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/*.txt")]))
 
 
-def test_input_fingerprint_changes_with_the_file(tmp_path):
+def test_input_fingerprint_follows_content_not_mtime(tmp_path):
     path = write(tmp_path, "a.warc.gz", b"one")
     before = ingest.input_fingerprint([path])
-    Path(path).write_bytes(b"three")
+    Path(path).write_bytes(b"one")  # rewritten identically (the demo crawl is regenerated each run)
+    assert ingest.input_fingerprint([path]) == before
+    Path(path).write_bytes(b"two")
     after = ingest.input_fingerprint([path])
-    assert before[0]["path"] == path and before[0]["size"] == 3 and after[0]["size"] == 5 and "mtime" in after[0]
+    assert before[0]["path"] == path and before[0]["size"] == after[0]["size"] == 3
+    assert before[0]["sample_sha256"] != after[0]["sample_sha256"]
+    big = write(tmp_path, "big.warc.gz", bytes(3 << 20))
+    changed = bytearray(bytes(3 << 20))
+    changed[-1] = 1
+    fp = ingest.input_fingerprint([big])
+    Path(big).write_bytes(bytes(changed))
+    assert ingest.input_fingerprint([big]) != fp  # the tail is sampled too
     with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
         ingest.input_fingerprint([str(tmp_path / "missing.warc.gz")])
 

@@ -9,8 +9,15 @@ import pytest
 from models.classifiers import bundled_lid_path, load_lid_model
 from storage.documents import Document, read_documents
 from storage.stats import StageStats
-from tasks.langid import (EMPTY_TEXT, LANGUAGE_NOT_KEPT, LANGUAGE_SCORE_LOW, NO_LETTERS, LangidParams, langid_shard,
-                          process)
+from tasks.langid import (
+    EMPTY_TEXT,
+    LANGUAGE_NOT_KEPT,
+    LANGUAGE_SCORE_LOW,
+    NO_LETTERS,
+    LangidParams,
+    langid_shard,
+    process,
+)
 
 
 class FakeLid:
