@@ -91,7 +91,9 @@ def _status_row(root: str, m: Manifest, latest: str | None) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     root = paths.resolve_data_root(args.data_root)
     rows = []
-    for stage in STAGE_ORDER:
+    # --all also lists versioned artifacts outside the stage chain (the quality classifier), which the
+    # `inputs` lineage column refers to
+    for stage in (list(Stage) if args.all else STAGE_ORDER):
         latest = latest_version(root, stage)
         if args.all:
             rows += [_status_row(root, m, latest) for m in list_versions(root, stage)]

@@ -136,7 +136,7 @@ class IngestParams(StageParams):
 
     @model_validator(mode="after")
     def _check(self) -> IngestParams:
-        if self.crawl is None and "segments" in self.model_fields_set:
+        if self.crawl is None and self.segments != type(self).model_fields["segments"].default:
             raise ValueError("`segments` only applies with `crawl`; set `crawl` or drop `segments`")
         if self.min_text_chars > self.max_text_chars:
             raise ValueError(f"min_text_chars={self.min_text_chars} > max_text_chars={self.max_text_chars}")

@@ -155,3 +155,12 @@ def test_cli_gc_dry_run_then_delete(store, capsys):
     assert "deleted 3 version(s)" in capsys.readouterr().out
     assert _versions(store, "langid") == ["l3"]
     assert main(["gc", "--keep", "0", "--data-root", str(store)]) == 2
+
+
+def test_cli_status_all_lists_every_version_with_its_inputs(store, capsys):
+    assert main(["status", "--all", "--json", "--data-root", str(store)]) == 0
+    import json
+    rows = json.loads(capsys.readouterr().out)["stages"]
+    got = {(r["stage"], r["version"]): (r["inputs"], r["latest"]) for r in rows}
+    assert got[("langid", "l3")] == ("ingest@i1", True) and got[("langid", "l1")] == ("ingest@i1", False)
+    assert got[("ingest", "i3")] == ("files@digest3", True) and len(got) == 6
