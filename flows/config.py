@@ -20,6 +20,7 @@ from tasks.langid import LangidParams
 from tasks.mix import MixParams
 from tasks.quality import QualityParams
 from tasks.tokenization import TokenizeParams
+from tasks.train import TrainParams
 
 
 class PipelineConfig(BaseModel):
@@ -45,6 +46,8 @@ class PipelineConfig(BaseModel):
         default_factory=lambda: TokenizeParams(vocab_size=4096, seq_len=256),
         description="Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary "
                     "and 256-token sequences (the demo crawl is ~1M characters).")
+    train: TrainParams = Field(default_factory=TrainParams,
+                               description="GPT training on the token shards (stage 8); default: the tiny preset on CPU.")
 
 
 class ConfigError(ValueError):

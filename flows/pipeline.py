@@ -26,6 +26,8 @@ from flows.quality import quality_flow
 from flows.quality import report_markdown as quality_report
 from flows.quality_classifier import report_markdown as quality_classifier_report
 from flows.mix import mix_flow, mix_report
+from flows.train import report_markdown as train_report
+from flows.train import train_flow
 from flows.tokenization import tokenization_flow, tokenize_report
 from flows.sharded import ReportFn, task_runner
 from flows.summary import publish_summary
@@ -49,6 +51,7 @@ STAGES: dict[Stage, StageCall] = {
         params=c.mix, data_root=root, input_version=inp, force=force),
     Stage.TOKENIZE: lambda c, root, inp, force: tokenization_flow.with_options(task_runner=task_runner(c.workers))(
         params=c.tokenize, data_root=root, input_version=inp, force=force),
+    Stage.TRAIN: lambda c, root, inp, force: train_flow(params=c.train, data_root=root, input_version=inp, force=force),
 }
 # Stage -> markdown report used by the summary artifact and `pretrain inspect`.
 REPORTS: dict[Stage, ReportFn] = {
@@ -60,6 +63,7 @@ REPORTS: dict[Stage, ReportFn] = {
     Stage.DECONTAMINATE: decontaminate_report,
     Stage.MIX: mix_report,
     Stage.TOKENIZE: tokenize_report,
+    Stage.TRAIN: train_report,
 }
 
 
