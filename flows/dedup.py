@@ -93,7 +93,9 @@ def report_markdown(manifest: Manifest, root: str) -> str:
     lines = ["## Duplicates removed", "",
              f"- exact duplicates: {x['exact_duplicates']:,}", f"- near duplicates: {x['near_duplicates']:,} "
              f"in {x['near_clusters']:,} clusters",
-             f"- LSH candidate pairs: {x['candidate_pairs']:,}; joined after {joined}: {x['verified_pairs']:,}",
+             f"- LSH candidate pairs: {x['candidate_pairs']:,}; true Jaccard checked for {x.get('checked_pairs', 0):,} "
+             f"pairs (candidates + pairs inside small candidate clusters); joined after {joined}: "
+             f"{x['verified_pairs']:,}",
              f"- keep rule: {p.get('keep')}; clusters: `_work/clusters.parquet`", "",
              "## Cluster sizes (exact + near members)", "", *_bins_table(x.get("cluster_sizes", {})), ""]
     if x.get("largest_clusters"):

@@ -175,13 +175,13 @@ def funnel_png(rows: list[StageRow]) -> bytes:
     if any(r.tokens for r in shown):
         panels.append(("tokens", "tokens (~ estimated from tokenize)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.55 * len(shown) + 1.6), sharey=True)
-    for ax, (attr, title) in zip(axes, panels):
+    for ax, (attr, title) in zip(axes, panels, strict=True):
         values = [getattr(r, attr) or 0 for r in shown]
         top = max(values) if values and max(values) > 0 else 1
         colors = ["#d62728" if r.status == "FAILED" else ("#9ecae1" if r.status != "computed" else "#3182bd")
                   for r in shown]
         bars = ax.barh(range(len(shown)), values, color=colors)
-        for bar, r, v in zip(bars, shown, values):
+        for bar, r, v in zip(bars, shown, values, strict=True):
             if r.status == "FAILED":
                 ax.text(0.01 * top, bar.get_y() + bar.get_height() / 2, "failed", va="center", color="#d62728")
                 continue
@@ -225,8 +225,8 @@ def summary_markdown(root: str, versions: dict[str, str], started: Optional[floa
     parts += ["## Lineage", "", " -> ".join(f"`{r.stage}@{r.version}`" for r in done) or "(no complete version)", ""]
     parts += [f"- `{r.stage}@{r.version}`: `{r.directory}` (created {r.created_at}); "
               f"`pretrain inspect {r.stage} --version {r.version}`" for r in done]
-    parts += ["", "`~` = estimated (characters from bytes, tokens from tokenize's characters per token); "
-              "`reused` = complete before this run started; `on disk` = upstream not run by this run."]
+    parts += ["", ("`~` = estimated (characters from bytes, tokens from tokenize's characters per token); "
+                   "`reused` = complete before this run started; `on disk` = upstream not run by this run.")]
     return "\n".join(parts)
 
 

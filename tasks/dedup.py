@@ -36,8 +36,8 @@ from storage.params import StageParams
 from storage.shards import ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.dedup_exact import exact_digests, exact_kept
-from tasks.dedup_minhash import (HashFunction, MinHasher, band_pairs, choose_kept, connected_components, jaccard_sorted,
-                                 unique_pairs, unique_sets)
+from tasks.dedup_minhash import (HashFunction, MinHasher, band_pairs, choose_kept, connected_components, expand_pairs,
+                                 jaccard_sorted, unique_pairs, unique_sets)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ class DedupParams(StageParams):
     verify_jaccard: bool = Field(True, description="Check each LSH candidate pair's true shingle Jaccard "
                                                    "before joining it (cuts false positives).")
     jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Minimum true Jaccard of a verified pair.")
-    all_pairs_max: int = Field(16, ge=2, le=256, description="With verification, buckets up to this size compare "
-                                                             "all member pairs; larger ones star + chain.")
+    all_pairs_max: int = Field(16, ge=2, le=256, description="With verification, candidate components (documents "
+                               "joined by LSH candidate pairs) up to this size have all their pairs checked, so "
+                               "copies that share no band are still found through a third copy; larger ones "
+                               "check only their candidate pairs.")
     keep_work: bool = Field(False, description="Keep signatures and shingle sets under _work/ after commit "
                                                "(debugging); does not change the output or the version.")
 
@@ -171,8 +173,10 @@ class ClusterSummary(BaseModel):
     docs: int
     exact_duplicates: int
     near_duplicates: int
-    candidate_pairs: int
-    verified_pairs: int
+    candidate_pairs: int = Field(description="Pairs sharing at least one LSH band.")
+    checked_pairs: int = Field(description="Pairs whose true Jaccard was computed (candidates + within small "
+                                           "candidate components); 0 without verification.")
+    verified_pairs: int = Field(description="Pairs joined by union-find (all candidates without verification).")
     near_clusters: int
     cluster_sizes: dict[str, int] = Field(description="Duplicate clusters (exact + near members) by size bin.")
     largest_clusters: list[dict[str, Any]]
@@ -231,7 +235,7 @@ def _candidate_pairs(corpus: _Corpus, eligible: np.ndarray, params: DedupParams)
     ids = np.flatnonzero(eligible)
     found: list[np.ndarray] = []
     for b in range(params.bands):
-        found.append(band_pairs(corpus.band(b, eligible), ids, params.all_pairs_max if params.verify_jaccard else 2))
+        found.append(band_pairs(corpus.band(b, eligible), ids))
         if sum(len(p) for p in found) > 4 * max(len(ids), 1):  # keep the pair list near its unique size
             found = [unique_pairs(found)]
     return unique_pairs(found)
@@ -261,8 +265,8 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
     corpus = _Corpus(out_dir, n_shards, params)
     n = int(corpus.start[-1])
     if corpus.keys is None or n == 0:
-        return ClusterSummary(docs=0, exact_duplicates=0, near_duplicates=0, candidate_pairs=0, verified_pairs=0,
-                              near_clusters=0, cluster_sizes={}, largest_clusters=[])
+        return ClusterSummary(docs=0, exact_duplicates=0, near_duplicates=0, candidate_pairs=0, checked_pairs=0,
+                              verified_pairs=0, near_clusters=0, cluster_sizes={}, largest_clusters=[])
     rank = keep_rank(corpus.keys, params.keep)
     everyone = np.arange(n, dtype=np.int64)
     ekept = everyone.copy()
@@ -270,12 +274,14 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
         digests = np.stack([corpus.keys.column("exact0").to_numpy(), corpus.keys.column("exact1").to_numpy()], axis=1)
         ekept = exact_kept(digests, rank)
     nkept, cluster = everyone.copy(), np.full(n, -1, dtype=np.int64)
-    n_candidates = n_verified = n_clusters = 0
+    n_candidates = n_checked = n_verified = n_clusters = 0
     if params.near:
         eligible = (ekept == everyone) & (corpus.keys.column("shingles").to_numpy() > 0)
         pairs = _candidate_pairs(corpus, eligible, params)
         n_candidates = len(pairs)
         if params.verify_jaccard and len(pairs):
+            pairs = expand_pairs(pairs, params.all_pairs_max)
+            n_checked = len(pairs)
             pairs = _verify(corpus, pairs, params.jaccard_threshold)
         n_verified = len(pairs)
         nodes = np.unique(pairs)
@@ -292,7 +298,7 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
     largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top if sizes[k] > 1]
     return ClusterSummary(docs=n, exact_duplicates=int(np.count_nonzero(ekept != everyone)),
                           near_duplicates=int(np.count_nonzero(nkept != everyone)), candidate_pairs=n_candidates,
-                          verified_pairs=n_verified, near_clusters=n_clusters,
+                          checked_pairs=n_checked, verified_pairs=n_verified, near_clusters=n_clusters,
                           cluster_sizes=_size_bins(sizes[sizes > 1]), largest_clusters=largest)
 
 

@@ -18,9 +18,11 @@ LSH: the signature is cut into `bands` bands of `rows` rows. Documents whose ban
 one bucket; buckets are found by sorting a 64-bit key of each band (one band at a time, so memory is a
 few arrays of length N, never a dict of buckets) and confirming equal rows (on a key collision the band is
 re-sorted by its rows), so collisions neither create nor hide candidates.
-P(candidate | Jaccard s) = 1 - (1 - s^rows)^bands (`s_curve`; 14 x 8 gives 0.924 at s = 0.8). Candidate pairs (optionally verified by true Jaccard of the shingle-hash sets) are joined into
-clusters by `connected_components`, a vectorised union-find (hook to the smaller root, pointer jumping)
-over integer document indices.
+P(candidate | Jaccard s) = 1 - (1 - s^rows)^bands (`s_curve`; 14 x 8 gives 0.924 at s = 0.8).
+Candidate pairs, optionally verified by the true Jaccard of the shingle-hash sets (`expand_pairs` adds
+the pairs inside small candidate components, so copies linked only through a third copy are checked
+too), are joined into clusters by `connected_components`, a vectorised union-find (hook to the smaller
+root, pointer jumping) over integer document indices.
 """
 
 from __future__ import annotations
@@ -189,13 +191,13 @@ def band_keys(band: np.ndarray) -> np.ndarray:
     return key
 
 
-def band_pairs(band: np.ndarray, ids: np.ndarray, all_pairs_max: int) -> np.ndarray:
+def band_pairs(band: np.ndarray, ids: np.ndarray, all_pairs_max: int = 2) -> np.ndarray:
     """Candidate pairs (k, 2) of `ids` whose columns of `band` (rows, len(ids)) are identical.
 
     Buckets come from sorting the band keys and confirming equal rows between neighbours. A bucket of up
     to `all_pairs_max` members gives all its pairs; a larger one pairs every member with the first and
-    with its neighbour (enough to connect it; with verification a member unlike both is left for the
-    other bands). Pairs are (smaller id, larger id).
+    with its neighbour (enough to connect it; `expand_pairs` adds the rest where verification needs
+    them). Pairs are (smaller id, larger id).
     """
     if len(ids) < 2:
         return np.empty((0, 2), dtype=np.int64)
@@ -215,18 +217,19 @@ def band_pairs(band: np.ndarray, ids: np.ndarray, all_pairs_max: int) -> np.ndar
             same &= equal_rows
     if not same.any():
         return np.empty((0, 2), dtype=np.int64)
-    starts_flag = np.concatenate(([True], ~same))
+    return group_pairs(ids[order], np.concatenate(([True], ~same)), all_pairs_max)
+
+
+def group_pairs(members: np.ndarray, starts_flag: np.ndarray, all_pairs_max: int) -> np.ndarray:
+    """Pairs within consecutive groups of `members` (a group starts where `starts_flag` is True):
+    all pairs for groups of up to `all_pairs_max`, star (to the first) + chain (to the previous) beyond."""
     run_id = np.cumsum(starts_flag) - 1
     run_start = np.flatnonzero(starts_flag)
-    run_size = np.diff(np.append(run_start, len(order)))
-    sorted_ids = ids[order]
-    parts: list[np.ndarray] = []
-    members = np.flatnonzero(~starts_flag)  # positions that are not the first of their bucket
-    big = run_size[run_id[members]] > all_pairs_max
-    # star (each member with its bucket's first) for every bucket, chain for big ones
-    parts.append(np.stack([sorted_ids[run_start[run_id[members]]], sorted_ids[members]], axis=1))
-    chain = members[big]
-    parts.append(np.stack([sorted_ids[chain - 1], sorted_ids[chain]], axis=1))
+    run_size = np.diff(np.append(run_start, len(members)))
+    rest = np.flatnonzero(~starts_flag)  # positions that are not the first of their group
+    chain = rest[run_size[run_id[rest]] > all_pairs_max]
+    parts = [np.stack([members[run_start[run_id[rest]]], members[rest]], axis=1),
+             np.stack([members[chain - 1], members[chain]], axis=1)]
     for k in range(3, all_pairs_max + 1):
         starts_k = run_start[run_size == k]
         if len(starts_k) == 0:
@@ -235,9 +238,27 @@ def band_pairs(band: np.ndarray, ids: np.ndarray, all_pairs_max: int) -> np.ndar
         keep = i > 0  # pairs with the first member are already in the star
         pos_i = starts_k[:, None] + i[keep][None, :]
         pos_j = starts_k[:, None] + j[keep][None, :]
-        parts.append(np.stack([sorted_ids[pos_i.ravel()], sorted_ids[pos_j.ravel()]], axis=1))
-    pairs = np.concatenate(parts).astype(np.int64)
-    return np.sort(pairs, axis=1)
+        parts.append(np.stack([members[pos_i.ravel()], members[pos_j.ravel()]], axis=1))
+    return np.sort(np.concatenate(parts).astype(np.int64), axis=1)
+
+
+def expand_pairs(pairs: np.ndarray, all_pairs_max: int) -> np.ndarray:
+    """The pairs to verify: the candidates, plus every pair inside each candidate component (documents
+    connected by candidate pairs) of up to `all_pairs_max` members.
+
+    Two near duplicates that share no band are often connected through a third copy; without
+    verification union-find joins them anyway (and with them pairs below the threshold), with
+    verification this recovers them at the true-Jaccard threshold: the recall of unverified LSH
+    clusters with the precision of verified pairs.
+    """
+    if len(pairs) == 0:
+        return pairs
+    nodes = np.unique(pairs)
+    labels = connected_components(len(nodes), np.searchsorted(nodes, pairs))
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate(([True], labels[order][1:] != labels[order][:-1]))
+    within = group_pairs(nodes[order], starts, all_pairs_max)
+    return unique_pairs([pairs, within])
 
 
 def unique_pairs(pairs: Iterable[np.ndarray]) -> np.ndarray:

@@ -87,6 +87,8 @@ class TrainParams(StageParams):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto: bf16 autocast on "
                                                           "CUDA, float32 on CPU.")
+    cpu_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads on CPU (0: torch's "
+                             "default). 1 is much faster when other processes busy the cores.")
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU).")
     doc_mask: bool = Field(False, description="Block-diagonal attention within documents (doc_offsets); "
                            "disables the flash kernel on CUDA.")
@@ -410,11 +412,15 @@ def train(params: TrainParams, shards_dir: str | Path, out_dir: str | Path, byte
         encode, decode = encode or sp_encode, decode or sp_decode
     t0 = time.perf_counter()
     rt = setup_runtime(params.device, params.dtype)
+    threads = torch.get_num_threads()
+    if rt.device_type == "cpu" and params.cpu_threads:
+        torch.set_num_threads(params.cpu_threads)
     try:
         run = prepare(params, job, rt)
         last_loss = run_steps(run, hooks or FaultHooks())
         return finish(run, last_loss, decode, encode, time.perf_counter() - t0)
     finally:
+        torch.set_num_threads(threads)
         teardown_runtime(rt)
 
 

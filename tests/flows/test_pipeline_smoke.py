@@ -53,6 +53,7 @@ def test_ingest_only_cli_commands(prefect_backend, data_root, capsys):
     capsys.readouterr()
     assert main(["run", "--to", "ingest", "--data-root", root]) == 0  # reused
     assert load_manifest(root, "ingest").created_at == m.created_at
+    capsys.readouterr()
     assert main(["inspect", "ingest", "--json", "--data-root", root]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == m.version
     assert main(["inspect", "ingest", "--sample", "2", "--data-root", root]) == 0

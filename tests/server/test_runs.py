@@ -143,55 +143,72 @@ def test_compose_health_checks_pass_against_the_real_server_and_worker(sqlite_se
         assert res.returncode == 0, f"{cmd}: {res.stderr}"
 
 
-def test_failed_stage_then_fixed_rerun_reuses_upstream(sqlite_server, completed_run, tmp_path):
+@dataclass
+class FailedRun:
+    case: FailureCase
+    run_id: str
+    state: dict[str, Any]  # as it was when the run ended (the Retry test changes it later)
+    summary: str
+    versions_before: list[str]  # complete versions of the failing stage before the run
+    versions_after: list[str]
+    temp_dirs_after: list[Path]
+
+
+@pytest.fixture(scope="module")
+def failed_run(sqlite_server, completed_run, tmp_path_factory) -> FailedRun:
+    """One run of pretrain/default whose stage fails on a missing file (shared by the rerun and Retry tests)."""
     from storage.manifest import list_versions
 
     server = sqlite_server
-    case = failure_case(tmp_path, server.data_root)
-    before = dict(completed_run.manifests)
-    versions_before = [m.version for m in list_versions(str(server.data_root), case.stage)]
+    case = failure_case(tmp_path_factory.mktemp("failure"), server.data_root)
+    root = str(server.data_root)
+    before = [m.version for m in list_versions(root, case.stage)]
+    run_id = server.create_run("pretrain/default", {"config": case.config(case.missing), "to_stage": case.stage})
+    run = server.wait_final(run_id)
+    summary = _stage_artifacts(server, run_id)["pretrain-summary"]["data"]
+    return FailedRun(case, run_id, run["state"], summary, before, [m.version for m in list_versions(root, case.stage)],
+                     list((server.data_root / case.stage).glob(".tmp-*")))
 
-    failed_id = server.create_run("pretrain/default", {"config": case.config(case.missing), "to_stage": case.stage})
-    failed = server.wait_final(failed_id)
-    assert failed["state"]["type"] == "FAILED", failed["state"]
-    assert f"stage '{case.stage}' failed" in failed["state"]["message"], failed["state"]["message"]
-    assert str(case.missing) in failed["state"]["message"], "the error should name the missing file"
-    assert [m.version for m in list_versions(str(server.data_root), case.stage)] == versions_before
-    assert not list((server.data_root / case.stage).glob(".tmp-*")), "failed stage left a temp dir"
-    failed_summary = _stage_artifacts(server, failed_id)["pretrain-summary"]["data"]
-    assert f"FAILED at stage `{case.stage}`" in failed_summary
+
+def test_failed_stage_then_fixed_rerun_reuses_upstream(sqlite_server, completed_run, failed_run, tmp_path):
+    from storage.manifest import list_versions
+
+    server, case, before = sqlite_server, failed_run.case, dict(completed_run.manifests)
+    state = failed_run.state
+    assert state["type"] == "FAILED", state
+    assert f"stage '{case.stage}' failed" in state["message"], state["message"]
+    assert str(case.missing) in state["message"], "the error should name the missing file"
+    assert failed_run.versions_after == failed_run.versions_before, "a failed stage must not leave a version"
+    assert not failed_run.temp_dirs_after, "failed stage left a temp dir"
+    assert f"FAILED at stage `{case.stage}`" in failed_run.summary
     for stage in _upstream(case.stage):
-        assert f"| {stage} | {before[stage].version} | reused |" in failed_summary
+        assert f"| {stage} | {before[stage].version} | reused |" in failed_run.summary
 
-    fixed_path = tmp_path / "fixed" / case.missing.name
+    fixed_path = tmp_path / "fixed" / case.missing.name  # the parameter fixed: a file that exists
     case.create(fixed_path)
+    n_before = len(list_versions(str(server.data_root), case.stage))
     fixed_id = server.create_run("pretrain/default", {"config": case.config(fixed_path), "to_stage": case.stage})
     fixed = server.wait_final(fixed_id)
     assert fixed["state"]["type"] == "COMPLETED", f"{fixed['state']}\n{tail(server.worker_log, 80)}"
     _assert_upstream_reused(server, fixed_id, case, before)
-    after = [m.version for m in list_versions(str(server.data_root), case.stage)]
-    assert len(after) == len(versions_before) + 1, "the fixed stage should have made one new version"
+    assert len(list_versions(str(server.data_root), case.stage)) == n_before + 1, "the fixed stage made no version"
 
 
-def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed_run, tmp_path):
+def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed_run, failed_run):
+    from flows.summary import parse_time
     from storage.manifest import load_manifest
 
-    server = sqlite_server
-    case = failure_case(tmp_path, server.data_root)
-    before = dict(completed_run.manifests)
-    run_id = server.create_run("pretrain/default", {"config": case.config(case.missing), "to_stage": case.stage})
-    assert server.wait_final(run_id)["state"]["type"] == "FAILED"
-
+    server, case, before = sqlite_server, failed_run.case, dict(completed_run.manifests)
+    assert failed_run.state["type"] == "FAILED"
     case.create(case.missing)  # the operator fixes the world (the file appears), then presses Retry in the UI
     t_retry = time.time()
     with server.http() as c:
-        r = c.post(f"/flow_runs/{run_id}/set_state", json={
+        r = c.post(f"/flow_runs/{failed_run.run_id}/set_state", json={
             "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True})
         assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
-    run = server.wait_final(run_id)
+    run = server.wait_final(failed_run.run_id)
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{tail(server.worker_log, 80)}"
     assert run["run_count"] == 2, "Retry should re-enter the same flow run"
-    _assert_upstream_reused(server, run_id, case, before)
+    _assert_upstream_reused(server, failed_run.run_id, case, before)
     made = load_manifest(str(server.data_root), case.stage)
-    from flows.summary import parse_time
     assert parse_time(made.created_at) > t_retry, f"{case.stage} should have been computed by the retry"

@@ -73,6 +73,15 @@ def test_band_pairs_all_pairs_small_star_and_chain_large():
     assert not any(103 in p for p in pairs)
 
 
+def test_expand_pairs_adds_pairs_inside_small_candidate_components():
+    pairs = np.array([[1, 2], [2, 3], [7, 8]] + [[10, k] for k in range(11, 30)])
+    out = {tuple(p) for p in dm.expand_pairs(pairs, all_pairs_max=4).tolist()}
+    assert {(1, 2), (2, 3), (1, 3), (7, 8)} <= out
+    big = {p for p in out if p[0] >= 10}  # 20 members > 4: only its candidates (no all-pairs explosion)
+    assert (10, 11) in big and len(big) < 40
+    assert dm.expand_pairs(np.empty((0, 2), dtype=np.int64), 4).shape == (0, 2)
+
+
 def test_band_pairs_never_trust_a_key_collision(monkeypatch):
     monkeypatch.setattr(dm, "band_keys", lambda band: np.zeros(band.shape[1], dtype=np.uint64))
     band = np.array([[1, 2, 1, 3]], dtype=np.uint32)
@@ -147,8 +156,9 @@ def lsh_clusters(texts, sets, verify, bands=14, rows=8):
     hasher = dm.MinHasher(bands * rows, seed=1)
     sig = hasher.signatures([hasher.hashes(t) for t in texts])
     ids = np.arange(len(texts))
-    pairs = dm.unique_pairs(dm.band_pairs(sig[b * rows:(b + 1) * rows], ids, 16) for b in range(bands))
-    if verify:
+    pairs = dm.unique_pairs(dm.band_pairs(sig[b * rows:(b + 1) * rows], ids) for b in range(bands))
+    if verify:  # as the stage does: candidates + pairs inside small candidate components, then true Jaccard
+        pairs = dm.expand_pairs(pairs, 16)
         pairs = np.array([p for p in pairs.tolist() if dm.jaccard_sorted(sets[p[0]], sets[p[1]]) >= 0.8]).reshape(-1, 2)
     return dm.connected_components(len(texts), pairs)
 
