@@ -6,13 +6,16 @@ Global across all shards of the input version, in three steps (flows/dedup.py ru
      `verify_jaccard`, the sorted shingle-hash set of each document, under `_work/minhash/`.
   2. `dedup_cluster` (one task): ranks all documents by the keep rule, groups exact duplicates by
      sorting digests, then LSH over the exact survivors band by band (sort, never a dict), optional
-     true-Jaccard verification of the candidate pairs (reads only those documents' shingle sets),
-     union-find clusters, one kept document per cluster; writes per-shard decisions.
+     true-Jaccard verification of the candidate pairs and of the pairs inside small candidate
+     components (pread of only those documents' shingle sets), union-find clusters, one kept document
+     per cluster; writes per-shard decisions and `_work/clusters.parquet` (every cluster member).
+     Memory: about 80 bytes per document (rank, digests, one band's keys and rows, ids as Arrow).
   3. `dedup_shard` (map): copies each input shard, sending the decided documents to `rejected/`.
 Keep rule (`keep`): `earliest` crawl_date (ISO-8601 text; documents without a date lose) or
 `highest_quality` (`quality_score` column from the quality stage); ties by id. Drop reasons:
-`exact_duplicate` (detail `kept_id`: the exact copy kept) and `near_duplicate` (`cluster_id`,
-`kept_id`). No meta columns are added. References: Broder 1997 (MinHash), FineWeb (5-grams, 14 x 8).
+`exact_duplicate` (detail `kept_id`: the exact copy kept; if that copy is itself a near duplicate, its
+own rejected record names the survivor) and `near_duplicate` (`cluster_id`, `kept_id`). No meta columns
+are added. References: Broder 1997 (MinHash), FineWeb (5-grams, 14 x 8).
 """
 
 from __future__ import annotations
@@ -207,7 +210,7 @@ class _Corpus:
         self.counts = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.start = np.concatenate(([0], np.cumsum(self.counts)))
         self.keys = pa.concat_tables(tables).combine_chunks() if tables else None
-        self._shingles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._shingles: dict[int, tuple[int, np.ndarray]] = {}
 
     def locate(self, i: int) -> tuple[int, int]:
         s = int(np.searchsorted(self.start, i, side="right") - 1)
@@ -222,13 +225,20 @@ class _Corpus:
         return np.concatenate(parts, axis=1)
 
     def shingles(self, i: int) -> np.ndarray:
+        """Document i's shingle set, read with pread: only candidate documents are read, and nothing stays
+        mapped (a memory map would keep every touched page resident: ~2 KB per document at 100k docs)."""
         s, row = self.locate(i)
         if s not in self._shingles:
-            flat = np.memmap(work_path(self.out_dir, "shingles", s, "u32"), dtype="<u4", mode="r") \
-                if os.path.getsize(work_path(self.out_dir, "shingles", s, "u32")) else np.empty(0, np.uint32)
-            self._shingles[s] = (flat, np.load(work_path(self.out_dir, "offsets", s, "npy")))
-        flat, off = self._shingles[s]
-        return np.asarray(flat[off[row]:off[row + 1]])
+            fd = os.open(work_path(self.out_dir, "shingles", s, "u32"), os.O_RDONLY)
+            self._shingles[s] = (fd, np.load(work_path(self.out_dir, "offsets", s, "npy")))
+        fd, off = self._shingles[s]
+        lo, hi = int(off[row]), int(off[row + 1])
+        return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype="<u4")
+
+    def close(self) -> None:
+        for fd, _ in self._shingles.values():
+            os.close(fd)
+        self._shingles.clear()
 
 
 def _candidate_pairs(corpus: _Corpus, eligible: np.ndarray, params: DedupParams) -> np.ndarray:
@@ -282,7 +292,10 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
         if params.verify_jaccard and len(pairs):
             pairs = expand_pairs(pairs, params.all_pairs_max)
             n_checked = len(pairs)
-            pairs = _verify(corpus, pairs, params.jaccard_threshold)
+            try:
+                pairs = _verify(corpus, pairs, params.jaccard_threshold)
+            finally:
+                corpus.close()
         n_verified = len(pairs)
         nodes = np.unique(pairs)
         labels = connected_components(len(nodes), np.searchsorted(nodes, pairs))

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.server.conftest import TIMINGS, demo_config, pg_bin, start_server, start_worker, tail
+from tests.server.conftest import TIMINGS, deploy_all, demo_config, pg_bin, start_server, start_worker, tail
 
 pytestmark = pytest.mark.server
 
@@ -15,9 +15,7 @@ def test_deployment_run_on_postgres(processes, postgres_url, tmp_path_factory):
     from flows.pipeline import STAGES
 
     server = start_server(processes, tmp_path_factory.mktemp("prefect-postgres"), db_url=postgres_url)
-    # just the pipeline deployment (the SQLite group deploys them all)
-    server.cli("work-pool", "create", "cpu", "--type", "process")
-    server.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "pretrain/default")
+    deploy_all(server)
     worker = start_worker(processes, server, "cpu")
     first = str(next(iter(STAGES)))
     t0 = time.monotonic()
