@@ -10,33 +10,77 @@ Everything else is removed. A version is removed by renaming it to `.gc-<version
 single rename, after which readers no longer see it) and then deleting that directory, so a crash in
 the middle leaves only a hidden directory that the next `gc` cleans up.
 
-Also removed: leftovers of killed runs older than `stale_after` (default one hour): `.tmp-*` version
-directories being written, `.old-*` copies from a forced recompute, `.gc-*` half-deleted versions and
-`latest.tmp-*` pointer files. Younger ones may belong to a stage that is running right now.
+Stage side artifacts (`SIDE_ARTIFACTS`): decontaminate's benchmark n-gram indexes under
+`decontaminate/_index/<index version>/` are shared by every decontaminate version built with the same
+benchmarks; a version names its index in `inputs["decontaminate_index"]`. An index is removed only when
+no kept decontaminate version names it, no decontaminate run in progress (a young `.tmp-*` dir, whose
+`_work/index.json` names the index) uses it, and it is older than `stale_after` (a run that has just
+built it has not written its reference yet).
 
-Not touched: directories outside the stage directories (`_inputs/`), a stage's own `_`-prefixed
-directories (e.g. decontaminate's `_index/`, which its stage manages), and a version directory without a
-manifest that is not hidden (that cannot come from our commit protocol; it is reported).
+Also removed: leftovers of killed runs older than `stale_after` (default one hour), where the age is
+that of the newest file inside: `.tmp-*` version directories being written, `.old-*` copies from a
+forced recompute, `.gc-*` half-deleted versions and `latest.tmp-*` pointer files (also `.tmp-*`/`.gc-*`
+inside `_index/`). Younger ones may belong to a stage that is running right now.
+
+Not touched: training work directories (`train/.work-*` and `train/.tmp-*`: the checkpoints of a running
+or killed training run, which a long run may not write for hours and a re-run resumes from; listed as
+`train_work`, delete them by hand), directories
+outside the stage directories (`_inputs/`), a stage's other `_`-prefixed directories (e.g. quality's
+`_scores/`), and a version directory without a manifest that is not hidden (that cannot come from our
+commit protocol; it is reported).
 Caveat: a run that reads an explicit old `input_version` while gc runs can lose its input; gc keeps
 `latest` and the N newest, so run it when no run pins an old version.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from storage import paths
-from storage.manifest import LATEST, MANIFEST, Manifest, Stage, latest_version, list_versions
+from storage.manifest import (
+    LATEST,
+    MANIFEST,
+    Manifest,
+    Stage,
+    latest_version,
+    list_versions,
+)
 
 log = logging.getLogger(__name__)
 
 # pipeline stages and the artifacts they reference (e.g. the quality classifier): all are collected
 ALL_STAGES: list[Stage] = list(Stage)
 STALE_PREFIXES = (".tmp-", ".old-", ".gc-", f"{LATEST}.tmp-")
+WORK_PREFIX = ".tmp-"
 DEFAULT_STALE_AFTER_S = 3600.0
+# training work dirs, never removed: `.work-<version>/` holds the checkpoints a failed or killed run resumes
+# from (flows/train.py WORK_PREFIX; a test checks they agree), `.tmp-*` the version being committed
+TRAIN_WORK_PREFIXES = (".work-", WORK_PREFIX)
+
+
+@dataclass(frozen=True)
+class SideArtifact:
+    """A versioned directory `<stage>/<subdir>/<id>/` that stage versions reference (not a stage version)."""
+
+    stage: Stage
+    subdir: str
+    refs: Callable[[Manifest], set[str]]  # the ids a committed version of `stage` uses
+    work_ref: str  # file in an in-progress `.tmp-*` version dir naming the id it uses (JSON {"version": id})
+
+
+def _index_refs(m: Manifest) -> set[str]:
+    ids = {m.inputs.get("decontaminate_index"), (m.extras.get("index") or {}).get("version")}
+    return {str(i) for i in ids if i}
+
+
+# decontaminate's benchmark n-gram index (tasks.decontaminate.INDEX_DIR / WORK_REF; a test checks they agree)
+SIDE_ARTIFACTS: list[SideArtifact] = [SideArtifact(Stage.DECONTAMINATE, "_index", _index_refs, "_work/index.json")]
 
 
 @dataclass
@@ -47,6 +91,11 @@ class VersionDecision:
     keep: bool
     why: str
     bytes: int = 0
+    parent: str = ""  # "" for a stage version, else the side-artifact subdir (`_index`)
+
+    @property
+    def name(self) -> str:
+        return f"{self.parent}/{self.version}" if self.parent else self.version
 
 
 @dataclass
@@ -58,6 +107,7 @@ class GcPlan:
     versions: list[VersionDecision] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    train_work: list[str] = field(default_factory=list)
     applied: bool = False
 
     @property
@@ -69,7 +119,7 @@ class GcPlan:
         return sum(d.bytes for d in self.to_delete)
 
     def rows(self) -> list[dict[str, object]]:
-        return [{"stage": d.stage, "version": d.version, "created_at": d.created_at,
+        return [{"stage": d.stage, "version": d.name, "created_at": d.created_at,
                  "action": "keep" if d.keep else ("deleted" if self.applied else "delete"), "why": d.why,
                  "mb": round(d.bytes / 1e6, 2)} for d in self.versions]
 
@@ -82,12 +132,26 @@ def _stage_inputs(m: Manifest) -> list[tuple[Stage, str]]:
 
 def _mtime(fs: object, path: str) -> float | None:
     info = fs.info(path)  # type: ignore[attr-defined]
+    return _info_mtime(info)
+
+
+def _info_mtime(info: dict[str, object]) -> float | None:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key)
         if value is None:
             continue
-        return float(value.timestamp()) if hasattr(value, "timestamp") else float(value)
+        return float(value.timestamp()) if hasattr(value, "timestamp") else float(value)  # type: ignore[arg-type]
     return None
+
+
+def _newest_mtime(fs: object, path: str) -> float | None:
+    """Newest mtime of `path` and everything under it: a long phase may write only in a subdirectory."""
+    times = [_mtime(fs, path)]
+    if fs.isdir(path):  # type: ignore[attr-defined]
+        found = fs.find(path, withdirs=True, detail=True)  # type: ignore[attr-defined]
+        times += [_info_mtime(info) for info in found.values()]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def _du(fs: object, path: str) -> int:
@@ -95,6 +159,77 @@ def _du(fs: object, path: str) -> int:
         return int(fs.du(path, total=True))  # type: ignore[attr-defined]
     except (OSError, ValueError):
         return 0
+
+
+def _entries(fs: object, d: str) -> list[str]:
+    if not fs.exists(d):  # type: ignore[attr-defined]
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(d, detail=False))  # type: ignore[attr-defined]
+
+
+def _iso(t: float | None) -> str:
+    return "" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float) -> None:
+    """Stale temp leftovers (removed), train work dirs (listed, kept) and dirs without a manifest (reported)."""
+    for stage in ALL_STAGES:
+        d = paths.join(base, str(stage))
+        for name in _entries(fs, d):
+            path = paths.join(d, name)
+            if stage == Stage.TRAIN and name.startswith(TRAIN_WORK_PREFIXES):
+                plan.train_work.append(path)
+            elif name.startswith(STALE_PREFIXES):
+                mtime = _newest_mtime(fs, path)
+                if mtime is not None and now - mtime > stale_after_s:
+                    plan.stale.append(path)
+            elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):  # type: ignore[attr-defined]
+                plan.unknown.append(path)
+    for side in SIDE_ARTIFACTS:
+        d = paths.join(base, str(side.stage), side.subdir)
+        for name in _entries(fs, d):
+            path = paths.join(d, name)
+            mtime = _newest_mtime(fs, path) if name.startswith(STALE_PREFIXES) else None
+            if mtime is not None and now - mtime > stale_after_s:
+                plan.stale.append(path)
+
+
+def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) -> dict[str, str]:
+    """id -> temp dir, for the side artifacts that in-progress (not stale) versions of side.stage use."""
+    d = paths.join(base, str(side.stage))
+    out: dict[str, str] = {}
+    for name in _entries(fs, d):
+        path = paths.join(d, name)
+        ref = paths.join(path, side.work_ref)
+        if not name.startswith(WORK_PREFIX) or path in stale or not fs.exists(ref):  # type: ignore[attr-defined]
+            continue
+        with fs.open(ref, "r") as f:  # type: ignore[attr-defined]
+            out[str(json.load(f)["version"])] = name
+    return out
+
+
+def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage, str], Manifest], now: float,
+                    stale_after_s: float) -> None:
+    stale = set(plan.stale)
+    for side in SIDE_ARTIFACTS:
+        users: dict[str, str] = {}
+        for (stage, version), m in sorted(kept.items()):
+            if stage == side.stage:
+                for ref in side.refs(m):
+                    users.setdefault(ref, f"used by {stage}@{version}")
+        for ref, tmp in _running_refs(fs, base, side, stale).items():
+            users.setdefault(ref, f"used by the run in progress {side.stage}/{tmp}")
+        d = paths.join(base, str(side.stage), side.subdir)
+        for name in _entries(fs, d):
+            if name.startswith("."):
+                continue
+            path = paths.join(d, name)
+            mtime = _newest_mtime(fs, path)
+            why = users.get(name)
+            if why is None and mtime is not None and now - mtime <= stale_after_s:
+                why = "built less than stale_after ago (a run may be about to use it)"
+            plan.versions.append(VersionDecision(str(side.stage), name, _iso(mtime), why is not None,
+                                                 why or "unreferenced", 0 if why else _du(fs, path), side.subdir))
 
 
 def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None) -> GcPlan:
@@ -120,10 +255,10 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
     todo = list(why)
     while todo:
         key = todo.pop()
-        m = manifests.get(key)
-        if m is None:
+        kept = manifests.get(key)
+        if kept is None:
             continue
-        for up in _stage_inputs(m):
+        for up in _stage_inputs(kept):
             if up not in why:
                 why[up] = f"input of {key[0]}@{key[1]}"
                 todo.append(up)
@@ -132,20 +267,9 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
         plan.versions.append(VersionDecision(
             str(stage), version, m.created_at, keep_it, why.get((stage, version), "unreferenced"),
             0 if keep_it else _du(fs, paths.join(base, str(stage), version))))
-    plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.created_at))
-    for stage in ALL_STAGES:
-        d = paths.join(base, str(stage))
-        if not fs.exists(d):
-            continue
-        for entry in fs.ls(d, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            path = paths.join(d, name)
-            if name.startswith(STALE_PREFIXES):
-                mtime = _mtime(fs, path)
-                if mtime is not None and now - mtime > stale_after_s:
-                    plan.stale.append(path)
-            elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):
-                plan.unknown.append(path)
+    _scan(plan, fs, base, now, stale_after_s)
+    _side_decisions(plan, fs, base, {k: m for k, m in manifests.items() if k in why}, now, stale_after_s)
+    plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.parent, d.created_at))
     return plan
 
 
@@ -153,11 +277,11 @@ def apply(plan: GcPlan) -> GcPlan:
     """Delete what the plan marks for deletion (hide by rename first, then remove)."""
     fs, base = paths.filesystem(plan.root)
     for d in plan.to_delete:
-        src = paths.join(base, d.stage, d.version)
-        hidden = paths.join(base, d.stage, f".gc-{d.version}-{uuid.uuid4().hex[:8]}")
-        fs.mv(src, hidden, recursive=True)
+        parent = paths.join(base, d.stage, d.parent)
+        hidden = paths.join(parent, f".gc-{d.version}-{uuid.uuid4().hex[:8]}")
+        fs.mv(paths.join(parent, d.version), hidden, recursive=True)
         fs.rm(hidden, recursive=True)
-        log.info("gc: deleted %s@%s (%s)", d.stage, d.version, d.why)
+        log.info("gc: deleted %s@%s (%s)", d.stage, d.name, d.why)
     for path in plan.stale:
         if fs.exists(path):
             fs.rm(path, recursive=fs.isdir(path))

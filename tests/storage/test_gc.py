@@ -1,5 +1,6 @@
 """`pretrain gc`: keeps latest, the N newest and the whole lineage of what it keeps; cleans stale temp dirs."""
 
+import json
 import os
 import time
 
@@ -7,8 +8,16 @@ import pytest
 
 from flows.cli import main
 from storage.gc import apply, collect, gc
-from storage.manifest import (ShardInfo, Stage, VersionWriter, is_complete, latest_version, list_versions,
-                              new_manifest, set_latest)
+from storage.manifest import (
+    ShardInfo,
+    Stage,
+    VersionWriter,
+    is_complete,
+    latest_version,
+    list_versions,
+    new_manifest,
+    set_latest,
+)
 from storage.stats import StageStats
 
 
@@ -33,6 +42,13 @@ def store(tmp_path):
     _commit(root, "langid", "l3", "2026-01-06T00:00:00.000+00:00", {"ingest": "i1"})
     set_latest(str(root), Stage.INGEST, "i3")
     return root
+
+
+def _age(*paths, seconds=7200):
+    """Make files/dirs look `seconds` old (gc judges a temp dir by the newest file inside it)."""
+    then = time.time() - seconds
+    for p in paths:
+        os.utime(p, (then, then))
 
 
 def _versions(root, stage):
@@ -95,9 +111,7 @@ def test_stale_temp_dirs_removed_only_when_older_than_an_hour(store):
         p.mkdir()
         (p / "part-00000.parquet").write_bytes(b"x")
     old_ptr.write_text("l1\n")
-    two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
-    os.utime(old_ptr, (two_hours_ago, two_hours_ago))
+    _age(old / "part-00000.parquet", old, old_ptr)
     plan = gc(str(store), keep=3)
     assert sorted(plan.stale) == sorted([str(old), str(old_ptr)])
     assert not old.exists() and not old_ptr.exists() and young.exists()
@@ -139,8 +153,7 @@ def test_interrupted_delete_leaves_only_a_hidden_dir_that_the_next_gc_removes(st
         apply(plan)
     hidden = [p for p in (store / "ingest").iterdir() if p.name.startswith(".gc-")]
     assert len(hidden) == 1 and not is_complete(str(store), "ingest", "i2")  # invisible to readers already
-    two_hours_ago = time.time() - 7200
-    os.utime(hidden[0], (two_hours_ago, two_hours_ago))
+    _age(*hidden[0].rglob("*"), hidden[0])
     monkeypatch.undo()
     again = gc(str(store), keep=1)
     assert str(hidden[0]) in again.stale and not hidden[0].exists()
@@ -164,3 +177,160 @@ def test_cli_status_all_lists_every_version_with_its_inputs(store, capsys):
     got = {(r["stage"], r["version"]): (r["inputs"], r["latest"]) for r in rows}
     assert got[("langid", "l3")] == ("ingest@i1", True) and got[("langid", "l1")] == ("ingest@i1", False)
     assert got[("ingest", "i3")] == ("files@digest3", True) and len(got) == 6
+
+
+# ---------------------------------------------------------------- decontaminate's n-gram indexes, train work dirs
+
+def _index(root, ident, age_s=7200):
+    d = root / "decontaminate" / "_index" / ident
+    d.mkdir(parents=True)
+    (d / "hashes.npy").write_bytes(b"x" * 500)
+    (d / "index.json").write_text(json.dumps({"version": ident}))
+    _age(d / "hashes.npy", d / "index.json", d, seconds=age_s)
+    return d
+
+
+def _running_decontaminate(root, name, ident, age_s=0):
+    """An in-progress decontaminate version dir whose `_work/index.json` names the index it filters with."""
+    d = root / "decontaminate" / name
+    (d / "_work").mkdir(parents=True)
+    ref = d / "_work" / "index.json"
+    ref.write_text(json.dumps({"version": ident, "dir": str(root / "decontaminate" / "_index" / ident)}))
+    if age_s:
+        _age(ref, d / "_work", d, seconds=age_s)
+    return d
+
+
+@pytest.fixture
+def decon_store(store):
+    """dedup d1 <- langid l3 (lineage skipped); decontaminate x1 (old, index A), x2 (newest, index B)."""
+    _commit(store, "dedup", "d1", "2026-01-07T00:00:00.000+00:00", {"langid": "l3"})
+    _commit(store, "decontaminate", "x1", "2026-01-08T00:00:00.000+00:00", {"dedup": "d1", "decontaminate_index": "A"})
+    _commit(store, "decontaminate", "x2", "2026-01-09T00:00:00.000+00:00", {"dedup": "d1", "decontaminate_index": "B"})
+    for ident in ("A", "B", "C"):  # C: no version references it
+        _index(store, ident)
+    return store
+
+
+def _indexes(root):
+    return sorted(p.name for p in (root / "decontaminate" / "_index").iterdir())
+
+
+def test_index_of_deleted_decontaminate_version_is_pruned_with_it(decon_store):
+    plan = gc(str(decon_store), keep=1)
+    assert _versions(decon_store, "decontaminate") == ["x2"]
+    assert _indexes(decon_store) == ["B"]
+    decided = {(d.stage, d.name): (d.keep, d.why) for d in plan.versions}
+    assert decided[("decontaminate", "_index/B")] == (True, "used by decontaminate@x2")
+    assert decided[("decontaminate", "_index/A")] == (False, "unreferenced")
+    assert decided[("decontaminate", "_index/C")] == (False, "unreferenced")
+    assert next(d for d in plan.to_delete if d.name == "_index/A").bytes >= 500
+    assert not [p for p in (decon_store / "decontaminate" / "_index").iterdir() if p.name.startswith(".")]
+
+
+def test_index_of_kept_old_version_survives(decon_store):
+    set_latest(str(decon_store), Stage.DECONTAMINATE, "x1")  # the latest target is old: it and its index stay
+    gc(str(decon_store), keep=1)
+    assert _versions(decon_store, "decontaminate") == ["x1", "x2"]
+    assert _indexes(decon_store) == ["A", "B"]
+
+
+def test_index_used_by_a_run_in_progress_or_just_built_survives(decon_store):
+    _running_decontaminate(decon_store, ".tmp-x3-0000aaaa", "C")  # young: a run filtering with index C now
+    _index(decon_store, "D", age_s=60)  # built a minute ago; its run has not written the reference yet
+    _running_decontaminate(decon_store, ".tmp-x4-0000bbbb", "A", age_s=7200)  # killed long ago: no protection
+    plan = gc(str(decon_store), keep=1)
+    assert _indexes(decon_store) == ["B", "C", "D"]
+    why = {d.name: d.why for d in plan.versions if d.parent}
+    assert why["_index/C"] == "used by the run in progress decontaminate/.tmp-x3-0000aaaa"
+    assert why["_index/D"].startswith("built less than stale_after ago")
+    assert str(decon_store / "decontaminate" / ".tmp-x4-0000bbbb") in plan.stale
+    assert (decon_store / "decontaminate" / ".tmp-x3-0000aaaa").exists()
+
+
+def test_stale_temp_dirs_inside_the_index_dir_are_removed(decon_store):
+    idx = decon_store / "decontaminate" / "_index"
+    dead, building = idx / ".tmp-E-1234abcd", idx / ".tmp-F-5678abcd"
+    for d in (dead, building):
+        d.mkdir()
+        (d / "hashes.npy").write_bytes(b"x")
+    _age(dead / "hashes.npy", dead)
+    plan = gc(str(decon_store), keep=3)
+    assert plan.stale == [str(dead)] and not dead.exists() and building.exists()
+
+
+def test_temp_dir_with_a_fresh_file_deep_inside_is_not_stale(store):
+    running = store / "langid" / ".tmp-l9-1234abcd"
+    (running / "_work" / "phase2").mkdir(parents=True)
+    (running / "_work" / "phase2" / "clusters.bin").write_bytes(b"x")  # a long phase writing in a subdirectory
+    _age(running / "_work", running)  # the top directory itself has not changed for two hours
+    plan = gc(str(store), keep=1)
+    assert plan.stale == [] and running.exists()
+
+
+def test_train_work_dirs_are_never_removed(store, capsys):
+    resumable, committing = store / "train" / ".work-t1", store / "train" / ".tmp-t1-1234abcd"
+    for work in (resumable, committing):
+        (work / "step-000100").mkdir(parents=True)
+        (work / "step-000100" / "model.pt").write_bytes(b"w" * 100)
+        _age(work / "step-000100" / "model.pt", work / "step-000100", work, seconds=10 * 86400)
+    dead_ptr = store / "train" / "latest.tmp-0000aaaa"  # not work: a pointer file a killed commit left
+    dead_ptr.write_text("t0\n")
+    _age(dead_ptr)
+    plan = gc(str(store), keep=1)
+    assert sorted(plan.train_work) == sorted([str(resumable), str(committing)])
+    assert all((w / "step-000100" / "model.pt").exists() for w in (resumable, committing))
+    assert plan.stale == [str(dead_ptr)] and not dead_ptr.exists()
+    assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(store)]) == 0
+    assert f"checkpoints of a running or killed run; delete by hand): {resumable}" in capsys.readouterr().out
+
+
+def test_train_work_prefix_matches_the_train_flow():
+    import flows.train
+    prefix = getattr(flows.train, "WORK_PREFIX", None)
+    if prefix is None:
+        pytest.skip("flows/train.py keeps no cross-run work dir")
+    from storage.gc import TRAIN_WORK_PREFIXES
+    assert prefix in TRAIN_WORK_PREFIXES
+
+
+def test_cli_reports_index_deletions(decon_store, capsys):
+    assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(decon_store)]) == 0
+    out = capsys.readouterr().out
+    assert "_index/A" in out and "used by decontaminate@x2" in out and _indexes(decon_store) == ["A", "B", "C"]
+
+
+def test_side_artifact_names_match_the_decontaminate_stage():
+    from storage.gc import SIDE_ARTIFACTS
+    from tasks import decontaminate
+    side = next(s for s in SIDE_ARTIFACTS if s.stage == Stage.DECONTAMINATE)
+    assert (side.subdir, side.work_ref) == (decontaminate.INDEX_DIR, decontaminate.WORK_REF)
+
+
+def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_version):
+    """Two real decontaminate runs with different benchmark files: gc --keep 1 prunes the old run's index."""
+    from flows.decontaminate import decontaminate_flow
+    from flows.sharded import task_runner
+    from storage.documents import Document
+    from tasks import benchmarks as bm
+    from tasks.decontaminate import DecontaminateParams, index_version
+
+    root = tmp_path / "data"
+    docs = [Document(id=f"d{i}", url=f"http://e/{i}", text=" ".join(f"w{i}x{j}" for j in range(60))) for i in range(4)]
+    make_version(root, "dedup", [docs[:2], docs[2:]], version="dedup1")
+    bench = tmp_path / "bench.jsonl"
+    versions = []
+    for text in ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron",
+                 "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"):
+        bench.write_text(json.dumps({"id": "q1", "q": text}) + "\n")
+        params = DecontaminateParams(humaneval=False, benchmarks=[
+            bm.BenchmarkFile(name="toy", path=str(bench), fields=["q"], id_field="id")])
+        v = decontaminate_flow.with_options(task_runner=task_runner(1))(params=params, data_root=str(root))
+        versions.append((v, index_version(params)))
+        time.sleep(0.01)  # distinct created_at
+    (v_old, idx_old), (v_new, idx_new) = versions
+    assert idx_old != idx_new and _indexes(root) == sorted([idx_old, idx_new])
+    plan = gc(str(root), keep=1, stale_after_s=0)  # the indexes were built seconds ago: no age protection
+    assert _versions(root, "decontaminate") == [v_new] and _indexes(root) == [idx_new]
+    assert {(d.stage, d.name) for d in plan.to_delete} == {("decontaminate", v_old), ("decontaminate", f"_index/{idx_old}")}
+    assert _versions(root, "dedup") == ["dedup1"]
