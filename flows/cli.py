@@ -6,6 +6,7 @@
     pretrain inspect dedup --plan [--config FILE]
     pretrain demo-crawl --out DIR [--pages N] [--seed K]
     pretrain gc --keep N [--dry-run]
+    pretrain plan [--version V | --tokens N] [--compute FLOPS | --gpu-hours H] [--gpu NAME] [--gpus K] [--mfu M]
     pretrain export-tokens --format llm.c [--split train|val|anneal] --out FILE [--version V]
 
 Knob documentation lives on the pydantic params (`configs/default.yaml` lists them); this module only
@@ -181,8 +182,46 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"{verb} stale {path}")
     for path in plan.unknown:
         print(f"left alone (no manifest, not a temp dir): {path}")
+    for path in plan.train_work:
+        print(f"left alone (training work dir: checkpoints of a running or killed run; delete by hand): {path}")
     print(f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
           f"{verb} {len(plan.stale)} stale temp dir(s)" + ("; run without --dry-run to delete" if args.dry_run else ""))
+    return 0
+
+
+def _plan_data(args: argparse.Namespace, root: str) -> tuple[float | None, str, int, int]:
+    """(unique tokens, where they come from, vocab_size, seq_len) for `plan`; FileNotFoundError with the fix."""
+    vocab, seq = args.vocab_size or 32000, args.seq_len or 1024
+    if args.tokens is not None:
+        return args.tokens, "--tokens", vocab, seq
+    budget = args.compute is not None or args.gpu_hours is not None
+    try:
+        m = load_manifest(root, Stage.TOKENIZE, args.version)
+    except FileNotFoundError as err:
+        if budget and args.version == "latest":
+            return None, "", vocab, seq  # a budget alone is enough; no data size to check epochs against
+        raise FileNotFoundError(f"{err}, or pass --tokens N (or a budget: --compute FLOPS, --gpu-hours H)") from None
+    from flows.train import train_tokens
+    return (float(train_tokens(m)), f"train split of tokenize@{m.version}", args.vocab_size or m.extras["vocab_size"],
+            args.seq_len or m.extras["seq_len"])
+
+
+@command("plan")
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tasks.plan import format_plan, plan
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        tokens, source, vocab, seq = _plan_data(args, root)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    try:
+        p = plan(tokens=tokens, compute_flops=args.compute, gpu_hours=args.gpu_hours, gpu=args.gpu, mfu=args.mfu,
+                 vocab_size=vocab, seq_len=seq, inference_tokens_per_param=args.inference_ratio, gpus=args.gpus)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(p.model_dump_json(indent=2) if args.json else format_plan(p, source))
     return 0
 
 
@@ -271,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep", type=int, required=True, help="newest versions to keep per stage (latest and inputs "
                    "of kept versions are always kept)")
     g.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+    pl = sub.add_parser("plan", help="model size, tokens, FLOPs and wall-clock per preset (Chinchilla planner)")
+    data = pl.add_mutually_exclusive_group()
+    data.add_argument("--version", default="latest", help="tokenize version whose train tokens are the data size")
+    data.add_argument("--tokens", type=float, help="data size in tokens instead of a tokenize version")
+    budget = pl.add_mutually_exclusive_group()
+    budget.add_argument("--compute", type=float, help="compute budget in FLOPs (e.g. 1e21)")
+    budget.add_argument("--gpu-hours", type=float, help="compute budget in GPU-hours on --gpu at --mfu")
+    pl.add_argument("--gpu", default="H100", help="GPU kind for wall-clock and --gpu-hours (default H100)")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs the wall-clock assumes (linear scaling)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
+    pl.add_argument("--inference-ratio", type=float, default=150.0, help="tokens per parameter of the "
+                    "inference-optimal alternative (100-200)")
+    pl.add_argument("--vocab-size", type=int, help="vocabulary (default: the tokenize version's, else 32000)")
+    pl.add_argument("--seq-len", type=int, help="sequence length (default: the tokenize version's, else 1024)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     x = sub.add_parser("export-tokens", help="write a tokenize split as an llm.c / nanoGPT .bin token file")
     x.add_argument("--format", choices=["llm.c"], default="llm.c",
                    help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens")

@@ -9,7 +9,8 @@ Pure functions behind `pretrain plan` and `model: auto`:
   FLOPs (PaLM's 6 N + attention per token), single-GPU hours at the given MFU, and epochs over the data;
   more than ~4 epochs warns (Muennighoff et al. 2023: repeated data loses value quickly past 4).
 `GPU_PEAK_BF16` (dense bf16 tensor-core FLOP/s from vendor data sheets) is shared with the MFU that
-`tasks/train.py` logs.
+`tasks/train.py` logs. `format_plan` is the text `pretrain plan` prints; `auto_preset` is what
+`model: auto` in the train stage uses (the plan of the training tokens, then `pick_preset`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class PresetEstimate(BaseModel):
     tokens: float = Field(description="Training tokens assumed for this preset.")
     flops: float
     gpu_hours: float = Field(description="On one GPU of the chosen kind at the chosen MFU.")
+    wall_hours: float = Field(description="gpu_hours / gpus (assumes linear scaling over the GPUs).")
     epochs: float | None = Field(description="tokens / data set tokens, when the data size is known.")
     warning: str | None = None
 
@@ -85,8 +87,11 @@ class Plan(BaseModel):
     tokens: float | None = Field(description="Unique tokens available (data set size).")
     compute_flops: float | None = Field(description="Compute budget, given or derived from gpu_hours.")
     gpu: str
+    gpus: int = Field(description="GPUs the wall-clock estimates assume.")
     mfu: float
     peak_flops: float
+    vocab_size: int
+    seq_len: int
     chinchilla: Allocation
     inference_optimal: Allocation
     presets: list[PresetEstimate]
@@ -103,7 +108,7 @@ def _allocation(tokens: float | None, compute: float | None, ratio: float) -> Al
 
 
 def _estimate(name: str, vocab_size: int, seq_len: int, tokens: float | None, compute: float | None,
-              flops_per_s: float) -> PresetEstimate:
+              flops_per_s: float, gpus: int) -> PresetEstimate:
     cfg = preset(name, vocab_size=vocab_size, seq_len=seq_len)
     n, fpt = cfg.num_params(), cfg.flops_per_token()
     train_tokens = compute / fpt if compute is not None else CHINCHILLA_TOKENS_PER_PARAM * n
@@ -113,18 +118,25 @@ def _estimate(name: str, vocab_size: int, seq_len: int, tokens: float | None, co
         warning = (f"{name}: {train_tokens:.3g} training tokens repeat the {tokens:.3g}-token data set "
                    f"{epochs:.1f} times (> {MAX_EPOCHS:g} epochs); use a smaller model or more data")
     flops = fpt * train_tokens
+    hours = flops / flops_per_s / 3600.0
     return PresetEstimate(name=name, params=n, flops_per_token=fpt, tokens=train_tokens, flops=flops,
-                          gpu_hours=flops / flops_per_s / 3600.0, epochs=epochs, warning=warning)
+                          gpu_hours=hours, wall_hours=hours / gpus, epochs=epochs, warning=warning)
 
 
 def plan(tokens: float | None = None, compute_flops: float | None = None, gpu_hours: float | None = None,
          gpu: str = "H100", mfu: float = 0.4, presets: Sequence[str] = tuple(PRESETS),
-         vocab_size: int = 32000, seq_len: int = 1024, inference_tokens_per_param: float = 150.0) -> Plan:
+         vocab_size: int = 32000, seq_len: int = 1024, inference_tokens_per_param: float = 150.0,
+         gpus: int = 1) -> Plan:
     """Model size and cost from a data size (tokens) and/or a budget (compute_flops or gpu_hours)."""
     if tokens is None and compute_flops is None and gpu_hours is None:
         raise ValueError("give at least one of tokens, compute_flops, gpu_hours")
     if compute_flops is not None and gpu_hours is not None:
         raise ValueError("give compute_flops or gpu_hours, not both")
+    for name, value in (("tokens", tokens), ("compute_flops", compute_flops), ("gpu_hours", gpu_hours)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={value} must be a positive number")
+    if gpus < 1:
+        raise ValueError(f"gpus={gpus} must be at least 1")
     if not 0.0 < mfu <= 1.0:
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
     if not 100.0 <= inference_tokens_per_param <= 200.0:
@@ -133,13 +145,14 @@ def plan(tokens: float | None = None, compute_flops: float | None = None, gpu_ho
     compute = compute_flops if gpu_hours is None else gpu_hours * 3600.0 * peak * mfu
     chin = _allocation(tokens, compute, CHINCHILLA_TOKENS_PER_PARAM)
     inference = _allocation(tokens, compute, inference_tokens_per_param)
-    estimates = [_estimate(p, vocab_size, seq_len, tokens, compute, peak * mfu) for p in presets]
+    estimates = [_estimate(p, vocab_size, seq_len, tokens, compute, peak * mfu, gpus) for p in presets]
     warnings = [e.warning for e in estimates if e.warning]
     if tokens and chin.tokens / tokens > MAX_EPOCHS:
         warnings.insert(0, f"the compute-optimal run needs {chin.tokens:.3g} tokens = "
                            f"{chin.tokens / tokens:.1f} epochs of the {tokens:.3g}-token data set (> {MAX_EPOCHS:g})")
-    return Plan(tokens=tokens, compute_flops=compute, gpu=gpu, mfu=mfu, peak_flops=peak, chinchilla=chin,
-                inference_optimal=inference, presets=estimates, warnings=warnings)
+    return Plan(tokens=tokens, compute_flops=compute, gpu=gpu, gpus=gpus, mfu=mfu, peak_flops=peak,
+                vocab_size=vocab_size, seq_len=seq_len, chinchilla=chin, inference_optimal=inference,
+                presets=estimates, warnings=warnings)
 
 
 def pick_preset(p: Plan) -> str:
@@ -148,3 +161,45 @@ def pick_preset(p: Plan) -> str:
         raise ValueError("plan has no preset estimates")
     target = math.log(p.chinchilla.params)
     return min(p.presets, key=lambda e: abs(math.log(e.params) - target)).name
+
+
+def auto_preset(tokens: float, vocab_size: int, seq_len: int) -> tuple[str, Plan]:
+    """`model: auto`: the preset closest to the compute-optimal size for `tokens` training tokens."""
+    p = plan(tokens=tokens, vocab_size=vocab_size, seq_len=seq_len)
+    return pick_preset(p), p
+
+
+def format_duration(hours: float) -> str:
+    seconds = hours * 3600.0
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def format_plan(p: Plan, source: str = "") -> str:
+    """The plain-text plan `pretrain plan` prints."""
+    gpus = f"{p.gpus} x " if p.gpus > 1 else ""
+    lines = [f"data: {p.tokens:,.0f} unique tokens" + (f" ({source})" if source else "") if p.tokens else
+             "data: unknown (no epochs check; pass --tokens or make a tokenize version)",
+             f"budget: {p.compute_flops:.3g} FLOPs" if p.compute_flops else "budget: none (sized from the data)",
+             (f"device: {gpus}{p.gpu} at {p.peak_flops / 1e12:.0f} TFLOP/s bf16 peak, MFU {p.mfu:g} "
+              f"-> {p.peak_flops * p.mfu * p.gpus / 1e12:.0f} TFLOP/s; vocab {p.vocab_size:,}, seq_len {p.seq_len}"),
+             ""]
+    flops_per_s = p.peak_flops * p.mfu * p.gpus
+    inference = f"inference-optimal ({p.inference_optimal.tokens_per_param:g} tokens/param)"
+    for title, a in (("Chinchilla-optimal (D = 20 N, C = 6 N D)", p.chinchilla), (inference, p.inference_optimal)):
+        lines.append(f"{title}: N = {a.params:.3g} params, D = {a.tokens:.3g} tokens, C = {a.flops:.3g} FLOPs, "
+                     f"wall-clock {format_duration(a.flops / flops_per_s / 3600.0)}")
+    rows = [("preset", "params", "tokens", "epochs", "FLOPs", "GPU-hours", "wall-clock")]
+    for e in p.presets:
+        rows.append((e.name, f"{e.params / 1e6:.2f}M", f"{e.tokens:.3g}", "-" if e.epochs is None else f"{e.epochs:.2f}",
+                     f"{e.flops:.3g}", f"{e.gpu_hours:.3g}", format_duration(e.wall_hours)))
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    basis = "spend the whole budget" if p.compute_flops else "are 20 x the preset's parameters"
+    lines += ["", f"per preset (training tokens {basis}):"]
+    lines += [("  " + "  ".join(c.ljust(w) for c, w in zip(r, width))).rstrip() for r in rows]
+    if p.tokens:
+        lines += ["", f"model: auto picks {pick_preset(p)} (closest in log size to the Chinchilla N)"]
+    lines += [f"warning: {w}" for w in p.warnings]
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from storage import checkpoints as ckpt
 from storage.manifest import Stage
 from storage.params import StageParams
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards, doc_ids_to_torch, to_torch
-from tasks.plan import gpu_key_for_device_name, peak_flops, pick_preset, plan
+from tasks.plan import MAX_EPOCHS, auto_preset, gpu_key_for_device_name, peak_flops
 from tasks.train_loop import (DataOrder, FaultHooks, MicroBatch, Models, Run, Runtime, SpikeGuard, TrainState,
                               barrier, gather_rng, rank_slices, restore_rng, setup_runtime, skip_past,
                               teardown_runtime, train_step)
@@ -62,12 +62,12 @@ class TrainParams(StageParams):
     model: Literal["tiny", "small", "gpt2-124m", "auto"] = Field(
         "tiny", description="Model preset (models/presets.py); 'auto' picks the preset closest to the "
                             "Chinchilla-optimal size for the training tokens (tasks/plan.py).")
-    micro_batch_size: int = Field(16, ge=1, le=4096, description="Sequences per forward pass per device.")
-    tokens_per_step: int = Field(4096, ge=1, le=2**27, description="Target tokens per optimizer step over all "
+    micro_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per forward pass per device.")
+    tokens_per_step: int = Field(1024, ge=1, le=2**27, description="Target tokens per optimizer step over all "
                                  "devices; gradient accumulation = this / (micro_batch_size * seq_len * "
                                  "devices), rounded down, at least 1.")
-    max_steps: int = Field(150, ge=1, le=10_000_000, description="Optimizer steps of the run.")
-    warmup_steps: int = Field(15, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
+    max_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps of the run.")
+    warmup_steps: int = Field(30, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
     lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (after warmup).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1.0, description="Cosine decay floor as a fraction of lr.")
     weight_decay: float = Field(0.1, ge=0, le=1.0, description="AdamW decoupled weight decay on matrices.")
@@ -78,7 +78,7 @@ class TrainParams(StageParams):
     eval_tokens: int = Field(32768, ge=1, le=2**34, description="Validation token budget per evaluation "
                              "(the first eval_tokens / seq_len validation sequences, always the same).")
     log_interval: int = Field(10, ge=1, le=100_000, description="Steps between training-metric rows.")
-    ckpt_interval: int = Field(50, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
+    ckpt_interval: int = Field(100, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
                                "of eval_interval so each checkpoint has its validation loss.")
     keep_last: int = Field(2, ge=1, le=1000, description="Most recent checkpoints kept.")
     milestone_interval: int = Field(0, ge=0, le=10_000_000, description="Also keep checkpoints at multiples "
@@ -87,8 +87,10 @@ class TrainParams(StageParams):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto: bf16 autocast on "
                                                           "CUDA, float32 on CPU.")
-    cpu_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads on CPU (0: torch's "
-                             "default). 1 is much faster when other processes busy the cores.")
+    cpu_threads: int = Field(1, ge=0, le=1024, description="torch intra-op threads on CPU (0: torch's "
+                             "default, one per core). 1 (default) trains the tiny preset 2.5x faster than 2 "
+                             "when other processes busy a 2-core machine; raise it on a big idle box. Not part "
+                             "of the version id.")
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU).")
     doc_mask: bool = Field(False, description="Block-diagonal attention within documents (doc_offsets); "
                            "disables the flash kernel on CUDA.")
@@ -100,12 +102,18 @@ class TrainParams(StageParams):
                                 "rollback to the last checkpoint (offending batches are skipped).")
     spike_window: int = Field(50, ge=5, le=100_000, description="Steps in the running mean of the loss.")
     max_rollbacks: int = Field(5, ge=0, le=1000, description="Rollbacks before the run fails as diverged.")
-    resume: bool = Field(True, description="Continue from the latest valid checkpoint in the output dir.")
+    resume: bool = Field(True, description="Continue from the latest valid checkpoint in the output dir: the "
+                         "train stage's work dir of this version, where a failed or killed run left its "
+                         "checkpoints. false: the stage discards them and starts over. Not part of the version id.")
     sample_prompt: str = Field("The", max_length=2000, description="Prompt of the logged text sample "
                                "(needs a tokenizer; else the start of the first validation sequence).")
     sample_tokens: int = Field(64, ge=0, le=4096, description="Tokens generated for the sample.")
     sample_temperature: float = Field(0.8, ge=0, le=10.0, description="Sampling temperature (0: greedy).")
     sample_top_k: int = Field(50, ge=0, le=1_000_000, description="Top-k sampling (0: full distribution).")
+
+    def version_params(self) -> dict[str, Any]:
+        """Everything but the knobs that only say how to get there (resume, cpu_threads)."""
+        return self.model_dump(mode="json", exclude={"resume", "cpu_threads"})
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -130,7 +138,10 @@ class TrainJob(BaseModel):
 
 
 class TrainResult(BaseModel):
-    model: str
+    model: str = Field(description="The preset trained (what `auto` resolved to).")
+    requested_model: str = Field("", description="The `model` param: a preset name or auto.")
+    resumed_from: int | None = Field(None, description="Checkpoint step this process resumed from.")
+    epochs: float = Field(0.0, description="max_steps x tokens per step / training tokens of the data.")
     num_params: int
     steps: int
     tokens_seen: int
@@ -153,9 +164,15 @@ class TrainResult(BaseModel):
 
 
 def resolve_model_name(params: TrainParams, data: TokenShards) -> str:
+    """The preset to train; `auto` plans for the training split's tokens (tasks/plan.py) and logs why."""
     if params.model != "auto":
         return params.model
-    return pick_preset(plan(tokens=data.num_tokens, vocab_size=data.vocab_size, seq_len=data.seq_len))
+    name, p = auto_preset(data.num_tokens, data.vocab_size, data.seq_len)
+    chosen = next(e for e in p.presets if e.name == name)
+    log.info("model: auto -> %s (%.3g params): %d training tokens give a Chinchilla-optimal model of %.3g params "
+             "(inference-optimal %.3g); presets %s", name, chosen.params, data.num_tokens, p.chinchilla.params,
+             p.inference_optimal.params, {e.name: f"{e.params:.3g}" for e in p.presets})
+    return name
 
 
 def build_model(cfg: GPTConfig, params: TrainParams, rt: Runtime) -> Models:
@@ -349,19 +366,25 @@ def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
               bytes_per_token=job.bytes_per_token,
               lineage={"tokenize_version": job.tokenize_version, "tokenizer_sha256": job.tokenizer_sha256},
               peak=peak_flops(gpu) if gpu and gpu_key_for_device_name(gpu) else None)
+    epochs = params.max_steps * run.tokens_per_step / train_data.num_tokens
+    if epochs > MAX_EPOCHS:
+        log.warning("max_steps=%d x %d tokens per step = %.1f epochs of the %d training tokens (> %g): the model "
+                    "will mostly memorise; lower max_steps or add data", params.max_steps, run.tokens_per_step,
+                    epochs, train_data.num_tokens, MAX_EPOCHS)
     latest = ckpt.latest_step(str(out))
     if latest is not None and not params.resume:
         raise ValueError(f"{out} already holds checkpoints (up to step {latest}) and resume is false; "
                          f"use a fresh output directory or set resume: true")
     if latest is not None:
         run.state = restore_step(run, latest)
+        run.resumed_from = latest
         run.metrics.truncate_after(latest)
         run.metrics.write({"step": latest, "event": "resume"})
     elif rt.is_main:
         run.metrics.path.unlink(missing_ok=True)
     log.info("train %s (%d params) on %s x%d: %d seq/step (accum %d), %d train seqs, unigram loss %.4f%s",
              name, cfg.num_params(), rt.device, rt.world, run.global_batch, accum, train_data.num_sequences,
-             run.unigram, f", resumed at step {latest}" if latest is not None else "")
+             run.unigram, f", resumed from {ckpt.step_dir_name(latest)}" if latest is not None else "")
     return run
 
 
@@ -381,7 +404,8 @@ def finish(run: Run, last_loss: float | None, decode: Callable[[list[int]], str]
     t = run.timing
     tps = t["tokens"] / t["seconds"] if t["seconds"] else None
     result = TrainResult(
-        model=run.model_name, num_params=run.models.raw.num_params(), steps=st.step, tokens_seen=st.tokens_seen,
+        model=run.model_name, requested_model=p.model, resumed_from=run.resumed_from,
+        epochs=p.max_steps * run.tokens_per_step / run.train_data.num_tokens, num_params=run.models.raw.num_params(), steps=st.step, tokens_seen=st.tokens_seen,
         train_loss=last_loss, val_loss=st.val_loss, best_val_loss=st.best_val_loss,
         val_ppl=math.exp(min(st.val_loss, 700.0)), val_bpb=bits_per_byte(st.val_loss, run.bytes_per_token),
         unigram_loss=run.unigram, tokens_per_s=tps,

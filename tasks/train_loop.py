@@ -297,6 +297,7 @@ class Run:
     lineage: dict[str, str]
     state: TrainState = field(default_factory=TrainState)
     peak: float | None = None
+    resumed_from: int | None = None  # checkpoint step this process resumed from
     timing: dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0,
                                                               "win_seconds": 0.0, "steps": 0.0})
 

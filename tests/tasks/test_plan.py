@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from models.presets import gpt2_124m, tiny
-from tasks.plan import GPU_PEAK_BF16, gpu_key_for_device_name, peak_flops, pick_preset, plan
+from models.presets import gpt2_124m, small, tiny
+from tasks.plan import (GPU_PEAK_BF16, auto_preset, format_duration, format_plan, gpu_key_for_device_name, peak_flops,
+                        pick_preset, plan)
 
 
 def test_chinchilla_from_tokens():
@@ -82,3 +83,25 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="100, 200"):
         plan(tokens=1e9, inference_tokens_per_param=20)
     assert math.isfinite(plan(tokens=1e9).chinchilla.params)
+
+
+def test_auto_preset_follows_the_data_size():
+    assert auto_preset(20 * gpt2_124m().num_params(), 50257, 1024)[0] == "gpt2-124m"
+    assert auto_preset(20 * small(vocab_size=4096, seq_len=256).num_params(), 4096, 256)[0] == "small"
+    name, p = auto_preset(400_000, 4096, 256)  # the demo crawl's train split
+    assert name == "tiny" and p.chinchilla.params == pytest.approx(20_000)
+
+
+def test_wall_clock_over_several_gpus_and_text():
+    one, four = plan(tokens=1e9, gpus=1), plan(tokens=1e9, gpus=4)
+    for a, b in zip(one.presets, four.presets):
+        assert b.gpu_hours == pytest.approx(a.gpu_hours) and b.wall_hours == pytest.approx(a.gpu_hours / 4)
+    assert (format_duration(0.5), format_duration(50), format_duration(1 / 3600)) == ("30 min", "2.08 days", "1 s")
+    text = format_plan(plan(tokens=1e6, vocab_size=4096, seq_len=256), "test data")
+    assert text.startswith("data: 1,000,000 unique tokens (test data)")
+    assert "model: auto picks tiny" in text and "warning: gpt2-124m:" in text
+    assert "model: auto" not in format_plan(plan(compute_flops=1e20))  # no data size: nothing to pick from
+    with pytest.raises(ValueError, match="positive"):
+        plan(tokens=0)
+    with pytest.raises(ValueError, match="gpus"):
+        plan(tokens=1e9, gpus=0)
