@@ -4,15 +4,20 @@ Shingles are word n-grams (default 5, FineWeb) of `tasks.text.words` (NFKC, lowe
 dropped), joined by one space and UTF-8 encoded; a document with fewer than n words has one shingle,
 all its words; a document without words has none and never becomes a candidate.
 
-Signatures use datasketch's default scheme (datasketch >= 2.0, "affine32") bit for bit:
-`h = sha1_hash32(shingle)` (first 4 bytes of SHA-1, little-endian; or xxh32 with `hash_function=
-"xxhash"`), pre-mixed with the MurmurHash3 32-bit finalizer, then permutation k is `a_k * h + b_k mod
-2^32` with odd `a_k`; `a, b` are drawn from `numpy.random.RandomState(seed)` exactly as datasketch does,
-so `signatures()` equals `MinHash(num_perm, seed).hashvalues` for the same shingles
-(tests/tasks/test_dedup_minhash.py). We do not call datasketch per document: its `update_batch` hashes
-and permutes one document at a time, while `signatures()` batches many documents into one
-(num_perm x shingles) array per call and reduces per document with `minimum.reduceat`
-(bench/dedup.py measures both).
+Signatures use datasketch's permutation scheme (datasketch >= 2.0, "affine32") bit for bit: a 32-bit
+shingle hash `h`, pre-mixed with the MurmurHash3 32-bit finalizer, then permutation k is
+`a_k * h + b_k mod 2^32` with odd `a_k`; `a, b` are drawn from `numpy.random.RandomState(seed)` exactly
+as datasketch does. The shingle hash is the only choice (`hash_function`):
+  - `sha1`: first 4 bytes of SHA-1, little-endian = datasketch's default `sha1_hash32`, so `signatures()`
+    equals `MinHash(num_perm, seed).hashvalues`;
+  - `xxhash` (the dedup stage's default): `xxhash.xxh32_intdigest`, so `signatures()` equals
+    `MinHash(num_perm, seed, hashfunc=xxhash.xxh32_intdigest).hashvalues`. SHA-1 costs ~0.6 us per
+    shingle in hashlib (a vectorised NumPy SHA-1 was measured only 1.2x faster), xxh32 ~0.2 us.
+Both are tested equal to datasketch (tests/tasks/test_dedup_minhash.py); per-row collision rates and
+band-candidate rates of both match the theory (bench/dedup.py). We do not call datasketch per
+document: its `update_batch` hashes and permutes one document at a time, while `signatures()` batches
+many documents into one (num_perm x shingles) array per call and reduces per document with
+`minimum.reduceat` (bench/dedup.py measures both).
 
 LSH: the signature is cut into `bands` bands of `rows` rows. Documents whose band rows are equal land in
 one bucket; buckets are found by sorting a 64-bit key of each band (one band at a time, so memory is a
@@ -49,11 +54,15 @@ def _sha1_digest4(buf: bytes, starts: list[int], ends: list[int]) -> np.ndarray:
     return np.frombuffer(packed, dtype="<u4").astype(np.uint32)
 
 
+XXHASH_MISSING = ("dedup hash_function='xxhash' (the default) needs the `xxhash` package, a dependency of "
+                  "pretrain-pipeline: pip install xxhash, or set dedup.hash_function='sha1'")
+
+
 def _xxh32(buf: bytes, starts: list[int], ends: list[int]) -> np.ndarray:
     try:
         import xxhash
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("dedup hash_function='xxhash' needs the `xxhash` package: pip install xxhash") from err
+        raise ImportError(XXHASH_MISSING) from err
     f = xxhash.xxh32_intdigest
     return np.fromiter([f(buf[s:e]) for s, e in zip(starts, ends)], dtype=np.uint32, count=len(starts))
 

@@ -58,6 +58,20 @@ def test_highest_quality_needs_the_column(tmp_path):
         check_inputs([src], DedupParams(keep="highest_quality"))
 
 
+def test_missing_xxhash_fails_before_any_shard_with_the_fix(tmp_path, monkeypatch):
+    import importlib.util
+    src = str(tmp_path / "part-00000.parquet")
+    with DocumentWriter(src) as w:
+        w.write(Document(id="a", text="t", crawl_date="2024-01-01"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xxhash" else real(name, *a))
+    assert DedupParams().hash_function == "xxhash"
+    with pytest.raises(ImportError, match=r"pip install xxhash, or set dedup.hash_function='sha1'"):
+        check_inputs([src], DedupParams())
+    check_inputs([src], DedupParams(hash_function="sha1"))
+    check_inputs([src], DedupParams(near=False))
+
+
 def test_params_validation():
     with pytest.raises(ValueError, match="exact and near are both off"):
         DedupParams(exact=False, near=False)

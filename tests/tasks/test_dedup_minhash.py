@@ -45,13 +45,19 @@ def test_signatures_equal_datasketch(seed):
     assert (sig[:, 0] == dm.MAX_HASH).all()  # no shingles: the empty signature
 
 
-def test_xxhash_signatures_equal_datasketch_with_that_hashfunc():
-    xxhash = pytest.importorskip("xxhash")
-    hasher = dm.MinHasher(num_perm=32, seed=3, hash_function="xxhash")
-    for t in TEXTS[1:]:
-        m = MinHash(num_perm=32, seed=3, hashfunc=xxhash.xxh32_intdigest)
+@pytest.mark.parametrize("num_perm,seed", [(32, 3), (112, 1)])
+def test_xxhash_signatures_equal_datasketch_with_that_hashfunc(num_perm, seed):
+    """The stage's default shingle hash: datasketch's MinHash with hashfunc=xxh32, bit for bit."""
+    import xxhash  # a core dependency: the dedup stage's default hash_function
+    texts = TEXTS + stdlib_docstrings()[:20]
+    hasher = dm.MinHasher(num_perm=num_perm, seed=seed, hash_function="xxhash")
+    sig = hasher.signatures([hasher.hashes(t) for t in texts])
+    for j, t in enumerate(texts):
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
         m.update_batch(dm.shingle_bytes(t, 5))
-        assert (hasher.signatures([hasher.hashes(t)])[:, 0] == m.hashvalues).all()
+        assert (sig[:, j] == m.hashvalues).all(), f"text {j} differs from datasketch"
+    assert dm.shingle_hashes(TEXTS[3], 5, "xxhash").tolist() == [
+        xxhash.xxh32_intdigest(s) for s in dm.shingle_bytes(TEXTS[3], 5)]
 
 
 def test_s_curve_matches_fineweb():
