@@ -17,9 +17,11 @@ environment is set before Prefect reads it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import paths
@@ -53,6 +55,31 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, "  ".join("-" * width[c] for c in cols), *body])
 
 
+@contextlib.contextmanager
+def _shared_ephemeral_server() -> Iterator[None]:
+    """Without PREFECT_API_URL, one temporary Prefect server for the whole run, shared with the process-pool
+    workers through the environment (left alone, every worker process starts its own, ~7 s per stage)."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        # deliver queued logs and events while the server is still up (else exit waits ~60 s on retries)
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
     paths.apply_prefect_env_defaults()
@@ -73,8 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     root = paths.resolve_data_root(args.data_root)
     try:
-        versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
-                                 to_stage=args.to_stage, force=args.force)
+        with _shared_ephemeral_server():
+            versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
+                                     to_stage=args.to_stage, force=args.force)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
