@@ -1,7 +1,7 @@
 """Tokenize benchmark: the tokenize stage's tokens/s against a plain sentencepiece encode loop (the floor
 for overhead) and datatrove's DocumentTokenizer with a Hugging Face tokenizer, same documents, same run.
 
-    .venv/bin/python -m bench.tokenize [--mb 16] [--shards 4] [--vocab 8192] [--skip-flow] [--skip-datatrove]
+    .venv/bin/python -m bench.tokenization [--mb 16] [--shards 4] [--vocab 8192] [--skip-flow] [--skip-datatrove]
                                        [--data-root DIR --mix-version V]
 
 Documents: the documents of an existing mix version (`--data-root`, `--mix-version`), or real text from
