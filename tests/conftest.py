@@ -34,6 +34,16 @@ def prefect_backend():
 
 
 @pytest.fixture
+def torch_one_thread():
+    """Spinning OpenMP threads make tiny CPU models 10x slower on a busy machine (torch imported here only)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def data_root(tmp_path, monkeypatch):
     root = tmp_path / "data"
     monkeypatch.setenv("PRETRAIN_DATA_ROOT", str(root))

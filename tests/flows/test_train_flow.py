@@ -57,12 +57,7 @@ def make_tokenize_version(root, n_train: int = 400, n_val: int = 40) -> dict[str
     return sequences
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def params(**kw) -> TrainParams:

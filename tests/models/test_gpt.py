@@ -10,13 +10,7 @@ from models.gpt import GPT, GPTConfig, document_mask
 from models.presets import PRESETS, gpt2_124m, preset, small, tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Spinning OpenMP threads make tiny CPU models 10x slower on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _cfg(**kw):

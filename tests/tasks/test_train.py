@@ -51,14 +51,7 @@ def write_split(directory: Path, n_docs: int, seed: int) -> int:
     return w.rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with several busy processes on few cores, spinning OpenMP threads make
-    CPU training 10x slower; the golden losses were recorded with one thread too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
