@@ -198,6 +198,8 @@ def _run(run: StageRun, params: TokenizeParams) -> Manifest:
         "vocab_size": tok.vocab_size, "seq_len": params.seq_len, "dtype": "uint16" if tok.vocab_size <= 65_536 else
         "uint32", "bytes_per_token": sum(f["bytes"] for f in facts.values()) / tokens,
         "tokenizer_path": TOKENIZER_MODEL, "tokenizer_sha256": tok.sha256, "tokenizer": tok_info,
+        # the `_tokenizer/<id>` cache this version was trained into (storage.gc keeps it while this version is kept)
+        "tokenizer_cache": tok_info.get("version") if tok_info["source"] == "trained" else None,
         "eos_id": tok.eos_id, "bos_id": tok.bos_id, "pad_id": tok.pad_id, "unk_id": tok.unk_id,
         "sequences": {s: f["sequences"] for s, f in facts.items()},
         "tail_dropped": {s: f["tail_dropped"] for s, f in facts.items()},

@@ -10,24 +10,29 @@ Everything else is removed. A version is removed by renaming it to `.gc-<version
 single rename, after which readers no longer see it) and then deleting that directory, so a crash in
 the middle leaves only a hidden directory that the next `gc` cleans up.
 
-Stage side artifacts (`SIDE_ARTIFACTS`): decontaminate's benchmark n-gram indexes under
-`decontaminate/_index/<index version>/` are shared by every decontaminate version built with the same
-benchmarks; a version names its index in `inputs["decontaminate_index"]`. An index is removed only when
-no kept decontaminate version names it, no decontaminate run in progress (a young `.tmp-*` dir, whose
-`_work/index.json` names the index) uses it, and it is older than `stale_after` (a run that has just
-built it has not written its reference yet).
+Stage side artifacts (`SIDE_ARTIFACTS`): caches under `<stage>/<subdir>/<id>/` that several versions of a
+stage share, each named by the versions that use it:
+  - decontaminate's benchmark n-gram indexes `decontaminate/_index/<id>/` (`inputs["decontaminate_index"]`);
+  - quality's score cache `quality/_scores/<id>/` (`extras["scores_version"]`);
+  - tokenize's trained tokenizers `tokenize/_tokenizer/<id>/` (`extras["tokenizer_cache"]`, or the
+    `extras["tokenizer"]["version"]` that manifests written before that field carry; none for `tokenizer_path`).
+A cache is removed only when no kept version of its stage names it, no run of that stage in progress
+(a young `.tmp-*` version dir) may use it, and it is older than `stale_after` (a run that has just built it
+has not written its reference yet). A decontaminate run names its index in `_work/index.json`; quality
+and tokenize runs name nothing, so while one is in progress every cache of that stage is kept. A kept
+version whose manifest does not say which cache it used (written before gc tracked it) keeps every cache
+of its stage; the plan says so in `why`.
 
 Also removed: leftovers of killed runs older than `stale_after` (default one hour), where the age is
 that of the newest file inside: `.tmp-*` version directories being written, `.old-*` copies from a
 forced recompute, `.gc-*` half-deleted versions and `latest.tmp-*` pointer files (also `.tmp-*`/`.gc-*`
-inside `_index/`). Younger ones may belong to a stage that is running right now.
+inside the side-artifact dirs). Younger ones may belong to a stage that is running right now.
 
 Not touched: training work directories (`train/.work-*` and `train/.tmp-*`: the checkpoints of a running
 or killed training run, which a long run may not write for hours and a re-run resumes from; listed as
-`train_work`, delete them by hand), directories
-outside the stage directories (`_inputs/`), a stage's other `_`-prefixed directories (e.g. quality's
-`_scores/`), and a version directory without a manifest that is not hidden (that cannot come from our
-commit protocol; it is reported).
+`train_work`, delete them by hand), directories outside the stage directories (`_inputs/`), a stage's
+other `_`-prefixed directories, and a version directory without a manifest that is not hidden (that
+cannot come from our commit protocol; it is reported).
 Caveat: a run that reads an explicit old `input_version` while gc runs can lose its input; gc keeps
 `latest` and the N newest, so run it when no run pins an old version.
 """
@@ -70,17 +75,41 @@ class SideArtifact:
 
     stage: Stage
     subdir: str
-    refs: Callable[[Manifest], set[str]]  # the ids a committed version of `stage` uses
-    work_ref: str  # file in an in-progress `.tmp-*` version dir naming the id it uses (JSON {"version": id})
+    # the ids a committed version of `stage` uses; None when its manifest does not say (then all are kept)
+    refs: Callable[[Manifest], set[str] | None]
+    # file in an in-progress `.tmp-*` version dir naming the id it uses (JSON {"version": id}); None when the
+    # stage writes none, so that any run of the stage in progress keeps every id
+    work_ref: str | None
 
 
-def _index_refs(m: Manifest) -> set[str]:
+def _index_refs(m: Manifest) -> set[str] | None:
     ids = {m.inputs.get("decontaminate_index"), (m.extras.get("index") or {}).get("version")}
-    return {str(i) for i in ids if i}
+    found = {str(i) for i in ids if i}
+    return found or None
 
 
-# decontaminate's benchmark n-gram index (tasks.decontaminate.INDEX_DIR / WORK_REF; a test checks they agree)
-SIDE_ARTIFACTS: list[SideArtifact] = [SideArtifact(Stage.DECONTAMINATE, "_index", _index_refs, "_work/index.json")]
+def _scores_refs(m: Manifest) -> set[str] | None:
+    if "scores_version" not in m.extras:
+        return None
+    return {str(m.extras["scores_version"])} if m.extras["scores_version"] else set()
+
+
+def _tokenizer_refs(m: Manifest) -> set[str] | None:
+    if "tokenizer_cache" in m.extras:
+        return {str(m.extras["tokenizer_cache"])} if m.extras["tokenizer_cache"] else set()
+    tok = m.extras.get("tokenizer") or {}
+    if tok.get("source") == "file":  # given `tokenizer_path`: no cache used
+        return set()
+    return {str(tok["version"])} if tok.get("source") == "trained" and tok.get("version") else None
+
+
+# the names agree with tasks.decontaminate (INDEX_DIR, WORK_REF), tasks.quality (SCORES_DIR) and
+# tasks.tokenization (TOKENIZER_DIR); tests check that
+SIDE_ARTIFACTS: list[SideArtifact] = [
+    SideArtifact(Stage.DECONTAMINATE, "_index", _index_refs, "_work/index.json"),
+    SideArtifact(Stage.QUALITY, "_scores", _scores_refs, None),
+    SideArtifact(Stage.TOKENIZE, "_tokenizer", _tokenizer_refs, None),
+]
 
 
 @dataclass
@@ -194,18 +223,24 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
                 plan.stale.append(path)
 
 
-def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) -> dict[str, str]:
-    """id -> temp dir, for the side artifacts that in-progress (not stale) versions of side.stage use."""
+def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) -> tuple[dict[str, str], str | None]:
+    """(id -> temp dir for the ids that in-progress (not stale) versions of side.stage name, a temp dir of an
+    in-progress version that names none when the stage writes no work_ref, else None)."""
     d = paths.join(base, str(side.stage))
     out: dict[str, str] = {}
+    unnamed: str | None = None
     for name in _entries(fs, d):
         path = paths.join(d, name)
-        ref = paths.join(path, side.work_ref)
-        if not name.startswith(WORK_PREFIX) or path in stale or not fs.exists(ref):  # type: ignore[attr-defined]
+        if not name.startswith(WORK_PREFIX) or path in stale or not fs.isdir(path):  # type: ignore[attr-defined]
             continue
-        with fs.open(ref, "r") as f:  # type: ignore[attr-defined]
-            out[str(json.load(f)["version"])] = name
-    return out
+        if side.work_ref is None:
+            unnamed = unnamed or name
+            continue
+        ref = paths.join(path, side.work_ref)
+        if fs.exists(ref):  # type: ignore[attr-defined]
+            with fs.open(ref, "r") as f:  # type: ignore[attr-defined]
+                out[str(json.load(f)["version"])] = name
+    return out, unnamed
 
 
 def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage, str], Manifest], now: float,
@@ -213,19 +248,28 @@ def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage,
     stale = set(plan.stale)
     for side in SIDE_ARTIFACTS:
         users: dict[str, str] = {}
+        keep_all: str | None = None  # why every id of this side artifact is kept
         for (stage, version), m in sorted(kept.items()):
-            if stage == side.stage:
-                for ref in side.refs(m):
-                    users.setdefault(ref, f"used by {stage}@{version}")
-        for ref, tmp in _running_refs(fs, base, side, stale).items():
+            if stage != side.stage:
+                continue
+            refs = side.refs(m)
+            if refs is None:
+                keep_all = keep_all or (f"{stage}@{version} does not record which {side.subdir} it uses (manifest "
+                                        f"from before gc tracked it): kept to be safe")
+            for ref in refs or ():
+                users.setdefault(ref, f"used by {stage}@{version}")
+        running, unnamed = _running_refs(fs, base, side, stale)
+        for ref, tmp in running.items():
             users.setdefault(ref, f"used by the run in progress {side.stage}/{tmp}")
+        if unnamed is not None:
+            keep_all = keep_all or f"a {side.stage} run is in progress ({side.stage}/{unnamed}) and may use it"
         d = paths.join(base, str(side.stage), side.subdir)
         for name in _entries(fs, d):
-            if name.startswith("."):
-                continue
             path = paths.join(d, name)
+            if name.startswith(".") or not fs.isdir(path):  # type: ignore[attr-defined]
+                continue
             mtime = _newest_mtime(fs, path)
-            why = users.get(name)
+            why = users.get(name) or keep_all
             if why is None and mtime is not None and now - mtime <= stale_after_s:
                 why = "built less than stale_after ago (a run may be about to use it)"
             plan.versions.append(VersionDecision(str(side.stage), name, _iso(mtime), why is not None,

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from flows.cli import main
@@ -15,19 +16,20 @@ from storage.manifest import (
     is_complete,
     latest_version,
     list_versions,
+    load_manifest,
     new_manifest,
     set_latest,
 )
 from storage.stats import StageStats
 
 
-def _commit(root, stage, version, created_at, inputs=None):
+def _commit(root, stage, version, created_at, inputs=None, extras=None):
     w = VersionWriter(str(root), Stage(stage), version)
     with open(os.path.join(w.tmp_path, "part-00000.parquet"), "wb") as f:
         f.write(b"x" * 1000)
     m = new_manifest(Stage(stage), 1, version, {}, inputs or {}, [ShardInfo(name="part-00000.parquet", rows=1,
                      bytes=1000)], [], StageStats(docs_in=1, docs_out=1))
-    w.commit(m.model_copy(update={"created_at": created_at}))
+    w.commit(m.model_copy(update={"created_at": created_at, "extras": extras or {}}))
     return version
 
 
@@ -334,3 +336,170 @@ def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_versi
     assert _versions(root, "decontaminate") == [v_new] and _indexes(root) == [idx_new]
     assert {(d.stage, d.name) for d in plan.to_delete} == {("decontaminate", v_old), ("decontaminate", f"_index/{idx_old}")}
     assert _versions(root, "dedup") == ["dedup1"]
+
+
+# ---------------------------------------------------------------- quality's score caches, tokenize's tokenizer caches
+
+def _cache(root, stage, subdir, ident, age_s=7200):
+    d = root / stage / subdir / ident
+    d.mkdir(parents=True)
+    (d / "part-00000.parquet").write_bytes(b"s" * 400)
+    _age(d / "part-00000.parquet", d, seconds=age_s)
+    return d
+
+
+def _caches(root, stage, subdir):
+    return sorted(p.name for p in (root / stage / subdir).iterdir())
+
+
+def _decided(plan):
+    return {(d.stage, d.name): (d.keep, d.why) for d in plan.versions if d.parent}
+
+
+@pytest.fixture
+def cache_store(store):
+    """quality q1 (old, scores S1) and q2 (newest, scores S2); tokenize t1 (old, tokenizer K1), t2 (an older
+    manifest naming its tokenizer only in extras.tokenizer.version: K2), t3 (newest, a given tokenizer_path);
+    caches S3 and K3 are named by nothing."""
+    _commit(store, "quality", "q1", "2026-01-07T00:00:00.000+00:00", {"langid": "l3"}, {"scores_version": "S1"})
+    _commit(store, "quality", "q2", "2026-01-08T00:00:00.000+00:00", {"langid": "l3"}, {"scores_version": "S2"})
+    _commit(store, "tokenize", "t1", "2026-01-09T00:00:00.000+00:00", {},
+            {"tokenizer_cache": "K1", "tokenizer": {"source": "trained", "version": "K1"}})
+    _commit(store, "tokenize", "t2", "2026-01-10T00:00:00.000+00:00", {}, {"tokenizer": {"source": "trained", "version": "K2"}})
+    _commit(store, "tokenize", "t3", "2026-01-11T00:00:00.000+00:00", {},
+            {"tokenizer_cache": None, "tokenizer": {"source": "file", "given_path": "/m/tokenizer.model"}})
+    for ident in ("S1", "S2", "S3"):
+        _cache(store, "quality", "_scores", ident)
+    for ident in ("K1", "K2", "K3"):
+        _cache(store, "tokenize", "_tokenizer", ident)
+    return store
+
+
+def test_score_and_tokenizer_caches_of_deleted_versions_are_pruned(cache_store):
+    plan = gc(str(cache_store), keep=1)
+    assert _versions(cache_store, "quality") == ["q2"] and _versions(cache_store, "tokenize") == ["t3"]
+    assert _caches(cache_store, "quality", "_scores") == ["S2"]
+    assert _caches(cache_store, "tokenize", "_tokenizer") == []  # t3 used a given model file: no cache
+    decided = _decided(plan)
+    assert decided[("quality", "_scores/S2")] == (True, "used by quality@q2")
+    assert decided[("quality", "_scores/S1")] == decided[("tokenize", "_tokenizer/K3")] == (False, "unreferenced")
+    assert next(d for d in plan.to_delete if d.name == "_tokenizer/K1").bytes >= 400
+    for sub in (cache_store / "quality" / "_scores", cache_store / "tokenize" / "_tokenizer"):
+        assert not [p for p in sub.iterdir() if p.name.startswith(".")]
+
+
+def test_caches_of_kept_versions_survive_including_an_older_tokenize_manifest(cache_store):
+    set_latest(str(cache_store), Stage.QUALITY, "q1")
+    plan = gc(str(cache_store), keep=2)  # tokenize keeps t2 and t3; quality keeps q1 (latest) and q2
+    assert _caches(cache_store, "quality", "_scores") == ["S1", "S2"]
+    assert _caches(cache_store, "tokenize", "_tokenizer") == ["K2"]
+    assert _decided(plan)[("tokenize", "_tokenizer/K2")] == (True, "used by tokenize@t2")
+
+
+def test_a_kept_manifest_that_does_not_name_its_cache_keeps_them_all(cache_store, capsys):
+    _commit(cache_store, "quality", "q0", "2026-01-12T00:00:00.000+00:00", {"langid": "l3"})  # no scores_version
+    _commit(cache_store, "tokenize", "t0", "2026-01-12T00:00:00.000+00:00", {}, {"vocab_size": 400})
+    plan = gc(str(cache_store), keep=1)
+    assert _versions(cache_store, "quality") == ["q0"]  # q1, q2 are gone, but not their caches
+    assert _caches(cache_store, "quality", "_scores") == ["S1", "S2", "S3"]
+    assert _caches(cache_store, "tokenize", "_tokenizer") == ["K1", "K2", "K3"]
+    why = _decided(plan)[("quality", "_scores/S3")]
+    assert why == (True, ("quality@q0 does not record which _scores it uses (manifest from before gc tracked it): "
+                          "kept to be safe"))
+    assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(cache_store)]) == 0
+    assert "tokenize@t0 does not record which _tokenizer it uses" in capsys.readouterr().out
+
+
+def test_a_run_in_progress_keeps_every_cache_of_its_stage_and_young_caches_survive(cache_store):
+    running = cache_store / "quality" / ".tmp-q9-1234abcd"  # quality runs name no cache: keep all while one runs
+    running.mkdir()
+    (running / "part-00000.parquet").write_bytes(b"x")
+    killed = cache_store / "tokenize" / ".tmp-t9-5678abcd"  # killed long ago: protects nothing
+    killed.mkdir()
+    _age(killed, seconds=7200)
+    _cache(cache_store, "tokenize", "_tokenizer", "K4", age_s=60)  # just trained; its version is not written yet
+    plan = gc(str(cache_store), keep=1)
+    assert _caches(cache_store, "quality", "_scores") == ["S1", "S2", "S3"]
+    assert _decided(plan)[("quality", "_scores/S1")] == (
+        True, "a quality run is in progress (quality/.tmp-q9-1234abcd) and may use it")
+    assert _decided(plan)[("quality", "_scores/S2")] == (True, "used by quality@q2")
+    assert _caches(cache_store, "tokenize", "_tokenizer") == ["K4"]
+    assert str(killed) in plan.stale and not killed.exists() and running.exists()
+
+
+def test_stale_temp_dirs_inside_the_cache_dirs_are_removed(cache_store):
+    dead, building = cache_store / "quality" / "_scores" / ".tmp-S5-1234abcd", cache_store / "tokenize" / "_tokenizer" / ".tmp-K5-1234abcd"
+    for d in (dead, building):
+        d.mkdir()
+        (d / "part-00000.parquet").write_bytes(b"x")
+    _age(dead / "part-00000.parquet", dead)
+    plan = gc(str(cache_store), keep=3)
+    assert plan.stale == [str(dead)] and not dead.exists() and building.exists()
+    assert not [d for d in plan.to_delete if not d.parent]  # keep=3 keeps every version here
+
+
+def test_side_artifact_names_match_the_quality_and_tokenize_stages():
+    from storage.gc import SIDE_ARTIFACTS
+    from tasks import quality, tokenization
+    dirs = {s.stage: s.subdir for s in SIDE_ARTIFACTS}
+    assert dirs[Stage.QUALITY] == quality.SCORES_DIR and dirs[Stage.TOKENIZE] == tokenization.TOKENIZER_DIR
+
+
+def test_gc_on_real_tokenize_versions(prefect_backend, tmp_path, make_version):
+    """Two real tokenize runs with different vocabularies: the manifest names its cache; gc prunes the old one."""
+    from flows.sharded import task_runner
+    from flows.tokenization import tokenization_flow
+    from storage.documents import Document
+    from tasks.tokenization import TokenizeParams
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    syll = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "gu", "be", "fi", "ho", "ja"]
+    words = ["".join(rng.choice(syll, int(rng.integers(1, 4)))) for _ in range(300)]
+    docs = [Document(id=f"d{i}", text=" ".join(rng.choice(words, 120)) + f". Item {i}.", source="web",
+                     url=f"http://e/{i}", meta={"repeat": 0}) for i in range(40)]
+    import pyarrow as pa
+    make_version(root, "mix", [docs[:20], docs[20:]], extra=[pa.field("repeat", pa.int32())], version="mix1")
+    versions = []
+    for vocab in (300, 320):
+        params = TokenizeParams(vocab_size=vocab, seq_len=31, val_fraction=0.1)
+        v = tokenization_flow.with_options(task_runner=task_runner(1))(params=params, data_root=str(root))
+        m = load_manifest(str(root), Stage.TOKENIZE, v)
+        assert (root / "tokenize" / "_tokenizer" / m.extras["tokenizer_cache"] / "tokenizer.json").is_file()
+        versions.append((v, m.extras["tokenizer_cache"]))
+        time.sleep(0.01)
+    (v_old, k_old), (v_new, k_new) = versions
+    assert k_old != k_new and _caches(root, "tokenize", "_tokenizer") == sorted([k_old, k_new])
+    plan = gc(str(root), keep=1, stale_after_s=0)
+    assert _versions(root, "tokenize") == [v_new] and _caches(root, "tokenize", "_tokenizer") == [k_new]
+    assert {(d.stage, d.name) for d in plan.to_delete} == {("tokenize", v_old), ("tokenize", f"_tokenizer/{k_old}")}
+    assert _versions(root, "mix") == ["mix1"]
+
+
+def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
+    """Two real quality runs scoring with different filters: gc --keep 1 prunes the old run's score cache."""
+    from flows.quality import quality_flow
+    from flows.sharded import task_runner
+    from storage.documents import Document
+    from tasks.langid import LANGID_FIELDS
+    from tasks.quality import QualityParams
+
+    root = tmp_path / "data"
+    text = ("The museum reopened last spring after a long renovation of its east wing. Visitors can now see the "
+            "restored ceiling, and the new rooms hold the collection of maps that had been stored for years. ")
+    docs = [Document(id=f"d{i}", text=text * (2 + i % 3), url=f"http://e/{i}",
+                     meta={"language": "en", "language_score": 0.99, "language_top3": [{"lang": "en", "score": 0.99}]})
+            for i in range(6)]
+    make_version(root, "langid", [docs[:3], docs[3:]], extra=LANGID_FIELDS, version="lid1")
+    versions = []
+    for filters in (["gopher_repetition"], ["c4_quality"]):
+        params = QualityParams(use_classifier=False, filters=filters, min_score=None)
+        v = quality_flow.with_options(task_runner=task_runner(1))(params=params, data_root=str(root))
+        versions.append((v, load_manifest(str(root), Stage.QUALITY, v).extras["scores_version"]))
+        time.sleep(0.01)
+    (v_old, s_old), (v_new, s_new) = versions
+    assert s_old != s_new and _caches(root, "quality", "_scores") == sorted([s_old, s_new])
+    plan = gc(str(root), keep=1, stale_after_s=0)
+    assert _versions(root, "quality") == [v_new] and _caches(root, "quality", "_scores") == [s_new]
+    assert {(d.stage, d.name) for d in plan.to_delete} == {("quality", v_old), ("quality", f"_scores/{s_old}")}
+    assert _versions(root, "langid") == ["lid1"]
