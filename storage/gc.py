@@ -204,12 +204,20 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
     """Stale temp leftovers (removed), train work dirs (listed, kept) and dirs without a manifest (reported)."""
     for stage in ALL_STAGES:
         d = paths.join(base, str(stage))
+        # a phase may write only into a side cache's temp dir (quality scoring into _scores/.tmp-*): that
+        # is a sign of life of the stage's run dirs too
+        side_life = max([t for side in SIDE_ARTIFACTS if side.stage == stage
+                         for name in _entries(fs, paths.join(d, side.subdir)) if name.startswith(STALE_PREFIXES)
+                         for t in [_newest_mtime(fs, paths.join(d, side.subdir, name))] if t is not None],
+                        default=None)
         for name in _entries(fs, d):
             path = paths.join(d, name)
             if stage == Stage.TRAIN and name.startswith(TRAIN_WORK_PREFIXES):
                 plan.train_work.append(path)
             elif name.startswith(STALE_PREFIXES):
                 mtime = _newest_mtime(fs, path)
+                if mtime is not None and side_life is not None and name.startswith(".tmp-"):
+                    mtime = max(mtime, side_life)
                 if mtime is not None and now - mtime > stale_after_s:
                     plan.stale.append(path)
             elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):  # type: ignore[attr-defined]

@@ -503,3 +503,20 @@ def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
     assert _versions(root, "quality") == [v_new] and _caches(root, "quality", "_scores") == [s_new]
     assert {(d.stage, d.name) for d in plan.to_delete} == {("quality", v_old), ("quality", f"_scores/{s_old}")}
     assert _versions(root, "langid") == ["lid1"]
+
+
+def test_quality_run_scoring_into_its_cache_temp_dir_is_not_stale(store):
+    # quality's scoring phase writes only into quality/_scores/.tmp-*, not into the run's own temp dir
+    running = store / "quality" / ".tmp-q9-1234abcd"
+    running.mkdir(parents=True)
+    (running / "params.json").write_text("{}")
+    _age(running / "params.json", running)
+    scoring = store / "quality" / "_scores" / ".tmp-s1-abcd1234"
+    scoring.mkdir(parents=True)
+    (scoring / "scores-00000.parquet").write_bytes(b"x")
+    plan = gc(str(store), keep=1)
+    assert str(running) not in plan.stale and running.exists() and scoring.exists()
+    # once the scoring temp dir is old too, the run is a killed run's leftover
+    _age(scoring / "scores-00000.parquet", scoring)
+    plan = gc(str(store), keep=1)
+    assert str(running) in plan.stale and not running.exists()
