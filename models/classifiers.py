@@ -20,7 +20,11 @@ won the install, training raises ImportError with the command that fixes it.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import subprocess
+import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,10 +116,6 @@ def train_supervised(train_file: str, **options: Any) -> Any:
     """Train a supervised fastText model on a `__label__x text` file (in a fresh interpreter, see above);
     returns the loaded fastText model. fastText's own errors (e.g. "Encountered NaN") are re-raised as
     RuntimeError with its message."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
     ft = _fasttext()
     if not hasattr(ft, "train_supervised"):
         raise ImportError("the installed `fasttext` module cannot train (fasttext-predict replaced it); run "
