@@ -1,9 +1,10 @@
 """tokenization_flow (`tokenize`): `mix` -> packed token shards, with a versioned sentencepiece tokenizer.
 
 Steps (tasks in tasks/tokenization.py): tokenizer (the cached artifact for these training params and
-mix version, or sample + train + cache it, or copy `tokenizer_path`) -> `tokenize_shard` over the
-mix shards (then its anneal shards) -> val check (re-encode with a larger val threshold when val
-would hold no sequence) -> `tokenize_tails` per split -> manifest. The tokenizer is copied into the
+mix version whose sample left out every possible val document, or sample + train + cache it, or copy
+`tokenizer_path`) -> `tokenize_shard` over the mix shards (then its anneal shards) -> val check
+(re-encode with a larger val threshold when val would hold no sequence; never beyond the part left out
+of the tokenizer sample) -> `tokenize_tails` per split -> manifest. The tokenizer is copied into the
 version (`tokenizer.model`), so a tokenize version is self-contained.
 
 Views of a version: `tokenize_report` (Prefect summary and `pretrain inspect tokenize`),
@@ -32,21 +33,45 @@ from storage.manifest import Manifest, compute_version
 from storage.stats import StageStats
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards
 from tasks.tokenization import (ANNEAL_SPLIT, STAGE, STAGE_VERSION, TOKENIZER_DIR, TOKENIZER_INFO, TOKENIZER_MODEL,
-                                TOKENIZER_VERSION, VAL_BUCKETS, WORK_DIR, TokenizeJob, TokenizeParams,
-                                TokenizeShardResult, tokenize_shard, tokenize_tails, tokenizer_sample_shard,
-                                train_tokenizer_task)
+                                TOKENIZER_VERSION, VAL_BUCKETS, VAL_MIN_TOKENS, WORK_DIR, TokenizeJob, TokenizeParams,
+                                TokenizeShardResult, held_out_sample_counts, tokenize_shard, tokenize_tails,
+                                tokenizer_sample_shard, train_tokenizer_task, val_reserve)
 
 log = logging.getLogger(__name__)
 LLMC_HEADERS = {np.dtype(np.uint16): (20240520, 1), np.dtype(np.uint32): (20240801, 7)}
 
 
-def _cached_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str]) -> Path:
-    """Directory of the trained tokenizer for these training params and mix version (trained if missing)."""
+def _tokenizer_key(params: TokenizeParams, mix_version: str, reserve: Optional[float] = None) -> str:
+    extra = {} if reserve is None else {"val_reserve": reserve}
+    return compute_version("tokenizer", TOKENIZER_VERSION, {**params.training_params(), **extra}, {"mix": mix_version})
+
+
+def _reusable(final: Path, params: TokenizeParams) -> tuple[bool, float]:
+    """(whether the cached tokenizer in `final` held out every document this run may put in val, the
+    val reserve this run needs); (False, -1) when nothing complete is cached there."""
+    if not (final / TOKENIZER_INFO).is_file():
+        return False, -1.0
+    held_out = float(json.loads((final / TOKENIZER_INFO).read_text())["sample"]["val_reserve"])
+    need = val_reserve(np.load(final / VAL_MIN_TOKENS), params.seq_len + 1, params.val_fraction)
+    return need <= held_out, need
+
+
+def _cached_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str], n_main: int) -> Path:
+    """Directory of the trained tokenizer for these training params and mix version (trained if missing).
+
+    Its sample leaves out every document this run's val can hold (`val_reserve`). A cached tokenizer whose
+    left-out part is too small for this run (a tiny mix with a larger seq_len or val_fraction) is not
+    reused: one keyed also by the needed reserve is used or trained instead."""
     mix = run.input_manifest
     assert mix is not None
-    key = compute_version("tokenizer", TOKENIZER_VERSION, params.training_params(), {"mix": mix.version})
+    key = _tokenizer_key(params, mix.version)
     final = Path(paths.join(run.root, str(STAGE), TOKENIZER_DIR, key))
-    if (final / TOKENIZER_INFO).is_file():
+    ok, need = _reusable(final, params)
+    if need >= 0 and not ok:
+        key = _tokenizer_key(params, mix.version, need)
+        final = Path(paths.join(run.root, str(STAGE), TOKENIZER_DIR, key))
+        ok, _ = _reusable(final, params)
+    if ok:
         log.info("reused tokenizer %s (%s)", key, final)
         return final
     tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
@@ -54,18 +79,31 @@ def _cached_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str])
         unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
         threshold = min(1.0, params.sample_chars / unique)
         counts = [f.result() for f in tokenizer_sample_shard.map(
-            sources, unmapped(str(tmp)), list(range(len(sources))), unmapped(threshold), unmapped(params.seed))]
-        sample = {k: sum(c[k] for c in counts) for k in counts[0]}
+            sources, unmapped(str(tmp)), list(range(len(sources))), unmapped(threshold), unmapped(params.seed),
+            [i < n_main for i in range(len(sources))])]
+        sample = {k: sum(c[k] for c in counts) for k in ("docs", "empty_docs", "lines", "chars", "bytes")}
         if sample["docs"] == 0:
             raise ValueError(
                 f"tokenize: the tokenizer sample of mix@{mix.version} has no text ({sample['empty_docs']} sampled "
                 f"documents are empty or whitespace-only); check the upstream stages' reports, or set "
                 f"tokenize.tokenizer_path to an existing sentencepiece model")
-        facts = train_tokenizer_task(str(tmp), params)
-        for f in tmp.glob("sample-*.txt"):
+        hist = np.sum([c["val_min_tokens"] for c in counts[:n_main]], axis=0).astype(np.int64)
+        reserve = val_reserve(hist, params.seq_len + 1, params.val_fraction)
+        assert need < 0 or reserve == need, f"val reserve {reserve} != {need} computed from the cached histogram"
+        held = held_out_sample_counts(str(tmp), reserve)
+        if held["docs"] == 0:
+            raise ValueError(
+                f"tokenize: mix@{mix.version} is too small to hold out a val split of one sequence of seq_len + 1 = "
+                f"{params.seq_len + 1} tokens from the tokenizer sample (every one of its {sample['docs']} sampled "
+                f"documents could be needed for val); lower tokenize.seq_len, add data, or set "
+                f"tokenize.tokenizer_path to an existing sentencepiece model")
+        facts = train_tokenizer_task(str(tmp), params, reserve)
+        for f in [*tmp.glob("sample-*.txt"), *tmp.glob("sample-*.npz")]:
             f.unlink()
+        np.save(tmp / VAL_MIN_TOKENS, hist)
         info = {"version": key, **facts, "training_params": params.training_params(), "inputs": {"mix": mix.version},
-                "sample": {**sample, "key_threshold": threshold},
+                "sample": {**held, "empty_docs": sample["empty_docs"], "key_threshold": threshold,
+                           "val_reserve": reserve},
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         (tmp / TOKENIZER_INFO).write_text(json.dumps(info, indent=2))
         if (final / TOKENIZER_INFO).is_file():  # trained concurrently by an identical run: same content
@@ -76,18 +114,20 @@ def _cached_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("trained tokenizer %s on %d documents (%d chars) -> %s", key, sample["docs"], sample["chars"], final)
+    log.info("trained tokenizer %s on %d documents (%d chars; %d left out as possible val) -> %s", key, held["docs"],
+             held["chars"], held["val_excluded_docs"], final)
     return final
 
 
-def prepare_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str]) -> tuple[Tokenizer, dict[str, Any]]:
+def prepare_tokenizer(run: StageRun, params: TokenizeParams, sources: list[str], n_main: int
+                      ) -> tuple[Tokenizer, dict[str, Any]]:
     """Put `tokenizer.model` into the version directory; returns it loaded plus its provenance."""
     out = Path(run.out_dir)
     if params.tokenizer_path:
         shutil.copyfile(params.tokenizer_path, out / TOKENIZER_MODEL)
         info: dict[str, Any] = {"source": "file", "given_path": params.tokenizer_path}
     else:
-        cached = _cached_tokenizer(run, params, sources)
+        cached = _cached_tokenizer(run, params, sources, n_main)
         shutil.copyfile(cached / TOKENIZER_MODEL, out / TOKENIZER_MODEL)
         shutil.copyfile(cached / "tokenizer.vocab", out / "tokenizer.vocab")
         info = {"source": "trained", "cache_dir": str(cached), **json.loads((cached / TOKENIZER_INFO).read_text())}
@@ -171,9 +211,13 @@ def _run(run: StageRun, params: TokenizeParams) -> Manifest:
         raise ValueError(f"mix@{mix.version} has no documents, so there is nothing to tokenize; see "
                          f"`pretrain inspect mix` (weights, budget)")
     main = run.input_shard_paths()
-    tok, tok_info = prepare_tokenizer(run, params, main + anneal)
+    tok, tok_info = prepare_tokenizer(run, params, main + anneal, len(main))
     tok_file = str(Path(run.out_dir) / TOKENIZER_MODEL)
     results, val_threshold = encode_main(run, params, tok_file, main)
+    if tok_info["source"] == "trained":  # guaranteed by val_reserve's lower bound on tokens
+        assert val_threshold <= tok_info["sample"]["val_reserve"], (
+            f"val threshold {val_threshold} > {tok_info['sample']['val_reserve']}, the part left out of the "
+            f"tokenizer sample: val documents were in it")
     job = TokenizeJob(params=params, tokenizer_file=tok_file, val_threshold=val_threshold)
     anneal_results = map_shards(run, tokenize_shard, anneal, job.model_copy(update={"kind": "anneal"})) if anneal else []
     stats = StageStats.merge_all([r.stats for r in results + anneal_results])
@@ -233,7 +277,10 @@ def tokenize_report(manifest: Manifest, root: str) -> str:
     sample = t.get("sample")
     if sample:
         lines += ["", f"Tokenizer trained on {sample['docs']:,} documents ({sample['chars']:,} chars, "
-                      f"{sample['lines']:,} lines; {t.get('sample_bytes_per_token', 0):.3f} bytes per token there)."]
+                      f"{sample['lines']:,} lines; {t.get('sample_bytes_per_token', 0):.3f} bytes per token there)"
+                      + (f"; {sample['val_excluded_docs']:,} sampled documents with val key < "
+                         f"{sample['val_reserve']:.4f} left out, so val bytes/token is measured on held-out text."
+                         if "val_reserve" in sample else ".")]
     return "\n".join(lines)
 
 

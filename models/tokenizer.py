@@ -3,10 +3,10 @@
 Training recipe (the tokenize stage's; Llama-style): BPE, `byte_fallback` (characters outside the
 vocabulary become `<0xNN>` byte pieces, so nothing maps to `<unk>`), `split_digits`, identity
 normalisation with whitespace kept as is (`decode(encode(text)) == text`), whitespace-only pieces
-allowed (code indentation). The special pieces have fixed ids: `<pad>`=0, `<bos>`=1, `<eos>`=2,
-`<unk>`=3. sentencepiece trains on sentences and skips any longer than `max_sentence_length`, so
-training text is fed line by line (documents split at newlines, long lines cut at whitespace);
-newlines are then encoded by byte fallback (`<0x0A>`).
+allowed (code indentation), pieces of at most `MAX_PIECE_CHARS` characters. The special pieces have
+fixed ids: `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3. sentencepiece trains on sentences and skips any
+longer than `max_sentence_length`, so training text is fed line by line (documents split at newlines,
+long lines cut at whitespace); newlines are then encoded by byte fallback (`<0x0A>`).
 
 The model is trained from an iterator into memory and written by us: the model file records the
 trainer options, and with `input=`/`model_prefix=` paths (or a thread count that depends on the
@@ -34,6 +34,9 @@ SPECIAL_IDS = {PAD: 0, BOS: 1, EOS: 2, UNK: 3}
 MAX_SENTENCE_BYTES = 16_384
 MAX_LINE_CHARS = 4_096  # <= MAX_SENTENCE_BYTES / 4 (UTF-8 is at most 4 bytes per character)
 TRAIN_THREADS = 4  # fixed: the thread count is recorded in the model file (and so in its sha256)
+# longest piece in characters (sentencepiece's default, set explicitly because the tokenize stage relies on it:
+# a text of n characters encodes to at least n // MAX_PIECE_CHARS tokens, which bounds its val split in advance)
+MAX_PIECE_CHARS = 16
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
@@ -73,7 +76,8 @@ def train_tokenizer(lines: Iterable[str], model_file: str | Path, vocab_size: in
             pad_id=SPECIAL_IDS[PAD], bos_id=SPECIAL_IDS[BOS], eos_id=SPECIAL_IDS[EOS], unk_id=SPECIAL_IDS[UNK],
             pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK, normalization_rule_name="identity",
             remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-            max_sentence_length=MAX_SENTENCE_BYTES, num_threads=TRAIN_THREADS, minloglevel=2)
+            max_sentence_length=MAX_SENTENCE_BYTES, max_sentencepiece_length=MAX_PIECE_CHARS,
+            num_threads=TRAIN_THREADS, minloglevel=2)
     except RuntimeError as err:
         m = _TOO_HIGH.search(str(err))
         if m:

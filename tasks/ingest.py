@@ -15,11 +15,15 @@ Parquet rows (`id`, `text`, optional `url`, `source`, `crawl_date`) pass the sam
 Columns: `id` = first 20 hex digits (80 bits) of sha256 of the WARC-Record-ID (collision odds ~1e-5
 at 5e9 documents; the same record always gets the same id). JSONL/Parquet rows keep their `id`, or
 get sha256(url + "\\n" + text)[:20] if they have none. `crawl_date` = WARC-Date as ISO 8601 UTC.
-`source` = `tasks.sources.classify_source(url)` unless a table row brings its own. `warc_file` = the
+`source` = `tasks.sources.classify_source(url)` unless a table row brings its own; `source_from` says which
+(`url`: the default rules, which `mix` re-applies as `mix.source_rules`; `input`: the row's). `warc_file` = the
 input path or URL, `warc_offset` = the record's byte offset (row number for JSONL/Parquet),
-`warc_record_id`, `content_type`, `charset` (the encoding the HTML was decoded with).
+`warc_record_id`, `content_type`, `charset` (the codec the HTML was really decoded with, after any
+fallback: `tasks.extract.decode_html`).
 Stats: `docs_in` counts response/conversion records and table rows; `bytes_in` their payload bytes;
-other record types only in `counters["records.<type>"]`; `counters["charset.<bom|http|meta|detected>"]`
+other record types only in `counters["records.<type>"]`; `counters["charset.<bom|http|meta|detected|fallback>"]`
+(where the codec in `charset` came from), `counters["charset.replaced_pages"]` / `["charset.replaced_bytes"]`
+(pages where invalid bytes became U+FFFD: nearly valid UTF-8, or the forced last resort counted as `fallback`)
 and `counters["source.<category>"]` (kept documents).
 
 Drop reasons (errors, counted against `max_error_fraction`, are marked *): `http_status`, `not_html`,
@@ -75,7 +79,7 @@ __all__ = ["INGEST_FIELDS", "STAGE", "STAGE_VERSION", "IngestParams", "ingest_sh
 log = logging.getLogger(__name__)
 
 STAGE = Stage.INGEST
-STAGE_VERSION = 1
+STAGE_VERSION = 3  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used
 
 HTTP_STATUS = "http_status"
 NOT_HTML = "not_html"
@@ -92,7 +96,7 @@ MISSING_TEXT = "missing_text"
 INGEST_FIELDS: list[pa.Field] = [
     pa.field("warc_file", pa.string()), pa.field("warc_offset", pa.int64()),
     pa.field("warc_record_id", pa.string()), pa.field("content_type", pa.string()),
-    pa.field("charset", pa.string()),
+    pa.field("charset", pa.string()), pa.field("source_from", pa.string()),
 ]
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 ID_HEX_CHARS = 20
@@ -199,10 +203,14 @@ def _html_text(item: WarcItem, doc: Document, params: IngestParams, stats: Stage
     if item.body_error:
         raise _Drop(DECODE_ERROR, {"error": item.body_error}, error=True)
     try:
-        html, doc.meta["charset"], charset_source = decode_html(item.payload, item.http_charset)
+        decoded = decode_html(item.payload, item.http_charset)
     except (UnicodeError, LookupError) as e:
         raise _Drop(DECODE_ERROR, {"error": repr(e)}, error=True) from e
-    stats.count(f"charset.{charset_source}")
+    html, doc.meta["charset"] = decoded.text, decoded.encoding
+    stats.count(f"charset.{decoded.source}")
+    if decoded.replaced_bytes:
+        stats.count("charset.replaced_pages")
+        stats.count("charset.replaced_bytes", decoded.replaced_bytes)
     t0 = time.process_time()
     try:
         text = _extract(html, params, stats)
@@ -220,7 +228,7 @@ def _record_doc(item: WarcItem, path: str) -> Document:
         id=hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:ID_HEX_CHARS], text="", url=item.url,
         source=classify_source(item.url), crawl_date=item.date,
         meta={"warc_file": path, "warc_offset": item.offset, "warc_record_id": item.record_id or None,
-              "content_type": item.content_type or None, "charset": None})
+              "content_type": item.content_type or None, "charset": None, "source_from": "url"})
 
 
 def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
@@ -283,11 +291,11 @@ def _table_doc(row: dict[str, Any], path: str, row_number: int) -> Document:
     if doc_id is None or doc_id == "":
         doc_id = hashlib.sha256(f"{url}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()[:ID_HEX_CHARS]
     source = row.get("source")
-    return Document(id=str(doc_id), text=text, url=url,
-                    source=source if isinstance(source, str) and source else classify_source(url),
+    own = isinstance(source, str) and bool(source)
+    return Document(id=str(doc_id), text=text, url=url, source=source if own else classify_source(url),
                     crawl_date=str(row.get("crawl_date") or ""),
                     meta={"warc_file": path, "warc_offset": row_number, "warc_record_id": None,
-                          "content_type": None, "charset": None})
+                          "content_type": None, "charset": None, "source_from": "input" if own else "url"})
 
 
 def _table_docs(f: IO[bytes], path: str, fmt: InputFormat, params: IngestParams, stats: StageStats,

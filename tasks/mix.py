@@ -4,17 +4,29 @@ Input: the `decontaminate` version (documents with `source`; `quality_score` whe
 Output: `part-NNNNN.parquet` per input shard with the sampled copies, `anneal/part-NNNNN.parquet`
 when `anneal_fraction > 0`, and `rejected/part-NNNNN.parquet`.
 
+0. Source (both phases): a document whose `source` was derived from its URL (column `source_from`
+   == "url", written by ingest) gets `classify_source(url, mix.source_rules)` (`tasks.sources`; the
+   default rules are the ones ingest used, so by default nothing changes); one that brought its own
+   source (`source_from` == "input"), or a shard without the column (older ingest versions, hand-made
+   inputs), keeps its stored `source`. The mix output carries the resolved `source`.
 1. Count (`mix_count_shard`, a task per shard): documents and characters per source, and each
    source's characters per bucket of the document's key u = hash64("mix:<seed>:<id>") / 2^64
    (and per quality-score bin when annealing).
-2. Plan (`plan_mix`, in the flow): weights normalised to w_s, budget T in characters, target
-   t_s = w_s T, rate r_s = t_s / available_s (epochs over the source). A source needing
-   r_s > max_repeats is short: an error naming it and by how much, or with `allow_shortfall` it is
-   capped and the rest of the budget is shared among the other sources by weight (water-filling),
-   reported as renormalised. A weighted source with no documents is short by its whole target.
-   Default budget: the smallest total that uses every document at least once (max_s avail_s / w_s),
-   capped at the largest total that no source exceeds with max_repeats (min_s max_repeats avail_s /
-   w_s): scarce sources are up-sampled up to max_repeats before abundant ones are down-sampled.
+2. Plan (`plan_mix`, in the flow): positive weights normalised to shares. A weighted source with no
+   text in the input is absent: its share is redistributed over the present sources in proportion to
+   their weights (logged; `on_absent_source: error` fails instead), giving target shares w_s.
+   Default budget (budget_chars and budget_tokens unset): every document at least once, up-sampling
+   bounded by max_repeats. The total T = max_s avail_s / w_s is the smallest at which every source
+   has rate >= 1; a source needing r_s = w_s T / avail_s > max_repeats is capped at max_repeats
+   (logged, its achieved share is below target; no error and no down-sampling of the others), so
+   clean data is never thrown away. A source holding far more than its share sets T, so the others
+   are up-sampled (up to max_repeats) towards their shares; `max_repeats: 1` uses every document
+   exactly once. Explicit budget T: target t_s = w_s T, rate r_s = t_s / avail_s
+   (epochs over the source); a source needing r_s > max_repeats is short: an error naming it and by
+   how much, or with `allow_shortfall` it is capped and the rest of the budget is shared among the
+   other sources by weight (water-filling), reported as renormalised. The plan (manifest extras)
+   records per source the configured weight, the target share after redistribution, the planned
+   share and a status (ok / absent / capped); the flow's report adds the achieved share.
 3. Sample (`mix_shard`): a document gets floor(r_s) copies plus one if u < threshold_s, where the
    threshold is read off the key histogram so the extra copies hold frac(r_s) of the source's
    characters (exact up to one document). Copy k > 0 has id `<id>#r<k>` and `repeat = k`. Copies
@@ -23,7 +35,8 @@ when `anneal_fraction > 0`, and `rejected/part-NNNNN.parquet`.
 
 Counting: `docs_in`/`docs_out` count input documents (kept once however many copies); shard rows
 count copies (`counters`: `copies`, `repeat_copies`, `chars_unique` (of first copies), `anneal_copies`,
-`anneal_chars`, per source `docs_in.<s>`, `chars_in.<s>`, `docs_out.<s>`, `copies.<s>`, `chars_out.<s>`).
+`anneal_chars`, `source_changed` (documents whose source `mix.source_rules` changed), per source
+`docs_in.<s>`, `chars_in.<s>`, `docs_out.<s>`, `copies.<s>`, `chars_out.<s>`).
 Column written: `repeat` (int32).
 Drop reasons: `mix_downsampled` (key outside the sample), `source_not_in_mix` (no positive weight).
 Annealing: documents with `quality_score` >= a threshold chosen so they hold ~`anneal_fraction` of
@@ -33,8 +46,9 @@ the mixed characters go to `anneal/` (all their copies). max_repeats 4: Muennigh
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Literal, Optional
 
@@ -50,14 +64,18 @@ from storage.manifest import ShardInfo, Stage
 from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, counted, open_shard_writers
 from storage.stats import StageStats
+from tasks.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
 from tasks.text import hash64
 
+log = logging.getLogger(__name__)
+
 STAGE = Stage.MIX
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: absent sources redistributed, default budget keeps every document, source_rules
 DROP_DOWNSAMPLED = "mix_downsampled"
 DROP_UNWEIGHTED = "source_not_in_mix"
 ANNEAL_DIR = "anneal"
 REPEAT_FIELD = pa.field("repeat", pa.int32())
+SOURCE_FROM = "source_from"  # ingest's column: "url" (derived by the rules) or "input" (the row's own)
 HASH_BUCKETS = 4096
 QUALITY_BINS = 1000
 # The demo crawl's sources (tasks/sources.py), weighted towards reference text over generic web pages.
@@ -69,9 +87,19 @@ class MixParams(StageParams):
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
         description="Target share of the mixed characters per source (normalised to sum 1). Sources of the input "
                     "that are absent here or weighted 0 are left out (reason source_not_in_mix).")
+    source_rules: list[SourceRule] = Field(
+        default_factory=lambda: list(DEFAULT_SOURCE_RULES),
+        description="Ordered URL rules {pattern: regex, field: host|path|url, source: name}; the first match "
+                    "gives the source of documents whose source ingest derived from the URL (source_from: url); "
+                    "no match gives 'web'. Documents that brought their own source keep it. Defaults: the "
+                    "tasks/sources.py table ingest uses (wikipedia, code, academic, forum, news).")
+    on_absent_source: Literal["redistribute", "error"] = Field(
+        "redistribute", description="A weighted source with no documents in the input: share its weight among "
+                                    "the present sources in proportion (logged and reported), or fail.")
     budget_chars: Optional[int] = Field(None, ge=1, description="Total characters of the mix. Default (with "
-                                        "budget_tokens unset): use every document at least once at the target "
-                                        "ratios, up-sampling scarce sources up to max_repeats.")
+                                        "budget_tokens unset): every document at least once, the sources at "
+                                        "their target shares by up-sampling up to max_repeats (a source that "
+                                        "needs more is capped and reported below target; nothing is dropped).")
     budget_tokens: Optional[int] = Field(None, ge=1, description="Total budget in tokens, converted to characters "
                                          "with chars_per_token (an estimate: the tokenizer is trained later).")
     chars_per_token: float = Field(4.0, gt=0, le=100, description="Characters per token for budget_tokens.")
@@ -92,6 +120,13 @@ class MixParams(StageParams):
             raise ValueError("weights: at least one source needs a positive weight")
         if self.budget_chars is not None and self.budget_tokens is not None:
             raise ValueError("set budget_chars or budget_tokens, not both")
+        defaults = set(DEFAULT_SOURCE_RULES)
+        unweighted = [(i, r.source) for i, r in enumerate(self.source_rules)
+                      if r not in defaults and r.source not in self.weights]
+        if unweighted:
+            i, name = unweighted[0]
+            raise ValueError(f"source_rules[{i}] maps URLs to source '{name}', which has no entry in weights, so "
+                             f"its documents would be dropped; add weights.{name} (0 to drop them on purpose)")
         return self
 
     def budget(self) -> float | None:
@@ -115,7 +150,13 @@ class SourceCounts(BaseModel):
 
 
 class SourcePlan(BaseModel):
-    weight: float = Field(description="Normalised target share.")
+    weight: float = Field(description="Configured share: the weight normalised over the weighted sources.")
+    share_target: float = Field(0.0, description="Target share after the shares of absent sources were "
+                                "redistributed (0 for an absent source).")
+    share_planned: float = Field(0.0, description="target_chars / the planned total: below share_target when "
+                                 "capped at max_repeats.")
+    status: Literal["ok", "absent", "capped"] = Field("ok", description="absent: no documents, share "
+                                                      "redistributed; capped: needs more than max_repeats.")
     available_docs: int
     available_chars: int
     target_chars: float = Field(description="Planned characters (after any renormalisation).")
@@ -131,6 +172,9 @@ class MixPlan(BaseModel):
     sources: dict[str, SourcePlan]
     excluded: dict[str, int] = Field(description="Input sources without positive weight -> documents.")
     renormalised: bool
+    redistributed: dict[str, float] = Field(default_factory=dict, description="Absent source -> its configured "
+                                            "share, given to the present sources in proportion to their weights.")
+    capped: list[str] = Field(default_factory=list, description="Sources held at max_repeats below their target.")
     anneal_threshold: Optional[float] = None
 
 
@@ -149,8 +193,26 @@ def sample_key(salt: str, seed: int, doc_id: str) -> float:
     return hash64(f"{salt}:{seed}:{doc_id}") / 2.0**64
 
 
-def count_batches(batches: Iterable[pa.RecordBatch], seed: int, with_quality: bool) -> dict[str, SourceCounts]:
-    """Documents, characters and key / quality histograms per source."""
+def resolve_source(source: Optional[str], url: Optional[str], origin: Optional[str],
+                   rules: Sequence[SourceRule]) -> str:
+    """The source mix uses: re-derived from the URL by `rules` when ingest derived it (origin "url")."""
+    if origin == "url":
+        return classify_source(url or "", rules)
+    return source or FALLBACK_SOURCE
+
+
+def batch_sources(b: pa.RecordBatch, rules: Sequence[SourceRule]) -> list[str]:
+    """Resolved source per row of a batch (see `resolve_source`; no `source_from` column: stored source)."""
+    stored = b.column("source").to_pylist()
+    if SOURCE_FROM not in b.schema.names:
+        return [s or FALLBACK_SOURCE for s in stored]
+    return [resolve_source(s, u, o, rules) for s, u, o in
+            zip(stored, b.column("url").to_pylist(), b.column(SOURCE_FROM).to_pylist())]
+
+
+def count_batches(batches: Iterable[pa.RecordBatch], seed: int, with_quality: bool,
+                  rules: Sequence[SourceRule] = DEFAULT_SOURCE_RULES) -> dict[str, SourceCounts]:
+    """Documents, characters and key / quality histograms per (resolved) source."""
     hists: dict[str, list[np.ndarray]] = {}
     totals: dict[str, list[int]] = {}
     for b in batches:
@@ -159,7 +221,7 @@ def count_batches(batches: Iterable[pa.RecordBatch], seed: int, with_quality: bo
                         dtype=np.int64)
         quality = (np.nan_to_num(pc.fill_null(b.column("quality_score").cast(pa.float64()), -1.0).to_numpy(
             zero_copy_only=False), nan=-1.0) if with_quality else None)
-        sources = np.array([s or "web" for s in b.column("source").to_pylist()], dtype=object)
+        sources = np.array(batch_sources(b, rules), dtype=object)
         for s in np.unique(sources):
             m = sources == s
             h = hists.setdefault(s, [np.zeros(HASH_BUCKETS, np.int64), np.zeros(QUALITY_BINS, np.int64)])
@@ -217,60 +279,84 @@ def allocate(weights: dict[str, float], caps: dict[str, float], total: float) ->
 
 
 def _shortfall_error(short: dict[str, float], wanted: dict[str, float], avail: dict[str, int],
-                     budget: float, params: MixParams, present: list[str]) -> ValueError:
+                     budget: float, params: MixParams) -> ValueError:
     lines = [f"mix: the target mixture cannot be met within max_repeats={params.max_repeats:g}:"]
     for s, gap in short.items():
-        if avail[s] == 0:
-            lines.append(f"  - source '{s}' has weight {params.weights[s]:g} but no documents in the input "
-                         f"(sources present: {', '.join(present) or 'none'})")
-        else:
-            lines.append(f"  - source '{s}' is short by {gap:,.0f} characters ({gap / wanted[s]:.0%} of its target "
-                         f"{wanted[s]:,.0f} of a {budget:,.0f}-character budget): it has {avail[s]:,} characters, "
-                         f"x max_repeats {params.max_repeats:g} = {avail[s] * params.max_repeats:,.0f}")
+        lines.append(f"  - source '{s}' is short by {gap:,.0f} characters ({gap / wanted[s]:.0%} of its target "
+                     f"{wanted[s]:,.0f} of a {budget:,.0f}-character budget): it has {avail[s]:,} characters, "
+                     f"x max_repeats {params.max_repeats:g} = {avail[s] * params.max_repeats:,.0f}")
     names = ", ".join(f"mix.weights.{s}" for s in short)
-    lines.append(f"Fix: lower mix.budget_chars/mix.budget_tokens or {names}, raise mix.max_repeats, or set "
-                 f"mix.allow_shortfall: true (the deficit is then shared among the other sources and reported).")
+    lines.append(f"Fix: lower mix.budget_chars/mix.budget_tokens or {names}, raise mix.max_repeats, set "
+                 f"mix.allow_shortfall: true (the deficit is then shared among the other sources and reported), "
+                 f"or unset the budget (every document at least once, scarce sources capped at max_repeats).")
     return ValueError("\n".join(lines))
+
+
+def target_shares(counts: dict[str, SourceCounts], params: MixParams) -> tuple[dict[str, float], dict[str, float]]:
+    """(configured share per weighted source, target share per present source): the shares of weighted
+    sources without text in the input are redistributed over the present ones in proportion."""
+    raw = {s: w for s, w in params.weights.items() if w > 0}
+    configured = {s: v / sum(raw.values()) for s, v in raw.items()}
+    present = [s for s in counts if counts[s].chars > 0]
+    have = {s: v for s, v in raw.items() if s in counts and counts[s].chars > 0}
+    if not have:
+        raise ValueError(f"mix: none of the weighted sources {sorted(raw)} has any text in the input (sources "
+                         f"present: {present or 'none'}); set mix.weights for the input's sources (or check "
+                         f"mix.source_rules)")
+    absent = {s: v for s, v in configured.items() if s not in have}
+    if absent and params.on_absent_source == "error":
+        raise ValueError(f"mix: weighted sources {sorted(absent)} have no documents in the input (sources present: "
+                         f"{', '.join(present)}). Fix: remove them from mix.weights, check mix.source_rules, or set "
+                         f"mix.on_absent_source: redistribute")
+    if absent:
+        log.warning("mix: weighted sources %s have no documents in the input; their %.1f%% share is redistributed "
+                    "over %s in proportion to their weights", sorted(absent), 100 * sum(absent.values()),
+                    sorted(have))
+    return configured, {s: v / sum(have.values()) for s, v in have.items()}
 
 
 def plan_mix(counts: dict[str, SourceCounts], params: MixParams) -> MixPlan:
     """Per-source targets, rates and key thresholds (see the module docstring)."""
-    raw = {s: w for s, w in params.weights.items() if w > 0}
-    w = {s: v / sum(raw.values()) for s, v in raw.items()}
-    avail = {s: counts[s].chars if s in counts else 0 for s in w}
+    configured, w = target_shares(counts, params)
+    avail = {s: counts[s].chars for s in w}
     caps = {s: params.max_repeats * avail[s] for s in w}
-    present = [s for s in counts if counts[s].chars > 0]
-    if not any(avail.values()):
-        raise ValueError(f"mix: none of the weighted sources {sorted(w)} has any text in the input (sources "
-                         f"present: {present or 'none'}); set mix.weights for the input's sources")
     budget = params.budget()
-    if budget is None:
-        have = {s: v for s, v in w.items() if avail[s] > 0}
-        wp = {s: v / sum(have.values()) for s, v in have.items()}
-        total = min(max(avail[s] / wp[s] for s in wp), min(caps[s] / wp[s] for s in wp))
-        wanted = {s: w[s] * total / sum(have.values()) for s in w}
-        targets = {s: wp.get(s, 0.0) * total for s in w}
+    if budget is None:  # every document at least once; scarce sources capped at max_repeats
+        wanted = {s: w[s] * max(avail[x] / w[x] for x in w) for s in w}
+        targets = {s: min(max(wanted[s], avail[s]), caps[s]) for s in w}
+        total = sum(targets.values())
     else:
         total = budget
         wanted = {s: w[s] * total for s in w}
         targets = allocate(w, caps, total)
     short = {s: wanted[s] - targets[s] for s in w if wanted[s] - targets[s] > 1e-6 * max(wanted[s], 1.0)}
-    if short and not params.allow_shortfall:
-        raise _shortfall_error(short, wanted, avail, total, params, present)
+    if short and budget is not None and not params.allow_shortfall:
+        raise _shortfall_error(short, wanted, avail, total, params)
+    if short:
+        log.info("mix: sources %s would need more than max_repeats=%g epochs to reach their target characters and "
+                 "are capped (planned vs target share: %s)", sorted(short), params.max_repeats,
+                 ", ".join(f"{s} {targets[s] / total:.1%} vs {w[s]:.1%}" for s in sorted(short)))
     sources = {}
-    for s in w:
-        rate = targets[s] / avail[s] if avail[s] else 0.0
+    for s, weight in configured.items():
+        a = avail.get(s, 0)
+        rate = targets[s] / a if a else 0.0
         rate = float(round(rate)) if abs(rate - round(rate)) < 1e-9 else rate
         full = int(math.floor(rate))
         hist = np.asarray(counts[s].key_chars if s in counts else [0] * HASH_BUCKETS, dtype=np.int64)
-        sources[s] = SourcePlan(weight=w[s], available_docs=counts[s].docs if s in counts else 0,
-                                available_chars=avail[s], target_chars=targets[s], wanted_chars=wanted[s],
-                                rate=rate, full_copies=full, threshold=key_threshold(hist, rate - full))
-    excluded = {s: c.docs for s, c in counts.items() if s not in w}
+        status: Literal["ok", "absent", "capped"] = "absent" if s not in w else "capped" if s in short else "ok"
+        sources[s] = SourcePlan(weight=weight, share_target=w.get(s, 0.0),
+                                share_planned=targets.get(s, 0.0) / total, status=status,
+                                available_docs=counts[s].docs if s in counts else 0, available_chars=a,
+                                target_chars=targets.get(s, 0.0), wanted_chars=wanted.get(s, 0.0), rate=rate,
+                                full_copies=full, threshold=key_threshold(hist, rate - full))
+    excluded = {s: c.docs for s, c in counts.items() if s not in configured}
+    if excluded:
+        log.warning("mix: input sources without positive weight are left out (%s): %s", DROP_UNWEIGHTED, excluded)
     budget_from: Literal["budget_chars", "budget_tokens", "all_data"] = (
         "budget_tokens" if params.budget_tokens is not None else "budget_chars" if params.budget_chars else "all_data")
     plan = MixPlan(budget_chars=total, budget_from=budget_from, sources=sources, excluded=excluded,
-                   renormalised=bool(short))
+                   renormalised=bool(short) and budget is not None,
+                   redistributed={s: configured[s] for s in configured if s not in w}, capped=sorted(short))
     if params.anneal_fraction > 0:
         plan.anneal_threshold = anneal_threshold(counts, plan, params.anneal_fraction)
     return plan
@@ -310,12 +396,21 @@ def _copy(doc: Document, k: int, stats: StageStats) -> Document:
     return Document(f"{doc.id}#r{k}", doc.text, doc.url, doc.source, doc.crawl_date, {**doc.meta, "repeat": k})
 
 
+def _resolve(doc: Document, rules: Sequence[SourceRule]) -> bool:
+    """Set the document's source as `resolve_source` says; True if the stored source changed."""
+    source = resolve_source(doc.source, doc.url, doc.meta.get(SOURCE_FROM), rules)
+    changed, doc.source = source != doc.source, source
+    return changed
+
+
 def process(read: Callable[[], Iterable[Document]], job: MixJob, stats: StageStats,
             rejects: Rejects) -> Iterator[Document]:
     """Copies of one shard's documents: every first copy, then every second copy, and so on."""
-    plan, seed = job.plan, job.params.seed
+    plan, seed, rules = job.plan, job.params.seed, job.params.source_rules
     most = 0
     for doc in counted(read(), stats):
+        if _resolve(doc, rules):
+            stats.count("source_changed")
         stats.count(f"docs_in.{doc.source}")
         stats.count(f"chars_in.{doc.source}", len(doc.text))
         if doc.source not in plan.sources:
@@ -331,6 +426,7 @@ def process(read: Callable[[], Iterable[Document]], job: MixJob, stats: StageSta
         yield _copy(doc, 0, stats)
     for k in range(1, most):
         for doc in read():
+            _resolve(doc, rules)
             if doc.source in plan.sources and n_copies(doc, plan, seed) > k:
                 yield _copy(doc, k, stats)
 
@@ -344,11 +440,13 @@ def is_anneal(doc: Document, plan: MixPlan) -> bool:
 def mix_count_shard(src: str, params: MixParams) -> dict[str, SourceCounts]:
     """Phase 1: per-source counts of one input shard."""
     with_quality = params.anneal_fraction > 0
-    if with_quality and "quality_score" not in read_schema(src).names:
+    names = read_schema(src).names
+    if with_quality and "quality_score" not in names:
         raise ValueError(f"{src}: mix.anneal_fraction={params.anneal_fraction} needs a quality_score column, which "
                          f"this shard lacks; run the quality stage upstream or set mix.anneal_fraction: 0")
-    cols = ["id", "text", "source"] + (["quality_score"] if with_quality else [])
-    return count_batches(iter_batches(src, columns=cols), params.seed, with_quality)
+    cols = ["id", "text", "source"] + (["url", SOURCE_FROM] if SOURCE_FROM in names else []) + (
+        ["quality_score"] if with_quality else [])
+    return count_batches(iter_batches(src, columns=cols), params.seed, with_quality, params.source_rules)
 
 
 @task

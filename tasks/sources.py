@@ -8,8 +8,12 @@ of `<base>/crawl-data/<crawl>/warc.paths.gz`. The format is chosen by suffix (`i
 digest of their first and last MiB, not the mtime; URLs: ETag / Last-Modified); `open_input` streams
 HTTP.
 
-Categories. `classify_source(url)` gives the coarse `source` column that `mix` weights by, from a
-small ordered rule table over the URL's host (and, for forums, its path); the first match wins:
+Categories. `classify_source(url, rules)` gives the coarse `source` column that `mix` weights by: the
+first `SourceRule` whose regex (`re.search`) matches the chosen part of the URL wins; no match gives
+`FALLBACK_SOURCE` (`web`). Parts: `host` (lowercased, no trailing dot, a leading `www.` removed), `path`
+(as written), `url` (the whole URL, stripped). A URL without a host (`dns:`, empty, malformed) can only
+match `url` rules. `DEFAULT_SOURCE_RULES` is the one table (ingest uses it; `mix.source_rules` defaults
+to it and can override it per run):
 
 | category    | host rules (suffix match on whole labels)                                         | path rules |
 |-------------|------------------------------------------------------------------------------------|------------|
@@ -21,32 +25,40 @@ small ordered rule table over the URL's host (and, for forums, its path); the fi
 | `web`       | everything else, and URLs without a host (`dns:`, empty)                           |            |
 
 The lists are deliberately short: `mix` needs a few broad buckets, not a site classifier. Changing the
-table changes `source` values, so it requires bumping `tasks.ingest.STAGE_VERSION`.
+default table changes `source` values, so it requires bumping `tasks.ingest.STAGE_VERSION`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import re
+from collections.abc import Sequence
 from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.http import HTTPFileSystem
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger(__name__)
 
 InputFormat = Literal["warc", "jsonl", "parquet"]
 SUFFIXES: dict[str, InputFormat] = {
     ".warc.gz": "warc", ".warc": "warc", ".wet.gz": "warc", ".wet": "warc",
     ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".parquet": "parquet"}
-SOURCES: tuple[str, ...] = ("wikipedia", "code", "academic", "forum", "news", "web")
+
+FALLBACK_SOURCE = "web"
+_SOURCE_NAME = r"^[A-Za-z0-9_-]+$"
 
 _WIKIPEDIA = ("wikipedia.org", "wikimedia.org", "wikibooks.org", "wikisource.org", "wiktionary.org",
               "wikiquote.org", "wikinews.org", "wikiversity.org", "wikivoyage.org", "wikidata.org")
 _CODE = ("github.com", "github.io", "gitlab.com", "bitbucket.org", "sourceforge.net", "stackoverflow.com",
          "stackexchange.com", "serverfault.com", "superuser.com", "askubuntu.com", "readthedocs.io",
-         "pypi.org", "npmjs.com", "crates.io", "docs.python.org", "developer.mozilla.org", "gist.github.com")
+         "pypi.org", "npmjs.com", "crates.io", "docs.python.org", "developer.mozilla.org")
 _ACADEMIC = ("arxiv.org", "biorxiv.org", "medrxiv.org", "ncbi.nlm.nih.gov", "europepmc.org", "doi.org",
              "semanticscholar.org", "openreview.net", "aclanthology.org", "jstor.org", "plos.org",
              "springer.com", "sciencedirect.com", "researchgate.net", "ssrn.com", "scholar.archive.org")
@@ -56,38 +68,70 @@ _NEWS = ("nytimes.com", "washingtonpost.com", "wsj.com", "theguardian.com", "bbc
          "reuters.com", "apnews.com", "bloomberg.com", "ft.com", "economist.com", "npr.org", "aljazeera.com",
          "latimes.com", "usatoday.com", "theatlantic.com", "politico.com", "forbes.com", "cnbc.com",
          "spiegel.de", "lemonde.fr", "elpais.com", "corriere.it", "nikkei.com", "scmp.com", "abc.net.au")
-_ACADEMIC_TLD = re.compile(r"(^|\.)(edu|edu\.[a-z]{2}|ac\.[a-z]{2})$")
-_FORUM_FIRST_LABEL = re.compile(r"^(forums?|boards?|community|discuss|discussions?|bbs)$")
-_FORUM_PATH = re.compile(r"/(forums?|threads?|topics?)/|(viewtopic|showthread|forumdisplay|forum-display)\.php",
-                         re.IGNORECASE)
 
 
-def _host_in(host: str, domains: tuple[str, ...]) -> bool:
-    """True if `host` is one of `domains` or a subdomain of one (whole-label suffix match)."""
-    return any(host == d or host.endswith("." + d) for d in domains)
+class SourceRule(BaseModel):
+    """`source` for URLs whose `field` matches the regex `pattern` (`re.search`; `(?i)` for no case)."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pattern: str = Field(min_length=1, description="Python regex searched in the field.")
+    field: Literal["host", "path", "url"] = Field("host", description=(
+        "host: lowercased, no trailing dot, leading `www.` removed; path: the URL path; url: the whole URL."))
+    source: str = Field(pattern=_SOURCE_NAME, description="Source name given on a match (letters, digits, _ -).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"pattern {v!r} is not a valid regular expression ({e}); fix or escape it") from e
+        return v
 
 
-def classify_source(url: str) -> str:
-    """The source category of `url` (one of `SOURCES`), by the rule table in the module docstring."""
+def host_rule(domains: tuple[str, ...], source: str) -> SourceRule:
+    """A rule matching these domains and their subdomains (whole-label suffix match on the host)."""
+    return SourceRule(pattern=r"(^|\.)(" + "|".join(re.escape(d) for d in domains) + r")$", source=source)
+
+
+DEFAULT_SOURCE_RULES: tuple[SourceRule, ...] = (
+    host_rule(_WIKIPEDIA, "wikipedia"),
+    host_rule(_CODE, "code"),
+    host_rule(_ACADEMIC, "academic"),
+    SourceRule(pattern=r"(^|\.)(edu|edu\.[a-z]{2}|ac\.[a-z]{2})$", source="academic"),
+    host_rule(_FORUM, "forum"),
+    SourceRule(pattern=r"^(forums?|boards?|community|discuss|discussions?|bbs)(\.|$)", source="forum"),
+    SourceRule(pattern=r"(?i)/(forums?|threads?|topics?)/|(viewtopic|showthread|forumdisplay|forum-display)\.php",
+               field="path", source="forum"),
+    host_rule(_NEWS, "news"),
+    SourceRule(pattern=r"news[^.]*\.", source="news"),  # a label containing "news" that is not the TLD
+)
+SOURCES: tuple[str, ...] = tuple(dict.fromkeys([r.source for r in DEFAULT_SOURCE_RULES] + [FALLBACK_SOURCE]))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(rules: tuple[SourceRule, ...]) -> tuple[tuple[re.Pattern[str], str, str], ...]:
+    return tuple((re.compile(r.pattern), r.field, r.source) for r in rules)
+
+
+def classify_source(url: str, rules: Sequence[SourceRule] = DEFAULT_SOURCE_RULES) -> str:
+    """The source of `url`: the first matching rule's (see the module docstring), else `FALLBACK_SOURCE`."""
+    url = url.strip()
     try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").rstrip(".")
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".").removeprefix("www.")
     except ValueError:  # malformed URL (e.g. bad IPv6 literal): no host to classify
-        return "web"
-    if not host:
-        return "web"
-    host = host.removeprefix("www.")
-    if _host_in(host, _WIKIPEDIA):
-        return "wikipedia"
-    if _host_in(host, _CODE):
-        return "code"
-    if _host_in(host, _ACADEMIC) or _ACADEMIC_TLD.search(host):
-        return "academic"
-    if _host_in(host, _FORUM) or _FORUM_FIRST_LABEL.match(host.split(".", 1)[0]) or _FORUM_PATH.search(parts.path):
-        return "forum"
-    if _host_in(host, _NEWS) or any("news" in label for label in host.split(".")[:-1]):
-        return "news"
-    return "web"
+        parts, host = None, ""
+    for regex, part, source in _compiled(tuple(rules)):
+        if part == "url":
+            value = url
+        elif not host or parts is None:
+            continue
+        else:
+            value = host if part == "host" else parts.path
+        if regex.search(value):
+            return source
+    return FALLBACK_SOURCE
 
 
 def input_format(path: str) -> InputFormat | None:
@@ -121,7 +165,16 @@ def _expand(pattern: str) -> list[str]:
     if any(c in inner for c in "*?["):
         found = sorted(fs.glob(inner))
     elif local and fs.isdir(inner):
-        found = sorted(p for p in fs.find(inner) if input_format(p) is not None)
+        # a directory contributes its crawl files only: a demo-crawl or download directory also holds
+        # ground-truth JSONL, listings and the like, which are not documents to ingest
+        files = sorted(fs.find(inner))
+        found = [p for p in files if input_format(p) == "warc"]
+        if len(found) < len(files):
+            log.info("input directory %s: %d WARC/WET files; %d other files left out (name JSONL/Parquet inputs "
+                     "explicitly or with a glob)", pattern, len(found), len(files) - len(found))
+        if not found:
+            raise ValueError(f"input directory {pattern!r} holds no WARC/WET files ({len(files)} other files); "
+                             f"name JSONL/Parquet inputs explicitly or with a glob such as {pattern.rstrip('/')}/*.jsonl")
     elif local and not fs.exists(inner):
         raise ValueError(f"input {pattern!r} does not exist")
     else:

@@ -5,9 +5,15 @@ Output: `tokenizer.model` (+ `.vocab`), `train/tokens-NNNNN.arrow`, `val/tokens-
 `anneal/tokens-NNNNN.arrow` (format: storage/token_shards.py), `rejected/part-NNNNN.parquet`.
 
 1. Tokenizer: sentencepiece (recipe in models/tokenizer.py) trained on the first copies whose key
-   hash64("tokenizer:<seed>:<id>") falls below sample_chars / (unique characters of the mix), and
-   cached as its own versioned artifact `<root>/tokenize/_tokenizer/<key>/` keyed by the training
-   params and the mix version (changing only packing params reuses it); or `tokenizer_path`.
+   hash64("tokenizer:<seed>:<id>") falls below sample_chars / (unique characters of the mix) and
+   that can never be val: first copies of main shards with val key < the val reserve are left out
+   (`val_reserve`: the largest val threshold step 4 can choose, from a lower bound on each document's
+   tokens, len(text) // MAX_PIECE_CHARS + 1, so it is known before the tokenizer exists). Val bytes per
+   token is then measured on text the tokenizer never saw (real web text, vocab 8000: in-sample val
+   said 3.57 bytes/token where held-out text gave 3.28; bench/tokenize_heldout.py). Cached as its own
+   versioned artifact `<root>/tokenize/_tokenizer/<key>/` keyed by the training params and the mix
+   version; a cached tokenizer is reused while its reserve covers this run's (so changing only packing
+   params reuses it unless a tiny input needs a larger val); or `tokenizer_path`.
 2. Encode (`tokenize_shard`, a task per mix shard): documents encoded in batches, `<eos>` appended.
    Split by document before packing: key hash64("val:<seed>:<original id>") < val threshold -> val,
    else train; repeated copies of a val document are dropped (val holds each document once, and
@@ -38,7 +44,7 @@ import numpy as np
 from prefect import task
 from pydantic import Field
 
-from models.tokenizer import Tokenizer, load_tokenizer, train_tokenizer, training_lines
+from models.tokenizer import MAX_PIECE_CHARS, Tokenizer, load_tokenizer, train_tokenizer, training_lines
 from storage import paths
 from storage.documents import Document, DocumentWriter, extra_fields, iter_batches, read_documents, read_schema
 from storage.manifest import ShardInfo, Stage
@@ -49,7 +55,7 @@ from storage.token_shards import SHARD_EXT, SHARD_KIND, TRAIN_DIR, VAL_DIR, Toke
 from tasks.mix import sample_key
 
 STAGE = Stage.TOKENIZE
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: the tokenizer sample excludes every document that can be val
 DROP_EMPTY = "empty_text"
 DROP_VAL_REPEAT = "val_repeat_copy"
 ANNEAL_SPLIT = "anneal"
@@ -61,7 +67,9 @@ WORK_DIR = "_work"
 TOKENIZER_MODEL = "tokenizer.model"
 TOKENIZER_INFO = "tokenizer.json"
 TOKENIZER_DIR = "_tokenizer"  # <root>/tokenize/_tokenizer/<key>/: the cached, versioned tokenizers
-TOKENIZER_VERSION = 1  # bump when the training recipe in models/tokenizer.py changes
+TOKENIZER_VERSION = 2  # bump when the training recipe in models/tokenizer.py changes (2: val held out)
+SAMPLE_INDEX = "sample-{:05d}.npz"  # per sampled document: val key, lines, chars, bytes
+VAL_MIN_TOKENS = "val_min_tokens.npy"  # in a cached tokenizer: lower-bound tokens per val-key bucket
 
 
 class TokenizeParams(StageParams):
@@ -295,44 +303,102 @@ def tokenize_tails(out_dir: str, split: str, n_shards: int, job: TokenizeJob) ->
     return info, len(tail)
 
 
+def min_tokens(text: str) -> int:
+    """A lower bound on the tokens of a document under any tokenizer this stage trains (<eos> included)."""
+    return len(text) // MAX_PIECE_CHARS + 1
+
+
+def val_reserve(min_tokens_hist: np.ndarray, row_len: int, val_fraction: float) -> float:
+    """The largest val-key threshold `val_threshold_for` can choose, from lower-bound tokens per bucket.
+
+    Real token counts are >= the bounds, so the bucket where they first reach row_len is <= the bounds'.
+    1.0 (every document may be val) when the bounds never reach row_len."""
+    cum = np.cumsum(min_tokens_hist)
+    if not len(cum) or cum[-1] < row_len:
+        return 1.0
+    return max(val_fraction, (int(np.searchsorted(cum, row_len)) + 1) / VAL_BUCKETS)
+
+
 @task
-def tokenizer_sample_shard(src: str, out_dir: str, index: int, threshold: float, seed: int) -> dict[str, int]:
-    """Write the tokenizer training lines of one mix shard (first copies with key < threshold); counts."""
+def tokenizer_sample_shard(src: str, out_dir: str, index: int, threshold: float, seed: int,
+                           val_split: bool = True) -> dict[str, object]:
+    """Write the tokenizer training lines of one mix shard (first copies with key < threshold) and each
+    sampled document's val key (`SAMPLE_INDEX`: the trainer leaves out the val reserve); counts, and for a
+    main shard (`val_split`) the lower-bound tokens of all its first copies per val-key bucket."""
     counts = {"docs": 0, "empty_docs": 0, "lines": 0, "chars": 0, "bytes": 0}
+    hist = np.zeros(VAL_BUCKETS, dtype=np.int64)
+    index_rows: list[tuple[float, int, int, int]] = []
     cols = ["id", "text"] + (["repeat"] if "repeat" in read_schema(src).names else [])
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"sample-{index:05d}.txt"), "w", encoding="utf-8", newline="\n") as f:
         for b in iter_batches(src, columns=cols):
             reps = b.column("repeat").to_pylist() if "repeat" in cols else itertools.repeat(0)
             for doc_id, text, rep in zip(b.column("id").to_pylist(), b.column("text").to_pylist(), reps):
-                if rep or sample_key("tokenizer", seed, doc_id) >= threshold:
+                if rep:
+                    continue
+                val_key = sample_key("val", seed, doc_id) if val_split else 2.0  # anneal documents are never val
+                if val_split and text and text.strip():
+                    hist[int(val_key * VAL_BUCKETS)] += min_tokens(text)
+                if sample_key("tokenizer", seed, doc_id) >= threshold:
                     continue
                 if not text or not text.strip():
                     counts["empty_docs"] += 1
                     continue
+                n_lines = 0
                 for line in training_lines(text):
                     f.write(line + "\n")
-                    counts["lines"] += 1
+                    n_lines += 1
+                n_bytes = len(text.encode("utf-8", "surrogatepass"))
+                index_rows.append((val_key, n_lines, len(text), n_bytes))
                 counts["docs"] += 1
+                counts["lines"] += n_lines
                 counts["chars"] += len(text)
-                counts["bytes"] += len(text.encode("utf-8", "surrogatepass"))
-    return counts
+                counts["bytes"] += n_bytes
+    cols_np = np.array(index_rows, dtype=np.float64).reshape(-1, 4)
+    np.savez(os.path.join(out_dir, SAMPLE_INDEX.format(index)), val_key=cols_np[:, 0],
+             lines=cols_np[:, 1].astype(np.int64), chars=cols_np[:, 2].astype(np.int64),
+             bytes=cols_np[:, 3].astype(np.int64))
+    return {**counts, "val_min_tokens": hist.tolist() if val_split else []}
+
+
+def _sample_files(sample_dir: str) -> list[tuple[str, str]]:
+    names = sorted(f for f in os.listdir(sample_dir) if f.startswith("sample-") and f.endswith(".txt"))
+    return [(os.path.join(sample_dir, n), os.path.join(sample_dir, n[:-4] + ".npz")) for n in names]
+
+
+def held_out_sample_counts(sample_dir: str, reserve: float) -> dict[str, int]:
+    """Documents, lines, chars and bytes of the sample once documents with val key < reserve are left out."""
+    out = {"docs": 0, "lines": 0, "chars": 0, "bytes": 0, "val_excluded_docs": 0}
+    for _, index in _sample_files(sample_dir):
+        z = np.load(index)
+        keep = z["val_key"] >= reserve
+        out["docs"] += int(keep.sum())
+        out["val_excluded_docs"] += int((~keep).sum())
+        for k in ("lines", "chars", "bytes"):
+            out[k] += int(z[k][keep].sum())
+    return out
+
+
+def held_out_sample_lines(sample_dir: str, reserve: float) -> Iterator[str]:
+    """The sample's training lines, leaving out the documents whose val key is below `reserve`."""
+    for text_file, index in _sample_files(sample_dir):
+        z = np.load(index)
+        with open(text_file, encoding="utf-8", newline="\n") as f:
+            for val_key, n_lines in zip(z["val_key"].tolist(), z["lines"].tolist()):
+                lines = [f.readline().rstrip("\n") for _ in range(n_lines)]
+                if val_key >= reserve:
+                    yield from lines
 
 
 @task
-def train_tokenizer_task(sample_dir: str, params: TokenizeParams) -> dict[str, object]:
-    """Train the tokenizer on the sample files in sample_dir; returns its facts and sample bytes per token."""
-    files = sorted(f for f in os.listdir(sample_dir) if f.startswith("sample-") and f.endswith(".txt"))
-
-    def lines() -> Iterator[str]:
-        for name in files:
-            with open(os.path.join(sample_dir, name), encoding="utf-8", newline="\n") as f:
-                for line in f:
-                    yield line.rstrip("\n")
-
-    tok = Tokenizer(train_tokenizer(lines(), os.path.join(sample_dir, TOKENIZER_MODEL), params.vocab_size,
+def train_tokenizer_task(sample_dir: str, params: TokenizeParams, reserve: float) -> dict[str, object]:
+    """Train the tokenizer on the sample files in sample_dir, without the documents whose val key is below
+    `reserve`; returns its facts and sample bytes per token."""
+    tok = Tokenizer(train_tokenizer(held_out_sample_lines(sample_dir, reserve),
+                                    os.path.join(sample_dir, TOKENIZER_MODEL), params.vocab_size,
                                     params.model_type, params.character_coverage))
-    measured = list(itertools.islice(lines(), 20_000))  # bytes per token of (up to) the first 20k sample lines
+    # bytes per token of (up to) the first 20k sample lines
+    measured = list(itertools.islice(held_out_sample_lines(sample_dir, reserve), 20_000))
     n_tokens = sum(len(ids) for ids in tok.encode(measured))
     n_bytes = sum(len(line.encode("utf-8")) for line in measured)
     return {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "bos_id": tok.bos_id,

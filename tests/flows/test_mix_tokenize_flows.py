@@ -17,7 +17,7 @@ from models.tokenizer import Tokenizer, train_tokenizer
 from storage.documents import Document, read_documents, read_schema
 from storage.manifest import Stage, list_versions, load_manifest
 from storage.token_shards import TokenShards
-from tasks.mix import MixParams
+from tasks.mix import MixParams, sample_key
 from tasks.tokenization import TOKENIZER_DIR, TokenizeJob, TokenizeParams, route
 
 REPEAT = pa.field("repeat", pa.int32())
@@ -75,6 +75,27 @@ def test_mix_shortfall_fails_the_flow_and_leaves_no_version(prefect_backend, dat
     with pytest.raises(ValueError, match="source 'code' is short by"):
         _mix(data_root, MixParams(weights={"web": 0.5, "code": 0.5}, budget_chars=10**7, max_repeats=2))
     assert list_versions(str(data_root), Stage.MIX) == []
+
+
+def test_mix_report_shows_absent_and_capped_sources_and_keeps_every_document(prefect_backend, data_root,
+                                                                             make_version):
+    docs = _docs(120, 5, sources=("web", "web", "web", "news", "news", "code"))
+    docs += [Document(id="scarce-0", text="One short forum post about a river.", source="forum")]
+    make_version(data_root, "decontaminate", [docs])
+    _mix(data_root, MixParams(weights={"web": 0.4, "news": 0.2, "code": 0.2, "forum": 0.1, "wikipedia": 0.1}))
+    m = load_manifest(str(data_root), Stage.MIX)
+    assert m.stats.docs_out == m.stats.docs_in == len(docs) and not m.stats.dropped
+    plan = m.extras["plan"]
+    assert plan["redistributed"] == {"wikipedia": pytest.approx(0.1)} and plan["capped"] == ["forum"]
+    assert plan["sources"]["web"]["share_target"] == pytest.approx(0.4 / 0.9)
+    report = mix_report(m, str(data_root))
+    assert "kept 100.0% of the 121 input documents" in report
+    assert "Absent sources (weighted, no documents in the input): wikipedia (10.0%)" in report
+    assert "Capped at max_repeats 4.0 (would need more epochs to reach their target characters): forum" in report
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in report.splitlines()
+            if r.startswith("| ") and not r.startswith("| source")}
+    assert rows["wikipedia"][-1] == "absent" and rows["forum"][-1] == "capped" and rows["web"][-1] == "ok"
+    assert float(rows["forum"][9]) < float(rows["forum"][5])  # achieved share below the target share
 
 
 def _expected_streams(tok, shards, job):
@@ -176,7 +197,18 @@ def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_b
     m2 = load_manifest(str(data_root), Stage.TOKENIZE, v2)
     assert v2 != v1 and m2.extras["tokenizer_sha256"] == m1.extras["tokenizer_sha256"]
     assert len(list(cache.iterdir())) == 1 and info.stat().st_mtime_ns == stamp
-    assert json.loads(info.read_text())["sample"]["docs"] == 40
+    # the sample left out every document val can hold (val threshold of either run <= the reserve)
+    sample = json.loads(info.read_text())["sample"]
+    ids = [d.id for d in _docs(40, 7)]
+    assert max(m1.extras["val_threshold"], m2.extras["val_threshold"]) <= sample["val_reserve"] < 1
+    assert sample["docs"] == sum(sample_key("val", 0, i) >= sample["val_reserve"] for i in ids) < 40
+    assert sample["docs"] + sample["val_excluded_docs"] == 40
+    # a longer seq_len needs more val than the cached tokenizer left out: another tokenizer is trained
+    v4 = _tokenize(data_root, val_fraction=0.005, seq_len=1023)
+    m4 = load_manifest(str(data_root), Stage.TOKENIZE, v4)
+    reserve4 = m4.extras["tokenizer"]["sample"]["val_reserve"]
+    assert sample["val_reserve"] < reserve4 < 1 and m4.extras["val_threshold"] <= reserve4
+    assert len(list(cache.iterdir())) == 2 and m4.extras["tokenizer_sha256"] != m1.extras["tokenizer_sha256"]
     # a given model file is used as is
     v3 = _tokenize(data_root, val_fraction=0.005, seq_len=255, tokenizer_path=str(data_root / "tokenize" / v1 / "tokenizer.model"))
     m3 = load_manifest(str(data_root), Stage.TOKENIZE, v3)

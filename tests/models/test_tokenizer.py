@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.tokenizer import (MAX_LINE_CHARS, SPECIAL_IDS, Tokenizer, file_sha256, load_tokenizer, train_tokenizer,
-                              training_lines)
+from models.tokenizer import (MAX_LINE_CHARS, MAX_PIECE_CHARS, SPECIAL_IDS, Tokenizer, file_sha256, load_tokenizer,
+                              train_tokenizer, training_lines)
 
 SYLLABLES = ["ka", "ro", "mi", "tu", "sel", "an", "dor", "pe", "li", "qua", "ven", "zo", "ti", "mar", "eth", "bo"]
 _rng = np.random.default_rng(0)
@@ -83,3 +83,17 @@ def test_load_tokenizer_once_per_process_and_clear_errors(tok, tmp_path):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="is not a sentencepiece model"):
         Tokenizer(tmp_path / "junk.model")
+
+
+def test_pieces_are_at_most_max_piece_chars_so_token_counts_have_a_lower_bound(tmp_path):
+    """The tokenize stage bounds its val split before the tokenizer exists with len(text) // MAX_PIECE_CHARS;
+    long repeated runs are what BPE would merge into the longest pieces."""
+    rng = np.random.default_rng(5)
+    lines = [("a" * int(rng.integers(20, 200))) + " " + ("xy" * int(rng.integers(10, 90))) for _ in range(400)]
+    lines += corpus_lines(50)
+    tok = Tokenizer(train_tokenizer(lines, tmp_path / "long.model", vocab_size=500))
+    longest = max(len(tok.sp.id_to_piece(i)) for i in range(tok.vocab_size) if not tok.sp.is_byte(i))
+    assert longest == MAX_PIECE_CHARS  # the runs did push pieces to the limit
+    texts = lines[:50] + ["a" * 1000, " " * 333, "xy" * 400 + "\n" + "a" * 77]
+    for text, ids in zip(texts, tok.encode(texts)):
+        assert len(ids) >= len(text) // MAX_PIECE_CHARS, (len(text), len(ids))

@@ -30,7 +30,8 @@ from storage.documents import Document, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
 from tasks import ingest
-from tasks.extract import ExtractionTimeout, choose_charset, decode_html, time_limit
+from tasks.extract import (UTF8_MIN_INVALID_ALLOWED, ExtractionTimeout, choose_charset, decode_html, time_limit,
+                           utf8_repairable)
 from tasks.sources import classify_source
 
 # tasks.ingest logs the first error drops of a file; outside a flow run Prefect's API handler warns
@@ -231,17 +232,125 @@ def test_charset_from_http_header(tmp_path):
                                   '<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">'])
 def test_charset_from_meta_tag(meta):
     body = f"<html><head>{meta}</head><body><p>Привет, мир</p></body></html>".encode("cp1251")
-    text, encoding, source = decode_html(body, None)
-    assert "Привет, мир" in text and encoding == "cp1251" and source == "meta"
+    text, encoding, source, replaced = decode_html(body, None)
+    assert "Привет, мир" in text and encoding == "cp1251" and source == "meta" and replaced == 0
 
 
 def test_charset_detected_and_bom_and_whatwg_labels():
     body = ("<html><body><p>" + "日本語のテキストです。文字コードを自動で判定します。" * 20 + "</p></body></html>").encode("shift_jis")
-    text, _, source = decode_html(body, None)
+    text, _, source, _ = decode_html(body, None)
     assert source == "detected" and "日本語のテキスト" in text
     assert choose_charset(b"\xef\xbb\xbf<html>", "iso-8859-1") == ("utf-8", "bom")
     assert choose_charset(b"<html>", "ISO-8859-1") == ("cp1252", "http")  # WHATWG: latin-1 means windows-1252
     assert choose_charset(b"<html>", "no-such-charset")[1] == "detected"
+
+
+def test_nearly_valid_utf8_is_decoded_as_utf8_with_one_replacement_character():
+    body = ("<html><body><p>" + "Das Maskottchen der Stadt: Mäscot, größer und schöner. " * 20
+            + "</p></body></html>").encode()
+    broken = body[:300] + b"\xff" + body[300:]
+    for http in ("text/html; charset=utf-8", None):  # declared, and only detected
+        d = decode_html(broken, "utf-8" if http else None)
+        assert d.encoding == "utf-8" and d.replaced_bytes == 1 and d.source == ("http" if http else "detected")
+        assert d.text == body[:300].decode() + "\ufffd" + body[300:].decode()
+    # the boundary: at most max(4 bytes, 0.1% of the payload) invalid bytes
+    small = "<p>größer größer größer größer größer größer</p>".encode()
+    ok = b"\xff" * UTF8_MIN_INVALID_ALLOWED + small
+    assert utf8_repairable(ok) == ("\ufffd" * UTF8_MIN_INVALID_ALLOWED + small.decode(), UTF8_MIN_INVALID_ALLOWED)
+    assert utf8_repairable(b"\xff" + ok) is None
+    big = "<p>größer</p>".encode() * 1000  # 15,000 bytes: 15 invalid bytes allowed
+    assert utf8_repairable(b"\xfe" * 15 + big)[1] == 15 and utf8_repairable(b"\xfe" * 16 + big) is None
+
+
+def test_legacy_page_labelled_utf8_is_not_decoded_as_utf8():
+    # a mostly-ASCII Windows-1252 page labelled UTF-8: few invalid bytes, but no valid multi-byte character
+    body = ("<html><body><p>" + "The council said \u201cyes\u201d to the caf\u00e9 plan. " * 40 + "</p></body></html>")
+    d = decode_html(body.encode("cp1252"), "utf-8")
+    assert d.encoding != "utf-8" and d.source == "detected" and d.text == body and d.replaced_bytes == 0
+    # a Russian Windows-1251 page labelled UTF-8 (the hardening issue's case): detection decodes it
+    ru = ("<html><body><p>" + "Привет, мир. Это проверка кодировки страницы, и текст длинный. " * 30
+          + "</p></body></html>")
+    d = decode_html(ru.encode("cp1251"), "utf-8")
+    assert (d.encoding, d.source, d.text) == ("cp1251", "detected", ru)
+
+
+def _real_utf8_pages(shared_data: Path, n: int) -> Iterator[tuple[str, bytes, str]]:
+    """(name, raw bytes, article body) of real UTF-8 pages whose article body has non-ASCII characters."""
+    base = shared_data / "html_extraction" / "scrapinghub_article_extraction_benchmark"
+    truth = json.loads((base / "ground-truth.json").read_text())
+    found = 0
+    for path in sorted((base / "html").glob("*.html.gz")):
+        body = truth[path.name.split(".")[0]]["articleBody"]
+        if found < n and not body.isascii():
+            found += 1
+            yield path.name, gzip.decompress(path.read_bytes()), body
+
+
+def _inject_before_first_non_ascii_body_char(raw: bytes, body: str, byte: bytes) -> tuple[bytes, int]:
+    """`raw` with `byte` inserted just before the first non-ASCII character of the article body in it."""
+    html = raw.decode("utf-8")
+    for word in body.split():
+        if not word.isascii() and (i := html.find(word)) >= 0:
+            i += next(k for k, c in enumerate(word) if not c.isascii())
+            at = len(html[:i].encode("utf-8"))
+            return raw[:at] + byte + raw[at:], at
+    raise AssertionError("no non-ASCII word of the article body found in the page")
+
+
+def test_real_utf8_pages_with_one_invalid_byte_stay_utf8(shared_data, tmp_path):
+    records, expected = [], []
+    for name, raw, body in _real_utf8_pages(shared_data, 12):
+        broken, at = _inject_before_first_non_ascii_body_char(raw, body, b"\xff")
+        d = decode_html(broken, None)
+        assert d.encoding == "utf-8" and d.replaced_bytes == 1, name
+        assert d.text == raw[:at].decode() + "\ufffd" + raw[at:].decode(), name  # no mojibake anywhere
+        assert d.text.count("\ufffd") == raw.decode().count("\ufffd") + 1
+        records += [response(f"http://clean.example/{name}", raw), response(f"http://broken.example/{name}", broken)]
+        expected.append(name)
+    docs, _, stats = run(write(tmp_path, "real.warc.gz", warc_bytes(records)))
+    by_url = {d.url: d for d in docs}
+    assert stats.counters["charset.replaced_pages"] == len(expected) == stats.counters["charset.replaced_bytes"]
+    assert stats.counters["charset.http"] == 2 * len(expected) and "charset.fallback" not in stats.counters
+    for name in expected:
+        clean, broken = by_url[f"http://clean.example/{name}"], by_url[f"http://broken.example/{name}"]
+        assert broken.meta["charset"] == clean.meta["charset"] == "utf-8"
+        assert broken.text.replace("\ufffd", "") == clean.text.replace("\ufffd", ""), name
+
+
+def test_real_pages_with_many_invalid_bytes_fall_back_and_charset_names_the_codec_used(shared_data, tmp_path):
+    records = []
+    for name, raw, _ in _real_utf8_pages(shared_data, 12):
+        broken = b"".join(raw[i:i + 100] + b"\xff" for i in range(0, len(raw), 100))  # 1% invalid
+        d = decode_html(broken, "utf-8")
+        assert (d.encoding, d.source) != ("utf-8", "http"), name
+        replaced = broken.decode(d.encoding, errors="replace")
+        assert d.text == replaced.removeprefix("\ufeff"), (name, d.encoding)  # the codec really used
+        records.append(response(f"http://broken.example/{name}", broken))
+    docs, rejects, stats = run(write(tmp_path, "broken.warc.gz", warc_bytes(records)))
+    assert stats.errors == 0 and "charset.http" not in stats.counters  # the UTF-8 label was not used as is
+    # U+FFFD only from the last-resort forced decode (counted as `fallback`), never from the UTF-8 repair
+    assert stats.counters.get("charset.replaced_pages", 0) <= stats.counters.get("charset.fallback", 0)
+    for doc in docs:
+        raw = next(r["body"] for r in records if r["url"] == doc.url)
+        assert decode_html(raw, "utf-8").encoding == doc.meta["charset"]
+    sources = sum(stats.counters.get(f"charset.{s}", 0) for s in ("bom", "http", "meta", "detected", "fallback"))
+    assert sources == len(docs) + sum(1 for _, r, _ in rejects.items if r not in (ingest.HTTP_STATUS, ingest.NOT_HTML))
+
+
+def test_real_russian_page_in_cp1251_labelled_utf8_is_decoded_as_cp1251(shared_data):
+    checked = 0
+    for name, raw, body in _real_utf8_pages(shared_data, 200):
+        html = raw.decode()
+        if sum("а" <= c <= "я" for c in body) < 500:
+            continue
+        try:
+            legacy = html.encode("cp1251")
+        except UnicodeEncodeError:
+            continue
+        d = decode_html(legacy, "utf-8")
+        assert (d.encoding, d.text) == ("cp1251", html), name
+        checked += 1
+    assert checked >= 1
 
 
 # ------------------------------------------------------------------------------- extraction limits
@@ -465,7 +574,14 @@ def test_resolve_inputs_globs_dirs_and_errors(tmp_path):
     for name in ("a.warc.gz", "sub/b.warc.wet.gz", "sub/c.jsonl", "notes.txt"):
         (tmp_path / "crawl" / name).write_bytes(b"x")
     found = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl")]))
-    assert [Path(p).name for p in found] == ["a.warc.gz", "b.warc.wet.gz", "c.jsonl"]
+    # a directory gives its crawl files only (a demo-crawl directory's ground-truth.jsonl was ingested too)
+    assert [Path(p).name for p in found] == ["a.warc.gz", "b.warc.wet.gz"]
+    explicit = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/sub/*.jsonl")]))
+    assert [Path(p).name for p in explicit] == ["c.jsonl"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "d.jsonl").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"holds no WARC/WET files .*glob such as .*docs/\*\.jsonl"):
+        ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "docs")]))
     globbed = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/**/*.gz"), str(tmp_path / "crawl/a.warc.gz")]))
     assert [Path(p).name for p in globbed] == ["a.warc.gz", "b.warc.wet.gz"]  # duplicates removed
     with pytest.raises(ValueError, match="matches no files"):

@@ -1,4 +1,9 @@
-"""mix: the plan (budget, targets, shortfall), the seeded sampling, conservation, repeats and annealing."""
+"""mix: the plan (budget, targets, shortfall, absent sources), source rules, the seeded sampling,
+conservation, repeats and annealing; the default config on real crawl files keeps every document."""
+
+import glob
+import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -6,8 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from storage.documents import Document, DocumentWriter, read_documents
+from storage.shards import Rejects
+from storage.stats import StageStats
+from tasks import ingest
 from tasks.mix import (DROP_DOWNSAMPLED, DROP_UNWEIGHTED, HASH_BUCKETS, MixJob, MixParams, count_batches,
-                       key_threshold, merge_counts, mix_shard, plan_mix, sample_key)
+                       key_threshold, merge_counts, mix_count_shard, mix_shard, plan_mix, sample_key)
+from tasks.sources import DEFAULT_SOURCE_RULES, SourceRule, classify_source
 
 QUALITY = pa.field("quality_score", pa.float64())
 
@@ -35,14 +44,20 @@ def _chars(docs):
     return sum(len(d.text) for d in docs)
 
 
-def test_default_budget_upsamples_scarce_source_to_max_repeats_then_downsamples():
+def test_default_budget_caps_a_scarce_source_without_downsampling_the_others(caplog):
     docs = [Document(id="w", text="w" * 9000, source="web"), Document(id="c", text="c" * 100, source="code")]
-    plan = plan_mix(_counts(docs), MixParams(weights={"web": 0.9, "code": 0.1}))
-    # using all web once would need code x10 > max_repeats 4, so code is capped at 4 epochs and sets the total
-    assert plan.budget_from == "all_data" and plan.budget_chars == pytest.approx(4000)
+    with caplog.at_level(logging.INFO, logger="tasks.mix"):
+        plan = plan_mix(_counts(docs), MixParams(weights={"web": 0.9, "code": 0.1}))
+    # using all web once would need code x10 > max_repeats 4: code is capped at 4 epochs, web stays at 1 (it used
+    # to be down-sampled to 0.4 so that the scarce source set the total), and there is no error
+    assert plan.budget_from == "all_data" and plan.budget_chars == pytest.approx(9400)
     assert plan.sources["code"].rate == 4 and plan.sources["code"].full_copies == 4
-    assert plan.sources["web"].rate == pytest.approx(0.4)
-    assert not plan.renormalised
+    assert plan.sources["web"].rate == 1 and plan.sources["web"].threshold == 0
+    assert plan.capped == ["code"] and plan.sources["code"].status == "capped" and plan.sources["web"].status == "ok"
+    assert plan.sources["code"].share_target == pytest.approx(0.1)
+    assert plan.sources["code"].share_planned == pytest.approx(400 / 9400)
+    assert not plan.renormalised and not plan.redistributed
+    assert "['code'] would need more than max_repeats=4" in caplog.text
 
 
 def test_default_budget_uses_every_document_when_repeats_suffice():
@@ -78,18 +93,37 @@ def test_budget_tokens_converts_with_chars_per_token():
     assert plan.sources["web"].rate == pytest.approx(1 / 3)
 
 
-def test_missing_source_is_an_error_unless_shortfall_allowed():
-    docs = [Document(id="w", text="w" * 9000, source="web")]
-    params = dict(weights={"web": 0.9, "academic": 0.1})
-    with pytest.raises(ValueError, match="source 'academic' has weight 0.1 but no documents in the input"):
-        plan_mix(_counts(docs), MixParams(**params))
-    plan = plan_mix(_counts(docs), MixParams(**params, allow_shortfall=True))
-    assert plan.renormalised and plan.sources["academic"].rate == 0 and plan.sources["web"].rate == 1
+def test_absent_source_share_is_redistributed_in_proportion(caplog):
+    # the real-crawl failure: the weights name a source (here academic) the crawl has no page of
+    docs = [Document(id="w", text="w" * 6000, source="web"), Document(id="c", text="c" * 3000, source="code")]
+    params = dict(weights={"web": 0.4, "code": 0.2, "academic": 0.4})
+    with caplog.at_level(logging.WARNING, logger="tasks.mix"):
+        plan = plan_mix(_counts(docs), MixParams(**params))
+    assert "['academic'] have no documents in the input; their 40.0% share is redistributed" in caplog.text
+    assert plan.redistributed == {"academic": pytest.approx(0.4)} and not plan.capped and not plan.renormalised
+    src = plan.sources
+    assert src["academic"].status == "absent" and src["academic"].rate == 0 and src["academic"].weight == 0.4
+    assert src["web"].share_target == pytest.approx(2 / 3) and src["code"].share_target == pytest.approx(1 / 3)
+    assert src["web"].rate == 1 and src["code"].rate == 1 and plan.budget_chars == 9000  # already at 2:1
+    # with an explicit budget the present sources share it at the redistributed ratio, without a shortfall
+    plan = plan_mix(_counts(docs), MixParams(**params, budget_chars=18000))
+    assert plan.sources["web"].target_chars == pytest.approx(12000) and plan.sources["code"].rate == 2
+    assert not plan.renormalised
+    with pytest.raises(ValueError, match=r"sources \['academic'\] have no documents in the input \(sources present: "
+                                         r"code, web\). Fix: .*mix.on_absent_source: redistribute"):
+        plan_mix(_counts(docs), MixParams(**params, on_absent_source="error"))
     with pytest.raises(ValueError, match="none of the weighted sources"):
-        plan_mix(_counts(docs), MixParams(weights={"code": 1.0}))
+        plan_mix(_counts(docs), MixParams(weights={"news": 1.0}))
 
 
 def test_params_validation():
+    with pytest.raises(ValidationError, match=r"pattern '\(\^' is not a valid regular expression"):
+        MixParams(source_rules=[{"pattern": "(^", "source": "web"}])
+    with pytest.raises(ValidationError, match="source_rules.0.source"):
+        MixParams(source_rules=[{"pattern": "x", "source": "bad name"}])
+    with pytest.raises(ValidationError, match=r"source_rules\[0\] maps URLs to source 'docs', which has no entry in "
+                                              r"weights.*add weights.docs"):
+        MixParams(source_rules=[{"pattern": "readthedocs", "source": "docs"}])
     with pytest.raises(ValidationError, match="finite and >= 0"):
         MixParams(weights={"web": -1.0})
     with pytest.raises(ValidationError, match="positive weight"):
@@ -179,3 +213,96 @@ def test_anneal_needs_a_quality_column(tmp_path):
     from tasks.mix import mix_count_shard
     with pytest.raises(ValueError, match="anneal_fraction=0.1 needs a quality_score column"):
         mix_count_shard.fn(src, MixParams(weights={"web": 1.0}, anneal_fraction=0.1))
+
+
+def test_default_budget_keeps_every_document_and_caps_only_the_scarce_source(tmp_path):
+    docs = _docs("web", 1500, 400, seed=1) + _docs("code", 300, 400, seed=2) + _docs("forum", 20, 100, seed=3)
+    params = MixParams(weights={"web": 0.5, "code": 0.3, "forum": 0.2, "wikipedia": 0.2})  # no wikipedia here
+    plan, res, kept, rejected, _ = _run_shard(tmp_path, docs, params)
+    assert {d.id for d in kept if d.meta["repeat"] == 0} == {d.id for d in docs}  # 100% of unique documents
+    assert rejected == [] and res.stats.docs_out == res.stats.docs_in == len(docs) and not res.stats.dropped
+    assert plan.redistributed == {"wikipedia": pytest.approx(0.2 / 1.2)} and plan.capped == ["forum"]
+    web, code, forum = (plan.sources[s] for s in ("web", "code", "forum"))
+    assert web.rate == 1 and 2.5 < code.rate < 3.5 and forum.rate == 4 and forum.status == "capped"
+    c = res.stats.counters
+    assert c["copies.web"] == 1500 and c["copies.forum"] == 80
+    # the capped source does not hold the others back: code still reaches its ratio to web
+    assert c["chars_out.code"] / c["chars_out.web"] == pytest.approx(0.3 / 0.5, rel=0.03)
+
+
+class _RejectSink:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, doc, reason, detail):
+        self.rows.append((doc.id, reason))
+
+
+def _ingest(path):
+    stats = StageStats()
+    docs = list(ingest.process(str(path), ingest.IngestParams(inputs=[str(path)]), stats,
+                               Rejects(_RejectSink(), stats)))
+    return list({d.id: d for d in docs}.values())
+
+
+def test_default_source_rules_are_ingests_table():
+    assert MixParams().source_rules == list(DEFAULT_SOURCE_RULES)
+    for url, source in (("https://en.wikipedia.org/wiki/X", "wikipedia"), ("https://arxiv.org/abs/1", "academic"),
+                        ("https://gitlab.com/a/b", "code"), ("http://forum.example.org/t/1", "forum"),
+                        ("https://www.bbc.co.uk/news/1", "news"), ("https://example.com/", "web")):
+        assert classify_source(url) == classify_source(url, MixParams().source_rules) == source
+    assert classify_source("dns:example.com", [SourceRule(pattern="^dns:", field="url", source="x")]) == "x"
+
+
+def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
+    rows = [{"id": "derived", "text": "The re module provides regular expressions. " * 3,
+             "url": "https://docs.python.org/3/library/re.html"},
+            {"id": "own", "text": "A page whose input named its source. " * 3,
+             "url": "https://docs.python.org/3/library/os.html", "source": "code"},
+            {"id": "plain", "text": "An ordinary page about gardens and rivers. " * 3, "url": "https://example.com/a"}]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = _ingest(jsonl)  # ingest records where each source came from
+    assert {(d.id, d.source, d.meta["source_from"]) for d in docs} == {
+        ("derived", "code", "url"), ("own", "code", "input"), ("plain", "web", "url")}
+    src = _write(tmp_path / "in.parquet", docs, extra=ingest.INGEST_FIELDS)
+    rules = [SourceRule(pattern=r"^docs\.python\.org$", source="pydocs"), *DEFAULT_SOURCE_RULES]
+    params = MixParams(weights={"web": 1.0, "code": 1.0, "pydocs": 1.0}, source_rules=rules)
+    counts = mix_count_shard.fn(src, params)
+    assert {s: c.docs for s, c in counts.items()} == {"code": 1, "pydocs": 1, "web": 1}
+    plan = plan_mix(counts, params)
+    out = str(tmp_path / "out")
+    res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
+    first = {d.id: d.source for d in read_documents(f"{out}/part-00000.parquet") if d.meta["repeat"] == 0}
+    assert first == {"derived": "pydocs", "own": "code", "plain": "web"}
+    assert res.stats.counters["source_changed"] == 1 and res.stats.counters["docs_out.pydocs"] == 1
+    # a shard without the source_from column (hand-made, older ingest) keeps its stored sources
+    no_origin = _write(tmp_path / "plain.parquet", [Document(id="d", text="x" * 50, source="code",
+                                                             url="https://docs.python.org/3/")])
+    assert set(mix_count_shard.fn(no_origin, params)) == {"code"}
+
+
+REAL_WARCS = ("warc/commoncrawl/*.warc.gz", "warc/other_crawls/*.warc.gz")
+
+
+def test_default_config_keeps_every_document_of_real_crawl_files(shared_data, tmp_path, caplog):
+    """Real Common Crawl and other crawls' WARCs, through ingest, mixed with the DEFAULT params: the crawl
+    lacks some weighted sources and has scarce ones, and every document is still kept (it used to fail)."""
+    files = sorted(f for pattern in REAL_WARCS for f in glob.glob(str(shared_data / pattern)))
+    assert len(files) >= 6, files
+    docs = [d for f in files for d in _ingest(f)]
+    assert len(docs) > 100 and all(d.meta["source_from"] == "url" for d in docs)
+    src = _write(tmp_path / "in.parquet", docs, extra=ingest.INGEST_FIELDS)
+    params = MixParams()
+    with caplog.at_level(logging.INFO, logger="tasks.mix"):
+        plan = plan_mix(mix_count_shard.fn(src, params), params)
+    out = str(tmp_path / "out")
+    res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
+    kept = list(read_documents(f"{out}/part-00000.parquet"))
+    assert {d.id for d in kept if d.meta["repeat"] == 0} == {d.id for d in docs}  # 100% of unique documents
+    assert res.stats.docs_out == res.stats.docs_in == len(docs) and not res.stats.dropped
+    present = {d.source for d in docs}
+    assert plan.redistributed and set(plan.redistributed) == set(params.weights) - present
+    assert "share is redistributed" in caplog.text
+    assert all(1 <= plan.sources[s].rate <= params.max_repeats for s in present)
+    assert all(plan.sources[s].status == "capped" for s in plan.capped)

@@ -1,15 +1,19 @@
-"""tokenize shard task: exact packing, the val split by original id, the uint16/uint32 switch, shuffling."""
+"""tokenize shard task: exact packing, the val split by original id, the uint16/uint32 switch, shuffling,
+and the tokenizer sample that leaves out every document val can hold."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from models.tokenizer import Tokenizer, train_tokenizer
+from flows.tokenization import val_threshold_for
+from models.tokenizer import Tokenizer, train_tokenizer, training_lines
 from storage.documents import Document, DocumentWriter, read_documents
 from storage.token_shards import TokenShards, pack_documents
 from tasks.mix import sample_key
 from tasks.tokenization import (DROP_EMPTY, DROP_VAL_REPEAT, VAL_BUCKETS, TokenizeJob, TokenizeParams,
-                                flatten_with_eos, pack, route, row_order, tail_path, tokenize_shard, write_rows)
+                                flatten_with_eos, held_out_sample_counts, held_out_sample_lines, min_tokens, pack,
+                                route, row_order, tail_path, tokenize_shard, tokenizer_sample_shard,
+                                train_tokenizer_task, val_reserve, write_rows)
 
 REPEAT = pa.field("repeat", pa.int32())
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "pi"]
@@ -106,3 +110,79 @@ def test_tokenize_shard_packs_every_token_in_order(tmp_path, tok):
         assert res.stats.counters[f"tokens.{split}"] == len(expected)
     first_copy_tokens = sum(len(tok.encode([d.text])[0]) + 1 for d in docs if d.meta["repeat"] == 0 and d.text.strip())
     assert sum(res.val_bucket_tokens) == first_copy_tokens
+
+
+def _sample_mix(tmp_path, docs):
+    src = str(tmp_path / "part-00000.parquet")
+    with DocumentWriter(src, extra=[REPEAT]) as w:
+        for d in docs:
+            w.write(d)
+    return src
+
+
+def test_tokenizer_sample_leaves_out_every_document_val_can_hold(tmp_path, tok):
+    """The tokenizer trains on held-out text only: no val document (at any threshold the flow can raise
+    val to) and no repeat copy of one is in its sample; the rest of the sampled first copies all are."""
+    rng = np.random.default_rng(3)
+    docs = [Document(id=f"d{i}", text=f"marker{i}x " + _text(rng, int(rng.integers(5, 60))), meta={"repeat": 0})
+            for i in range(150)]
+    docs += [Document(id=f"{d.id}#r1", text=d.text, meta={"repeat": 1}) for d in docs[::3]]
+    src = _sample_mix(tmp_path, docs)
+    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, 1.0, 0)
+    firsts = [d for d in docs if d.meta["repeat"] == 0]
+    assert counts["docs"] == len(firsts) and len(counts["val_min_tokens"]) == VAL_BUCKETS
+    assert sum(counts["val_min_tokens"]) == sum(min_tokens(d.text) for d in firsts)
+    # the real per-bucket tokens under a trained tokenizer: the threshold the flow would raise val to
+    real = np.zeros(VAL_BUCKETS, dtype=np.int64)
+    for d, ids in zip(firsts, tok.encode([d.text for d in firsts])):
+        assert len(ids) + 1 >= min_tokens(d.text)
+        real[int(sample_key("val", 0, d.id) * VAL_BUCKETS)] += len(ids) + 1
+    for row_len in (32, 256, 1024):
+        reserve = val_reserve(np.array(counts["val_min_tokens"]), row_len, 0.01)
+        chosen = val_threshold_for(real, row_len, "m")
+        assert 0.01 <= reserve < 1 and chosen <= reserve, (row_len, chosen, reserve)
+        lines = set(held_out_sample_lines(str(tmp_path / "s"), reserve))
+        val = {d.id for d in firsts if sample_key("val", 0, d.id) < max(chosen, 0.01)}
+        for d in firsts:
+            assert (f"marker{d.id[1:]}x" in " ".join(lines)) == (sample_key("val", 0, d.id) >= reserve)
+        assert val and not any(f"marker{v[1:]}x " in line for v in val for line in lines)
+        kept = held_out_sample_counts(str(tmp_path / "s"), reserve)
+        assert kept["docs"] + kept["val_excluded_docs"] == len(firsts) and kept["lines"] == len(
+            list(held_out_sample_lines(str(tmp_path / "s"), reserve)))
+        job = TokenizeJob(params=TokenizeParams(), tokenizer_file="x", val_threshold=chosen)
+        for d in docs:  # a repeat copy of a val document never reaches train
+            if d.meta["repeat"] and d.id.split("#")[0] in val:
+                assert route(d, job) == (None, -1)
+    # too little text to bound a val sequence: everything is reserved (the flow then raises a clear error)
+    assert val_reserve(np.array(counts["val_min_tokens"]), 10**7, 0.01) == 1.0
+
+
+def test_anneal_shards_are_sampled_whole(tmp_path):
+    docs = [Document(id=f"a{i}", text=f"anneal text number {i}", meta={"repeat": 0}) for i in range(50)]
+    counts = tokenizer_sample_shard.fn(_sample_mix(tmp_path, docs), str(tmp_path / "s"), 0, 1.0, 0, False)
+    assert counts["val_min_tokens"] == [] and held_out_sample_counts(str(tmp_path / "s"), 0.9)["docs"] == 50
+
+
+def test_real_text_val_is_held_out_from_the_tokenizer(shared_data, tmp_path):
+    """Real news article bodies: the stage's sample + train leaves val out, and val bytes/token then
+    matches text the tokenizer never saw, where the in-sample tokenizer flatters val."""
+    import json
+    truth = shared_data / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json"
+    texts = [v["articleBody"] for v in json.loads(truth.read_text()).values() if len(v["articleBody"]) > 500]
+    docs = [Document(id=f"art{i}", text=t, meta={"repeat": 0}) for i, t in enumerate(texts)]
+    src = _sample_mix(tmp_path, docs)
+    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, 1.0, 0)
+    reserve = val_reserve(np.array(counts["val_min_tokens"]), 1025, 0.2)
+    params = TokenizeParams(vocab_size=3000, seq_len=1024, val_fraction=0.2)
+    held = train_tokenizer_task.fn(str(tmp_path / "s"), params, reserve)
+    tok_held = Tokenizer(tmp_path / "s" / "tokenizer.model")
+    val = [d.text for d in docs if sample_key("val", 0, d.id) < reserve]
+    sample = set(held_out_sample_lines(str(tmp_path / "s"), reserve))
+    assert val and not any(line in sample for t in val for line in training_lines(t) if len(line) > 80)
+    in_sample = Tokenizer(train_tokenizer([ln for d in docs for ln in training_lines(d.text)],
+                                          tmp_path / "all.model", vocab_size=3000))
+
+    def bytes_per_token(t):
+        return sum(len(x.encode()) for x in val) / sum(len(ids) + 1 for ids in t.encode(val))
+    assert held["sample_bytes_per_token"] > bytes_per_token(tok_held)  # held-out text compresses worse
+    assert bytes_per_token(in_sample) > bytes_per_token(tok_held) * 1.03  # the old, in-sample val flatters
