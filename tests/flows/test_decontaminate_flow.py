@@ -72,11 +72,11 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
     assert index["reused"] is False and [b["name"] for b in index["benchmarks"]] == ["humaneval", "toy"]
     assert (root / "decontaminate" / "_index" / index["version"] / "index.json").is_file()
     rows = {r["benchmark"]: r for r in benchmark_rows(m)}
-    assert rows["toy"] == {"benchmark": "toy", "items": 1, "items_indexed": 1, "ngrams": len(Q.split()) - 12,
-                           "items_matched": 1, "docs_matched": 2, "docs_removed": 2}
+    assert rows["toy"] == {"benchmark": "toy", "items": 1, "items_indexed": 1, "items_too_short": 0, "items_whole": 0,
+                           "ngrams": len(Q.split()) - 12, "items_matched": 1, "docs_matched": 2, "docs_removed": 2}
     assert rows["humaneval"]["docs_matched"] == 0 and rows["humaneval"]["items_indexed"] == 164
     report = report_markdown(m, str(root))
-    assert "| toy | 1 | 1 |" in report and "| toy | q1 | 2 | Question: Which gas" in report
+    assert "| toy | 1 | 1 | 0 | 0 |" in report and "| toy | q1 | 2 | Question: Which gas" in report
     arts = _artifacts("decontaminate-benchmarks")
     assert any({"benchmark": "toy", "docs_removed": 2}.items() <= row.items() for a in arts for row in _rows(a))
 

@@ -175,7 +175,7 @@ def _spec(tmp_path, name, content, fields=("query",), **kw):
     ("json", r"bad.jsonl\) line 2: not valid JSON"),
     ("field", r"bad.jsonl\) row 0: no field 'question' \(the row has \['choices', 'query'\]\)"),
     ("mapping", r"row 0 field 'query' is a dict"),
-    ("short", r"would decontaminate nothing: of its 2 items 2 have fewer than n=13 words"),
+    ("short", r"would decontaminate nothing: of its 2 items 2 have fewer than min_words=8 words"),
     ("empty", r"would decontaminate nothing: it has no items"),
     ("format", r"cannot tell the format of .*bad.txt"),
 ])
