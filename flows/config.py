@@ -98,6 +98,9 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:  # an empty (or comments-only) file is more likely a mistake than a wish for the defaults
+        raise ConfigError(f"config file {p} is empty; write `{{}}` in it to run the default config explicitly, "
+                          f"or leave out --config")
+    if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of stage names to params, got {type(data).__name__}")
     return parse_config(data, str(p))

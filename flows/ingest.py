@@ -19,10 +19,17 @@ import hashlib
 
 
 def demo_inputs(root: str, pages: int) -> list[str]:
-    """Generate the demo crawl once per (root, pages) and return its WARC path."""
-    from tasks.demo_crawl import generate_demo_crawl
+    """Generate the demo crawl once per (root, pages) and return its WARC path.
+
+    An existing crawl is reused as it is (the ground truth is renamed into place last, so its presence
+    means both files are complete): a re-run on complete versions writes nothing into the data root.
+    """
+    from tasks.demo_crawl import GROUND_TRUTH_NAME, WARC_NAME, generate_demo_crawl
 
     out = paths.join(paths.demo_crawl_dir(root), f"pages-{pages}")
+    fs, base = paths.filesystem(out)
+    if fs.exists(paths.join(base, GROUND_TRUTH_NAME)) and fs.exists(paths.join(base, WARC_NAME)):
+        return [paths.join(out, WARC_NAME)]
     result = generate_demo_crawl(out, pages=pages)
     return [str(result.warc_path)]
 

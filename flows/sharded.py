@@ -26,9 +26,11 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.artifacts import update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 from tqdm import tqdm
 
+from flows.interrupt import ignore_sigint, kill_workers, note_stage
 from storage import paths
 from storage.documents import read_documents
 from storage.manifest import (Manifest, ShardInfo, Stage, VersionWriter, compute_version, is_complete,
@@ -85,6 +87,7 @@ def begin_stage(stage: Stage, stage_version: int, params: StageParams, data_root
     vparams = params.version_params()
     version = compute_version(stage, stage_version, vparams, inputs)
     run = StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest)
+    note_stage(str(stage))
     if is_complete(root, stage, version) and not force:
         run.reused = load_manifest(root, stage, version)
         set_latest(root, stage, version)
@@ -113,16 +116,35 @@ def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], params: S
                 bar.update(1)
                 if progress_id is not None:
                     update_progress_artifact(artifact_id=progress_id, progress=100.0 * len(results) / len(futures))
-        except BaseException:
+        except Exception:
             wait(futures)  # let running shards stop writing before the caller removes the temp dir
+            raise
+        except BaseException:  # Ctrl-C / SIGTERM: end the workers now instead of waiting for their shards
+            kill_workers()
             raise
     return sorted(results, key=lambda r: r.index)
 
 
+class InterruptiblePool(ProcessPoolTaskRunner):
+    """Prefect's process pool whose workers ignore Ctrl-C and are killed, not awaited, on an interrupt.
+
+    The stock runner's exit waits for every running shard (`shutdown(wait=True)`), so a Ctrl-C or SIGTERM
+    sat there until the shards finished, or forever when a worker was blocked (flows/interrupt.py).
+    """
+
+    def __init__(self, max_workers: int | None = None, **kw: Any) -> None:
+        super().__init__(max_workers=max_workers, **kw)
+        self._initializer = ignore_sigint  # set after construction: duplicate() copies it this way too
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            kill_workers()
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 def task_runner(workers: int) -> Any:
     """Process pool for CPU-bound shards (STYLE 9); a single thread when workers == 1 (tests, debugging)."""
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-    return ProcessPoolTaskRunner(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
+    return InterruptiblePool(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
 
 
 def _progress_artifact(run: StageRun) -> Any:

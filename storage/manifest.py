@@ -158,6 +158,8 @@ def list_versions(root: str, stage: Stage | str) -> list[Manifest]:
 def set_latest(root: str, stage: Stage | str, version: str) -> None:
     """Atomically point `<stage>/latest` at a complete version."""
     assert is_complete(root, stage, version), f"refusing to point latest at incomplete {stage}@{version}"
+    if latest_version(root, stage) == version:
+        return  # reusing complete versions writes nothing (a read-only data root must work)
     fs, base = paths.filesystem(root)
     tmp = paths.join(base, str(stage), f"{LATEST}.tmp-{uuid.uuid4().hex[:8]}")
     with fs.open(tmp, "w") as f:

@@ -39,3 +39,15 @@ def test_file_errors(tmp_path):
     lst.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(lst)
+
+
+def test_empty_file_is_an_error_unless_explicitly_empty_mapping(tmp_path):
+    """An empty or comments-only YAML used to run the defaults silently (issue 11, item 5)."""
+    for text in ("", "# just a comment\n", "\n\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=r"is empty; write `\{\}` in it"):
+            load_config(empty)
+    explicit = tmp_path / "defaults.yaml"
+    explicit.write_text("{}\n")
+    assert load_config(explicit) == PipelineConfig()

@@ -45,14 +45,21 @@ def test_pipeline_end_to_end_then_reuse(prefect_backend, data_root, small_config
     assert [r["stage"] for r in status["stages"]] == [str(s) for s in STAGE_ORDER]
 
 
+def _tree(root):
+    """Every path under root with its inode and mtime: equal trees mean nothing was written."""
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 def test_ingest_only_cli_commands(prefect_backend, data_root, capsys):
     root = str(data_root)
     assert main(["run", "--to", "ingest", "--data-root", root]) == 0
     m = load_manifest(root, "ingest")
     assert m.stats.docs_out > 300 and m.stats.dropped
     capsys.readouterr()
+    before = _tree(data_root)
     assert main(["run", "--to", "ingest", "--data-root", root]) == 0  # reused
     assert load_manifest(root, "ingest").created_at == m.created_at
+    assert _tree(data_root) == before, "reusing a complete version wrote into the data root"
     capsys.readouterr()
     assert main(["inspect", "ingest", "--json", "--data-root", root]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == m.version
