@@ -8,7 +8,9 @@ Engines, one process, one core, timed in alternating rounds (ours, datatrove, ou
 round of each is reported, so a busy machine hurts both alike):
   ours       tasks.langid.process (LID-176 .ftz, batched predict, keep-list [en], threshold 0.65), then
              tasks.quality_heuristics.HeuristicLayer on the kept documents: all four filters evaluated on
-             every document (the stage stores every verdict), spaCy tokens computed once per line.
+             every document (the stage stores every verdict), spaCy tokens computed once per line, Gopher
+             quality on the paper's whitespace words (the default; timed). The agreement is printed for
+             the default and for `datatrove_compatible` (datatrove's Gopher quality: must agree exactly).
   datatrove  LanguageFilter(languages=[en], language_threshold=0.65) with the same .ftz model loaded into
              its FT176LID, then GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter,
              FineWebQualityFilter with defaults, chained through their `run` generators (each stops at the
@@ -60,7 +62,7 @@ def load_documents(root: str | None, version: str) -> list[Document]:
     return [d for s in m.shards for d in read_documents(paths.join(base, s.name), columns=["id", "text", "url", "source"])]
 
 
-def run_ours(docs: list[Document]) -> set[str]:
+def run_ours(docs: list[Document], datatrove_compatible: bool = False) -> set[str]:
     from models.classifiers import load_lid_model
     from tasks.langid import LangidParams, process
     from tasks.quality import heuristic_layer
@@ -68,7 +70,7 @@ def run_ours(docs: list[Document]) -> set[str]:
     stats = StageStats()
     fresh = [Document(d.id, d.text, d.url, d.source) for d in docs]
     kept = process(fresh, LangidParams(), stats, CountingRejects(stats), load_lid_model())  # type: ignore[arg-type]
-    layer = heuristic_layer(tuple(FILTER_NAMES), "{}")
+    layer = heuristic_layer(tuple(FILTER_NAMES), "{}", datatrove_compatible)
     return {d.id for d in kept if not failures(layer.evaluate(d.text, d.meta["language"]))}
 
 
@@ -124,13 +126,18 @@ def speed_and_agreement(docs: list[Document], rounds: int) -> None:
     print(f"  ratio ours/datatrove: {rate['ours'] / rate['datatrove']:.2f}x")
     ids = [d.id for d in docs]
     agree = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in ids)
-    print(f"  keep/drop agreement: {agree}/{n} = {agree / n:.2%} (kept: ours {len(kept['ours'])}, "
-          f"datatrove {len(kept['datatrove'])})")
+    print(f"  keep/drop agreement (default: Gopher paper words): {agree}/{n} = {agree / n:.2%} (kept: ours "
+          f"{len(kept['ours'])}, datatrove {len(kept['datatrove'])})")
+    kept["ours"] = run_ours(docs, datatrove_compatible=True)
+    agree = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in ids)
+    print(f"  keep/drop agreement (datatrove_compatible): {agree}/{n} = {agree / n:.2%} (kept: ours "
+          f"{len(kept['ours'])})")
     lid_ours = run_lid_ours(docs)
     lid_dt = run_datatrove(docs, steps, lid_only=True)
     both = lid_ours & lid_dt
     heur = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in both)
     print(f"  langid agreement: {sum((i in lid_ours) == (i in lid_dt) for i in ids)}/{n}; heuristic layer agreement "
+          f"(datatrove_compatible) "
           f"on the {len(both)} documents both LIDs kept: {heur}/{len(both)}")
 
 

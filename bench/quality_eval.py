@@ -12,7 +12,8 @@ used for training. Classifiers, each trained in-process with `tasks.quality_clas
               documents (pass every filter = good), as the stage does on a fresh crawl.
   heuristics  no model: "good" = passes every datatrove heuristic filter (a yes/no score, so AUC is
               that of a single threshold).
-Reported per set: accuracy and precision/recall of "good" at P(good) >= 0.5, and ROC AUC.
+Reported per set: accuracy and precision/recall of "good" at P(good) >= 0.5, and ROC AUC; per trained
+classifier, whether its held-out metrics pass the quality stage's validation bar (else it only annotates).
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from models.classifiers import load_quality_model
+    from tasks.quality import QualityParams
     from tasks.quality_classifier import (
         QualityClassifierParams,
+        classifier_shortfall,
         classifier_text,
         score_texts,
         train_classifier,
@@ -90,6 +93,10 @@ def main() -> None:
         model_dir.mkdir(exist_ok=True)
         facts = train_classifier(params, shards, model_dir)
         print(f"{name}: trained on {facts['counts']} (labels {facts['label_sources']}); held-out {facts['metrics']}")
+        bar = QualityParams()
+        short = classifier_shortfall(facts, bar.classifier_min_auc, bar.classifier_min_examples)
+        print(f"{name}: quality-stage validation bar (AUC >= {bar.classifier_min_auc}, >= {bar.classifier_min_examples} "
+              f"per class): {'passes: it would gate' if short is None else f'fails ({short}): it would only annotate'}")
         model = load_quality_model(str(model_dir / "model.bin"))
         evaluate(name, lambda texts, m=model: score_texts(m, [classifier_text(t) for t in texts]), sets)
     layer = HeuristicLayer(list(FILTER_NAMES))

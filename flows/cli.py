@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,6 +57,27 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, "  ".join("-" * width[c] for c in cols), *body])
 
 
+def _own_session_server() -> Any:
+    """Prefect's temporary server in its own session (the terminal's Ctrl-C must not kill it before the
+    interrupted run is reported) that dies with this process (flows/interrupt.py)."""
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from flows.interrupt import die_with_parent
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            real_popen = subprocess.Popen
+            try:
+                subprocess.Popen = functools.partial(real_popen, preexec_fn=die_with_parent)  # type: ignore[misc]
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = real_popen  # type: ignore[misc]
+
+    return OwnSessionServer()
+
+
 @contextlib.contextmanager
 def _shared_ephemeral_server() -> Iterator[None]:
     """Without PREFECT_API_URL, one temporary Prefect server for the whole run, shared with the process-pool
@@ -63,10 +86,11 @@ def _shared_ephemeral_server() -> Iterator[None]:
     if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-    server = SubprocessASGIServer()
+    from flows.interrupt import MARKER
+    server = _own_session_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
     os.environ["PREFECT_API_URL"] = server.api_url
+    MARKER.cleanups.append(server.stop)  # the interrupt watchdog stops it if the run cannot unwind
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
@@ -99,13 +123,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     root = paths.resolve_data_root(args.data_root)
-    try:
-        with _shared_ephemeral_server():
-            versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
-                                     to_stage=args.to_stage, force=args.force)
-    except StageFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    from flows.interrupt import exit_code, guard_run
+    with guard_run() as marker:
+        try:
+            with _shared_ephemeral_server():
+                versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
+                                         to_stage=args.to_stage, force=args.force)
+        except StageFailed as err:
+            if marker.signum is None:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            print(f"error: {marker.message()}", file=sys.stderr)
+            return exit_code()
+        except BaseException as err:  # Ctrl-C / SIGTERM (KeyboardInterrupt, Prefect's TerminationSignal)
+            if marker.signum is None and not isinstance(err, KeyboardInterrupt):
+                raise
+            marker.signum = marker.signum or signal.SIGINT
+            print(f"error: {marker.message()}", file=sys.stderr)
+            return exit_code()
     print(_table([{"stage": s, "version": v, "directory": paths.version_dir(root, s, v)} for s, v in versions.items()]))
     return 0
 
@@ -273,8 +308,10 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     try:
         from tasks.quality_classifier import QualityClassifierParams
+        fasttext = {k: v for k, v in (("epoch", args.epoch), ("lr", args.lr), ("word_ngrams", args.word_ngrams),
+                                      ("dim", args.dim)) if v is not None}
         params = QualityClassifierParams(positive=args.positive or [], negative=args.negative or [],
-                                         detokenize_wikitext=args.wikitext, languages=args.languages)
+                                         detokenize_wikitext=args.wikitext, languages=args.languages, **fasttext)
     except ValidationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -359,7 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", default="train", help="train, val or anneal")
     x.add_argument("--out", required=True, help="output .bin file")
     x.add_argument("--version", default="latest", help="tokenize version")
-    q = sub.add_parser("train-quality-classifier", help="train the fastText quality classifier (DCLM recipe)")
+    q = sub.add_parser(
+        "train-quality-classifier", help="train the fastText quality classifier (DCLM recipe)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the fastText quality classifier (DCLM recipe) and store it as a quality_classifier "
+                    "version.\nA held-out share of each class (test_fraction 0.2) is kept out of training; its "
+                    "precision/recall/AUC go into the manifest.\nThe quality stage drops documents by the score "
+                    "only if the classifier passes its validation bar\n(quality.classifier_min_auc 0.8, "
+                    "quality.classifier_min_examples 200 per class); otherwise it only annotates.",
+        epilog="examples:\n"
+               "  # labelled files (JSONL/Parquet with a `text` field, or blank-line separated .txt):\n"
+               "  pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl --data-root DIR\n"
+               "  # then, in the config:  quality: {classifier_version: <printed version>}\n"
+               "  # positives only: negatives are a random sample of the latest langid version's documents\n"
+               "  pretrain train-quality-classifier --positive good.jsonl --data-root DIR\n"
+               "  # no classifier at all: quality: {use_classifier: false}")
     q.add_argument("--positive", nargs="+", help="high-quality reference files (.jsonl/.parquet with text, .txt); "
                    "none: bootstrap labels from the heuristic filters")
     q.add_argument("--negative", nargs="+", help="low-quality files; none: sample the crawl (langid documents)")
@@ -367,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--languages", nargs="+", default=["en"], help="crawl languages used (langid labels)")
     q.add_argument("--input-version", default="latest", help="langid version the crawl documents come from")
     q.add_argument("--force", action="store_true", help="retrain even if this version exists")
+    q.add_argument("--epoch", type=int, help="fastText epochs (default 10)")
+    q.add_argument("--lr", type=float, help="fastText learning rate (default 0.1)")
+    q.add_argument("--word-ngrams", type=int, help="fastText wordNgrams (default 2, DCLM's bigrams)")
+    q.add_argument("--dim", type=int, help="fastText vector size (default 32)")
     for name, attach in EXTRA_PARSERS.items():
         attach(sub.add_parser(name))
     return p

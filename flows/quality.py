@@ -2,7 +2,9 @@
 
 Phases (`tasks.quality`): resolve the classifier (an explicit version, `latest`, or, by default, the
 bootstrap classifier trained on this langid version by `train_quality_classifier_flow`: trained once,
-then reused as its own versioned artifact) -> score every shard into the score cache
+then reused as its own versioned artifact; not trained at all when the langid version cannot supply
+`classifier_min_examples` documents per class) -> check it against the validation bar (below it, the
+classifier annotates only: no score threshold) -> score every shard into the score cache
 `quality/_scores/<scores version>/`, or reuse it -> with `keep_top_fraction`, one global threshold over
 the cached scores -> map the cheap filter over the shards. Changing only thresholds reuses the scores.
 The report (`quality-summary` artifact, `pretrain inspect quality`): score histogram, drops by filter.
@@ -49,21 +51,53 @@ from tasks.quality import (
     quality_score_shard,
     top_fraction_threshold,
 )
-from tasks.quality_classifier import MODEL_FILE, QualityClassifierParams
+from storage.documents import iter_batches
+from tasks.quality_classifier import (
+    FIX_HINT,
+    MODEL_FILE,
+    QualityClassifierParams,
+    TooFewExamples,
+    classifier_shortfall,
+)
 
 log = logging.getLogger(__name__)
 
 
-def resolve_classifier(root: str, params: QualityParams, langid_version: str) -> Optional[Manifest]:
-    """The classifier manifest the stage scores with (None with use_classifier off)."""
+def candidate_documents(root: str, langid: Manifest, languages: list[str]) -> int:
+    """Documents of the langid version in `languages` (the bootstrap's pool; reads one column)."""
+    keep, n = set(languages), 0
+    base = paths.version_dir(root, langid.stage, langid.version)
+    for shard in langid.shards:
+        for batch in iter_batches(paths.join(base, shard.name), columns=["language"]):
+            n += sum(1 for lang in batch.column(0).to_pylist() if lang in keep)
+    return n
+
+
+def resolve_classifier(root: str, params: QualityParams, langid: Manifest) -> tuple[Optional[Manifest], Optional[str]]:
+    """The classifier manifest the stage scores with, or None (use_classifier off, or bootstrapping skipped:
+    then the second value says why)."""
     if not params.use_classifier:
-        return None
+        return None, None
     if params.classifier_version is None:
+        n = candidate_documents(root, langid, params.classifier_languages)
+        if n < 2 * params.classifier_min_examples:
+            return None, (f"bootstrap classifier not trained: langid@{langid.version} has {n} documents in "
+                          f"{params.classifier_languages}, fewer than the {2 * params.classifier_min_examples} "
+                          f"needed for classifier_min_examples={params.classifier_min_examples} per class; "
+                          f"heuristics only. To silence this, {FIX_HINT}")
         boot = QualityClassifierParams(languages=params.classifier_languages, filters=params.filters,
-                                       filter_options=params.filter_options)
-        version = train_quality_classifier_flow(params=boot, data_root=root, input_version=langid_version)
-        return load_manifest(root, Stage.QUALITY_CLASSIFIER, version)
-    return load_manifest(root, Stage.QUALITY_CLASSIFIER, params.classifier_version)
+                                       filter_options=params.filter_options,
+                                       datatrove_compatible=params.datatrove_compatible)
+        try:
+            version = train_quality_classifier_flow(params=boot, data_root=root, input_version=langid.version,
+                                                    min_examples_per_class=params.classifier_min_examples)
+        except TooFewExamples as err:
+            return None, f"bootstrap classifier not trained, heuristics only: {err}"
+        return load_manifest(root, Stage.QUALITY_CLASSIFIER, version), None
+    try:
+        return load_manifest(root, Stage.QUALITY_CLASSIFIER, params.classifier_version), None
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"quality.classifier_version={params.classifier_version!r}: {err}; {FIX_HINT}") from None
 
 
 def ensure_scores(root: str, scores_version: str, sources: list[str], plan: ScorePlan,
@@ -108,7 +142,8 @@ def histogram_rows(manifest: Manifest) -> list[str]:
 
 def report_markdown(manifest: Manifest, root: str) -> str:
     x, c = manifest.extras, manifest.stats.counters
-    lines = [f"Classifier: {x.get('classifier_version') or 'off'}"
+    lines = [f"**Warning: the classifier drops nothing**: {x['classifier_warning']}", ""] if x.get("classifier_warning") else []
+    lines += [f"Classifier: {x.get('classifier_version') or 'off'}"
              + (" (bootstrapped from the heuristics)" if x.get("classifier_bootstrap") else "")
              + f"; score threshold {x.get('score_threshold')}; scores {x.get('scores_version')}"
              + (" (reused)" if x.get("scores_reused") else ""), ""]
@@ -136,14 +171,25 @@ def quality_flow(params: QualityParams = QualityParams(), data_root: Optional[st
     """Langid documents -> documents passing the quality layers; returns the quality version id."""
     root = paths.resolve_data_root(data_root)
     langid = load_manifest(root, Stage.LANGID, input_version)
-    clf = resolve_classifier(root, params, langid.version)
+    clf, warning = resolve_classifier(root, params, langid)
+    shortfall = None
+    if clf is not None:
+        shortfall = classifier_shortfall(clf.extras, params.classifier_min_auc, params.classifier_min_examples)
+    if clf is not None and shortfall:
+        warning = (f"quality_classifier@{clf.version} is below the validation bar ({shortfall}): it only "
+                   f"annotates (quality_score stored, no quality_score_low drops). {FIX_HINT[0].upper()}"
+                   f"{FIX_HINT[1:]}, or lower classifier_min_auc / classifier_min_examples")
+    if warning:
+        log.warning("%s", warning)
+    gates = clf is not None and not shortfall
     inputs = {str(Stage.LANGID): langid.version, **({str(Stage.QUALITY_CLASSIFIER): clf.version} if clf else {})}
     scores_version = compute_version(f"{STAGE}{SCORES_DIR}", SCORES_VERSION, params.scoring_params(), inputs)
     run = begin_stage(STAGE, STAGE_VERSION, params, root, langid.version, force,
                       extra_inputs={k: v for k, v in inputs.items() if k != str(Stage.LANGID)})
     extras: dict[str, Any] = {"scores_version": scores_version, "classifier_version": clf.version if clf else None,
                               "classifier_bootstrap": bool(clf and clf.extras.get("bootstrap")),
-                              "classifier_metrics": clf.extras.get("metrics") if clf else None}
+                              "classifier_metrics": clf.extras.get("metrics") if clf else None,
+                              "classifier_gates": gates, "classifier_warning": warning}
     if run.reused is not None:
         publish(run.reused, root, report_markdown, reused=True)
         return run.version
@@ -154,7 +200,8 @@ def quality_flow(params: QualityParams = QualityParams(), data_root: Optional[st
                          classifier_max_chars=clf.params.get("max_chars", 100_000) if clf else 100_000)
         scores_dir, reused, score_counters = ensure_scores(root, scores_version, sources, plan, force)
         score_paths = [paths.join(scores_dir, paths.shard_name(i)) for i in range(len(sources))]
-        threshold = params.min_score if params.keep_top_fraction is None else top_fraction_threshold(score_paths, params)
+        threshold = (None if not gates else params.min_score if params.keep_top_fraction is None
+                     else top_fraction_threshold(score_paths, params))
         extras.update(scores_reused=reused, score_threshold=threshold)
         results = map_shards(run, quality_filter_shard, sources,
                              FilterPlan(params=params, scores_dir=scores_dir, score_threshold=threshold))

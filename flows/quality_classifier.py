@@ -3,7 +3,9 @@
 Trains the fastText quality classifier (`tasks.quality_classifier`) and stores it as a versioned
 artifact: `model.bin` plus a manifest whose extras hold the held-out precision / recall / accuracy /
 AUC, where the labels came from (files, crawl sample, or bootstrapped from the heuristic layer) and
-the example counts. The version hashes the params, the langid version the crawl documents came from
+the example counts. `min_examples_per_class` (the quality stage passes its `classifier_min_examples`)
+refuses, before any fastText training, labels that could never pass the quality stage's validation bar
+(`TooFewExamples`: nothing is committed). The version hashes the params, the langid version the crawl documents came from
 (when any are used) and a fingerprint of the reference files, so a rerun reuses it. The quality stage
 references a classifier by this version id.
 """
@@ -32,11 +34,13 @@ from storage.manifest import (
     set_latest,
 )
 from storage.stats import StageStats
+from tasks.quality import QualityParams
 from tasks.quality_classifier import (
     MODEL_FILE,
     STAGE,
     STAGE_VERSION,
     QualityClassifierParams,
+    classifier_shortfall,
     train_classifier,
 )
 from tasks.sources import input_fingerprint
@@ -56,6 +60,12 @@ def report_markdown(manifest: Manifest, root: str) -> str:
     lines += ["", "## Held-out metrics (P(hq) >= 0.5 counts as high quality)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()]
     lines += ["", "| examples | count |", "|---|---|"] + [f"| {k} | {v} |" for k, v in x.get("counts", {}).items()]
+    bar = QualityParams.model_fields
+    min_auc, min_n = bar["classifier_min_auc"].default, bar["classifier_min_examples"].default
+    short = classifier_shortfall(x, min_auc, min_n)
+    lines += ["", f"Validation bar of the quality stage (defaults: held-out AUC >= {min_auc}, >= {min_n} examples "
+              f"per class): " + (f"**fails** ({short}); the quality stage will only annotate with it" if short
+                                 else "passes; the quality stage may drop documents by its score")]
     lines += ["", f"Model: `{MODEL_FILE}` ({x.get('model_bytes', 0) / 1e6:.1f} MB, sha256 {x.get('model_sha256', '')[:16]})"]
     return "\n".join(lines)
 
@@ -74,15 +84,17 @@ def publish(manifest: Manifest, root: str, reused: bool = False) -> None:
 
 
 @task(task_run_name="train-quality-classifier")
-def train_task(params: QualityClassifierParams, crawl_shards: list[str], out_dir: str) -> dict[str, Any]:
-    return train_classifier(params, crawl_shards, Path(out_dir))
+def train_task(params: QualityClassifierParams, crawl_shards: list[str], out_dir: str,
+               min_examples_per_class: int = 2) -> dict[str, Any]:
+    return train_classifier(params, crawl_shards, Path(out_dir), min_examples_per_class)
 
 
 @flow(name="train-quality-classifier", task_runner=task_runner(1))
 def train_quality_classifier_flow(params: QualityClassifierParams = QualityClassifierParams(),
                                   data_root: Optional[str] = None, input_version: str = "latest",
-                                  force: bool = False) -> str:
-    """Train (or reuse) a quality classifier; returns its version id."""
+                                  force: bool = False, min_examples_per_class: int = 2) -> str:
+    """Train (or reuse) a quality classifier; returns its version id. Raises `TooFewExamples` (a ValueError)
+    when a class has fewer than `min_examples_per_class` examples (at least 2 are always needed)."""
     root = paths.resolve_data_root(data_root)
     inputs: dict[str, str] = {}
     shards: list[str] = []
@@ -102,7 +114,7 @@ def train_quality_classifier_flow(params: QualityClassifierParams = QualityClass
         return version
     writer = VersionWriter(root, STAGE, version, replace=force)
     try:
-        facts = train_task(params, shards, str(writer.local_tmp()))
+        facts = train_task(params, shards, str(writer.local_tmp()), min_examples_per_class)
         n = facts["n_examples"]
         stats = StageStats(docs_in=n, docs_out=n, counters={f"examples.{k}": v for k, v in facts["counts"].items()})
         manifest = new_manifest(STAGE, STAGE_VERSION, version, params.model_dump(mode="json"), inputs,

@@ -14,6 +14,16 @@ Two phases, so thresholds can change without recomputing any score:
 A change of `enforce_filters`, `min_score`, `keep_top_fraction` or `exempt_sources` gives a new quality
 version that reuses the cached scores: no tokenizer or model runs again.
 
+The classifier gates only when it is shown to work (issue 10): its manifest's held-out AUC must reach
+`classifier_min_auc` (0.8) and it must have been trained and validated on >= `classifier_min_examples`
+(200) examples per class. A classifier below that bar annotates only: `quality_score` is stored, nothing
+is dropped as `quality_score_low` (nor by `keep_top_fraction`), and the log, the manifest extras
+(`classifier_gates: false`, `classifier_warning`) and the report say why. With no classifier configured
+the stage bootstraps one from the heuristic layer, but only if the langid version can supply the bar's
+example count per class; otherwise it skips training (no fastText run) and runs the heuristics only,
+saying so. A real classifier: `pretrain train-quality-classifier --positive good.jsonl --negative
+bad.jsonl`, then `classifier_version` (see `tasks.quality_classifier`).
+
 Columns added: `heuristic_gopher_repetition`, `heuristic_gopher_quality`, `heuristic_c4_quality`,
 `heuristic_fineweb_quality` (`pass`, the filter's reason, `undefined`, or null when the filter does not
 apply to the language), `quality_score` (float64; null for languages outside `classifier_languages` or
@@ -62,8 +72,8 @@ from tasks.quality_heuristics import (
 log = logging.getLogger(__name__)
 
 STAGE = Stage.QUALITY
-STAGE_VERSION = 1
-SCORES_VERSION = 1
+STAGE_VERSION = 2  # 2: Gopher paper words by default; a classifier below the validation bar drops nothing
+SCORES_VERSION = 2  # 2: gopher_quality verdicts on whitespace words unless datatrove_compatible
 SCORES_DIR = "_scores"
 SCORES_META = "scores.json"
 
@@ -86,10 +96,20 @@ class QualityParams(StageParams):
         "Heuristic filters to evaluate (datatrove's, with their published defaults)."))
     filter_options: dict[FilterName, dict[str, Any]] = Field(default_factory=dict, description=(
         "Constructor overrides per filter, e.g. {c4_quality: {filter_no_terminal_punct: false}} (FineWeb's C4)."))
+    datatrove_compatible: bool = Field(False, description=(
+        "Reproduce datatrove's verdicts exactly: Gopher quality counts spaCy tokens, punctuation included, as "
+        "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality_heuristics)."))
     use_classifier: bool = Field(True, description="Score documents with the fastText quality classifier.")
     classifier_version: str | None = Field(None, description=(
         "quality_classifier version id, or 'latest'; empty: train (once, then reused) a classifier bootstrapped "
-        "from the heuristic layer on this langid version."))
+        "from the heuristic layer on this langid version, unless it cannot supply classifier_min_examples per class "
+        "(then: heuristics only, with a warning). Train a real one: pretrain train-quality-classifier."))
+    classifier_min_auc: float = Field(0.8, ge=0.0, le=1.0, description=(
+        "Validation bar: a classifier whose held-out ROC AUC (in its manifest) is below this only annotates "
+        "(quality_score stored, nothing dropped by it)."))
+    classifier_min_examples: int = Field(200, ge=2, le=10_000_000, description=(
+        "Validation bar: labelled examples per class (train + held-out) a classifier must have seen to drop "
+        "documents; the bootstrap classifier is not trained when the langid version cannot supply this many."))
     classifier_languages: list[str] = Field(["en"], description=(
         "Languages the classifier scores; other documents get a null quality_score and skip the score threshold."))
     max_chars: int = Field(1_000_000, ge=1000, le=100_000_000, description=(
@@ -124,8 +144,8 @@ class QualityParams(StageParams):
 
     def scoring_params(self) -> dict[str, Any]:
         """What the score cache depends on (the threshold knobs are left out)."""
-        return self.model_dump(mode="json", include={"filters", "filter_options", "use_classifier",
-                                                     "classifier_languages", "max_chars"})
+        return self.model_dump(mode="json", include={"filters", "filter_options", "datatrove_compatible",
+                                                     "use_classifier", "classifier_languages", "max_chars"})
 
 
 class ScorePlan(StageParams):
@@ -150,9 +170,10 @@ class ScoreResult(BaseModel):
 
 
 @functools.lru_cache(maxsize=4)
-def heuristic_layer(filters: tuple[FilterName, ...], options_json: str) -> HeuristicLayer:
+def heuristic_layer(filters: tuple[FilterName, ...], options_json: str,
+                    datatrove_compatible: bool = False) -> HeuristicLayer:
     """One layer (spaCy tokenizers, datatrove filters) per process and configuration."""
-    return HeuristicLayer(list(filters), json.loads(options_json))
+    return HeuristicLayer(list(filters), json.loads(options_json), datatrove_compatible)
 
 
 def input_error(text: str, max_chars: int) -> str | None:
@@ -191,7 +212,8 @@ def score_documents(docs: Iterable[Document], plan: ScorePlan, layer: HeuristicL
 def quality_score_shard(src: str, out_dir: str, index: int, plan: ScorePlan) -> ScoreResult:
     """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache."""
     t0, stats = time.perf_counter(), StageStats()
-    layer = heuristic_layer(tuple(plan.params.filters), canonical_json(plan.params.filter_options))
+    layer = heuristic_layer(tuple(plan.params.filters), canonical_json(plan.params.filter_options),
+                            plan.params.datatrove_compatible)
     model = load_quality_model(plan.classifier_path) if plan.classifier_path else None
     out = paths.join(out_dir, paths.shard_name(index))
     fs, p = paths.filesystem(out)

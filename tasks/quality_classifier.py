@@ -14,7 +14,19 @@ Crawl documents are the `langid` version's kept documents in `languages`, at mos
 A bootstrapped classifier can only learn what the heuristics already encode; its report says so.
 
 Every class is split by a hash of its text into train and a held-out `test_fraction`; the manifest's
-extras hold precision / recall / accuracy at P(hq) >= 0.5 and the ROC AUC on the held-out split.
+extras hold precision / recall / accuracy at P(hq) >= 0.5 and the ROC AUC on the held-out split, and
+`examples_per_class` (train + held-out). The quality stage lets a classifier drop documents only if
+those pass its validation bar (`QualityParams.classifier_min_auc`, default 0.8, and
+`classifier_min_examples`, default 200 per class: `classifier_shortfall`); otherwise its scores are
+stored and nothing is dropped by them. A bootstrapped classifier rarely passes: on small crawls it sees
+a few dozen documents (held-out AUC 0.5-0.7, every score near 0.5), so the stage skips training it when
+the crawl cannot supply `classifier_min_examples` per class (`TooFewExamples`).
+
+Training a real classifier (DCLM-style, on labelled files; the held-out split is taken from them):
+    pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl --data-root DIR
+then set `quality.classifier_version: <printed version>`. JSONL/Parquet files need a `text` field
+(`.txt`: blank-line separated documents). Without `--negative`, negatives are a random sample of the
+latest langid version's documents; without either, labels are bootstrapped from the heuristics.
 Text the model sees (training and scoring alike, `classifier_text`): the first `max_chars`
 characters, NFKC-lowercased, words and punctuation separated by single spaces, on one line.
 """
@@ -55,10 +67,25 @@ from tasks.text import hash64, normalise
 log = logging.getLogger(__name__)
 
 STAGE = Stage.QUALITY_CLASSIFIER
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: bootstrap labels use Gopher's paper words (datatrove_compatible off)
 MODEL_FILE = "model.bin"
 HQ, LQ = "hq", "lq"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+FIX_HINT = ("set `quality.use_classifier: false` to run the heuristics only, or train a classifier on labelled "
+            "files (`pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl`) and set "
+            "`quality.classifier_version` to the version it prints")
+
+
+class TooFewExamples(ValueError):
+    """A class has fewer labelled examples than training (or the validation bar) needs."""
+
+    def __init__(self, counts: dict[str, int], needed: int, bootstrap: bool):
+        self.counts, self.needed = counts, needed
+        short = {("positives" if k == HQ else "negatives"): n for k, n in counts.items() if n < needed}
+        where = ("bootstrapped from the heuristic layer (positives pass every filter, negatives fail one)"
+                 if bootstrap else "from the reference files and the crawl sample")
+        super().__init__(f"only {', '.join(f'{n} {what}' for what, n in short.items())} for the quality classifier "
+                         f"(need >= {needed} per class; labels {where}): {FIX_HINT}")
 
 
 class QualityClassifierParams(StageParams):
@@ -89,6 +116,9 @@ class QualityClassifierParams(StageParams):
     filters: list[FilterName] = Field(list(FILTER_NAMES), description="Heuristic filters used for bootstrapped labels.")
     filter_options: dict[FilterName, dict[str, Any]] = Field(default_factory=dict, description=(
         "Constructor overrides of the datatrove filters used for bootstrapped labels."))
+    datatrove_compatible: bool = Field(False, description=(
+        "Bootstrapped labels from datatrove's exact Gopher quality verdicts (spaCy tokens as words) instead of "
+        "the paper's whitespace words (see tasks.quality_heuristics)."))
 
     @model_validator(mode="after")
     def _check(self) -> QualityClassifierParams:
@@ -188,7 +218,8 @@ def collect_examples(params: QualityClassifierParams, crawl_shards: list[str]) -
                "negative": "files" if params.negative else ("heuristics" if params.bootstrap else "crawl_sample")}
     if params.positive and params.negative:
         return ex, sources
-    layer = HeuristicLayer(params.filters, dict(params.filter_options)) if params.bootstrap else None
+    layer = (HeuristicLayer(params.filters, dict(params.filter_options), params.datatrove_compatible)
+             if params.bootstrap else None)
     keep = set(params.languages)
     for shard in crawl_shards:
         for doc in read_documents(shard, columns=["id", "text", "language"]):
@@ -246,19 +277,38 @@ def score_texts(model: Any, texts: list[str]) -> list[float]:
     return out
 
 
-def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], out_dir: Path) -> dict[str, Any]:
-    """Collect examples, train, evaluate on the held-out split, save `model.bin`; returns the facts."""
+def examples_per_class(facts: dict[str, Any]) -> dict[str, int]:
+    """Labelled examples per class (train + held-out) of a classifier's manifest extras."""
+    counts = facts.get("counts", {})
+    return {label: int(counts.get(f"train.{label}", 0)) + int(counts.get(f"test.{label}", 0)) for label in (HQ, LQ)}
+
+
+def classifier_shortfall(facts: dict[str, Any], min_auc: float, min_examples: int) -> str | None:
+    """Why a classifier (its manifest extras) fails the validation bar, or None when it passes."""
+    metrics = facts.get("metrics") or {}
+    auc = metrics.get("auc")
+    per_class = examples_per_class(facts)
+    problems = []
+    if auc is None or not math.isfinite(auc) or auc < min_auc:
+        problems.append(f"held-out AUC {auc if auc is None else round(auc, 3)} < {min_auc}")
+    small = {("positives" if k == HQ else "negatives"): n for k, n in per_class.items() if n < min_examples}
+    if small:
+        problems.append(f"{', '.join(f'{n} {what}' for what, n in small.items())} < {min_examples} per class")
+    return "; ".join(problems) or None
+
+
+def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], out_dir: Path,
+                     min_examples_per_class: int = 2) -> dict[str, Any]:
+    """Collect examples, train, evaluate on the held-out split, save `model.bin`; returns the facts.
+    Raises `TooFewExamples` before training when a class has fewer than `min_examples_per_class` (>= 2)."""
     ex, sources = collect_examples(params, crawl_shards)
     train_rows: list[tuple[str, str]] = []
     test_texts: list[str] = []
     test_labels: list[int] = []
     per_class = {label: ex.texts(label) for label in (HQ, LQ)}
-    for label, texts in per_class.items():
-        if len(texts) < 2:
-            what = "positives" if label == HQ else "negatives"
-            raise ValueError(f"only {len(texts)} {what} for the quality classifier (need >= 2): pass "
-                             f"--{'positive' if label == HQ else 'negative'} files, or run on a crawl with more "
-                             f"{'documents passing' if label == HQ else 'documents failing'} the heuristics")
+    needed = max(2, min_examples_per_class)
+    if any(len(t) < needed for t in per_class.values()):
+        raise TooFewExamples({label: len(t) for label, t in per_class.items()}, needed, params.bootstrap)
     if params.balance:
         n = min(len(t) for t in per_class.values())
         per_class = {label: texts[:n] for label, texts in per_class.items()}  # texts are in sample-key order
@@ -293,7 +343,9 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
     counts = {f"{split_name}.{label}": n for split_name, rows in (("train", train_rows),) for label in (HQ, LQ)
               for n in [sum(1 for r in rows if r[0] == label)]}
     counts.update({f"test.{HQ}": sum(test_labels), f"test.{LQ}": len(test_labels) - sum(test_labels)})
+    per_class_n = {HQ: counts[f"train.{HQ}"] + counts[f"test.{HQ}"], LQ: counts[f"train.{LQ}"] + counts[f"test.{LQ}"]}
     return {"metrics": metrics, "label_sources": sources, "bootstrap": params.bootstrap, "counts": counts,
+            "examples_per_class": per_class_n,
             "candidates": dict(ex.seen), "model_file": MODEL_FILE, "model_bytes": model_path.stat().st_size,
             "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "languages": params.languages,
             "n_examples": len(train_rows) + len(test_texts), "lr": lr}

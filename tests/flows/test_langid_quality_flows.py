@@ -68,7 +68,9 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     assert set(cm.extras["metrics"]) == {"n", "precision", "recall", "accuracy", "auc"}
     assert train_quality_classifier_flow(params=clf_params, data_root=root) == cv  # reused
 
-    v1 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=0.0), data_root=root)
+    # 8 positives: below the default validation bar (200 per class); lowered here to test the thresholds
+    bar = {"classifier_min_examples": 2, "classifier_min_auc": 0.0}
+    v1 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=0.0, **bar), data_root=root)
     m1 = load_manifest(root, Stage.QUALITY, v1)
     assert m1.inputs == {"langid": "lid1", "quality_classifier": cv} and not m1.extras["scores_reused"]
     assert m1.stats.docs_in == 22 and sum(m1.stats.counters[f"score_bin.{i}"] for i in range(10)
@@ -81,20 +83,94 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     monkeypatch.setattr(tasks.quality, "load_quality_model", boom)
     monkeypatch.setattr(tasks.quality, "heuristic_layer", boom)
     median = scores[len(scores) // 2]
-    v2 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=median), data_root=root)
+    v2 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=median, **bar), data_root=root)
     m2 = load_manifest(root, Stage.QUALITY, v2)
     assert v2 != v1 and m2.extras["scores_reused"] and m2.extras["scores_version"] == m1.extras["scores_version"]
     assert m2.stats.dropped["quality_score_low"] == sum(1 for s in scores if s < median) > 0
-    v3 = QUALITY_1(params=QualityParams(classifier_version=cv, keep_top_fraction=0.5), data_root=root)
+    assert m2.extras["classifier_gates"] and m2.extras["classifier_warning"] is None
+    v3 = QUALITY_1(params=QualityParams(classifier_version=cv, keep_top_fraction=0.5, **bar), data_root=root)
     assert load_manifest(root, Stage.QUALITY, v3).extras["scores_reused"]
+    # the default bar: the same classifier and threshold only annotate (scores stored, nothing dropped by them)
+    v4 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=median), data_root=root)
+    m4 = load_manifest(root, Stage.QUALITY, v4)
+    assert m4.extras["scores_reused"] and not m4.extras["classifier_gates"] and m4.extras["score_threshold"] is None
+    assert "quality_score_low" not in m4.stats.dropped and m4.stats.docs_out > m2.stats.docs_out
+    warning = m4.extras["classifier_warning"]
+    assert "8 positives" in warning and "< 200 per class" in warning and "quality.use_classifier: false" in warning
+    kept4 = [d for s in m4.shards for d in read_documents(f"{root}/quality/{v4}/{s.name}")]
+    assert any(d.meta["quality_score"] is not None and d.meta["quality_score"] < median for d in kept4)
+    assert main(["inspect", "quality", "--data-root", root, "--version", v4]) == 0
+    assert "Warning: the classifier drops nothing" in capsys.readouterr().out
     assert main(["inspect", "quality", "--data-root", root, "--version", v2]) == 0
     out = capsys.readouterr().out
     assert "## Score histogram" in out and "## Drops by filter" in out and "quality_score_low" in out
 
 
+def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect_backend, langid_version, monkeypatch):
+    """22 documents cannot give 200 examples per class: no classifier is trained (no fastText run), the
+    heuristics still drop, the manifest and report say why (issue 10: a 6-document classifier was used)."""
+    root, docs = langid_version
+    import flows.quality
+
+    def boom(*a, **k):
+        raise AssertionError("the bootstrap classifier must not be trained")
+    monkeypatch.setattr(flows.quality, "train_quality_classifier_flow", boom)
+    v = QUALITY_1(data_root=root)
+    m = load_manifest(root, Stage.QUALITY, v)
+    assert m.extras["classifier_version"] is None and not m.extras["classifier_gates"]
+    warning = m.extras["classifier_warning"]
+    assert "bootstrap classifier not trained" in warning and "21 documents in ['en']" in warning
+    assert "quality.use_classifier: false" in warning and "pretrain train-quality-classifier" in warning
+    assert list_versions(root, Stage.QUALITY_CLASSIFIER) == [] and "quality_score_low" not in m.stats.dropped
+    spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
+    rejected = {d.id for s in m.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
+    assert spam_ids and spam_ids <= rejected
+    assert all(d.meta["quality_score"] is None for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}"))
+
+
+def test_too_few_bootstrap_labels_do_not_stop_the_stage(prefect_backend, tmp_path, make_version, demo_ground_truth):
+    """Every English document fails a heuristic: 0 positives. The stage used to stop with "only 0
+    positives for the quality classifier"; now it runs the heuristics only and says why."""
+    rows = [r for r in demo_ground_truth[1] if r["category"] == "spam" and r["language"] == "en"]
+    spam = [d for d in _langid_docs(rows)]
+    assert len(spam) >= 4
+    make_version(tmp_path, "langid", [spam], extra=LANGID_FIELDS, version="lidspam")
+    v = QUALITY_1(params=QualityParams(classifier_min_examples=2), data_root=str(tmp_path))
+    m = load_manifest(str(tmp_path), Stage.QUALITY, v)
+    warning = m.extras["classifier_warning"]
+    assert "only 0 positives" in warning and "quality.use_classifier: false" in warning, warning
+    assert m.extras["classifier_version"] is None and m.stats.docs_out < m.stats.docs_in
+
+
+def test_missing_classifier_version_names_the_fix(prefect_backend, langid_version):
+    root, _ = langid_version
+    with pytest.raises(FileNotFoundError, match="quality.use_classifier: false.*pretrain train-quality-classifier"):
+        QUALITY_1(params=QualityParams(classifier_version="nosuchversion"), data_root=root)
+
+
+def test_cli_trains_a_classifier_on_labelled_files(prefect_backend, tmp_path, capsys):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    good = "river museum library history council research student village century archive".split()
+    bad = "buy cheap free click now best deal pills casino bonus".split()
+    for name, words, n in (("good.jsonl", good, 12), ("bad.jsonl", bad, 20)):
+        rows = [" ".join(f"The {rng.choice(words)} of the {rng.choice(words)} and {rng.choice(words)}." for _ in range(n))
+                for _ in range(60)]
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    args = ["train-quality-classifier", "--positive", str(tmp_path / "good.jsonl"), "--negative",
+            str(tmp_path / "bad.jsonl"), "--data-root", str(tmp_path / "root"), "--dim", "16"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    m = load_manifest(str(tmp_path / "root"), Stage.QUALITY_CLASSIFIER)
+    assert m.extras["metrics"]["auc"] == 1.0 and m.extras["examples_per_class"] == {"hq": 60, "lq": 60}
+    assert m.params["dim"] == 16 and "**fails** (60 positives, 60 negatives < 200 per class)" in out
+    assert f"quality.classifier_version: {m.version}" in out
+
+
 def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, langid_version):
     root, docs = langid_version
-    v = QUALITY_1(data_root=root)
+    bar = QualityParams(classifier_min_examples=2, classifier_min_auc=0.0)  # the bootstrap path on a tiny crawl
+    v = QUALITY_1(params=bar, data_root=root)
     m = load_manifest(root, Stage.QUALITY, v)
     clf = load_manifest(root, Stage.QUALITY_CLASSIFIER, m.extras["classifier_version"])
     assert clf.extras["bootstrap"] and clf.extras["label_sources"]["positive"] == "heuristics"
@@ -104,7 +180,8 @@ def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, lang
     assert spam_ids and spam_ids <= set(rejected)
     kept = [d for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}")]
     assert any(d.meta["language"] == "de" and d.meta["heuristic_c4_quality"] is None for d in kept)
-    assert QUALITY_1(data_root=root) == v and len(list_versions(root, Stage.QUALITY_CLASSIFIER)) == 1
+    assert m.extras["classifier_gates"] and clf.extras["examples_per_class"]["hq"] >= 2
+    assert QUALITY_1(params=bar, data_root=root) == v and len(list_versions(root, Stage.QUALITY_CLASSIFIER)) == 1
 
 
 @pytest.mark.slow
