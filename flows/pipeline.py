@@ -32,7 +32,7 @@ from flows.tokenization import tokenization_flow, tokenize_report
 from flows.sharded import ReportFn, task_runner
 from flows.summary import publish_summary
 from storage import paths
-from storage.manifest import STAGE_ORDER, Stage
+from storage.manifest import STAGE_ORDER, Stage, load_manifest
 
 # Stage -> call(config, data_root, input_version, force) -> version. Each stage issue adds its line.
 StageCall = Callable[[PipelineConfig, str, str, bool], str]
@@ -73,6 +73,34 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: Stage, cause: BaseException):
         self.stage = stage
         super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+
+
+# Where to look when a stage leaves no documents for the next one.
+_EMPTY_HINTS: dict[Stage, str] = {
+    Stage.INGEST: "check that the inputs are WARC/WET files with HTML responses (`pretrain inspect ingest --rejected`)",
+    Stage.LANGID: "widen langid.languages (an empty list keeps every language) or lower langid.threshold",
+    Stage.QUALITY: "add inputs, widen langid.languages, or enforce fewer filters (quality.enforce_filters)",
+    Stage.DEDUP: "add inputs",
+    Stage.DECONTAMINATE: "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
+    Stage.MIX: "check mix.weights against the sources present (`pretrain inspect mix`)",
+}
+
+
+class NothingLeft(ValueError):
+    """The previous stage kept no document, so the next one has nothing to work on."""
+
+
+def check_documents_left(root: str, stage: Stage, version: str, next_stage: Stage) -> None:
+    """Stop before `next_stage` with the numbers and the fix when `stage@version` kept no document."""
+    if stage not in _EMPTY_HINTS:
+        return
+    m = load_manifest(root, stage, version)
+    if m.stats.docs_out > 0:
+        return
+    dropped = ", ".join(f"{r} {n}" for r, n in sorted(m.stats.dropped.items(), key=lambda kv: -kv[1])) or "none"
+    raise NothingLeft(f"{stage}@{version} kept 0 of {m.stats.docs_in} documents (dropped: {dropped}), so "
+                      f"{next_stage} and the stages after it have nothing to work on. See what was dropped with "
+                      f"`pretrain inspect {stage} --rejected`; then {_EMPTY_HINTS[stage]}")
 
 
 def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
@@ -122,10 +150,12 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional
     versions: dict[str, str] = {}
     forcing = False
     previous: Optional[str] = None
-    for stage in selected:
+    for i, stage in enumerate(selected):
         forcing = forcing or stage == force
         input_version = previous or "latest"
         try:
+            if previous is not None:
+                check_documents_left(root, selected[i - 1], previous, stage)
             previous = STAGES[stage](config, root, input_version, forcing)
         except Exception as exc:
             log.error("stage '%s' failed; upstream versions %s are complete and will be reused", stage, versions)

@@ -283,7 +283,11 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
     """Global exact groups and near-duplicate clusters; writes `_work/minhash/decisions-NNNNN.parquet`."""
     corpus = _Corpus(out_dir, n_shards, params)
     n = int(corpus.start[-1])
-    if corpus.keys is None or n == 0:
+    if corpus.keys is None or n == 0:  # nothing reached dedup: every (empty) shard gets an empty decision list
+        empty = pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string()),
+                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
+        for s in range(n_shards):
+            pq.write_table(empty, work_path(out_dir, "decisions", s, "parquet"))
         return ClusterSummary(docs=0, exact_duplicates=0, near_duplicates=0, candidate_pairs=0, checked_pairs=0,
                               verified_pairs=0, near_clusters=0, cluster_sizes={}, largest_clusters=[])
     rank = keep_rank(corpus.keys, params.keep)

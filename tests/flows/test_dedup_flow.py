@@ -193,3 +193,12 @@ def test_demo_crawl_duplicates_are_removed(prefect_backend, data_root, make_vers
     assert len(missed) <= 0.08 * len(want), missed
     assert all(got[u] == want[u] for u in got)
     assert np.mean([t["near_duplicate_jaccard"] >= 0.8 for t in pages if t["near_duplicate_jaccard"]]) == 1.0
+
+
+def test_no_documents_at_all_gives_an_empty_version(prefect_backend, data_root, make_version):
+    """Every upstream shard empty (quality kept nothing of a small real crawl): dedup crashed with
+    FileNotFoundError on `_work/minhash/decisions-00000.parquet`; it now commits an empty version."""
+    make_version(data_root, Stage.QUALITY, [[], []])
+    v = FLOW(params=DedupParams(), data_root=str(data_root))
+    m = load_manifest(str(data_root), Stage.DEDUP, v)
+    assert (m.stats.docs_in, m.stats.docs_out) == (0, 0) and [s.rows for s in m.shards] == [0, 0]
