@@ -56,7 +56,9 @@ PRESETS = {"arc_easy": "arc", "arc_challenge": "arc", "gsm8k": "gsm8k"}  # the o
 
 
 def benchmark_specs(evals: Path, legacy: bool = False) -> list[Any]:
+    from storage import paths
     from tasks.benchmarks import BenchmarkFile
+    paths.allow_root(str(evals))  # benchmark files must lie under an allowed root (../shared/data is not one)
     specs = []
     for f in sorted(evals.glob("*.jsonl")):
         if legacy:

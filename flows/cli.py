@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import paths
-from storage.manifest import STAGE_ORDER, Manifest, Stage, latest_version, list_versions, load_manifest
+from storage.manifest import (STAGE_ORDER, Manifest, Stage, check_version, latest_version, list_versions,
+                              load_manifest)
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -45,6 +46,14 @@ def _stage(value: str) -> Stage:
         return Stage(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"unknown stage {value!r}; choose one of {[str(s) for s in Stage]}") from None
+
+
+def _version(value: str) -> str:
+    """argparse type of --version / --input-version: 'latest' or a 12-hex version id."""
+    try:
+        return check_version(value, "--version")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--version: ")) from None
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -116,19 +125,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from flows.console import quiet_console_tracebacks
     from flows.pipeline import StageFailed, pipeline_flow, select_stages
+    quiet_console_tracebacks()
     try:
         select_stages(args.only, args.from_stage, args.to_stage)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     root = paths.resolve_data_root(args.data_root)
-    from flows.interrupt import exit_code, guard_run
+    from flows.interrupt import cancel_flow_runs, exit_code, guard_run
     with guard_run() as marker:
         try:
             with _shared_ephemeral_server():
-                versions = pipeline_flow(config=config, data_root=root, only=args.only, from_stage=args.from_stage,
-                                         to_stage=args.to_stage, force=args.force)
+                try:
+                    versions = pipeline_flow(config=config, data_root=root, only=args.only,
+                                             from_stage=args.from_stage, to_stage=args.to_stage, force=args.force)
+                except BaseException:
+                    if marker.signum is not None and (changed := cancel_flow_runs()):  # while the server is up
+                        print(f"marked {len(changed)} Prefect flow run(s) Cancelled: {', '.join(changed)}",
+                              file=sys.stderr)
+                    raise
         except StageFailed as err:
             if marker.signum is None:
                 print(f"error: {err}", file=sys.stderr)
@@ -247,8 +264,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"left alone (no manifest, not a temp dir): {path}")
     for path in plan.train_work:
         print(f"left alone (training work dir: checkpoints of a running or killed run; delete by hand): {path}")
+    kept = len(plan.versions) - len(plan.to_delete)
     print(f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
-          f"{verb} {len(plan.stale)} stale temp dir(s)" + ("; run without --dry-run to delete" if args.dry_run else ""))
+          f"{verb} {len(plan.stale)} stale temp dir(s) and lock file(s); keeping {kept} version(s), "
+          f"{plan.bytes_kept / 1e6:.1f} MB" + ("; run without --dry-run to delete" if args.dry_run else ""))
     return 0
 
 
@@ -342,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description="Web crawl -> trained LM, as versioned Prefect stages.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", help="data root (else $PRETRAIN_DATA_ROOT, else ./pretrain-data)")
+    common.add_argument("--debug", action="store_true", help="print tracebacks on the console (they are always in "
+                        "the Prefect logs)")
     sub = p.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
 
@@ -360,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every complete version, with lineage")
     i = sub.add_parser("inspect", help="a stage version's manifest, report and samples")
     i.add_argument("stage", type=_stage)
-    i.add_argument("--version", default="latest")
+    i.add_argument("--version", type=_version, default="latest", help="version id (default: latest)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--sample", type=int, default=0, help="show N sample documents")
     i.add_argument("--rejected", action="store_true", help="show rejected documents with reasons")
@@ -377,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
     pl = sub.add_parser("plan", help="model size, tokens, FLOPs and wall-clock per preset (Chinchilla planner)")
     data = pl.add_mutually_exclusive_group()
-    data.add_argument("--version", default="latest", help="tokenize version whose train tokens are the data size")
+    data.add_argument("--version", type=_version, default="latest", help="tokenize version whose train tokens are the data size")
     data.add_argument("--tokens", type=float, help="data size in tokens instead of a tokenize version")
     budget = pl.add_mutually_exclusive_group()
     budget.add_argument("--compute", type=float, help="compute budget in FLOPs (e.g. 1e21)")
@@ -395,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens")
     x.add_argument("--split", default="train", help="train, val or anneal")
     x.add_argument("--out", required=True, help="output .bin file")
-    x.add_argument("--version", default="latest", help="tokenize version")
+    x.add_argument("--version", type=_version, default="latest", help="tokenize version")
     q = sub.add_parser(
         "train-quality-classifier", help="train the fastText quality classifier (DCLM recipe)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -416,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--negative", nargs="+", help="low-quality files; none: sample the crawl (langid documents)")
     q.add_argument("--wikitext", action="store_true", help="undo WikiText tokenization in positive .txt files")
     q.add_argument("--languages", nargs="+", default=["en"], help="crawl languages used (langid labels)")
-    q.add_argument("--input-version", default="latest", help="langid version the crawl documents come from")
+    q.add_argument("--input-version", type=_version, default="latest", help="langid version the crawl documents come from")
     q.add_argument("--force", action="store_true", help="retrain even if this version exists")
     q.add_argument("--epoch", type=int, help="fastText epochs (default 10)")
     q.add_argument("--lr", type=float, help="fastText learning rate (default 0.1)")
@@ -433,7 +454,20 @@ EXTRA_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    if getattr(args, "debug", False):
+        paths.set_debug(True)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one readable line; the traceback with --debug
+        if paths.debug_enabled():
+            raise
+        from storage.errors import describe_os_error
+        print(f"error: {describe_os_error(err) or f'{type(err).__name__}: {err}'} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
+def _kind(value: Any) -> str:
+    """'a str', 'an int', 'a list', 'nothing' (for None): the type of a bad value, never the value."""
+    if value is None:
+        return "nothing (null)"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
@@ -76,7 +84,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             allowed = _allowed(PipelineConfig, e["loc"])
             lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            # the value itself is not shown: it may be a secret or a file's content (issue 11)
+            lines.append(f"  {key}: {e['msg']} (got {_kind(e.get('input'))})")
     return "\n".join(lines)
 
 

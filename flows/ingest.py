@@ -4,16 +4,22 @@ One input file becomes one output shard. The version hashes the params and a fin
 files (path, size, mtime/etag), so changing a file gives a new version. With no inputs configured the
 flow generates the deterministic demo crawl under `<data-root>/_inputs/demo-crawl/` and ingests it, so
 `pretrain run` works on a fresh machine without network.
+
+Error budget: a partly bad file keeps its good records (`on_bad_file`); after all shards ran, the run
+fails when the bad records of the whole input exceed `max_error_fraction`, naming the worst files
+(`tasks.ingest.check_error_budget`), before anything is committed.
 """
 
 from typing import Optional
 
 from prefect import flow
 
-from flows.sharded import run_sharded_stage, task_runner
+from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from storage import paths
 from storage.manifest import Manifest, canonical_json
-from tasks.ingest import STAGE, STAGE_VERSION, IngestParams, ingest_shard, input_fingerprint, resolve_inputs
+from storage.stats import StageStats
+from tasks.ingest import (STAGE, STAGE_VERSION, IngestParams, check_error_budget, ingest_shard, input_fingerprint,
+                          resolve_inputs)
 
 import hashlib
 
@@ -51,6 +57,17 @@ def ingest_flow(params: IngestParams = IngestParams(), data_root: Optional[str] 
     sources = resolve_inputs(params)
     fingerprint = input_fingerprint(sources)
     digest = hashlib.sha256(canonical_json(fingerprint).encode()).hexdigest()[:12]
-    return run_sharded_stage(STAGE, STAGE_VERSION, params, ingest_shard, root, force=force, sources=sources,
-                             extra_inputs={"files": digest}, report=report_markdown,
-                             max_error_fraction=params.max_error_fraction, extras={"files": fingerprint})
+    run = begin_stage(STAGE, STAGE_VERSION, params, root, force=force, extra_inputs={"files": digest})
+    if run.reused is not None:
+        publish(run.reused, run.root, report_markdown, reused=True)
+        return run.version
+    try:
+        results = map_shards(run, ingest_shard, sources, params)
+        check_error_budget(results, sources, params.max_error_fraction, f"{run.stage}@{run.version}")
+    except BaseException:
+        abort_on_error(run)
+        raise
+    stats = StageStats.merge_all([r.stats for r in results])
+    finish_stage(run, [r.shard for r in results], [r.rejected for r in results], stats, extras={"files": fingerprint},
+                 max_error_fraction=params.max_error_fraction, report=report_markdown)
+    return run.version

@@ -42,6 +42,7 @@ class RunMarker:
     stage: str | None = None
     signum: int | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    flow_runs: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         name = signal.Signals(self.signum).name if self.signum else "interrupt"
@@ -53,14 +54,44 @@ class RunMarker:
 MARKER = RunMarker()
 
 
-def note_stage(stage: str) -> None:
-    """Record the stage now running (called by the stage frame)."""
-    MARKER.stage = stage
+def note_stage(stage: str | None) -> None:
+    """Record the stage now running and the Prefect flow run it runs in (called by the stage frame and the
+    pipeline flow)."""
+    from prefect.context import FlowRunContext
+
+    if stage is not None:
+        MARKER.stage = stage
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None and str(ctx.flow_run.id) not in MARKER.flow_runs:
+        MARKER.flow_runs.append(str(ctx.flow_run.id))
+
+
+def cancel_flow_runs() -> list[str]:
+    """After an interrupt: every recorded flow run that is not yet Crashed or Cancelled is set Cancelled.
+
+    The engine reports an interrupt as Crashed when the KeyboardInterrupt reaches it as such; raised
+    inside a library call (pydantic serialisation, say) it arrives wrapped and the run would read
+    Failed. Returns the ids it changed; best effort (the API may be gone)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    changed = []
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        for run_id in MARKER.flow_runs:
+            state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+            if state is None or state.type not in (StateType.CRASHED, StateType.CANCELLED):
+                client.set_flow_run_state(run_id, Cancelled(message=MARKER.message()), force=True)  # type: ignore[arg-type]
+                changed.append(run_id)
+    return changed
 
 
 def ignore_sigint() -> None:
-    """Process-pool initializer: workers leave Ctrl-C to the parent, which ends them."""
+    """Process-pool initializer: workers leave Ctrl-C to the parent, which ends them; their console shows
+    no tracebacks unless --debug (flows/console.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from flows.console import quiet_console_tracebacks
+    quiet_console_tracebacks()
 
 
 def die_with_parent() -> None:
@@ -107,6 +138,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def guard_run() -> Iterator[RunMarker]:
     """SIGINT/SIGTERM handlers for the duration of a CLI run (main thread only)."""
     MARKER.stage, MARKER.signum = None, None
+    MARKER.flow_runs.clear()
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield MARKER

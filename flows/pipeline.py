@@ -7,8 +7,10 @@ version when it is already complete, so re-running after a failure recomputes on
 stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
 """
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -29,9 +31,11 @@ from flows.mix import mix_flow, mix_report
 from flows.train import report_markdown as train_report
 from flows.train import train_flow
 from flows.tokenization import tokenization_flow, tokenize_report
-from flows.sharded import ReportFn, task_runner
+from flows.interrupt import note_stage
+from flows.sharded import SHARD_NOTE, ReportFn, task_runner
 from flows.summary import publish_summary
 from storage import paths
+from storage.errors import describe_os_error
 from storage.manifest import STAGE_ORDER, Stage, load_manifest
 
 # Stage -> call(config, data_root, input_version, force) -> version. Each stage issue adds its line.
@@ -70,9 +74,12 @@ REPORTS: dict[Stage, ReportFn] = {
 class StageFailed(RuntimeError):
     """A stage raised; the message names the stage and the cause."""
 
-    def __init__(self, stage: Stage, cause: BaseException):
+    def __init__(self, stage: Stage, cause: BaseException, stage_dir: str | None = None):
         self.stage = stage
-        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+        shards = [n.removeprefix(SHARD_NOTE) for n in getattr(cause, "__notes__", []) if n.startswith(SHARD_NOTE)]
+        where = f" on {shards[0]}" if shards else ""
+        what = describe_os_error(cause, stage_dir) or f"{type(cause).__name__}: {cause}"
+        super().__init__(f"stage '{stage}' failed{where}: {what}")
 
 
 # Where to look when a stage leaves no documents for the next one.
@@ -101,6 +108,21 @@ def check_documents_left(root: str, stage: Stage, version: str, next_stage: Stag
     raise NothingLeft(f"{stage}@{version} kept 0 of {m.stats.docs_in} documents (dropped: {dropped}), so "
                       f"{next_stage} and the stages after it have nothing to work on. See what was dropped with "
                       f"`pretrain inspect {stage} --rejected`; then {_EMPTY_HINTS[stage]}")
+
+
+def config_file(config_path: str) -> str:
+    """`config_path` as a real path inside the working directory (the deployment's); it must be relative,
+    without `..`, and not a link leading out, so a run's parameters cannot make the worker read any file."""
+    cwd = os.path.realpath(os.getcwd())
+    rule = (f"config_path must be a relative path inside the deployment's working directory ({cwd}), without "
+            f"'..', e.g. configs/my-run.yaml")
+    parts = PurePosixPath(config_path.replace("\\", "/")).parts
+    if not config_path.strip() or "://" in config_path or os.path.isabs(config_path) or ".." in parts:
+        raise ValueError(rule)
+    real = os.path.realpath(os.path.join(cwd, config_path))
+    if not real.startswith(cwd.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{rule} (this one leads out of it through a symbolic link)")
+    return real
 
 
 def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
@@ -135,16 +157,18 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional
         from_stage: First stage to run (earlier stages are read from disk).
         to_stage: Last stage to run.
         force: Recompute this stage even if its version is complete, and every selected stage after it.
-        config_path: A YAML config file (relative to the deployment's working directory) instead of
-            the inline config; leave the inline config at its defaults when you use it.
+        config_path: A YAML config file, a relative path inside the deployment's working directory
+            (no '..', no absolute path), instead of the inline config; leave the inline config at its
+            defaults when you use it.
     """
     log = get_run_logger()
+    note_stage(None)  # records this run, so an interrupted CLI run can mark it Cancelled
     started = time.time()
     if config_path is not None:
         if config != PipelineConfig():
             raise ValueError(f"config_path={config_path!r} and an inline config were both given; "
                              f"pass one of them (leave config at its defaults to use the file)")
-        config = load_config(config_path)
+        config = load_config(config_file(config_path))
     root = paths.resolve_data_root(data_root)
     selected = select_stages(only, from_stage, to_stage)
     versions: dict[str, str] = {}
@@ -160,7 +184,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional
         except Exception as exc:
             log.error("stage '%s' failed; upstream versions %s are complete and will be reused", stage, versions)
             publish_summary(root, versions, started, failed=(stage, exc))
-            raise StageFailed(stage, exc) from exc
+            raise StageFailed(stage, exc, paths.stage_dir(root, str(stage))) from exc
         versions[str(stage)] = previous
     publish_summary(root, versions, started)
     log.info("pipeline done: %s", " -> ".join(f"{s}@{v}" for s, v in versions.items()))

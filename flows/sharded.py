@@ -1,7 +1,8 @@
 """The shared life cycle of a stage run under Prefect: resolve, version, reuse-or-run, commit, publish.
 
 `run_sharded_stage` is the whole flow body of a one-pass document stage:
-  1. resolve the input version (`latest` or explicit) and derive this stage's version id;
+  1. resolve the input version (`latest` or explicit) and derive this stage's version id; take that
+     version's lock, waiting (bounded, logged) while another run of the same version holds it;
   2. if that version is complete (manifest present) and not forced, log "reused <stage>@<version>",
      point `latest` at it, publish the artifacts again and return;
   3. otherwise map the stage's shard task over the input shards on the flow's task runner, with a
@@ -33,13 +34,14 @@ from tqdm import tqdm
 from flows.interrupt import ignore_sigint, kill_workers, note_stage
 from storage import paths
 from storage.documents import read_documents
-from storage.manifest import (Manifest, ShardInfo, Stage, VersionWriter, compute_version, is_complete,
-                              load_manifest, new_manifest, set_latest, upstream_of)
+from storage.manifest import (Manifest, ShardInfo, Stage, VersionLock, VersionWriter,
+                              compute_version, is_complete, load_manifest, new_manifest, set_latest, upstream_of)
 from storage.params import StageParams
 from storage.shards import ShardResult
 from storage.stats import StageStats
 
 ReportFn = Callable[[Manifest, str], str]
+SHARD_NOTE = "input shard: "
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -63,6 +65,12 @@ class StageRun:
     reused: Manifest | None = None
     writer: VersionWriter | None = None
     started: float = field(default_factory=time.perf_counter)
+    lock: VersionLock | None = None
+
+    def release(self) -> None:
+        """Release the version lock (after commit or abort; idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def out_dir(self) -> str:
@@ -78,7 +86,12 @@ class StageRun:
 def begin_stage(stage: Stage, stage_version: int, params: StageParams, data_root: str | None,
                 input_version: str = "latest", force: bool = False,
                 extra_inputs: dict[str, str] | None = None) -> StageRun:
-    """Resolve inputs and version; return a StageRun that is either reused or ready to write."""
+    """Resolve inputs and version; return a StageRun that is either reused or ready to write.
+
+    The version's lock (storage.manifest.VersionLock, local data roots only) is taken first: while another
+    run of the same version holds it, this one logs that it waits, and where, and then reuses what that run
+    committed (or runs it, if that run failed). A StageRun ready to write holds the lock until
+    `finish_stage` or `abort_on_error`; a reused one has released it."""
     root = paths.resolve_data_root(data_root)
     up = upstream_of(stage)
     input_manifest = load_manifest(root, up, input_version) if up is not None else None
@@ -88,28 +101,46 @@ def begin_stage(stage: Stage, stage_version: int, params: StageParams, data_root
     version = compute_version(stage, stage_version, vparams, inputs)
     run = StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest)
     note_stage(str(stage))
-    if is_complete(root, stage, version) and not force:
-        run.reused = load_manifest(root, stage, version)
-        set_latest(root, stage, version)
-        _log().info("reused %s@%s (complete; %d docs out)", stage, version, run.reused.stats.docs_out)
-        return run
-    if force and is_complete(root, stage, version):
-        _log().info("force: recomputing %s@%s", stage, version)
-    run.writer = VersionWriter(root, stage, version, replace=force)
+    if is_complete(root, stage, version) and not force:  # reuse needs no lock and writes nothing
+        return _reuse(run)
+    run.lock = VersionLock(root, stage, version)
+    run.lock.acquire(on_wait=_log().info)
+    try:
+        if is_complete(root, stage, version) and not force:
+            run.release()
+            return _reuse(run)
+        if force and is_complete(root, stage, version):
+            _log().info("force: recomputing %s@%s", stage, version)
+        run.writer = VersionWriter(root, stage, version, replace=force)
+    except BaseException:
+        run.release()
+        raise
     _log().info("running %s@%s (inputs %s) -> %s", stage, version, inputs or "raw files", run.writer.final_path)
+    return run
+
+
+def _reuse(run: StageRun) -> StageRun:
+    run.reused = load_manifest(run.root, run.stage, run.version)
+    set_latest(run.root, run.stage, run.version)
+    _log().info("reused %s@%s (complete; %d docs out)", run.stage, run.version, run.reused.stats.docs_out)
     return run
 
 
 def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], params: StageParams) -> list[ShardResult]:
     """Map `shard_task(src, out_dir, index, params)` over sources; progress bar + progress artifact."""
     futures = shard_task.map(list(sources), unmapped(run.out_dir), list(range(len(sources))), unmapped(params))
+    source_of = {id(f): src for f, src in zip(futures, sources)}
     progress_id = _progress_artifact(run)
     results: list[ShardResult] = []
     docs = 0
     with tqdm(total=len(futures), desc=f"{run.stage} shards", unit="shard") as bar:
         try:
             for fut in as_completed(futures):
-                res: ShardResult = fut.result()
+                try:
+                    res: ShardResult = fut.result()
+                except Exception as err:  # name the input: the one-line error the CLI prints needs it
+                    err.add_note(f"{SHARD_NOTE}{source_of[id(fut)]}")
+                    raise
                 results.append(res)
                 docs += res.stats.docs_in
                 bar.set_postfix(docs=docs, kept=sum(r.stats.docs_out for r in results))
@@ -170,6 +201,8 @@ def finish_stage(run: StageRun, shards: list[ShardInfo], rejected: list[ShardInf
     except BaseException:
         run.writer.abort()
         raise
+    finally:
+        run.release()
     _log().info("committed %s: %d docs in, %d out, %s dropped, %.1fs", where, stats.docs_in, stats.docs_out,
                 dict(stats.dropped), stats.seconds)
     publish(manifest, run.root, report)
@@ -177,8 +210,12 @@ def finish_stage(run: StageRun, shards: list[ShardInfo], rejected: list[ShardInf
 
 
 def abort_on_error(run: StageRun) -> None:
-    if run.writer is not None:
-        run.writer.abort()
+    """Remove the version's temporary dir and release its lock."""
+    try:
+        if run.writer is not None:
+            run.writer.abort()
+    finally:
+        run.release()
 
 
 def run_sharded_stage(stage: Stage, stage_version: int, params: StageParams, shard_task: Any,

@@ -10,9 +10,12 @@ input -> same version -> same dir), not into the version's temporary dir, which 
 fails. A failed or killed run leaves its checkpoints there; the next run of the same version continues
 from the latest valid one (meta.json written last) when `resume: true` (the default), or discards them
 when `resume: false`. On success the files are hard-linked into the version's temporary dir, the version
-is committed, and the work dir is removed. A `.lock` file (flock) keeps two runs of one version out of one
-work dir. `pretrain gc` lists `.work-*` dirs and never deletes them (storage/gc.py): an abandoned
-run's checkpoints stay until you delete `<root>/train/.work-<version>/` yourself.
+is committed, and the work dir is removed. Two runs of one version do not meet in the work dir: the second
+waits in `begin_stage` on the version lock (`train/.lock-<version>`, storage.manifest.VersionLock) until the
+first has committed, then reuses its version; the work dir's own `.lock` (flock) is a second guard (a run
+that finds it held fails at once). `pretrain gc` lists `.work-*` dirs and never deletes them
+(storage/gc.py): an abandoned run's checkpoints stay until you delete `<root>/train/.work-<version>/`
+yourself; it removes a killed run's `train/.tmp-<version>-*` dir once no run holds that version's lock.
 """
 
 import fcntl

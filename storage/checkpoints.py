@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from storage import paths
+from storage.errors import reraise_os_error
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ def save_checkpoint(out_dir: str, step: int, objects: dict[str, Any], meta: dict
         fs.rm(tmp, recursive=True)
     fs.makedirs(tmp, exist_ok=True)
     for name, obj in objects.items():
-        with fs.open(paths.join(tmp, f"{name}.pt"), "wb") as f:
-            torch.save(obj, f)
+        target = paths.join(tmp, f"{name}.pt")
+        try:
+            with fs.open(target, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as err:  # torch hides ENOSPC as "[enforce fail at inline_container.cc] unexpected pos"
+            reraise_os_error(err, target)
     with fs.open(paths.join(tmp, META), "w") as f:
         f.write(json.dumps({**meta, "step": step}, indent=2, sort_keys=True, default=str))
     if fs.exists(final):

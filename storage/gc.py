@@ -26,11 +26,17 @@ of its stage; the plan says so in `why`.
 Also removed: leftovers of killed runs older than `stale_after` (default one hour), where the age is
 that of the newest file inside: `.tmp-*` version directories being written, `.old-*` copies from a
 forced recompute, `.gc-*` half-deleted versions and `latest.tmp-*` pointer files (also `.tmp-*`/`.gc-*`
-inside the side-artifact dirs). Younger ones may belong to a stage that is running right now.
+inside the side-artifact dirs). Younger ones may belong to a stage that is running right now. On a local
+data root a `<stage>/.tmp-<version>-*` dir is kept, however old, while a run holds that version's lock
+(`<stage>/.lock-<version>`, storage.manifest.VersionLock): a long phase, or a training run (which writes
+into its work dir and leaves its `train/.tmp-*` empty for hours), is alive. Lock files no run holds
+(left by killed runs) are removed whatever their age.
 
-Not touched: training work directories (`train/.work-*` and `train/.tmp-*`: the checkpoints of a running
-or killed training run, which a long run may not write for hours and a re-run resumes from; listed as
-`train_work`, delete them by hand), directories outside the stage directories (`_inputs/`), a stage's
+Sizes (`bytes`, the `mb` column) are measured for every version, kept or deleted.
+
+Not touched: training work directories (`train/.work-*`: the checkpoints of a running or killed training
+run, which a re-run resumes from; listed as `train_work`, delete them by hand), directories outside
+the stage directories (`_inputs/`), a stage's
 other `_`-prefixed directories, and a version directory without a manifest that is not hidden (that
 cannot come from our commit protocol; it is reported).
 Caveat: a run that reads an explicit old `input_version` while gc runs can lose its input; gc keeps
@@ -50,11 +56,15 @@ from dataclasses import dataclass, field
 from storage import paths
 from storage.manifest import (
     LATEST,
+    LOCK_PREFIX,
     MANIFEST,
     Manifest,
     Stage,
+    VersionLock,
     latest_version,
     list_versions,
+    lock_is_held,
+    remove_lock_if_free,
 )
 
 log = logging.getLogger(__name__)
@@ -65,8 +75,9 @@ STALE_PREFIXES = (".tmp-", ".old-", ".gc-", f"{LATEST}.tmp-")
 WORK_PREFIX = ".tmp-"
 DEFAULT_STALE_AFTER_S = 3600.0
 # training work dirs, never removed: `.work-<version>/` holds the checkpoints a failed or killed run resumes
-# from (flows/train.py WORK_PREFIX; a test checks they agree), `.tmp-*` the version being committed
-TRAIN_WORK_PREFIXES = (".work-", WORK_PREFIX)
+# from (flows/train.py WORK_PREFIX; a test checks they agree). `train/.tmp-*` is an ordinary temp dir: it
+# only ever holds hard links to the work dir's files, and the version lock says whether its run is alive
+TRAIN_WORK_PREFIXES = (".work-",)
 
 
 @dataclass(frozen=True)
@@ -147,10 +158,14 @@ class GcPlan:
     def bytes_freed(self) -> int:
         return sum(d.bytes for d in self.to_delete)
 
+    @property
+    def bytes_kept(self) -> int:
+        return sum(d.bytes for d in self.versions if d.keep)
+
     def rows(self) -> list[dict[str, object]]:
         return [{"stage": d.stage, "version": d.name, "created_at": d.created_at,
                  "action": "keep" if d.keep else ("deleted" if self.applied else "delete"), "why": d.why,
-                 "mb": round(d.bytes / 1e6, 2)} for d in self.versions]
+                 "mb": round(d.bytes / 1e6, 3)} for d in self.versions]
 
 
 def _stage_inputs(m: Manifest) -> list[tuple[Stage, str]]:
@@ -212,13 +227,17 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
                         default=None)
         for name in _entries(fs, d):
             path = paths.join(d, name)
-            if stage == Stage.TRAIN and name.startswith(TRAIN_WORK_PREFIXES):
+            if name.startswith(LOCK_PREFIX):
+                if not _locked(plan.root, stage, name.removeprefix(LOCK_PREFIX)):
+                    plan.stale.append(path)  # left by a killed run (the kernel dropped its lock)
+            elif stage == Stage.TRAIN and name.startswith(TRAIN_WORK_PREFIXES):
                 plan.train_work.append(path)
             elif name.startswith(STALE_PREFIXES):
                 mtime = _newest_mtime(fs, path)
                 if mtime is not None and side_life is not None and name.startswith(".tmp-"):
                     mtime = max(mtime, side_life)
-                if mtime is not None and now - mtime > stale_after_s:
+                if (mtime is not None and now - mtime > stale_after_s
+                        and not (name.startswith(WORK_PREFIX) and _locked(plan.root, stage, _tmp_version(name)))):
                     plan.stale.append(path)
             elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):  # type: ignore[attr-defined]
                 plan.unknown.append(path)
@@ -229,6 +248,17 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
             mtime = _newest_mtime(fs, path) if name.startswith(STALE_PREFIXES) else None
             if mtime is not None and now - mtime > stale_after_s:
                 plan.stale.append(path)
+
+
+def _tmp_version(name: str) -> str:
+    """The version of a `.tmp-<version>-<nonce>` dir (VersionWriter's naming)."""
+    return name.removeprefix(WORK_PREFIX).rsplit("-", 1)[0]
+
+
+def _locked(root: str, stage: Stage, version: str) -> bool:
+    """Whether a run holds the lock of stage@version (never on object stores: they have no locks)."""
+    path = VersionLock(root, stage, version).path
+    return path is not None and lock_is_held(path)
 
 
 def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) -> tuple[dict[str, str], str | None]:
@@ -281,7 +311,7 @@ def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage,
             if why is None and mtime is not None and now - mtime <= stale_after_s:
                 why = "built less than stale_after ago (a run may be about to use it)"
             plan.versions.append(VersionDecision(str(side.stage), name, _iso(mtime), why is not None,
-                                                 why or "unreferenced", 0 if why else _du(fs, path), side.subdir))
+                                                 why or "unreferenced", _du(fs, path), side.subdir))
 
 
 def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None) -> GcPlan:
@@ -318,7 +348,7 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
         keep_it = (stage, version) in why
         plan.versions.append(VersionDecision(
             str(stage), version, m.created_at, keep_it, why.get((stage, version), "unreferenced"),
-            0 if keep_it else _du(fs, paths.join(base, str(stage), version))))
+            _du(fs, paths.join(base, str(stage), version))))
     _scan(plan, fs, base, now, stale_after_s)
     _side_decisions(plan, fs, base, {k: m for k, m in manifests.items() if k in why}, now, stale_after_s)
     plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.parent, d.created_at))
@@ -335,7 +365,10 @@ def apply(plan: GcPlan) -> GcPlan:
         fs.rm(hidden, recursive=True)
         log.info("gc: deleted %s@%s (%s)", d.stage, d.name, d.why)
     for path in plan.stale:
-        if fs.exists(path):
+        if path.rsplit("/", 1)[-1].startswith(LOCK_PREFIX):
+            if remove_lock_if_free(path):  # taken first: a run that started since collect keeps its lock
+                log.info("gc: removed stale %s", path)
+        elif fs.exists(path):
             fs.rm(path, recursive=fs.isdir(path))
             log.info("gc: removed stale %s", path)
     plan.applied = True

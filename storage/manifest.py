@@ -9,19 +9,29 @@ manifest is written last, the directory is renamed to `<version>/`, then the `la
 replaced (write `latest.tmp-*`, rename). A directory without `manifest.json` does not exist to readers,
 so a killed stage never leaves a version that looks complete. Before the manifest is written the
 conservation law `docs_in == docs_out + sum(dropped)` is checked.
+
+Concurrent runs (`VersionLock`): on local data roots a run holds `<stage>/.lock-<version>` while it
+decides, computes and commits a version, so an identical second run waits and reuses the result.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import re
+import socket
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+VERSION_ID = re.compile(r"[0-9a-f]{12}")  # compute_version's output
+_DIR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
 
 class Stage(StrEnum):
@@ -122,9 +134,26 @@ def latest_version(root: str, stage: Stage | str) -> str | None:
     return text.strip() if text else None
 
 
+def check_version(version: str, param: str = "version", strict: bool = True) -> str:
+    """`version` if it is 'latest' or a version id (12 lowercase hex), else ValueError naming `param`.
+
+    strict=False accepts any single safe directory name (hand-made fixture versions such as `ing1`) and
+    still refuses `/`, `..` and the like, so no caller can read outside `<root>/<stage>/`.
+    """
+    pattern = VERSION_ID if strict else _DIR_NAME
+    if version == LATEST or (isinstance(version, str) and pattern.fullmatch(version)):
+        return version
+    raise ValueError(f"{param}: expected 'latest' or a version id (12 lowercase hex characters, as "
+                     f"`pretrain status` lists them)")
+
+
 def load_manifest(root: str, stage: Stage | str, version: str = "latest") -> Manifest:
-    """Manifest of a complete version; 'latest' follows the pointer. Raises FileNotFoundError with the fix."""
+    """Manifest of a complete version; 'latest' follows the pointer. Raises FileNotFoundError with the fix
+    (ValueError for a version that is not a plain version name)."""
+    check_version(version, f"'{stage}' version", strict=False)
     ver = latest_version(root, stage) if version == "latest" else version
+    if ver is not None:
+        check_version(ver, f"'{stage}' latest pointer", strict=False)
     if ver is None:
         raise FileNotFoundError(f"no complete '{stage}' version under {root}; run `pretrain run --to {stage}` first")
     text = _read_text(root, str(stage), ver, MANIFEST)
@@ -208,6 +237,133 @@ class VersionWriter:
     def abort(self) -> None:
         if self.fs.exists(self.tmp_path):
             self.fs.rm(self.tmp_path, recursive=True)
+
+
+LOCK_PREFIX = ".lock-"
+LOCK_WAIT_S = 6 * 3600.0  # how long a run waits for another run of the same stage version before giving up
+LOCK_POLL_S = 0.5
+
+
+class VersionLock:
+    """Advisory lock of one stage version, `<root>/<stage>/.lock-<version>` (fcntl.flock), on local data roots.
+
+    A run holds it from before it checks whether its version is complete until it commits or aborts, so a
+    second run of the same version waits and then reuses the first one's result; other versions do not
+    contend. The kernel drops a flock when its process dies, however it dies, so a killed run never
+    blocks the next one (Python opens the file non-inheritable, and Prefect's process pool spawns its
+    workers, so no worker or subprocess keeps it). The file holds the holder's pid and host (for the waiting
+    message) and is
+    removed on release; `acquire` re-checks that the path still names the file it locked, so removing it
+    cannot let two runs in. On object stores (non-local fsspec roots) there is no lock: `acquire` returns
+    at once and identical concurrent runs both compute (the commit keeps the first, see VersionWriter).
+    """
+
+    def __init__(self, root: str, stage: Stage | str, version: str):
+        self.where = f"{stage}@{version}"
+        local = "://" not in root or root.startswith("file://")
+        self.path = paths.join(root.removeprefix("file://"), str(stage), LOCK_PREFIX + version) if local else None
+        self._file: IO[str] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (never waits)."""
+        if self.path is None or self._file is not None:
+            return True
+        while True:
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                f = open(self.path, "a+")
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                # a read-only data root: this run can only reuse (set_latest writes nothing then)
+                log.info("no lock for %s: %s cannot be created (%s)", self.where, self.path, err.strerror)
+                self.path = None
+                return True
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()  # its holder removed it on release after we opened it: lock the current file
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return True
+
+    def holder(self) -> str:
+        """What the holder wrote (pid and host), or 'pid unknown'."""
+        try:
+            with open(str(self.path)) as f:
+                return f.read().strip() or "pid unknown"
+        except OSError:
+            return "pid unknown"
+
+    def acquire(self, timeout_s: float | None = None, on_wait: Callable[[str], None] | None = None) -> None:
+        """Take the lock, waiting up to `timeout_s` (default LOCK_WAIT_S) for another run to release it;
+        `on_wait(message)` is called once when the lock is held elsewhere. TimeoutError names the holder."""
+        if self.try_acquire():
+            return
+        timeout_s = LOCK_WAIT_S if timeout_s is None else timeout_s
+        holder = self.holder()
+        if on_wait is not None:
+            on_wait(f"waiting for another run of {self.where} ({holder}) to finish (lock {self.path}); waiting up "
+                    f"to {timeout_s / 3600:.3g} h, then reusing its result")
+        deadline = time.monotonic() + timeout_s
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.where}: another run ({holder}) still holds {self.path} after "
+                                   f"{timeout_s / 3600:.3g} h; wait for it to finish or stop it, then run again")
+            time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (idempotent)."""
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            if os.stat(str(self.path)).st_ino == os.fstat(f.fileno()).st_ino:
+                os.unlink(str(self.path))
+        except FileNotFoundError:
+            pass
+        finally:
+            f.close()  # closing drops the flock
+
+
+def remove_lock_if_free(path: str) -> bool:
+    """Remove a `.lock-*` file no run holds (a leftover); False when a run holds it."""
+    stage_dir, name = os.path.split(path)
+    lock = VersionLock(os.path.dirname(stage_dir), os.path.basename(stage_dir), name.removeprefix(LOCK_PREFIX))
+    if not lock.try_acquire():
+        return False
+    lock.release()
+    return True
+
+
+def lock_is_held(path: str) -> bool:
+    """Whether a run holds the lock file at `path` (a missing file is not held); takes nothing."""
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def new_manifest(stage: Stage, stage_version: int, version: str, params: dict[str, Any],

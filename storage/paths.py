@@ -10,6 +10,11 @@ Layout under the root (see README "Artifacts on disk"):
     <root>/<stage>/<version>/part-NNNNN.parquet, rejected/part-NNNNN.parquet, _work/...
     <root>/<stage>/.tmp-<version>-<nonce>/   a version being written (invisible to readers)
     <root>/<stage>/latest                    text file holding the latest complete version id
+
+Local files named by parameters (benchmark files) must lie under an allowed root (`allowed_roots`):
+the repository (the directory holding the packages), the working directory (a deployment's), the data
+root, and the directories listed in `PRETRAIN_ALLOWED_ROOTS` (os.pathsep-separated). `check_allowed`
+resolves symlinks and `..` first, so a link inside a root that points outside is refused too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from fsspec.core import url_to_fs
 
 ENV_DATA_ROOT = "PRETRAIN_DATA_ROOT"
 DEFAULT_DATA_ROOT = "./pretrain-data"
+ENV_ALLOWED_ROOTS = "PRETRAIN_ALLOWED_ROOTS"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _LOG_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
 
 
@@ -31,6 +38,36 @@ def resolve_data_root(explicit: str | None = None) -> str:
     if "://" in root:
         return root.rstrip("/")
     return os.path.abspath(os.path.expanduser(root))
+
+
+def allowed_roots() -> list[str]:
+    """Real paths of the directories local files named by parameters may lie under (see module docstring)."""
+    data_root = resolve_data_root()
+    listed = [r for r in os.environ.get(ENV_ALLOWED_ROOTS, "").split(os.pathsep) if r.strip()]
+    candidates = [REPO_ROOT, os.getcwd(), *([] if "://" in data_root else [data_root]), *listed]
+    out: list[str] = []
+    for root in candidates:
+        real = os.path.realpath(os.path.expanduser(root.removeprefix("file://")))
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def allow_root(directory: str) -> None:
+    """Add `directory` to $PRETRAIN_ALLOWED_ROOTS of this process and its children (scripts, benches)."""
+    listed = [r for r in os.environ.get(ENV_ALLOWED_ROOTS, "").split(os.pathsep) if r.strip()]
+    os.environ[ENV_ALLOWED_ROOTS] = os.pathsep.join(dict.fromkeys([*listed, str(directory)]))
+
+
+def check_allowed(path: str, key: str) -> str:
+    """The real path of local `path` if it lies under an allowed root, else ValueError naming `key`."""
+    real = os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
+    roots = allowed_roots()
+    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        raise ValueError(f"{key}: {path} is outside the allowed directories {roots}; put the file under one of "
+                         f"them (e.g. the data root) or add its directory to ${ENV_ALLOWED_ROOTS} "
+                         f"({os.pathsep!r}-separated) on the machine that runs the stage")
+    return real
 
 
 def filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -83,3 +120,18 @@ def prefect_env_defaults() -> dict[str, str]:
 def apply_prefect_env_defaults() -> None:
     """Set the defaults above in this process (before prefect is imported)."""
     os.environ.update(prefect_env_defaults())
+
+
+ENV_DEBUG = "PRETRAIN_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """`pretrain --debug` (inherited by worker processes): show tracebacks on the console."""
+    return os.environ.get(ENV_DEBUG, "") not in ("", "0")
+
+
+def set_debug(on: bool) -> None:
+    if on:
+        os.environ[ENV_DEBUG] = "1"
+    else:
+        os.environ.pop(ENV_DEBUG, None)

@@ -70,6 +70,8 @@ Preset = Literal["mmlu", "gsm8k", "hellaswag", "arc", "humaneval", "llm_foundry"
 PRESETS: tuple[str, ...] = ("mmlu", "gsm8k", "hellaswag", "arc", "humaneval", "llm_foundry")
 PLAIN = ("auto", "jsonl", "parquet", "csv")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+# URL schemes that cannot reach this machine's files; a benchmark may name them without an allowed root
+REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
 _EXTENSIONS = ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "jsonl"), (".json.gz", "jsonl"),
                (".parquet", "parquet"), (".csv", "csv"))
 
@@ -175,11 +177,19 @@ def field_text(value: Any, where: str) -> str:
     raise ValueError(f"{where} is a {type(value).__name__}, not text or a list of text; name a text field")
 
 
+def _keys(row: dict[str, Any]) -> str:
+    """A row's key names for error messages, capped: a CSV header is the file's first line, so an
+    arbitrary file must not reach the message whole."""
+    keys = sorted(str(k) for k in row)
+    shown = [k if len(k) <= 40 else k[:37] + "..." for k in keys[:20]]
+    return f"{shown}" + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+
+
 def row_item(row: dict[str, Any], index: int, fields: list[str], id_field: str | None, where: str) -> BenchmarkItem:
     """One row as an item; a missing field is an error naming it and the fields the row has."""
     for f in fields + ([id_field] if id_field else []):
         if f not in row:
-            raise ValueError(f"{where} row {index}: no field '{f}' (the row has {sorted(row)}); "
+            raise ValueError(f"{where} row {index}: no field '{f}' (the row has {_keys(row)}); "
                              f"fix `fields`/`id_field` of this benchmark")
     text = "\n".join(field_text(row[f], f"{where} row {index} field '{f}'") for f in fields)
     return BenchmarkItem(str(row[id_field]) if id_field else str(index), text)
@@ -226,9 +236,10 @@ class _Row:
         try:
             k = int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{self.where} field '{key}' = {value!r} is not a choice index or letter") from None
+            raise ValueError(f"{self.where} field '{key}' (a {type(value).__name__}) is not a choice index or "
+                             f"letter") from None
         if not 0 <= k < n:
-            raise ValueError(f"{self.where} field '{key}' = {value!r} is out of range for {n} choices")
+            raise ValueError(f"{self.where} field '{key}' is out of range for {n} choices")
         return k
 
 
@@ -303,7 +314,7 @@ def _mmlu(r: _Row, preset: str) -> Texts | None:
                              f"letter (no header)")
         question, *choices, letter = (field_text(c, r.where).strip() for c in r.row)
         if letter.upper() not in "ABCD" or not letter:
-            raise ValueError(f"{r.where}: answer column is {letter!r}, expected a letter A-D")
+            raise ValueError(f"{r.where}: the answer column is not a letter A-D")
         return None, _mc(question, choices["ABCD".index(letter.upper())], choices)
     if r.has("question", "choices", "answer"):  # Hugging Face cais/mmlu
         choices = r.texts("choices")
@@ -324,13 +335,13 @@ def _arc(r: _Row, preset: str) -> Texts | None:
         return None
     q = r.row["question"]  # type: ignore[call-overload]
     if "stem" not in q or not isinstance(q.get("choices"), list):
-        raise ValueError(f"{r.where} field 'question' has {sorted(q)}; the AI2 ARC layout is "
+        raise ValueError(f"{r.where} field 'question' has {_keys(q)}; the AI2 ARC layout is "
                          f"{{stem, choices: [{{text, label}}]}}")
     labels = [str(c.get("label", "")).strip() for c in q["choices"]]
     choices = [field_text(c.get("text"), f"{r.where} field 'question.choices'").strip() for c in q["choices"]]
     key = str(r.row["answerKey"]).strip()  # type: ignore[call-overload]
     if key not in labels:
-        raise ValueError(f"{r.where}: answerKey {key!r} is none of the choice labels {labels}")
+        raise ValueError(f"{r.where}: answerKey is none of the {len(labels)} choice labels")
     item_id = str(r.row["id"]) if r.has("id") else None  # type: ignore[call-overload]
     stem = field_text(q["stem"], f"{r.where} field 'question.stem'").strip()
     return item_id, _mc(stem, choices[labels.index(key)], choices)
@@ -373,14 +384,14 @@ def preset_item(preset: str, row: dict[str, Any] | list[Any], index: int, id_fie
         if found is not None:
             break
     else:
-        has = sorted(row) if isinstance(row, dict) else f"{len(row)} columns"
+        has = _keys(row) if isinstance(row, dict) else f"{len(row)} columns"
         expected = "; ".join(x for x in (_EXPECTED[preset], _FOUNDRY_EXPECTED) if x)
         raise ValueError(f"{r.where}: fits no '{preset}' layout (the row has {has}; expected {expected}). "
                          f"Fix `format`, or use format: jsonl/csv/parquet with `fields`")
     layout_id, texts = found
     if id_field:
         if not r.has(id_field):
-            raise ValueError(f"{r.where}: no field '{id_field}' (the row has {sorted(row)}); fix `id_field`")
+            raise ValueError(f"{r.where}: no field '{id_field}' (the row has {_keys(row)}); fix `id_field`")
         layout_id = str(row[id_field])  # type: ignore[call-overload]
     texts = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if not texts:
@@ -398,9 +409,40 @@ def _open_bytes(path: str) -> bytes:
         return bytes(f.read())
 
 
+def check_location(spec: BenchmarkFile, path: str) -> None:
+    """Local benchmark files must lie under an allowed root (storage.paths.check_allowed); remote URLs
+    (REMOTE_PROTOCOLS) cannot name local files and are allowed; other fsspec protocols are refused."""
+    key = f"decontaminate.benchmarks['{spec.name}'].path"
+    if "::" in path:
+        raise ValueError(f"{key}: chained fsspec URLs are not accepted; name a local file or a "
+                         f"{'/'.join(REMOTE_PROTOCOLS)} URL")
+    protocol = path.split("://", 1)[0].lower() if "://" in path else "file"
+    if protocol in ("file", "local"):
+        paths.check_allowed(path, key)
+    elif protocol not in REMOTE_PROTOCOLS:
+        raise ValueError(f"{key}: protocol '{protocol}' is not accepted; name a local file or a "
+                         f"{'/'.join(REMOTE_PROTOCOLS)} URL")
+
+
+def _glob_base(path: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    parts = path.split("/")
+    keep = next(i for i, part in enumerate(parts) if globlib.has_magic(part))
+    return "/".join(parts[:keep]) or ("/" if path.startswith("/") else ".")
+
+
 def resolve_paths(spec: BenchmarkFile) -> list[str]:
-    """The files of a benchmark: the file itself, a directory's benchmark files, or a glob's matches (sorted)."""
+    """The files of a benchmark: the file itself, a directory's benchmark files, or a glob's matches (sorted).
+    Every local file (after symlinks) must lie under an allowed root."""
     where = f"benchmark '{spec.name}' ({spec.path})"
+    check_location(spec, _glob_base(spec.path) if globlib.has_magic(spec.path) else spec.path)
+    files = _find_files(spec, where)
+    for f in files:
+        check_location(spec, f)
+    return files
+
+
+def _find_files(spec: BenchmarkFile, where: str) -> list[str]:
     fs, p = paths.filesystem(spec.path)
     protocol = spec.path.split("://", 1)[0] + "://" if "://" in spec.path else ""
     if globlib.has_magic(p):

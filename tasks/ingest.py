@@ -28,8 +28,17 @@ and `counters["source.<category>"]` (kept documents).
 
 Drop reasons (errors, counted against `max_error_fraction`, are marked *): `http_status`, `not_html`,
 `decode_error`*, `extraction_timeout`, `extraction_error`*, `empty_text`, `too_short`, `too_long`,
-`corrupt_record`*, `truncated_file`*, `missing_text`*. A file that cannot be read at all raises
-`ValueError` naming the file; a fault part-way keeps the records before it.
+`too_large` (a WARC record or JSONL line over `max_record_bytes`, skipped unread; an HTTP body that
+decodes past it), `corrupt_record`*, `truncated_file`* (the file ends inside a record or gzip member: a cut
+download; detail names the offset), `missing_text`*, `bad_file` (only with `on_bad_file: drop_file`: the good
+records of a file whose own error fraction exceeds `max_error_fraction`). A file that cannot be read at
+all raises `ValueError` naming the file; a fault part-way keeps the records before it.
+
+Error budget. Bad records are counted drops, never silent. With `on_bad_file: keep_good_records` (default)
+a partly bad file keeps its good records and the budget applies to the whole input: the flow fails, naming
+the worst files, when errors / records over all files exceed `max_error_fraction` (`check_error_budget`).
+Resources: at most `max_record_bytes` of one record is read into memory; HTTP inputs are read with
+`http_timeout_s` per connect/read and resumed (Range) up to `http_retries` times (`tasks.sources.open_input`).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,10 +57,12 @@ from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 from pydantic import Field, field_validator, model_validator
 
-from storage.documents import Document
+from storage import paths
+from storage.documents import Document, DocumentWriter, read_documents
 from storage.manifest import Stage
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, write_stream
+from storage.manifest import ShardInfo
+from storage.shards import REJECTED_DIR, Rejects, ShardResult, open_shard_writers, write_stream
 from storage.stats import StageStats
 from tasks.extract import (
     ExtractionTimeout,
@@ -71,15 +82,16 @@ from tasks.sources import (
     input_format,
     open_input,
 )
-from tasks.warc import WarcItem, read_warc
+from tasks.warc import DEFAULT_MAX_RECORD_BYTES, WarcItem, read_warc
 
-__all__ = ["INGEST_FIELDS", "STAGE", "STAGE_VERSION", "IngestParams", "ingest_shard", "input_fingerprint",
-           "process", "resolve_inputs"]
+__all__ = ["INGEST_FIELDS", "STAGE", "STAGE_VERSION", "IngestParams", "check_error_budget", "ingest_shard",
+           "input_fingerprint", "process", "resolve_inputs"]
 
 log = logging.getLogger(__name__)
 
 STAGE = Stage.INGEST
-STAGE_VERSION = 3  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used
+STAGE_VERSION = 4  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used;
+# 4: records over max_record_bytes dropped as too_large, cut gzip members found (truncated_file)
 
 HTTP_STATUS = "http_status"
 NOT_HTML = "not_html"
@@ -89,6 +101,8 @@ EXTRACTION_ERROR = "extraction_error"
 EMPTY_TEXT = "empty_text"
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
+TOO_LARGE = "too_large"
+BAD_FILE = "bad_file"
 CORRUPT_RECORD = "corrupt_record"
 TRUNCATED_FILE = "truncated_file"
 MISSING_TEXT = "missing_text"
@@ -128,7 +142,20 @@ class IngestParams(StageParams):
     max_text_chars: int = Field(1_000_000, ge=1, le=100_000_000, description=(
         "Texts longer than this are dropped as `too_long` (logs and data dumps rather than prose)."))
     max_error_fraction: float = Field(0.05, ge=0.0, le=1.0, description=(
-        "Fail a file (and the run) if more than this fraction of its records are unreadable."))
+        "Fail the run if more than this fraction of all input records are unreadable (counted drops marked as "
+        "errors: corrupt_record, truncated_file, decode_error, ...); the message names the worst files."))
+    on_bad_file: Literal["keep_good_records", "drop_file"] = Field("keep_good_records", description=(
+        "A file whose own fraction of bad records exceeds max_error_fraction: `keep_good_records` keeps its "
+        "good records (its bad ones are counted drops; only the whole input's fraction can fail the run), "
+        "`drop_file` also drops its good records as `bad_file`."))
+    max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, le=1 << 30, description=(
+        "Largest WARC record (Content-Length), decoded HTTP body or JSONL line read into memory; larger ones "
+        "are skipped unread and dropped as `too_large`. Common Crawl cuts payloads at 1 MiB, so 10 MiB drops "
+        "no real page while bounding a worker to roughly 10-20x this (decoded text + parse tree)."))
+    http_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
+        "Seconds an http(s) input may take to connect or to deliver the next bytes before the read is retried."))
+    http_retries: int = Field(3, ge=0, le=100, description=(
+        "Times a stalled or dropped http(s) read is resumed (Range request) before the file fails, naming the URL."))
 
     @field_validator("inputs")
     @classmethod
@@ -145,12 +172,15 @@ class IngestParams(StageParams):
         if self.min_text_chars > self.max_text_chars:
             raise ValueError(f"min_text_chars={self.min_text_chars} > max_text_chars={self.max_text_chars}")
         if "://" not in self.crawl_base_url:
-            raise ValueError(f"crawl_base_url={self.crawl_base_url!r} must be a URL such as https://data.commoncrawl.org")
+            raise ValueError("crawl_base_url must be a URL such as https://data.commoncrawl.org")
         return self
 
     def version_params(self) -> dict[str, Any]:
-        # the error budget decides pass/fail, not what is written
-        return self.model_dump(mode="json", exclude={"max_error_fraction"})
+        # the error budget and HTTP patience decide pass/fail, not what is written (with drop_file they do)
+        io_only = {"http_timeout_s", "http_retries"}
+        if self.on_bad_file == "keep_good_records":
+            io_only |= {"max_error_fraction"}
+        return self.model_dump(mode="json", exclude=io_only)
 
 
 def resolve_inputs(params: IngestParams) -> list[str]:
@@ -234,7 +264,7 @@ def _record_doc(item: WarcItem, path: str) -> Document:
 def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
                rejects: Rejects) -> Iterator[Document]:
     errors = 0
-    for item in read_warc(f, path, stats):
+    for item in read_warc(f, path, stats, params.max_record_bytes):
         stats.docs_in += 1
         stats.bytes_in += len(item.payload)
         doc = _record_doc(item, path)
@@ -242,6 +272,11 @@ def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
             if item.fault is not None:
                 reason = TRUNCATED_FILE if item.fault == "truncated" else CORRUPT_RECORD
                 raise _Drop(reason, {"error": f"{item.fault_detail}; records after this offset are lost"}, error=True)
+            if item.too_large:
+                raise _Drop(TOO_LARGE, {"bytes": item.too_large, "part": item.too_large_part,
+                                        "max_record_bytes": params.max_record_bytes,
+                                        "error": f"{item.too_large_part} of {item.too_large} bytes exceeds "
+                                                 f"max_record_bytes={params.max_record_bytes}; skipped unread"})
             if item.kind == "conversion":
                 doc.meta["charset"] = "utf-8"
                 doc.text = _checked_text(item.payload.decode("utf-8", errors="replace").strip(), params)
@@ -257,7 +292,23 @@ def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
         yield doc
 
 
-def _table_rows(f: IO[bytes], path: str, fmt: InputFormat) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line, 0) per line, or (line number, b"", its length) for a line over `limit` bytes,
+    which is read past in `limit`-sized pieces, never held whole."""
+    number = 0
+    while line := f.readline(limit + 1):
+        number += 1
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield number, line, 0
+            continue
+        size = len(line)
+        while (piece := f.readline(limit)) and not piece.endswith(b"\n"):
+            size += len(piece)
+        yield number, b"", size + len(piece)
+
+
+def _table_rows(f: IO[bytes], path: str, fmt: InputFormat,
+                limit: int) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """(row number, row or None, parse error) for each JSONL line or Parquet row."""
     if fmt == "parquet":
         pf = pq.ParquetFile(f)
@@ -272,7 +323,10 @@ def _table_rows(f: IO[bytes], path: str, fmt: InputFormat) -> Iterator[tuple[int
                 yield row_number, row, ""
                 row_number += 1
         return
-    for line_number, line in enumerate(f, start=1):
+    for line_number, line, oversize in _lines(f, limit):
+        if oversize:
+            yield line_number, None, f"{TOO_LARGE}:{oversize}"
+            continue
         if not line.strip():
             continue
         try:
@@ -301,11 +355,16 @@ def _table_doc(row: dict[str, Any], path: str, row_number: int) -> Document:
 def _table_docs(f: IO[bytes], path: str, fmt: InputFormat, params: IngestParams, stats: StageStats,
                 rejects: Rejects) -> Iterator[Document]:
     where = "row" if fmt == "parquet" else "line"
-    for row_number, row, problem in _table_rows(f, path, fmt):
+    for row_number, row, problem in _table_rows(f, path, fmt, params.max_record_bytes):
         stats.docs_in += 1
         placeholder = Document(id=f"{os.path.basename(path)}:{row_number}", text="",
                                meta={"warc_file": path, "warc_offset": row_number})
         try:
+            if row is None and problem.startswith(f"{TOO_LARGE}:"):
+                size = int(problem.split(":", 1)[1])
+                raise _Drop(TOO_LARGE, {"bytes": size, "part": "line", "max_record_bytes": params.max_record_bytes,
+                                        "error": f"line of {size} bytes exceeds max_record_bytes="
+                                                 f"{params.max_record_bytes}; skipped unread"})
             if row is None:
                 raise _Drop(CORRUPT_RECORD, {"error": problem}, error=True)
             doc = placeholder = _table_doc(row, path, row_number)
@@ -324,7 +383,7 @@ def process(path: str, params: IngestParams, stats: StageStats, rejects: Rejects
     fmt = input_format(path)
     if fmt is None:
         raise ValueError(f"{path}: unsupported input type; expected one of {sorted(SUFFIXES)}")
-    with open_input(path) as f:
+    with open_input(path, timeout_s=params.http_timeout_s, retries=params.http_retries) as f:
         if fmt == "warc":
             yield from _warc_docs(f, path, params, stats, rejects)
         else:
@@ -340,10 +399,66 @@ def _retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any
 def ingest_shard(src: str, out_dir: str, index: int, params: IngestParams) -> ShardResult:
     """Ingest one input file into shard `index` under `out_dir` (kept and rejected documents)."""
     stats = StageStats()
-    result = write_stream([], out_dir, index, INGEST_FIELDS,
-                          lambda _docs, st, rj: process(src, params, st, rj), stats)
+    if params.on_bad_file == "drop_file":
+        result = _write_unless_bad(src, out_dir, index, params, stats)
+    else:
+        result = write_stream([], out_dir, index, INGEST_FIELDS,
+                              lambda _docs, st, rj: process(src, params, st, rj), stats)
     result.stats.check_conservation(src)
-    result.stats.check_error_fraction(params.max_error_fraction, src)
     log.info("%s: %d records -> %d documents (%s)", src, result.stats.docs_in, result.stats.docs_out,
              result.stats.dropped)
     return result
+
+
+def _write_unless_bad(src: str, out_dir: str, index: int, params: IngestParams, stats: StageStats) -> ShardResult:
+    """`on_bad_file: drop_file`: kept documents wait in a spool shard until the file's error fraction is known,
+    then go to the kept shard, or to the rejected one as `bad_file` when it exceeds max_error_fraction."""
+    t0 = time.perf_counter()
+    name = paths.shard_name(index)
+    spool = paths.join(out_dir, f"_spool-{index:05d}", name)  # one folder per shard: removed whole below
+    kept_w, rej_w = open_shard_writers(out_dir, index, INGEST_FIELDS)
+    with kept_w, rej_w:
+        rejects = Rejects(rej_w, stats)
+        with DocumentWriter(spool, extra=INGEST_FIELDS) as spool_w:
+            for doc in process(src, params, stats, rejects):
+                spool_w.write(doc)
+        bad = stats.docs_in > 0 and stats.errors / stats.docs_in > params.max_error_fraction
+        detail = {"file": src, "errors": stats.errors, "records": stats.docs_in,
+                  "max_error_fraction": params.max_error_fraction, "bad_records": dict(stats.dropped)}
+        for doc in read_documents(spool):
+            if bad:
+                rejects.add(doc, BAD_FILE, detail)
+            else:
+                kept_w.write(doc)
+                stats.docs_out += 1
+    if bad:
+        log.warning("%s: %d of %d records bad (> max_error_fraction=%s): file dropped (on_bad_file=drop_file)",
+                    src, stats.errors, stats.docs_in, params.max_error_fraction)
+    fs, inner = paths.filesystem(spool)
+    fs.rm(inner.rsplit("/", 1)[0], recursive=True)
+    stats.bytes_out += kept_w.text_bytes
+    stats.seconds += time.perf_counter() - t0
+    return ShardResult(index=index, stats=stats,
+                       shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
+                       rejected=ShardInfo(name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows,
+                                          bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))))
+
+
+def check_error_budget(results: list[ShardResult], sources: list[str], max_error_fraction: float, where: str) -> None:
+    """Fail the run when the bad records of the whole input exceed the budget, naming the worst files."""
+    errors, records = sum(r.stats.errors for r in results), sum(r.stats.docs_in for r in results)
+    if not records or errors / records <= max_error_fraction:
+        return
+    worst = sorted((r for r in results if r.stats.errors), key=lambda r: -r.stats.errors)
+    named = "; ".join(f"{sources[r.index]} ({r.stats.errors} of {r.stats.docs_in} records bad: "
+                      f"{_error_reasons(r.stats)})" for r in worst[:10])
+    more = f"; and {len(worst) - 10} more files" if len(worst) > 10 else ""
+    raise ValueError(
+        f"{where}: {errors} of {records} input records are unreadable ({errors / records:.1%} > "
+        f"max_error_fraction={max_error_fraction}) in {len(worst)} files: {named}{more}. Re-download or remove "
+        f"those files from inputs, or raise ingest.max_error_fraction in the config")
+
+
+def _error_reasons(stats: StageStats) -> str:
+    errors = (CORRUPT_RECORD, TRUNCATED_FILE, DECODE_ERROR, EXTRACTION_ERROR, MISSING_TEXT)
+    return ", ".join(f"{k} {v}" for k, v in stats.dropped.items() if k in errors) or "errors"

@@ -74,7 +74,7 @@ class LangidParams(StageParams):
         cleaned = [x.strip().removeprefix("__label__") for x in v]
         bad = [x for x in cleaned if not x or any(c.isspace() for c in x)]
         if bad:
-            raise ValueError(f"languages has empty or blank entries {v!r}; use labels like 'en', 'de'")
+            raise ValueError(f"languages has {len(bad)} empty or blank entries; use labels like 'en', 'de'")
         return sorted(set(cleaned))
 
     def version_params(self) -> dict[str, object]:

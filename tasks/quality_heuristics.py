@@ -13,6 +13,9 @@ A verdict is `pass`, the filter's own reason (`gopher_short_doc`, `dup_line_frac
 when the filter does not apply to the document's language. C4QualityFilter rewrites the text it keeps
 (drops lines without terminal punctuation); as in datatrove's pipeline the filters after it see that
 text, so the verdicts equal datatrove's chain. The stored document text is never rewritten.
+`filter_options` are checked when the params are validated, before any stage runs (`check_options`): every
+name must be a constructor argument and every value must fit its annotation (int, float, bool, null, lists
+for tuples), and the error names `filter_options.<filter>.<option>` and the expected type, never the value.
 
 Languages (the heuristics were written for English; langid may admit others):
   en                      all four filters as published.
@@ -54,9 +57,11 @@ runs it once per line in C4's sentence count): same words and sentence counts, f
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from datatrove.data import Document as DatatroveDocument
 from datatrove.pipeline.filters import (
@@ -69,6 +74,8 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS as GOPHER_STOP_WORDS
 from datatrove.utils.text import PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +237,7 @@ def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str
                  options: dict[str, Any] | None = None, datatrove_compatible: bool = False) -> BaseFilter:
     """A datatrove filter with its published defaults, the language's tokenizer and `options` overrides
     (gopher_quality: `GopherPaperQualityFilter` unless `datatrove_compatible`)."""
-    kwargs = dict(options or {})
+    kwargs = {k: _tuples(v) if _wants_tuple(name, k) else v for k, v in (options or {}).items()}
     if name == "gopher_quality" and language.split("_")[0] != ENGLISH:
         kwargs.setdefault("min_stop_words", None)  # Gopher's stop words are English
     bad = [k for k in kwargs if k in NOT_CONSTRUCTOR_ARGS]
@@ -244,11 +251,105 @@ def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str
                          f"constructor for the allowed arguments") from None
 
 
+def _type_name(value: Any) -> str:
+    """The YAML/JSON name of a value's type (error messages name the type, never the value)."""
+    if value is None:
+        return "null"
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list",
+            dict: "mapping"}.get(type(value), type(value).__name__)
+
+
+def _describe(ann: Any) -> str:
+    """A constructor annotation in YAML terms: `int | None` -> 'int or null'."""
+    origin, args = get_origin(ann), get_args(ann)
+    if origin in (Union, UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if ann is None or ann is type(None):
+        return "null"
+    if origin in (list, tuple) and (len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis)):
+        return f"list of ({_describe(args[0])})"
+    if origin is tuple:
+        return "[" + ", ".join(_describe(a) for a in args) + "]"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _accepts(ann: Any, value: Any) -> bool:
+    """Whether a YAML/JSON value fits a constructor annotation (bool is not an int; an int is a float;
+    a list stands for a tuple, whose single argument datatrove uses for 'a sequence of')."""
+    origin, args = get_origin(ann), get_args(ann)
+    if ann is inspect.Parameter.empty or ann is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(_accepts(a, value) for a in args)
+    if ann is None or ann is type(None):
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if len(args) == 1 or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+            return all(_accepts(args[0], v) for v in value)
+        return len(value) == len(args) and all(_accepts(a, v) for a, v in zip(args, value))
+    if isinstance(ann, type):
+        return isinstance(value, ann)
+    return True  # an annotation this check does not model: the constructor decides
+
+
+def _wants_tuple(name: str, key: str) -> bool:
+    """Whether the constructor annotates `key` as a tuple (YAML gives lists; `str.endswith` needs a tuple)."""
+    param = inspect.signature(FILTER_CLASSES[name].__init__).parameters.get(key)
+    ann = param.annotation if param is not None else None
+    return any(get_origin(a) is tuple for a in (ann, *get_args(ann)))
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (nested too) as tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def option_errors(name: str, opts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(option, message) for every option of filter `name` that its datatrove constructor does not take
+    or whose value does not fit the constructor's annotation; the messages name types, never values."""
+    cls = FILTER_CLASSES[name]
+    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n != "self" and n not in NOT_CONSTRUCTOR_ARGS and p.kind is p.POSITIONAL_OR_KEYWORD}
+    errors: list[tuple[str, str]] = []
+    for key, value in opts.items():
+        if key in NOT_CONSTRUCTOR_ARGS:
+            errors.append((str(key), "set by the stage; remove it from filter_options"))
+        elif key not in params:
+            errors.append((str(key), f"{cls.__name__} has no such argument; allowed: {', '.join(params)}"))
+        elif not _accepts(params[key].annotation, value):
+            p = params[key]
+            errors.append((key, f"expected {_describe(p.annotation)}, got {_type_name(value)}; set a value of "
+                                f"that type (datatrove's default: {p.default!r}) or remove the key to use "
+                                f"the default"))
+    return errors
+
+
 def check_options(options: Mapping[Any, Mapping[str, Any]]) -> None:
-    """Fail at params validation for unknown filters or constructor arguments (no tokenizer needed)."""
+    """Fail at params validation for unknown filters, unknown constructor arguments or values of the wrong
+    type (checked against the datatrove constructors' signatures; no tokenizer needed).
+
+    Raises a pydantic ValidationError located at `filter_options.<filter>.<option>`, so inside a params
+    model the error names the full key (`quality.filter_options.gopher_quality.min_doc_words`)."""
+    details: list[InitErrorDetails] = []
     for name, opts in options.items():
         if name not in FILTER_NAMES:
             raise ValueError(f"filter_options: unknown filter {name!r}; choose from {list(FILTER_NAMES)}")
+        for key, message in option_errors(name, opts):
+            details.append(InitErrorDetails(type=PydanticCustomError("filter_option", message),
+                                            loc=("filter_options", name, key), input=_type_name(opts[key])))
+    if details:
+        raise ValidationError.from_exception_data("filter_options", details)
+    for name, opts in options.items():  # what the signature cannot tell: the constructors' own checks
         build_filter(name, ENGLISH, ENGLISH, dict(opts))  # type: ignore[arg-type]
 
 

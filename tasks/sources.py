@@ -6,7 +6,10 @@ filesystem), directories (their files with a supported suffix), plain paths (mus
 of `<base>/crawl-data/<crawl>/warc.paths.gz`. The format is chosen by suffix (`input_format`).
 `input_fingerprint` records size and a change marker per file for the version hash (local files: a
 digest of their first and last MiB, not the mtime; URLs: ETag / Last-Modified); `open_input` streams
-HTTP.
+HTTP(S) with its own reader (`_HttpStream`): every connect and read waits at most `timeout_s`, and a
+stalled or dropped transfer resumes where it stopped (`Range`, `If-Range` on the first ETag) up to `retries`
+times in all, then fails with an `OSError` naming the URL, the timeout and the fix (fsspec's aiohttp stream
+had no read timeout: a server that stalls after its headers hung the worker for ever).
 
 Categories. `classify_source(url, rules)` gives the coarse `source` column that `mix` weights by: the
 first `SourceRule` whose regex (`re.search`) matches the chosen part of the URL wins; no match gives
@@ -31,17 +34,22 @@ default table changes `source` values, so it requires bumping `tasks.ingest.STAG
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import http.client
+import io
 import logging
 import os
 import re
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
-from fsspec.implementations.http import HTTPFileSystem
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 log = logging.getLogger(__name__)
@@ -232,13 +240,97 @@ def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def open_input(path: str) -> IO[bytes]:
-    """Open an input for sequential reading; HTTP is streamed, not fetched in random-access blocks."""
-    fs, _ = url_to_fs(path)
+_HTTP_BUFFER = 1 << 16
+_READ_FAILURES = (TimeoutError, ConnectionError, http.client.HTTPException, urllib.error.URLError)
+
+
+class _HttpStream(io.RawIOBase):
+    """Sequential read of an http(s) URL with bounded waits and resumption (see the module docstring)."""
+
+    def __init__(self, url: str, timeout_s: float, retries: int):
+        super().__init__()
+        self.url, self.timeout_s, self.retries = url, timeout_s, retries
+        self.pos, self.failures = 0, 0
+        self.validator: str | None = None
+        self._resp = self._connect_with_retries()
+
+    def readable(self) -> bool:
+        return True
+
+    def _connect(self) -> http.client.HTTPResponse:
+        headers = {"User-Agent": "pretrain-pipeline-ingest"}
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.timeout_s)
+        except urllib.error.HTTPError as e:
+            if e.code in (404, 410):
+                raise FileNotFoundError(f"{self.url}: input not found (HTTP {e.code}); check the path or URL, "
+                                        "or remove it from inputs") from e
+            raise OSError(f"{self.url}: cannot open the input (HTTP {e.code} {e.reason}); check the URL") from e
+        if self.pos and resp.status != 206:
+            resp.close()
+            raise OSError(f"{self.url}: cannot resume at byte {self.pos}: the server answered {resp.status} to a "
+                          "Range request (no range support, or the file changed); the shard is retried from the start")
+        if not self.pos:
+            self.validator = resp.headers.get("ETag")
+        return resp  # type: ignore[no-any-return]
+
+    def _failed(self, error: BaseException) -> None:
+        """Count one stalled/dropped transfer; raise once `retries` are used up."""
+        self.failures += 1
+        stalled = isinstance(error, TimeoutError) or "timed out" in str(error)
+        what = f"no data for {self.timeout_s:g}s" if stalled else f"transfer failed ({error!r})"
+        if self.failures > self.retries:
+            raise OSError(
+                f"{self.url}: {what} at byte {self.pos}, {self.failures} times (http_timeout_s={self.timeout_s:g}, "
+                f"http_retries={self.retries}). Check the server and the network, or raise ingest.http_timeout_s / "
+                f"ingest.http_retries in the config") from error
+        log.warning("%s: %s at byte %d; resuming (%d of %d retries)", self.url, what, self.pos, self.failures,
+                    self.retries)
+        if not stalled:
+            time.sleep(min(self.failures, 5))  # a refused or reset connection: give the server a moment
+
+    def _connect_with_retries(self) -> http.client.HTTPResponse:
+        while True:
+            try:
+                return self._connect()
+            except (FileNotFoundError, urllib.error.HTTPError):
+                raise
+            except _READ_FAILURES as e:
+                if self.pos == 0 and not isinstance(e, TimeoutError) and "timed out" not in str(e):
+                    raise OSError(f"{self.url}: cannot open the input ({e!r}); check the URL and the network") from e
+                self._failed(e)
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            try:
+                n = self._resp.readinto(buffer)
+                self.pos += n
+                return n
+            except _READ_FAILURES as e:
+                self._resp.close()
+                self._failed(e)
+                self._resp = self._connect_with_retries()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._resp.close()
+        super().close()
+
+
+def open_input(path: str, timeout_s: float = 60.0, retries: int = 3) -> IO[bytes]:
+    """Open an input for sequential reading; http(s) is streamed with bounded waits and resumption."""
     compression = "infer" if input_format(path) == "jsonl" else None  # FastWARC decompresses WARC itself
-    kwargs: dict[str, Any] = {"block_size": 0} if isinstance(fs, HTTPFileSystem) else {}
+    if path.split("://", 1)[0].lower() in ("http", "https"):
+        raw: IO[bytes] = io.BufferedReader(_HttpStream(path, timeout_s, retries), _HTTP_BUFFER)
+        if compression and path.lower().split("?", 1)[0].endswith(".gz"):
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return raw
     try:
-        return fsspec.open(path, "rb", compression=compression, **kwargs).open()  # type: ignore[no-any-return]
+        return fsspec.open(path, "rb", compression=compression).open()  # type: ignore[no-any-return]
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: input not found ({e!r}); check the path or URL, "
                                 "or remove it from inputs") from e

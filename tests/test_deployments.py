@@ -7,6 +7,7 @@ The real `prefect deploy` + worker + UI checks are in tests/server/ (marker `ser
 
 import importlib
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -134,10 +135,14 @@ def _interpolate(value, env):
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value.replace("$$", "\0")).replace("\0", "$")
 
 
+# what an operator puts into .env for the secrets .env.example leaves empty
+SECRETS = {"POSTGRES_PASSWORD": "3f9c2a7b1d8e4f60a5b2", "PREFECT_AUTH_STRING": "pretrain:8d1e6b0c4a2f9e7d3c5b"}
+
+
 @pytest.fixture
 def compose():
     raw = yaml.safe_load(COMPOSE.read_text())  # PyYAML resolves the x-* anchors and `<<` merges
-    return _interpolate(raw, _env_example())
+    return _interpolate(raw, {**_env_example(), **SECRETS})
 
 
 def _env(service) -> dict[str, str]:
@@ -198,6 +203,70 @@ def test_compose_config_validates_with_the_docker_cli():
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose plugin is not installed here; the YAML checks above cover the file")
-    res = subprocess.run([docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
-                         capture_output=True, text=True, cwd=REPO)
+    cmd = [docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **SECRETS})
     assert res.returncode == 0, res.stderr
+    bare = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=bare)
+    assert res.returncode != 0 and "PREFECT_AUTH_STRING" in res.stderr + res.stdout, "empty secrets must be refused"
+
+
+# ---------------------------------------------------------------- security (issue 11)
+
+def test_env_example_has_no_usable_secret_and_compose_requires_them():
+    env = _env_example()
+    assert env["POSTGRES_PASSWORD"] == "" and env["PREFECT_AUTH_STRING"] == "", "no default secrets in .env.example"
+    raw = yaml.safe_load(COMPOSE.read_text())
+    for name in SECRETS:
+        with pytest.raises(AssertionError, match=f"docker-compose.yml needs {name}"):
+            _interpolate(raw, {**_env_example(), **{k: v for k, v in SECRETS.items() if k != name}})
+    text = COMPOSE.read_text()
+    uses = re.findall(r"\$\{(POSTGRES_PASSWORD|PREFECT_AUTH_STRING)(:[?-]|\})", text)
+    assert uses and all(op == ":?" for _, op in uses), f"every use of a secret must be required (${{X:?...}}): {uses}"
+
+
+def test_compose_api_auth_in_the_server_and_every_client(compose):
+    services = compose["services"]
+    auth = SECRETS["PREFECT_AUTH_STRING"]
+    assert _env(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    clients = [name for name, svc in services.items() if "PREFECT_API_URL" in _env(svc)]
+    assert {"deploy", "worker-cpu", "worker-gpu"} <= set(clients)
+    for name in clients:
+        assert _env(services[name]).get("PREFECT_API_AUTH_STRING") == auth, f"{name} talks to the API without auth"
+
+
+def _dockerfile_user() -> str:
+    users = re.findall(r"(?m)^USER\s+(\S+)", (REPO / "deployments" / "Dockerfile").read_text())
+    assert users, "deployments/Dockerfile sets no USER: its containers run as root"
+    return users[-1]
+
+
+def test_containers_run_as_a_non_root_user_owning_the_data_volume(compose):
+    user = _dockerfile_user()
+    assert user.split(":")[0] not in ("root", "0"), user
+    text = (REPO / "deployments" / "Dockerfile").read_text()
+    assert re.search(r"chown [^\n]*/data", text) and text.index("chown") < text.index('VOLUME ["/data"]'), \
+        "/data must belong to the user before VOLUME, so a new named volume takes that ownership"
+    assert 'ENTRYPOINT ["bash", "/app/deployments/entrypoint.sh"]' in text
+    for name, svc in compose["services"].items():
+        assert str(svc.get("user", user)).split(":")[0] not in ("root", "0"), f"{name} runs as root"
+
+
+@pytest.mark.parametrize("env, refused", [
+    ({"PREFECT_API_AUTH_STRING": ""}, "PREFECT_API_AUTH_STRING is empty"),
+    ({"PREFECT_SERVER_API_AUTH_STRING": "change-me"}, "PREFECT_SERVER_API_AUTH_STRING is a placeholder"),
+    ({"PREFECT_API_AUTH_STRING": "pretrain:change-me"}, "PREFECT_API_AUTH_STRING \\(its password\\) is a placeholder"),
+    ({"PREFECT_API_AUTH_STRING": "no-user-part-here"}, "must be user:password"),
+    ({"PREFECT_API_AUTH_STRING": "pretrain:short"}, "at least 12 characters"),
+    ({"POSTGRES_PASSWORD": "change-me"}, "POSTGRES_PASSWORD is a placeholder"),
+    ({"POSTGRES_PASSWORD": ""}, "POSTGRES_PASSWORD is empty"),
+    ({**SECRETS, "PREFECT_API_AUTH_STRING": SECRETS["PREFECT_AUTH_STRING"]}, None),
+    ({}, None),
+])
+def test_entrypoint_refuses_empty_and_placeholder_secrets(env, refused):
+    res = subprocess.run(["bash", str(REPO / "deployments" / "entrypoint.sh"), "echo", "started"],
+                         env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+    if refused is None:
+        assert res.returncode == 0 and res.stdout == "started\n", res.stderr
+    else:
+        assert res.returncode == 78 and res.stdout == "" and re.search(refused, res.stderr), res.stderr

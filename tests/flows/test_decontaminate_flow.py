@@ -9,6 +9,7 @@ from prefect.client.orchestration import get_client
 
 from flows.decontaminate import benchmark_rows, decontaminate_flow, report_markdown
 from flows.sharded import task_runner
+from storage import paths
 from storage.documents import Document, extra_fields, read_documents, read_schema
 from storage.manifest import Stage, list_versions, load_manifest
 from tasks import benchmarks as bm
@@ -17,6 +18,12 @@ from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
 Q = ("Question: Which gas do green plants absorb from the air to make their own food during photosynthesis? "
      "Choose the best answer from the four options given below.")
 EXTRA = [pa.field("quality_score", pa.float64())]
+
+
+@pytest.fixture(autouse=True)
+def allowed_roots(tmp_path, monkeypatch):
+    """These tests keep benchmark files in tmp_path: make it an allowed root (storage.paths.allowed_roots)."""
+    monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, str(tmp_path))
 
 
 def filler(prefix, n):
@@ -104,6 +111,20 @@ def test_cli_inspect_prints_the_benchmark_report(prefect_backend, tmp_path, make
     assert main(["inspect", "decontaminate", "--data-root", str(root), "--rejected"]) == 0
     out = capsys.readouterr().out
     assert "| toy | q1 | 2 |" in out and "reason=contaminated" in out
+
+
+def test_a_system_file_is_refused_before_anything_is_indexed(prefect_backend, tmp_path, make_version):
+    """Issue 11: `path: /etc/passwd` copied its lines into the index and dropped documents; now the run fails
+    at its start naming the key, the allowed roots and the variable that extends them."""
+    root = tmp_path / "data"
+    upstream(root, make_version)
+    spec = bm.BenchmarkFile(name="passwd", path="/etc/passwd", format="csv", fields=["root:x:0:0:root:/root:/bin/bash"])
+    with pytest.raises(ValueError, match=r"decontaminate.benchmarks\['passwd'\].path: /etc/passwd is outside the "
+                                         r"allowed directories .*PRETRAIN_ALLOWED_ROOTS") as err:
+        run_flow(DecontaminateParams(benchmarks=[spec]), root)
+    assert "/bin/bash" not in str(err.value).split("PRETRAIN_ALLOWED_ROOTS")[-1]
+    assert not (root / "decontaminate").exists() or not list((root / "decontaminate").rglob("items.json"))
+    assert list_versions(str(root), Stage.DECONTAMINATE) == []
 
 
 @pytest.mark.parametrize("case", ["missing_field", "missing_file", "no_usable_items"])

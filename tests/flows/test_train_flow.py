@@ -4,10 +4,13 @@ The tokenize version is written by hand (token shards of a synthetic Markov-chai
 tests/tasks/test_train.py), so no earlier stage runs. Training is the tiny preset for a few CPU steps.
 """
 
+import contextvars
 import json
 import logging
 import math
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -97,8 +100,8 @@ def test_plan_cli_from_the_tokenize_version(data_root, capsys):
     assert main(["plan", "--data-root", str(data_root), "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["tokens"] == tokens and p["gpu"] == "H100" and p["vocab_size"] == VOCAB
-    assert main(["plan", "--data-root", str(data_root), "--version", "nope"]) == 1
-    assert "nope" in capsys.readouterr().err
+    assert main(["plan", "--data-root", str(data_root), "--version", "0123456789ab"]) == 1  # well-formed, absent
+    assert "0123456789ab" in capsys.readouterr().err
 
 
 def test_plan_cli_budget_and_wall_clock(tmp_path, capsys):
@@ -227,3 +230,58 @@ def test_resume_false_starts_over_and_leftovers_are_cleaned(prefect_backend, dat
     assert run_train(data_root, params(), force=True) == v and not work.exists()
     after = load_manifest(str(data_root), Stage.TRAIN, v)
     assert after.created_at != before.created_at and after.extras["result"]["resumed_from"] is None
+
+
+# ---------------------------------------------------------------- two identical runs at once
+
+
+def test_identical_concurrent_runs_wait_and_reuse(prefect_backend, tmp_path, monkeypatch):
+    """The second of two identical runs exited 1 with "`.work-<version>` is in use by another run" (issue 11,
+    defect 6); now it waits for the first on the version lock and reuses its version."""
+    make_tokenize_version(tmp_path)
+    p = params(max_steps=4, ckpt_interval=4, eval_interval=4)
+    real_train, entered, release, calls = train_module.train, threading.Event(), threading.Event(), []
+
+    def gated_train(*args, **kw):  # holds the first run in training until the second has started
+        calls.append(1)
+        entered.set()
+        assert release.wait(60)
+        return real_train(*args, **kw)
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    monkeypatch.setattr(train_module, "train", gated_train)
+    results: dict[str, object] = {}
+
+    def start(name: str) -> threading.Thread:
+        def body() -> None:
+            try:
+                results[name] = run_train(tmp_path, p)
+            except BaseException as err:  # checked below
+                results[name] = err
+        t = threading.Thread(target=contextvars.copy_context().run, args=(body,), daemon=True)
+        t.start()
+        return t
+
+    threads = []
+    try:
+        threads.append(start("first"))
+        assert entered.wait(60)
+        threads.append(start("second"))
+        deadline = time.monotonic() + 60
+        while not any("waiting for another run of train@" in m for m in messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
+    assert results["first"] == results["second"], results
+    v = results["first"]
+    assert any(m.startswith(f"waiting for another run of train@{v}") and "pid" in m for m in messages), messages
+    assert any(m.startswith(f"reused train@{v}") for m in messages) and len(calls) == 1
+    (m,) = list_versions(str(tmp_path), Stage.TRAIN)
+    assert m.extras["result"]["steps"] == 4
+    assert not [d.name for d in (tmp_path / "train").iterdir() if d.name.startswith((".work-", ".tmp-", ".lock-"))]

@@ -1,12 +1,17 @@
 """Real-server fixtures: a `prefect server start` on 127.0.0.1 (SQLite or a throw-away PostgreSQL cluster),
 work pools and deployments made with the real CLI, a process worker, and cleanup of every process.
 
+The server requires HTTP basic auth (`PREFECT_SERVER_API_AUTH_STRING`, as in docker-compose.yml); every
+client we start (CLI, worker, its flow runs) gets the same string as `PREFECT_API_AUTH_STRING`, the
+test's own HTTP client sends it, and browsers get it the way the UI's login form stores it.
+
 Every process started here carries the environment variable `PRETRAIN_TEST_PROCESS=<session token>`;
 children inherit it (flow-run subprocesses, the postmaster forked by pg_ctl). Teardown stops each
 process group we started (SIGTERM, then SIGKILL after a grace period) and then kills, by pid, any
 process still carrying the token, so nothing survives the session even if a group was left.
 """
 
+import base64
 import json
 import os
 import re
@@ -30,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 # shared by every copy of this module (pytest imports conftest; test modules import it again)
 TOKEN = os.environ.setdefault("PRETRAIN_TEST_SESSION_TOKEN", uuid.uuid4().hex)
 MARK = "PRETRAIN_TEST_PROCESS"
+# user:password of this session's servers (the same in every copy of this module, like TOKEN)
+AUTH_STRING = os.environ.setdefault("PRETRAIN_TEST_API_AUTH_STRING", f"pretrain:{uuid.uuid4().hex}")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 TIMINGS: dict[str, float] = {}  # printed at the end of the session (pytest_terminal_summary)
 
@@ -154,6 +161,8 @@ class PrefectServer:
     started_in: float
     worker_log: Optional[Path] = None
     worker_health_port: Optional[int] = None
+    # files that runs' parameters name (benchmark files) live under the session's temp dir: an allowed root
+    allowed_roots: Optional[Path] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,8 +170,8 @@ class PrefectServer:
         return f"{self.url}/api"
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        return base_env(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api,
-                        PRETRAIN_DATA_ROOT=str(self.data_root),
+        return base_env(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api, PREFECT_API_AUTH_STRING=AUTH_STRING,
+                        PRETRAIN_DATA_ROOT=str(self.data_root), PRETRAIN_ALLOWED_ROOTS=str(self.allowed_roots or ""),
                         PREFECT_LOGGING_EXTRA_LOGGERS="tasks,storage,models,flows", **extra)
 
     def cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,8 +183,10 @@ class PrefectServer:
                                  f"server log:\n{tail(self.log)}")
         return res
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30, transport=RetryingTransport())
+    def http(self, authenticated: bool = True) -> httpx.Client:
+        user, password = AUTH_STRING.split(":", 1)
+        return httpx.Client(base_url=self.api, timeout=30, transport=RetryingTransport(),
+                            auth=httpx.BasicAuth(user, password) if authenticated else None)
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         with self.http() as c:
@@ -249,7 +260,8 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
     home.mkdir(parents=True, exist_ok=True)
     log = base / "logs" / "server.log"
     # the UI's API address defaults to port 4200 whatever --port says; point it at this server
-    env = base_env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    env = base_env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+                   PREFECT_SERVER_API_AUTH_STRING=AUTH_STRING)
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     t0 = time.monotonic()
@@ -269,7 +281,33 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
         time.sleep(0.3)
     TIMINGS[f"server start ({'postgres' if db_url else 'sqlite'})"] = time.monotonic() - t0
     return PrefectServer(url=url, home=home, log=log, proc=proc, data_root=base / "data", log_dir=base / "logs",
-                         started_in=time.monotonic() - t0)
+                         started_in=time.monotonic() - t0, allowed_roots=base.parent)
+
+
+def ui_login_script() -> str:
+    """JavaScript doing what the UI's login form does with the auth string (localStorage `prefect-password`)."""
+    return f"window.localStorage.setItem('prefect-password', '{base64.b64encode(AUTH_STRING.encode()).decode()}')"
+
+
+def seed_ui_login(chromium: str, url: str, profile: Path) -> None:
+    """Log a Chromium profile in to the UI at `url`'s origin, once, so that `chromium --user-data-dir=profile`
+    renders the pages instead of the login form (the API requires the auth string)."""
+    marker = profile / ".pretrain-ui-login"
+    if marker.exists():
+        return
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is needed to log the browser in")
+    origin = re.match(r"https?://[^/]+", url)
+    assert origin, url
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(profile), executable_path=chromium, headless=True,
+                                                       args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = context.new_page()
+            page.goto(f"{origin.group(0)}/api/health")  # same origin as the UI; needs no auth
+            page.evaluate(ui_login_script())
+        finally:
+            context.close()
+    marker.write_text("")
 
 
 def compose_deploy_command() -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import seed_ui_login
+
 pytestmark = pytest.mark.server
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,6 +34,7 @@ def chromium():
 
 def render(chromium: str, url: str, profile: Path, screenshot: Path | None = None, budget_ms: int = BUDGETS_MS[0]) -> str:
     """The DOM after the app rendered (and a screenshot when asked)."""
+    seed_ui_login(chromium, url, profile)  # the API requires the auth string (tests/server/conftest.py)
     out = ["--dump-dom"] if screenshot is None else [f"--screenshot={screenshot}"]
     res = subprocess.run([chromium, *FLAGS, f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}", *out,
                           url], capture_output=True, text=True, timeout=180)

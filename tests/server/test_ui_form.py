@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import ui_login_script
+
 pytestmark = pytest.mark.server
 
 TIMEOUT_MS = 60_000  # generous: the UI's API calls are slow while the worker runs flows on 2 cores
@@ -99,6 +101,7 @@ def test_custom_run_from_the_ui_form_runs_only_ingest(browser, sqlite_server, tm
     server = sqlite_server
     run_name, ui_root = f"ui-form-{uuid.uuid4().hex[:8]}", tmp_path / "ui-data"
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.add_init_script(ui_login_script())  # the API requires the auth string (tests/server/conftest.py)
     page.set_default_timeout(TIMEOUT_MS)
     try:
         page.goto(f"{server.url}/deployments/deployment/{server.deployment_id('pretrain/default')}")

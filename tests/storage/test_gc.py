@@ -12,6 +12,7 @@ from storage.gc import apply, collect, gc
 from storage.manifest import (
     ShardInfo,
     Stage,
+    VersionLock,
     VersionWriter,
     is_complete,
     latest_version,
@@ -271,20 +272,75 @@ def test_temp_dir_with_a_fresh_file_deep_inside_is_not_stale(store):
 
 
 def test_train_work_dirs_are_never_removed(store, capsys):
-    resumable, committing = store / "train" / ".work-t1", store / "train" / ".tmp-t1-1234abcd"
-    for work in (resumable, committing):
-        (work / "step-000100").mkdir(parents=True)
-        (work / "step-000100" / "model.pt").write_bytes(b"w" * 100)
-        _age(work / "step-000100" / "model.pt", work / "step-000100", work, seconds=10 * 86400)
+    resumable = store / "train" / ".work-t1"
+    (resumable / "step-000100").mkdir(parents=True)
+    (resumable / "step-000100" / "model.pt").write_bytes(b"w" * 100)
+    _age(resumable / "step-000100" / "model.pt", resumable / "step-000100", resumable, seconds=10 * 86400)
     dead_ptr = store / "train" / "latest.tmp-0000aaaa"  # not work: a pointer file a killed commit left
     dead_ptr.write_text("t0\n")
     _age(dead_ptr)
     plan = gc(str(store), keep=1)
-    assert sorted(plan.train_work) == sorted([str(resumable), str(committing)])
-    assert all((w / "step-000100" / "model.pt").exists() for w in (resumable, committing))
+    assert plan.train_work == [str(resumable)]
+    assert (resumable / "step-000100" / "model.pt").exists()
     assert plan.stale == [str(dead_ptr)] and not dead_ptr.exists()
     assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(store)]) == 0
     assert f"checkpoints of a running or killed run; delete by hand): {resumable}" in capsys.readouterr().out
+
+
+def test_train_temp_dir_of_a_killed_run_is_collected_unless_its_run_holds_the_lock(store):
+    """A killed train run left an empty `train/.tmp-<v>-*` that gc never collected (issue 11, defect 9);
+    now it goes once stale, unless a run of that version is alive (holds `train/.lock-<v>`): a training
+    run leaves its temp dir empty for hours, writing into its work dir."""
+    killed, alive = store / "train" / ".tmp-t1-1234abcd", store / "train" / ".tmp-t2-5678abcd"
+    linked = store / "train" / ".tmp-t3-9abcdef0"  # killed while hard-linking the work dir's files in
+    for d in (killed, alive, linked):
+        d.mkdir(parents=True)
+    (linked / "step-000100").mkdir()
+    (linked / "step-000100" / "model.pt").write_bytes(b"w")
+    _age(linked / "step-000100" / "model.pt", linked / "step-000100", killed, alive, linked, seconds=10 * 86400)
+    lock = VersionLock(str(store), Stage.TRAIN, "t2")
+    assert lock.try_acquire()
+    try:
+        plan = gc(str(store), keep=1)
+    finally:
+        lock.release()
+    assert sorted(plan.stale) == sorted([str(killed), str(linked)]) and plan.train_work == []
+    assert not killed.exists() and not linked.exists() and alive.exists()
+    young = store / "train" / ".tmp-t4-00000000"  # not stale yet: kept even without a lock
+    young.mkdir()
+    assert gc(str(store), keep=1).stale == [str(alive)] and young.exists()
+
+
+def test_lock_files_of_killed_runs_are_removed_held_ones_kept(store):
+    leftover = store / "langid" / ".lock-l9"  # a killed run's lock file (the kernel dropped its lock)
+    leftover.write_text("pid 1 on elsewhere\n")
+    held = VersionLock(str(store), Stage.LANGID, "l8")
+    assert held.try_acquire()
+    running = store / "langid" / ".tmp-l8-1234abcd"  # the holder's temp dir: a long phase writes nothing
+    running.mkdir()
+    _age(running)
+    try:
+        plan = gc(str(store), keep=3)
+        assert plan.stale == [str(leftover)] and not leftover.exists()
+        assert (store / "langid" / ".lock-l8").exists() and running.exists() and plan.unknown == []
+    finally:
+        held.release()
+    assert gc(str(store), keep=3).stale == [str(running)] and not running.exists()
+
+
+def test_dry_run_reports_the_real_size_of_kept_versions(store, capsys):
+    """`gc --dry-run` showed `mb 0.0` for every kept version (issue 11, defect 9)."""
+    (store / "langid" / "l3" / "part-00000.parquet").write_bytes(b"x" * 2_500_000)
+    plan = gc(str(store), keep=1, dry_run=True)
+    sizes = {(d.stage, d.version): d.bytes for d in plan.versions}
+    manifest = (store / "langid" / "l3" / "manifest.json").stat().st_size
+    assert sizes[("langid", "l3")] == 2_500_000 + manifest
+    assert sizes[("ingest", "i3")] == 1000 + (store / "ingest" / "i3" / "manifest.json").stat().st_size
+    assert all(d.bytes > 0 for d in plan.versions)
+    assert {r["version"]: r["mb"] for r in plan.rows()}["l3"] == round((2_500_000 + manifest) / 1e6, 3)
+    assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"keeping 3 version(s), {plan.bytes_kept / 1e6:.1f} MB" in out and "keeping 3 version(s), 2.5 MB" in out
 
 
 def test_train_work_prefix_matches_the_train_flow():
@@ -309,7 +365,7 @@ def test_side_artifact_names_match_the_decontaminate_stage():
     assert (side.subdir, side.work_ref) == (decontaminate.INDEX_DIR, decontaminate.WORK_REF)
 
 
-def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_version):
+def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_version, monkeypatch):
     """Two real decontaminate runs with different benchmark files: gc --keep 1 prunes the old run's index."""
     from flows.decontaminate import decontaminate_flow
     from flows.sharded import task_runner
@@ -321,6 +377,7 @@ def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_versi
     docs = [Document(id=f"d{i}", url=f"http://e/{i}", text=" ".join(f"w{i}x{j}" for j in range(60))) for i in range(4)]
     make_version(root, "dedup", [docs[:2], docs[2:]], version="dedup1")
     bench = tmp_path / "bench.jsonl"
+    monkeypatch.setenv("PRETRAIN_ALLOWED_ROOTS", str(tmp_path))  # benchmark files must lie under an allowed root
     versions = []
     for text in ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron",
                  "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"):
@@ -490,7 +547,7 @@ def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
     docs = [Document(id=f"d{i}", text=text * (2 + i % 3), url=f"http://e/{i}",
                      meta={"language": "en", "language_score": 0.99, "language_top3": [{"lang": "en", "score": 0.99}]})
             for i in range(6)]
-    make_version(root, "langid", [docs[:3], docs[3:]], extra=LANGID_FIELDS, version="lid1")
+    make_version(root, "langid", [docs[:3], docs[3:]], extra=LANGID_FIELDS, version="00000000a1d1")  # a version id
     versions = []
     for filters in (["gopher_repetition"], ["c4_quality"]):
         params = QualityParams(use_classifier=False, filters=filters, min_score=None)
@@ -502,7 +559,7 @@ def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
     plan = gc(str(root), keep=1, stale_after_s=0)
     assert _versions(root, "quality") == [v_new] and _caches(root, "quality", "_scores") == [s_new]
     assert {(d.stage, d.name) for d in plan.to_delete} == {("quality", v_old), ("quality", f"_scores/{s_old}")}
-    assert _versions(root, "langid") == ["lid1"]
+    assert _versions(root, "langid") == ["00000000a1d1"]
 
 
 def test_quality_run_scoring_into_its_cache_temp_dir_is_not_stale(store):

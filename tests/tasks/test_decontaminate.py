@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import random
 import unicodedata
 from pathlib import Path
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from storage import paths
 from storage.documents import Document
 from storage.stats import StageStats
 from tasks import benchmarks as bm
@@ -35,6 +37,12 @@ Q2 = ("Question: A student drops a rubber ball and a steel ball of equal size fr
 ITEMS = [{"id": "q1", "query": Q1, "choices": ["oxygen", "carbon dioxide", "nitrogen", "helium"]},
          {"id": "q2", "query": Q2, "choices": ["the rubber ball", "the steel ball", "both together"]},
          {"id": "q3", "query": "Is it?", "choices": ["yes", "no"]}]
+
+
+@pytest.fixture(autouse=True)
+def allowed_roots(tmp_path, monkeypatch):
+    """These tests keep benchmark files in tmp_path: make it an allowed root (storage.paths.allowed_roots)."""
+    monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, str(tmp_path))
 
 
 def write_jsonl(path, rows):
@@ -162,6 +170,65 @@ def test_index_version_follows_content_not_action(tmp_path):
     assert index_version(params.model_copy(update={"humaneval": True})) != v
     (tmp_path / "toy.jsonl").write_text((tmp_path / "toy.jsonl").read_text() + json.dumps(ITEMS[0]) + "\n")
     assert index_version(params) != v
+
+
+# ---------------------------------------------------------------- where benchmark files may be (issue 11)
+
+@pytest.fixture
+def outside(tmp_path_factory):
+    """A benchmark file in a directory that is not an allowed root."""
+    d = tmp_path_factory.mktemp("outside")
+    (d / "secret.csv").write_text("s3cr3t-header\nrow one of a private file with many words in it here\n")
+    return d / "secret.csv"
+
+
+def _refused(spec, monkeypatch=None):
+    with pytest.raises(ValueError, match=r"decontaminate.benchmarks\['b'\].path: .* is outside the allowed "
+                                         r"directories \[.*\]; .* add its directory to \$PRETRAIN_ALLOWED_ROOTS") as err:
+        list(bm.file_items(spec))
+    with pytest.raises(ValueError, match="outside the allowed directories"):
+        bm.file_fingerprint(spec)
+    assert "s3cr3t" not in str(err.value) and "root:" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "glob", "directory"])
+def test_benchmark_files_outside_the_allowed_roots_are_refused(tmp_path, outside, kind):
+    """The hostile tester's `path: /etc/passwd` (and the same through `..`, a glob, a directory)."""
+    path = {"absolute": "/etc/passwd",
+            "dotdot": f"{tmp_path}/{os.path.relpath(outside, tmp_path)}",
+            "glob": str(outside.parent / "*.csv"),
+            "directory": str(outside.parent)}[kind]
+    assert kind != "dotdot" or ".." in path
+    message = _refused(bm.BenchmarkFile(name="b", path=path, format="csv", fields=["root:x:0:0:root:/root:/bin/bash"]))
+    assert str(tmp_path) in message  # the allowed roots are listed
+
+
+def test_symlinks_out_of_an_allowed_root_are_refused(tmp_path, outside):
+    (tmp_path / "link.csv").symlink_to(outside)
+    _refused(bm.BenchmarkFile(name="b", path=str(tmp_path / "link.csv"), format="csv", fields=["s3cr3t-header"]))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inner.csv").symlink_to(outside)  # a link inside a listed directory
+    _refused(bm.BenchmarkFile(name="b", path=str(tmp_path / "dir"), format="csv", fields=["s3cr3t-header"]))
+
+
+def test_allowed_roots_env_var_data_root_and_remote_urls(tmp_path, outside, monkeypatch):
+    spec = bm.BenchmarkFile(name="b", path=str(outside), format="csv", fields=["s3cr3t-header"])
+    monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, os.pathsep.join([str(tmp_path), str(outside.parent)]))
+    assert [i.id for i in bm.file_items(spec)] == ["0"]
+    monkeypatch.delenv(paths.ENV_ALLOWED_ROOTS)
+    monkeypatch.setenv(paths.ENV_DATA_ROOT, str(outside.parent))  # the data root is allowed
+    assert [i.id for i in bm.file_items(spec)] == ["0"]
+    monkeypatch.setenv(paths.ENV_DATA_ROOT, str(tmp_path))
+    rel = bm.BenchmarkFile(name="b", path="tests/conftest.py", format="csv", fields=["x"])  # the repository
+    assert bm.resolve_paths(rel) == ["tests/conftest.py"]
+    for url in ("s3://bucket/mmlu/*.csv", "https://example.org/b.jsonl", "hf://datasets/x/b.jsonl"):
+        bm.check_location(spec, url)  # remote: cannot name this machine's files
+    for url, why in (("memory://b.jsonl", "protocol 'memory' is not accepted"),
+                     ("simplecache::file:///etc/passwd", "chained fsspec URLs"),
+                     ("file:///etc/passwd", "outside the allowed directories")):
+        with pytest.raises(ValueError, match=why):
+            bm.check_location(spec, url)
 
 
 def _spec(tmp_path, name, content, fields=("query",), **kw):
@@ -352,8 +419,9 @@ def test_batches_never_match_across_documents(tmp_path, monkeypatch):
             ("d4", "q2", len(words(Q2)) - 12), ("d6", "q1", len(words(Q1)) - 12)]
 
 
-def test_real_benchmarks_catch_planted_items_and_leave_real_documents(tmp_path, shared_data):
+def test_real_benchmarks_catch_planted_items_and_leave_real_documents(tmp_path, shared_data, monkeypatch):
     """ARC-Easy, PIQA and GSM8K from ../shared/data/evals against 499 real Common Crawl documents (DCLM)."""
+    monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, os.pathsep.join([str(tmp_path), str(shared_data)]))
     evals = shared_data / "evals" / "llm_foundry_local_data"
     specs = [bm.BenchmarkFile(name="arc_easy", path=str(evals / "arc_easy.jsonl"), fields=["query", "choices"]),
              bm.BenchmarkFile(name="piqa", path=str(evals / "piqa.jsonl"), fields=["query", "choices"]),

@@ -11,6 +11,7 @@ from tasks.decontaminate import CUTS_FIELD, DecontaminateParams, ensure_index, i
 from tasks.ngram_index import load_index
 from tasks.text import ngram_hashes, rolling_ngram_hashes, window_hashes, word_hashes, words
 
+from storage import paths
 from storage.documents import Document
 from storage.stats import StageStats
 
@@ -18,6 +19,12 @@ PAGE_HEAD = " ".join(f"head{i}" for i in range(40))
 PAGE_TAIL = " ".join(f"tail{i}" for i in range(40))
 SHORT_Q = "Which planet in our solar system has the most moons?"  # 10 words
 CHOICES = ["Earth", "Mars", "Saturn", "Venus"]
+
+
+@pytest.fixture(autouse=True)
+def allowed_roots(tmp_path, monkeypatch):
+    """These tests keep benchmark files in tmp_path: make it an allowed root (storage.paths.allowed_roots)."""
+    monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, str(tmp_path))
 
 
 class Sink:
@@ -98,13 +105,36 @@ def test_llm_foundry_layouts_read_options_from_the_query_and_drop_labels(tmp_pat
 @pytest.mark.parametrize("make, message", [
     (lambda t: one(t, "arc", [{"text": "x"}]), r"b.jsonl\) row 0: fits no 'arc' layout \(the row has \['text'\]"),
     (lambda t: one(t, "mmlu", [{"question": "q", "choices": ["a", "b"], "answer": 5}]),
-     r"row 0 field 'answer' = 5 is out of range for 2 choices"),
+     r"row 0 field 'answer' is out of range for 2 choices"),
     (lambda t: one(t, "arc", [{"answerKey": "E", "question": {"stem": "q", "choices": [{"text": "a", "label": "A"}]}}]),
-     r"row 0: answerKey 'E' is none of the choice labels \['A'\]"),
+     r"row 0: answerKey is none of the 1 choice labels"),
 ])
 def test_preset_rows_that_fit_no_layout_name_the_file_row_and_fix(tmp_path, make, message):
     with pytest.raises(ValueError, match=message):
         list(bm.file_items(make(tmp_path)))
+
+
+SECRET = "s3cr3t-token-value"
+
+
+@pytest.mark.parametrize("fmt, row", [
+    ("mmlu", {"question": "q", "choices": ["a", "b"], "answer": SECRET}),
+    ("hellaswag", {"ctx": "c", "endings": ["a", "b"], "label": SECRET}),
+    ("arc", {"answerKey": SECRET, "question": {"stem": "q", "choices": [{"text": "a", "label": "A"}]}}),
+    ("llm_foundry", {"query": "q", "choices": ["a", "b"], "gold": SECRET}),
+])
+def test_bad_rows_are_named_without_their_content(tmp_path, fmt, row):
+    """Issue 11: an error names the file, the row and the key, never a value of the row."""
+    with pytest.raises(ValueError, match=r"b.jsonl\) row 0") as err:
+        list(bm.file_items(one(tmp_path, fmt, [row])))
+    assert SECRET not in str(err.value)
+
+
+def test_mmlu_csv_answer_column_is_not_echoed(tmp_path):
+    (tmp_path / "m.csv").write_text(f"q,a,b,c,d,{SECRET}\n")
+    with pytest.raises(ValueError, match=r"m.csv\) row 0: the answer column is not a letter A-D") as err:
+        list(bm.file_items(bm.BenchmarkFile(name="m", path=str(tmp_path / "m.csv"), format="mmlu")))
+    assert SECRET not in str(err.value)
 
 
 def test_format_and_fields_must_agree():

@@ -500,14 +500,15 @@ def test_network_failure_midway_is_an_io_error_not_a_drop():
         list(read_warc(_FlakyStream(data, len(data) // 2), "https://x/a.warc.gz", StageStats()))
 
 
-def test_error_fraction_fails_the_shard(tmp_path):
+def test_error_fraction_fails_the_run_not_the_shard(tmp_path):
+    """The shard keeps its good records (issue 11); the whole input's budget fails the run, naming the file."""
     data = _three_pages()
     path = write(tmp_path, "cut.warc.gz", data[: len(data) - 300])  # 1 of 3 records fails
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match="max_error_fraction"):
-        ingest.ingest_shard.fn(path, str(out), 0, ingest.IngestParams(inputs=[path], max_error_fraction=0.05))
-    result = ingest.ingest_shard.fn(path, str(out), 0, ingest.IngestParams(inputs=[path], max_error_fraction=0.5))
+    result = ingest.ingest_shard.fn(path, str(tmp_path / "out"), 0, ingest.IngestParams(inputs=[path]))
     assert (result.stats.docs_in, result.stats.docs_out, result.stats.errors) == (3, 2, 1)
+    with pytest.raises(ValueError, match="cut.warc.gz.*max_error_fraction"):
+        ingest.check_error_budget([result], [path], 0.05, "ingest@v")
+    ingest.check_error_budget([result], [path], 0.5, "ingest@v")
 
 
 def test_retry_only_on_io_errors():

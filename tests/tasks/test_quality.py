@@ -133,6 +133,21 @@ def test_filter_options_override_and_validation():
     assert "min_score" not in QualityParams().scoring_params()
 
 
+def test_filter_option_types_are_validated_and_lists_become_tuples():
+    """Values of the wrong type failed in the stage with a TypeError naming no key (issue 11, defect 5);
+    YAML lists for tuple arguments crashed FineWeb's `str.endswith` at the first document."""
+    with pytest.raises(ValueError, match=r"filter_options\.gopher_quality\.min_doc_words\n.*expected int or null, "
+                                         r"got str") as err:
+        QualityParams(filter_options={"gopher_quality": {"min_doc_words": "abc"}})
+    assert "abc" not in str(err.value)
+    with pytest.raises(ValueError, match=r"filter_options\.c4_quality\.filter_policy\n.*expected bool, got int"):
+        QualityClassifierParams(filter_options={"c4_quality": {"filter_policy": 0}})
+    layer = HeuristicLayer(["fineweb_quality", "gopher_repetition"], QualityParams(filter_options={
+        "fineweb_quality": {"stop_chars": ["."]}, "gopher_repetition": {"top_n_grams": [[2, 0.9]]}}).filter_options)
+    assert layer.evaluate(PROSE, "en") == {"gopher_repetition": PASS, "fineweb_quality": PASS}
+    assert layer.evaluate(PROSE.replace(".", ";"), "en")["fineweb_quality"] == "line_punct_ratio"
+
+
 class ConstantModel:
     """TextClassifier fake: P(hq) is NN/100 for a word zzscoreNN in the text (0.5 otherwise)."""
 
