@@ -14,6 +14,7 @@ from tasks.text import ngram_hashes, rolling_ngram_hashes, window_hashes, word_h
 from storage import paths
 from storage.documents import Document
 from storage.stats import StageStats
+from tests.tasks.test_decontaminate import Sink
 
 PAGE_HEAD = " ".join(f"head{i}" for i in range(40))
 PAGE_TAIL = " ".join(f"tail{i}" for i in range(40))
@@ -25,15 +26,6 @@ CHOICES = ["Earth", "Mars", "Saturn", "Venus"]
 def allowed_roots(tmp_path, monkeypatch):
     """These tests keep benchmark files in tmp_path: make it an allowed root (storage.paths.allowed_roots)."""
     monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, str(tmp_path))
-
-
-class Sink:
-    def __init__(self, stats):
-        self.stats, self.rows = stats, []
-
-    def add(self, doc, reason, detail=None, error=False):
-        self.stats.drop(reason, error=error)
-        self.rows.append((doc, reason, detail))
 
 
 def run(params, root, texts):
