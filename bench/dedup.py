@@ -41,7 +41,8 @@ permutation draw. One seed on 745 pairs (20k docs) gives recall with a standard 
 the earlier single-seed result "ours 0.977 vs datatrove 0.993" was seed noise, not a defect (seed 1
 with sha1 drew P(candidate) 0.977 on those pairs against 0.988 expected; over seeds 1-6 ours averaged
 0.987, datatrove-regex 0.986; over seeds 1-20 the band-candidate rate on those pairs is 0.987 for sha1
-and 0.989 for xxhash against 0.987 from the S-curve). Verification costs at most 0.002 of recall against unverified clusters
+and 0.989 for xxhash against 0.987 from the S-curve). Verification costs at most 0.002 of recall against
+unverified clusters
 of the same candidates (pairs inside small candidate components are verified too, see
 tasks.dedup_minhash.expand_pairs). The report prints the S-curve's expected recall, and a check of both
 shingle hashes against MinHash theory (equal-row rate vs J, band-candidate rate vs the S-curve).
@@ -78,25 +79,31 @@ THRESHOLD = 0.8
 
 # ---------------------------------------------------------------- true Jaccard and planted edits
 
+
 def shingle_set(text: str, n: int = 5) -> np.ndarray:
     """Sorted unique 32-bit shingle hashes (the stage's shingles; 2^-32 collisions are noise here)."""
     from tasks.dedup_minhash import shingle_hashes
+
     return np.unique(shingle_hashes(text, n))
 
 
 def true_jaccard(a: str, b: str, n: int = 5) -> float:
     from tasks.dedup_minhash import jaccard_sorted
+
     return jaccard_sorted(shingle_set(a, n), shingle_set(b, n))
 
 
-BOILERPLATE = ["Share this article on social media and subscribe to our newsletter for weekly updates.",
-               "All rights reserved. Terms of use and privacy policy apply to this website.",
-               "Related posts: read more stories from our archive, sorted by date and popularity.",
-               "Leave a comment below. Your email address will not be published. Required fields are marked."]
+BOILERPLATE = [
+    "Share this article on social media and subscribe to our newsletter for weekly updates.",
+    "All rights reserved. Terms of use and privacy policy apply to this website.",
+    "Related posts: read more stories from our archive, sorted by date and popularity.",
+    "Leave a comment below. Your email address will not be published. Required fields are marked.",
+]
 
 
-def edit_to_jaccard(text: str, target: float, rng: random.Random, vocabulary: list[str],
-                    mode: str = "substitute") -> tuple[str, float]:
+def edit_to_jaccard(
+    text: str, target: float, rng: random.Random, vocabulary: list[str], mode: str = "substitute"
+) -> tuple[str, float]:
     """A copy of `text` edited until its word-5-gram Jaccard with `text` is at most `target`.
 
     mode `substitute`: scattered single-word substitutions; `span`: delete one contiguous span, then
@@ -107,13 +114,14 @@ def edit_to_jaccard(text: str, target: float, rng: random.Random, vocabulary: li
     if mode == "span" and len(toks) > 40:
         cut = int(len(toks) * (1 - target) * rng.uniform(0.2, 0.6) / 2)
         at = rng.randrange(0, len(toks) - cut)
-        del toks[at:at + cut]
+        del toks[at : at + cut]
     elif mode == "append":
         toks += " ".join(rng.sample(BOILERPLATE, 2)).split()
     sim = 1.0
     while True:
         copy = " ".join(toks)
         from tasks.dedup_minhash import jaccard_sorted
+
         sim = jaccard_sorted(base, shingle_set(copy))
         if sim <= target or len(toks) < 2:
             return copy, sim
@@ -128,25 +136,125 @@ def stdlib_docstrings(min_words: int = 60) -> list[str]:
     real English prose available offline, for hermetic tests."""
     import importlib
     import inspect
-    names = ["abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
-             "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal",
-             "difflib", "dis", "doctest", "email", "enum", "filecmp", "fileinput", "fnmatch", "fractions", "ftplib",
-             "functools", "gettext", "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "http.client", "imaplib",
-             "importlib", "inspect", "io", "ipaddress", "itertools", "json", "linecache", "locale", "logging", "lzma",
-             "mailbox", "math", "mimetypes", "mmap", "multiprocessing", "numbers", "operator", "optparse", "os",
-             "pathlib", "pdb", "pickle", "pkgutil", "platform", "poplib", "pprint", "queue", "random", "re", "runpy",
-             "sched", "secrets", "selectors", "shlex", "shutil", "signal", "smtplib", "socket", "sqlite3", "ssl",
-             "stat", "statistics", "string", "struct", "subprocess", "symtable", "tarfile", "tempfile", "textwrap",
-             "threading", "timeit", "tokenize", "trace", "traceback", "types", "typing", "unittest", "urllib.request",
-             "uuid", "warnings", "weakref", "xml.etree.ElementTree", "xmlrpc.client", "zipfile", "zoneinfo"]
+
+    names = [
+        "abc",
+        "argparse",
+        "ast",
+        "asyncio",
+        "base64",
+        "bisect",
+        "calendar",
+        "cmd",
+        "codecs",
+        "collections",
+        "concurrent.futures",
+        "configparser",
+        "contextlib",
+        "copy",
+        "csv",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "difflib",
+        "dis",
+        "doctest",
+        "email",
+        "enum",
+        "filecmp",
+        "fileinput",
+        "fnmatch",
+        "fractions",
+        "ftplib",
+        "functools",
+        "gettext",
+        "glob",
+        "graphlib",
+        "gzip",
+        "hashlib",
+        "heapq",
+        "hmac",
+        "http.client",
+        "imaplib",
+        "importlib",
+        "inspect",
+        "io",
+        "ipaddress",
+        "itertools",
+        "json",
+        "linecache",
+        "locale",
+        "logging",
+        "lzma",
+        "mailbox",
+        "math",
+        "mimetypes",
+        "mmap",
+        "multiprocessing",
+        "numbers",
+        "operator",
+        "optparse",
+        "os",
+        "pathlib",
+        "pdb",
+        "pickle",
+        "pkgutil",
+        "platform",
+        "poplib",
+        "pprint",
+        "queue",
+        "random",
+        "re",
+        "runpy",
+        "sched",
+        "secrets",
+        "selectors",
+        "shlex",
+        "shutil",
+        "signal",
+        "smtplib",
+        "socket",
+        "sqlite3",
+        "ssl",
+        "stat",
+        "statistics",
+        "string",
+        "struct",
+        "subprocess",
+        "symtable",
+        "tarfile",
+        "tempfile",
+        "textwrap",
+        "threading",
+        "timeit",
+        "tokenize",
+        "trace",
+        "traceback",
+        "types",
+        "typing",
+        "unittest",
+        "urllib.request",
+        "uuid",
+        "warnings",
+        "weakref",
+        "xml.etree.ElementTree",
+        "xmlrpc.client",
+        "zipfile",
+        "zoneinfo",
+    ]
     seen: dict[str, None] = {}
     for name in names:
         try:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        objs = [mod] + [o for n, o in sorted(vars(mod).items()) if not n.startswith("_")
-                        and (inspect.isclass(o) or inspect.isfunction(o)) and getattr(o, "__module__", "") == name]
+        objs = [mod] + [
+            o
+            for n, o in sorted(vars(mod).items())
+            if not n.startswith("_")
+            and (inspect.isclass(o) or inspect.isfunction(o))
+            and getattr(o, "__module__", "") == name
+        ]
         for o in objs:
             doc = inspect.getdoc(o)
             if doc and len(doc.split()) >= min_words:
@@ -155,6 +263,7 @@ def stdlib_docstrings(min_words: int = 60) -> list[str]:
 
 
 # ---------------------------------------------------------------- the benchmark corpus from real text
+
 
 def _wikitext(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
@@ -165,6 +274,7 @@ def _wikitext(path: Path) -> list[str]:
 
 def _wet(paths: list[Path]) -> list[str]:
     from warcio.archiveiterator import ArchiveIterator
+
     out = []
     for p in paths:
         with open(p, "rb") as f:
@@ -181,15 +291,17 @@ def real_documents(shared: Path = SHARED) -> list[str]:
         with open(shared / "quality" / "dclm_human_annotated" / name) as f:
             docs += [json.loads(line)["text"] for line in f]
     docs += _wikitext(shared / "quality" / "wikitext2" / "valid.txt")
-    gt = json.loads((shared / "html_extraction" / "scrapinghub_article_extraction_benchmark" / "ground-truth.json")
-                    .read_text())
+    gt = json.loads(
+        (shared / "html_extraction" / "scrapinghub_article_extraction_benchmark" / "ground-truth.json").read_text()
+    )
     docs += [v["articleBody"] for v in gt.values() if v.get("articleBody")]
     docs += _wet(sorted((shared / "warc" / "commoncrawl").glob("*.wet.gz")))
     return [d for d in docs if len(d.split()) >= 20]
 
 
-def build_corpus(n_docs: int, seed: int, shared: Path = SHARED, near_fraction: float = 0.08,
-                 exact_fraction: float = 0.02) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def build_corpus(
+    n_docs: int, seed: int, shared: Path = SHARED, near_fraction: float = 0.08, exact_fraction: float = 0.02
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(documents, planted pairs) — see the module docstring."""
     rng = random.Random(seed)
     sources = [[s for s in re.split(r"(?<=[.!?])\s+", " ".join(d.split())) if s] for d in real_documents(shared)]
@@ -206,7 +318,7 @@ def build_corpus(n_docs: int, seed: int, shared: Path = SHARED, near_fraction: f
         while got < want:
             src = rng.choice(sources)
             at = rng.randrange(len(src))
-            run = src[at:at + rng.randint(2, 6)]
+            run = src[at : at + rng.randint(2, 6)]
             parts += run
             got += sum(len(s.split()) for s in run)
         texts.append(" ".join(parts))
@@ -233,8 +345,14 @@ def build_corpus(n_docs: int, seed: int, shared: Path = SHARED, near_fraction: f
     for pos, old in enumerate(order):
         day = rng.randrange(365)
         date = f"2024-{1 + day // 31 % 12:02d}-{1 + day % 28:02d}T{rng.randrange(24):02d}:00:00Z"
-        out.append({"id": new_id[old], "text": docs[old]["text"],
-                    "url": f"https://site{rng.randrange(5000)}.example/p/{pos}", "crawl_date": date})
+        out.append(
+            {
+                "id": new_id[old],
+                "text": docs[old]["text"],
+                "url": f"https://site{rng.randrange(5000)}.example/p/{pos}",
+                "crawl_date": date,
+            }
+        )
     for p in planted:
         p["a"], p["b"] = new_id[p["a"]], new_id[p["b"]]
     return out, planted
@@ -242,16 +360,18 @@ def build_corpus(n_docs: int, seed: int, shared: Path = SHARED, near_fraction: f
 
 def write_corpus(docs: list[dict[str, Any]], planted: list[dict[str, Any]], out: Path, shards: int) -> None:
     from storage.documents import Document, DocumentWriter
+
     out.mkdir(parents=True, exist_ok=True)
     per = -(-len(docs) // shards)
     for s in range(shards):
         with DocumentWriter(str(out / f"part-{s:05d}.parquet")) as w:
-            for d in docs[s * per:(s + 1) * per]:
+            for d in docs[s * per : (s + 1) * per]:
                 w.write(Document(id=d["id"], text=d["text"], url=d["url"], crawl_date=d["crawl_date"]))
     (out / "planted.json").write_text(json.dumps(planted))
 
 
 # ---------------------------------------------------------------- engines (each runs in its own subprocess)
+
 
 def _peak_rss_mb() -> float:
     """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not inherit the parent's peak across
@@ -272,6 +392,7 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
     import pyarrow.parquet as pq
 
     from tasks.dedup import CLUSTERS, DedupParams, dedup_cluster, dedup_shard, dedup_signature_shard
+
     params = DedupParams(seed=seed, **({"hash_function": hash_function} if hash_function else {}))
     sources = sorted(str(p) for p in corpus.glob("part-*.parquet"))
     out = str(work)
@@ -281,8 +402,10 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
         if workers == 1:
             return [fn(s, out, i, params) for i, s in enumerate(sources)]
         from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(workers) as pool:
             return list(pool.map(fn, sources, [out] * len(sources), range(len(sources)), [params] * len(sources)))
+
     t = time.perf_counter()
     mapped(dedup_signature_shard.fn)
     phases["signatures"] = time.perf_counter() - t
@@ -295,8 +418,13 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
     clusters = pq.read_table(os.path.join(out, CLUSTERS)).to_pylist()
     group = {r["doc_id"]: r["kept_id"] for r in clusters}
     removed = [r["doc_id"] for r in clusters if r["kind"] != "kept"]
-    return {"phases": phases, "group": group, "removed": removed,
-            "exact_removed": summary.exact_duplicates, "near_removed": summary.near_duplicates}
+    return {
+        "phases": phases,
+        "group": group,
+        "removed": removed,
+        "exact_removed": summary.exact_duplicates,
+        "near_removed": summary.near_duplicates,
+    }
 
 
 def run_datatrove(corpus: Path, work: Path, workers: int, tokenizer: str, seed: int = 1) -> dict[str, Any]:
@@ -324,34 +452,68 @@ def run_datatrove(corpus: Path, work: Path, workers: int, tokenizer: str, seed: 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             return [(0, len(text))]
 
-    config = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=seed,
-                           hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+    config = MinhashConfig(
+        n_grams=5,
+        num_buckets=14,
+        hashes_per_bucket=8,
+        seed=seed,
+        hash_config=HashConfig(precision=64, hash_fc="xxhash"),
+    )
     n_files = len(list(corpus.glob("part-*.parquet")))
     logs = str(work / "logs")
 
     def reader() -> Any:
         return ParquetReader(str(corpus), glob_pattern="part-*.parquet", text_key="text", id_key="id")
+
     signature = MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)
     # datatrove 0.10 passes str to xxhash, which xxhash >= 4 refuses; encode first (what older xxhash did)
     import xxhash
+
     signature._hash_func = lambda s: xxhash.xxh64_intdigest(s.encode("utf-8"))
     if tokenizer == "regex":
         signature.word_tokenizer = RegexTokenizer()
     phases: dict[str, float] = {}
     steps = [
         ("signatures", [reader(), signature], n_files, workers),
-        ("buckets", [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"),
-                                         config=config)], config.num_buckets, workers),
-        ("cluster", [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"),
-                                         config=config, save_cluster_id=True)], 1, 1),
-        ("filter", [reader(), MinhashDedupFilter(input_folder=str(work / "remove"), load_cluster_ids=True,
-                                                 exclusion_writer=JsonlWriter(str(work / "removed"), compression=None)),
-                    JsonlWriter(str(work / "kept"), compression=None)], n_files, workers),
+        (
+            "buckets",
+            [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config)],
+            config.num_buckets,
+            workers,
+        ),
+        (
+            "cluster",
+            [
+                MinhashDedupCluster(
+                    input_folder=str(work / "buckets"),
+                    output_folder=str(work / "remove"),
+                    config=config,
+                    save_cluster_id=True,
+                )
+            ],
+            1,
+            1,
+        ),
+        (
+            "filter",
+            [
+                reader(),
+                MinhashDedupFilter(
+                    input_folder=str(work / "remove"),
+                    load_cluster_ids=True,
+                    exclusion_writer=JsonlWriter(str(work / "removed"), compression=None),
+                ),
+                JsonlWriter(str(work / "kept"), compression=None),
+            ],
+            n_files,
+            workers,
+        ),
     ]
     for name, pipeline, tasks, w in steps:
         t = time.perf_counter()
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=w, logging_dir=f"{logs}/{name}",
-                              skip_completed=False).run()
+        LocalPipelineExecutor(
+            pipeline=pipeline, tasks=tasks, workers=w, logging_dir=f"{logs}/{name}", skip_completed=False
+        ).run()
         phases[name] = time.perf_counter() - t
     group: dict[str, str] = {}
     removed: list[str] = []
@@ -376,6 +538,7 @@ def engine_main(args: argparse.Namespace) -> None:
         import pyarrow.compute as pc
 
         import tasks.dedup  # noqa: F401
+
         pc.equal(pa.array([""]), "")
     else:
         import datatrove.pipeline.dedup.minhash  # noqa: F401
@@ -399,6 +562,7 @@ def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[s
     from datasketch import LeanMinHash, MinHash, MinHashLSH
 
     from tasks.dedup_minhash import MinHasher, band_pairs, shingle_bytes, unique_pairs
+
     out: dict[str, Any] = {"docs": len(texts)}
     t = time.process_time()
     hasher = MinHasher(bands * rows, seed=1)
@@ -407,7 +571,7 @@ def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[s
     t = time.process_time()
     ids = np.flatnonzero(sig[0] != np.uint32(0xFFFFFFFF))  # documents with shingles
     # all pairs per bucket (the stage uses star + chain past all_pairs_max), to compare pair sets exactly
-    ours = unique_pairs(band_pairs(sig[b * rows:(b + 1) * rows][:, ids], ids, 256) for b in range(bands))
+    ours = unique_pairs(band_pairs(sig[b * rows : (b + 1) * rows][:, ids], ids, 256) for b in range(bands))
     out["ours_lsh_s"] = time.process_time() - t
     t = time.process_time()
     shingles = [shingle_bytes(x, 5) for x in texts]
@@ -415,11 +579,11 @@ def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[s
     out["datasketch_signatures_s"] = time.process_time() - t
     out["identical_signatures"] = bool(all((m.hashvalues == sig[:, j]).all() for j, m in enumerate(sketches)))
     import xxhash  # the stage's default shingle hash: datasketch with hashfunc=xxh32 must agree too
+
     xx = MinHasher(bands * rows, seed=1, hash_function="xxhash")
     xsig = xx.signatures([xx.hashes(x) for x in texts])
     xsketches = MinHash.bulk(shingles, num_perm=bands * rows, seed=1, hashfunc=xxhash.xxh32_intdigest)
-    out["identical_xxhash_signatures"] = bool(all((m.hashvalues == xsig[:, j]).all()
-                                                  for j, m in enumerate(xsketches)))
+    out["identical_xxhash_signatures"] = bool(all((m.hashvalues == xsig[:, j]).all() for j, m in enumerate(xsketches)))
     t = time.process_time()
     lsh = MinHashLSH(num_perm=bands * rows, params=(bands, rows))
     lean = {int(j): LeanMinHash(sketches[j]) for j in ids}
@@ -433,14 +597,16 @@ def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[s
     return out
 
 
-def hash_quality(texts: dict[str, str], planted: list[dict[str, Any]], seeds: list[int],
-                 bands: int = 14, rows: int = 8) -> dict[str, dict[str, float]]:
+def hash_quality(
+    texts: dict[str, str], planted: list[dict[str, Any]], seeds: list[int], bands: int = 14, rows: int = 8
+) -> dict[str, dict[str, float]]:
     """Both shingle hashes against MinHash theory, on the planted near pairs at J >= 0.8, pooled over
     `seeds`: mean(fraction of equal signature rows - true J) (should be ~0), the variance of that
     difference over its binomial value J(1-J)/num_perm (~1 if rows behave independently), and the
     fraction of pairs sharing a band against the mean S-curve value (1 - (1 - J^rows)^bands)."""
     from tasks.dedup_minhash import MinHasher, shingle_hashes
     from tasks.dedup_minhash import s_curve as curve
+
     pairs = [p for p in planted if p["kind"] == "near" and p["jaccard"] >= THRESHOLD]
     ids = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
     col = {d: j for j, d in enumerate(ids)}
@@ -457,20 +623,28 @@ def hash_quality(texts: dict[str, str], planted: list[dict[str, Any]], seeds: li
             diff.append(d.mean())
             var.append(np.var(d) / np.mean(jac * (1 - jac) / (bands * rows)))
             cand.append(eq.reshape(bands, rows, -1).all(axis=1).any(axis=0).mean())
-        out[hf] = {"pairs": float(len(pairs)), "row_bias": float(np.mean(diff)), "var_ratio": float(np.mean(var)),
-                   "p_candidate": float(np.mean(cand)), "p_candidate_theory": float(np.mean(curve(jac, bands, rows)))}
+        out[hf] = {
+            "pairs": float(len(pairs)),
+            "row_bias": float(np.mean(diff)),
+            "var_ratio": float(np.mean(var)),
+            "p_candidate": float(np.mean(cand)),
+            "p_candidate_theory": float(np.mean(curve(jac, bands, rows))),
+        }
     return out
 
 
 # ---------------------------------------------------------------- evaluation and the report
 
-def evaluate(result: dict[str, Any], planted: list[dict[str, Any]], texts: dict[str, str],
-             sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+
+def evaluate(
+    result: dict[str, Any], planted: list[dict[str, Any]], texts: dict[str, str], sample: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Recall on planted near pairs by true-Jaccard bin, recall on exact pairs, precision on removed docs."""
     group = result["group"]
 
     def same(a: str, b: str) -> bool:
         return a in group and b in group and group[a] == group[b]
+
     recall: dict[str, list[int]] = {}
     for p in planted:
         if p["kind"] == "exact":
@@ -495,18 +669,36 @@ def evaluate(result: dict[str, Any], planted: list[dict[str, Any]], texts: dict[
         others = [m for m in members.get(group.get(d, ""), []) if m != d][:200]
         sd = shingle_set(texts[d])
         from tasks.dedup_minhash import jaccard_sorted
+
         good += any(jaccard_sorted(sd, shingle_set(texts[m])) >= THRESHOLD for m in others)
-    return {"recall_bins": {k: v[0] / v[1] for k, v in sorted(recall.items())},
-            "recall_bins_n": {k: v[1] for k, v in sorted(recall.items())},
-            "recall_at_0.8": sum(same(p["a"], p["b"]) for p in high) / max(len(high), 1),
-            "precision": good / max(len(checked), 1), "precision_sample": len(checked)}
+    return {
+        "recall_bins": {k: v[0] / v[1] for k, v in sorted(recall.items())},
+        "recall_bins_n": {k: v[1] for k, v in sorted(recall.items())},
+        "recall_at_0.8": sum(same(p["a"], p["b"]) for p in high) / max(len(high), 1),
+        "precision": good / max(len(checked), 1),
+        "precision_sample": len(checked),
+    }
 
 
 def _spawn(engine: str, corpus: Path, work: Path, workers: int, seed: int) -> dict[str, Any]:
     result = work / f"{engine}-{seed}.json"
-    cmd = [sys.executable, "-m", "bench.dedup", "--engine", engine, "--corpus", str(corpus), "--work",
-           str(work / f"{engine}-{seed}"), "--result", str(result), "--workers", str(workers),
-           "--perm-seed", str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.dedup",
+        "--engine",
+        engine,
+        "--corpus",
+        str(corpus),
+        "--work",
+        str(work / f"{engine}-{seed}"),
+        "--result",
+        str(result),
+        "--workers",
+        str(workers),
+        "--perm-seed",
+        str(seed),
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return dict(json.loads(result.read_text()))
 
@@ -517,17 +709,24 @@ def _aggregate(engine: str, runs: list[dict[str, Any]], n: int, n_high: int) -> 
     k = len(runs)
     recall = float(np.mean([r["recall_at_0.8"] for r in runs]))
     bins = {b: float(np.mean([r["recall_bins"][b] for r in runs])) for b in runs[0]["recall_bins"]}
-    return {"engine": engine, "seeds": k, "docs_per_s": n * k / sum(r["seconds"] for r in runs),
-            "docs_per_cpu_s": n * k / sum(r["cpu_seconds"] for r in runs),
-            "seconds": float(np.mean([r["seconds"] for r in runs])),
-            "cpu_seconds": float(np.mean([r["cpu_seconds"] for r in runs])),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "import_rss_mb": max(r["import_rss_mb"] for r in runs),
-            "removed": float(np.mean([len(r["removed"]) for r in runs])),
-            "recall_at_0.8": recall, "recall_var": recall * (1 - recall) / max(n_high * k, 1),
-            "recall_per_seed": [r["recall_at_0.8"] for r in runs],
-            "precision": sum(r["precision"] * r["precision_sample"] for r in runs)
-            / max(sum(r["precision_sample"] for r in runs), 1),
-            "recall_bins": bins, "recall_bins_n": runs[0]["recall_bins_n"]}
+    return {
+        "engine": engine,
+        "seeds": k,
+        "docs_per_s": n * k / sum(r["seconds"] for r in runs),
+        "docs_per_cpu_s": n * k / sum(r["cpu_seconds"] for r in runs),
+        "seconds": float(np.mean([r["seconds"] for r in runs])),
+        "cpu_seconds": float(np.mean([r["cpu_seconds"] for r in runs])),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "import_rss_mb": max(r["import_rss_mb"] for r in runs),
+        "removed": float(np.mean([len(r["removed"]) for r in runs])),
+        "recall_at_0.8": recall,
+        "recall_var": recall * (1 - recall) / max(n_high * k, 1),
+        "recall_per_seed": [r["recall_at_0.8"] for r in runs],
+        "precision": sum(r["precision"] * r["precision_sample"] for r in runs)
+        / max(sum(r["precision_sample"] for r in runs), 1),
+        "recall_bins": bins,
+        "recall_bins_n": runs[0]["recall_bins_n"],
+    }
 
 
 def main() -> None:
@@ -536,17 +735,35 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="corpus seed")
-    ap.add_argument("--seeds", default="1,2,3",
-                    help="MinHash permutation seeds: every engine runs once per seed (the same seeds for all)")
-    ap.add_argument("--ours", default="ours,ours-sha1",
-                    help="our variants (ours = the stage defaults, xxhash; ours-sha1 = hash_function sha1)")
+    ap.add_argument(
+        "--seeds",
+        default="1,2,3",
+        help="MinHash permutation seeds: every engine runs once per seed (the same seeds for all)",
+    )
+    ap.add_argument(
+        "--ours",
+        default="ours,ours-sha1",
+        help="our variants (ours = the stage defaults, xxhash; ours-sha1 = hash_function sha1)",
+    )
     ap.add_argument("--datatrove", default="regex,spacy", help="datatrove tokenizers to run (spacy, regex; '' = none)")
-    ap.add_argument("--spacy-seeds", type=int, default=1,
-                    help="run datatrove-spacy on only the first N seeds (it is ~10x slower than the others)")
-    ap.add_argument("--quality-seeds", type=int, default=20,
-                    help="permutation seeds (1..N) for the shingle-hash check against MinHash theory (cheap)")
-    ap.add_argument("--datasketch-docs", type=int, default=5000,
-                    help="documents for the signature + LSH comparison with datasketch (0 = skip)")
+    ap.add_argument(
+        "--spacy-seeds",
+        type=int,
+        default=1,
+        help="run datatrove-spacy on only the first N seeds (it is ~10x slower than the others)",
+    )
+    ap.add_argument(
+        "--quality-seeds",
+        type=int,
+        default=20,
+        help="permutation seeds (1..N) for the shingle-hash check against MinHash theory (cheap)",
+    )
+    ap.add_argument(
+        "--datasketch-docs",
+        type=int,
+        default=5000,
+        help="documents for the signature + LSH comparison with datasketch (0 = skip)",
+    )
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "dedup-bench"))
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -562,10 +779,12 @@ def main() -> None:
         t = time.perf_counter()
         docs, planted = build_corpus(args.docs, args.seed)
         write_corpus(docs, planted, corpus, args.shards)
-        print(f"built corpus {corpus} ({len(docs)} docs, {len(planted)} planted pairs) "
-              f"in {time.perf_counter() - t:.0f}s")
+        print(
+            f"built corpus {corpus} ({len(docs)} docs, {len(planted)} planted pairs) in {time.perf_counter() - t:.0f}s"
+        )
     planted = json.loads((corpus / "planted.json").read_text())
     from storage.documents import read_documents
+
     texts = {d.id: d.text for p in sorted(corpus.glob("part-*.parquet")) for d in read_documents(str(p))}
     n = len(texts)
     high = [p["jaccard"] for p in planted if p["kind"] == "near" and p["jaccard"] >= THRESHOLD]
@@ -576,60 +795,83 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp:
         for engine in engines:
             runs = []
-            for seed in seeds[:args.spacy_seeds] if engine == "datatrove-spacy" else seeds:
+            for seed in seeds[: args.spacy_seeds] if engine == "datatrove-spacy" else seeds:
                 res = _spawn(engine, corpus, Path(tmp), args.workers, seed)
                 runs.append({**res, **evaluate(res, planted, texts)})
-                print(f"{engine} seed {seed}: {res['seconds']:.1f}s wall, {res['cpu_seconds']:.1f}s CPU, "
-                      f"peak {res['peak_rss_mb']:.0f} MB ({res['import_rss_mb']:.0f} MB after imports), "
-                      f"recall@0.8 {runs[-1]['recall_at_0.8']:.3f}, precision {runs[-1]['precision']:.3f}, "
-                      f"phases {({k: round(v, 1) for k, v in res['phases'].items()})}", flush=True)
+                print(
+                    f"{engine} seed {seed}: {res['seconds']:.1f}s wall, {res['cpu_seconds']:.1f}s CPU, "
+                    f"peak {res['peak_rss_mb']:.0f} MB ({res['import_rss_mb']:.0f} MB after imports), "
+                    f"recall@0.8 {runs[-1]['recall_at_0.8']:.3f}, precision {runs[-1]['precision']:.3f}, "
+                    f"phases { ({k: round(v, 1) for k, v in res['phases'].items()}) }",
+                    flush=True,
+                )
             rows.append(_aggregate(engine, runs, n, len(high)))
-    print(f"\n## dedup bench: {n} docs, {args.shards} shards, {args.workers} worker(s), "
-          f"{sum(p['kind'] == 'near' for p in planted)} planted near pairs ({len(high)} at J >= {THRESHOLD}), "
-          f"{sum(p['kind'] == 'exact' for p in planted)} exact; permutation seeds {seeds}; "
-          f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
+    print(
+        f"\n## dedup bench: {n} docs, {args.shards} shards, {args.workers} worker(s), "
+        f"{sum(p['kind'] == 'near' for p in planted)} planted near pairs ({len(high)} at J >= {THRESHOLD}), "
+        f"{sum(p['kind'] == 'exact' for p in planted)} exact; permutation seeds {seeds}; "
+        f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n"
+    )
     bins = list(rows[0]["recall_bins"])
-    print("| engine | seeds | docs/s (wall) | docs/CPU-s | wall s | CPU s | peak RSS MB (after imports) | removed | "
-          "recall J>=0.8 (95%) | precision | " + " | ".join(f"R {b}" for b in bins) + " |")
+    print(
+        "| engine | seeds | docs/s (wall) | docs/CPU-s | wall s | CPU s | peak RSS MB (after imports) | removed | "
+        "recall J>=0.8 (95%) | precision | " + " | ".join(f"R {b}" for b in bins) + " |"
+    )
     print("|---|" + "---|" * (9 + len(bins)))
     for r in rows:
-        print(f"| {r['engine']} | {r['seeds']} | {r['docs_per_s']:.0f} | {r['docs_per_cpu_s']:.0f} | "
-              f"{r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['import_rss_mb']:.0f}) | "
-              f"{r['removed']:.0f} | {r['recall_at_0.8']:.3f} ± {1.96 * r['recall_var'] ** 0.5:.3f} | "
-              f"{r['precision']:.3f} | "
-              + " | ".join(f"{r['recall_bins'].get(b, float('nan')):.3f}" for b in bins) + " |")
-    print("\nrecall@0.8 per seed: " + "; ".join(
-        f"{r['engine']} " + ", ".join(f"{x:.3f}" for x in r["recall_per_seed"]) for r in rows))
+        print(
+            f"| {r['engine']} | {r['seeds']} | {r['docs_per_s']:.0f} | {r['docs_per_cpu_s']:.0f} | "
+            f"{r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['import_rss_mb']:.0f}) | "
+            f"{r['removed']:.0f} | {r['recall_at_0.8']:.3f} ± {1.96 * r['recall_var'] ** 0.5:.3f} | "
+            f"{r['precision']:.3f} | " + " | ".join(f"{r['recall_bins'].get(b, float('nan')):.3f}" for b in bins) + " |"
+        )
+    print(
+        "\nrecall@0.8 per seed: "
+        + "; ".join(f"{r['engine']} " + ", ".join(f"{x:.3f}" for x in r["recall_per_seed"]) for r in rows)
+    )
     print("planted pairs per bin: " + ", ".join(f"{b}: {rows[0]['recall_bins_n'][b]}" for b in bins))
     from tasks.dedup_minhash import s_curve
-    print("theory, P(candidate) at bin start, 14x8: " + ", ".join(
-        f"{b}: {float(s_curve(float(b.split('-')[0]), 14, 8)):.3f}" for b in bins if b != "exact"))
-    print(f"expected recall@0.8 from the S-curve alone (mean P(candidate) over the {len(high)} planted pairs; "
-          f"joins through a third copy add a little): {float(np.mean(s_curve(np.array(high), 14, 8))):.3f}")
+
+    print(
+        "theory, P(candidate) at bin start, 14x8: "
+        + ", ".join(f"{b}: {float(s_curve(float(b.split('-')[0]), 14, 8)):.3f}" for b in bins if b != "exact")
+    )
+    print(
+        f"expected recall@0.8 from the S-curve alone (mean P(candidate) over the {len(high)} planted pairs; "
+        f"joins through a third copy add a little): {float(np.mean(s_curve(np.array(high), 14, 8))):.3f}"
+    )
     quality = hash_quality(texts, planted, list(range(1, args.quality_seeds + 1)))
     for hf, q in quality.items():
-        print(f"shingle hash {hf}: equal-row rate - J {q['row_bias']:+.4f}, variance / binomial {q['var_ratio']:.2f}, "
-              f"P(candidate) at J >= 0.8 {q['p_candidate']:.4f} vs theory {q['p_candidate_theory']:.4f} "
-              f"({q['pairs']:.0f} pairs x seeds 1-{args.quality_seeds})")
+        print(
+            f"shingle hash {hf}: equal-row rate - J {q['row_bias']:+.4f}, variance / binomial {q['var_ratio']:.2f}, "
+            f"P(candidate) at J >= 0.8 {q['p_candidate']:.4f} vs theory {q['p_candidate_theory']:.4f} "
+            f"({q['pairs']:.0f} pairs x seeds 1-{args.quality_seeds})"
+        )
     if args.datasketch_docs:
-        ds = bench_datasketch(list(texts.values())[:args.datasketch_docs])
-        print(f"\nsignatures, {ds['docs']} docs, CPU s: ours {ds['ours_signatures_s']:.2f}, datasketch MinHash.bulk "
-              f"{ds['datasketch_signatures_s']:.2f} (x{ds['datasketch_signatures_s'] / ds['ours_signatures_s']:.1f}); "
-              f"identical: sha1 {ds['identical_signatures']}, xxhash {ds['identical_xxhash_signatures']}")
-        print(f"LSH 14x8 candidate pairs ({ds['candidate_pairs']}), CPU s: ours band sort {ds['ours_lsh_s']:.2f}, "
-              f"datasketch MinHashLSH {ds['datasketch_lsh_s']:.2f} (x{ds['datasketch_lsh_s'] / ds['ours_lsh_s']:.1f}); "
-              f"identical: {ds['identical_pairs']}")
+        ds = bench_datasketch(list(texts.values())[: args.datasketch_docs])
+        print(
+            f"\nsignatures, {ds['docs']} docs, CPU s: ours {ds['ours_signatures_s']:.2f}, datasketch MinHash.bulk "
+            f"{ds['datasketch_signatures_s']:.2f} (x{ds['datasketch_signatures_s'] / ds['ours_signatures_s']:.1f}); "
+            f"identical: sha1 {ds['identical_signatures']}, xxhash {ds['identical_xxhash_signatures']}"
+        )
+        print(
+            f"LSH 14x8 candidate pairs ({ds['candidate_pairs']}), CPU s: ours band sort {ds['ours_lsh_s']:.2f}, "
+            f"datasketch MinHashLSH {ds['datasketch_lsh_s']:.2f} (x{ds['datasketch_lsh_s'] / ds['ours_lsh_s']:.1f}); "
+            f"identical: {ds['identical_pairs']}"
+        )
     print()
     for ours in (r for r in rows if r["engine"].startswith("ours")):
         for r in (r for r in rows if r["engine"].startswith("datatrove")):
             d = ours["recall_at_0.8"] - r["recall_at_0.8"]
             ci = 1.96 * (ours["recall_var"] + r["recall_var"]) ** 0.5
             verdict = "better" if d > ci else "worse" if d < -ci else "equal within sampling error"
-            print(f"{ours['engine']} / {r['engine']}: speed x{ours['docs_per_s'] / r['docs_per_s']:.2f} wall, "
-                  f"x{ours['docs_per_cpu_s'] / r['docs_per_cpu_s']:.2f} CPU; peak memory "
-                  f"x{ours['peak_rss_mb'] / r['peak_rss_mb']:.2f}; recall@0.8 {ours['recall_at_0.8']:.3f} vs "
-                  f"{r['recall_at_0.8']:.3f} (difference {d:+.3f} ± {ci:.3f}: {verdict}); precision "
-                  f"{ours['precision']:.3f} vs {r['precision']:.3f}")
+            print(
+                f"{ours['engine']} / {r['engine']}: speed x{ours['docs_per_s'] / r['docs_per_s']:.2f} wall, "
+                f"x{ours['docs_per_cpu_s'] / r['docs_per_cpu_s']:.2f} CPU; peak memory "
+                f"x{ours['peak_rss_mb'] / r['peak_rss_mb']:.2f}; recall@0.8 {ours['recall_at_0.8']:.3f} vs "
+                f"{r['recall_at_0.8']:.3f} (difference {d:+.3f} ± {ci:.3f}: {verdict}); precision "
+                f"{ours['precision']:.3f} vs {r['precision']:.3f}"
+            )
 
 
 if __name__ == "__main__":

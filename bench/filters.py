@@ -47,11 +47,13 @@ class CountingRejects:
 def load_documents(root: str | None, version: str) -> list[Document]:
     from storage import paths
     from storage.manifest import Stage, load_manifest
+
     if root is None:
         root = tempfile.mkdtemp(prefix="bench-filters-")
         from storage.manifest import VersionWriter, new_manifest
         from tasks.demo_crawl import generate_demo_crawl
         from tasks.ingest import IngestParams, ingest_shard
+
         crawl = generate_demo_crawl(f"{root}/_inputs", pages=400)
         w = VersionWriter(root, Stage.INGEST, "demo400")
         res = ingest_shard.fn(str(crawl.warc_path), w.tmp_path, 0, IngestParams(inputs=[str(crawl.warc_path)]))
@@ -59,7 +61,9 @@ def load_documents(root: str | None, version: str) -> list[Document]:
     m = load_manifest(root, Stage.INGEST, version)
     base = paths.version_dir(root, m.stage, m.version)
     print(f"documents: ingest@{m.version} under {root}")
-    return [d for s in m.shards for d in read_documents(paths.join(base, s.name), columns=["id", "text", "url", "source"])]
+    return [
+        d for s in m.shards for d in read_documents(paths.join(base, s.name), columns=["id", "text", "url", "source"])
+    ]
 
 
 def run_ours(docs: list[Document], datatrove_compatible: bool = False) -> set[str]:
@@ -67,6 +71,7 @@ def run_ours(docs: list[Document], datatrove_compatible: bool = False) -> set[st
     from tasks.langid import LangidParams, process
     from tasks.quality import heuristic_layer
     from tasks.quality_heuristics import FILTER_NAMES, failures
+
     stats = StageStats()
     fresh = [Document(d.id, d.text, d.url, d.source) for d in docs]
     kept = process(fresh, LangidParams(), stats, CountingRejects(stats), load_lid_model())  # type: ignore[arg-type]
@@ -86,10 +91,12 @@ def datatrove_steps() -> list[Any]:
     from fasttext.FastText import _FastText
 
     from models.classifiers import bundled_lid_path
+
     # datatrove insists on the `fasttext-numpy2-wheel` distribution; `fasttext-numpy2` ships the same module
     available = _import_utils._is_distribution_available
     _import_utils._is_distribution_available = lambda name: available(  # type: ignore[assignment]
-        "fasttext-numpy2" if name == "fasttext-numpy2-wheel" else name)
+        "fasttext-numpy2" if name == "fasttext-numpy2-wheel" else name
+    )
     lang = LanguageFilter(languages=["en"], language_threshold=0.65)
     lang.model._model = _FastText(bundled_lid_path())  # offline: the same .ftz instead of a download
     return [lang, GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter()]
@@ -97,6 +104,7 @@ def datatrove_steps() -> list[Any]:
 
 def run_datatrove(docs: list[Document], steps: list[Any], lid_only: bool = False) -> set[str]:
     from datatrove.data import Document as DtDocument
+
     data: Any = (DtDocument(text=d.text, id=d.id) for d in docs)
     for step in steps[:1] if lid_only else steps:
         data = step.run(data)
@@ -122,28 +130,37 @@ def speed_and_agreement(docs: list[Document], rounds: int) -> None:
     rate = {k: n / v for k, v in best.items()}
     print(f"\n{n} documents, best of {rounds} rounds")
     print(f"  ours       {best['ours']:8.2f} s  {rate['ours']:8.1f} docs/s  (langid + all 4 heuristic verdicts)")
-    print(f"  datatrove  {best['datatrove']:8.2f} s  {rate['datatrove']:8.1f} docs/s  (LanguageFilter + 4 filters, chained)")
+    print(
+        f"  datatrove  {best['datatrove']:8.2f} s  {rate['datatrove']:8.1f} docs/s  "
+        "(LanguageFilter + 4 filters, chained)"
+    )
     print(f"  ratio ours/datatrove: {rate['ours'] / rate['datatrove']:.2f}x")
     ids = [d.id for d in docs]
     agree = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in ids)
-    print(f"  keep/drop agreement (default: Gopher paper words): {agree}/{n} = {agree / n:.2%} (kept: ours "
-          f"{len(kept['ours'])}, datatrove {len(kept['datatrove'])})")
+    print(
+        f"  keep/drop agreement (default: Gopher paper words): {agree}/{n} = {agree / n:.2%} (kept: ours "
+        f"{len(kept['ours'])}, datatrove {len(kept['datatrove'])})"
+    )
     kept["ours"] = run_ours(docs, datatrove_compatible=True)
     agree = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in ids)
-    print(f"  keep/drop agreement (datatrove_compatible): {agree}/{n} = {agree / n:.2%} (kept: ours "
-          f"{len(kept['ours'])})")
+    print(
+        f"  keep/drop agreement (datatrove_compatible): {agree}/{n} = {agree / n:.2%} (kept: ours {len(kept['ours'])})"
+    )
     lid_ours = run_lid_ours(docs)
     lid_dt = run_datatrove(docs, steps, lid_only=True)
     both = lid_ours & lid_dt
     heur = sum((i in kept["ours"]) == (i in kept["datatrove"]) for i in both)
-    print(f"  langid agreement: {sum((i in lid_ours) == (i in lid_dt) for i in ids)}/{n}; heuristic layer agreement "
-          f"(datatrove_compatible) "
-          f"on the {len(both)} documents both LIDs kept: {heur}/{len(both)}")
+    print(
+        f"  langid agreement: {sum((i in lid_ours) == (i in lid_dt) for i in ids)}/{n}; heuristic layer agreement "
+        f"(datatrove_compatible) "
+        f"on the {len(both)} documents both LIDs kept: {heur}/{len(both)}"
+    )
 
 
 def run_lid_ours(docs: list[Document]) -> set[str]:
     from models.classifiers import load_lid_model
     from tasks.langid import LangidParams, process
+
     stats = StageStats()
     fresh = [Document(d.id, d.text) for d in docs]
     return {d.id for d in process(fresh, LangidParams(), stats, CountingRejects(stats), load_lid_model())}  # type: ignore[arg-type]
@@ -152,6 +169,7 @@ def run_lid_ours(docs: list[Document]) -> set[str]:
 def classifier_cost(docs: list[Document], root: str | None) -> None:
     from storage import paths
     from storage.manifest import Stage, load_manifest
+
     try:
         m = load_manifest(paths.resolve_data_root(root), Stage.QUALITY_CLASSIFIER)
     except FileNotFoundError:
@@ -159,7 +177,10 @@ def classifier_cost(docs: list[Document], root: str | None) -> None:
         return
     from models.classifiers import load_quality_model
     from tasks.quality_classifier import classifier_text, score_texts
-    model = load_quality_model(paths.join(paths.version_dir(paths.resolve_data_root(root), m.stage, m.version), "model.bin"))
+
+    model = load_quality_model(
+        paths.join(paths.version_dir(paths.resolve_data_root(root), m.stage, m.version), "model.bin")
+    )
     t0 = time.perf_counter()
     score_texts(model, [classifier_text(d.text) for d in docs])
     t = time.perf_counter() - t0
@@ -171,6 +192,7 @@ def labelled_sentences() -> list[tuple[str, str]]:
     import spacy.lang
 
     from models.classifiers import load_lid_model
+
     labels = set(load_lid_model().labels)  # type: ignore[attr-defined]
     rename = {"nb": "no"}
     out = []
@@ -189,22 +211,27 @@ def labelled_sentences() -> list[tuple[str, str]]:
 def lid_accuracy() -> None:
     from models.classifiers import load_lid_model
     from tasks.langid import LangidParams, process
+
     model = load_lid_model()
     raw = model.model  # type: ignore[attr-defined]
     pairs = labelled_sentences()
     by_lang: dict[str, list[str]] = {}
     for lang, s in pairs:
         by_lang.setdefault(lang, []).append(s)
-    docs_ml = [(lang, "\n".join(ss[i:i + 3])) for lang, ss in by_lang.items() for i in range(0, len(ss), 3)]
+    docs_ml = [(lang, "\n".join(ss[i : i + 3])) for lang, ss in by_lang.items() for i in range(0, len(ss), 3)]
     for name, items in (("sentences", pairs), ("3-line documents", docs_ml)):
         direct = sum(raw.predict(t.replace("\n", " "))[0][0] == f"__label__{lang}" for lang, t in items)
         stats = StageStats()
         docs = [Document(str(i), t) for i, (_, t) in enumerate(items)]
-        ours_docs = {d.id: d.meta["language"] for d in process(docs, LangidParams(languages=[], threshold=0.0), stats,
-                                                              CountingRejects(stats), model)}  # type: ignore[arg-type]
+        ours_docs = {
+            d.id: d.meta["language"]
+            for d in process(docs, LangidParams(languages=[], threshold=0.0), stats, CountingRejects(stats), model)
+        }  # type: ignore[arg-type]
         ours = sum(ours_docs.get(str(i)) == lang for i, (lang, _) in enumerate(items))
-        print(f"  {name:<17} n={len(items):<5} languages={len(by_lang)}  direct fastText {direct / len(items):.2%}  "
-              f"langid stage {ours / len(items):.2%}")
+        print(
+            f"  {name:<17} n={len(items):<5} languages={len(by_lang)}  direct fastText {direct / len(items):.2%}  "
+            f"langid stage {ours / len(items):.2%}"
+        )
 
 
 def main() -> None:

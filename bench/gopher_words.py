@@ -49,6 +49,7 @@ def real_pages(shared: Path) -> list[Document]:
     """Extracted text of every real page: WARC/WET records under warc/ and the html_extraction pages."""
     from tasks.extract import decode_html, extract_main_text, prepare_extractor
     from tasks.ingest import IngestParams, process
+
     docs: list[Document] = []
     for f in sorted(p for p in (shared / "warc").rglob("*") if p.name.endswith((".warc.gz", ".wet.gz"))):
         params = IngestParams(inputs=[str(f)], max_error_fraction=1.0)
@@ -65,20 +66,24 @@ def real_pages(shared: Path) -> list[Document]:
 def english(docs: list[Document]) -> list[Document]:
     from models.classifiers import load_lid_model
     from tasks.langid import LangidParams, process
+
     stats = StageStats()
     fresh = [Document(d.id, d.text, d.url, d.source) for d in docs]
     return list(process(fresh, LangidParams(), stats, _Rejects(), load_lid_model()))  # type: ignore[arg-type]
 
 
 def gopher(mode: str, **options: Any) -> Any:
-    from tasks.quality_heuristics import SpacyWordTokenizer, build_filter
     from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from tasks.quality_heuristics import SpacyWordTokenizer, build_filter
+
     tok = load_word_tokenizer("en") if mode == "datatrove" else SpacyWordTokenizer("en")
     return build_filter("gopher_quality", "en", tok, options, datatrove_compatible=mode == "datatrove")
 
 
 def verdict(flt: Any, text: str) -> str:
     from datatrove.data import Document as DtDocument
+
     try:
         r = flt.filter(DtDocument(text=text, id=""))
     except ArithmeticError:
@@ -104,28 +109,39 @@ def main() -> None:
         print(f"\n== {mode}: gopher_quality verdicts (first failing rule, what the stage stores) ==")
         for reason, k in first.most_common():
             print(f"  {reason:<32} {k:4d}  {k / n:6.1%}")
-        print(f"  each rule on its own (others disabled):")
+        print("  each rule on its own (others disabled):")
         for rule, keys in RULES.items():
             only = gopher(mode, **{a: None for a in ALL_ARGS if a not in keys})
             k = sum(verdict(only, d.text) not in ("pass", "undefined") for d in docs)
             print(f"    {rule:<22} {k:4d}  {k / n:6.1%}")
     alpha = [i for i, v in stored["datatrove"].items() if v == "gopher_below_alpha_threshold"]
     rescued = [i for i in alpha if stored["paper"][i] == "pass"]
-    print(f"\npages datatrove drops by gopher_below_alpha_threshold: {len(alpha)} ({len(alpha) / n:.1%}); "
-          f"the paper rules keep {len(rescued)} of them")
+    print(
+        f"\npages datatrove drops by gopher_below_alpha_threshold: {len(alpha)} ({len(alpha) / n:.1%}); "
+        f"the paper rules keep {len(rescued)} of them"
+    )
     by_id = {d.id: d for d in docs}
     for i in alpha[:20]:
         print(f"  {stored['paper'][i]:<30} {(by_id[i].url or i)[:90]}")
     for group in ("warc", "html_extraction"):
-        ids = [d.id for d in docs if (d.url or "").startswith(str(args.shared / "html_extraction")) == (group != "warc")]
+        ids = [
+            d.id for d in docs if (d.url or "").startswith(str(args.shared / "html_extraction")) == (group != "warc")
+        ]
         if ids:
             rates = {m: sum(stored[m][i] == "pass" for i in ids) / len(ids) for m in stored}
-            alpha_rates = {m: sum(stored[m][i] == "gopher_below_alpha_threshold" for i in ids) / len(ids) for m in stored}
-            print(f"{group:<16} {len(ids):4d} English pages: pass paper {rates['paper']:.1%} / datatrove "
-                  f"{rates['datatrove']:.1%}; alpha-rule drops paper {alpha_rates['paper']:.1%} / datatrove "
-                  f"{alpha_rates['datatrove']:.1%}")
-    changed = Counter((stored["datatrove"][i], stored["paper"][i]) for i in stored["paper"]
-                      if stored["paper"][i] != stored["datatrove"][i])
+            alpha_rates = {
+                m: sum(stored[m][i] == "gopher_below_alpha_threshold" for i in ids) / len(ids) for m in stored
+            }
+            print(
+                f"{group:<16} {len(ids):4d} English pages: pass paper {rates['paper']:.1%} / datatrove "
+                f"{rates['datatrove']:.1%}; alpha-rule drops paper {alpha_rates['paper']:.1%} / datatrove "
+                f"{alpha_rates['datatrove']:.1%}"
+            )
+    changed = Counter(
+        (stored["datatrove"][i], stored["paper"][i])
+        for i in stored["paper"]
+        if stored["paper"][i] != stored["datatrove"][i]
+    )
     print("verdict changes datatrove -> paper:", dict(changed))
     texts = [d.text for d in docs]
     for mode in ("paper", "datatrove"):

@@ -170,11 +170,18 @@ def bench_speed(files: list[str], repeats: int, timeout: float, dt_timeout: floa
 def print_speed(title: str, best: dict[str, Run]) -> None:
     dt = best[DATATROVE]
     print(f"\n## {title}\n")
-    print("| pipeline                  | docs out | CPU s  | wall s | docs/CPU s | docs/wall s | speed vs datatrove (CPU, wall) |")
-    print("|---------------------------|----------|--------|--------|------------|-------------|--------------------------------|")
+    print(
+        "| pipeline                  | docs out | CPU s  | wall s | docs/CPU s | docs/wall s "
+        "| speed vs datatrove (CPU, wall) |"
+    )
+    print(
+        "|---------------------------|----------|--------|--------|------------|-------------|--------------------------------|"
+    )
     for r in best.values():
-        print(f"| {r.name:25s} | {r.docs:8d} | {r.cpu:6.2f} | {r.wall:6.2f} | {r.docs / r.cpu:10.1f} | "
-              f"{r.docs / r.wall:11.1f} | {dt.cpu / r.cpu:5.2f}x, {dt.wall / r.wall:5.2f}x |")
+        print(
+            f"| {r.name:25s} | {r.docs:8d} | {r.cpu:6.2f} | {r.wall:6.2f} | {r.docs / r.cpu:10.1f} | "
+            f"{r.docs / r.wall:11.1f} | {dt.cpu / r.cpu:5.2f}x, {dt.wall / r.wall:5.2f}x |"
+        )
 
 
 def f1(pred: str, gold: str) -> float:
@@ -205,11 +212,17 @@ def pack_benchmark(html_dir: str, out_path: str) -> dict[str, str]:
             by_url[url] = entry["articleBody"]
             http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
             record_id = f"<urn:uuid:{uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32])}>"
-            writer.write_record(writer.create_warc_record(
-                url, "response", payload=io.BytesIO(gzip.decompress(page.read_bytes())), http_headers=http,
-                # Common Crawl marks the sniffed type; without it datatrove re-sniffs with libmagic
-                # and skips about 60% of these pages as not HTML, which is not an extraction question
-                warc_headers_dict={"WARC-Record-ID": record_id, "WARC-Identified-Payload-Type": "text/html"}))
+            writer.write_record(
+                writer.create_warc_record(
+                    url,
+                    "response",
+                    payload=io.BytesIO(gzip.decompress(page.read_bytes())),
+                    http_headers=http,
+                    # Common Crawl marks the sniffed type; without it datatrove re-sniffs with libmagic
+                    # and skips about 60% of these pages as not HTML, which is not an extraction question
+                    warc_headers_dict={"WARC-Record-ID": record_id, "WARC-Identified-Payload-Type": "text/html"},
+                )
+            )
     return by_url
 
 
@@ -225,8 +238,10 @@ def bench_quality(html_dir: str, repeats: int, timeout: float, dt_timeout: float
     for r in best.values():
         scores = sorted(f1(r.texts.get(url, ""), text) for url, text in gold.items())
         missing = sum(url not in r.texts for url in gold)
-        print(f"| {r.name:25s} | {sum(scores) / len(scores):7.4f} | {scores[len(scores) // 2]:9.4f} | "
-              f"{sum(s < 0.5 for s in scores):14d} | {missing:20d} |")
+        print(
+            f"| {r.name:25s} | {sum(scores) / len(scores):7.4f} | {scores[len(scores) // 2]:9.4f} | "
+            f"{sum(s < 0.5 for s in scores):14d} | {missing:20d} |"
+        )
 
 
 def main() -> None:
@@ -234,10 +249,18 @@ def main() -> None:
     ap.add_argument("warcs", nargs="*", help=f"WARC files (default: {DEFAULT_WARCS})")
     ap.add_argument("--html-dir", default=DEFAULT_HTML_DIR, help="scrapinghub benchmark folder (F1)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per pipeline; the best is reported")
-    ap.add_argument("--timeout", type=float, default=IngestParams.model_fields["extract_timeout_s"].default,
-                    help="our per-page extraction limit (CPU seconds)")
-    ap.add_argument("--datatrove-timeout", type=float, default=60.0,
-                    help="datatrove's per-page limit (wall seconds; generous so that load does not drop pages)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=IngestParams.model_fields["extract_timeout_s"].default,
+        help="our per-page extraction limit (CPU seconds)",
+    )
+    ap.add_argument(
+        "--datatrove-timeout",
+        type=float,
+        default=60.0,
+        help="datatrove's per-page limit (wall seconds; generous so that load does not drop pages)",
+    )
     args = ap.parse_args()
     logging.disable(logging.CRITICAL)  # trafilatura logs every page it finds empty or unparsable
     try:
@@ -246,17 +269,24 @@ def main() -> None:
 
         logger.remove()  # datatrove logs every file, step and sandbox clean-up
     except ImportError as e:
-        sys.exit(f"bench/ingest.py needs datatrove's WARC reader dependencies: {e}. "
-                 "pip install datatrove faust-cchardet python-magic")
+        sys.exit(
+            f"bench/ingest.py needs datatrove's WARC reader dependencies: {e}. "
+            "pip install datatrove faust-cchardet python-magic"
+        )
     files = args.warcs or sorted(glob.glob(DEFAULT_WARCS, recursive=True))
     if not files:
         sys.exit(f"no WARC files given and none match {DEFAULT_WARCS}")
-    print(f"# bench/ingest.py: {len(files)} WARC files, timeouts: ours {args.timeout} CPU s, datatrove "
-          f"{args.datatrove_timeout} wall s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# bench/ingest.py: {len(files)} WARC files, timeouts: ours {args.timeout} CPU s, datatrove "
+        f"{args.datatrove_timeout} wall s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     bench_parsers(files, args.repeats)
     best = bench_speed(files, args.repeats, args.timeout, args.datatrove_timeout)
-    print_speed(f"Speed on {len(files)} WARC files ({sum(os.path.getsize(p) for p in files) / 1e6:.1f} MB), "
-                f"best of {args.repeats}", best)
+    print_speed(
+        f"Speed on {len(files)} WARC files ({sum(os.path.getsize(p) for p in files) / 1e6:.1f} MB), "
+        f"best of {args.repeats}",
+        best,
+    )
     if os.path.isdir(args.html_dir):
         bench_quality(args.html_dir, args.repeats, args.timeout, args.datatrove_timeout)
     else:

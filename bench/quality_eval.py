@@ -31,6 +31,7 @@ def ingest_crawl(shared: Path, out: Path) -> list[str]:
     """Main text of every HTML response / WET record under warc/ (our ingest stage, no Prefect)."""
     from storage.documents import read_documents
     from tasks.ingest import IngestParams, ingest_shard
+
     files = sorted(p for p in (shared / "warc").rglob("*") if p.name.endswith((".warc.gz", ".wet.gz")))
     texts = []
     for i, f in enumerate(files):
@@ -44,20 +45,27 @@ def write_langid_shard(texts: list[str], path: Path) -> str:
     from models.classifiers import load_lid_model
     from storage.documents import Document, DocumentWriter
     from tasks.langid import LANGID_FIELDS, model_input
+
     preds = load_lid_model().predict([model_input(t, 100_000) for t in texts], k=1)
     with DocumentWriter(str(path), extra=LANGID_FIELDS) as w:
         for i, (t, p) in enumerate(zip(texts, preds)):
-            w.write(Document(id=f"c{i}", text=t, meta={"language": p[0][0], "language_score": p[0][1],
-                                                       "language_top3": None}))
+            w.write(
+                Document(
+                    id=f"c{i}", text=t, meta={"language": p[0][0], "language_score": p[0][1], "language_top3": None}
+                )
+            )
     return str(path)
 
 
 def evaluate(name: str, score_fn, sets: dict[str, list[dict]]) -> None:
     from tasks.quality_classifier import classification_metrics
+
     for set_name, rows in sets.items():
         m = classification_metrics(score_fn([r["text"] for r in rows]), [int(r["label"]) for r in rows])
-        print(f"{name:<10} {set_name:<10} n={m['n']:<4} accuracy={m['accuracy']:.3f} precision={m['precision']:.3f} "
-              f"recall={m['recall']:.3f} AUC={m['auc']:.3f}")
+        print(
+            f"{name:<10} {set_name:<10} n={m['n']:<4} accuracy={m['accuracy']:.3f} precision={m['precision']:.3f} "
+            f"recall={m['recall']:.3f} AUC={m['auc']:.3f}"
+        )
 
 
 def main() -> None:
@@ -83,11 +91,17 @@ def main() -> None:
     (out / "crawl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in crawl))
     print(f"crawl documents (negatives / bootstrap pool): {len(crawl)}")
 
-    positives = [str(args.shared / "quality" / "wikitext2" / "valid.txt"),
-                 str(args.shared / "quality" / "cs336_fixtures" / "high_quality_wiki_reference.txt")]
-    runs = {"dclm": (QualityClassifierParams(positive=positives, negative=[str(out / "crawl.jsonl")],
-                                             detokenize_wikitext=True), []),
-            "bootstrap": (QualityClassifierParams(), [write_langid_shard(crawl, out / "langid.parquet")])}
+    positives = [
+        str(args.shared / "quality" / "wikitext2" / "valid.txt"),
+        str(args.shared / "quality" / "cs336_fixtures" / "high_quality_wiki_reference.txt"),
+    ]
+    runs = {
+        "dclm": (
+            QualityClassifierParams(positive=positives, negative=[str(out / "crawl.jsonl")], detokenize_wikitext=True),
+            [],
+        ),
+        "bootstrap": (QualityClassifierParams(), [write_langid_shard(crawl, out / "langid.parquet")]),
+    }
     for name, (params, shards) in runs.items():
         model_dir = out / name
         model_dir.mkdir(exist_ok=True)
@@ -95,8 +109,10 @@ def main() -> None:
         print(f"{name}: trained on {facts['counts']} (labels {facts['label_sources']}); held-out {facts['metrics']}")
         bar = QualityParams()
         short = classifier_shortfall(facts, bar.classifier_min_auc, bar.classifier_min_examples)
-        print(f"{name}: quality-stage validation bar (AUC >= {bar.classifier_min_auc}, >= {bar.classifier_min_examples} "
-              f"per class): {'passes: it would gate' if short is None else f'fails ({short}): it would only annotate'}")
+        print(
+            f"{name}: quality-stage validation bar (AUC >= {bar.classifier_min_auc}, >= {bar.classifier_min_examples} "
+            f"per class): {'passes: it would gate' if short is None else f'fails ({short}): it would only annotate'}"
+        )
         model = load_quality_model(str(model_dir / "model.bin"))
         evaluate(name, lambda texts, m=model: score_texts(m, [classifier_text(t) for t in texts]), sets)
     layer = HeuristicLayer(list(FILTER_NAMES))

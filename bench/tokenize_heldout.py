@@ -40,20 +40,34 @@ def write_mix(root: str, docs: list[tuple[str, str]]) -> None:
     from storage.documents import Document, DocumentWriter
     from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
     from storage.stats import StageStats
+
     w = VersionWriter(root, Stage.MIX, "heldout")
-    writers = [DocumentWriter(f"{w.tmp_path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())])
-               for s in range(2)]
+    writers = [
+        DocumentWriter(f"{w.tmp_path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())]) for s in range(2)
+    ]
     n = chars = 0
     for i, (doc_id, text) in enumerate(docs):
         copies = 2 if i % 3 == 0 else 1
         for k in range(copies):
-            writers[(i + k) % 2].write(Document(id=doc_id if k == 0 else f"{doc_id}#r{k}", text=text, source="web",
-                                                meta={"repeat": k}))
+            writers[(i + k) % 2].write(
+                Document(id=doc_id if k == 0 else f"{doc_id}#r{k}", text=text, source="web", meta={"repeat": k})
+            )
             n += 1
         chars += len(text)
     infos = [ShardInfo(name=f"part-{s:05d}.parquet", rows=wr.rows, bytes=wr.close()) for s, wr in enumerate(writers)]
-    w.commit(new_manifest(Stage.MIX, 1, "heldout", {}, {}, infos, [], StageStats(docs_in=n, docs_out=n),
-                          extras={"chars": {"unique": chars, "total": chars}}))
+    w.commit(
+        new_manifest(
+            Stage.MIX,
+            1,
+            "heldout",
+            {},
+            {},
+            infos,
+            [],
+            StageStats(docs_in=n, docs_out=n),
+            extras={"chars": {"unique": chars, "total": chars}},
+        )
+    )
 
 
 def main() -> None:
@@ -96,23 +110,43 @@ def main() -> None:
     # the sample files are deleted after training: rebuild the sampled set from the recorded rule
     sample = m.extras["tokenizer"].get("sample", {})
     excluded_below = sample.get("val_reserve", 0.0)  # absent before the fix: nothing left out
-    in_sample = sum(1 for i, t in mixed if sample_key("tokenizer", 0, i) < sample.get("key_threshold", 1.0)
-                    and sample_key("val", 0, i) >= excluded_below and sample_key("val", 0, i) < threshold)
+    in_sample = sum(
+        1
+        for i, t in mixed
+        if sample_key("tokenizer", 0, i) < sample.get("key_threshold", 1.0)
+        and sample_key("val", 0, i) >= excluded_below
+        and sample_key("val", 0, i) < threshold
+    )
     train_rows = TokenShards(str(base / "train"))
-    train_text = "".join(tok.decode([t for t in row.tolist() if t != tok.eos_id])
-                         for row in train_rows.get(range(len(train_rows))))
+    train_text = "".join(
+        tok.decode([t for t in row.tolist() if t != tok.eos_id]) for row in train_rows.get(range(len(train_rows)))
+    )
     longest = [max(training_lines(t), key=len) for t in val_texts]
     val_in_train = sum(1 for line in longest if len(line) >= 80 and line in train_text)
     s = m.extras["splits"]
-    print(json.dumps({
-        "documents": {"mix_unique": len(mixed), "held_out": len(held), "val": s["val"]["docs"],
-                      "train": s["train"]["docs"]},
-        "val_threshold": threshold, "tokenizer_sample": sample, "cache": cache,
-        "bytes_per_token": {"val (stage report)": round(s["val"]["bytes_per_token"], 3),
-                            "train (stage report)": round(s["train"]["bytes_per_token"], 3),
-                            "held-out text": round(held_bytes / held_tokens, 3)},
-        "val_docs_in_tokenizer_sample": in_sample, "val_docs_whose_text_reached_train": val_in_train,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "documents": {
+                    "mix_unique": len(mixed),
+                    "held_out": len(held),
+                    "val": s["val"]["docs"],
+                    "train": s["train"]["docs"],
+                },
+                "val_threshold": threshold,
+                "tokenizer_sample": sample,
+                "cache": cache,
+                "bytes_per_token": {
+                    "val (stage report)": round(s["val"]["bytes_per_token"], 3),
+                    "train (stage report)": round(s["train"]["bytes_per_token"], 3),
+                    "held-out text": round(held_bytes / held_tokens, 3),
+                },
+                "val_docs_in_tokenizer_sample": in_sample,
+                "val_docs_whose_text_reached_train": val_in_train,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ class RefBlock(nn.Module):
         super().__init__()
         self.ln_1, self.attn = nn.LayerNorm(c.n_embd), RefAttention(c)
         self.ln_2 = nn.LayerNorm(c.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(approximate="tanh"),
-                                 nn.Linear(4 * c.n_embd, c.n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(approximate="tanh"), nn.Linear(4 * c.n_embd, c.n_embd)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -85,8 +86,9 @@ class RefGPT(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor,
-                doc_ids: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor, doc_ids: None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(idx.size(1), device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
@@ -102,8 +104,10 @@ class RefGPT(nn.Module):
 
 def ref_optimizer(model: nn.Module, lr: float, device_type: str) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type == "cuda")
 
 
@@ -136,8 +140,12 @@ def bench_ours(args: argparse.Namespace, rt: Runtime, data: list[tuple[torch.Ten
         train_step(model, opt, [(x, y, None)], rt, lr=3e-4, grad_clip=1.0, skip_factor=100.0, step=i)
 
     sec = time_steps(step, args.warmup, args.steps, rt.device)
-    return {"params": raw.num_params(), "flops_per_token": cfg.flops_per_token(), "sec_per_step": sec,
-            "vocab_rows": cfg.padded_vocab_size}
+    return {
+        "params": raw.num_params(),
+        "flops_per_token": cfg.flops_per_token(),
+        "sec_per_step": sec,
+        "vocab_rows": cfg.padded_vocab_size,
+    }
 
 
 def bench_reference(args: argparse.Namespace, rt: Runtime, data: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -158,15 +166,21 @@ def bench_reference(args: argparse.Namespace, rt: Runtime, data: list[tuple[torc
         opt.zero_grad(set_to_none=True)
 
     sec = time_steps(step, args.warmup, args.steps, rt.device)
-    return {"params": sum(p.numel() for p in raw.parameters()), "flops_per_token": raw.flops_per_token(),
-            "sec_per_step": sec, "vocab_rows": vocab}
+    return {
+        "params": sum(p.numel() for p in raw.parameters()),
+        "flops_per_token": raw.flops_per_token(),
+        "sec_per_step": sec,
+        "vocab_rows": vocab,
+    }
 
 
 def summarize(name: str, r: dict, tokens_per_step: int, peak: float | None) -> dict:
     tps = tokens_per_step / r["sec_per_step"]
     mfu = r["flops_per_token"] * tps / peak if peak else None
-    print(f"{name:>10}: {r['params'] / 1e6:7.2f}M params, vocab rows {r['vocab_rows']}, "
-          f"{r['sec_per_step'] * 1e3:8.1f} ms/step, {tps:10.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu else ""))
+    print(
+        f"{name:>10}: {r['params'] / 1e6:7.2f}M params, vocab rows {r['vocab_rows']}, "
+        f"{r['sec_per_step'] * 1e3:8.1f} ms/step, {tps:10.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu else "")
+    )
     return {**r, "tokens_per_s": tps, "mfu": mfu}
 
 
@@ -179,8 +193,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=1024, help="sequence length")
     p.add_argument("--vocab", type=int, default=50257, help="tokenizer vocabulary (GPT-2: 50257)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
-                   help="skip torch.compile (default: compile on CUDA, not on CPU, like the trainer)")
+    p.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        default=None,
+        help="skip torch.compile (default: compile on CUDA, not on CPU, like the trainer)",
+    )
     p.add_argument("--ref-pad-vocab", action="store_true", help="pad the reference vocabulary like ours")
     p.add_argument("--only", choices=["ours", "reference"], help="run one side only")
     p.add_argument("--json", action="store_true", help="also print one JSON line")
@@ -197,14 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     rt = Runtime(device=device, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
     gen = torch.Generator().manual_seed(0)
-    data = [tuple(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(device).split(
-        [args.seq, 1], dim=1)) for _ in range(4)]
+    data = [
+        tuple(
+            torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)
+            .to(device)
+            .split([args.seq, 1], dim=1)
+        )
+        for _ in range(4)
+    ]
     data = [(x, torch.cat([x[:, 1:], last], dim=1)) for x, last in data]  # y = x shifted by one
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_flops(name) if device.type == "cuda" and gpu_key_for_device_name(name) else None
-    print(f"device {name}, torch {torch.__version__}, preset {args.preset}, batch {args.batch} x {args.seq}, "
-          f"{'bf16' if rt.amp_dtype else 'fp32'}, compile {args.compile}, peak "
-          f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'n/a'}")
+    print(
+        f"device {name}, torch {torch.__version__}, preset {args.preset}, batch {args.batch} x {args.seq}, "
+        f"{'bf16' if rt.amp_dtype else 'fp32'}, compile {args.compile}, peak "
+        f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'n/a'}"
+    )
     tokens = args.batch * args.seq
     out: dict[str, dict] = {}
     for side, fn in (("ours", bench_ours), ("reference", bench_reference)):

@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import paths
-from storage.manifest import (STAGE_ORDER, Manifest, Stage, check_version, latest_version, list_versions,
-                              load_manifest)
+from storage.manifest import STAGE_ORDER, Manifest, Stage, check_version, latest_version, list_versions, load_manifest
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -38,6 +37,7 @@ def command(name: str) -> Callable[[Command], Command]:
     def deco(fn: Command) -> Command:
         COMMANDS[name] = fn
         return fn
+
     return deco
 
 
@@ -79,7 +79,7 @@ def _own_session_server() -> Any:
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             real_popen = subprocess.Popen
             try:
-                subprocess.Popen = functools.partial(real_popen, preexec_fn=die_with_parent)  # type: ignore[misc]
+                subprocess.Popen = functools.partial(real_popen, preexec_fn=die_with_parent)  # type: ignore[misc,assignment]
                 return super()._run_uvicorn_command()
             finally:
                 subprocess.Popen = real_popen  # type: ignore[misc]
@@ -92,10 +92,12 @@ def _shared_ephemeral_server() -> Iterator[None]:
     """Without PREFECT_API_URL, one temporary Prefect server for the whole run, shared with the process-pool
     workers through the environment (left alone, every worker process starts its own, ~7 s per stage)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
     if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
         yield
         return
     from flows.interrupt import MARKER
+
     server = _own_session_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -107,6 +109,7 @@ def _shared_ephemeral_server() -> Iterator[None]:
         # deliver queued logs and events while the server is still up (else exit waits ~60 s on retries)
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
+
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
@@ -117,6 +120,7 @@ def _shared_ephemeral_server() -> Iterator[None]:
 def cmd_run(args: argparse.Namespace) -> int:
     paths.apply_prefect_env_defaults()
     from flows.config import ConfigError, load_config
+
     try:
         config = load_config(args.config)
         if args.input:
@@ -127,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from flows.console import quiet_console_tracebacks
     from flows.pipeline import StageFailed, pipeline_flow, select_stages
+
     quiet_console_tracebacks()
     try:
         select_stages(args.only, args.from_stage, args.to_stage)
@@ -135,16 +140,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     root = paths.resolve_data_root(args.data_root)
     from flows.interrupt import cancel_flow_runs, exit_code, guard_run
+
     with guard_run() as marker:
         try:
             with _shared_ephemeral_server():
                 try:
-                    versions = pipeline_flow(config=config, data_root=root, only=args.only,
-                                             from_stage=args.from_stage, to_stage=args.to_stage, force=args.force)
+                    versions = pipeline_flow(
+                        config=config,
+                        data_root=root,
+                        only=args.only,
+                        from_stage=args.from_stage,
+                        to_stage=args.to_stage,
+                        force=args.force,
+                    )
                 except BaseException:
                     if marker.signum is not None and (changed := cancel_flow_runs()):  # while the server is up
-                        print(f"marked {len(changed)} Prefect flow run(s) Cancelled: {', '.join(changed)}",
-                              file=sys.stderr)
+                        print(
+                            f"marked {len(changed)} Prefect flow run(s) Cancelled: {', '.join(changed)}",
+                            file=sys.stderr,
+                        )
                     raise
         except StageFailed as err:
             if marker.signum is None:
@@ -163,9 +177,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _status_row(root: str, m: Manifest, latest: str | None) -> dict[str, Any]:
-    return {"stage": str(m.stage), "version": m.version, "latest": m.version == latest,
-            "docs_in": m.stats.docs_in, "docs_out": m.stats.docs_out, "seconds": round(m.stats.seconds, 1),
-            "inputs": ",".join(f"{k}@{v}" for k, v in m.inputs.items()), "created_at": m.created_at}
+    return {
+        "stage": str(m.stage),
+        "version": m.version,
+        "latest": m.version == latest,
+        "docs_in": m.stats.docs_in,
+        "docs_out": m.stats.docs_out,
+        "seconds": round(m.stats.seconds, 1),
+        "inputs": ",".join(f"{k}@{v}" for k, v in m.inputs.items()),
+        "created_at": m.created_at,
+    }
 
 
 @command("status")
@@ -174,13 +195,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     # --all also lists versioned artifacts outside the stage chain (the quality classifier), which the
     # `inputs` lineage column refers to
-    for stage in (list(Stage) if args.all else STAGE_ORDER):
+    for stage in list(Stage) if args.all else STAGE_ORDER:
         latest = latest_version(root, stage)
         if args.all:
             rows += [_status_row(root, m, latest) for m in list_versions(root, stage)]
         elif latest is None:
-            rows.append({"stage": str(stage), "version": "-", "latest": False, "docs_in": "", "docs_out": "",
-                         "seconds": "", "inputs": "", "created_at": ""})
+            rows.append(
+                {
+                    "stage": str(stage),
+                    "version": "-",
+                    "latest": False,
+                    "docs_in": "",
+                    "docs_out": "",
+                    "seconds": "",
+                    "inputs": "",
+                    "created_at": "",
+                }
+            )
         else:
             rows.append(_status_row(root, load_manifest(root, stage, latest), latest))
     if args.json:
@@ -193,6 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _report(stage: Stage) -> Any:
     from flows.pipeline import REPORTS
+
     return REPORTS.get(stage)
 
 
@@ -204,6 +236,7 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
     from flows.config import ConfigError, load_config
     from flows.dedup import plan_for_input
     from tasks.dedup import DedupParams
+
     try:
         print(plan_for_input(root, load_config(args.config).dedup if args.config else DedupParams()))
     except (ConfigError, FileNotFoundError) as err:
@@ -215,6 +248,7 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     from flows.sharded import sample_documents
+
     root = paths.resolve_data_root(args.data_root)
     if args.plan:
         return _inspect_plan(args, root)
@@ -235,6 +269,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(report(m, root))
     if args.sample and not args.rejected and m.stage == Stage.TOKENIZE:  # token shards: decode sample rows
         from flows.tokenization import sample_sequences
+
         print("\n" + sample_sequences(m, root, args.sample))
         return 0
     if args.sample or args.rejected:
@@ -249,6 +284,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 @command("gc")
 def cmd_gc(args: argparse.Namespace) -> int:
     from storage.gc import gc
+
     root = paths.resolve_data_root(args.data_root)
     try:
         plan = gc(root, args.keep, dry_run=args.dry_run)
@@ -265,9 +301,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for path in plan.train_work:
         print(f"left alone (training work dir: checkpoints of a running or killed run; delete by hand): {path}")
     kept = len(plan.versions) - len(plan.to_delete)
-    print(f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
-          f"{verb} {len(plan.stale)} stale temp dir(s) and lock file(s); keeping {kept} version(s), "
-          f"{plan.bytes_kept / 1e6:.1f} MB" + ("; run without --dry-run to delete" if args.dry_run else ""))
+    print(
+        f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
+        f"{verb} {len(plan.stale)} stale temp dir(s) and lock file(s); keeping {kept} version(s), "
+        f"{plan.bytes_kept / 1e6:.1f} MB" + ("; run without --dry-run to delete" if args.dry_run else "")
+    )
     return 0
 
 
@@ -284,13 +322,19 @@ def _plan_data(args: argparse.Namespace, root: str) -> tuple[float | None, str, 
             return None, "", vocab, seq  # a budget alone is enough; no data size to check epochs against
         raise FileNotFoundError(f"{err}, or pass --tokens N (or a budget: --compute FLOPS, --gpu-hours H)") from None
     from flows.train import train_tokens
-    return (float(train_tokens(m)), f"train split of tokenize@{m.version}", args.vocab_size or m.extras["vocab_size"],
-            args.seq_len or m.extras["seq_len"])
+
+    return (
+        float(train_tokens(m)),
+        f"train split of tokenize@{m.version}",
+        args.vocab_size or m.extras["vocab_size"],
+        args.seq_len or m.extras["seq_len"],
+    )
 
 
 @command("plan")
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.plan import format_plan, plan
+
     root = paths.resolve_data_root(args.data_root)
     try:
         tokens, source, vocab, seq = _plan_data(args, root)
@@ -298,8 +342,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        p = plan(tokens=tokens, compute_flops=args.compute, gpu_hours=args.gpu_hours, gpu=args.gpu, mfu=args.mfu,
-                 vocab_size=vocab, seq_len=seq, inference_tokens_per_param=args.inference_ratio, gpus=args.gpus)
+        p = plan(
+            tokens=tokens,
+            compute_flops=args.compute,
+            gpu_hours=args.gpu_hours,
+            gpu=args.gpu,
+            mfu=args.mfu,
+            vocab_size=vocab,
+            seq_len=seq,
+            inference_tokens_per_param=args.inference_ratio,
+            gpus=args.gpus,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -310,6 +363,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 @command("export-tokens")
 def cmd_export_tokens(args: argparse.Namespace) -> int:
     from flows.tokenization import export_llmc
+
     root = paths.resolve_data_root(args.data_root)
     try:
         m = load_manifest(root, Stage.TOKENIZE, args.version)
@@ -325,20 +379,32 @@ def cmd_export_tokens(args: argparse.Namespace) -> int:
 def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     paths.apply_prefect_env_defaults()
     from pydantic import ValidationError
+
     try:
         from tasks.quality_classifier import QualityClassifierParams
-        fasttext = {k: v for k, v in (("epoch", args.epoch), ("lr", args.lr), ("word_ngrams", args.word_ngrams),
-                                      ("dim", args.dim)) if v is not None}
-        params = QualityClassifierParams(positive=args.positive or [], negative=args.negative or [],
-                                         detokenize_wikitext=args.wikitext, languages=args.languages, **fasttext)
+
+        fasttext = {
+            k: v
+            for k, v in (("epoch", args.epoch), ("lr", args.lr), ("word_ngrams", args.word_ngrams), ("dim", args.dim))
+            if v is not None
+        }
+        params = QualityClassifierParams(
+            positive=args.positive or [],
+            negative=args.negative or [],
+            detokenize_wikitext=args.wikitext,
+            languages=args.languages,
+            **fasttext,
+        )
     except ValidationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from flows.quality_classifier import report_markdown, train_quality_classifier_flow
+
     root = paths.resolve_data_root(args.data_root)
     try:
-        version = train_quality_classifier_flow(params=params, data_root=root, input_version=args.input_version,
-                                                force=args.force)
+        version = train_quality_classifier_flow(
+            params=params, data_root=root, input_version=args.input_version, force=args.force
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -352,6 +418,7 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
 @command("demo-crawl")
 def cmd_demo_crawl(args: argparse.Namespace) -> int:
     from tasks.demo_crawl import generate_demo_crawl
+
     result = generate_demo_crawl(args.out, pages=args.pages, seed=args.seed)
     print(f"wrote {result.warc_path} and {result.ground_truth_path} ({result.pages} pages)")
     return 0
@@ -361,13 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description="Web crawl -> trained LM, as versioned Prefect stages.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", help="data root (else $PRETRAIN_DATA_ROOT, else ./pretrain-data)")
-    common.add_argument("--debug", action="store_true", help="print tracebacks on the console (they are always in "
-                        "the Prefect logs)")
+    common.add_argument(
+        "--debug", action="store_true", help="print tracebacks on the console (they are always in the Prefect logs)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
 
     def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
         return _add(name, parents=[common], **kw)
+
     sub.add_parser = add_parser  # type: ignore[method-assign]
     r = sub.add_parser("run", help="run the pipeline (default config: demo crawl -> tiny model)")
     r.add_argument("--config", help="YAML config (see configs/default.yaml)")
@@ -393,12 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pages", type=int, default=400)
     d.add_argument("--seed", type=int, default=0)
     g = sub.add_parser("gc", help="delete old versions that no kept version was built from")
-    g.add_argument("--keep", type=int, required=True, help="newest versions to keep per stage (latest and inputs "
-                   "of kept versions are always kept)")
+    g.add_argument(
+        "--keep",
+        type=int,
+        required=True,
+        help="newest versions to keep per stage (latest and inputs of kept versions are always kept)",
+    )
     g.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
     pl = sub.add_parser("plan", help="model size, tokens, FLOPs and wall-clock per preset (Chinchilla planner)")
     data = pl.add_mutually_exclusive_group()
-    data.add_argument("--version", type=_version, default="latest", help="tokenize version whose train tokens are the data size")
+    data.add_argument(
+        "--version", type=_version, default="latest", help="tokenize version whose train tokens are the data size"
+    )
     data.add_argument("--tokens", type=float, help="data size in tokens instead of a tokenize version")
     budget = pl.add_mutually_exclusive_group()
     budget.add_argument("--compute", type=float, help="compute budget in FLOPs (e.g. 1e21)")
@@ -406,38 +481,54 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu", default="H100", help="GPU kind for wall-clock and --gpu-hours (default H100)")
     pl.add_argument("--gpus", type=int, default=1, help="GPUs the wall-clock assumes (linear scaling)")
     pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
-    pl.add_argument("--inference-ratio", type=float, default=150.0, help="tokens per parameter of the "
-                    "inference-optimal alternative (100-200)")
+    pl.add_argument(
+        "--inference-ratio",
+        type=float,
+        default=150.0,
+        help="tokens per parameter of the inference-optimal alternative (100-200)",
+    )
     pl.add_argument("--vocab-size", type=int, help="vocabulary (default: the tokenize version's, else 32000)")
     pl.add_argument("--seq-len", type=int, help="sequence length (default: the tokenize version's, else 1024)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     x = sub.add_parser("export-tokens", help="write a tokenize split as an llm.c / nanoGPT .bin token file")
-    x.add_argument("--format", choices=["llm.c"], default="llm.c",
-                   help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens")
+    x.add_argument(
+        "--format",
+        choices=["llm.c"],
+        default="llm.c",
+        help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens",
+    )
     x.add_argument("--split", default="train", help="train, val or anneal")
     x.add_argument("--out", required=True, help="output .bin file")
     x.add_argument("--version", type=_version, default="latest", help="tokenize version")
     q = sub.add_parser(
-        "train-quality-classifier", help="train the fastText quality classifier (DCLM recipe)",
+        "train-quality-classifier",
+        help="train the fastText quality classifier (DCLM recipe)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train the fastText quality classifier (DCLM recipe) and store it as a quality_classifier "
-                    "version.\nA held-out share of each class (test_fraction 0.2) is kept out of training; its "
-                    "precision/recall/AUC go into the manifest.\nThe quality stage drops documents by the score "
-                    "only if the classifier passes its validation bar\n(quality.classifier_min_auc 0.8, "
-                    "quality.classifier_min_examples 200 per class); otherwise it only annotates.",
+        "version.\nA held-out share of each class (test_fraction 0.2) is kept out of training; its "
+        "precision/recall/AUC go into the manifest.\nThe quality stage drops documents by the score "
+        "only if the classifier passes its validation bar\n(quality.classifier_min_auc 0.8, "
+        "quality.classifier_min_examples 200 per class); otherwise it only annotates.",
         epilog="examples:\n"
-               "  # labelled files (JSONL/Parquet with a `text` field, or blank-line separated .txt):\n"
-               "  pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl --data-root DIR\n"
-               "  # then, in the config:  quality: {classifier_version: <printed version>}\n"
-               "  # positives only: negatives are a random sample of the latest langid version's documents\n"
-               "  pretrain train-quality-classifier --positive good.jsonl --data-root DIR\n"
-               "  # no classifier at all: quality: {use_classifier: false}")
-    q.add_argument("--positive", nargs="+", help="high-quality reference files (.jsonl/.parquet with text, .txt); "
-                   "none: bootstrap labels from the heuristic filters")
+        "  # labelled files (JSONL/Parquet with a `text` field, or blank-line separated .txt):\n"
+        "  pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl --data-root DIR\n"
+        "  # then, in the config:  quality: {classifier_version: <printed version>}\n"
+        "  # positives only: negatives are a random sample of the latest langid version's documents\n"
+        "  pretrain train-quality-classifier --positive good.jsonl --data-root DIR\n"
+        "  # no classifier at all: quality: {use_classifier: false}",
+    )
+    q.add_argument(
+        "--positive",
+        nargs="+",
+        help="high-quality reference files (.jsonl/.parquet with text, .txt); "
+        "none: bootstrap labels from the heuristic filters",
+    )
     q.add_argument("--negative", nargs="+", help="low-quality files; none: sample the crawl (langid documents)")
     q.add_argument("--wikitext", action="store_true", help="undo WikiText tokenization in positive .txt files")
     q.add_argument("--languages", nargs="+", default=["en"], help="crawl languages used (langid labels)")
-    q.add_argument("--input-version", type=_version, default="latest", help="langid version the crawl documents come from")
+    q.add_argument(
+        "--input-version", type=_version, default="latest", help="langid version the crawl documents come from"
+    )
     q.add_argument("--force", action="store_true", help="retrain even if this version exists")
     q.add_argument("--epoch", type=int, help="fastText epochs (default 10)")
     q.add_argument("--lr", type=float, help="fastText learning rate (default 0.1)")
@@ -465,8 +556,11 @@ def main(argv: list[str] | None = None) -> int:
         if paths.debug_enabled():
             raise
         from storage.errors import describe_os_error
-        print(f"error: {describe_os_error(err) or f'{type(err).__name__}: {err}'} (run with --debug for the traceback)",
-              file=sys.stderr)
+
+        print(
+            f"error: {describe_os_error(err) or f'{type(err).__name__}: {err}'} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -28,26 +28,34 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     workers: int = Field(2, ge=1, le=256, description="Worker processes per CPU stage (1 = run shards in one thread).")
-    demo_pages: int = Field(400, ge=20, le=100_000,
-                            description="Pages of the generated demo crawl, used when ingest has no inputs.")
+    demo_pages: int = Field(
+        400, ge=20, le=100_000, description="Pages of the generated demo crawl, used when ingest has no inputs."
+    )
     ingest: IngestParams = Field(default_factory=IngestParams, description="Crawl ingest (stage 1).")
-    langid: LangidParams = Field(default_factory=LangidParams,
-                                 description="fastText LID-176 language ID and keep-list (stage 2).")
-    quality: QualityParams = Field(default_factory=QualityParams, description=(
-        "Heuristic filters (Gopher, C4, FineWeb) and the fastText quality classifier (stage 3)."))
-    dedup: DedupParams = Field(default_factory=DedupParams,
-                               description="Exact + MinHash near-duplicate removal across all shards (stage 4).")
+    langid: LangidParams = Field(
+        default_factory=LangidParams, description="fastText LID-176 language ID and keep-list (stage 2)."
+    )
+    quality: QualityParams = Field(
+        default_factory=QualityParams,
+        description=("Heuristic filters (Gopher, C4, FineWeb) and the fastText quality classifier (stage 3)."),
+    )
+    dedup: DedupParams = Field(
+        default_factory=DedupParams, description="Exact + MinHash near-duplicate removal across all shards (stage 4)."
+    )
     decontaminate: DecontaminateParams = Field(
         default_factory=DecontaminateParams,
-        description="Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.")
-    mix: MixParams = Field(default_factory=MixParams,
-                           description="Weighted, seeded sampling across sources (stage 6).")
+        description="Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.",
+    )
+    mix: MixParams = Field(default_factory=MixParams, description="Weighted, seeded sampling across sources (stage 6).")
     tokenize: TokenizeParams = Field(
         default_factory=lambda: TokenizeParams(vocab_size=4096, seq_len=256),
         description="Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary "
-                    "and 256-token sequences (the demo crawl is ~1M characters).")
-    train: TrainParams = Field(default_factory=TrainParams,
-                               description="GPT training on the token shards (stage 8); default: the tiny preset on CPU.")
+        "and 256-token sequences (the demo crawl is ~1M characters).",
+    )
+    train: TrainParams = Field(
+        default_factory=TrainParams,
+        description="GPT training on the token shards (stage 8); default: the tiny preset on CPU.",
+    )
 
 
 class ConfigError(ValueError):
@@ -108,8 +116,9 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
     if data is None:  # an empty (or comments-only) file is more likely a mistake than a wish for the defaults
-        raise ConfigError(f"config file {p} is empty; write `{{}}` in it to run the default config explicitly, "
-                          f"or leave out --config")
+        raise ConfigError(
+            f"config file {p} is empty; write `{{}}` in it to run the default config explicitly, or leave out --config"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of stage names to params, got {type(data).__name__}")
     return parse_config(data, str(p))

@@ -23,6 +23,7 @@ def _quiet_emit(emit: Any) -> Any:
             record = copy.copy(record)
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         emit(self, record)
+
     return emit_without_traceback
 
 

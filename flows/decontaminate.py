@@ -41,17 +41,28 @@ def benchmark_rows(manifest: Manifest) -> list[dict[str, Any]]:
     rows = []
     for b in manifest.extras.get("index", {}).get("benchmarks", []):
         name = b["name"]
-        rows.append({"benchmark": name, "items": b["items"], "items_indexed": b["items_indexed"],
-                     "items_too_short": b.get("items_too_short", 0), "items_whole": b.get("items_whole", 0),
-                     "ngrams": b["ngrams"], "items_matched": sum(1 for k in c if k.startswith(f"item.{name}.")),
-                     "docs_matched": c.get(f"matched.{name}", 0), "docs_removed": c.get(f"removed.{name}", 0)})
+        rows.append(
+            {
+                "benchmark": name,
+                "items": b["items"],
+                "items_indexed": b["items_indexed"],
+                "items_too_short": b.get("items_too_short", 0),
+                "items_whole": b.get("items_whole", 0),
+                "ngrams": b["ngrams"],
+                "items_matched": sum(1 for k in c if k.startswith(f"item.{name}.")),
+                "docs_matched": c.get(f"matched.{name}", 0),
+                "docs_removed": c.get(f"removed.{name}", 0),
+            }
+        )
     return rows
 
 
 def _top_items(manifest: Manifest, root: str) -> list[str]:
     c = manifest.stats.counters
-    top = sorted(((v, k.split(".", 2)[1], k.split(".", 2)[2]) for k, v in c.items() if k.startswith("item.")),
-                 key=lambda t: (-t[0], t[1], t[2]))[:TOP_ITEMS]
+    top = sorted(
+        ((v, k.split(".", 2)[1], k.split(".", 2)[2]) for k, v in c.items() if k.startswith("item.")),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )[:TOP_ITEMS]
     if not top:
         return []
     previews: dict[tuple[str, str], str] = {}
@@ -74,45 +85,69 @@ def report_markdown(manifest: Manifest, root: str) -> str:
     if not index:
         return ""
     c = manifest.stats.counters
-    built = (f"Index `{index['version']}`: {index['ngrams']:,} windows of {index.get('lengths', [index['n']])} words "
-             f"(n = {index['n']}, whole items from {index.get('min_words', index['n'])} words; "
-             f"{index['ngrams_too_common']:,} left out as in more than {index['max_items_per_ngram']} items), "
-             f"{index['bytes'] / 1e6:.1f} MB, "
-             f"built in {index['build_seconds']} s; `{index['dir']}`.")
-    lines = [f"## Benchmarks (action `{manifest.params.get('action')}`)", "", built, "",
-             "| benchmark | items | items indexed | too short (skipped) | matched whole | n-grams | items matched "
-             "| docs matched | docs removed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    built = (
+        f"Index `{index['version']}`: {index['ngrams']:,} windows of {index.get('lengths', [index['n']])} words "
+        f"(n = {index['n']}, whole items from {index.get('min_words', index['n'])} words; "
+        f"{index['ngrams_too_common']:,} left out as in more than {index['max_items_per_ngram']} items), "
+        f"{index['bytes'] / 1e6:.1f} MB, "
+        f"built in {index['build_seconds']} s; `{index['dir']}`."
+    )
+    lines = [
+        f"## Benchmarks (action `{manifest.params.get('action')}`)",
+        "",
+        built,
+        "",
+        "| benchmark | items | items indexed | too short (skipped) | matched whole | n-grams | items matched "
+        "| docs matched | docs removed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in benchmark_rows(manifest):
-        lines.append(f"| {r['benchmark']} | {r['items']} | {r['items_indexed']} | {r['items_too_short']} | "
-                     f"{r['items_whole']} | {r['ngrams']} | {r['items_matched']} | {r['docs_matched']} | "
-                     f"{r['docs_removed']} |")
-    note = ("Items indexed have at least one window in the index. Too short: every text of the item has fewer "
-            "than min_words words (skipped). Matched whole: every text is shorter than n, so it matches only "
-            "where all its words appear contiguously. Items matched counts every item owning a matched window. "
-            "A document matching several benchmarks counts for each.")
+        lines.append(
+            f"| {r['benchmark']} | {r['items']} | {r['items_indexed']} | {r['items_too_short']} | "
+            f"{r['items_whole']} | {r['ngrams']} | {r['items_matched']} | {r['docs_matched']} | "
+            f"{r['docs_removed']} |"
+        )
+    note = (
+        "Items indexed have at least one window in the index. Too short: every text of the item has fewer "
+        "than min_words words (skipped). Matched whole: every text is shorter than n, so it matches only "
+        "where all its words appear contiguously. Items matched counts every item owning a matched window. "
+        "A document matching several benchmarks counts for each."
+    )
     lines += ["", note, ""]
     if c.get("cut.documents") or manifest.params.get("action") == "cut":
-        lines += [(f"Cut: {c.get('cut.documents', 0)} documents, {c.get('cut.spans', 0)} spans, "
-                   f"{c.get('cut.chars_removed', 0):,} characters removed, "
-                   f"{c.get('cut.pieces_too_short', 0)} leftover pieces too short."), ""]
+        lines += [
+            (
+                f"Cut: {c.get('cut.documents', 0)} documents, {c.get('cut.spans', 0)} spans, "
+                f"{c.get('cut.chars_removed', 0):,} characters removed, "
+                f"{c.get('cut.pieces_too_short', 0)} leftover pieces too short."
+            ),
+            "",
+        ]
     return "\n".join(lines + _top_items(manifest, root))
 
 
 def publish_benchmarks(manifest: Manifest) -> None:
     if FlowRunContext.get() is not None:
-        create_table_artifact(key="decontaminate-benchmarks", table=benchmark_rows(manifest),
-                              description=f"decontaminate@{manifest.version}: matches per benchmark")
+        create_table_artifact(
+            key="decontaminate-benchmarks",
+            table=benchmark_rows(manifest),
+            description=f"decontaminate@{manifest.version}: matches per benchmark",
+        )
 
 
 @flow(name="decontaminate", task_runner=task_runner(2))
-def decontaminate_flow(params: DecontaminateParams = DecontaminateParams(), data_root: Optional[str] = None,
-                       input_version: str = "latest", force: bool = False) -> str:
+def decontaminate_flow(
+    params: DecontaminateParams = DecontaminateParams(),
+    data_root: Optional[str] = None,
+    input_version: str = "latest",
+    force: bool = False,
+) -> str:
     """Build/reuse the benchmark n-gram index, then filter every shard; returns the version id."""
     root = paths.resolve_data_root(data_root)
     version = index_version(params)
-    run = begin_stage(STAGE, STAGE_VERSION, params, root, input_version, force,
-                      extra_inputs={"decontaminate_index": version})
+    run = begin_stage(
+        STAGE, STAGE_VERSION, params, root, input_version, force, extra_inputs={"decontaminate_index": version}
+    )
     if run.reused is not None:
         publish(run.reused, root, report_markdown, reused=True)
         publish_benchmarks(run.reused)
@@ -125,7 +160,13 @@ def decontaminate_flow(params: DecontaminateParams = DecontaminateParams(), data
         abort_on_error(run)
         raise
     stats = StageStats.merge_all([r.stats for r in results])
-    manifest = finish_stage(run, [r.shard for r in results], [r.rejected for r in results], stats,
-                            extras={"index": summary}, report=report_markdown)
+    manifest = finish_stage(
+        run,
+        [r.shard for r in results],
+        [r.rejected for r in results],
+        stats,
+        extras={"index": summary},
+        report=report_markdown,
+    )
     publish_benchmarks(manifest)
     return run.version

@@ -10,6 +10,7 @@ fails when the bad records of the whole input exceed `max_error_fraction`, namin
 (`tasks.ingest.check_error_budget`), before anything is committed.
 """
 
+import hashlib
 from typing import Optional
 
 from prefect import flow
@@ -18,10 +19,15 @@ from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards,
 from storage import paths
 from storage.manifest import Manifest, canonical_json
 from storage.stats import StageStats
-from tasks.ingest import (STAGE, STAGE_VERSION, IngestParams, check_error_budget, ingest_shard, input_fingerprint,
-                          resolve_inputs)
-
-import hashlib
+from tasks.ingest import (
+    STAGE,
+    STAGE_VERSION,
+    IngestParams,
+    check_error_budget,
+    ingest_shard,
+    input_fingerprint,
+    resolve_inputs,
+)
 
 
 def demo_inputs(root: str, pages: int) -> list[str]:
@@ -48,8 +54,9 @@ def report_markdown(manifest: Manifest, root: str) -> str:
 
 
 @flow(name="ingest", task_runner=task_runner(2))
-def ingest_flow(params: IngestParams = IngestParams(), data_root: Optional[str] = None, force: bool = False,
-                demo_pages: int = 400) -> str:
+def ingest_flow(
+    params: IngestParams = IngestParams(), data_root: Optional[str] = None, force: bool = False, demo_pages: int = 400
+) -> str:
     """Crawl files -> documents; returns the ingest version id."""
     root = paths.resolve_data_root(data_root)
     if not params.inputs and params.crawl is None:
@@ -68,6 +75,13 @@ def ingest_flow(params: IngestParams = IngestParams(), data_root: Optional[str] 
         abort_on_error(run)
         raise
     stats = StageStats.merge_all([r.stats for r in results])
-    finish_stage(run, [r.shard for r in results], [r.rejected for r in results], stats, extras={"files": fingerprint},
-                 max_error_fraction=params.max_error_fraction, report=report_markdown)
+    finish_stage(
+        run,
+        [r.shard for r in results],
+        [r.rejected for r in results],
+        stats,
+        extras={"files": fingerprint},
+        max_error_fraction=params.max_error_fraction,
+        report=report_markdown,
+    )
     return run.version

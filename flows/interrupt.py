@@ -47,8 +47,10 @@ class RunMarker:
     def message(self) -> str:
         name = signal.Signals(self.signum).name if self.signum else "interrupt"
         where = f"stage '{self.stage}'" if self.stage else "start-up (no stage had started)"
-        return (f"interrupted by {name} during {where}: stopped, its partial output discarded; run the same "
-                f"command again to resume from {self.stage or 'the start'} (completed stages are reused)")
+        return (
+            f"interrupted by {name} during {where}: stopped, its partial output discarded; run the same "
+            f"command again to resume from {self.stage or 'the start'} (completed stages are reused)"
+        )
 
 
 MARKER = RunMarker()
@@ -81,7 +83,7 @@ def cancel_flow_runs() -> list[str]:
         for run_id in MARKER.flow_runs:
             state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
             if state is None or state.type not in (StateType.CRASHED, StateType.CANCELLED):
-                client.set_flow_run_state(run_id, Cancelled(message=MARKER.message()), force=True)  # type: ignore[arg-type]
+                client.set_flow_run_state(run_id, Cancelled(message=MARKER.message()), force=True)
                 changed.append(run_id)
     return changed
 
@@ -91,6 +93,7 @@ def ignore_sigint() -> None:
     no tracebacks unless --debug (flows/console.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from flows.console import quiet_console_tracebacks
+
     quiet_console_tracebacks()
 
 
@@ -105,8 +108,8 @@ def kill_workers() -> int:
     """SIGKILL every multiprocessing child of this process (pool workers); returns how many."""
     children = multiprocessing.active_children()
     for p in children:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            os.kill(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, OSError, TypeError):  # pid None: not started
+            os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
     for p in children:
         p.join(timeout=2)
     return len(children)

@@ -17,23 +17,23 @@ from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig, load_config
 from flows.decontaminate import decontaminate_flow
+from flows.decontaminate import report_markdown as decontaminate_report
 from flows.dedup import dedup_flow
 from flows.dedup import report_markdown as dedup_report
-from flows.decontaminate import report_markdown as decontaminate_report
 from flows.ingest import ingest_flow
 from flows.ingest import report_markdown as ingest_report
+from flows.interrupt import note_stage
 from flows.langid import langid_flow
 from flows.langid import report_markdown as langid_report
+from flows.mix import mix_flow, mix_report
 from flows.quality import quality_flow
 from flows.quality import report_markdown as quality_report
 from flows.quality_classifier import report_markdown as quality_classifier_report
-from flows.mix import mix_flow, mix_report
-from flows.train import report_markdown as train_report
-from flows.train import train_flow
-from flows.tokenization import tokenization_flow, tokenize_report
-from flows.interrupt import note_stage
 from flows.sharded import SHARD_NOTE, ReportFn, task_runner
 from flows.summary import publish_summary
+from flows.tokenization import tokenization_flow, tokenize_report
+from flows.train import report_markdown as train_report
+from flows.train import train_flow
 from storage import paths
 from storage.errors import describe_os_error
 from storage.manifest import STAGE_ORDER, Stage, load_manifest
@@ -42,19 +42,26 @@ from storage.manifest import STAGE_ORDER, Stage, load_manifest
 StageCall = Callable[[PipelineConfig, str, str, bool], str]
 STAGES: dict[Stage, StageCall] = {
     Stage.INGEST: lambda c, root, inp, force: ingest_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages),
+        params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages
+    ),
     Stage.LANGID: lambda c, root, inp, force: langid_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.langid, data_root=root, input_version=inp, force=force),
+        params=c.langid, data_root=root, input_version=inp, force=force
+    ),
     Stage.QUALITY: lambda c, root, inp, force: quality_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.quality, data_root=root, input_version=inp, force=force),
+        params=c.quality, data_root=root, input_version=inp, force=force
+    ),
     Stage.DEDUP: lambda c, root, inp, force: dedup_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.dedup, data_root=root, input_version=inp, force=force),
+        params=c.dedup, data_root=root, input_version=inp, force=force
+    ),
     Stage.DECONTAMINATE: lambda c, root, inp, force: decontaminate_flow.with_options(
-        task_runner=task_runner(c.workers))(params=c.decontaminate, data_root=root, input_version=inp, force=force),
+        task_runner=task_runner(c.workers)
+    )(params=c.decontaminate, data_root=root, input_version=inp, force=force),
     Stage.MIX: lambda c, root, inp, force: mix_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.mix, data_root=root, input_version=inp, force=force),
+        params=c.mix, data_root=root, input_version=inp, force=force
+    ),
     Stage.TOKENIZE: lambda c, root, inp, force: tokenization_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.tokenize, data_root=root, input_version=inp, force=force),
+        params=c.tokenize, data_root=root, input_version=inp, force=force
+    ),
     Stage.TRAIN: lambda c, root, inp, force: train_flow(params=c.train, data_root=root, input_version=inp, force=force),
 }
 # Stage -> markdown report used by the summary artifact and `pretrain inspect`.
@@ -105,17 +112,21 @@ def check_documents_left(root: str, stage: Stage, version: str, next_stage: Stag
     if m.stats.docs_out > 0:
         return
     dropped = ", ".join(f"{r} {n}" for r, n in sorted(m.stats.dropped.items(), key=lambda kv: -kv[1])) or "none"
-    raise NothingLeft(f"{stage}@{version} kept 0 of {m.stats.docs_in} documents (dropped: {dropped}), so "
-                      f"{next_stage} and the stages after it have nothing to work on. See what was dropped with "
-                      f"`pretrain inspect {stage} --rejected`; then {_EMPTY_HINTS[stage]}")
+    raise NothingLeft(
+        f"{stage}@{version} kept 0 of {m.stats.docs_in} documents (dropped: {dropped}), so "
+        f"{next_stage} and the stages after it have nothing to work on. See what was dropped with "
+        f"`pretrain inspect {stage} --rejected`; then {_EMPTY_HINTS[stage]}"
+    )
 
 
 def config_file(config_path: str) -> str:
     """`config_path` as a real path inside the working directory (the deployment's); it must be relative,
     without `..`, and not a link leading out, so a run's parameters cannot make the worker read any file."""
     cwd = os.path.realpath(os.getcwd())
-    rule = (f"config_path must be a relative path inside the deployment's working directory ({cwd}), without "
-            f"'..', e.g. configs/my-run.yaml")
+    rule = (
+        f"config_path must be a relative path inside the deployment's working directory ({cwd}), without "
+        f"'..', e.g. configs/my-run.yaml"
+    )
     parts = PurePosixPath(config_path.replace("\\", "/")).parts
     if not config_path.strip() or "://" in config_path or os.path.isabs(config_path) or ".." in parts:
         raise ValueError(rule)
@@ -125,8 +136,9 @@ def config_file(config_path: str) -> str:
     return real
 
 
-def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
-                  to_stage: Optional[Stage] = None) -> list[Stage]:
+def select_stages(
+    only: Optional[Stage] = None, from_stage: Optional[Stage] = None, to_stage: Optional[Stage] = None
+) -> list[Stage]:
     """The implemented stages to run, in order; errors name the allowed values."""
     available = [s for s in STAGE_ORDER if s in STAGES]
     for name, s in (("only", only), ("from_stage", from_stage), ("to_stage", to_stage)):
@@ -140,14 +152,19 @@ def select_stages(only: Optional[Stage] = None, from_stage: Optional[Stage] = No
     hi = available.index(to_stage) if to_stage else len(available) - 1
     if lo > hi:
         raise ValueError(f"from_stage={from_stage} comes after to_stage={to_stage}")
-    return available[lo:hi + 1]
+    return available[lo : hi + 1]
 
 
 @flow(name="pretrain", log_prints=True)
-def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional[str] = None,
-                  only: Optional[Stage] = None, from_stage: Optional[Stage] = None,
-                  to_stage: Optional[Stage] = None, force: Optional[Stage] = None,
-                  config_path: Optional[str] = None) -> dict[str, str]:
+def pipeline_flow(
+    config: PipelineConfig = PipelineConfig(),
+    data_root: Optional[str] = None,
+    only: Optional[Stage] = None,
+    from_stage: Optional[Stage] = None,
+    to_stage: Optional[Stage] = None,
+    force: Optional[Stage] = None,
+    config_path: Optional[str] = None,
+) -> dict[str, str]:
     """Run the selected stages; returns {stage: version}.
 
     Args:
@@ -166,8 +183,10 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), data_root: Optional
     started = time.time()
     if config_path is not None:
         if config != PipelineConfig():
-            raise ValueError(f"config_path={config_path!r} and an inline config were both given; "
-                             f"pass one of them (leave config at its defaults to use the file)")
+            raise ValueError(
+                f"config_path={config_path!r} and an inline config were both given; "
+                f"pass one of them (leave config at its defaults to use the file)"
+            )
         config = load_config(config_file(config_path))
     root = paths.resolve_data_root(data_root)
     selected = select_stages(only, from_stage, to_stage)

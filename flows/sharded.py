@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
@@ -34,8 +38,19 @@ from tqdm import tqdm
 from flows.interrupt import ignore_sigint, kill_workers, note_stage
 from storage import paths
 from storage.documents import read_documents
-from storage.manifest import (Manifest, ShardInfo, Stage, VersionLock, VersionWriter,
-                              compute_version, is_complete, load_manifest, new_manifest, set_latest, upstream_of)
+from storage.manifest import (
+    Manifest,
+    ShardInfo,
+    Stage,
+    VersionLock,
+    VersionWriter,
+    compute_version,
+    is_complete,
+    load_manifest,
+    new_manifest,
+    set_latest,
+    upstream_of,
+)
 from storage.params import StageParams
 from storage.shards import ShardResult
 from storage.stats import StageStats
@@ -83,9 +98,15 @@ class StageRun:
         return [paths.version_dir(self.root, m.stage, m.version) + "/" + s.name for s in m.shards]
 
 
-def begin_stage(stage: Stage, stage_version: int, params: StageParams, data_root: str | None,
-                input_version: str = "latest", force: bool = False,
-                extra_inputs: dict[str, str] | None = None) -> StageRun:
+def begin_stage(
+    stage: Stage,
+    stage_version: int,
+    params: StageParams,
+    data_root: str | None,
+    input_version: str = "latest",
+    force: bool = False,
+    extra_inputs: dict[str, str] | None = None,
+) -> StageRun:
     """Resolve inputs and version; return a StageRun that is either reused or ready to write.
 
     The version's lock (storage.manifest.VersionLock, local data roots only) is taken first: while another
@@ -126,8 +147,10 @@ def _reuse(run: StageRun) -> StageRun:
     return run
 
 
-def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], params: StageParams) -> list[ShardResult]:
-    """Map `shard_task(src, out_dir, index, params)` over sources; progress bar + progress artifact."""
+def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], params: StageParams) -> list[Any]:
+    """Map `shard_task(src, out_dir, index, params)` over sources; progress bar + progress artifact.
+
+    Returns the shard task's results (a ShardResult or a stage's subclass of it), in source order."""
     futures = shard_task.map(list(sources), unmapped(run.out_dir), list(range(len(sources))), unmapped(params))
     source_of = {id(f): src for f, src in zip(futures, sources)}
     progress_id = _progress_artifact(run)
@@ -181,13 +204,20 @@ def task_runner(workers: int) -> Any:
 def _progress_artifact(run: StageRun) -> Any:
     if FlowRunContext.get() is None:
         return None
-    return create_progress_artifact(progress=0.0, key=f"{run.stage}-progress",
-                                    description=f"{run.stage}@{run.version}: shards done")
+    return create_progress_artifact(
+        progress=0.0, key=f"{run.stage}-progress", description=f"{run.stage}@{run.version}: shards done"
+    )
 
 
-def finish_stage(run: StageRun, shards: list[ShardInfo], rejected: list[ShardInfo], stats: StageStats,
-                 extras: dict[str, Any] | None = None, max_error_fraction: float | None = None,
-                 report: ReportFn | None = None) -> Manifest:
+def finish_stage(
+    run: StageRun,
+    shards: list[ShardInfo],
+    rejected: list[ShardInfo],
+    stats: StageStats,
+    extras: dict[str, Any] | None = None,
+    max_error_fraction: float | None = None,
+    report: ReportFn | None = None,
+) -> Manifest:
     """Check, write the manifest last, commit atomically, publish artifacts."""
     assert run.writer is not None
     stats.seconds = time.perf_counter() - run.started
@@ -195,16 +225,23 @@ def finish_stage(run: StageRun, shards: list[ShardInfo], rejected: list[ShardInf
     try:
         if max_error_fraction is not None:
             stats.check_error_fraction(max_error_fraction, where)
-        manifest = new_manifest(run.stage, run.stage_version, run.version, run.params, run.inputs,
-                                shards, rejected, stats, extras)
+        manifest = new_manifest(
+            run.stage, run.stage_version, run.version, run.params, run.inputs, shards, rejected, stats, extras
+        )
         run.writer.commit(manifest)
     except BaseException:
         run.writer.abort()
         raise
     finally:
         run.release()
-    _log().info("committed %s: %d docs in, %d out, %s dropped, %.1fs", where, stats.docs_in, stats.docs_out,
-                dict(stats.dropped), stats.seconds)
+    _log().info(
+        "committed %s: %d docs in, %d out, %s dropped, %.1fs",
+        where,
+        stats.docs_in,
+        stats.docs_out,
+        dict(stats.dropped),
+        stats.seconds,
+    )
     publish(manifest, run.root, report)
     return manifest
 
@@ -218,11 +255,20 @@ def abort_on_error(run: StageRun) -> None:
         run.release()
 
 
-def run_sharded_stage(stage: Stage, stage_version: int, params: StageParams, shard_task: Any,
-                      data_root: str | None = None, input_version: str = "latest", force: bool = False,
-                      sources: Sequence[str] | None = None, extra_inputs: dict[str, str] | None = None,
-                      report: ReportFn | None = None, max_error_fraction: float | None = None,
-                      extras: dict[str, Any] | None = None) -> str:
+def run_sharded_stage(
+    stage: Stage,
+    stage_version: int,
+    params: StageParams,
+    shard_task: Any,
+    data_root: str | None = None,
+    input_version: str = "latest",
+    force: bool = False,
+    sources: Sequence[str] | None = None,
+    extra_inputs: dict[str, str] | None = None,
+    report: ReportFn | None = None,
+    max_error_fraction: float | None = None,
+    extras: dict[str, Any] | None = None,
+) -> str:
     """Flow body of a one-pass document stage; returns the output version id."""
     run = begin_stage(stage, stage_version, params, data_root, input_version, force, extra_inputs)
     if run.reused is not None:
@@ -234,19 +280,28 @@ def run_sharded_stage(stage: Stage, stage_version: int, params: StageParams, sha
         abort_on_error(run)
         raise
     stats = StageStats.merge_all([r.stats for r in results])
-    finish_stage(run, [r.shard for r in results], [r.rejected for r in results], stats, extras=extras,
-                 max_error_fraction=max_error_fraction, report=report)
+    finish_stage(
+        run,
+        [r.shard for r in results],
+        [r.rejected for r in results],
+        stats,
+        extras=extras,
+        max_error_fraction=max_error_fraction,
+        report=report,
+    )
     return run.version
 
 
 # ---------------------------------------------------------------- artifacts (Prefect UI views of the manifest)
 
-def sample_documents(root: str, manifest: Manifest, n: int = 5, rejected: bool = False,
-                     reason: str | None = None) -> list[dict[str, Any]]:
+
+def sample_documents(
+    root: str, manifest: Manifest, n: int = 5, rejected: bool = False, reason: str | None = None
+) -> list[dict[str, Any]]:
     """First n (rejected) documents of a version, as dicts; for artifacts and `pretrain inspect`."""
     out: list[dict[str, Any]] = []
     base = paths.version_dir(root, manifest.stage, manifest.version)
-    for s in (manifest.rejected if rejected else manifest.shards):
+    for s in manifest.rejected if rejected else manifest.shards:
         if not s.rows or not s.name.endswith(".parquet"):
             continue
         for d in read_documents(paths.join(base, s.name)):
@@ -261,13 +316,20 @@ def sample_documents(root: str, manifest: Manifest, n: int = 5, rejected: bool =
 def summary_markdown(manifest: Manifest, root: str, report: ReportFn | None = None, reused: bool = False) -> str:
     path = paths.version_dir(root, manifest.stage, manifest.version)
     s = manifest.stats
-    lines = [f"# {manifest.stage}@{manifest.version}" + (" (reused)" if reused else ""), "",
-             f"- directory: `{path}`", f"- inputs: {manifest.inputs or 'raw files'}",
-             f"- documents: {s.docs_in} in, {s.docs_out} out, {s.docs_dropped} dropped {dict(s.dropped)}",
-             f"- created: {manifest.created_at}, code {manifest.code_version}", ""]
+    lines = [
+        f"# {manifest.stage}@{manifest.version}" + (" (reused)" if reused else ""),
+        "",
+        f"- directory: `{path}`",
+        f"- inputs: {manifest.inputs or 'raw files'}",
+        f"- documents: {s.docs_in} in, {s.docs_out} out, {s.docs_dropped} dropped {dict(s.dropped)}",
+        f"- created: {manifest.created_at}, code {manifest.code_version}",
+        "",
+    ]
     if report is not None:
         lines += [report(manifest, root), ""]
-    samples = sample_documents(root, manifest) if manifest.shards and manifest.shards[0].name.endswith(".parquet") else []
+    samples = (
+        sample_documents(root, manifest) if manifest.shards and manifest.shards[0].name.endswith(".parquet") else []
+    )
     if samples:
         lines += ["## Sample documents", ""]
         for d in samples:
@@ -281,10 +343,15 @@ def publish(manifest: Manifest, root: str, report: ReportFn | None = None, reuse
     if FlowRunContext.get() is None:
         return
     stage = str(manifest.stage)
-    table = manifest.stats.table() + [{"metric": "version", "value": manifest.version},
-                                      {"metric": "reused", "value": reused}]
-    create_table_artifact(key=f"{stage}-stats", table=table,
-                          description=f"{stage}@{manifest.version}: documents in/out, drops by reason")
-    create_markdown_artifact(key=f"{stage}-summary", markdown=summary_markdown(manifest, root, report, reused),
-                             description=f"{stage}@{manifest.version}: where it is, what it kept")
-
+    table = manifest.stats.table() + [
+        {"metric": "version", "value": manifest.version},
+        {"metric": "reused", "value": reused},
+    ]
+    create_table_artifact(
+        key=f"{stage}-stats", table=table, description=f"{stage}@{manifest.version}: documents in/out, drops by reason"
+    )
+    create_markdown_artifact(
+        key=f"{stage}-summary",
+        markdown=summary_markdown(manifest, root, report, reused),
+        description=f"{stage}@{manifest.version}: where it is, what it kept",
+    )

@@ -68,15 +68,20 @@ def count_characters(root: str, m: Manifest) -> tuple[Optional[int], bool]:
     base = paths.version_dir(root, m.stage, m.version)
 
     def chars_of(name: str) -> int:
-        return sum(int(pc.sum(pc.utf8_length(b.column(0))).as_py() or 0)
-                   for b in iter_batches(paths.join(base, name), columns=["text"]))
+        return sum(
+            int(pc.sum(pc.utf8_length(b.column(0))).as_py() or 0)
+            for b in iter_batches(paths.join(base, name), columns=["text"])
+        )
+
     if m.stats.bytes_out <= EXACT_CHARS_MAX_BYTES:
         return sum(chars_of(s.name) for s in shards if s.rows), False
     first = next((s for s in shards if s.rows), None)
     if first is None:
         return 0, False
-    first_bytes = sum(int(pc.sum(pc.binary_length(b.column(0))).as_py() or 0)
-                      for b in iter_batches(paths.join(base, first.name), columns=["text"]))
+    first_bytes = sum(
+        int(pc.sum(pc.binary_length(b.column(0))).as_py() or 0)
+        for b in iter_batches(paths.join(base, first.name), columns=["text"])
+    )
     ratio = chars_of(first.name) / first_bytes if first_bytes else 1.0
     return int(m.stats.bytes_out * ratio), True
 
@@ -116,8 +121,12 @@ def lineage(root: str, end: Optional[tuple[Stage, str]]) -> list[Manifest]:
     return chain[::-1]
 
 
-def attrition(root: str, versions: dict[str, str], started: Optional[float] = None,
-              failed: Optional[tuple[Stage, BaseException]] = None) -> list[StageRow]:
+def attrition(
+    root: str,
+    versions: dict[str, str],
+    started: Optional[float] = None,
+    failed: Optional[tuple[Stage, BaseException]] = None,
+) -> list[StageRow]:
     """One row per stage from ingest to the last completed (or the failed) stage."""
     ran = {Stage(s): v for s, v in versions.items()}
     end: Optional[tuple[Stage, str]] = None
@@ -137,9 +146,20 @@ def attrition(root: str, versions: dict[str, str], started: Optional[float] = No
             status = "on disk"
         chars, est = count_characters(root, m)
         docs, unique = manifest_documents(m)
-        rows.append(StageRow(m.stage, m.version, status, documents=docs, unique=unique, characters=chars,
-                             chars_estimated=est, tokens=manifest_tokens(m), created_at=m.created_at,
-                             directory=paths.version_dir(root, m.stage, m.version)))
+        rows.append(
+            StageRow(
+                m.stage,
+                m.version,
+                status,
+                documents=docs,
+                unique=unique,
+                characters=chars,
+                chars_estimated=est,
+                tokens=manifest_tokens(m),
+                created_at=m.created_at,
+                directory=paths.version_dir(root, m.stage, m.version),
+            )
+        )
     if failed is not None:
         rows.append(StageRow(failed[0], None, "FAILED", error=f"{type(failed[1]).__name__}: {failed[1]}"))
     _estimate_tokens(rows)
@@ -166,6 +186,7 @@ def _fmt(value: Optional[int], estimated: bool = False) -> str:
 def funnel_png(rows: list[StageRow]) -> bytes:
     """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -178,8 +199,9 @@ def funnel_png(rows: list[StageRow]) -> bytes:
     for ax, (attr, title) in zip(axes, panels, strict=True):
         values = [getattr(r, attr) or 0 for r in shown]
         top = max(values) if values and max(values) > 0 else 1
-        colors = ["#d62728" if r.status == "FAILED" else ("#9ecae1" if r.status != "computed" else "#3182bd")
-                  for r in shown]
+        colors = [
+            "#d62728" if r.status == "FAILED" else ("#9ecae1" if r.status != "computed" else "#3182bd") for r in shown
+        ]
         bars = ax.barh(range(len(shown)), values, color=colors)
         for bar, r, v in zip(bars, shown, values, strict=True):
             if r.status == "FAILED":
@@ -200,38 +222,61 @@ def funnel_png(rows: list[StageRow]) -> bytes:
     return buf.getvalue()
 
 
-def summary_markdown(root: str, versions: dict[str, str], started: Optional[float] = None,
-                     failed: Optional[tuple[Stage, BaseException]] = None, image: bool = True) -> str:
+def summary_markdown(
+    root: str,
+    versions: dict[str, str],
+    started: Optional[float] = None,
+    failed: Optional[tuple[Stage, BaseException]] = None,
+    image: bool = True,
+) -> str:
     rows = attrition(root, versions, started, failed)
     done = [r for r in rows if r.version]
     if failed is not None:
-        head = f"# pretrain: FAILED at stage `{failed[0]}`\n\n{rows[-1].error}\n\n" \
-               f"Complete upstream versions are kept; a re-run (Retry, a new run, `pretrain run`) reuses them " \
-               f"and starts at `{failed[0]}`."
+        head = (
+            f"# pretrain: FAILED at stage `{failed[0]}`\n\n{rows[-1].error}\n\n"
+            f"Complete upstream versions are kept; a re-run (Retry, a new run, `pretrain run`) reuses them "
+            f"and starts at `{failed[0]}`."
+        )
     else:
         head = f"# pretrain: completed ({len(versions)} stage(s) run)"
     ingest_docs = done[0].documents if done and done[0].stage == Stage.INGEST else None
-    table = ["| stage | version | this run | documents | % of ingest | characters | tokens |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    table = [
+        "| stage | version | this run | documents | % of ingest | characters | tokens |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         share = f"{100.0 * r.documents / ingest_docs:.1f}%" if ingest_docs and r.documents is not None else "-"
         docs = _fmt(r.documents) + (f" ({r.unique:,} distinct)" if r.unique is not None else "")
-        table.append(f"| {r.stage} | {r.version or '-'} | {r.status} | {docs} | {share} | "
-                     f"{_fmt(r.characters, r.chars_estimated)} | {_fmt(r.tokens, r.tokens_estimated)} |")
+        table.append(
+            f"| {r.stage} | {r.version or '-'} | {r.status} | {docs} | {share} | "
+            f"{_fmt(r.characters, r.chars_estimated)} | {_fmt(r.tokens, r.tokens_estimated)} |"
+        )
     parts = [head, "", "## Attrition", "", *table, ""]
     if image and done:
         b64 = base64.b64encode(funnel_png(rows)).decode()
         parts += [f"![attrition funnel](data:image/png;base64,{b64})", ""]
     parts += ["## Lineage", "", " -> ".join(f"`{r.stage}@{r.version}`" for r in done) or "(no complete version)", ""]
-    parts += [f"- `{r.stage}@{r.version}`: `{r.directory}` (created {r.created_at}); "
-              f"`pretrain inspect {r.stage} --version {r.version}`" for r in done]
-    parts += ["", ("`~` = estimated (characters from bytes, tokens from tokenize's characters per token); "
-                   "`reused` = complete before this run started; `on disk` = upstream not run by this run.")]
+    parts += [
+        f"- `{r.stage}@{r.version}`: `{r.directory}` (created {r.created_at}); "
+        f"`pretrain inspect {r.stage} --version {r.version}`"
+        for r in done
+    ]
+    parts += [
+        "",
+        (
+            "`~` = estimated (characters from bytes, tokens from tokenize's characters per token); "
+            "`reused` = complete before this run started; `on disk` = upstream not run by this run."
+        ),
+    ]
     return "\n".join(parts)
 
 
-def publish_summary(root: str, versions: dict[str, str], started: Optional[float] = None,
-                    failed: Optional[tuple[Stage, BaseException]] = None) -> Optional[str]:
+def publish_summary(
+    root: str,
+    versions: dict[str, str],
+    started: Optional[float] = None,
+    failed: Optional[tuple[Stage, BaseException]] = None,
+) -> Optional[str]:
     """Create the `pretrain-summary` markdown artifact (inside a flow run); returns the markdown.
 
     A broken summary must not hide the run's real outcome, so errors here are logged, not raised.
@@ -243,8 +288,9 @@ def publish_summary(root: str, versions: dict[str, str], started: Optional[float
         md = summary_markdown(root, versions, started, failed)
         if FlowRunContext.get() is not None:
             state = f"failed at {failed[0]}" if failed else "completed"
-            create_markdown_artifact(key=ARTIFACT_KEY, markdown=md,
-                                     description=f"pipeline {state}: attrition per stage and version lineage")
+            create_markdown_artifact(
+                key=ARTIFACT_KEY, markdown=md, description=f"pipeline {state}: attrition per stage and version lineage"
+            )
         return md
     except Exception:  # noqa: BLE001 - the summary is a report; the stages' own outcome decides the run
         log.exception("could not build the pipeline summary artifact")

@@ -65,8 +65,10 @@ def locked(work: Path) -> Iterator[Path]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"{work} is in use by another run of the same train version (lock {work / LOCK}); "
-                               f"wait for that run or stop it") from None
+            raise RuntimeError(
+                f"{work} is in use by another run of the same train version (lock {work / LOCK}); "
+                f"wait for that run or stop it"
+            ) from None
         yield work
 
 
@@ -77,11 +79,20 @@ def _clear(work: Path) -> None:
 
 
 @task(task_run_name="train-run")
-def train_run(params: TrainParams, shards_dir: str, out_dir: str, tokenize: dict[str, Any], version: str) -> TrainResult:
+def train_run(
+    params: TrainParams, shards_dir: str, out_dir: str, tokenize: dict[str, Any], version: str
+) -> TrainResult:
     """Train on one device in this process (deterministic compute: no retries)."""
     tok_path = paths.join(shards_dir, tokenize["tokenizer_path"]) if tokenize.get("tokenizer_path") else None
-    return train(params, shards_dir, out_dir, float(tokenize["bytes_per_token"]), tokenizer_path=tok_path,
-                 tokenize_version=version, tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")))
+    return train(
+        params,
+        shards_dir,
+        out_dir,
+        float(tokenize["bytes_per_token"]),
+        tokenizer_path=tok_path,
+        tokenize_version=version,
+        tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
+    )
 
 
 def report_markdown(manifest: Manifest, root: str) -> str:
@@ -90,21 +101,37 @@ def report_markdown(manifest: Manifest, root: str) -> str:
         return ""
     requested = r.get("requested_model")
     model = f"{r.get('model')} (auto)" if requested == "auto" else r.get("model")
-    rows = [("model", model), ("parameters", r.get("num_params")), ("steps", r.get("steps")),
-            ("tokens seen", r.get("tokens_seen")), ("epochs", r.get("epochs")),
-            ("val loss (nats/token)", r.get("val_loss")), ("unigram baseline loss", r.get("unigram_loss")),
-            ("val bits per byte", r.get("val_bpb")), ("val perplexity", r.get("val_ppl")),
-            ("tokens/s", r.get("tokens_per_s")), ("MFU", r.get("mfu")), ("seconds", r.get("seconds")),
-            ("resumed from step", r.get("resumed_from")), ("skipped steps", r.get("skipped_steps")),
-            ("rollbacks", r.get("rollbacks"))]
-    table = "\n".join(["| metric | value |", "|---|---|"] +
-                      [f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows])
+    rows = [
+        ("model", model),
+        ("parameters", r.get("num_params")),
+        ("steps", r.get("steps")),
+        ("tokens seen", r.get("tokens_seen")),
+        ("epochs", r.get("epochs")),
+        ("val loss (nats/token)", r.get("val_loss")),
+        ("unigram baseline loss", r.get("unigram_loss")),
+        ("val bits per byte", r.get("val_bpb")),
+        ("val perplexity", r.get("val_ppl")),
+        ("tokens/s", r.get("tokens_per_s")),
+        ("MFU", r.get("mfu")),
+        ("seconds", r.get("seconds")),
+        ("resumed from step", r.get("resumed_from")),
+        ("skipped steps", r.get("skipped_steps")),
+        ("rollbacks", r.get("rollbacks")),
+    ]
+    table = "\n".join(
+        ["| metric | value |", "|---|---|"]
+        + [f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows]
+    )
     return f"## Training\n\n{table}\n\n## Sample\n\n```\n{r.get('sample', '')}\n```"
 
 
 @flow(name="train")
-def train_flow(params: TrainParams = TrainParams(), data_root: Optional[str] = None, input_version: str = "latest",
-               force: bool = False) -> str:
+def train_flow(
+    params: TrainParams = TrainParams(),
+    data_root: Optional[str] = None,
+    input_version: str = "latest",
+    force: bool = False,
+) -> str:
     """Train a GPT on a tokenize version (resuming an unfinished run of it); returns the train version id."""
     run = begin_stage(STAGE, STAGE_VERSION, params, data_root, input_version, force)
     work = work_dir(run.root, run.version)
@@ -125,8 +152,10 @@ def train_flow(params: TrainParams = TrainParams(), data_root: Optional[str] = N
         abort_on_error(run)
         raise
     if FlowRunContext.get() is not None:
-        create_table_artifact(key="train-metrics", table=[{"metric": k, "value": v} for k, v in
-                                                          result.model_dump(mode="json").items() if k != "sample"])
+        create_table_artifact(
+            key="train-metrics",
+            table=[{"metric": k, "value": v} for k, v in result.model_dump(mode="json").items() if k != "sample"],
+        )
         create_markdown_artifact(key="train-loss-curve", markdown=_plot_markdown(run, result))
     return run.version
 
@@ -137,24 +166,43 @@ def _train_and_commit(run: StageRun, params: TrainParams, work: Path, logger: An
     tok = run.input_manifest
     try:
         _start_or_resume(run, work, params, logger)
-        result = train_run(params, paths.version_dir(run.root, tok.stage, tok.version), str(work), tok.extras,
-                           tok.version)
-        logger.info("trained %s (%s) for %d steps in %.0fs: val loss %.4f (unigram %.4f), %.4f bits/byte",
-                    result.model, "auto" if result.requested_model == "auto" else "configured", result.steps,
-                    result.seconds, result.val_loss, result.unigram_loss, result.val_bpb)
+        result = train_run(
+            params, paths.version_dir(run.root, tok.stage, tok.version), str(work), tok.extras, tok.version
+        )
+        logger.info(
+            "trained %s (%s) for %d steps in %.0fs: val loss %.4f (unigram %.4f), %.4f bits/byte",
+            result.model,
+            "auto" if result.requested_model == "auto" else "configured",
+            result.steps,
+            result.seconds,
+            result.val_loss,
+            result.unigram_loss,
+            result.val_bpb,
+        )
         # paths relative to the version dir; hard links: no copy of the checkpoints, and the work dir keeps
         # them until the commit has succeeded
         rel = {k: os.path.relpath(getattr(result, k), work) for k in ("checkpoint", "metrics_path", "plot_path")}
         result = result.model_copy(update=rel)
-        shutil.copytree(work, run.out_dir, copy_function=os.link, ignore=shutil.ignore_patterns(LOCK),
-                        dirs_exist_ok=True)
-        finish_stage(run, [ShardInfo(name=rel["checkpoint"], rows=result.tokens_seen, bytes=0)], [], StageStats(),
-                     extras={"result": result.model_dump(mode="json")}, report=report_markdown)
+        shutil.copytree(
+            work, run.out_dir, copy_function=os.link, ignore=shutil.ignore_patterns(LOCK), dirs_exist_ok=True
+        )
+        finish_stage(
+            run,
+            [ShardInfo(name=rel["checkpoint"], rows=result.tokens_seen, bytes=0)],
+            [],
+            StageStats(),
+            extras={"result": result.model_dump(mode="json")},
+            report=report_markdown,
+        )
     except BaseException:
         last = ckpt.latest_step(str(work))
         if last is not None:
-            logger.warning("train@%s failed; its checkpoints stay in %s and the next run of this version resumes "
-                           "from %s", run.version, work, ckpt.step_dir_name(last))
+            logger.warning(
+                "train@%s failed; its checkpoints stay in %s and the next run of this version resumes from %s",
+                run.version,
+                work,
+                ckpt.step_dir_name(last),
+            )
         else:
             _clear(work)  # nothing to resume from
         raise
@@ -171,8 +219,12 @@ def _start_or_resume(run: StageRun, work: Path, params: TrainParams, logger: Any
     if previous is None:
         logger.info("train@%s: starting from scratch in %s", version, work)
     elif not params.resume:
-        logger.warning("train@%s: resume is false: discarding the unfinished run in %s (up to %s)", version, work,
-                       ckpt.step_dir_name(previous))
+        logger.warning(
+            "train@%s: resume is false: discarding the unfinished run in %s (up to %s)",
+            version,
+            work,
+            ckpt.step_dir_name(previous),
+        )
         _clear(work)
     else:
         logger.info("train@%s: resuming from %s in %s", version, ckpt.step_dir_name(previous), work)
@@ -180,6 +232,7 @@ def _start_or_resume(run: StageRun, work: Path, params: TrainParams, logger: Any
 
 def _plot_markdown(run: Any, result: TrainResult) -> str:
     import base64
+
     png = Path(paths.version_dir(run.root, STAGE, run.version)) / Path(result.plot_path).name
     if not png.is_file():
         return f"loss curve: `{png}` (not found)"

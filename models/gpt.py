@@ -115,8 +115,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
         q = apply_rope(q.view(b, t, self.n_head, self.hd).transpose(1, 2), cos, sin)
@@ -161,8 +160,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
         return out
@@ -200,8 +198,9 @@ class GPT(nn.Module):
     def flops_per_token(self) -> float:
         return self.cfg.flops_per_token()
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, padded_vocab) and, with targets, the mean next-token cross-entropy (float32)."""
         t = idx.size(1)
         assert t <= self.cfg.seq_len, f"sequence length {t} > model seq_len {self.cfg.seq_len}"
@@ -217,8 +216,9 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def configure_optimizers(self, lr: float, weight_decay: float, betas: tuple[float, float],
-                             device_type: str) -> torch.optim.AdamW:
+    def configure_optimizers(
+        self, lr: float, weight_decay: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
         """AdamW with weight decay on matrices (dim >= 2: linear weights, embedding) only; fused on CUDA."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
@@ -229,15 +229,21 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 means greedy.
 
         No KV cache: each step reruns the (cropped) context, fine for the short samples we log.
         Pass a seeded `generator` (on idx's device) for reproducible samples.
         """
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.seq_len:]
+            context = idx[:, -self.cfg.seq_len :]
             logits, _ = self(context)
             logits = logits[:, -1, : self.cfg.vocab_size].float()  # never sample padding ids
             if temperature == 0.0:

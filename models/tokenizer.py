@@ -61,8 +61,13 @@ def training_lines(text: str, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
             yield line
 
 
-def train_tokenizer(lines: Iterable[str], model_file: str | Path, vocab_size: int, model_type: str = "bpe",
-                    character_coverage: float = 0.9995) -> Path:
+def train_tokenizer(
+    lines: Iterable[str],
+    model_file: str | Path,
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+) -> Path:
     """Train a sentencepiece model on `lines` and write it to model_file (+ a `.vocab` listing beside it).
 
     Raises ValueError naming `tokenize.vocab_size` when the sample cannot support that many pieces, or when
@@ -71,31 +76,51 @@ def train_tokenizer(lines: Iterable[str], model_file: str | Path, vocab_size: in
     out = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type=model_type,
-            byte_fallback=True, split_digits=True, character_coverage=character_coverage,
-            pad_id=SPECIAL_IDS[PAD], bos_id=SPECIAL_IDS[BOS], eos_id=SPECIAL_IDS[EOS], unk_id=SPECIAL_IDS[UNK],
-            pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK, normalization_rule_name="identity",
-            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-            max_sentence_length=MAX_SENTENCE_BYTES, max_sentencepiece_length=MAX_PIECE_CHARS,
-            num_threads=TRAIN_THREADS, minloglevel=2)
+            sentence_iterator=iter(lines),
+            model_writer=out,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            split_digits=True,
+            character_coverage=character_coverage,
+            pad_id=SPECIAL_IDS[PAD],
+            bos_id=SPECIAL_IDS[BOS],
+            eos_id=SPECIAL_IDS[EOS],
+            unk_id=SPECIAL_IDS[UNK],
+            pad_piece=PAD,
+            bos_piece=BOS,
+            eos_piece=EOS,
+            unk_piece=UNK,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            max_sentence_length=MAX_SENTENCE_BYTES,
+            max_sentencepiece_length=MAX_PIECE_CHARS,
+            num_threads=TRAIN_THREADS,
+            minloglevel=2,
+        )
     except RuntimeError as err:
         m = _TOO_HIGH.search(str(err))
         if m:
             raise ValueError(
                 f"tokenize.vocab_size={m.group(1)} is larger than the training sample supports (at most "
-                f"{m.group(2)} pieces); lower tokenize.vocab_size or raise tokenize.sample_chars") from None
+                f"{m.group(2)} pieces); lower tokenize.vocab_size or raise tokenize.sample_chars"
+            ) from None
         m = _TOO_LOW.search(str(err))
         if m:
             raise ValueError(
                 f"tokenize.vocab_size={m.group(1)} is smaller than the special, byte and character pieces the "
-                f"sample needs ({m.group(2)}); raise tokenize.vocab_size or lower tokenize.character_coverage") from None
-        raise ValueError(f"sentencepiece training failed (tokenize.vocab_size={vocab_size}, "
-                         f"model_type={model_type}): {err}") from None
+                f"sample needs ({m.group(2)}); raise tokenize.vocab_size or lower tokenize.character_coverage"
+            ) from None
+        raise ValueError(
+            f"sentencepiece training failed (tokenize.vocab_size={vocab_size}, model_type={model_type}): {err}"
+        ) from None
     path = Path(model_file)
     path.write_bytes(out.getvalue())
     tok = Tokenizer(path)
     path.with_suffix(".vocab").write_text(
-        "".join(f"{tok.sp.id_to_piece(i)}\t{tok.sp.get_score(i)}\n" for i in range(tok.vocab_size)), encoding="utf-8")
+        "".join(f"{tok.sp.id_to_piece(i)}\t{tok.sp.get_score(i)}\n" for i in range(tok.vocab_size)), encoding="utf-8"
+    )
     return path
 
 
@@ -105,8 +130,10 @@ class Tokenizer:
     def __init__(self, model_file: str | Path):
         self.path = Path(model_file)
         if not self.path.is_file():
-            raise FileNotFoundError(f"tokenizer model {self.path} does not exist; set tokenize.tokenizer_path to a "
-                                    f"sentencepiece .model file or leave it empty to train one")
+            raise FileNotFoundError(
+                f"tokenizer model {self.path} does not exist; set tokenize.tokenizer_path to a "
+                f"sentencepiece .model file or leave it empty to train one"
+            )
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (OSError, RuntimeError) as err:
@@ -124,7 +151,8 @@ class Tokenizer:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text (no <bos>/<eos>), on this thread only: stages parallelise across processes."""
-        return self.sp.encode(texts, out_type=int, num_threads=1)
+        ids: list[list[int]] = self.sp.encode(texts, out_type=int, num_threads=1)
+        return ids
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return str(self.sp.decode([int(i) for i in ids]))

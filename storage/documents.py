@@ -23,8 +23,11 @@ import pyarrow.parquet as pq
 from storage import paths
 
 BASE_FIELDS: list[pa.Field] = [
-    pa.field("id", pa.string()), pa.field("url", pa.string()), pa.field("text", pa.string()),
-    pa.field("source", pa.string()), pa.field("crawl_date", pa.string()),
+    pa.field("id", pa.string()),
+    pa.field("url", pa.string()),
+    pa.field("text", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("crawl_date", pa.string()),
 ]
 BASE_NAMES = [f.name for f in BASE_FIELDS]
 REJECT_FIELDS: list[pa.Field] = [pa.field("reason", pa.string()), pa.field("reason_detail", pa.string())]
@@ -70,8 +73,14 @@ def iter_batches(path: str, columns: list[str] | None = None, batch_size: int = 
 
 def _to_document(row: dict[str, Any]) -> Document:
     meta = {k: v for k, v in row.items() if k not in BASE_NAMES}
-    return Document(id=row["id"], text=row["text"] or "", url=row.get("url") or "", source=row.get("source") or "web",
-                    crawl_date=row.get("crawl_date") or "", meta=meta)
+    return Document(
+        id=row["id"],
+        text=row["text"] or "",
+        url=row.get("url") or "",
+        source=row.get("source") or "web",
+        crawl_date=row.get("crawl_date") or "",
+        meta=meta,
+    )
 
 
 def read_documents(path: str, columns: list[str] | None = None, batch_size: int = 2048) -> Iterator[Document]:
@@ -90,8 +99,9 @@ def count_rows(path: str) -> int:
 class DocumentWriter:
     """Buffered, atomic Parquet shard writer with an explicit schema."""
 
-    def __init__(self, path: str, extra: list[pa.Field] | None = None, rejected: bool = False,
-                 rows_per_group: int = 2048):
+    def __init__(
+        self, path: str, extra: list[pa.Field] | None = None, rejected: bool = False, rows_per_group: int = 2048
+    ):
         self.path = path
         self.fs, self._p = paths.filesystem(path)
         self.schema = schema_with(list(extra or []) + (REJECT_FIELDS if rejected else []))
@@ -106,8 +116,13 @@ class DocumentWriter:
         self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
 
     def write(self, doc: Document, reason: str | None = None, detail: dict[str, Any] | None = None) -> None:
-        row: dict[str, Any] = {"id": doc.id, "url": doc.url, "text": doc.text, "source": doc.source,
-                               "crawl_date": doc.crawl_date}
+        row: dict[str, Any] = {
+            "id": doc.id,
+            "url": doc.url,
+            "text": doc.text,
+            "source": doc.source,
+            "crawl_date": doc.crawl_date,
+        }
         unknown = [k for k in doc.meta if k not in self._known]
         assert not unknown, f"{self.path}: document {doc.id} has columns {unknown} missing from the shard schema"
         row.update(doc.meta)

@@ -21,8 +21,10 @@ MEANINGS: dict[int, tuple[str, str]] = {
     errno.EDQUOT: ("disk quota exceeded at {path}", "free space or raise the quota, " + _RERUN),
     errno.EACCES: ("permission denied at {path}", "fix the permissions or use another --data-root, " + _RERUN),
     errno.EPERM: ("operation not permitted at {path}", "fix the permissions or use another --data-root, " + _RERUN),
-    errno.EROFS: ("read-only file system at {path}", "use a writable --data-root (re-running complete versions "
-                                                     "writes nothing), " + _RERUN),
+    errno.EROFS: (
+        "read-only file system at {path}",
+        "use a writable --data-root (re-running complete versions writes nothing), " + _RERUN,
+    ),
     errno.ENOENT: ("no such file or directory: {path}", "check the path"),
     errno.EMFILE: ("too many open files (at {path})", "raise the limit (`ulimit -n`), " + _RERUN),
     errno.EIO: ("input/output error at {path}", "check the disk (dmesg), " + _RERUN),
@@ -75,6 +77,11 @@ def describe_os_error(exc: BaseException, where: str | None = None) -> str | Non
     code = errno_of(found)
     assert code is not None
     path = found.filename or where or "(path unknown)"
-    meaning, fix = MEANINGS.get(code, (f"{errno.errorcode.get(code, code)} ({found.strerror or found}) at {{path}}",
-                                       "check the path and the disk, " + _RERUN))
+    meaning, fix = MEANINGS.get(
+        code,
+        (
+            f"{errno.errorcode.get(code, code)} ({found.strerror or found}) at {{path}}",
+            "check the path and the disk, " + _RERUN,
+        ),
+    )
     return f"{meaning.format(path=path)}: {fix}"

@@ -163,9 +163,17 @@ class GcPlan:
         return sum(d.bytes for d in self.versions if d.keep)
 
     def rows(self) -> list[dict[str, object]]:
-        return [{"stage": d.stage, "version": d.name, "created_at": d.created_at,
-                 "action": "keep" if d.keep else ("deleted" if self.applied else "delete"), "why": d.why,
-                 "mb": round(d.bytes / 1e6, 3)} for d in self.versions]
+        return [
+            {
+                "stage": d.stage,
+                "version": d.name,
+                "created_at": d.created_at,
+                "action": "keep" if d.keep else ("deleted" if self.applied else "delete"),
+                "why": d.why,
+                "mb": round(d.bytes / 1e6, 3),
+            }
+            for d in self.versions
+        ]
 
 
 def _stage_inputs(m: Manifest) -> list[tuple[Stage, str]]:
@@ -221,10 +229,18 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
         d = paths.join(base, str(stage))
         # a phase may write only into a side cache's temp dir (quality scoring into _scores/.tmp-*): that
         # is a sign of life of the stage's run dirs too
-        side_life = max([t for side in SIDE_ARTIFACTS if side.stage == stage
-                         for name in _entries(fs, paths.join(d, side.subdir)) if name.startswith(STALE_PREFIXES)
-                         for t in [_newest_mtime(fs, paths.join(d, side.subdir, name))] if t is not None],
-                        default=None)
+        side_life = max(
+            [
+                t
+                for side in SIDE_ARTIFACTS
+                if side.stage == stage
+                for name in _entries(fs, paths.join(d, side.subdir))
+                if name.startswith(STALE_PREFIXES)
+                for t in [_newest_mtime(fs, paths.join(d, side.subdir, name))]
+                if t is not None
+            ],
+            default=None,
+        )
         for name in _entries(fs, d):
             path = paths.join(d, name)
             if name.startswith(LOCK_PREFIX):
@@ -236,8 +252,11 @@ def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float)
                 mtime = _newest_mtime(fs, path)
                 if mtime is not None and side_life is not None and name.startswith(".tmp-"):
                     mtime = max(mtime, side_life)
-                if (mtime is not None and now - mtime > stale_after_s
-                        and not (name.startswith(WORK_PREFIX) and _locked(plan.root, stage, _tmp_version(name)))):
+                if (
+                    mtime is not None
+                    and now - mtime > stale_after_s
+                    and not (name.startswith(WORK_PREFIX) and _locked(plan.root, stage, _tmp_version(name)))
+                ):
                     plan.stale.append(path)
             elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):  # type: ignore[attr-defined]
                 plan.unknown.append(path)
@@ -281,8 +300,9 @@ def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) ->
     return out, unnamed
 
 
-def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage, str], Manifest], now: float,
-                    stale_after_s: float) -> None:
+def _side_decisions(
+    plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage, str], Manifest], now: float, stale_after_s: float
+) -> None:
     stale = set(plan.stale)
     for side in SIDE_ARTIFACTS:
         users: dict[str, str] = {}
@@ -292,8 +312,10 @@ def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage,
                 continue
             refs = side.refs(m)
             if refs is None:
-                keep_all = keep_all or (f"{stage}@{version} does not record which {side.subdir} it uses (manifest "
-                                        f"from before gc tracked it): kept to be safe")
+                keep_all = keep_all or (
+                    f"{stage}@{version} does not record which {side.subdir} it uses (manifest "
+                    f"from before gc tracked it): kept to be safe"
+                )
             for ref in refs or ():
                 users.setdefault(ref, f"used by {stage}@{version}")
         running, unnamed = _running_refs(fs, base, side, stale)
@@ -310,8 +332,17 @@ def _side_decisions(plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage,
             why = users.get(name) or keep_all
             if why is None and mtime is not None and now - mtime <= stale_after_s:
                 why = "built less than stale_after ago (a run may be about to use it)"
-            plan.versions.append(VersionDecision(str(side.stage), name, _iso(mtime), why is not None,
-                                                 why or "unreferenced", _du(fs, path), side.subdir))
+            plan.versions.append(
+                VersionDecision(
+                    str(side.stage),
+                    name,
+                    _iso(mtime),
+                    why is not None,
+                    why or "unreferenced",
+                    _du(fs, path),
+                    side.subdir,
+                )
+            )
 
 
 def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None) -> GcPlan:
@@ -346,9 +377,16 @@ def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, 
                 todo.append(up)
     for (stage, version), m in manifests.items():
         keep_it = (stage, version) in why
-        plan.versions.append(VersionDecision(
-            str(stage), version, m.created_at, keep_it, why.get((stage, version), "unreferenced"),
-            _du(fs, paths.join(base, str(stage), version))))
+        plan.versions.append(
+            VersionDecision(
+                str(stage),
+                version,
+                m.created_at,
+                keep_it,
+                why.get((stage, version), "unreferenced"),
+                _du(fs, paths.join(base, str(stage), version)),
+            )
+        )
     _scan(plan, fs, base, now, stale_after_s)
     _side_decisions(plan, fs, base, {k: m for k, m in manifests.items() if k in why}, now, stale_after_s)
     plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.parent, d.created_at))

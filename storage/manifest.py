@@ -60,8 +60,16 @@ class Stage(StrEnum):
 
 
 # the pipeline's stages, in order; artifacts such as QUALITY_CLASSIFIER are not listed
-STAGE_ORDER: list[Stage] = [Stage.INGEST, Stage.LANGID, Stage.QUALITY, Stage.DEDUP, Stage.DECONTAMINATE,
-                            Stage.MIX, Stage.TOKENIZE, Stage.TRAIN]
+STAGE_ORDER: list[Stage] = [
+    Stage.INGEST,
+    Stage.LANGID,
+    Stage.QUALITY,
+    Stage.DEDUP,
+    Stage.DECONTAMINATE,
+    Stage.MIX,
+    Stage.TOKENIZE,
+    Stage.TRAIN,
+]
 # upstream of artifacts outside STAGE_ORDER
 ARTIFACT_UPSTREAM: dict[Stage, Stage] = {Stage.QUALITY_CLASSIFIER: Stage.LANGID}
 
@@ -111,10 +119,16 @@ def code_version() -> str:
     """git commit of this checkout (suffix -dirty when modified), or 'unknown' outside git."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -143,8 +157,9 @@ def check_version(version: str, param: str = "version", strict: bool = True) -> 
     pattern = VERSION_ID if strict else _DIR_NAME
     if version == LATEST or (isinstance(version, str) and pattern.fullmatch(version)):
         return version
-    raise ValueError(f"{param}: expected 'latest' or a version id (12 lowercase hex characters, as "
-                     f"`pretrain status` lists them)")
+    raise ValueError(
+        f"{param}: expected 'latest' or a version id (12 lowercase hex characters, as `pretrain status` lists them)"
+    )
 
 
 def load_manifest(root: str, stage: Stage | str, version: str = "latest") -> Manifest:
@@ -160,7 +175,8 @@ def load_manifest(root: str, stage: Stage | str, version: str = "latest") -> Man
     if text is None:
         raise FileNotFoundError(
             f"'{stage}' version {ver} under {root} is not complete (no {MANIFEST}); "
-            f"`pretrain status` lists complete versions")
+            f"`pretrain status` lists complete versions"
+        )
     return Manifest.model_validate_json(text)
 
 
@@ -318,13 +334,17 @@ class VersionLock:
         timeout_s = LOCK_WAIT_S if timeout_s is None else timeout_s
         holder = self.holder()
         if on_wait is not None:
-            on_wait(f"waiting for another run of {self.where} ({holder}) to finish (lock {self.path}); waiting up "
-                    f"to {timeout_s / 3600:.3g} h, then reusing its result")
+            on_wait(
+                f"waiting for another run of {self.where} ({holder}) to finish (lock {self.path}); waiting up "
+                f"to {timeout_s / 3600:.3g} h, then reusing its result"
+            )
         deadline = time.monotonic() + timeout_s
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{self.where}: another run ({holder}) still holds {self.path} after "
-                                   f"{timeout_s / 3600:.3g} h; wait for it to finish or stop it, then run again")
+                raise TimeoutError(
+                    f"{self.where}: another run ({holder}) still holds {self.path} after "
+                    f"{timeout_s / 3600:.3g} h; wait for it to finish or stop it, then run again"
+                )
             time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
 
     def release(self) -> None:
@@ -366,10 +386,27 @@ def lock_is_held(path: str) -> bool:
         return False
 
 
-def new_manifest(stage: Stage, stage_version: int, version: str, params: dict[str, Any],
-                 inputs: dict[str, str], shards: list[ShardInfo], rejected: list[ShardInfo],
-                 stats: StageStats, extras: dict[str, Any] | None = None) -> Manifest:
-    return Manifest(stage=stage, stage_version=stage_version, version=version,
-                    created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                    code_version=code_version(), params=params, inputs=inputs, shards=shards,
-                    rejected=rejected, stats=stats, extras=extras or {})
+def new_manifest(
+    stage: Stage,
+    stage_version: int,
+    version: str,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    shards: list[ShardInfo],
+    rejected: list[ShardInfo],
+    stats: StageStats,
+    extras: dict[str, Any] | None = None,
+) -> Manifest:
+    return Manifest(
+        stage=stage,
+        stage_version=stage_version,
+        version=version,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        code_version=code_version(),
+        params=params,
+        inputs=inputs,
+        shards=shards,
+        rejected=rejected,
+        stats=stats,
+        extras=extras or {},
+    )

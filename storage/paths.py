@@ -64,9 +64,11 @@ def check_allowed(path: str, key: str) -> str:
     real = os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
     roots = allowed_roots()
     if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-        raise ValueError(f"{key}: {path} is outside the allowed directories {roots}; put the file under one of "
-                         f"them (e.g. the data root) or add its directory to ${ENV_ALLOWED_ROOTS} "
-                         f"({os.pathsep!r}-separated) on the machine that runs the stage")
+        raise ValueError(
+            f"{key}: {path} is outside the allowed directories {roots}; put the file under one of "
+            f"them (e.g. the data root) or add its directory to ${ENV_ALLOWED_ROOTS} "
+            f"({os.pathsep!r}-separated) on the machine that runs the stage"
+        )
     return real
 
 
@@ -111,9 +113,11 @@ def prefect_logging_env() -> dict[str, Any]:
 def prefect_env_defaults() -> dict[str, str]:
     """Prefect settings our commands need on a machine without internet (applied only when unset):
     no telemetry (it logs DNS errors offline) and a startup timeout that a busy 2-core box meets."""
-    defaults = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-                **prefect_logging_env()}
+    defaults = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        **prefect_logging_env(),
+    }
     return {k: v for k, v in defaults.items() if k not in os.environ or k == _LOG_ENV}
 
 

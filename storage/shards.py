@@ -59,8 +59,9 @@ def open_shard_writers(out_dir: str, index: int, extra: list[pa.Field]) -> tuple
     return kept, rejected
 
 
-def write_stream(docs: Iterable[Document], out_dir: str, index: int, extra: list[pa.Field],
-                 process: ProcessFn, stats: StageStats) -> ShardResult:
+def write_stream(
+    docs: Iterable[Document], out_dir: str, index: int, extra: list[pa.Field], process: ProcessFn, stats: StageStats
+) -> ShardResult:
     """Run `process` over `docs` and write kept + rejected shards `index` under `out_dir`."""
     t0 = time.perf_counter()
     kept_w, rej_w = open_shard_writers(out_dir, index, extra)
@@ -73,14 +74,18 @@ def write_stream(docs: Iterable[Document], out_dir: str, index: int, extra: list
     name = paths.shard_name(index)
     fs, _ = paths.filesystem(out_dir)
     return ShardResult(
-        index=index, stats=stats,
+        index=index,
+        stats=stats,
         shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
-        rejected=ShardInfo(name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows,
-                           bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))))
+        rejected=ShardInfo(
+            name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows, bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))
+        ),
+    )
 
 
-def run_document_shard(src: str, out_dir: str, index: int, process: ProcessFn,
-                       new_fields: list[pa.Field] | None = None) -> ShardResult:
+def run_document_shard(
+    src: str, out_dir: str, index: int, process: ProcessFn, new_fields: list[pa.Field] | None = None
+) -> ShardResult:
     """Stream one upstream Parquet shard through `process`; carries every input column through."""
     stats = StageStats()
     extra = extra_fields(read_schema(src)) + list(new_fields or [])

@@ -41,11 +41,15 @@ class StageStats(BaseModel):
     def merge(self, other: StageStats) -> StageStats:
         """Sum of two shard stats; seconds add up (CPU time), the flow overwrites with wall time."""
         return StageStats(
-            docs_in=self.docs_in + other.docs_in, docs_out=self.docs_out + other.docs_out,
+            docs_in=self.docs_in + other.docs_in,
+            docs_out=self.docs_out + other.docs_out,
             dropped=dict(Counter(self.dropped) + Counter(other.dropped)),
-            errors=self.errors + other.errors, bytes_in=self.bytes_in + other.bytes_in,
-            bytes_out=self.bytes_out + other.bytes_out, seconds=self.seconds + other.seconds,
-            counters=dict(Counter(self.counters) + Counter(other.counters)))
+            errors=self.errors + other.errors,
+            bytes_in=self.bytes_in + other.bytes_in,
+            bytes_out=self.bytes_out + other.bytes_out,
+            seconds=self.seconds + other.seconds,
+            counters=dict(Counter(self.counters) + Counter(other.counters)),
+        )
 
     @classmethod
     def merge_all(cls, items: list[StageStats]) -> StageStats:
@@ -57,7 +61,8 @@ class StageStats(BaseModel):
     def check_conservation(self, where: str) -> None:
         assert self.docs_in == self.docs_out + self.docs_dropped, (
             f"{where}: docs_in={self.docs_in} != docs_out={self.docs_out} + dropped={self.docs_dropped} "
-            f"({self.dropped}); a document was lost")
+            f"({self.dropped}); a document was lost"
+        )
 
     def check_error_fraction(self, max_error_fraction: float, where: str) -> None:
         """Fail the stage when too many records were unreadable (user error: ValueError with the fix)."""
@@ -66,16 +71,23 @@ class StageStats(BaseModel):
                 f"{where}: {self.errors} of {self.docs_in} records failed "
                 f"({self.errors / self.docs_in:.1%} > max_error_fraction={max_error_fraction}); "
                 f"reasons: { {k: v for k, v in self.dropped.items()} }. Fix or remove the bad inputs, or raise "
-                f"max_error_fraction in the config")
+                f"max_error_fraction in the config"
+            )
 
     def table(self) -> list[dict[str, Any]]:
         """Rows for the `<stage>-stats` Prefect table artifact and `pretrain inspect`."""
         rate = self.docs_in / self.seconds if self.seconds else 0.0
         rows: list[dict[str, Any]] = [
-            {"metric": "docs_in", "value": self.docs_in}, {"metric": "docs_out", "value": self.docs_out},
-            {"metric": "docs_dropped", "value": self.docs_dropped}]
+            {"metric": "docs_in", "value": self.docs_in},
+            {"metric": "docs_out", "value": self.docs_out},
+            {"metric": "docs_dropped", "value": self.docs_dropped},
+        ]
         rows += [{"metric": f"dropped.{k}", "value": v} for k, v in sorted(self.dropped.items())]
-        rows += [{"metric": "errors", "value": self.errors},
-                 {"metric": "bytes_in", "value": self.bytes_in}, {"metric": "bytes_out", "value": self.bytes_out},
-                 {"metric": "seconds", "value": round(self.seconds, 3)}, {"metric": "docs_per_s", "value": round(rate, 1)}]
+        rows += [
+            {"metric": "errors", "value": self.errors},
+            {"metric": "bytes_in", "value": self.bytes_in},
+            {"metric": "bytes_out", "value": self.bytes_out},
+            {"metric": "seconds", "value": round(self.seconds, 3)},
+            {"metric": "docs_per_s", "value": round(rate, 1)},
+        ]
         return rows

@@ -49,8 +49,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def shard_schema(seq_len: int, vocab_size: int, eos_id: int | None = None) -> pa.Schema:
     value_type = pa.uint16() if token_dtype(vocab_size) == np.uint16 else pa.uint32()
     meta = {"seq_len": str(seq_len), "vocab_size": str(vocab_size), "eos_id": "" if eos_id is None else str(eos_id)}
-    return pa.schema([pa.field("tokens", pa.list_(value_type, seq_len + 1)),
-                      pa.field("doc_offsets", pa.list_(pa.int32()))], metadata=meta)
+    return pa.schema(
+        [pa.field("tokens", pa.list_(value_type, seq_len + 1)), pa.field("doc_offsets", pa.list_(pa.int32()))],
+        metadata=meta,
+    )
 
 
 def pack_documents(docs: Iterable[Sequence[int]], seq_len: int, eos_id: int) -> Iterator[tuple[np.ndarray, list[int]]]:
@@ -105,8 +107,9 @@ class TokenShardWriter:
         if len(doc_offsets) != tokens.shape[0]:
             raise ValueError(f"{self.path}: {len(doc_offsets)} doc_offsets lists for {tokens.shape[0]} rows")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"{self.path}: token ids must lie in [0, {self.vocab_size}), got "
-                             f"[{tokens.min()}, {tokens.max()}]")
+            raise ValueError(
+                f"{self.path}: token ids must lie in [0, {self.vocab_size}), got [{tokens.min()}, {tokens.max()}]"
+            )
         flat_offsets = [int(o) for row in doc_offsets for o in row]
         assert all(0 <= o < row_len for o in flat_offsets), f"{self.path}: doc offset outside 0..{row_len - 1}"
         values = pa.array(np.ascontiguousarray(tokens, dtype=self.dtype).reshape(-1))
@@ -132,8 +135,9 @@ class TokenShardWriter:
     def __enter__(self) -> TokenShardWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -150,13 +154,15 @@ class TokenShards:
 
     def __init__(self, directory: str):
         if "://" in directory and not directory.startswith("file://"):
-            raise ValueError(f"{directory}: token shards are memory-mapped and must be on a local disk; "
-                             f"copy them first")
+            raise ValueError(
+                f"{directory}: token shards are memory-mapped and must be on a local disk; copy them first"
+            )
         self.directory = directory.removeprefix("file://")
         self.files = shard_files(self.directory)
         if not self.files:
-            raise FileNotFoundError(f"no {SHARD_KIND}-NNNNN.{SHARD_EXT} files in {self.directory}; "
-                                    f"run the tokenize stage")
+            raise FileNotFoundError(
+                f"no {SHARD_KIND}-NNNNN.{SHARD_EXT} files in {self.directory}; run the tokenize stage"
+            )
         self._tokens: list[np.ndarray] = []  # per record batch: zero-copy (n, seq_len + 1) views
         self._offsets: list[tuple[np.ndarray, np.ndarray]] = []  # per batch: (list offsets, flat values)
         self._maps: list[pa.MemoryMappedFile] = []
@@ -175,8 +181,10 @@ class TokenShards:
         seq_len, vocab = int(meta["seq_len"]), int(meta["vocab_size"])
         eos = int(meta["eos_id"]) if meta.get("eos_id") else None
         if self._maps and (seq_len, vocab, eos) != (self.seq_len, self.vocab_size, self.eos_id):
-            raise ValueError(f"{file}: seq_len/vocab_size/eos_id {seq_len, vocab, eos} differ from "
-                             f"{self.files[0]}: {self.seq_len, self.vocab_size, self.eos_id}")
+            raise ValueError(
+                f"{file}: seq_len/vocab_size/eos_id {seq_len, vocab, eos} differ from "
+                f"{self.files[0]}: {self.seq_len, self.vocab_size, self.eos_id}"
+            )
         self.seq_len, self.vocab_size, self.eos_id = seq_len, vocab, eos
         self._maps.append(mm)
         row_len = seq_len + 1
@@ -188,8 +196,9 @@ class TokenShards:
             flat = tok.values.slice(tok.offset * row_len, len(tok) * row_len)
             self._tokens.append(flat.to_numpy(zero_copy_only=True).reshape(len(tok), row_len))
             offs = batch.column(1)
-            self._offsets.append((offs.offsets.to_numpy(zero_copy_only=True),
-                                  offs.values.to_numpy(zero_copy_only=True)))
+            self._offsets.append(
+                (offs.offsets.to_numpy(zero_copy_only=True), offs.values.to_numpy(zero_copy_only=True))
+            )
 
     @property
     def dtype(self) -> np.dtype:
@@ -224,7 +233,7 @@ class TokenShards:
         out = []
         for b, r in zip(batch.tolist(), row.tolist(), strict=True):
             list_offsets, values = self._offsets[b]
-            out.append(values[list_offsets[r]:list_offsets[r + 1]].copy())
+            out.append(values[list_offsets[r] : list_offsets[r + 1]].copy())
         return out
 
     def iter_chunks(self) -> Iterator[np.ndarray]:
@@ -232,8 +241,9 @@ class TokenShards:
         yield from self._tokens
 
 
-def to_torch(rows: np.ndarray, device: str | torch.device = "cpu",
-             pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def to_torch(
+    rows: np.ndarray, device: str | torch.device = "cpu", pin: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) int64 tensors from rows (n, seq_len + 1): x = rows[:, :-1], y = rows[:, 1:]."""
     t = torch.from_numpy(rows.astype(np.int64))
     if pin and torch.cuda.is_available():

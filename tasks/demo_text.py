@@ -44,21 +44,66 @@ from tasks.text import ngrams, words
 
 # Parts of the stdlib that some distributions ship separately (Debian: idle, tk, lib2to3, distutils)
 # or that vary per install (site-packages): leaving them out keeps the pool the same everywhere.
-_SKIP_PARTS = {"test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "distutils",
-               "site-packages", "pydoc_data", "__phello__", "encodings"}  # encodings: generated codec stubs
+_SKIP_PARTS = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "distutils",
+    "site-packages",
+    "pydoc_data",
+    "__phello__",
+    "encodings",
+}  # encodings: generated codec stubs
 _SKIP_PREFIXES = ("_sysconfigdata", "sitecustomize", "_distutils_system_mod")
 # Modules compiled from CPython's own sources on every Linux build (no optional system library).
-BUILTIN_MODULES = ("builtins", "sys", "math", "cmath", "itertools", "time", "gc", "posix", "_socket", "_decimal",
-                   "_io", "select", "mmap", "array", "unicodedata", "binascii", "_pickle", "_csv", "_struct",
-                   "_operator", "_collections", "_signal", "_thread", "faulthandler", "_codecs", "_asyncio",
-                   "_contextvars", "pyexpat", "fcntl", "termios", "_stat", "marshal", "_datetime", "_heapq",
-                   "_bisect", "_queue", "_lsprof")
+BUILTIN_MODULES = (
+    "builtins",
+    "sys",
+    "math",
+    "cmath",
+    "itertools",
+    "time",
+    "gc",
+    "posix",
+    "_socket",
+    "_decimal",
+    "_io",
+    "select",
+    "mmap",
+    "array",
+    "unicodedata",
+    "binascii",
+    "_pickle",
+    "_csv",
+    "_struct",
+    "_operator",
+    "_collections",
+    "_signal",
+    "_thread",
+    "faulthandler",
+    "_codecs",
+    "_asyncio",
+    "_contextvars",
+    "pyexpat",
+    "fcntl",
+    "termios",
+    "_stat",
+    "marshal",
+    "_datetime",
+    "_heapq",
+    "_bisect",
+    "_queue",
+    "_lsprof",
+)
 
 _BLANK = re.compile(r"\n\s*\n")
 _WS = re.compile(r"\s+")
 _BULLET = re.compile(r"^(?:[*+-]|\d+\.)\s+")
-_REJECT = re.compile(r"[{}#]|>>>|\.\.\.$|://|lorem ipsum|javascript|copyright|\btodo\b|fixme|\bxxx\b",
-                     re.IGNORECASE)
+_REJECT = re.compile(r"[{}#]|>>>|\.\.\.$|://|lorem ipsum|javascript|copyright|\btodo\b|fixme|\bxxx\b", re.IGNORECASE)
 _UNDERLINE = re.compile(r"^([*=~^-])\1{2,}$")
 _TERMINAL = (".", "!", "?", ":", ".)")
 _CORE = re.compile(r"\w(?:.*\w)?", re.DOTALL)
@@ -132,7 +177,7 @@ def gopher_tokens(text: str) -> list[str]:
         if core is None:
             tokens += chunk
         else:
-            tokens += [*chunk[:core.start()], core.group(), *chunk[core.end():]]
+            tokens += [*chunk[: core.start()], core.group(), *chunk[core.end() :]]
     return tokens
 
 
@@ -224,8 +269,9 @@ def _module_title(module: str, doc: str) -> tuple[str, str]:
     return f"The {module} module", doc
 
 
-def _walk_defs(node: ast.AST, prefix: str) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef
-                                                             | ast.ClassDef]]:
+def _walk_defs(
+    node: ast.AST, prefix: str
+) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]]:
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             yield f"{prefix}{child.name}", child
@@ -250,7 +296,7 @@ def _snippet(module: str, qualname: str, node: ast.AST, lines: list[str]) -> Cod
     end = node.end_lineno or node.lineno
     if node.name.startswith("_") or not 8 <= end - start + 1 <= 30 or ast.get_docstring(node) is None:
         return None
-    code = textwrap.dedent("\n".join(lines[start - 1:end]))
+    code = textwrap.dedent("\n".join(lines[start - 1 : end]))
     if re.search(r"[{}\t]", code) or code.count("#") > 2 or max(map(len, code.splitlines())) > 99:
         return None
     if alpha_ratio(code) < MIN_CODE_ALPHA_RATIO:  # docstring-rich functions keep code pages above 0.8
@@ -258,7 +304,7 @@ def _snippet(module: str, qualname: str, node: ast.AST, lines: list[str]) -> Cod
     return CodeSnippet(f"python-stdlib-source:{module}.{qualname}", qualname, code)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse_stdlib_file(relpath: str) -> StdlibFile:
     """Docstring and comment prose plus code snippets of one stdlib file (cached per process)."""
     module = _module_name(relpath)
@@ -269,11 +315,17 @@ def parse_stdlib_file(relpath: str) -> StdlibFile:
     defs = list(_walk_defs(tree, ""))
     pairs += [(name, ast.get_docstring(node) or "") for name, node in defs]
     lines = source.splitlines()
-    snippets = [s for name, node in defs if not isinstance(node, ast.ClassDef)
-                and (s := _snippet(module, name, node, lines))]
-    docs = (SourceDoc(title, f"python-stdlib-docstring:{module}", _docstring_blocks(pairs)),
-            SourceDoc(f"Implementation notes on {module}", f"python-stdlib-comments:{module}",
-                      tuple(Block("p", p) for p in comment_paragraphs(source))))
+    snippets = [
+        s for name, node in defs if not isinstance(node, ast.ClassDef) and (s := _snippet(module, name, node, lines))
+    ]
+    docs = (
+        SourceDoc(title, f"python-stdlib-docstring:{module}", _docstring_blocks(pairs)),
+        SourceDoc(
+            f"Implementation notes on {module}",
+            f"python-stdlib-comments:{module}",
+            tuple(Block("p", p) for p in comment_paragraphs(source)),
+        ),
+    )
     return StdlibFile(module, docs, tuple(snippets))
 
 
@@ -299,8 +351,11 @@ def _builtin_doc(name: str) -> list[SourceDoc]:
             continue
         pairs.append((attr, inspect.getdoc(obj) or ""))
         if inspect.isclass(obj):
-            pairs += [(f"{attr}.{m}", inspect.getdoc(v) or "") for m, v in sorted(vars(obj).items())
-                      if not m.startswith("_") and isinstance(getattr(v, "__doc__", None), str)]
+            pairs += [
+                (f"{attr}.{m}", inspect.getdoc(v) or "")
+                for m, v in sorted(vars(obj).items())
+                if not m.startswith("_") and isinstance(getattr(v, "__doc__", None), str)
+            ]
     title = "Built-in functions and types" if module is builtins else f"The built-in {name} module"
     return [SourceDoc(title, f"python-builtin-docstring:{name}", _docstring_blocks(pairs))]
 
@@ -317,7 +372,8 @@ def _doc_loaders(rng: random.Random) -> list[Callable[[], list[SourceDoc]]]:
         groups[f"builtin:{name}"] = [functools.partial(_builtin_doc, name)]
     for rel in stdlib_files():
         groups.setdefault(f"file:{rel.split('/')[0].removesuffix('.py')}", []).append(
-            functools.partial(_file_docs, rel))
+            functools.partial(_file_docs, rel)
+        )
     order = list(groups)
     rng.shuffle(order)
     return [loader for key in order for loader in groups[key]]

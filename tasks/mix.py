@@ -86,29 +86,49 @@ class MixParams(StageParams):
     weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
         description="Target share of the mixed characters per source (normalised to sum 1). Sources of the input "
-                    "that are absent here or weighted 0 are left out (reason source_not_in_mix).")
+        "that are absent here or weighted 0 are left out (reason source_not_in_mix).",
+    )
     source_rules: list[SourceRule] = Field(
         default_factory=lambda: list(DEFAULT_SOURCE_RULES),
         description="Ordered URL rules {pattern: regex, field: host|path|url, source: name}; the first match "
-                    "gives the source of documents whose source ingest derived from the URL (source_from: url); "
-                    "no match gives 'web'. Documents that brought their own source keep it. Defaults: the "
-                    "tasks/sources.py table ingest uses (wikipedia, code, academic, forum, news).")
+        "gives the source of documents whose source ingest derived from the URL (source_from: url); "
+        "no match gives 'web'. Documents that brought their own source keep it. Defaults: the "
+        "tasks/sources.py table ingest uses (wikipedia, code, academic, forum, news).",
+    )
     on_absent_source: Literal["redistribute", "error"] = Field(
-        "redistribute", description="A weighted source with no documents in the input: share its weight among "
-                                    "the present sources in proportion (logged and reported), or fail.")
-    budget_chars: Optional[int] = Field(None, ge=1, description="Total characters of the mix. Default (with "
-                                        "budget_tokens unset): every document at least once, the sources at "
-                                        "their target shares by up-sampling up to max_repeats (a source that "
-                                        "needs more is capped and reported below target; nothing is dropped).")
-    budget_tokens: Optional[int] = Field(None, ge=1, description="Total budget in tokens, converted to characters "
-                                         "with chars_per_token (an estimate: the tokenizer is trained later).")
+        "redistribute",
+        description="A weighted source with no documents in the input: share its weight among "
+        "the present sources in proportion (logged and reported), or fail.",
+    )
+    budget_chars: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Total characters of the mix. Default (with "
+        "budget_tokens unset): every document at least once, the sources at "
+        "their target shares by up-sampling up to max_repeats (a source that "
+        "needs more is capped and reported below target; nothing is dropped).",
+    )
+    budget_tokens: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Total budget in tokens, converted to characters "
+        "with chars_per_token (an estimate: the tokenizer is trained later).",
+    )
     chars_per_token: float = Field(4.0, gt=0, le=100, description="Characters per token for budget_tokens.")
     max_repeats: float = Field(4.0, ge=1, le=64, description="Most epochs over any source (up-sampling limit).")
-    allow_shortfall: bool = Field(False, description="When a source cannot reach its target within max_repeats "
-                                  "(or is missing), cap it and share its deficit among the others instead of "
-                                  "failing; the report shows the renormalised shares.")
-    anneal_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the mixed characters, highest "
-                                   "quality_score first, written to anneal/ for the end of training (0 = off).")
+    allow_shortfall: bool = Field(
+        False,
+        description="When a source cannot reach its target within max_repeats "
+        "(or is missing), cap it and share its deficit among the others instead of "
+        "failing; the report shows the renormalised shares.",
+    )
+    anneal_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the mixed characters, highest "
+        "quality_score first, written to anneal/ for the end of training (0 = off).",
+    )
     seed: int = Field(0, ge=0, description="Seed of the per-document sampling hash.")
 
     @model_validator(mode="after")
@@ -121,12 +141,15 @@ class MixParams(StageParams):
         if self.budget_chars is not None and self.budget_tokens is not None:
             raise ValueError("set budget_chars or budget_tokens, not both")
         defaults = set(DEFAULT_SOURCE_RULES)
-        unweighted = [(i, r.source) for i, r in enumerate(self.source_rules)
-                      if r not in defaults and r.source not in self.weights]
+        unweighted = [
+            (i, r.source) for i, r in enumerate(self.source_rules) if r not in defaults and r.source not in self.weights
+        ]
         if unweighted:
             i, name = unweighted[0]
-            raise ValueError(f"source_rules[{i}] maps URLs to source '{name}', which has no entry in weights, so "
-                             f"its documents would be dropped; add weights.{name} (0 to drop them on purpose)")
+            raise ValueError(
+                f"source_rules[{i}] maps URLs to source '{name}', which has no entry in weights, so "
+                f"its documents would be dropped; add weights.{name} (0 to drop them on purpose)"
+            )
         return self
 
     def budget(self) -> float | None:
@@ -142,21 +165,30 @@ class SourceCounts(BaseModel):
     quality_chars: list[int] = Field(default_factory=list)
 
     def merge(self, o: SourceCounts) -> SourceCounts:
-        q = (np.asarray(self.quality_chars or [0] * QUALITY_BINS) + np.asarray(o.quality_chars or [0] * QUALITY_BINS)
-             if (self.quality_chars or o.quality_chars) else np.zeros(0, dtype=np.int64))
-        return SourceCounts(docs=self.docs + o.docs, chars=self.chars + o.chars,
-                            key_chars=(np.asarray(self.key_chars) + np.asarray(o.key_chars)).tolist(),
-                            quality_chars=q.tolist())
+        q = (
+            np.asarray(self.quality_chars or [0] * QUALITY_BINS) + np.asarray(o.quality_chars or [0] * QUALITY_BINS)
+            if (self.quality_chars or o.quality_chars)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return SourceCounts(
+            docs=self.docs + o.docs,
+            chars=self.chars + o.chars,
+            key_chars=(np.asarray(self.key_chars) + np.asarray(o.key_chars)).tolist(),
+            quality_chars=q.tolist(),
+        )
 
 
 class SourcePlan(BaseModel):
     weight: float = Field(description="Configured share: the weight normalised over the weighted sources.")
-    share_target: float = Field(0.0, description="Target share after the shares of absent sources were "
-                                "redistributed (0 for an absent source).")
-    share_planned: float = Field(0.0, description="target_chars / the planned total: below share_target when "
-                                 "capped at max_repeats.")
-    status: Literal["ok", "absent", "capped"] = Field("ok", description="absent: no documents, share "
-                                                      "redistributed; capped: needs more than max_repeats.")
+    share_target: float = Field(
+        0.0, description="Target share after the shares of absent sources were redistributed (0 for an absent source)."
+    )
+    share_planned: float = Field(
+        0.0, description="target_chars / the planned total: below share_target when capped at max_repeats."
+    )
+    status: Literal["ok", "absent", "capped"] = Field(
+        "ok", description="absent: no documents, share redistributed; capped: needs more than max_repeats."
+    )
     available_docs: int
     available_chars: int
     target_chars: float = Field(description="Planned characters (after any renormalisation).")
@@ -172,14 +204,18 @@ class MixPlan(BaseModel):
     sources: dict[str, SourcePlan]
     excluded: dict[str, int] = Field(description="Input sources without positive weight -> documents.")
     renormalised: bool
-    redistributed: dict[str, float] = Field(default_factory=dict, description="Absent source -> its configured "
-                                            "share, given to the present sources in proportion to their weights.")
+    redistributed: dict[str, float] = Field(
+        default_factory=dict,
+        description="Absent source -> its configured "
+        "share, given to the present sources in proportion to their weights.",
+    )
     capped: list[str] = Field(default_factory=list, description="Sources held at max_repeats below their target.")
     anneal_threshold: Optional[float] = None
 
 
 class MixJob(StageParams):
     """What a `mix_shard` task needs: the params and the global plan."""
+
     params: MixParams
     plan: MixPlan
 
@@ -193,8 +229,9 @@ def sample_key(salt: str, seed: int, doc_id: str) -> float:
     return hash64(f"{salt}:{seed}:{doc_id}") / 2.0**64
 
 
-def resolve_source(source: Optional[str], url: Optional[str], origin: Optional[str],
-                   rules: Sequence[SourceRule]) -> str:
+def resolve_source(
+    source: Optional[str], url: Optional[str], origin: Optional[str], rules: Sequence[SourceRule]
+) -> str:
     """The source mix uses: re-derived from the URL by `rules` when ingest derived it (origin "url")."""
     if origin == "url":
         return classify_source(url or "", rules)
@@ -206,21 +243,31 @@ def batch_sources(b: pa.RecordBatch, rules: Sequence[SourceRule]) -> list[str]:
     stored = b.column("source").to_pylist()
     if SOURCE_FROM not in b.schema.names:
         return [s or FALLBACK_SOURCE for s in stored]
-    return [resolve_source(s, u, o, rules) for s, u, o in
-            zip(stored, b.column("url").to_pylist(), b.column(SOURCE_FROM).to_pylist())]
+    return [
+        resolve_source(s, u, o, rules)
+        for s, u, o in zip(stored, b.column("url").to_pylist(), b.column(SOURCE_FROM).to_pylist())
+    ]
 
 
-def count_batches(batches: Iterable[pa.RecordBatch], seed: int, with_quality: bool,
-                  rules: Sequence[SourceRule] = DEFAULT_SOURCE_RULES) -> dict[str, SourceCounts]:
+def count_batches(
+    batches: Iterable[pa.RecordBatch], seed: int, with_quality: bool, rules: Sequence[SourceRule] = DEFAULT_SOURCE_RULES
+) -> dict[str, SourceCounts]:
     """Documents, characters and key / quality histograms per (resolved) source."""
     hists: dict[str, list[np.ndarray]] = {}
     totals: dict[str, list[int]] = {}
     for b in batches:
         chars = pc.fill_null(pc.utf8_length(b.column("text")), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        keys = np.array([int(sample_key("mix", seed, i) * HASH_BUCKETS) for i in b.column("id").to_pylist()],
-                        dtype=np.int64)
-        quality = (np.nan_to_num(pc.fill_null(b.column("quality_score").cast(pa.float64()), -1.0).to_numpy(
-            zero_copy_only=False), nan=-1.0) if with_quality else None)
+        keys = np.array(
+            [int(sample_key("mix", seed, i) * HASH_BUCKETS) for i in b.column("id").to_pylist()], dtype=np.int64
+        )
+        quality = (
+            np.nan_to_num(
+                pc.fill_null(b.column("quality_score").cast(pa.float64()), -1.0).to_numpy(zero_copy_only=False),
+                nan=-1.0,
+            )
+            if with_quality
+            else None
+        )
         sources = np.array(batch_sources(b, rules), dtype=object)
         for s in np.unique(sources):
             m = sources == s
@@ -233,9 +280,15 @@ def count_batches(batches: Iterable[pa.RecordBatch], seed: int, with_quality: bo
             t = totals.setdefault(s, [0, 0])
             t[0] += int(m.sum())
             t[1] += int(chars[m].sum())
-    return {s: SourceCounts(docs=totals[s][0], chars=totals[s][1], key_chars=h[0].tolist(),
-                            quality_chars=h[1].tolist() if with_quality else [])
-            for s, h in sorted(hists.items())}
+    return {
+        s: SourceCounts(
+            docs=totals[s][0],
+            chars=totals[s][1],
+            key_chars=h[0].tolist(),
+            quality_chars=h[1].tolist() if with_quality else [],
+        )
+        for s, h in sorted(hists.items())
+    }
 
 
 def merge_counts(parts: Iterable[dict[str, SourceCounts]]) -> dict[str, SourceCounts]:
@@ -257,7 +310,7 @@ def key_threshold(key_chars: np.ndarray, fraction: float) -> float:
     target = fraction * total
     b = int(np.searchsorted(cum, target))
     before = cum[b - 1] if b > 0 else 0.0
-    return min(1.0, (b + (target - before) / key_chars[b]) / len(key_chars))
+    return min(1.0, float((b + (target - before) / key_chars[b]) / len(key_chars)))
 
 
 def allocate(weights: dict[str, float], caps: dict[str, float], total: float) -> dict[str, float]:
@@ -278,17 +331,22 @@ def allocate(weights: dict[str, float], caps: dict[str, float], total: float) ->
     return alloc
 
 
-def _shortfall_error(short: dict[str, float], wanted: dict[str, float], avail: dict[str, int],
-                     budget: float, params: MixParams) -> ValueError:
+def _shortfall_error(
+    short: dict[str, float], wanted: dict[str, float], avail: dict[str, int], budget: float, params: MixParams
+) -> ValueError:
     lines = [f"mix: the target mixture cannot be met within max_repeats={params.max_repeats:g}:"]
     for s, gap in short.items():
-        lines.append(f"  - source '{s}' is short by {gap:,.0f} characters ({gap / wanted[s]:.0%} of its target "
-                     f"{wanted[s]:,.0f} of a {budget:,.0f}-character budget): it has {avail[s]:,} characters, "
-                     f"x max_repeats {params.max_repeats:g} = {avail[s] * params.max_repeats:,.0f}")
+        lines.append(
+            f"  - source '{s}' is short by {gap:,.0f} characters ({gap / wanted[s]:.0%} of its target "
+            f"{wanted[s]:,.0f} of a {budget:,.0f}-character budget): it has {avail[s]:,} characters, "
+            f"x max_repeats {params.max_repeats:g} = {avail[s] * params.max_repeats:,.0f}"
+        )
     names = ", ".join(f"mix.weights.{s}" for s in short)
-    lines.append(f"Fix: lower mix.budget_chars/mix.budget_tokens or {names}, raise mix.max_repeats, set "
-                 f"mix.allow_shortfall: true (the deficit is then shared among the other sources and reported), "
-                 f"or unset the budget (every document at least once, scarce sources capped at max_repeats).")
+    lines.append(
+        f"Fix: lower mix.budget_chars/mix.budget_tokens or {names}, raise mix.max_repeats, set "
+        f"mix.allow_shortfall: true (the deficit is then shared among the other sources and reported), "
+        f"or unset the budget (every document at least once, scarce sources capped at max_repeats)."
+    )
     return ValueError("\n".join(lines))
 
 
@@ -300,18 +358,26 @@ def target_shares(counts: dict[str, SourceCounts], params: MixParams) -> tuple[d
     present = [s for s in counts if counts[s].chars > 0]
     have = {s: v for s, v in raw.items() if s in counts and counts[s].chars > 0}
     if not have:
-        raise ValueError(f"mix: none of the weighted sources {sorted(raw)} has any text in the input (sources "
-                         f"present: {present or 'none'}); set mix.weights for the input's sources (or check "
-                         f"mix.source_rules)")
+        raise ValueError(
+            f"mix: none of the weighted sources {sorted(raw)} has any text in the input (sources "
+            f"present: {present or 'none'}); set mix.weights for the input's sources (or check "
+            f"mix.source_rules)"
+        )
     absent = {s: v for s, v in configured.items() if s not in have}
     if absent and params.on_absent_source == "error":
-        raise ValueError(f"mix: weighted sources {sorted(absent)} have no documents in the input (sources present: "
-                         f"{', '.join(present)}). Fix: remove them from mix.weights, check mix.source_rules, or set "
-                         f"mix.on_absent_source: redistribute")
+        raise ValueError(
+            f"mix: weighted sources {sorted(absent)} have no documents in the input (sources present: "
+            f"{', '.join(present)}). Fix: remove them from mix.weights, check mix.source_rules, or set "
+            f"mix.on_absent_source: redistribute"
+        )
     if absent:
-        log.warning("mix: weighted sources %s have no documents in the input; their %.1f%% share is redistributed "
-                    "over %s in proportion to their weights", sorted(absent), 100 * sum(absent.values()),
-                    sorted(have))
+        log.warning(
+            "mix: weighted sources %s have no documents in the input; their %.1f%% share is redistributed "
+            "over %s in proportion to their weights",
+            sorted(absent),
+            100 * sum(absent.values()),
+            sorted(have),
+        )
     return configured, {s: v / sum(have.values()) for s, v in have.items()}
 
 
@@ -333,9 +399,13 @@ def plan_mix(counts: dict[str, SourceCounts], params: MixParams) -> MixPlan:
     if short and budget is not None and not params.allow_shortfall:
         raise _shortfall_error(short, wanted, avail, total, params)
     if short:
-        log.info("mix: sources %s would need more than max_repeats=%g epochs to reach their target characters and "
-                 "are capped (planned vs target share: %s)", sorted(short), params.max_repeats,
-                 ", ".join(f"{s} {targets[s] / total:.1%} vs {w[s]:.1%}" for s in sorted(short)))
+        log.info(
+            "mix: sources %s would need more than max_repeats=%g epochs to reach their target characters and "
+            "are capped (planned vs target share: %s)",
+            sorted(short),
+            params.max_repeats,
+            ", ".join(f"{s} {targets[s] / total:.1%} vs {w[s]:.1%}" for s in sorted(short)),
+        )
     sources = {}
     for s, weight in configured.items():
         a = avail.get(s, 0)
@@ -344,19 +414,34 @@ def plan_mix(counts: dict[str, SourceCounts], params: MixParams) -> MixPlan:
         full = int(math.floor(rate))
         hist = np.asarray(counts[s].key_chars if s in counts else [0] * HASH_BUCKETS, dtype=np.int64)
         status: Literal["ok", "absent", "capped"] = "absent" if s not in w else "capped" if s in short else "ok"
-        sources[s] = SourcePlan(weight=weight, share_target=w.get(s, 0.0),
-                                share_planned=targets.get(s, 0.0) / total, status=status,
-                                available_docs=counts[s].docs if s in counts else 0, available_chars=a,
-                                target_chars=targets.get(s, 0.0), wanted_chars=wanted.get(s, 0.0), rate=rate,
-                                full_copies=full, threshold=key_threshold(hist, rate - full))
+        sources[s] = SourcePlan(
+            weight=weight,
+            share_target=w.get(s, 0.0),
+            share_planned=targets.get(s, 0.0) / total,
+            status=status,
+            available_docs=counts[s].docs if s in counts else 0,
+            available_chars=a,
+            target_chars=targets.get(s, 0.0),
+            wanted_chars=wanted.get(s, 0.0),
+            rate=rate,
+            full_copies=full,
+            threshold=key_threshold(hist, rate - full),
+        )
     excluded = {s: c.docs for s, c in counts.items() if s not in configured}
     if excluded:
         log.warning("mix: input sources without positive weight are left out (%s): %s", DROP_UNWEIGHTED, excluded)
     budget_from: Literal["budget_chars", "budget_tokens", "all_data"] = (
-        "budget_tokens" if params.budget_tokens is not None else "budget_chars" if params.budget_chars else "all_data")
-    plan = MixPlan(budget_chars=total, budget_from=budget_from, sources=sources, excluded=excluded,
-                   renormalised=bool(short) and budget is not None,
-                   redistributed={s: configured[s] for s in configured if s not in w}, capped=sorted(short))
+        "budget_tokens" if params.budget_tokens is not None else "budget_chars" if params.budget_chars else "all_data"
+    )
+    plan = MixPlan(
+        budget_chars=total,
+        budget_from=budget_from,
+        sources=sources,
+        excluded=excluded,
+        renormalised=bool(short) and budget is not None,
+        redistributed={s: configured[s] for s in configured if s not in w},
+        capped=sorted(short),
+    )
     if params.anneal_fraction > 0:
         plan.anneal_threshold = anneal_threshold(counts, plan, params.anneal_fraction)
     return plan
@@ -375,7 +460,7 @@ def anneal_threshold(counts: dict[str, SourceCounts], plan: MixPlan, fraction: f
     i = int(np.searchsorted(above, target))
     b = QUALITY_BINS - 1 - i  # the bin where the target is crossed
     before = above[i - 1] if i > 0 else 0.0
-    return (b + 1 - (target - before) / expected[b]) / QUALITY_BINS
+    return float((b + 1 - (target - before) / expected[b]) / QUALITY_BINS)
 
 
 def n_copies(doc: Document, plan: MixPlan, seed: int) -> int:
@@ -403,8 +488,9 @@ def _resolve(doc: Document, rules: Sequence[SourceRule]) -> bool:
     return changed
 
 
-def process(read: Callable[[], Iterable[Document]], job: MixJob, stats: StageStats,
-            rejects: Rejects) -> Iterator[Document]:
+def process(
+    read: Callable[[], Iterable[Document]], job: MixJob, stats: StageStats, rejects: Rejects
+) -> Iterator[Document]:
     """Copies of one shard's documents: every first copy, then every second copy, and so on."""
     plan, seed, rules = job.plan, job.params.seed, job.params.source_rules
     most = 0
@@ -442,10 +528,15 @@ def mix_count_shard(src: str, params: MixParams) -> dict[str, SourceCounts]:
     with_quality = params.anneal_fraction > 0
     names = read_schema(src).names
     if with_quality and "quality_score" not in names:
-        raise ValueError(f"{src}: mix.anneal_fraction={params.anneal_fraction} needs a quality_score column, which "
-                         f"this shard lacks; run the quality stage upstream or set mix.anneal_fraction: 0")
-    cols = ["id", "text", "source"] + (["url", SOURCE_FROM] if SOURCE_FROM in names else []) + (
-        ["quality_score"] if with_quality else [])
+        raise ValueError(
+            f"{src}: mix.anneal_fraction={params.anneal_fraction} needs a quality_score column, which "
+            f"this shard lacks; run the quality stage upstream or set mix.anneal_fraction: 0"
+        )
+    cols = (
+        ["id", "text", "source"]
+        + (["url", SOURCE_FROM] if SOURCE_FROM in names else [])
+        + (["quality_score"] if with_quality else [])
+    )
     return count_batches(iter_batches(src, columns=cols), params.seed, with_quality, params.source_rules)
 
 
@@ -456,9 +547,12 @@ def mix_shard(src: str, out_dir: str, index: int, job: MixJob) -> MixShardResult
     extra = extra_fields(read_schema(src)) + [REPEAT_FIELD]
     name = paths.shard_name(index)
     kept, rejected = open_shard_writers(out_dir, index, extra)
-    anneal = (DocumentWriter(paths.join(out_dir, ANNEAL_DIR, name), extra=extra)
-              if job.plan.anneal_threshold is not None else None)
-    with kept, rejected, (anneal if anneal is not None else nullcontext()):
+    anneal = (
+        DocumentWriter(paths.join(out_dir, ANNEAL_DIR, name), extra=extra)
+        if job.plan.anneal_threshold is not None
+        else None
+    )
+    with kept, rejected, anneal if anneal is not None else nullcontext():
         for doc in process(lambda: read_documents(src), job, stats, Rejects(rejected, stats)):
             dest = anneal if anneal is not None and is_anneal(doc, job.plan) else kept
             dest.write(doc)
@@ -466,12 +560,15 @@ def mix_shard(src: str, out_dir: str, index: int, job: MixJob) -> MixShardResult
                 stats.count("anneal_copies")
                 stats.count("anneal_chars", len(doc.text))
     stats.bytes_out = kept.text_bytes + (anneal.text_bytes if anneal is not None else 0)
-    return MixShardResult(index=index, stats=stats, shard=_shard_info(kept, name),
-                          rejected=_shard_info(rejected, f"rejected/{name}"),
-                          anneal=_shard_info(anneal, f"{ANNEAL_DIR}/{name}") if anneal is not None else None)
+    return MixShardResult(
+        index=index,
+        stats=stats,
+        shard=_shard_info(kept, name),
+        rejected=_shard_info(rejected, f"rejected/{name}"),
+        anneal=_shard_info(anneal, f"{ANNEAL_DIR}/{name}") if anneal is not None else None,
+    )
 
 
 def _shard_info(writer: DocumentWriter, name: str) -> ShardInfo:
     fs, p = paths.filesystem(writer.path)
     return ShardInfo(name=name, rows=writer.rows, bytes=int(fs.size(p)))
-

@@ -146,21 +146,30 @@ def _item_hashes(source: IndexSource) -> tuple[np.ndarray, np.ndarray, np.ndarra
         short += longest == 0
         whole += 0 < longest < n
     wh = np.concatenate(parts) if parts else np.empty(0, np.uint64)
-    start, size, length, item = (np.asarray(x, dtype=np.int64) for x in (starts, sizes, lens, owner))
-    full = size == n
-    counts = length[full] - n + 1
+    start_a, size_a, length_a, item_a = (np.asarray(x, dtype=np.int64) for x in (starts, sizes, lens, owner))
+    full = size_a == n
+    counts = length_a[full] - n + 1
     first = np.cumsum(counts) - counts
-    pos = np.arange(int(counts.sum())) - np.repeat(first, counts) + np.repeat(start[full], counts)
-    hs, ls, its = [rolling_ngram_hashes(wh, n)[pos]], [np.full(len(pos), n, np.uint8)], [np.repeat(item[full], counts)]
-    for k in np.unique(size[~full]).tolist():
-        sel = size == k
-        hs.append(window_hashes(wh, start[sel], k))
+    pos = np.arange(int(counts.sum())) - np.repeat(first, counts) + np.repeat(start_a[full], counts)
+    hs = [rolling_ngram_hashes(wh, n)[pos]]
+    ls = [np.full(len(pos), n, np.uint8)]
+    its = [np.repeat(item_a[full], counts)]
+    for k in np.unique(size_a[~full]).tolist():
+        sel = size_a == k
+        hs.append(window_hashes(wh, start_a[sel], k))
         ls.append(np.full(int(sel.sum()), k, np.uint8))
-        its.append(item[sel])
+        its.append(item_a[sel])
     item_all = np.concatenate(its)
     order = np.argsort(item_all, kind="stable")  # item order, so build_index needs one stable sort by hash
-    return (np.concatenate(hs)[order], np.concatenate(ls)[order], item_all[order].astype(np.uint32), ids, previews,
-            short, whole)
+    return (
+        np.concatenate(hs)[order],
+        np.concatenate(ls)[order],
+        item_all[order].astype(np.uint32),
+        ids,
+        previews,
+        short,
+        whole,
+    )
 
 
 def build_index(sources: list[IndexSource], max_items_per_ngram: int) -> tuple[NgramIndex, dict[str, Any]]:
@@ -175,8 +184,17 @@ def build_index(sources: list[IndexSource], max_items_per_ngram: int) -> tuple[N
         h, length, item, ids, prev, short, whole = _item_hashes(src)
         item_ids.append(ids)
         previews.append(prev)
-        per_bench.append({"name": src.name, "source": src.where, "n": src.n, "min_words": src.min_words,
-                          "items": len(ids), "items_too_short": short, "items_whole": whole})
+        per_bench.append(
+            {
+                "name": src.name,
+                "source": src.where,
+                "n": src.n,
+                "min_words": src.min_words,
+                "items": len(ids),
+                "items_too_short": short,
+                "items_whole": whole,
+            }
+        )
         hs.append(h)
         ls.append(length)
         bs.append(np.full(len(h), b, dtype=np.uint16))
@@ -198,8 +216,16 @@ def build_index(sources: list[IndexSource], max_items_per_ngram: int) -> tuple[N
     keep = counts <= max_items_per_ngram
     kept_rows = keep[inverse]
     offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
-    index = NgramIndex(uniq[keep], length[first[keep]], offsets, bench[kept_rows], item[kept_rows],
-                       [s.name for s in sources], item_ids, previews)
+    index = NgramIndex(
+        uniq[keep],
+        length[first[keep]],
+        offsets,
+        bench[kept_rows],
+        item[kept_rows],
+        [s.name for s in sources],
+        item_ids,
+        previews,
+    )
     kept_items = np.unique((bench[kept_rows].astype(np.uint64) << np.uint64(32)) | item[kept_rows])
     indexed_per_bench = np.bincount((kept_items >> np.uint64(32)).astype(np.int64), minlength=len(sources))
     ngrams_per_bench = np.bincount(index.owner_bench.astype(np.int64), minlength=len(sources))
@@ -208,9 +234,15 @@ def build_index(sources: list[IndexSource], max_items_per_ngram: int) -> tuple[N
         row["ngrams"] = int(ngrams_per_bench[b])
         if row["items_indexed"] == 0:
             _no_usable_items(row, max_items_per_ngram)
-    summary = {"ngrams": len(index.hashes), "lengths": index.lengths, "max_items_per_ngram": max_items_per_ngram,
-               "ngrams_too_common": int((~keep).sum()), "bytes": int(sum(getattr(index, a).nbytes for a in ARRAYS)),
-               "build_seconds": round(time.perf_counter() - t0, 3), "benchmarks": per_bench}
+    summary = {
+        "ngrams": len(index.hashes),
+        "lengths": index.lengths,
+        "max_items_per_ngram": max_items_per_ngram,
+        "ngrams_too_common": int((~keep).sum()),
+        "bytes": int(sum(getattr(index, a).nbytes for a in ARRAYS)),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "benchmarks": per_bench,
+    }
     return index, summary
 
 
@@ -219,11 +251,15 @@ def _no_usable_items(row: dict[str, Any], max_items: int) -> None:
         why = "it has no items (empty file or split)"
     else:
         common = row["items"] - row["items_too_short"]
-        why = (f"of its {row['items']} items {row['items_too_short']} have fewer than min_words={row['min_words']} "
-               f"words and {common} only have n-grams shared by more than max_items_per_ngram={max_items} items")
-    raise ValueError(f"benchmark '{row['name']}' ({row['source']}) would decontaminate nothing: {why}. Check its "
-                     f"`fields` or `format` (fields may name short fields such as an answer letter), lower "
-                     f"`min_words`, or remove it")
+        why = (
+            f"of its {row['items']} items {row['items_too_short']} have fewer than min_words={row['min_words']} "
+            f"words and {common} only have n-grams shared by more than max_items_per_ngram={max_items} items"
+        )
+    raise ValueError(
+        f"benchmark '{row['name']}' ({row['source']}) would decontaminate nothing: {why}. Check its "
+        f"`fields` or `format` (fields may name short fields such as an answer letter), lower "
+        f"`min_words`, or remove it"
+    )
 
 
 def save_index(index: NgramIndex, summary: dict[str, Any], directory: str) -> None:

@@ -27,7 +27,7 @@ MAX_EPOCHS = 4.0
 
 # Dense (no sparsity) bf16 peak FLOP/s per GPU, vendor data sheets.
 GPU_PEAK_BF16: dict[str, float] = {
-    "H100": 989e12,        # H100 SXM
+    "H100": 989e12,  # H100 SXM
     "H100-PCIE": 756e12,
     "H100-NVL": 835e12,
     "H200": 989e12,
@@ -41,8 +41,15 @@ GPU_PEAK_BF16: dict[str, float] = {
 
 # torch.cuda.get_device_name() substrings -> table key; first match wins, so specific names come first
 _DEVICE_NAME_KEYS: list[tuple[tuple[str, ...], str]] = [
-    (("GH200",), "GH200"), (("H200",), "H200"), (("H100", "PCIE"), "H100-PCIE"), (("H100", "NVL"), "H100-NVL"),
-    (("H100",), "H100"), (("B200",), "B200"), (("A100",), "A100"), (("L40S",), "L40S"), (("L4",), "L4"),
+    (("GH200",), "GH200"),
+    (("H200",), "H200"),
+    (("H100", "PCIE"), "H100-PCIE"),
+    (("H100", "NVL"), "H100-NVL"),
+    (("H100",), "H100"),
+    (("B200",), "B200"),
+    (("A100",), "A100"),
+    (("L40S",), "L40S"),
+    (("L4",), "L4"),
     (("A10",), "A10"),
 ]
 
@@ -107,26 +114,46 @@ def _allocation(tokens: float | None, compute: float | None, ratio: float) -> Al
     return Allocation(params=n, tokens=ratio * n, flops=6.0 * n * ratio * n, tokens_per_param=ratio)
 
 
-def _estimate(name: str, vocab_size: int, seq_len: int, tokens: float | None, compute: float | None,
-              flops_per_s: float, gpus: int) -> PresetEstimate:
+def _estimate(
+    name: str, vocab_size: int, seq_len: int, tokens: float | None, compute: float | None, flops_per_s: float, gpus: int
+) -> PresetEstimate:
     cfg = preset(name, vocab_size=vocab_size, seq_len=seq_len)
     n, fpt = cfg.num_params(), cfg.flops_per_token()
     train_tokens = compute / fpt if compute is not None else CHINCHILLA_TOKENS_PER_PARAM * n
     epochs = train_tokens / tokens if tokens else None
     warning = None
     if epochs is not None and epochs > MAX_EPOCHS:
-        warning = (f"{name}: {train_tokens:.3g} training tokens repeat the {tokens:.3g}-token data set "
-                   f"{epochs:.1f} times (> {MAX_EPOCHS:g} epochs); use a smaller model or more data")
+        warning = (
+            f"{name}: {train_tokens:.3g} training tokens repeat the {tokens:.3g}-token data set "
+            f"{epochs:.1f} times (> {MAX_EPOCHS:g} epochs); use a smaller model or more data"
+        )
     flops = fpt * train_tokens
     hours = flops / flops_per_s / 3600.0
-    return PresetEstimate(name=name, params=n, flops_per_token=fpt, tokens=train_tokens, flops=flops,
-                          gpu_hours=hours, wall_hours=hours / gpus, epochs=epochs, warning=warning)
+    return PresetEstimate(
+        name=name,
+        params=n,
+        flops_per_token=fpt,
+        tokens=train_tokens,
+        flops=flops,
+        gpu_hours=hours,
+        wall_hours=hours / gpus,
+        epochs=epochs,
+        warning=warning,
+    )
 
 
-def plan(tokens: float | None = None, compute_flops: float | None = None, gpu_hours: float | None = None,
-         gpu: str = "H100", mfu: float = 0.4, presets: Sequence[str] = tuple(PRESETS),
-         vocab_size: int = 32000, seq_len: int = 1024, inference_tokens_per_param: float = 150.0,
-         gpus: int = 1) -> Plan:
+def plan(
+    tokens: float | None = None,
+    compute_flops: float | None = None,
+    gpu_hours: float | None = None,
+    gpu: str = "H100",
+    mfu: float = 0.4,
+    presets: Sequence[str] = tuple(PRESETS),
+    vocab_size: int = 32000,
+    seq_len: int = 1024,
+    inference_tokens_per_param: float = 150.0,
+    gpus: int = 1,
+) -> Plan:
     """Model size and cost from a data size (tokens) and/or a budget (compute_flops or gpu_hours)."""
     if tokens is None and compute_flops is None and gpu_hours is None:
         raise ValueError("give at least one of tokens, compute_flops, gpu_hours")
@@ -148,11 +175,25 @@ def plan(tokens: float | None = None, compute_flops: float | None = None, gpu_ho
     estimates = [_estimate(p, vocab_size, seq_len, tokens, compute, peak * mfu, gpus) for p in presets]
     warnings = [e.warning for e in estimates if e.warning]
     if tokens and chin.tokens / tokens > MAX_EPOCHS:
-        warnings.insert(0, f"the compute-optimal run needs {chin.tokens:.3g} tokens = "
-                           f"{chin.tokens / tokens:.1f} epochs of the {tokens:.3g}-token data set (> {MAX_EPOCHS:g})")
-    return Plan(tokens=tokens, compute_flops=compute, gpu=gpu, gpus=gpus, mfu=mfu, peak_flops=peak,
-                vocab_size=vocab_size, seq_len=seq_len, chinchilla=chin, inference_optimal=inference,
-                presets=estimates, warnings=warnings)
+        warnings.insert(
+            0,
+            f"the compute-optimal run needs {chin.tokens:.3g} tokens = "
+            f"{chin.tokens / tokens:.1f} epochs of the {tokens:.3g}-token data set (> {MAX_EPOCHS:g})",
+        )
+    return Plan(
+        tokens=tokens,
+        compute_flops=compute,
+        gpu=gpu,
+        gpus=gpus,
+        mfu=mfu,
+        peak_flops=peak,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        chinchilla=chin,
+        inference_optimal=inference,
+        presets=estimates,
+        warnings=warnings,
+    )
 
 
 def pick_preset(p: Plan) -> str:
@@ -180,21 +221,37 @@ def format_duration(hours: float) -> str:
 def format_plan(p: Plan, source: str = "") -> str:
     """The plain-text plan `pretrain plan` prints."""
     gpus = f"{p.gpus} x " if p.gpus > 1 else ""
-    lines = [f"data: {p.tokens:,.0f} unique tokens" + (f" ({source})" if source else "") if p.tokens else
-             "data: unknown (no epochs check; pass --tokens or make a tokenize version)",
-             f"budget: {p.compute_flops:.3g} FLOPs" if p.compute_flops else "budget: none (sized from the data)",
-             (f"device: {gpus}{p.gpu} at {p.peak_flops / 1e12:.0f} TFLOP/s bf16 peak, MFU {p.mfu:g} "
-              f"-> {p.peak_flops * p.mfu * p.gpus / 1e12:.0f} TFLOP/s; vocab {p.vocab_size:,}, seq_len {p.seq_len}"),
-             ""]
+    lines = [
+        f"data: {p.tokens:,.0f} unique tokens" + (f" ({source})" if source else "")
+        if p.tokens
+        else "data: unknown (no epochs check; pass --tokens or make a tokenize version)",
+        f"budget: {p.compute_flops:.3g} FLOPs" if p.compute_flops else "budget: none (sized from the data)",
+        (
+            f"device: {gpus}{p.gpu} at {p.peak_flops / 1e12:.0f} TFLOP/s bf16 peak, MFU {p.mfu:g} "
+            f"-> {p.peak_flops * p.mfu * p.gpus / 1e12:.0f} TFLOP/s; vocab {p.vocab_size:,}, seq_len {p.seq_len}"
+        ),
+        "",
+    ]
     flops_per_s = p.peak_flops * p.mfu * p.gpus
     inference = f"inference-optimal ({p.inference_optimal.tokens_per_param:g} tokens/param)"
     for title, a in (("Chinchilla-optimal (D = 20 N, C = 6 N D)", p.chinchilla), (inference, p.inference_optimal)):
-        lines.append(f"{title}: N = {a.params:.3g} params, D = {a.tokens:.3g} tokens, C = {a.flops:.3g} FLOPs, "
-                     f"wall-clock {format_duration(a.flops / flops_per_s / 3600.0)}")
+        lines.append(
+            f"{title}: N = {a.params:.3g} params, D = {a.tokens:.3g} tokens, C = {a.flops:.3g} FLOPs, "
+            f"wall-clock {format_duration(a.flops / flops_per_s / 3600.0)}"
+        )
     rows = [("preset", "params", "tokens", "epochs", "FLOPs", "GPU-hours", "wall-clock")]
     for e in p.presets:
-        rows.append((e.name, f"{e.params / 1e6:.2f}M", f"{e.tokens:.3g}", "-" if e.epochs is None else f"{e.epochs:.2f}",
-                     f"{e.flops:.3g}", f"{e.gpu_hours:.3g}", format_duration(e.wall_hours)))
+        rows.append(
+            (
+                e.name,
+                f"{e.params / 1e6:.2f}M",
+                f"{e.tokens:.3g}",
+                "-" if e.epochs is None else f"{e.epochs:.2f}",
+                f"{e.flops:.3g}",
+                f"{e.gpu_hours:.3g}",
+                format_duration(e.wall_hours),
+            )
+        )
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     basis = "spend the whole budget" if p.compute_flops else "are 20 x the preset's parameters"
     lines += ["", f"per preset (training tokens {basis}):"]

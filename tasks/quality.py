@@ -85,45 +85,99 @@ HEURISTIC_REASONS: tuple[str, ...] = FILTER_NAMES
 
 HEURISTIC_COLUMNS = [f"heuristic_{f}" for f in FILTER_NAMES]
 QUALITY_FIELDS: list[pa.Field] = [pa.field(c, pa.string()) for c in HEURISTIC_COLUMNS] + [
-    pa.field("quality_score", pa.float64())]
-SCORE_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("source", pa.string()),
-                          pa.field("language", pa.string()), pa.field("input_error", pa.string()),
-                          *QUALITY_FIELDS])
+    pa.field("quality_score", pa.float64())
+]
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("input_error", pa.string()),
+        *QUALITY_FIELDS,
+    ]
+)
 
 
 class QualityParams(StageParams):
-    filters: list[FilterName] = Field(list(FILTER_NAMES), description=(
-        "Heuristic filters to evaluate (datatrove's, with their published defaults)."))
-    filter_options: dict[FilterName, dict[str, Any]] = Field(default_factory=dict, description=(
-        "Constructor overrides per filter, e.g. {c4_quality: {filter_no_terminal_punct: false}} (FineWeb's C4)."))
-    datatrove_compatible: bool = Field(False, description=(
-        "Reproduce datatrove's verdicts exactly: Gopher quality counts spaCy tokens, punctuation included, as "
-        "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality_heuristics)."))
+    filters: list[FilterName] = Field(
+        list(FILTER_NAMES), description=("Heuristic filters to evaluate (datatrove's, with their published defaults).")
+    )
+    filter_options: dict[FilterName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "Constructor overrides per filter, e.g. {c4_quality: {filter_no_terminal_punct: false}} (FineWeb's C4)."
+        ),
+    )
+    datatrove_compatible: bool = Field(
+        False,
+        description=(
+            "Reproduce datatrove's verdicts exactly: Gopher quality counts spaCy tokens, punctuation included, as "
+            "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality_heuristics)."
+        ),
+    )
     use_classifier: bool = Field(True, description="Score documents with the fastText quality classifier.")
-    classifier_version: str | None = Field(None, description=(
-        "quality_classifier version id, or 'latest'; empty: train (once, then reused) a classifier bootstrapped "
-        "from the heuristic layer on this langid version, unless it cannot supply classifier_min_examples per class "
-        "(then: heuristics only, with a warning). Train a real one: pretrain train-quality-classifier."))
-    classifier_min_auc: float = Field(0.8, ge=0.0, le=1.0, description=(
-        "Validation bar: a classifier whose held-out ROC AUC (in its manifest) is below this only annotates "
-        "(quality_score stored, nothing dropped by it)."))
-    classifier_min_examples: int = Field(200, ge=2, le=10_000_000, description=(
-        "Validation bar: labelled examples per class (train + held-out) a classifier must have seen to drop "
-        "documents; the bootstrap classifier is not trained when the langid version cannot supply this many."))
-    classifier_languages: list[str] = Field(["en"], description=(
-        "Languages the classifier scores; other documents get a null quality_score and skip the score threshold."))
-    max_chars: int = Field(1_000_000, ge=1000, le=100_000_000, description=(
-        "Longer documents are dropped as text_too_long (the heuristics would tokenize all of it)."))
+    classifier_version: str | None = Field(
+        None,
+        description=(
+            "quality_classifier version id, or 'latest'; empty: train (once, then reused) a classifier bootstrapped "
+            "from the heuristic layer on this langid version, unless it cannot supply classifier_min_examples "
+            "per class "
+            "(then: heuristics only, with a warning). Train a real one: pretrain train-quality-classifier."
+        ),
+    )
+    classifier_min_auc: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Validation bar: a classifier whose held-out ROC AUC (in its manifest) is below this only annotates "
+            "(quality_score stored, nothing dropped by it)."
+        ),
+    )
+    classifier_min_examples: int = Field(
+        200,
+        ge=2,
+        le=10_000_000,
+        description=(
+            "Validation bar: labelled examples per class (train + held-out) a classifier must have seen to drop "
+            "documents; the bootstrap classifier is not trained when the langid version cannot supply this many."
+        ),
+    )
+    classifier_languages: list[str] = Field(
+        ["en"],
+        description=(
+            "Languages the classifier scores; other documents get a null quality_score and skip the score threshold."
+        ),
+    )
+    max_chars: int = Field(
+        1_000_000,
+        ge=1000,
+        le=100_000_000,
+        description=("Longer documents are dropped as text_too_long (the heuristics would tokenize all of it)."),
+    )
     batch_size: int = Field(512, ge=1, le=65_536, description="Documents per classifier predict call.")
-    enforce_filters: list[FilterName] | None = Field(None, description=(
-        "Filters whose failure drops a document (threshold phase: no rescoring); empty: all evaluated filters."))
-    min_score: float | None = Field(0.5, ge=0.0, le=1.0, description=(
-        "Drop documents with quality_score below this (threshold phase)."))
-    keep_top_fraction: float | None = Field(None, gt=0.0, le=1.0, description=(
-        "Instead of min_score: keep this top share by quality_score of the scored documents that pass the "
-        "heuristics (one global threshold; ties at it are kept)."))
-    exempt_sources: list[str] = Field(default_factory=list, description=(
-        "Sources (e.g. code) scored but never dropped: prose heuristics misjudge them."))
+    enforce_filters: list[FilterName] | None = Field(
+        None,
+        description=(
+            "Filters whose failure drops a document (threshold phase: no rescoring); empty: all evaluated filters."
+        ),
+    )
+    min_score: float | None = Field(
+        0.5, ge=0.0, le=1.0, description=("Drop documents with quality_score below this (threshold phase).")
+    )
+    keep_top_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Instead of min_score: keep this top share by quality_score of the scored documents that pass the "
+            "heuristics (one global threshold; ties at it are kept)."
+        ),
+    )
+    exempt_sources: list[str] = Field(
+        default_factory=list,
+        description=("Sources (e.g. code) scored but never dropped: prose heuristics misjudge them."),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> QualityParams:
@@ -144,12 +198,22 @@ class QualityParams(StageParams):
 
     def scoring_params(self) -> dict[str, Any]:
         """What the score cache depends on (the threshold knobs are left out)."""
-        return self.model_dump(mode="json", include={"filters", "filter_options", "datatrove_compatible",
-                                                     "use_classifier", "classifier_languages", "max_chars"})
+        return self.model_dump(
+            mode="json",
+            include={
+                "filters",
+                "filter_options",
+                "datatrove_compatible",
+                "use_classifier",
+                "classifier_languages",
+                "max_chars",
+            },
+        )
 
 
 class ScorePlan(StageParams):
     """What one score task needs: the params and the resolved classifier."""
+
     params: QualityParams
     classifier_path: str | None = None
     classifier_max_chars: int = 100_000
@@ -157,6 +221,7 @@ class ScorePlan(StageParams):
 
 class FilterPlan(StageParams):
     """What one filter task needs: the params, the score cache and the global score threshold."""
+
     params: QualityParams
     scores_dir: str
     score_threshold: float | None = None
@@ -170,8 +235,9 @@ class ScoreResult(BaseModel):
 
 
 @functools.lru_cache(maxsize=4)
-def heuristic_layer(filters: tuple[FilterName, ...], options_json: str,
-                    datatrove_compatible: bool = False) -> HeuristicLayer:
+def heuristic_layer(
+    filters: tuple[FilterName, ...], options_json: str, datatrove_compatible: bool = False
+) -> HeuristicLayer:
     """One layer (spaCy tokenizers, datatrove filters) per process and configuration."""
     return HeuristicLayer(list(filters), json.loads(options_json), datatrove_compatible)
 
@@ -184,8 +250,9 @@ def input_error(text: str, max_chars: int) -> str | None:
     return None
 
 
-def score_documents(docs: Iterable[Document], plan: ScorePlan, layer: HeuristicLayer,
-                    model: TextClassifier | None, stats: StageStats) -> Iterator[dict[str, Any]]:
+def score_documents(
+    docs: Iterable[Document], plan: ScorePlan, layer: HeuristicLayer, model: TextClassifier | None, stats: StageStats
+) -> Iterator[dict[str, Any]]:
     """One score row per document, in input order (heuristic verdicts first, then a batched classifier)."""
     p = plan.params
     scored_languages = set(p.classifier_languages)
@@ -195,8 +262,14 @@ def score_documents(docs: Iterable[Document], plan: ScorePlan, layer: HeuristicL
             lang = doc.meta.get("language")
             err = input_error(doc.text, p.max_chars)
             verdicts = layer.evaluate(doc.text, lang) if err is None else {f: None for f in FILTER_NAMES}
-            row = {"id": doc.id, "source": doc.source, "language": lang, "input_error": err, "quality_score": None,
-                   **{f"heuristic_{f}": verdicts.get(f) for f in FILTER_NAMES}}
+            row = {
+                "id": doc.id,
+                "source": doc.source,
+                "language": lang,
+                "input_error": err,
+                "quality_score": None,
+                **{f"heuristic_{f}": verdicts.get(f) for f in FILTER_NAMES},
+            }
             rows.append(row)
             if err is None and model is not None and lang in scored_languages:
                 to_score.append((row, classifier_text(doc.text, plan.classifier_max_chars)))
@@ -212,8 +285,9 @@ def score_documents(docs: Iterable[Document], plan: ScorePlan, layer: HeuristicL
 def quality_score_shard(src: str, out_dir: str, index: int, plan: ScorePlan) -> ScoreResult:
     """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache."""
     t0, stats = time.perf_counter(), StageStats()
-    layer = heuristic_layer(tuple(plan.params.filters), canonical_json(plan.params.filter_options),
-                            plan.params.datatrove_compatible)
+    layer = heuristic_layer(
+        tuple(plan.params.filters), canonical_json(plan.params.filter_options), plan.params.datatrove_compatible
+    )
     model = load_quality_model(plan.classifier_path) if plan.classifier_path else None
     out = paths.join(out_dir, paths.shard_name(index))
     fs, p = paths.filesystem(out)
@@ -228,8 +302,9 @@ def quality_score_shard(src: str, out_dir: str, index: int, plan: ScorePlan) -> 
     return ScoreResult(index=index, rows=rows, counters=stats.counters, seconds=time.perf_counter() - t0)
 
 
-def _drop(doc: Document, row: dict[str, Any], p: QualityParams, threshold: float | None,
-          stats: StageStats) -> tuple[str, dict[str, Any]] | None:
+def _drop(
+    doc: Document, row: dict[str, Any], p: QualityParams, threshold: float | None, stats: StageStats
+) -> tuple[str, dict[str, Any]] | None:
     """The drop reason and detail of one scored document, or None to keep it."""
     if row["input_error"] is not None:
         return row["input_error"], {"chars": len(doc.text)}
@@ -248,15 +323,17 @@ def _drop(doc: Document, row: dict[str, Any], p: QualityParams, threshold: float
     return None
 
 
-def filter_documents(docs: Iterable[Document], scores: Iterator[dict[str, Any]], plan: FilterPlan,
-                     stats: StageStats, rejects: Rejects) -> Iterator[Document]:
+def filter_documents(
+    docs: Iterable[Document], scores: Iterator[dict[str, Any]], plan: FilterPlan, stats: StageStats, rejects: Rejects
+) -> Iterator[Document]:
     """Copy the cached scores onto the documents and apply the thresholds."""
     threshold = plan.score_threshold
     for doc in docs:
         row = next(scores, None)
         assert row is not None and row["id"] == doc.id, (
             f"score cache {plan.scores_dir} out of step with the input at document {doc.id} (got {row and row['id']}); "
-            f"delete the cache directory and rerun")
+            f"delete the cache directory and rerun"
+        )
         doc.meta.update({c: row[c] for c in HEURISTIC_COLUMNS}, quality_score=row["quality_score"])
         if row["quality_score"] is not None:
             stats.count(f"score_bin.{min(int(row['quality_score'] * 10), 9)}")
@@ -277,8 +354,9 @@ def _score_rows(path: str) -> Iterator[dict[str, Any]]:
 def quality_filter_shard(src: str, out_dir: str, index: int, plan: FilterPlan) -> ShardResult:
     """Apply the thresholds to one langid shard using its cached scores."""
     scores = _score_rows(paths.join(plan.scores_dir, paths.shard_name(index)))
-    result = run_document_shard(src, out_dir, index,
-                                lambda docs, st, rj: filter_documents(docs, scores, plan, st, rj), QUALITY_FIELDS)
+    result = run_document_shard(
+        src, out_dir, index, lambda docs, st, rj: filter_documents(docs, scores, plan, st, rj), QUALITY_FIELDS
+    )
     log.info("%s: %d in, %d kept, dropped %s", src, result.stats.docs_in, result.stats.docs_out, result.stats.dropped)
     return result
 
@@ -290,8 +368,12 @@ def top_fraction_threshold(score_paths: list[str], p: QualityParams) -> float | 
     for path in score_paths:
         for row in _score_rows(path):
             verdicts: dict[str, str | None] = {f: row[f"heuristic_{f}"] for f in FILTER_NAMES}
-            if (row["input_error"] is None and row["quality_score"] is not None and row["source"] not in p.exempt_sources
-                    and not failures(verdicts, p.enforce_filters)):
+            if (
+                row["input_error"] is None
+                and row["quality_score"] is not None
+                and row["source"] not in p.exempt_sources
+                and not failures(verdicts, p.enforce_filters)
+            ):
                 eligible.append(row["quality_score"])
     if not eligible:
         return None

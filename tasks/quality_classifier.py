@@ -71,9 +71,11 @@ STAGE_VERSION = 2  # 2: bootstrap labels use Gopher's paper words (datatrove_com
 MODEL_FILE = "model.bin"
 HQ, LQ = "hq", "lq"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-FIX_HINT = ("set `quality.use_classifier: false` to run the heuristics only, or train a classifier on labelled "
-            "files (`pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl`) and set "
-            "`quality.classifier_version` to the version it prints")
+FIX_HINT = (
+    "set `quality.use_classifier: false` to run the heuristics only, or train a classifier on labelled "
+    "files (`pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl`) and set "
+    "`quality.classifier_version` to the version it prints"
+)
 
 
 class TooFewExamples(ValueError):
@@ -82,43 +84,76 @@ class TooFewExamples(ValueError):
     def __init__(self, counts: dict[str, int], needed: int, bootstrap: bool):
         self.counts, self.needed = counts, needed
         short = {("positives" if k == HQ else "negatives"): n for k, n in counts.items() if n < needed}
-        where = ("bootstrapped from the heuristic layer (positives pass every filter, negatives fail one)"
-                 if bootstrap else "from the reference files and the crawl sample")
-        super().__init__(f"only {', '.join(f'{n} {what}' for what, n in short.items())} for the quality classifier "
-                         f"(need >= {needed} per class; labels {where}): {FIX_HINT}")
+        where = (
+            "bootstrapped from the heuristic layer (positives pass every filter, negatives fail one)"
+            if bootstrap
+            else "from the reference files and the crawl sample"
+        )
+        super().__init__(
+            f"only {', '.join(f'{n} {what}' for what, n in short.items())} for the quality classifier "
+            f"(need >= {needed} per class; labels {where}): {FIX_HINT}"
+        )
 
 
 class QualityClassifierParams(StageParams):
-    positive: list[str] = Field(default_factory=list, description=(
-        "High-quality reference files (JSONL/Parquet with a `text` field, or .txt with blank-line separated "
-        "documents). Empty: bootstrap positives from the heuristic layer (crawl documents passing all filters)."))
-    negative: list[str] = Field(default_factory=list, description=(
-        "Low-quality files; empty: crawl documents (a random sample, or those failing the heuristics when "
-        "bootstrapping)."))
-    detokenize_wikitext: bool = Field(False, description=(
-        "Undo WikiText's tokenization (` @-@ `, spaces before punctuation, `<unk>`) in positive .txt files."))
+    positive: list[str] = Field(
+        default_factory=list,
+        description=(
+            "High-quality reference files (JSONL/Parquet with a `text` field, or .txt with blank-line separated "
+            "documents). Empty: bootstrap positives from the heuristic layer (crawl documents passing all filters)."
+        ),
+    )
+    negative: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Low-quality files; empty: crawl documents (a random sample, or those failing the heuristics when "
+            "bootstrapping)."
+        ),
+    )
+    detokenize_wikitext: bool = Field(
+        False,
+        description=(
+            "Undo WikiText's tokenization (` @-@ `, spaces before punctuation, `<unk>`) in positive .txt files."
+        ),
+    )
     languages: list[str] = Field(["en"], description="Crawl documents of these languages (langid labels) are used.")
     max_examples_per_class: int = Field(20_000, ge=2, le=10_000_000, description="Cap per class (seeded sample).")
     min_chars: int = Field(200, ge=0, le=100_000, description="Shorter reference documents are skipped.")
     max_chars: int = Field(100_000, ge=100, le=10_000_000, description="Characters of a document the model sees.")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share of each class for the metrics.")
-    balance: bool = Field(True, description=(
-        "Downsample the larger class to the size of the smaller (DCLM trains on balanced classes; an imbalanced "
-        "fastText model puts P(hq) near the class prior and 0.5 stops being a useful threshold)."))
+    balance: bool = Field(
+        True,
+        description=(
+            "Downsample the larger class to the size of the smaller (DCLM trains on balanced classes; an imbalanced "
+            "fastText model puts P(hq) near the class prior and 0.5 stops being a useful threshold)."
+        ),
+    )
     seed: int = Field(0, description="Sampling and split seed.")
     epoch: int = Field(10, ge=1, le=1000, description="fastText epochs.")
     lr: float = Field(0.1, gt=0.0, le=10.0, description="fastText learning rate.")
     dim: int = Field(32, ge=2, le=1024, description="fastText vector size.")
     word_ngrams: int = Field(2, ge=1, le=5, description="fastText wordNgrams (DCLM: 2, word bigrams).")
     min_count: int = Field(1, ge=1, description="fastText minCount.")
-    bucket: int = Field(200_000, ge=1000, le=10_000_000, description=(
-        "fastText hash buckets for n-grams; the model file is about (vocabulary + bucket) * dim * 4 bytes."))
+    bucket: int = Field(
+        200_000,
+        ge=1000,
+        le=10_000_000,
+        description=(
+            "fastText hash buckets for n-grams; the model file is about (vocabulary + bucket) * dim * 4 bytes."
+        ),
+    )
     filters: list[FilterName] = Field(list(FILTER_NAMES), description="Heuristic filters used for bootstrapped labels.")
-    filter_options: dict[FilterName, dict[str, Any]] = Field(default_factory=dict, description=(
-        "Constructor overrides of the datatrove filters used for bootstrapped labels."))
-    datatrove_compatible: bool = Field(False, description=(
-        "Bootstrapped labels from datatrove's exact Gopher quality verdicts (spaCy tokens as words) instead of "
-        "the paper's whitespace words (see tasks.quality_heuristics)."))
+    filter_options: dict[FilterName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=("Constructor overrides of the datatrove filters used for bootstrapped labels."),
+    )
+    datatrove_compatible: bool = Field(
+        False,
+        description=(
+            "Bootstrapped labels from datatrove's exact Gopher quality verdicts (spaCy tokens as words) instead of "
+            "the paper's whitespace words (see tasks.quality_heuristics)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> QualityClassifierParams:
@@ -135,9 +170,15 @@ def classifier_text(text: str, max_chars: int = 100_000) -> str:
     return " ".join(_TOKEN.findall(normalise(text[:max_chars])))
 
 
-_WIKI_FIXES = [(re.compile(r" @(.)@ "), r"\1"), (re.compile(r"<unk>"), ""), (re.compile(r" ([.,;:!?)\]}'])"), r"\1"),
-               (re.compile(r"([(\[{]) "), r"\1"), (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b"), r"\1"),
-               (re.compile(r"^ *= .*= *$", re.MULTILINE), ""), (re.compile(r"[ \t]{2,}"), " ")]
+_WIKI_FIXES = [
+    (re.compile(r" @(.)@ "), r"\1"),
+    (re.compile(r"<unk>"), ""),
+    (re.compile(r" ([.,;:!?)\]}'])"), r"\1"),
+    (re.compile(r"([(\[{]) "), r"\1"),
+    (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b"), r"\1"),
+    (re.compile(r"^ *= .*= *$", re.MULTILINE), ""),
+    (re.compile(r"[ \t]{2,}"), " "),
+]
 
 
 def detokenize_wikitext(text: str) -> str:
@@ -154,8 +195,11 @@ def read_corpus(path: str, wikitext: bool = False) -> Iterator[str]:
         raise FileNotFoundError(f"reference file {path} does not exist; check --positive/--negative")
     if path.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         with fs.open(inner, "rb") as raw:
-            stream = gzip.open(raw, "rt", encoding="utf-8") if path.endswith(".gz") else (
-                line.decode("utf-8") for line in raw)
+            stream = (
+                gzip.open(raw, "rt", encoding="utf-8")
+                if path.endswith(".gz")
+                else (line.decode("utf-8") for line in raw)
+            )
             for n, line in enumerate(stream, 1):
                 if line.strip():
                     row = json.loads(line)
@@ -214,12 +258,17 @@ def collect_examples(params: QualityClassifierParams, crawl_shards: list[str]) -
             for text in read_corpus(path, wikitext=params.detokenize_wikitext and label == HQ):
                 if len(text) >= params.min_chars:
                     ex.add(label, text[:10_000], classifier_text(text, params.max_chars))  # keyed by content, not path
-    sources = {"positive": "files" if params.positive else "heuristics",
-               "negative": "files" if params.negative else ("heuristics" if params.bootstrap else "crawl_sample")}
+    sources = {
+        "positive": "files" if params.positive else "heuristics",
+        "negative": "files" if params.negative else ("heuristics" if params.bootstrap else "crawl_sample"),
+    }
     if params.positive and params.negative:
         return ex, sources
-    layer = (HeuristicLayer(params.filters, dict(params.filter_options), params.datatrove_compatible)
-             if params.bootstrap else None)
+    layer = (
+        HeuristicLayer(params.filters, dict(params.filter_options), params.datatrove_compatible)
+        if params.bootstrap
+        else None
+    )
     keep = set(params.languages)
     for shard in crawl_shards:
         for doc in read_documents(shard, columns=["id", "text", "language"]):
@@ -254,7 +303,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
         j = i
         while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
@@ -264,8 +313,13 @@ def classification_metrics(scores: list[float], labels: list[int], threshold: fl
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
     pred = s >= threshold
     tp, fp, fn = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
-    return {"n": len(y), "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "accuracy": float((pred == (y == 1)).mean()) if len(y) else 0.0, "auc": roc_auc(s, y)}
+    return {
+        "n": len(y),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "accuracy": float((pred == (y == 1)).mean()) if len(y) else 0.0,
+        "auc": roc_auc(s, y),
+    }
 
 
 def score_texts(model: Any, texts: list[str]) -> list[float]:
@@ -297,8 +351,9 @@ def classifier_shortfall(facts: dict[str, Any], min_auc: float, min_examples: in
     return "; ".join(problems) or None
 
 
-def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], out_dir: Path,
-                     min_examples_per_class: int = 2) -> dict[str, Any]:
+def train_classifier(
+    params: QualityClassifierParams, crawl_shards: list[str], out_dir: Path, min_examples_per_class: int = 2
+) -> dict[str, Any]:
     """Collect examples, train, evaluate on the held-out split, save `model.bin`; returns the facts.
     Raises `TooFewExamples` before training when a class has fewer than `min_examples_per_class` (>= 2)."""
     ex, sources = collect_examples(params, crawl_shards)
@@ -325,9 +380,17 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
         model, lr = None, params.lr
         for _ in range(4):
             try:
-                model = train_supervised(str(train_file), epoch=params.epoch, lr=lr, dim=params.dim,
-                                         wordNgrams=params.word_ngrams, minCount=params.min_count,
-                                         bucket=params.bucket, thread=1, seed=params.seed)
+                model = train_supervised(
+                    str(train_file),
+                    epoch=params.epoch,
+                    lr=lr,
+                    dim=params.dim,
+                    wordNgrams=params.word_ngrams,
+                    minCount=params.min_count,
+                    bucket=params.bucket,
+                    thread=1,
+                    seed=params.seed,
+                )
                 break
             except RuntimeError as err:  # fastText's "Encountered NaN": the usual fix is a lower learning rate
                 if "NaN" not in str(err):
@@ -340,12 +403,25 @@ def train_classifier(params: QualityClassifierParams, crawl_shards: list[str], o
     model.save_model(str(model_path))
     clf = load_quality_model.__wrapped__(str(model_path))  # fresh load: the file just written
     metrics = classification_metrics(score_texts(clf, test_texts), test_labels)
-    counts = {f"{split_name}.{label}": n for split_name, rows in (("train", train_rows),) for label in (HQ, LQ)
-              for n in [sum(1 for r in rows if r[0] == label)]}
+    counts = {
+        f"{split_name}.{label}": n
+        for split_name, rows in (("train", train_rows),)
+        for label in (HQ, LQ)
+        for n in [sum(1 for r in rows if r[0] == label)]
+    }
     counts.update({f"test.{HQ}": sum(test_labels), f"test.{LQ}": len(test_labels) - sum(test_labels)})
     per_class_n = {HQ: counts[f"train.{HQ}"] + counts[f"test.{HQ}"], LQ: counts[f"train.{LQ}"] + counts[f"test.{LQ}"]}
-    return {"metrics": metrics, "label_sources": sources, "bootstrap": params.bootstrap, "counts": counts,
-            "examples_per_class": per_class_n,
-            "candidates": dict(ex.seen), "model_file": MODEL_FILE, "model_bytes": model_path.stat().st_size,
-            "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "languages": params.languages,
-            "n_examples": len(train_rows) + len(test_texts), "lr": lr}
+    return {
+        "metrics": metrics,
+        "label_sources": sources,
+        "bootstrap": params.bootstrap,
+        "counts": counts,
+        "examples_per_class": per_class_n,
+        "candidates": dict(ex.seen),
+        "model_file": MODEL_FILE,
+        "model_bytes": model_path.stat().st_size,
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "languages": params.languages,
+        "n_examples": len(train_rows) + len(test_texts),
+        "lr": lr,
+    }

@@ -6,8 +6,10 @@ failure, so every verdict is stored and enforcement can change later without rec
   gopher_repetition  GopherRepetitionFilter  (Rae et al. 2021, Gopher table A1: duplicate lines/paragraphs/n-grams)
   gopher_quality     GopherPaperQualityFilter by default, GopherQualityFilter with `datatrove_compatible`
                      (word count, mean word length, symbols, bullets, alpha words, stop words; see below)
-  c4_quality         C4QualityFilter         (Raffel et al. 2020: lorem ipsum, curly brackets, >= 5 sentences in kept lines)
-  fineweb_quality    FineWebQualityFilter    (Penedo et al. 2024: line punctuation, short lines, duplicate chars, list ratio)
+  c4_quality         C4QualityFilter         (Raffel et al. 2020: lorem ipsum, curly brackets, >= 5 sentences
+                                              in kept lines)
+  fineweb_quality    FineWebQualityFilter    (Penedo et al. 2024: line punctuation, short lines, duplicate chars,
+                                              list ratio)
 A verdict is `pass`, the filter's own reason (`gopher_short_doc`, `dup_line_frac`, `too_few_sentences`,
 ...), `undefined` (the filter divided by zero on this text, e.g. words disabled by an override), or null
 when the filter does not apply to the document's language. C4QualityFilter rewrites the text it keeps
@@ -30,7 +32,8 @@ words, "80% of words in a document contain at least one alphabetic character". d
 GopherQualityFilter takes spaCy tokens as words, so every punctuation mark and symbol is a "word" of
 its own: "(see Fig. 3)." is 6 words with 3 alphabetic ones instead of 3 of 3. On the real English pages
 of ../shared/data (bench/gopher_words.py) datatrove's alpha rule drops 10.6% of the 161 news articles of
-html_extraction (the paper's rule: 1.9%) and 49% of the 156 crawl pages (paper: 31%). By default `GopherPaperQualityFilter` applies the paper's rules on
+html_extraction (the paper's rule: 1.9%) and 49% of the 156 crawl pages (paper: 31%). By default
+`GopherPaperQualityFilter` applies the paper's rules on
 whitespace-separated words (`str.split()`), the same thresholds and constructor arguments:
   word count         50..100,000 whitespace words (datatrove: spaCy tokens that are not pure punctuation)
   mean word length   3..10 characters over the whitespace words, punctuation attached to a word included
@@ -43,7 +46,8 @@ whitespace-separated words (`str.split()`), the same thresholds and constructor 
                      the punctuation around them stripped ("The", "of," count; datatrove needs a token exactly
                      equal, so a sentence-initial "The" does not count)
 It tokenizes nothing (a few C-level passes over the text): ~40x faster than datatrove's filter, which
-tokenizes with spaCy (3,600 vs 85 pages/s on those pages). `datatrove_compatible: true` (QualityParams / QualityClassifierParams) uses
+tokenizes with spaCy (3,600 vs 85 pages/s on those pages). `datatrove_compatible: true` (QualityParams /
+QualityClassifierParams) uses
 datatrove's GopherQualityFilter instead and reproduces its verdicts exactly
 (tests/tasks/test_quality_gopher_words.py checks that on real pages).
 
@@ -71,7 +75,6 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS as GOPHER_STOP_WORDS
 from datatrove.utils.text import PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
 from pydantic import ValidationError
@@ -82,8 +85,11 @@ log = logging.getLogger(__name__)
 FilterName = Literal["gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
 FILTER_NAMES: tuple[FilterName, ...] = get_args(FilterName)
 FILTER_CLASSES: dict[str, type[BaseFilter]] = {
-    "gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
-    "c4_quality": C4QualityFilter, "fineweb_quality": FineWebQualityFilter}
+    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_quality": GopherQualityFilter,
+    "c4_quality": C4QualityFilter,
+    "fineweb_quality": FineWebQualityFilter,
+}
 PASS = "pass"
 UNDEFINED = "undefined"
 ENGLISH = "en"
@@ -93,7 +99,8 @@ NOT_CONSTRUCTOR_ARGS = ("language", "exclusion_writer")
 RESET_DOCUMENTS = 5000
 
 
-class SpacyWordTokenizer(WordTokenizer):
+# datatrove ships no type hints: its classes are Any to mypy
+class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
     """datatrove WordTokenizer over spaCy's tokenizer for one language (tokens identical to datatrove's).
 
     spaCy splits text at whitespace before anything else, so a document's tokens are its lines' tokens
@@ -105,6 +112,7 @@ class SpacyWordTokenizer(WordTokenizer):
     def __init__(self, language: str):
         super().__init__(language)
         from spacy.pipeline import Sentencizer
+
         self.nlp = self._blank(language)
         self.punct_chars = frozenset(Sentencizer.default_punct_chars)
         self._lines: dict[str, list[tuple[str, int, bool]]] = {}
@@ -113,6 +121,7 @@ class SpacyWordTokenizer(WordTokenizer):
     @staticmethod
     def _blank(language: str) -> Any:
         import spacy
+
         try:
             return spacy.blank(language)
         except (ImportError, KeyError, ValueError, OSError) as err:  # unknown code or a missing extra package
@@ -163,7 +172,7 @@ class SpacyWordTokenizer(WordTokenizer):
         return [(tokens[s][1], tokens[e - 1][1] + len(tokens[e - 1][0])) for s, e in zip(starts, ends)]
 
 
-class GopherPaperQualityFilter(GopherQualityFilter):
+class GopherPaperQualityFilter(GopherQualityFilter):  # type: ignore[misc]
     """Gopher's quality rules as the paper states them: words are whitespace-separated (module docstring).
 
     Same constructor arguments, thresholds, rule order and drop reasons as datatrove's GopherQualityFilter;
@@ -195,18 +204,25 @@ class GopherPaperQualityFilter(GopherQualityFilter):
         if self.max_symbol_word_ratio and (text.count("...") + text.count("…")) / n_words > self.max_symbol_word_ratio:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines()
-        if (self.max_bullet_lines_ratio
-                and sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > self.max_bullet_lines_ratio):
+        if (
+            self.max_bullet_lines_ratio
+            and sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > self.max_bullet_lines_ratio
+        ):
             return False, "gopher_too_many_bullets"
-        if (self.max_ellipsis_lines_ratio
-                and sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio):
+        if (
+            self.max_ellipsis_lines_ratio
+            and sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio
+        ):
             return False, "gopher_too_many_end_ellipsis"
         if self.max_non_alpha_words_ratio:
             # most words are all letters (one C call); the rest need a character scan
             alpha = sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w)))
             if alpha / n_words < self.max_non_alpha_words_ratio:
                 return False, "gopher_below_alpha_threshold"
-        if self.min_stop_words and _stop_words_found(words, self._stop, self._strip, self.min_stop_words) < self.min_stop_words:
+        if (
+            self.min_stop_words
+            and _stop_words_found(words, self._stop, self._strip, self.min_stop_words) < self.min_stop_words
+        ):
             return False, "gopher_enough_stop_words"
         return True
 
@@ -233,8 +249,13 @@ def applicable_filters(language: str | None, filters: list[FilterName]) -> list[
     return [f for f in filters if f not in ENGLISH_ONLY]
 
 
-def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str,
-                 options: dict[str, Any] | None = None, datatrove_compatible: bool = False) -> BaseFilter:
+def build_filter(
+    name: FilterName,
+    language: str,
+    tokenizer: WordTokenizer | str,
+    options: dict[str, Any] | None = None,
+    datatrove_compatible: bool = False,
+) -> BaseFilter:
     """A datatrove filter with its published defaults, the language's tokenizer and `options` overrides
     (gopher_quality: `GopherPaperQualityFilter` unless `datatrove_compatible`)."""
     kwargs = {k: _tuples(v) if _wants_tuple(name, k) else v for k, v in (options or {}).items()}
@@ -245,18 +266,21 @@ def build_filter(name: FilterName, language: str, tokenizer: WordTokenizer | str
         raise ValueError(f"filter_options.{name}: {bad} are set by the stage, not by options")
     cls = GopherPaperQualityFilter if name == "gopher_quality" and not datatrove_compatible else FILTER_CLASSES[name]
     try:
-        return cls(language=tokenizer, **kwargs)  # type: ignore[arg-type]
+        return cls(language=tokenizer, **kwargs)
     except TypeError as err:
-        raise ValueError(f"filter_options.{name}: {err}; see datatrove's {FILTER_CLASSES[name].__name__} "
-                         f"constructor for the allowed arguments") from None
+        raise ValueError(
+            f"filter_options.{name}: {err}; see datatrove's {FILTER_CLASSES[name].__name__} "
+            f"constructor for the allowed arguments"
+        ) from None
 
 
 def _type_name(value: Any) -> str:
     """The YAML/JSON name of a value's type (error messages name the type, never the value)."""
     if value is None:
         return "null"
-    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list",
-            dict: "mapping"}.get(type(value), type(value).__name__)
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _describe(ann: Any) -> str:
@@ -318,8 +342,11 @@ def option_errors(name: str, opts: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(option, message) for every option of filter `name` that its datatrove constructor does not take
     or whose value does not fit the constructor's annotation; the messages name types, never values."""
     cls = FILTER_CLASSES[name]
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
-              if n != "self" and n not in NOT_CONSTRUCTOR_ARGS and p.kind is p.POSITIONAL_OR_KEYWORD}
+    params = {
+        n: p
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if n != "self" and n not in NOT_CONSTRUCTOR_ARGS and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
     errors: list[tuple[str, str]] = []
     for key, value in opts.items():
         if key in NOT_CONSTRUCTOR_ARGS:
@@ -328,9 +355,14 @@ def option_errors(name: str, opts: Mapping[str, Any]) -> list[tuple[str, str]]:
             errors.append((str(key), f"{cls.__name__} has no such argument; allowed: {', '.join(params)}"))
         elif not _accepts(params[key].annotation, value):
             p = params[key]
-            errors.append((key, f"expected {_describe(p.annotation)}, got {_type_name(value)}; set a value of "
-                                f"that type (datatrove's default: {p.default!r}) or remove the key to use "
-                                f"the default"))
+            errors.append(
+                (
+                    key,
+                    f"expected {_describe(p.annotation)}, got {_type_name(value)}; set a value of "
+                    f"that type (datatrove's default: {p.default!r}) or remove the key to use "
+                    f"the default",
+                )
+            )
     return errors
 
 
@@ -345,32 +377,44 @@ def check_options(options: Mapping[Any, Mapping[str, Any]]) -> None:
         if name not in FILTER_NAMES:
             raise ValueError(f"filter_options: unknown filter {name!r}; choose from {list(FILTER_NAMES)}")
         for key, message in option_errors(name, opts):
-            details.append(InitErrorDetails(type=PydanticCustomError("filter_option", message),
-                                            loc=("filter_options", name, key), input=_type_name(opts[key])))
+            details.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("filter_option", message),
+                    loc=("filter_options", name, key),
+                    input=_type_name(opts[key]),
+                )
+            )
     if details:
         raise ValidationError.from_exception_data("filter_options", details)
     for name, opts in options.items():  # what the signature cannot tell: the constructors' own checks
-        build_filter(name, ENGLISH, ENGLISH, dict(opts))  # type: ignore[arg-type]
+        build_filter(name, ENGLISH, ENGLISH, dict(opts))
 
 
 class HeuristicLayer:
     """Evaluates the configured filters on documents; tokenizers and filters are built once per language."""
 
-    def __init__(self, filters: Sequence[FilterName], options: Mapping[Any, Mapping[str, Any]] | None = None,
-                 datatrove_compatible: bool = False):
+    def __init__(
+        self,
+        filters: Sequence[FilterName],
+        options: Mapping[Any, Mapping[str, Any]] | None = None,
+        datatrove_compatible: bool = False,
+    ):
         self.filters = [f for f in FILTER_NAMES if f in filters]  # always FineWeb's order
         self.options = {k: dict(v) for k, v in (options or {}).items()}
         self.datatrove_compatible = datatrove_compatible
         self._by_language: dict[str, tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]] = {}
 
-    def _filters_for(self, language: str | None) -> tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]:
+    def _filters_for(
+        self, language: str | None
+    ) -> tuple[SpacyWordTokenizer | None, list[tuple[FilterName, BaseFilter]]]:
         lang = (language or ENGLISH).split("_")[0]
         if lang not in self._by_language:
             names = applicable_filters(lang, self.filters)
             tokenizer = SpacyWordTokenizer(lang) if names else None
-            self._by_language[lang] = (tokenizer, [
-                (n, build_filter(n, lang, tokenizer, self.options.get(n), self.datatrove_compatible))  # type: ignore[arg-type]
-                for n in names])
+            self._by_language[lang] = (
+                tokenizer,
+                [(n, build_filter(n, lang, tokenizer, self.options.get(n), self.datatrove_compatible)) for n in names],
+            )
         return self._by_language[lang]
 
     def evaluate(self, text: str, language: str | None) -> dict[str, str | None]:

@@ -18,14 +18,15 @@ first `SourceRule` whose regex (`re.search`) matches the chosen part of the URL 
 match `url` rules. `DEFAULT_SOURCE_RULES` is the one table (ingest uses it; `mix.source_rules` defaults
 to it and can override it per run):
 
-| category    | host rules (suffix match on whole labels)                                         | path rules |
-|-------------|------------------------------------------------------------------------------------|------------|
-| `wikipedia` | wikipedia.org, wikimedia.org, wikibooks.org, wikisource.org, wiktionary.org, ...   |            |
-| `code`      | github.com, gitlab.com, bitbucket.org, stackoverflow.com, stackexchange.com, ...   |            |
-| `academic`  | arxiv.org, biorxiv.org, ncbi.nlm.nih.gov, ...; TLD `.edu`, `.edu.<cc>`, `.ac.<cc>` |            |
-| `forum`     | reddit.com, quora.com, ...; first label forum(s)/board(s)/community/discuss        | /forum/, /forums/, /threads/, viewtopic.php, showthread.php, forumdisplay.php, forum-display.php |
-| `news`      | a list of large news sites; any host label (not the TLD) containing "news"        |            |
-| `web`       | everything else, and URLs without a host (`dns:`, empty)                           |            |
+| category    | host rules (suffix match on whole labels)                                         |
+|-------------|------------------------------------------------------------------------------------|
+| `wikipedia` | wikipedia.org, wikimedia.org, wikibooks.org, wikisource.org, wiktionary.org, ...   |
+| `code`      | github.com, gitlab.com, bitbucket.org, stackoverflow.com, stackexchange.com, ...   |
+| `academic`  | arxiv.org, biorxiv.org, ncbi.nlm.nih.gov, ...; TLD `.edu`, `.edu.<cc>`, `.ac.<cc>` |
+| `forum`     | reddit.com, quora.com, ...; first label forum(s)/board(s)/community/discuss; path  |
+|             | /forum(s)/, /thread(s)/, /topic(s)/, viewtopic.php, showthread.php, forumdisplay.php |
+| `news`      | a list of large news sites; any host label (not the TLD) containing "news"        |
+| `web`       | everything else, and URLs without a host (`dns:`, empty)                           |
 
 The lists are deliberately short: `mix` needs a few broad buckets, not a site classifier. Changing the
 default table changes `source` values, so it requires bumping `tasks.ingest.STAGE_VERSION`.
@@ -56,35 +57,122 @@ log = logging.getLogger(__name__)
 
 InputFormat = Literal["warc", "jsonl", "parquet"]
 SUFFIXES: dict[str, InputFormat] = {
-    ".warc.gz": "warc", ".warc": "warc", ".wet.gz": "warc", ".wet": "warc",
-    ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".parquet": "parquet"}
+    ".warc.gz": "warc",
+    ".warc": "warc",
+    ".wet.gz": "warc",
+    ".wet": "warc",
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".json.gz": "jsonl",
+    ".parquet": "parquet",
+}
 
 FALLBACK_SOURCE = "web"
 _SOURCE_NAME = r"^[A-Za-z0-9_-]+$"
 
-_WIKIPEDIA = ("wikipedia.org", "wikimedia.org", "wikibooks.org", "wikisource.org", "wiktionary.org",
-              "wikiquote.org", "wikinews.org", "wikiversity.org", "wikivoyage.org", "wikidata.org")
-_CODE = ("github.com", "github.io", "gitlab.com", "bitbucket.org", "sourceforge.net", "stackoverflow.com",
-         "stackexchange.com", "serverfault.com", "superuser.com", "askubuntu.com", "readthedocs.io",
-         "pypi.org", "npmjs.com", "crates.io", "docs.python.org", "developer.mozilla.org")
-_ACADEMIC = ("arxiv.org", "biorxiv.org", "medrxiv.org", "ncbi.nlm.nih.gov", "europepmc.org", "doi.org",
-             "semanticscholar.org", "openreview.net", "aclanthology.org", "jstor.org", "plos.org",
-             "springer.com", "sciencedirect.com", "researchgate.net", "ssrn.com", "scholar.archive.org")
-_FORUM = ("reddit.com", "quora.com", "discourse.org", "disqus.com", "tripadvisor.com", "4chan.org",
-          "boards.ie", "forums.somethingawful.com", "phpbb.com", "proboards.com")
-_NEWS = ("nytimes.com", "washingtonpost.com", "wsj.com", "theguardian.com", "bbc.co.uk", "bbc.com", "cnn.com",
-         "reuters.com", "apnews.com", "bloomberg.com", "ft.com", "economist.com", "npr.org", "aljazeera.com",
-         "latimes.com", "usatoday.com", "theatlantic.com", "politico.com", "forbes.com", "cnbc.com",
-         "spiegel.de", "lemonde.fr", "elpais.com", "corriere.it", "nikkei.com", "scmp.com", "abc.net.au")
+_WIKIPEDIA = (
+    "wikipedia.org",
+    "wikimedia.org",
+    "wikibooks.org",
+    "wikisource.org",
+    "wiktionary.org",
+    "wikiquote.org",
+    "wikinews.org",
+    "wikiversity.org",
+    "wikivoyage.org",
+    "wikidata.org",
+)
+_CODE = (
+    "github.com",
+    "github.io",
+    "gitlab.com",
+    "bitbucket.org",
+    "sourceforge.net",
+    "stackoverflow.com",
+    "stackexchange.com",
+    "serverfault.com",
+    "superuser.com",
+    "askubuntu.com",
+    "readthedocs.io",
+    "pypi.org",
+    "npmjs.com",
+    "crates.io",
+    "docs.python.org",
+    "developer.mozilla.org",
+)
+_ACADEMIC = (
+    "arxiv.org",
+    "biorxiv.org",
+    "medrxiv.org",
+    "ncbi.nlm.nih.gov",
+    "europepmc.org",
+    "doi.org",
+    "semanticscholar.org",
+    "openreview.net",
+    "aclanthology.org",
+    "jstor.org",
+    "plos.org",
+    "springer.com",
+    "sciencedirect.com",
+    "researchgate.net",
+    "ssrn.com",
+    "scholar.archive.org",
+)
+_FORUM = (
+    "reddit.com",
+    "quora.com",
+    "discourse.org",
+    "disqus.com",
+    "tripadvisor.com",
+    "4chan.org",
+    "boards.ie",
+    "forums.somethingawful.com",
+    "phpbb.com",
+    "proboards.com",
+)
+_NEWS = (
+    "nytimes.com",
+    "washingtonpost.com",
+    "wsj.com",
+    "theguardian.com",
+    "bbc.co.uk",
+    "bbc.com",
+    "cnn.com",
+    "reuters.com",
+    "apnews.com",
+    "bloomberg.com",
+    "ft.com",
+    "economist.com",
+    "npr.org",
+    "aljazeera.com",
+    "latimes.com",
+    "usatoday.com",
+    "theatlantic.com",
+    "politico.com",
+    "forbes.com",
+    "cnbc.com",
+    "spiegel.de",
+    "lemonde.fr",
+    "elpais.com",
+    "corriere.it",
+    "nikkei.com",
+    "scmp.com",
+    "abc.net.au",
+)
 
 
 class SourceRule(BaseModel):
     """`source` for URLs whose `field` matches the regex `pattern` (`re.search`; `(?i)` for no case)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pattern: str = Field(min_length=1, description="Python regex searched in the field.")
-    field: Literal["host", "path", "url"] = Field("host", description=(
-        "host: lowercased, no trailing dot, leading `www.` removed; path: the URL path; url: the whole URL."))
+    field: Literal["host", "path", "url"] = Field(
+        "host",
+        description=(
+            "host: lowercased, no trailing dot, leading `www.` removed; path: the URL path; url: the whole URL."
+        ),
+    )
     source: str = Field(pattern=_SOURCE_NAME, description="Source name given on a match (letters, digits, _ -).")
 
     @field_validator("pattern")
@@ -109,8 +197,11 @@ DEFAULT_SOURCE_RULES: tuple[SourceRule, ...] = (
     SourceRule(pattern=r"(^|\.)(edu|edu\.[a-z]{2}|ac\.[a-z]{2})$", source="academic"),
     host_rule(_FORUM, "forum"),
     SourceRule(pattern=r"^(forums?|boards?|community|discuss|discussions?|bbs)(\.|$)", source="forum"),
-    SourceRule(pattern=r"(?i)/(forums?|threads?|topics?)/|(viewtopic|showthread|forumdisplay|forum-display)\.php",
-               field="path", source="forum"),
+    SourceRule(
+        pattern=r"(?i)/(forums?|threads?|topics?)/|(viewtopic|showthread|forumdisplay|forum-display)\.php",
+        field="path",
+        source="forum",
+    ),
     host_rule(_NEWS, "news"),
     SourceRule(pattern=r"news[^.]*\.", source="news"),  # a label containing "news" that is not the TLD
 )
@@ -160,8 +251,10 @@ def crawl_warc_urls(crawl: str, segments: int, base_url: str) -> list[str]:
                     if len(urls) == segments:
                         break
     except FileNotFoundError as e:
-        raise ValueError(f"crawl {crawl}: no WARC listing at {listing} ({e}). Check the crawl id "
-                         "(CC-MAIN-YYYY-WW, as listed on commoncrawl.org) and crawl_base_url") from e
+        raise ValueError(
+            f"crawl {crawl}: no WARC listing at {listing} ({e}). Check the crawl id "
+            "(CC-MAIN-YYYY-WW, as listed on commoncrawl.org) and crawl_base_url"
+        ) from e
     if len(urls) < segments:
         raise ValueError(f"crawl {crawl}: {listing} lists {len(urls)} WARC files, fewer than segments={segments}")
     return urls
@@ -178,11 +271,18 @@ def _expand(pattern: str) -> list[str]:
         files = sorted(fs.find(inner))
         found = [p for p in files if input_format(p) == "warc"]
         if len(found) < len(files):
-            log.info("input directory %s: %d WARC/WET files; %d other files left out (name JSONL/Parquet inputs "
-                     "explicitly or with a glob)", pattern, len(found), len(files) - len(found))
+            log.info(
+                "input directory %s: %d WARC/WET files; %d other files left out (name JSONL/Parquet inputs "
+                "explicitly or with a glob)",
+                pattern,
+                len(found),
+                len(files) - len(found),
+            )
         if not found:
-            raise ValueError(f"input directory {pattern!r} holds no WARC/WET files ({len(files)} other files); "
-                             f"name JSONL/Parquet inputs explicitly or with a glob such as {pattern.rstrip('/')}/*.jsonl")
+            raise ValueError(
+                f"input directory {pattern!r} holds no WARC/WET files ({len(files)} other files); "
+                f"name JSONL/Parquet inputs explicitly or with a glob such as {pattern.rstrip('/')}/*.jsonl"
+            )
     elif local and not fs.exists(inner):
         raise ValueError(f"input {pattern!r} does not exist")
     else:
@@ -199,8 +299,10 @@ def expand_inputs(inputs: list[str], crawl: str | None, segments: int, crawl_bas
         found += crawl_warc_urls(crawl, segments, crawl_base_url)
     unsupported = [p for p in found if input_format(p) is None]
     if unsupported:
-        raise ValueError(f"unsupported input files {unsupported[:5]} ({len(unsupported)} in all); expected one "
-                         f"of {sorted(SUFFIXES)}. Narrow the glob or remove them from inputs")
+        raise ValueError(
+            f"unsupported input files {unsupported[:5]} ({len(unsupported)} in all); expected one "
+            f"of {sorted(SUFFIXES)}. Narrow the glob or remove them from inputs"
+        )
     return list(dict.fromkeys(found))
 
 
@@ -228,8 +330,9 @@ def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
         try:
             info = fs.info(inner)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{path}: input not found or unreachable ({e!r}); check the path or URL, "
-                                    "or remove it from inputs") from e
+            raise FileNotFoundError(
+                f"{path}: input not found or unreachable ({e!r}); check the path or URL, or remove it from inputs"
+            ) from e
         entry: dict[str, Any] = {"path": path, "size": info.get("size")}
         if "://" not in path:
             entry["sample_sha256"] = _sample_digest(fs, inner, int(info["size"]))
@@ -267,13 +370,16 @@ class _HttpStream(io.RawIOBase):
             resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.timeout_s)
         except urllib.error.HTTPError as e:
             if e.code in (404, 410):
-                raise FileNotFoundError(f"{self.url}: input not found (HTTP {e.code}); check the path or URL, "
-                                        "or remove it from inputs") from e
+                raise FileNotFoundError(
+                    f"{self.url}: input not found (HTTP {e.code}); check the path or URL, or remove it from inputs"
+                ) from e
             raise OSError(f"{self.url}: cannot open the input (HTTP {e.code} {e.reason}); check the URL") from e
         if self.pos and resp.status != 206:
             resp.close()
-            raise OSError(f"{self.url}: cannot resume at byte {self.pos}: the server answered {resp.status} to a "
-                          "Range request (no range support, or the file changed); the shard is retried from the start")
+            raise OSError(
+                f"{self.url}: cannot resume at byte {self.pos}: the server answered {resp.status} to a "
+                "Range request (no range support, or the file changed); the shard is retried from the start"
+            )
         if not self.pos:
             self.validator = resp.headers.get("ETag")
         return resp  # type: ignore[no-any-return]
@@ -287,9 +393,11 @@ class _HttpStream(io.RawIOBase):
             raise OSError(
                 f"{self.url}: {what} at byte {self.pos}, {self.failures} times (http_timeout_s={self.timeout_s:g}, "
                 f"http_retries={self.retries}). Check the server and the network, or raise ingest.http_timeout_s / "
-                f"ingest.http_retries in the config") from error
-        log.warning("%s: %s at byte %d; resuming (%d of %d retries)", self.url, what, self.pos, self.failures,
-                    self.retries)
+                f"ingest.http_retries in the config"
+            ) from error
+        log.warning(
+            "%s: %s at byte %d; resuming (%d of %d retries)", self.url, what, self.pos, self.failures, self.retries
+        )
         if not stalled:
             time.sleep(min(self.failures, 5))  # a refused or reset connection: give the server a moment
 
@@ -332,7 +440,8 @@ def open_input(path: str, timeout_s: float = 60.0, retries: int = 3) -> IO[bytes
     try:
         return fsspec.open(path, "rb", compression=compression).open()  # type: ignore[no-any-return]
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: input not found ({e!r}); check the path or URL, "
-                                "or remove it from inputs") from e
+        raise FileNotFoundError(
+            f"{path}: input not found ({e!r}); check the path or URL, or remove it from inputs"
+        ) from e
     except Exception as e:  # connection refused, DNS, HTTP errors: an OSError so that the task retries
         raise OSError(f"{path}: cannot open the input ({e!r}); check the URL and the network") from e

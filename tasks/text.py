@@ -37,7 +37,7 @@ def words(text: str) -> list[str]:
 
 def ngrams(tokens: list[str], n: int) -> Iterator[str]:
     for i in range(len(tokens) - n + 1):
-        yield " ".join(tokens[i:i + n])
+        yield " ".join(tokens[i : i + n])
 
 
 def hash64(s: str) -> int:
@@ -131,7 +131,7 @@ def rolling_ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     h: np.ndarray = hashes[:m] * mult[0]
     tmp = np.empty_like(h)
     for k in range(1, n):
-        np.multiply(hashes[k:k + m], mult[k], out=tmp)
+        np.multiply(hashes[k : k + m], mult[k], out=tmp)
         h += tmp
     return h
 

@@ -73,29 +73,47 @@ VAL_MIN_TOKENS = "val_min_tokens.npy"  # in a cached tokenizer: lower-bound toke
 
 
 class TokenizeParams(StageParams):
-    vocab_size: int = Field(32_000, ge=300, le=1_000_000, description="Pieces of the trained tokenizer (ids "
-                            "<= 65,536 are stored as uint16, more as uint32).")
+    vocab_size: int = Field(
+        32_000,
+        ge=300,
+        le=1_000_000,
+        description="Pieces of the trained tokenizer (ids <= 65,536 are stored as uint16, more as uint32).",
+    )
     model_type: Literal["bpe", "unigram"] = Field("bpe", description="sentencepiece model type.")
-    character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of sample characters given their own "
-                                      "piece; the rarest rest are byte-encoded.")
-    sample_chars: int = Field(20_000_000, ge=1_000, description="About how many characters of mix documents "
-                              "(first copies, chosen by hash) the tokenizer is trained on.")
-    tokenizer_path: Optional[str] = Field(None, description="Reuse this sentencepiece .model instead of training "
-                                          "one (it must have an <eos> piece).")
+    character_coverage: float = Field(
+        0.9995,
+        gt=0,
+        le=1,
+        description="Share of sample characters given their own piece; the rarest rest are byte-encoded.",
+    )
+    sample_chars: int = Field(
+        20_000_000,
+        ge=1_000,
+        description="About how many characters of mix documents "
+        "(first copies, chosen by hash) the tokenizer is trained on.",
+    )
+    tokenizer_path: Optional[str] = Field(
+        None, description="Reuse this sentencepiece .model instead of training one (it must have an <eos> piece)."
+    )
     seq_len: int = Field(1024, ge=8, le=1_048_576, description="Tokens per training example; rows hold seq_len + 1.")
-    val_fraction: float = Field(0.005, gt=0, le=0.5, description="Share of documents (by hash of id) held out for "
-                                "validation; raised automatically when needed for one val sequence.")
+    val_fraction: float = Field(
+        0.005,
+        gt=0,
+        le=0.5,
+        description="Share of documents (by hash of id) held out for "
+        "validation; raised automatically when needed for one val sequence.",
+    )
     shuffle: bool = Field(True, description="Shuffle the packed sequences of each shard (seeded).")
     seed: int = Field(0, ge=0, description="Seed of the val split, the tokenizer sample and the shuffle.")
 
     def training_params(self) -> dict[str, object]:
         """The params that define a trained tokenizer (its cache key, with the mix version)."""
-        return {k: getattr(self, k) for k in ("vocab_size", "model_type", "character_coverage", "sample_chars",
-                                              "seed")}
+        return {k: getattr(self, k) for k in ("vocab_size", "model_type", "character_coverage", "sample_chars", "seed")}
 
 
 class TokenizeJob(StageParams):
     """What a `tokenize_shard` task needs besides its shard: params, tokenizer file, val threshold."""
+
     params: TokenizeParams
     tokenizer_file: str
     val_threshold: float
@@ -113,7 +131,7 @@ def splits_of(kind: str) -> tuple[str, ...]:
 
 def original_id(doc_id: str, repeat: int) -> str:
     suffix = f"#r{repeat}"
-    return doc_id[:-len(suffix)] if repeat > 0 and doc_id.endswith(suffix) else doc_id
+    return doc_id[: -len(suffix)] if repeat > 0 and doc_id.endswith(suffix) else doc_id
 
 
 def flatten_with_eos(ids: list[list[int]], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -128,8 +146,9 @@ def flatten_with_eos(ids: list[list[int]], eos_id: int, dtype: np.dtype) -> tupl
     return out, ends - lens - 1
 
 
-def pack(tokens: np.ndarray, starts: np.ndarray, row_len: int
-         ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+def pack(
+    tokens: np.ndarray, starts: np.ndarray, row_len: int
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
     """Cut a stream into rows of row_len: (rows, segment starts per row, leftover tokens, leftover starts)."""
     k = len(tokens) // row_len
     cut = k * row_len
@@ -146,13 +165,20 @@ def row_order(n: int, seed: int, split: str, index: int, shuffle: bool) -> np.nd
     return np.random.default_rng([seed, SPLIT_CODES[split], index]).permutation(n)
 
 
-def write_rows(path: str, rows: np.ndarray, offsets: list[np.ndarray], order: np.ndarray, seq_len: int,
-               vocab_size: int, eos_id: int) -> int:
+def write_rows(
+    path: str,
+    rows: np.ndarray,
+    offsets: list[np.ndarray],
+    order: np.ndarray,
+    seq_len: int,
+    vocab_size: int,
+    eos_id: int,
+) -> int:
     """Write rows in `order` as one token shard; returns its size in bytes."""
     w = TokenShardWriter(path, seq_len, vocab_size, eos_id)
     try:
         for i in range(0, len(order), ROWS_PER_BATCH):
-            sel = order[i:i + ROWS_PER_BATCH]
+            sel = order[i : i + ROWS_PER_BATCH]
             w.write_sequences(rows[sel], [offsets[j] for j in sel])
     except BaseException:
         w.abort()
@@ -179,8 +205,9 @@ def route(doc: Document, job: TokenizeJob) -> tuple[Optional[str], int]:
     return TRAIN_DIR, int(u * VAL_BUCKETS) if repeat == 0 else -1
 
 
-def process(docs: Iterable[Document], tok: Tokenizer, job: TokenizeJob, stats: StageStats,
-            rejects: Rejects) -> Iterator[tuple[str, int, list[int]]]:
+def process(
+    docs: Iterable[Document], tok: Tokenizer, job: TokenizeJob, stats: StageStats, rejects: Rejects
+) -> Iterator[tuple[str, int, list[int]]]:
     """(split, val-key bucket or -1, token ids) of every kept document, in input order."""
     it = iter(counted(docs, stats))
     while batch := list(itertools.islice(it, ENCODE_BATCH)):
@@ -234,16 +261,24 @@ class SplitStream:
         return np.concatenate(self.chunks), np.concatenate(self.starts)
 
 
-def finish_split(tokens: np.ndarray, starts: np.ndarray, split: str, index: int, out_dir: str, job: TokenizeJob,
-                 tok: Tokenizer) -> tuple[Optional[ShardInfo], np.ndarray, np.ndarray]:
+def finish_split(
+    tokens: np.ndarray, starts: np.ndarray, split: str, index: int, out_dir: str, job: TokenizeJob, tok: Tokenizer
+) -> tuple[Optional[ShardInfo], np.ndarray, np.ndarray]:
     """Pack and write one split's full rows; returns (shard info or None, leftover tokens, leftover starts)."""
     p = job.params
     rows, offsets, tail, tail_starts = pack(tokens, starts, p.seq_len + 1)
     if not len(rows):
         return None, tail, tail_starts
     name = token_shard_name(split, index)
-    size = write_rows(paths.join(out_dir, name), rows, offsets, row_order(len(rows), p.seed, split, index, p.shuffle),
-                      p.seq_len, tok.vocab_size, tok.eos_id)
+    size = write_rows(
+        paths.join(out_dir, name),
+        rows,
+        offsets,
+        row_order(len(rows), p.seed, split, index, p.shuffle),
+        p.seq_len,
+        tok.vocab_size,
+        tok.eos_id,
+    )
     return ShardInfo(name=name, rows=len(rows), bytes=size), tail, tail_starts
 
 
@@ -276,10 +311,14 @@ def tokenize_shard(src: str, out_dir: str, index: int, job: TokenizeJob) -> Toke
         save_tail(tail_path(out_dir, split, index), tail, tail_starts)
         outputs += [info] if info is not None else []
     fs, rp = paths.filesystem(paths.join(out_dir, rej_name))
-    return TokenizeShardResult(index=index, stats=stats, rejected=ShardInfo(name=rej_name, rows=rej.rows,
-                                                                            bytes=int(fs.size(rp))),
-                               shard=outputs[0] if outputs else ShardInfo(name="", rows=0, bytes=0),
-                               outputs=outputs, val_bucket_tokens=hist.tolist())
+    return TokenizeShardResult(
+        index=index,
+        stats=stats,
+        rejected=ShardInfo(name=rej_name, rows=rej.rows, bytes=int(fs.size(rp))),
+        shard=outputs[0] if outputs else ShardInfo(name="", rows=0, bytes=0),
+        outputs=outputs,
+        val_bucket_tokens=hist.tolist(),
+    )
 
 
 @task
@@ -320,8 +359,9 @@ def val_reserve(min_tokens_hist: np.ndarray, row_len: int, val_fraction: float) 
 
 
 @task
-def tokenizer_sample_shard(src: str, out_dir: str, index: int, threshold: float, seed: int,
-                           val_split: bool = True) -> dict[str, object]:
+def tokenizer_sample_shard(
+    src: str, out_dir: str, index: int, threshold: float, seed: int, val_split: bool = True
+) -> dict[str, object]:
     """Write the tokenizer training lines of one mix shard (first copies with key < threshold) and each
     sampled document's val key (`SAMPLE_INDEX`: the trainer leaves out the val reserve); counts, and for a
     main shard (`val_split`) the lower-bound tokens of all its first copies per val-key bucket."""
@@ -355,9 +395,13 @@ def tokenizer_sample_shard(src: str, out_dir: str, index: int, threshold: float,
                 counts["chars"] += len(text)
                 counts["bytes"] += n_bytes
     cols_np = np.array(index_rows, dtype=np.float64).reshape(-1, 4)
-    np.savez(os.path.join(out_dir, SAMPLE_INDEX.format(index)), val_key=cols_np[:, 0],
-             lines=cols_np[:, 1].astype(np.int64), chars=cols_np[:, 2].astype(np.int64),
-             bytes=cols_np[:, 3].astype(np.int64))
+    np.savez(
+        os.path.join(out_dir, SAMPLE_INDEX.format(index)),
+        val_key=cols_np[:, 0],
+        lines=cols_np[:, 1].astype(np.int64),
+        chars=cols_np[:, 2].astype(np.int64),
+        bytes=cols_np[:, 3].astype(np.int64),
+    )
     return {**counts, "val_min_tokens": hist.tolist() if val_split else []}
 
 
@@ -394,12 +438,25 @@ def held_out_sample_lines(sample_dir: str, reserve: float) -> Iterator[str]:
 def train_tokenizer_task(sample_dir: str, params: TokenizeParams, reserve: float) -> dict[str, object]:
     """Train the tokenizer on the sample files in sample_dir, without the documents whose val key is below
     `reserve`; returns its facts and sample bytes per token."""
-    tok = Tokenizer(train_tokenizer(held_out_sample_lines(sample_dir, reserve),
-                                    os.path.join(sample_dir, TOKENIZER_MODEL), params.vocab_size,
-                                    params.model_type, params.character_coverage))
+    tok = Tokenizer(
+        train_tokenizer(
+            held_out_sample_lines(sample_dir, reserve),
+            os.path.join(sample_dir, TOKENIZER_MODEL),
+            params.vocab_size,
+            params.model_type,
+            params.character_coverage,
+        )
+    )
     # bytes per token of (up to) the first 20k sample lines
     measured = list(itertools.islice(held_out_sample_lines(sample_dir, reserve), 20_000))
     n_tokens = sum(len(ids) for ids in tok.encode(measured))
     n_bytes = sum(len(line.encode("utf-8")) for line in measured)
-    return {"sha256": tok.sha256, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "bos_id": tok.bos_id,
-            "eos_id": tok.eos_id, "unk_id": tok.unk_id, "sample_bytes_per_token": n_bytes / max(n_tokens, 1)}
+    return {
+        "sha256": tok.sha256,
+        "vocab_size": tok.vocab_size,
+        "pad_id": tok.pad_id,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "unk_id": tok.unk_id,
+        "sample_bytes_per_token": n_bytes / max(n_tokens, 1),
+    }

@@ -43,11 +43,35 @@ from storage.manifest import Stage
 from storage.params import StageParams
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards, doc_ids_to_torch, to_torch
 from tasks.plan import MAX_EPOCHS, auto_preset, gpu_key_for_device_name, peak_flops
-from tasks.train_loop import (DataOrder, FaultHooks, MicroBatch, Models, Run, Runtime, SpikeGuard, TrainState,
-                              barrier, gather_rng, rank_slices, restore_rng, setup_runtime, skip_past,
-                              teardown_runtime, train_step)
-from tasks.train_report import (LOSS_PLOT, SAMPLE, MetricsLog, bits_per_byte, generate_sample, plot_losses,
-                                record_step, sentencepiece_codec, unigram_baseline_loss)
+from tasks.train_loop import (
+    DataOrder,
+    FaultHooks,
+    MicroBatch,
+    Models,
+    Run,
+    Runtime,
+    SpikeGuard,
+    TrainState,
+    barrier,
+    gather_rng,
+    rank_slices,
+    restore_rng,
+    setup_runtime,
+    skip_past,
+    teardown_runtime,
+    train_step,
+)
+from tasks.train_report import (
+    LOSS_PLOT,
+    SAMPLE,
+    MetricsLog,
+    bits_per_byte,
+    generate_sample,
+    plot_losses,
+    record_step,
+    sentencepiece_codec,
+    unigram_baseline_loss,
+)
 
 __all__ = ["FaultHooks", "TrainJob", "TrainParams", "TrainResult", "lr_at", "train", "unigram_baseline_loss"]
 
@@ -60,12 +84,19 @@ RESULT = "result.json"
 
 class TrainParams(StageParams):
     model: Literal["tiny", "small", "gpt2-124m", "auto"] = Field(
-        "tiny", description="Model preset (models/presets.py); 'auto' picks the preset closest to the "
-                            "Chinchilla-optimal size for the training tokens (tasks/plan.py).")
+        "tiny",
+        description="Model preset (models/presets.py); 'auto' picks the preset closest to the "
+        "Chinchilla-optimal size for the training tokens (tasks/plan.py).",
+    )
     micro_batch_size: int = Field(4, ge=1, le=4096, description="Sequences per forward pass per device.")
-    tokens_per_step: int = Field(1024, ge=1, le=2**27, description="Target tokens per optimizer step over all "
-                                 "devices; gradient accumulation = this / (micro_batch_size * seq_len * "
-                                 "devices), rounded down, at least 1.")
+    tokens_per_step: int = Field(
+        1024,
+        ge=1,
+        le=2**27,
+        description="Target tokens per optimizer step over all "
+        "devices; gradient accumulation = this / (micro_batch_size * seq_len * "
+        "devices), rounded down, at least 1.",
+    )
     max_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps of the run.")
     warmup_steps: int = Field(30, ge=0, le=1_000_000, description="Linear learning-rate warmup steps.")
     lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (after warmup).")
@@ -75,38 +106,77 @@ class TrainParams(StageParams):
     beta2: float = Field(0.95, ge=0, lt=1.0, description="AdamW beta2.")
     grad_clip: float = Field(1.0, gt=0, le=1e3, description="Max global gradient norm (clipped above).")
     eval_interval: int = Field(50, ge=1, le=1_000_000, description="Steps between validation evaluations.")
-    eval_tokens: int = Field(32768, ge=1, le=2**34, description="Validation token budget per evaluation "
-                             "(the first eval_tokens / seq_len validation sequences, always the same).")
+    eval_tokens: int = Field(
+        32768,
+        ge=1,
+        le=2**34,
+        description="Validation token budget per evaluation "
+        "(the first eval_tokens / seq_len validation sequences, always the same).",
+    )
     log_interval: int = Field(10, ge=1, le=100_000, description="Steps between training-metric rows.")
-    ckpt_interval: int = Field(100, ge=1, le=1_000_000, description="Steps between checkpoints; a multiple "
-                               "of eval_interval so each checkpoint has its validation loss.")
+    ckpt_interval: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Steps between checkpoints; a multiple "
+        "of eval_interval so each checkpoint has its validation loss.",
+    )
     keep_last: int = Field(2, ge=1, le=1000, description="Most recent checkpoints kept.")
-    milestone_interval: int = Field(0, ge=0, le=10_000_000, description="Also keep checkpoints at multiples "
-                                    "of this step (0: none). The best by validation loss is always kept.")
+    milestone_interval: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="Also keep checkpoints at multiples "
+        "of this step (0: none). The best by validation loss is always kept.",
+    )
     seed: int = Field(1337, ge=0, le=2**31 - 1, description="Seed of model init, data order and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto: bf16 autocast on "
-                                                          "CUDA, float32 on CPU.")
-    cpu_threads: int = Field(1, ge=0, le=1024, description="torch intra-op threads on CPU (0: torch's "
-                             "default, one per core). 1 (default) trains the tiny preset 2.5x faster than 2 "
-                             "when other processes busy a 2-core machine; raise it on a big idle box. Not part "
-                             "of the version id.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, float32 on CPU."
+    )
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="torch intra-op threads on CPU (0: torch's "
+        "default, one per core). 1 (default) trains the tiny preset 2.5x faster than 2 "
+        "when other processes busy a 2-core machine; raise it on a big idle box. Not part "
+        "of the version id.",
+    )
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU).")
-    doc_mask: bool = Field(False, description="Block-diagonal attention within documents (doc_offsets); "
-                           "disables the flash kernel on CUDA.")
-    skip_grad_norm_factor: float = Field(100.0, ge=1.0, le=1e6, description="Skip a step whose gradient "
-                                         "norm exceeds this x grad_clip (or is not finite).")
-    spike_factor: float = Field(3.0, gt=1.0, le=100.0, description="Loss spike: loss above this x the "
-                                "running mean of recent losses.")
-    spike_patience: int = Field(3, ge=1, le=1000, description="Consecutive spike steps that trigger a "
-                                "rollback to the last checkpoint (offending batches are skipped).")
+    doc_mask: bool = Field(
+        False, description="Block-diagonal attention within documents (doc_offsets); disables the flash kernel on CUDA."
+    )
+    skip_grad_norm_factor: float = Field(
+        100.0,
+        ge=1.0,
+        le=1e6,
+        description="Skip a step whose gradient norm exceeds this x grad_clip (or is not finite).",
+    )
+    spike_factor: float = Field(
+        3.0, gt=1.0, le=100.0, description="Loss spike: loss above this x the running mean of recent losses."
+    )
+    spike_patience: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Consecutive spike steps that trigger a "
+        "rollback to the last checkpoint (offending batches are skipped).",
+    )
     spike_window: int = Field(50, ge=5, le=100_000, description="Steps in the running mean of the loss.")
     max_rollbacks: int = Field(5, ge=0, le=1000, description="Rollbacks before the run fails as diverged.")
-    resume: bool = Field(True, description="Continue from the latest valid checkpoint in the output dir: the "
-                         "train stage's work dir of this version, where a failed or killed run left its "
-                         "checkpoints. false: the stage discards them and starts over. Not part of the version id.")
-    sample_prompt: str = Field("The", max_length=2000, description="Prompt of the logged text sample "
-                               "(needs a tokenizer; else the start of the first validation sequence).")
+    resume: bool = Field(
+        True,
+        description="Continue from the latest valid checkpoint in the output dir: the "
+        "train stage's work dir of this version, where a failed or killed run left its "
+        "checkpoints. false: the stage discards them and starts over. Not part of the version id.",
+    )
+    sample_prompt: str = Field(
+        "The",
+        max_length=2000,
+        description="Prompt of the logged text sample "
+        "(needs a tokenizer; else the start of the first validation sequence).",
+    )
     sample_tokens: int = Field(64, ge=0, le=4096, description="Tokens generated for the sample.")
     sample_temperature: float = Field(0.8, ge=0, le=10.0, description="Sampling temperature (0: greedy).")
     sample_top_k: int = Field(50, ge=0, le=1_000_000, description="Top-k sampling (0: full distribution).")
@@ -118,8 +188,10 @@ class TrainParams(StageParams):
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         if self.ckpt_interval % self.eval_interval:
-            raise ValueError(f"ckpt_interval={self.ckpt_interval} must be a multiple of "
-                             f"eval_interval={self.eval_interval} (checkpoints keep their validation loss)")
+            raise ValueError(
+                f"ckpt_interval={self.ckpt_interval} must be a multiple of "
+                f"eval_interval={self.eval_interval} (checkpoints keep their validation loss)"
+            )
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} > max_steps={self.max_steps}")
         return self
@@ -169,9 +241,16 @@ def resolve_model_name(params: TrainParams, data: TokenShards) -> str:
         return params.model
     name, p = auto_preset(data.num_tokens, data.vocab_size, data.seq_len)
     chosen = next(e for e in p.presets if e.name == name)
-    log.info("model: auto -> %s (%.3g params): %d training tokens give a Chinchilla-optimal model of %.3g params "
-             "(inference-optimal %.3g); presets %s", name, chosen.params, data.num_tokens, p.chinchilla.params,
-             p.inference_optimal.params, {e.name: f"{e.params:.3g}" for e in p.presets})
+    log.info(
+        "model: auto -> %s (%.3g params): %d training tokens give a Chinchilla-optimal model of %.3g params "
+        "(inference-optimal %.3g); presets %s",
+        name,
+        chosen.params,
+        data.num_tokens,
+        p.chinchilla.params,
+        p.inference_optimal.params,
+        {e.name: f"{e.params:.3g}" for e in p.presets},
+    )
     return name
 
 
@@ -197,9 +276,14 @@ def lr_at(step: int, params: TrainParams) -> float:
     return floor + 0.5 * (params.lr - floor) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def micro_batch(data: TokenShards, idx: np.ndarray, rt: Runtime, doc_mask: bool,
-                corrupt: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                positions: np.ndarray | None = None) -> MicroBatch:
+def micro_batch(
+    data: TokenShards,
+    idx: np.ndarray,
+    rt: Runtime,
+    doc_mask: bool,
+    corrupt: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    positions: np.ndarray | None = None,
+) -> MicroBatch:
     rows = data.get(idx)
     if corrupt is not None and positions is not None:
         rows = corrupt(positions, rows)
@@ -216,8 +300,7 @@ def batches(run: Run, start: int, hooks: FaultHooks) -> Iterator[tuple[int, int,
         pos = skip_past(pos, run.state.skip_ranges)
         positions = np.arange(pos, pos + run.global_batch, dtype=np.int64)
         idx = run.order.indices(pos, run.global_batch)
-        micro = [micro_batch(run.train_data, idx[s], rt, p.doc_mask, hooks.corrupt_rows, positions[s])
-                 for s in slices]
+        micro = [micro_batch(run.train_data, idx[s], rt, p.doc_mask, hooks.corrupt_rows, positions[s]) for s in slices]
         yield pos, pos + run.global_batch, micro
         pos += run.global_batch
 
@@ -230,8 +313,9 @@ def num_eval_sequences(params: TrainParams, val: TokenShards) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val: TokenShards, num_sequences: int, micro: int, rt: Runtime,
-             doc_mask: bool) -> float:
+def evaluate(
+    model: torch.nn.Module, val: TokenShards, num_sequences: int, micro: int, rt: Runtime, doc_mask: bool
+) -> float:
     """Mean next-token loss over the first num_sequences validation rows (split over ranks)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=rt.device)
@@ -253,9 +337,15 @@ def save_step(run: Run) -> None:
     st, rt = run.state, run.rt
     rng = gather_rng(rt)
     if rt.is_main:
-        meta = {**dataclasses.asdict(st), "model": run.model_name, "model_config": run.cfg.to_dict(),
-                "val_loss": st.val_loss if st.val_step == st.step else None, "world_size": rt.world,
-                "params": run.params.model_dump(mode="json"), **run.lineage}
+        meta = {
+            **dataclasses.asdict(st),
+            "model": run.model_name,
+            "model_config": run.cfg.to_dict(),
+            "val_loss": st.val_loss if st.val_step == st.step else None,
+            "world_size": rt.world,
+            "params": run.params.model_dump(mode="json"),
+            **run.lineage,
+        }
         objects = {"model": run.models.raw.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng}
         ckpt.save_checkpoint(str(run.out), st.step, objects, meta)
         ckpt.prune_checkpoints(str(run.out), run.params.keep_last, run.params.milestone_interval)
@@ -267,8 +357,10 @@ def restore_step(run: Run, step: int) -> TrainState:
     out, rt = str(run.out), run.rt
     meta = ckpt.load_meta(out, step)
     if meta["model_config"] != run.cfg.to_dict():
-        raise ValueError(f"{ckpt.step_dir(out, step)} holds a different model ({meta['model_config']}); "
-                         f"use a fresh output directory or set resume: false")
+        raise ValueError(
+            f"{ckpt.step_dir(out, step)} holds a different model ({meta['model_config']}); "
+            f"use a fresh output directory or set resume: false"
+        )
     run.models.raw.load_state_dict(ckpt.load_object(out, step, "model", rt.device))
     run.optimizer.load_state_dict(ckpt.load_object(out, step, "optimizer", rt.device))
     rng = ckpt.load_object(out, step, "rng")
@@ -291,8 +383,10 @@ def rollback(run: Run) -> bool:
         log.warning("loss spike at step %d but no checkpoint to roll back to; continuing", st.step)
         return False
     if st.rollbacks >= run.params.max_rollbacks:
-        raise RuntimeError(f"loss spiked again at step {st.step} after {st.rollbacks} rollbacks; the run "
-                           f"diverged (lower lr, raise warmup_steps, or inspect the batches {ranges})")
+        raise RuntimeError(
+            f"loss spiked again at step {st.step} after {st.rollbacks} rollbacks; the run "
+            f"diverged (lower lr, raise warmup_steps, or inspect the batches {ranges})"
+        )
     new = restore_step(run, step)
     barrier(run.rt)
     if run.rt.is_main:  # checkpoints after `step` saw the spike: drop that branch of history
@@ -308,13 +402,21 @@ def rollback(run: Run) -> bool:
 
 def run_eval(run: Run) -> float:
     st, p = run.state, run.params
-    loss = evaluate(run.models.compiled, run.val_data, num_eval_sequences(p, run.val_data),
-                    p.micro_batch_size, run.rt, p.doc_mask)
+    loss = evaluate(
+        run.models.compiled, run.val_data, num_eval_sequences(p, run.val_data), p.micro_batch_size, run.rt, p.doc_mask
+    )
     st.val_loss, st.val_step = loss, st.step
     st.best_val_loss = loss if st.best_val_loss is None else min(st.best_val_loss, loss)
     bpb = bits_per_byte(loss, run.bytes_per_token)
-    run.metrics.write({"step": st.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-                       "val_bpb": bpb, "unigram_loss": run.unigram})
+    run.metrics.write(
+        {
+            "step": st.step,
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 700.0)),
+            "val_bpb": bpb,
+            "unigram_loss": run.unigram,
+        }
+    )
     if run.rt.is_main:
         log.info("step %d val loss %.4f (unigram %.4f) bpb %.4f", st.step, loss, run.unigram, bpb)
     return loss
@@ -327,8 +429,18 @@ def run_steps(run: Run, hooks: FaultHooks) -> float | None:
     while run.state.step < p.max_steps:
         start, end, micro = next(stream)
         t0 = time.perf_counter()
-        out = train_step(run.models.train, run.optimizer, micro, run.rt, lr_at(run.state.step, p), p.grad_clip,
-                         p.skip_grad_norm_factor, run.state.step, run.models.ddp, hooks.corrupt_loss)
+        out = train_step(
+            run.models.train,
+            run.optimizer,
+            micro,
+            run.rt,
+            lr_at(run.state.step, p),
+            p.grad_clip,
+            p.skip_grad_norm_factor,
+            run.state.step,
+            run.models.ddp,
+            hooks.corrupt_loss,
+        )
         st = run.state
         st.step, st.seq_pos, st.tokens_seen = st.step + 1, end, st.tokens_seen + run.tokens_per_step
         record_step(run, out.loss, lr_at(st.step - 1, p), out.grad_norm, out.skipped, time.perf_counter() - t0)
@@ -352,29 +464,49 @@ def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
     name = resolve_model_name(params, train_data)
     cfg = preset(name, vocab_size=train_data.vocab_size, seq_len=train_data.seq_len)
     models = build_model(cfg, params, rt)
-    optimizer = models.raw.configure_optimizers(params.lr, params.weight_decay, (params.beta1, params.beta2),
-                                                rt.device_type)
+    optimizer = models.raw.configure_optimizers(
+        params.lr, params.weight_decay, (params.beta1, params.beta2), rt.device_type
+    )
     accum = max(1, params.tokens_per_step // (params.micro_batch_size * cfg.seq_len * rt.world))
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None
-    run = Run(params=params, rt=rt, out=out, train_data=train_data, val_data=val_data, model_name=name, cfg=cfg,
-              models=models, optimizer=optimizer, order=DataOrder(train_data.num_sequences, params.seed),
-              accum=accum, metrics=MetricsLog(out, rt.is_main),
-              guard=SpikeGuard(params.spike_factor, params.spike_patience, params.spike_window),
-              unigram=unigram_baseline_loss(train_data, val_data, num_eval_sequences(params, val_data)),
-              bytes_per_token=job.bytes_per_token,
-              lineage={"tokenize_version": job.tokenize_version, "tokenizer_sha256": job.tokenizer_sha256},
-              peak=peak_flops(gpu) if gpu and gpu_key_for_device_name(gpu) else None)
+    run = Run(
+        params=params,
+        rt=rt,
+        out=out,
+        train_data=train_data,
+        val_data=val_data,
+        model_name=name,
+        cfg=cfg,
+        models=models,
+        optimizer=optimizer,
+        order=DataOrder(train_data.num_sequences, params.seed),
+        accum=accum,
+        metrics=MetricsLog(out, rt.is_main),
+        guard=SpikeGuard(params.spike_factor, params.spike_patience, params.spike_window),
+        unigram=unigram_baseline_loss(train_data, val_data, num_eval_sequences(params, val_data)),
+        bytes_per_token=job.bytes_per_token,
+        lineage={"tokenize_version": job.tokenize_version, "tokenizer_sha256": job.tokenizer_sha256},
+        peak=peak_flops(gpu) if gpu and gpu_key_for_device_name(gpu) else None,
+    )
     epochs = params.max_steps * run.tokens_per_step / train_data.num_tokens
     if epochs > MAX_EPOCHS:
-        log.warning("max_steps=%d x %d tokens per step = %.1f epochs of the %d training tokens (> %g): the model "
-                    "will mostly memorise; lower max_steps or add data", params.max_steps, run.tokens_per_step,
-                    epochs, train_data.num_tokens, MAX_EPOCHS)
+        log.warning(
+            "max_steps=%d x %d tokens per step = %.1f epochs of the %d training tokens (> %g): the model "
+            "will mostly memorise; lower max_steps or add data",
+            params.max_steps,
+            run.tokens_per_step,
+            epochs,
+            train_data.num_tokens,
+            MAX_EPOCHS,
+        )
     latest = ckpt.latest_step(str(out))
     if latest is not None and not params.resume:
-        raise ValueError(f"{out} already holds checkpoints (up to step {latest}) and resume is false; "
-                         f"use a fresh output directory or set resume: true")
+        raise ValueError(
+            f"{out} already holds checkpoints (up to step {latest}) and resume is false; "
+            f"use a fresh output directory or set resume: true"
+        )
     if latest is not None:
         run.state = restore_step(run, latest)
         run.resumed_from = latest
@@ -382,14 +514,28 @@ def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
         run.metrics.write({"step": latest, "event": "resume"})
     elif rt.is_main:
         run.metrics.path.unlink(missing_ok=True)
-    log.info("train %s (%d params) on %s x%d: %d seq/step (accum %d), %d train seqs, unigram loss %.4f%s",
-             name, cfg.num_params(), rt.device, rt.world, run.global_batch, accum, train_data.num_sequences,
-             run.unigram, f", resumed from {ckpt.step_dir_name(latest)}" if latest is not None else "")
+    log.info(
+        "train %s (%d params) on %s x%d: %d seq/step (accum %d), %d train seqs, unigram loss %.4f%s",
+        name,
+        cfg.num_params(),
+        rt.device,
+        rt.world,
+        run.global_batch,
+        accum,
+        train_data.num_sequences,
+        run.unigram,
+        f", resumed from {ckpt.step_dir_name(latest)}" if latest is not None else "",
+    )
     return run
 
 
-def finish(run: Run, last_loss: float | None, decode: Callable[[list[int]], str] | None,
-           encode: Callable[[str], list[int]] | None, seconds: float) -> TrainResult:
+def finish(
+    run: Run,
+    last_loss: float | None,
+    decode: Callable[[list[int]], str] | None,
+    encode: Callable[[str], list[int]] | None,
+    seconds: float,
+) -> TrainResult:
     """Final evaluation, checkpoint, plot, sample and result.json."""
     st, p = run.state, run.params
     if st.val_step != st.step:
@@ -399,38 +545,82 @@ def finish(run: Run, last_loss: float | None, decode: Callable[[list[int]], str]
     assert st.val_loss is not None and st.best_val_loss is not None, "no evaluation ran"
     prompt = encode(p.sample_prompt) if encode is not None and p.sample_prompt else []
     prompt = prompt or [int(t) for t in run.val_data.get([0])[0, :8]]
-    sample = generate_sample(run.models.raw, prompt, decode, p.sample_tokens, p.sample_temperature,
-                             p.sample_top_k or None, p.seed, run.rt.device)
+    sample = generate_sample(
+        run.models.raw,
+        prompt,
+        decode,
+        p.sample_tokens,
+        p.sample_temperature,
+        p.sample_top_k or None,
+        p.seed,
+        run.rt.device,
+    )
     t = run.timing
     tps = t["tokens"] / t["seconds"] if t["seconds"] else None
     result = TrainResult(
-        model=run.model_name, requested_model=p.model, resumed_from=run.resumed_from,
-        epochs=p.max_steps * run.tokens_per_step / run.train_data.num_tokens, num_params=run.models.raw.num_params(), steps=st.step, tokens_seen=st.tokens_seen,
-        train_loss=last_loss, val_loss=st.val_loss, best_val_loss=st.best_val_loss,
-        val_ppl=math.exp(min(st.val_loss, 700.0)), val_bpb=bits_per_byte(st.val_loss, run.bytes_per_token),
-        unigram_loss=run.unigram, tokens_per_s=tps,
+        model=run.model_name,
+        requested_model=p.model,
+        resumed_from=run.resumed_from,
+        epochs=p.max_steps * run.tokens_per_step / run.train_data.num_tokens,
+        num_params=run.models.raw.num_params(),
+        steps=st.step,
+        tokens_seen=st.tokens_seen,
+        train_loss=last_loss,
+        val_loss=st.val_loss,
+        best_val_loss=st.best_val_loss,
+        val_ppl=math.exp(min(st.val_loss, 700.0)),
+        val_bpb=bits_per_byte(st.val_loss, run.bytes_per_token),
+        unigram_loss=run.unigram,
+        tokens_per_s=tps,
         mfu=run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if tps and run.peak else None,
-        skipped_steps=st.skipped_steps, rollbacks=st.rollbacks, skipped_batches=st.skipped_batches,
-        checkpoint=ckpt.step_dir(str(run.out), st.step), metrics_path=str(run.metrics.path),
-        plot_path=str(run.out / LOSS_PLOT), sample=sample, seconds=seconds)
+        skipped_steps=st.skipped_steps,
+        rollbacks=st.rollbacks,
+        skipped_batches=st.skipped_batches,
+        checkpoint=ckpt.step_dir(str(run.out), st.step),
+        metrics_path=str(run.metrics.path),
+        plot_path=str(run.out / LOSS_PLOT),
+        sample=sample,
+        seconds=seconds,
+    )
     if run.rt.is_main:
         plot_losses(run.metrics.rows(), run.out / LOSS_PLOT, run.unigram)
         (run.out / SAMPLE).write_text(sample + "\n")
         (run.out / RESULT).write_text(result.model_dump_json(indent=2))
-        log.info("done: %d steps, val loss %.4f (unigram %.4f), bpb %.4f -> %s", st.step, st.val_loss,
-                 run.unigram, result.val_bpb, run.out / RESULT)
+        log.info(
+            "done: %d steps, val loss %.4f (unigram %.4f), bpb %.4f -> %s",
+            st.step,
+            st.val_loss,
+            run.unigram,
+            result.val_bpb,
+            run.out / RESULT,
+        )
     barrier(run.rt)
     return result
 
 
-def train(params: TrainParams, shards_dir: str | Path, out_dir: str | Path, bytes_per_token: float, *,
-          tokenizer_path: str | None = None, decode: Callable[[list[int]], str] | None = None,
-          encode: Callable[[str], list[int]] | None = None, tokenize_version: str = "",
-          tokenizer_sha256: str = "", hooks: FaultHooks | None = None) -> TrainResult:
+def train(
+    params: TrainParams,
+    shards_dir: str | Path,
+    out_dir: str | Path,
+    bytes_per_token: float,
+    *,
+    tokenizer_path: str | None = None,
+    decode: Callable[[list[int]], str] | None = None,
+    encode: Callable[[str], list[int]] | None = None,
+    tokenize_version: str = "",
+    tokenizer_sha256: str = "",
+    hooks: FaultHooks | None = None,
+) -> TrainResult:
     """Train (or resume) a model on a tokenize version's shards; writes everything under out_dir."""
-    job = TrainJob(params=params, shards_dir=str(shards_dir), out_dir=str(out_dir), bytes_per_token=bytes_per_token,
-                   tokenizer_path=tokenizer_path, tokenize_version=tokenize_version,
-                   tokenizer_sha256=tokenizer_sha256)
+    job = TrainJob(
+        params=params,
+        shards_dir=str(shards_dir),
+        out_dir=str(out_dir),
+        bytes_per_token=bytes_per_token,
+        tokenizer_path=tokenizer_path,
+        tokenize_version=tokenize_version,
+        tokenizer_sha256=tokenizer_sha256,
+    )
     if tokenizer_path is not None and (encode is None or decode is None):
         sp_encode, sp_decode = sentencepiece_codec(tokenizer_path)
         encode, decode = encode or sp_encode, decode or sp_decode
@@ -452,13 +642,22 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m tasks.train JOB.json` (also under torchrun); the result lands in OUT_DIR/result.json."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tasks.train JOB.json   (a TrainJob: params, shards_dir, out_dir, bytes_per_token)",
-              file=sys.stderr)
+        print(
+            "usage: python -m tasks.train JOB.json   (a TrainJob: params, shards_dir, out_dir, bytes_per_token)",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
-    train(job.params, job.shards_dir, job.out_dir, job.bytes_per_token, tokenizer_path=job.tokenizer_path,
-          tokenize_version=job.tokenize_version, tokenizer_sha256=job.tokenizer_sha256)
+    train(
+        job.params,
+        job.shards_dir,
+        job.out_dir,
+        job.bytes_per_token,
+        tokenizer_path=job.tokenizer_path,
+        tokenize_version=job.tokenize_version,
+        tokenizer_sha256=job.tokenizer_sha256,
+    )
     return 0
 
 

@@ -89,8 +89,9 @@ def setup_runtime(device: str, dtype: str) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     want_bf16 = dtype == "bfloat16" or (dtype == "auto" and use_cuda)
-    return Runtime(device=dev, amp_dtype=torch.bfloat16 if want_bf16 else None, rank=rank, world=world,
-                   local_rank=local_rank)
+    return Runtime(
+        device=dev, amp_dtype=torch.bfloat16 if want_bf16 else None, rank=rank, world=world, local_rank=local_rank
+    )
 
 
 def teardown_runtime(rt: Runtime) -> None:
@@ -154,9 +155,18 @@ class StepOutcome:
 LossHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[MicroBatch],
-               rt: Runtime, lr: float, grad_clip: float, skip_factor: float, step: int = 0,
-               ddp_module: DistributedDataParallel | None = None, loss_hook: LossHook | None = None) -> StepOutcome:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[MicroBatch],
+    rt: Runtime,
+    lr: float,
+    grad_clip: float,
+    skip_factor: float,
+    step: int = 0,
+    ddp_module: DistributedDataParallel | None = None,
+    loss_hook: LossHook | None = None,
+) -> StepOutcome:
     """One optimizer step over the micro-batches; skipped when the gradient norm is bad."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -217,10 +227,12 @@ class SpikeGuard:
 def capture_rng(rt: Runtime) -> dict[str, Any]:
     """This process's RNG states (torch CPU, CUDA, numpy global, python) as plain containers."""
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(rt.device) if rt.device_type == "cuda" else None,
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(rt.device) if rt.device_type == "cuda" else None,
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
 
 
 def restore_rng(state: dict[str, Any], rt: Runtime) -> None:
@@ -298,8 +310,9 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     peak: float | None = None
     resumed_from: int | None = None  # checkpoint step this process resumed from
-    timing: dict[str, float] = field(default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0,
-                                                              "win_seconds": 0.0, "steps": 0.0})
+    timing: dict[str, float] = field(
+        default_factory=lambda: {"tokens": 0.0, "seconds": 0.0, "win_tokens": 0.0, "win_seconds": 0.0, "steps": 0.0}
+    )
 
     @property
     def global_batch(self) -> int:

@@ -49,8 +49,11 @@ class MetricsLog:
         """Drop rows past `step` (left by a run that died after its last checkpoint)."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        rows = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         self.path.write_text("".join(r + "\n" for r in rows))
 
     def write(self, row: dict[str, Any]) -> None:
@@ -94,9 +97,16 @@ def plot_losses(rows: Sequence[dict[str, Any]], path: Path, unigram_loss: float 
     plt.close(fig)
 
 
-def generate_sample(model: GPT, prompt_ids: list[int], decode: Callable[[list[int]], str] | None,
-                    max_new_tokens: int, temperature: float, top_k: int | None, seed: int,
-                    device: torch.device) -> str:
+def generate_sample(
+    model: GPT,
+    prompt_ids: list[int],
+    decode: Callable[[list[int]], str] | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    device: torch.device,
+) -> str:
     """Seeded sample continuing prompt_ids; token ids joined by spaces when there is no decoder."""
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -116,8 +126,9 @@ def sentencepiece_codec(model_path: str) -> tuple[Callable[[str], list[int]], Ca
     return (lambda text: list(sp.encode(text))), (lambda ids: str(sp.decode(ids)))
 
 
-def unigram_baseline_loss(train: TokenShards, val: TokenShards, num_val_sequences: int | None = None,
-                          max_train_tokens: int = 200_000_000) -> float:
+def unigram_baseline_loss(
+    train: TokenShards, val: TokenShards, num_val_sequences: int | None = None, max_train_tokens: int = 200_000_000
+) -> float:
     """Cross-entropy (nats/token) on val targets of the train-set unigram distribution (add-one smoothed)."""
     counts = np.zeros(train.vocab_size, dtype=np.int64)
     seen = 0
@@ -150,9 +161,26 @@ def record_step(run: Run, loss: float, lr: float, grad_norm: float, skipped: boo
     tps = t["win_tokens"] / t["win_seconds"]
     mfu = run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if run.peak else None
     t["win_tokens"] = t["win_seconds"] = 0.0
-    run.metrics.write({"step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": tps, "mfu": mfu, "skipped_steps": st.skipped_steps,
-                       "rollbacks": st.rollbacks})
+    run.metrics.write(
+        {
+            "step": st.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tps,
+            "mfu": mfu,
+            "skipped_steps": st.skipped_steps,
+            "rollbacks": st.rollbacks,
+        }
+    )
     if run.rt.is_main:
-        log.info("step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s", st.step, p.max_steps, loss,
-                 lr, grad_norm, tps, f" mfu {mfu:.1%}" if mfu else "")
+        log.info(
+            "step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s",
+            st.step,
+            p.max_steps,
+            loss,
+            lr,
+            grad_norm,
+            tps,
+            f" mfu {mfu:.1%}" if mfu else "",
+        )

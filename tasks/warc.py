@@ -41,12 +41,18 @@ Fault = Literal["truncated", "corrupt"]
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 _GZIP_STEP = 1 << 20  # output bytes zlib may produce per call while following members (bounds memory)
 # WarcRecordType is an unhashable flag type: key the tables by its integer value
-_KINDS: dict[int, RecordKind] = {int(WarcRecordType.response): "response",
-                                 int(WarcRecordType.conversion): "conversion"}
-_TYPE_NAMES = {int(t): name for t, name in [
-    (WarcRecordType.warcinfo, "warcinfo"), (WarcRecordType.request, "request"),
-    (WarcRecordType.metadata, "metadata"), (WarcRecordType.resource, "resource"),
-    (WarcRecordType.revisit, "revisit"), (WarcRecordType.continuation, "continuation")]}
+_KINDS: dict[int, RecordKind] = {int(WarcRecordType.response): "response", int(WarcRecordType.conversion): "conversion"}
+_TYPE_NAMES = {
+    int(t): name
+    for t, name in [
+        (WarcRecordType.warcinfo, "warcinfo"),
+        (WarcRecordType.request, "request"),
+        (WarcRecordType.metadata, "metadata"),
+        (WarcRecordType.resource, "resource"),
+        (WarcRecordType.revisit, "revisit"),
+        (WarcRecordType.continuation, "continuation"),
+    ]
+}
 
 
 @dataclass(slots=True)
@@ -99,7 +105,11 @@ class _GzipMembers:
         try:
             while data:
                 if self._inflate is None:
-                    self._inflate, self.member_start, self.unfinished = zlib.decompressobj(16 + zlib.MAX_WBITS), self.pos, 0
+                    self._inflate, self.member_start, self.unfinished = (
+                        zlib.decompressobj(16 + zlib.MAX_WBITS),
+                        self.pos,
+                        0,
+                    )
                 out = self._inflate.decompress(data, _GZIP_STEP)
                 if self._inflate.eof:
                     rest = self._inflate.unused_data
@@ -151,14 +161,26 @@ class _TrackedStream:
     def end_fault(self, last_offset: int) -> WarcItem | None:
         """The fault of a stream FastWARC has finished with (or failed on), judged from the raw bytes."""
         if not self.at_end():
-            return WarcItem("response", last_offset, fault="corrupt", fault_detail=(
-                f"unreadable data after offset {last_offset}: parsing stopped at byte {self.pos} before the end"))
+            return WarcItem(
+                "response",
+                last_offset,
+                fault="corrupt",
+                fault_detail=(
+                    f"unreadable data after offset {last_offset}: parsing stopped at byte {self.pos} before the end"
+                ),
+            )
         m = self.members
         if m.cut:
             offset = m.member_start if m.member_start > last_offset else last_offset
-            return WarcItem("response", offset, fault="truncated", fault_detail=(
-                f"file ends inside the gzip member that starts at offset {m.member_start} "
-                f"({m.unfinished} compressed bytes, no gzip trailer): the file was cut short"))
+            return WarcItem(
+                "response",
+                offset,
+                fault="truncated",
+                fault_detail=(
+                    f"file ends inside the gzip member that starts at offset {m.member_start} "
+                    f"({m.unfinished} compressed bytes, no gzip trailer): the file was cut short"
+                ),
+            )
         return None
 
     def tell(self) -> int:
@@ -187,7 +209,7 @@ def _dechunk(body: bytes) -> bytes:
         size = int(body[pos:eol].split(b";", 1)[0], 16)
         if size == 0:
             return bytes(out)
-        out += body[eol + 2:eol + 2 + size]
+        out += body[eol + 2 : eol + 2 + size]
         pos = eol + 2 + size + 2
 
 
@@ -232,8 +254,13 @@ def _read_item(record: WarcRecord, kind: RecordKind, max_bytes: int) -> WarcItem
     """Read one wanted record; sets `fault='truncated'` if its bytes end before its Content-Length, and
     `too_large` (body skipped unread) if that length exceeds `max_bytes`."""
     headers = record.headers
-    item = WarcItem(kind=kind, offset=record.stream_pos, record_id=str(headers.get("WARC-Record-ID") or ""),
-                    url=str(headers.get("WARC-Target-URI") or "").strip("<>"), date=_iso_date(record))
+    item = WarcItem(
+        kind=kind,
+        offset=record.stream_pos,
+        record_id=str(headers.get("WARC-Record-ID") or ""),
+        url=str(headers.get("WARC-Target-URI") or "").strip("<>"),
+        date=_iso_date(record),
+    )
     expected = record.content_length
     if expected > max_bytes:  # before parse_http: even its header block is not read into memory
         got = record.reader.consume()
@@ -274,7 +301,11 @@ def _read_item(record: WarcRecord, kind: RecordKind, max_bytes: int) -> WarcItem
             try:
                 item.payload = _decode_body(item.payload, transfer, content, max_bytes)
             except _TooLarge as e:
-                item.too_large, item.too_large_part, item.payload = e.args[0], f"body decoded from {content or transfer}", b""
+                item.too_large, item.too_large_part, item.payload = (
+                    e.args[0],
+                    f"body decoded from {content or transfer}",
+                    b"",
+                )
             except (ValueError, zlib.error, ImportError, OSError) as e:
                 item.body_error = f"cannot undo HTTP encoding (transfer={transfer!r}, content={content!r}): {e}"
     return item
@@ -300,8 +331,9 @@ def _cut_header_fault(records: Iterator[WarcRecord]) -> Fault:
     return "corrupt"
 
 
-def read_warc(raw: IO[bytes], name: str, stats: StageStats,
-              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[WarcItem]:
+def read_warc(
+    raw: IO[bytes], name: str, stats: StageStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[WarcItem]:
     """Stream the response/conversion records of one WARC/WET file (see module docstring for faults)."""
     stream = _TrackedStream(raw)
     records = iter(ArchiveIterator(cast(BinaryIO, stream), record_types=WarcRecordType.any_type, parse_http=False))
@@ -312,12 +344,17 @@ def read_warc(raw: IO[bytes], name: str, stats: StageStats,
             record = next(records)
             offset = record.stream_pos
             if "Content-Length" not in record.headers:
-                item = WarcItem("response", offset, fault=_cut_header_fault(records),
-                                fault_detail="WARC header without Content-Length")
+                item = WarcItem(
+                    "response",
+                    offset,
+                    fault=_cut_header_fault(records),
+                    fault_detail="WARC header without Content-Length",
+                )
             elif (kind := _KINDS.get(int(record.record_type))) is None:
                 problem = _skip_record(record, stats)
-                item = None if problem is None else WarcItem("response", offset, fault="truncated",
-                                                               fault_detail=problem)
+                item = (
+                    None if problem is None else WarcItem("response", offset, fault="truncated", fault_detail=problem)
+                )
             else:
                 item = _read_item(record, kind, max_record_bytes)
         except StopIteration:
@@ -331,10 +368,14 @@ def read_warc(raw: IO[bytes], name: str, stats: StageStats,
                 raise
             cut = stream.members.cut and stream.at_end()
             if seen == 0:
-                what = ("it is cut short inside its first gzip member (truncated download)" if cut
-                        else "Check that it is a WARC (.warc, .warc.gz) or WET file")
-                raise ValueError(f"{name}: not a readable WARC/WET file ({e}). {what}; re-download it, "
-                                 "or remove it from inputs") from e
+                what = (
+                    "it is cut short inside its first gzip member (truncated download)"
+                    if cut
+                    else "Check that it is a WARC (.warc, .warc.gz) or WET file"
+                )
+                raise ValueError(
+                    f"{name}: not a readable WARC/WET file ({e}). {what}; re-download it, or remove it from inputs"
+                ) from e
             item = stream.end_fault(offset) if cut else None
             if item is None or item.fault != "truncated":
                 item = WarcItem("response", offset, fault="corrupt", fault_detail=str(e))

@@ -28,8 +28,10 @@ def prefect_backend():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
@@ -37,6 +39,7 @@ def prefect_backend():
 def torch_one_thread():
     """Spinning OpenMP threads make tiny CPU models 10x slower on a busy machine (torch imported here only)."""
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -78,9 +81,13 @@ def make_version():
                     dw.write(d)
             infos.append(ShardInfo(name=name, rows=len(docs), bytes=1))
             total += len(docs)
-        w.commit(new_manifest(Stage(stage), 1, version, {}, inputs or {}, infos, [],
-                              StageStats(docs_in=total, docs_out=total)))
+        w.commit(
+            new_manifest(
+                Stage(stage), 1, version, {}, inputs or {}, infos, [], StageStats(docs_in=total, docs_out=total)
+            )
+        )
         return version
+
     return make
 
 

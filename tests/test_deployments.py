@@ -29,6 +29,7 @@ def _deployments():
 
 def _load(entrypoint, monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
+
     monkeypatch.chdir(REPO)  # entrypoints are relative to the repo root, as for `prefect deploy`
     # no placeholder: Prefect otherwise swaps in an untyped stand-in flow when the module fails to import
     return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
@@ -56,6 +57,7 @@ def test_entrypoint_is_a_flow_with_a_typed_form_and_valid_parameters(dep, monkey
     flow.validate_parameters(params)  # raises ParameterTypeError on a bad value
     if "config_path" in params:
         from flows.config import load_config
+
         load_config(REPO / params["config_path"])
     schema = parameter_schema(flow).model_dump()
     for name, prop in schema["properties"].items():
@@ -90,8 +92,10 @@ def test_every_stage_flow_has_a_deployment(monkeypatch):
             defined_here = isinstance(obj, Flow) and obj.fn.__module__ == module.__name__
             if defined_here and f"flows/{path.name}:{name}" not in entrypoints:
                 missing.append(f"flows/{path.name}:{name}")
-    assert not missing, (f"stage flows without a deployment: {missing}; add an entry to deployments/prefect.yaml "
-                         f"(copy the ingest one; train goes to `work_pool: *gpu_pool`)")
+    assert not missing, (
+        f"stage flows without a deployment: {missing}; add an entry to deployments/prefect.yaml "
+        f"(copy the ingest one; train goes to `work_pool: *gpu_pool`)"
+    )
 
 
 def test_schedules_are_paused_and_yaml_has_no_secrets():
@@ -101,11 +105,13 @@ def test_schedules_are_paused_and_yaml_has_no_secrets():
     assert all(s.get("active") is False for s in schedules), "schedules must be paused by default"
     text = PREFECT_YAML.read_text()
     assert not SECRET_WORDS.search(text), "no credentials in prefect.yaml; workers take them from the environment"
-    assert "pull:" not in text.replace("`pull:`", ""), \
+    assert "pull:" not in text.replace("`pull:`", ""), (
         "no pull section: prefect deploy must store the repo root as the working directory"
+    )
 
 
 # ---------------------------------------------------------------- docker-compose
+
 
 def _env_example() -> dict[str, str]:
     out = {}
@@ -132,6 +138,7 @@ def _interpolate(value, env):
         if op == ":?":
             raise AssertionError(f"docker-compose.yml needs {name}: {arg}")
         return arg if op == ":-" else ""
+
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value.replace("$$", "\0")).replace("\0", "$")
 
 
@@ -177,8 +184,9 @@ def test_compose_workers_share_one_data_volume_at_the_same_path(compose):
         vols = [v for v in services[name]["volumes"] if v.split(":")[0] in compose["volumes"]]
         assert len(vols) == 1, f"{name}: expected one named data volume, got {services[name]['volumes']}"
         mounts[name] = vols[0]
-        assert vols[0].split(":")[1] == _env(services[name])["PRETRAIN_DATA_ROOT"], \
+        assert vols[0].split(":")[1] == _env(services[name])["PRETRAIN_DATA_ROOT"], (
             f"{name}: PRETRAIN_DATA_ROOT is not the mounted data path"
+        )
     assert len(set(mounts.values())) == 1, f"workers mount different data volumes/paths: {mounts}"
 
 
@@ -213,6 +221,7 @@ def test_compose_config_validates_with_the_docker_cli():
 
 # ---------------------------------------------------------------- security (issue 11)
 
+
 def test_env_example_has_no_usable_secret_and_compose_requires_them():
     env = _env_example()
     assert env["POSTGRES_PASSWORD"] == "" and env["PREFECT_AUTH_STRING"] == "", "no default secrets in .env.example"
@@ -245,27 +254,39 @@ def test_containers_run_as_a_non_root_user_owning_the_data_volume(compose):
     user = _dockerfile_user()
     assert user.split(":")[0] not in ("root", "0"), user
     text = (REPO / "deployments" / "Dockerfile").read_text()
-    assert re.search(r"chown [^\n]*/data", text) and text.index("chown") < text.index('VOLUME ["/data"]'), \
+    assert re.search(r"chown [^\n]*/data", text) and text.index("chown") < text.index('VOLUME ["/data"]'), (
         "/data must belong to the user before VOLUME, so a new named volume takes that ownership"
+    )
     assert 'ENTRYPOINT ["bash", "/app/deployments/entrypoint.sh"]' in text
     for name, svc in compose["services"].items():
         assert str(svc.get("user", user)).split(":")[0] not in ("root", "0"), f"{name} runs as root"
 
 
-@pytest.mark.parametrize("env, refused", [
-    ({"PREFECT_API_AUTH_STRING": ""}, "PREFECT_API_AUTH_STRING is empty"),
-    ({"PREFECT_SERVER_API_AUTH_STRING": "change-me"}, "PREFECT_SERVER_API_AUTH_STRING is a placeholder"),
-    ({"PREFECT_API_AUTH_STRING": "pretrain:change-me"}, "PREFECT_API_AUTH_STRING \\(its password\\) is a placeholder"),
-    ({"PREFECT_API_AUTH_STRING": "no-user-part-here"}, "must be user:password"),
-    ({"PREFECT_API_AUTH_STRING": "pretrain:short"}, "at least 12 characters"),
-    ({"POSTGRES_PASSWORD": "change-me"}, "POSTGRES_PASSWORD is a placeholder"),
-    ({"POSTGRES_PASSWORD": ""}, "POSTGRES_PASSWORD is empty"),
-    ({**SECRETS, "PREFECT_API_AUTH_STRING": SECRETS["PREFECT_AUTH_STRING"]}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"PREFECT_API_AUTH_STRING": ""}, "PREFECT_API_AUTH_STRING is empty"),
+        ({"PREFECT_SERVER_API_AUTH_STRING": "change-me"}, "PREFECT_SERVER_API_AUTH_STRING is a placeholder"),
+        (
+            {"PREFECT_API_AUTH_STRING": "pretrain:change-me"},
+            "PREFECT_API_AUTH_STRING \\(its password\\) is a placeholder",
+        ),
+        ({"PREFECT_API_AUTH_STRING": "no-user-part-here"}, "must be user:password"),
+        ({"PREFECT_API_AUTH_STRING": "pretrain:short"}, "at least 12 characters"),
+        ({"POSTGRES_PASSWORD": "change-me"}, "POSTGRES_PASSWORD is a placeholder"),
+        ({"POSTGRES_PASSWORD": ""}, "POSTGRES_PASSWORD is empty"),
+        ({**SECRETS, "PREFECT_API_AUTH_STRING": SECRETS["PREFECT_AUTH_STRING"]}, None),
+        ({}, None),
+    ],
+)
 def test_entrypoint_refuses_empty_and_placeholder_secrets(env, refused):
-    res = subprocess.run(["bash", str(REPO / "deployments" / "entrypoint.sh"), "echo", "started"],
-                         env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["bash", str(REPO / "deployments" / "entrypoint.sh"), "echo", "started"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if refused is None:
         assert res.returncode == 0 and res.stdout == "started\n", res.stderr
     else:

@@ -17,8 +17,14 @@ def test_run_without_a_server_starts_one_temporary_server(tmp_path):
     cfg.write_text("workers: 2\ndemo_pages: 40\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PRETRAIN_DATA_ROOT=str(tmp_path / "data"))
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), "--to", "langid"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), "--to", "langid"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     # the pool workers used the run's server instead of starting their own (each costs ~7 s)

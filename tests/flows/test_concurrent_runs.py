@@ -21,8 +21,17 @@ from prefect import flow, task
 
 from flows.sharded import abort_on_error, begin_stage, finish_stage, run_sharded_stage, task_runner
 from storage.documents import Document, DocumentWriter
-from storage.manifest import (LOCK_PREFIX, ShardInfo, Stage, VersionLock, VersionWriter, list_versions, load_manifest,
-                              lock_is_held, new_manifest)
+from storage.manifest import (
+    LOCK_PREFIX,
+    ShardInfo,
+    Stage,
+    VersionLock,
+    VersionWriter,
+    list_versions,
+    load_manifest,
+    lock_is_held,
+    new_manifest,
+)
 from storage.params import StageParams
 from storage.shards import run_document_shard
 from storage.stats import StageStats
@@ -57,6 +66,7 @@ def gated_shard(src: str, out_dir: str, index: int, params: GateParams):
                 rejects.add(d, "too_short", {})
             else:
                 yield d
+
     return run_document_shard(src, out_dir, index, process)
 
 
@@ -128,8 +138,18 @@ def fake_ingest(root: str) -> None:
     with DocumentWriter(f"{w.tmp_path}/part-00000.parquet") as dw:
         for i in range(6):
             dw.write(Document(id=str(i), text="x" * i, url=f"http://e/{i}"))
-    w.commit(new_manifest(Stage.INGEST, 1, "ing1", {}, {}, [ShardInfo(name="part-00000.parquet", rows=6, bytes=1)],
-                          [], StageStats(docs_in=6, docs_out=6)))
+    w.commit(
+        new_manifest(
+            Stage.INGEST,
+            1,
+            "ing1",
+            {},
+            {},
+            [ShardInfo(name="part-00000.parquet", rows=6, bytes=1)],
+            [],
+            StageStats(docs_in=6, docs_out=6),
+        )
+    )
 
 
 def test_identical_run_waits_for_the_first_and_reuses_it(prefect_backend, tmp_path, gate, run_lines):
@@ -172,8 +192,11 @@ def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
     holder = VersionLock(str(tmp_path), Stage.LANGID, "v1")
     holder.acquire()
     messages: list[str] = []
-    with pytest.raises(TimeoutError, match=rf"langid@v1: another run \(pid {os.getpid()} on .*\) still holds "
-                                           rf"{tmp_path}/langid/.lock-v1"):
+    with pytest.raises(
+        TimeoutError,
+        match=rf"langid@v1: another run \(pid {os.getpid()} on .*\) still holds "
+        rf"{tmp_path}/langid/.lock-v1",
+    ):
         VersionLock(str(tmp_path), Stage.LANGID, "v1").acquire(timeout_s=0.3, on_wait=messages.append)
     assert len(messages) == 1 and "waiting for another run of langid@v1" in messages[0]
     assert VersionLock(str(tmp_path), Stage.LANGID, "v2").try_acquire()  # other versions do not contend
@@ -185,11 +208,17 @@ def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
 
 
 def test_lock_is_released_when_its_process_dies(tmp_path):
-    code = ("import time; from storage.manifest import VersionLock; "
-            f"lock = VersionLock({str(tmp_path)!r}, 'train', 'v1'); lock.acquire(); print('locked', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    code = (
+        "import time; from storage.manifest import VersionLock; "
+        f"lock = VersionLock({str(tmp_path)!r}, 'train', 'v1'); lock.acquire(); print('locked', flush=True); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         path = str(tmp_path / "train" / ".lock-v1")
@@ -224,6 +253,7 @@ def test_a_read_only_data_root_is_still_reused(tmp_path, monkeypatch):
     import errno
 
     import storage.manifest as manifest_module
+
     root = str(tmp_path)
     fake_ingest(root)
     run = begin_stage(Stage.LANGID, 1, GateParams(), root)
@@ -231,6 +261,7 @@ def test_a_read_only_data_root_is_still_reused(tmp_path, monkeypatch):
 
     def read_only(*args, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
+
     monkeypatch.setattr(manifest_module.os, "makedirs", read_only)
     again = begin_stage(Stage.LANGID, 1, GateParams(), root)
     assert again.reused is not None and again.lock is None  # a complete version is reused without any lock

@@ -31,15 +31,23 @@ def test_bad_value_names_key_and_constraint():
 SECRET = "s3cr3t-token-value"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"workers": SECRET}, r"workers: Input should be a valid integer.* \(got a str\)"),
-    ({"workers": None}, r"workers: .* \(got nothing \(null\)\)"),
-    ({"ingest": {"extractor": SECRET}}, r"ingest.extractor: Input should be 'trafilatura' or 'resiliparse' \(got a str\)"),
-    ({"ingest": {"crawl_base_url": SECRET}}, r"ingest: Value error, crawl_base_url must be a URL"),
-    ({"langid": {"languages": [f"{SECRET} x"]}}, r"langid.languages: Value error, languages has 1 empty or blank"),
-    ({"decontaminate": {"benchmarks": [{"name": "b", "path": "x.jsonl", "fields": [{"k": SECRET}]}]}},
-     r"decontaminate.benchmarks.0.fields.0: Input should be a valid string \(got a dict\)"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"workers": SECRET}, r"workers: Input should be a valid integer.* \(got a str\)"),
+        ({"workers": None}, r"workers: .* \(got nothing \(null\)\)"),
+        (
+            {"ingest": {"extractor": SECRET}},
+            r"ingest.extractor: Input should be 'trafilatura' or 'resiliparse' \(got a str\)",
+        ),
+        ({"ingest": {"crawl_base_url": SECRET}}, r"ingest: Value error, crawl_base_url must be a URL"),
+        ({"langid": {"languages": [f"{SECRET} x"]}}, r"langid.languages: Value error, languages has 1 empty or blank"),
+        (
+            {"decontaminate": {"benchmarks": [{"name": "b", "path": "x.jsonl", "fields": [{"k": SECRET}]}]}},
+            r"decontaminate.benchmarks.0.fields.0: Input should be a valid string \(got a dict\)",
+        ),
+    ],
+)
 def test_errors_name_the_key_and_the_type_never_the_value(data, message):
     """Issue 11: a config value (a token typed in the wrong field, a file's content) is not echoed."""
     with pytest.raises(ConfigError, match=message) as err:
@@ -99,8 +107,10 @@ def test_filter_option_values_are_type_checked_before_any_stage():
     msg = _config_error({"gopher_quality": {"min_doc_wordz": 5}, "c4_quality": {"language": "de"}})
     assert "gopher_quality.min_doc_wordz: GopherQualityFilter has no such argument; allowed: min_doc_words" in msg
     assert "c4_quality.language: set by the stage" in msg
-    ok = {"gopher_quality": {"min_doc_words": None, "max_symbol_word_ratio": 1, "stop_words": ["the", "of"]},
-          "gopher_repetition": {"top_n_grams": [[2, 0.3], [3, 0.2]], "dup_line_frac": None},
-          "c4_quality": {"filter_no_terminal_punct": False, "min_num_sentences": 3},
-          "fineweb_quality": {"stop_chars": [".", "!"], "short_line_length": 20}}
+    ok = {
+        "gopher_quality": {"min_doc_words": None, "max_symbol_word_ratio": 1, "stop_words": ["the", "of"]},
+        "gopher_repetition": {"top_n_grams": [[2, 0.3], [3, 0.2]], "dup_line_frac": None},
+        "c4_quality": {"filter_no_terminal_punct": False, "min_num_sentences": 3},
+        "fineweb_quality": {"stop_chars": [".", "!"], "short_line_length": 20},
+    }
     assert parse_config({"quality": {"filter_options": ok}}).quality.filter_options == ok

@@ -15,8 +15,10 @@ from storage.manifest import Stage, list_versions, load_manifest
 from tasks import benchmarks as bm
 from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
 
-Q = ("Question: Which gas do green plants absorb from the air to make their own food during photosynthesis? "
-     "Choose the best answer from the four options given below.")
+Q = (
+    "Question: Which gas do green plants absorb from the air to make their own food during photosynthesis? "
+    "Choose the best answer from the four options given below."
+)
 EXTRA = [pa.field("quality_score", pa.float64())]
 
 
@@ -31,8 +33,11 @@ def filler(prefix, n):
 
 
 def upstream(root, make_version):
-    docs = [Document(id=f"s{s}-{i}", url=f"http://e/{s}/{i}", text=filler(f"c{s}x{i}y", 120),
-                     meta={"quality_score": 0.5}) for s in range(2) for i in range(4)]
+    docs = [
+        Document(id=f"s{s}-{i}", url=f"http://e/{s}/{i}", text=filler(f"c{s}x{i}y", 120), meta={"quality_score": 0.5})
+        for s in range(2)
+        for i in range(4)
+    ]
     docs[1].text = f"{filler('pre', 100)} {Q.upper()} {filler('post', 100)}"
     docs[6].text = f"Quoted: {Q}"
     return make_version(root, "dedup", [docs[:4], docs[4:]], extra=EXTRA, version="dedup1")
@@ -79,8 +84,17 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
     assert index["reused"] is False and [b["name"] for b in index["benchmarks"]] == ["humaneval", "toy"]
     assert (root / "decontaminate" / "_index" / index["version"] / "index.json").is_file()
     rows = {r["benchmark"]: r for r in benchmark_rows(m)}
-    assert rows["toy"] == {"benchmark": "toy", "items": 1, "items_indexed": 1, "items_too_short": 0, "items_whole": 0,
-                           "ngrams": len(Q.split()) - 12, "items_matched": 1, "docs_matched": 2, "docs_removed": 2}
+    assert rows["toy"] == {
+        "benchmark": "toy",
+        "items": 1,
+        "items_indexed": 1,
+        "items_too_short": 0,
+        "items_whole": 0,
+        "ngrams": len(Q.split()) - 12,
+        "items_matched": 1,
+        "docs_matched": 2,
+        "docs_removed": 2,
+    }
     assert rows["humaneval"]["docs_matched"] == 0 and rows["humaneval"]["items_indexed"] == 164
     report = report_markdown(m, str(root))
     assert "| toy | 1 | 1 | 0 | 0 |" in report and "| toy | q1 | 2 | Question: Which gas" in report
@@ -104,6 +118,7 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
 
 def test_cli_inspect_prints_the_benchmark_report(prefect_backend, tmp_path, make_version, capsys):
     from flows.cli import main  # its `inspect` takes the report from flows.pipeline.REPORTS
+
     root = tmp_path / "data"
     upstream(root, make_version)
     run_flow(toy(tmp_path), root)
@@ -119,8 +134,11 @@ def test_a_system_file_is_refused_before_anything_is_indexed(prefect_backend, tm
     root = tmp_path / "data"
     upstream(root, make_version)
     spec = bm.BenchmarkFile(name="passwd", path="/etc/passwd", format="csv", fields=["root:x:0:0:root:/root:/bin/bash"])
-    with pytest.raises(ValueError, match=r"decontaminate.benchmarks\['passwd'\].path: /etc/passwd is outside the "
-                                         r"allowed directories .*PRETRAIN_ALLOWED_ROOTS") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"decontaminate.benchmarks\['passwd'\].path: /etc/passwd is outside the "
+        r"allowed directories .*PRETRAIN_ALLOWED_ROOTS",
+    ) as err:
         run_flow(DecontaminateParams(benchmarks=[spec]), root)
     assert "/bin/bash" not in str(err.value).split("PRETRAIN_ALLOWED_ROOTS")[-1]
     assert not (root / "decontaminate").exists() or not list((root / "decontaminate").rglob("items.json"))
@@ -133,11 +151,16 @@ def test_bad_benchmark_fails_before_any_shard(prefect_backend, tmp_path, make_ve
     upstream(root, make_version)
     path = tmp_path / "b.jsonl"
     path.write_text(json.dumps({"question": "too short" if case == "no_usable_items" else Q}) + "\n")
-    spec = bm.BenchmarkFile(name="arc", path=str(tmp_path / "gone.jsonl") if case == "missing_file" else str(path),
-                            fields=["query" if case == "missing_field" else "question"])
-    message = {"missing_field": r"benchmark 'arc' \(.*b.jsonl\) row 0: no field 'query'",
-               "missing_file": r"benchmark 'arc' \(.*gone.jsonl\): file not found",
-               "no_usable_items": r"benchmark 'arc' .* would decontaminate nothing"}[case]
+    spec = bm.BenchmarkFile(
+        name="arc",
+        path=str(tmp_path / "gone.jsonl") if case == "missing_file" else str(path),
+        fields=["query" if case == "missing_field" else "question"],
+    )
+    message = {
+        "missing_field": r"benchmark 'arc' \(.*b.jsonl\) row 0: no field 'query'",
+        "missing_file": r"benchmark 'arc' \(.*gone.jsonl\): file not found",
+        "no_usable_items": r"benchmark 'arc' .* would decontaminate nothing",
+    }[case]
     with pytest.raises(ValueError, match=message):
         run_flow(DecontaminateParams(benchmarks=[spec]), root)
     stage_dir = root / "decontaminate"
@@ -152,11 +175,13 @@ def test_demo_crawl_humaneval_pages_are_removed_and_nothing_else(prefect_backend
     from flows.ingest import ingest_flow
     from tasks.demo_crawl import generate_demo_crawl
     from tasks.ingest import IngestParams
+
     root = tmp_path / "data"
     crawl = generate_demo_crawl(str(tmp_path / "crawl"), pages=400)
     truth = [json.loads(line) for line in Path(crawl.ground_truth_path).read_text().split("\n") if line]
     iv = ingest_flow.with_options(task_runner=task_runner(1))(
-        params=IngestParams(inputs=[crawl.warc_path]), data_root=str(root))
+        params=IngestParams(inputs=[crawl.warc_path]), data_root=str(root)
+    )
     im = load_manifest(str(root), Stage.INGEST, iv)
     docs = [d for s in im.shards for d in read_documents(f"{root}/ingest/{iv}/{s.name}")]
     extra = extra_fields(read_schema(f"{root}/ingest/{iv}/{im.shards[0].name}"))

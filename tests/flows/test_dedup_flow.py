@@ -28,14 +28,17 @@ def planted_corpus(seed=0):
     later), plus exact copies; returns (shards, near pairs)."""
     rng = random.Random(seed)
     doc = stdlib_docstrings()
-    base = [" ".join(doc[i:i + 2]) for i in range(0, len(doc) - 1, 2)]
+    base = [" ".join(doc[i : i + 2]) for i in range(0, len(doc) - 1, 2)]
     vocabulary = sorted({w for t in base for w in t.split() if w.isalpha()})
-    docs = [Document(id=f"b{i:03d}", text=t, url=f"https://docs.example/{i}", crawl_date=_date(i % 100))
-            for i, t in enumerate(base)]
+    docs = [
+        Document(id=f"b{i:03d}", text=t, url=f"https://docs.example/{i}", crawl_date=_date(i % 100))
+        for i, t in enumerate(base)
+    ]
     for i, original in enumerate(base[:100]):
         copy, _ = edit_to_jaccard(original, rng.uniform(0.6, 0.98), rng, vocabulary)
-        docs.append(Document(id=f"n{i:03d}", text=copy, url=f"https://mirror.example/{i}",
-                             crawl_date=_date(i % 100 + 150)))
+        docs.append(
+            Document(id=f"n{i:03d}", text=copy, url=f"https://mirror.example/{i}", crawl_date=_date(i % 100 + 150))
+        )
     return docs
 
 
@@ -55,8 +58,14 @@ def test_global_exact_and_near_dedup(prefect_backend, data_root, make_version):
     docs = planted_corpus()
     by_id = {d.id: d for d in docs}
     # an exact copy (case + whitespace) in another shard, dated EARLIER than b005: the copy is kept
-    docs.append(Document(id="x005", text="  " + by_id["b005"].text.upper().replace(" ", "\n ", 3),
-                         url="https://copy.example/5", crawl_date="2023-01-01T00:00:00Z"))
+    docs.append(
+        Document(
+            id="x005",
+            text="  " + by_id["b005"].text.upper().replace(" ", "\n ", 3),
+            url="https://copy.example/5",
+            crawl_date="2023-01-01T00:00:00Z",
+        )
+    )
     # a duplicate pair split across shards on purpose: shard 0 holds b120, shard 2 its near copy
     near = edit_to_jaccard(by_id["b120"].text, 0.9, random.Random(1), by_id["b121"].text.split())[0]
     shards = _shard([d for d in docs if d.id != "b120"])
@@ -97,8 +106,14 @@ def test_global_exact_and_near_dedup(prefect_backend, data_root, make_version):
     vdir = data_root / "dedup" / v
     assert (vdir / "s_curve.png").stat().st_size > 1000 and not (vdir / WORK).exists()
     report = report_markdown(m, str(data_root))
-    for needle in ("exact duplicates: 1", "Cluster sizes", "Largest clusters", "S-curve (14 bands x 8 rows)", "0.924",
-                   "https://"):
+    for needle in (
+        "exact duplicates: 1",
+        "Cluster sizes",
+        "Largest clusters",
+        "S-curve (14 bands x 8 rows)",
+        "0.924",
+        "https://",
+    ):
         assert needle in report
     assert m.extras["largest_clusters"][0]["size"] >= 2
 
@@ -111,10 +126,18 @@ def test_global_exact_and_near_dedup(prefect_backend, data_root, make_version):
 
 def test_cli_inspect_report_and_plan(prefect_backend, data_root, make_version, capsys):
     from flows.cli import main
+
     text = " ".join(stdlib_docstrings()[0].split())
-    make_version(data_root, Stage.QUALITY, [[
-        Document(id="a", text=text, url="https://a.example", crawl_date="2024-01-01"),
-        Document(id="b", text=text.upper(), crawl_date="2024-02-01")]])
+    make_version(
+        data_root,
+        Stage.QUALITY,
+        [
+            [
+                Document(id="a", text=text, url="https://a.example", crawl_date="2024-01-01"),
+                Document(id="b", text=text.upper(), crawl_date="2024-02-01"),
+            ]
+        ],
+    )
     assert main(["inspect", "dedup", "--plan", "--data-root", str(data_root)]) == 0
     assert "## Dedup plan for quality@fixture1" in capsys.readouterr().out
     FLOW(params=DedupParams(), data_root=str(data_root))
@@ -128,22 +151,31 @@ def test_cli_inspect_report_and_plan(prefect_backend, data_root, make_version, c
 def _truth(texts):
     from bench.dedup import shingle_set
     from tasks.dedup_minhash import jaccard_sorted
+
     ids = sorted(texts)
     sets = [shingle_set(texts[i]) for i in ids]
-    return {(ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids))
-            if jaccard_sorted(sets[i], sets[j]) >= 0.8}
+    return {
+        (ids[i], ids[j])
+        for i in range(len(ids))
+        for j in range(i + 1, len(ids))
+        if jaccard_sorted(sets[i], sets[j]) >= 0.8
+    }
 
 
 def test_highest_quality_keep_rule_and_missing_column(prefect_backend, data_root, make_version):
     text = " ".join(stdlib_docstrings()[3].split())
-    docs = [Document(id="low", text=text, crawl_date="2024-01-01T00:00:00Z", meta={"quality_score": 0.2}),
-            Document(id="high", text=text.lower(), crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9}),
-            Document(id="tie", text=text + "  ", crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9})]
+    docs = [
+        Document(id="low", text=text, crawl_date="2024-01-01T00:00:00Z", meta={"quality_score": 0.2}),
+        Document(id="high", text=text.lower(), crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9}),
+        Document(id="tie", text=text + "  ", crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9}),
+    ]
     make_version(data_root, Stage.QUALITY, [docs[:1], docs[1:]], extra=[pa.field("quality_score", pa.float64())])
     v = FLOW(params=DedupParams(keep="highest_quality"), data_root=str(data_root))
     rejected = _rejected(data_root, load_manifest(str(data_root), Stage.DEDUP, v))
-    assert rejected == {"low": ("exact_duplicate", {"kept_id": "high"}),
-                        "tie": ("exact_duplicate", {"kept_id": "high"})}
+    assert rejected == {
+        "low": ("exact_duplicate", {"kept_id": "high"}),
+        "tie": ("exact_duplicate", {"kept_id": "high"}),
+    }
     # earliest keeps the January copy instead
     v2 = FLOW(params=DedupParams(keep="earliest"), data_root=str(data_root))
     assert set(_rejected(data_root, load_manifest(str(data_root), Stage.DEDUP, v2))) == {"high", "tie"}
@@ -160,10 +192,19 @@ def test_missing_quality_column_fails_before_any_shard(prefect_backend, data_roo
 def test_exact_only_keeps_near_duplicates_and_empty_inputs(prefect_backend, data_root, make_version):
     a = " ".join(stdlib_docstrings()[7].split())
     b = edit_to_jaccard(a, 0.9, random.Random(0), ["zebra", "quartz"])[0]
-    make_version(data_root, Stage.QUALITY, [[Document(id="a", text=a, crawl_date="2024-01-01"),
-                                              Document(id="b", text=b, crawl_date="2024-01-02"),
-                                              Document(id="c", text="", crawl_date="2024-01-03"),
-                                              Document(id="d", text="", crawl_date="2024-01-04")], []])
+    make_version(
+        data_root,
+        Stage.QUALITY,
+        [
+            [
+                Document(id="a", text=a, crawl_date="2024-01-01"),
+                Document(id="b", text=b, crawl_date="2024-01-02"),
+                Document(id="c", text="", crawl_date="2024-01-03"),
+                Document(id="d", text="", crawl_date="2024-01-04"),
+            ],
+            [],
+        ],
+    )
     v = FLOW(params=DedupParams(near=False), data_root=str(data_root))
     m = load_manifest(str(data_root), Stage.DEDUP, v)
     assert _rejected(data_root, m) == {"d": ("exact_duplicate", {"kept_id": "c"})}
@@ -176,17 +217,24 @@ def test_exact_only_keeps_near_duplicates_and_empty_inputs(prefect_backend, data
 def test_demo_crawl_duplicates_are_removed(prefect_backend, data_root, make_version, tmp_path):
     """The demo crawl's planted exact and near duplicates (ground truth) are removed, nothing else is."""
     from tasks.demo_crawl import generate_demo_crawl
+
     truth = [json.loads(x) for x in open(generate_demo_crawl(tmp_path / "crawl", pages=400).ground_truth_path)]
     pages = [t for t in truth if t["text"] and (t["expected_drop"] or "dedup").startswith("dedup")]
-    docs = [Document(id=f"p{i:04d}", text=t["text"], url=t["url"], crawl_date=t["warc_date"])
-            for i, t in enumerate(pages)]
+    docs = [
+        Document(id=f"p{i:04d}", text=t["text"], url=t["url"], crawl_date=t["warc_date"]) for i, t in enumerate(pages)
+    ]
     make_version(data_root, Stage.QUALITY, _shard(docs, 4))
     v = FLOW(params=DedupParams(), data_root=str(data_root))
     rejected = _rejected(data_root, load_manifest(str(data_root), Stage.DEDUP, v))
     url_of = {d.id: d.url for d in docs}
     got = {url_of[i]: (r, url_of[d["kept_id"]]) for i, (r, d) in rejected.items()}
-    want = {t["url"]: ("exact_duplicate", t["duplicate_of"]) if t["expected_drop"] == "dedup:exact"
-            else ("near_duplicate", t["near_duplicate_of"]) for t in pages if t["expected_drop"]}
+    want = {
+        t["url"]: ("exact_duplicate", t["duplicate_of"])
+        if t["expected_drop"] == "dedup:exact"
+        else ("near_duplicate", t["near_duplicate_of"])
+        for t in pages
+        if t["expected_drop"]
+    }
     assert len(want) >= 40
     missed = set(want) - set(got)
     assert set(got) <= set(want), f"dropped pages that should stay: {set(got) - set(want)}"

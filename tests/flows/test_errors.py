@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _pretrain(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PRETRAIN_DEBUG"))}
     env["PREFECT_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture
@@ -45,15 +46,25 @@ def tiny_disk(tmp_path):
 def test_bad_parquet_input_one_line_naming_the_file_and_traceback_only_with_debug(tmp_path):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(os.urandom(5000))
-    run = _pretrain("run", "--input", str(bad), "--to", "ingest", "--data-root", str(tmp_path / "data"),
-                    home=tmp_path / "home")
+    run = _pretrain(
+        "run", "--input", str(bad), "--to", "ingest", "--data-root", str(tmp_path / "data"), home=tmp_path / "home"
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: stage 'ingest' failed on {bad}: ArrowInvalid"), last
     assert "Traceback" not in out and len(out.splitlines()) < 40, out[-3000:]
-    debug = _pretrain("run", "--debug", "--input", str(bad), "--to", "ingest", "--data-root",
-                      str(tmp_path / "data"), home=tmp_path / "home")
+    debug = _pretrain(
+        "run",
+        "--debug",
+        "--input",
+        str(bad),
+        "--to",
+        "ingest",
+        "--data-root",
+        str(tmp_path / "data"),
+        home=tmp_path / "home",
+    )
     assert debug.returncode == 1 and "Traceback" in debug.stdout + debug.stderr
 
 
@@ -71,8 +82,16 @@ def test_stage_on_a_full_disk_says_disk_full_in_one_line(tmp_path, tiny_disk):
     crawl = tmp_path / "crawl"
     done = _pretrain("demo-crawl", "--out", str(crawl), "--pages", "200", home=tmp_path / "home")
     assert done.returncode == 0, done.stderr
-    run = _pretrain("run", "--input", str(crawl / "demo-crawl.warc.gz"), "--to", "ingest", "--data-root",
-                    str(tiny_disk / "data"), home=tmp_path / "home")
+    run = _pretrain(
+        "run",
+        "--input",
+        str(crawl / "demo-crawl.warc.gz"),
+        "--to",
+        "ingest",
+        "--data-root",
+        str(tiny_disk / "data"),
+        home=tmp_path / "home",
+    )
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: stage 'ingest' failed") and f"disk full at {tiny_disk}/data/ingest" in last, last

@@ -24,11 +24,22 @@ import pytest
 import yaml
 
 LIMIT_S = 20.0
-CONFIG = {"workers": 2, "demo_pages": 60,
-          "tokenize": {"vocab_size": 500, "seq_len": 64},
-          "train": {"max_steps": 100000, "eval_interval": 50, "ckpt_interval": 50, "warmup_steps": 2,
-                    "micro_batch_size": 2, "tokens_per_step": 128, "eval_tokens": 256, "log_interval": 1,
-                    "compile": False}}
+CONFIG = {
+    "workers": 2,
+    "demo_pages": 60,
+    "tokenize": {"vocab_size": 500, "seq_len": 64},
+    "train": {
+        "max_steps": 100000,
+        "eval_interval": 50,
+        "ckpt_interval": 50,
+        "warmup_steps": 2,
+        "micro_batch_size": 2,
+        "tokens_per_step": 128,
+        "eval_tokens": 256,
+        "log_interval": 1,
+        "compile": False,
+    },
+}
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -50,12 +61,16 @@ class Run:
     def __init__(self, tmp_path: Path, root: Path, config: Path) -> None:
         self.marker = f"PRETRAIN_TEST_RUN={uuid.uuid4().hex}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-        env.update(dict([self.marker.split("=", 1)]), PREFECT_HOME=str(tmp_path / "prefect-home"),
-                   PYTHONUNBUFFERED="1")
+        env.update(dict([self.marker.split("=", 1)]), PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--data-root", str(root)],
-            cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

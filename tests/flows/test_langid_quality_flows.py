@@ -26,9 +26,19 @@ def _langid_docs(rows):
     docs = []
     for i, r in enumerate(rows):
         if r["language"] == "en" and r["category"] in ("prose", "spam") or r["language"] == "de":
-            docs.append(Document(id=f"d{i}", text=r["text"], url=r["url"], source=r["source"],
-                                 meta={"language": r["language"], "language_score": 0.99,
-                                       "language_top3": [{"lang": r["language"], "score": 0.99}]}))
+            docs.append(
+                Document(
+                    id=f"d{i}",
+                    text=r["text"],
+                    url=r["url"],
+                    source=r["source"],
+                    meta={
+                        "language": r["language"],
+                        "language_score": 0.99,
+                        "language_top3": [{"lang": r["language"], "score": 0.99}],
+                    },
+                )
+            )
     return docs
 
 
@@ -40,9 +50,11 @@ def langid_version(tmp_path, make_version, demo_ground_truth):
 
 
 def test_langid_flow_reuse_and_inspect(prefect_backend, tmp_path, make_version, capsys):
-    docs = [Document(id="en1", text="The museum reopened after the long renovation of its east wing."),
-            Document(id="de1", text="Das Museum wurde nach der langen Renovierung des Ostflügels wieder eröffnet."),
-            Document(id="x", text="   ")]
+    docs = [
+        Document(id="en1", text="The museum reopened after the long renovation of its east wing."),
+        Document(id="de1", text="Das Museum wurde nach der langen Renovierung des Ostflügels wieder eröffnet."),
+        Document(id="x", text="   "),
+    ]
     make_version(tmp_path, "ingest", [docs[:2], docs[2:]], version="ing1")
     v = LANGID_1(params=LangidParams(), data_root=str(tmp_path))
     m = load_manifest(str(tmp_path), Stage.LANGID)
@@ -64,7 +76,10 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     clf_params = QualityClassifierParams(positive=[str(tmp / "pos.jsonl")], dim=16)
     cv = train_quality_classifier_flow(params=clf_params, data_root=root)
     cm = load_manifest(root, Stage.QUALITY_CLASSIFIER, cv)
-    assert cm.inputs["langid"] == "lid1" and cm.extras["label_sources"] == {"positive": "files", "negative": "crawl_sample"}
+    assert cm.inputs["langid"] == "lid1" and cm.extras["label_sources"] == {
+        "positive": "files",
+        "negative": "crawl_sample",
+    }
     assert set(cm.extras["metrics"]) == {"n", "precision", "recall", "accuracy", "auc"}
     assert train_quality_classifier_flow(params=clf_params, data_root=root) == cv  # reused
 
@@ -73,13 +88,20 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     v1 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=0.0, **bar), data_root=root)
     m1 = load_manifest(root, Stage.QUALITY, v1)
     assert m1.inputs == {"langid": "lid1", "quality_classifier": cv} and not m1.extras["scores_reused"]
-    assert m1.stats.docs_in == 22 and sum(m1.stats.counters[f"score_bin.{i}"] for i in range(10)
-                                          if f"score_bin.{i}" in m1.stats.counters) == 21  # German unscored
-    scores = sorted(d.meta["quality_score"] for s in m1.shards
-                    for d in read_documents(f"{root}/quality/{v1}/{s.name}") if d.meta["quality_score"] is not None)
+    assert (
+        m1.stats.docs_in == 22
+        and sum(m1.stats.counters[f"score_bin.{i}"] for i in range(10) if f"score_bin.{i}" in m1.stats.counters) == 21
+    )  # German unscored
+    scores = sorted(
+        d.meta["quality_score"]
+        for s in m1.shards
+        for d in read_documents(f"{root}/quality/{v1}/{s.name}")
+        if d.meta["quality_score"] is not None
+    )
 
     def boom(*a, **k):
         raise AssertionError("models must not run when only thresholds change")
+
     monkeypatch.setattr(tasks.quality, "load_quality_model", boom)
     monkeypatch.setattr(tasks.quality, "heuristic_layer", boom)
     median = scores[len(scores) // 2]
@@ -114,6 +136,7 @@ def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect
 
     def boom(*a, **k):
         raise AssertionError("the bootstrap classifier must not be trained")
+
     monkeypatch.setattr(flows.quality, "train_quality_classifier_flow", boom)
     v = QUALITY_1(data_root=root)
     m = load_manifest(root, Stage.QUALITY, v)
@@ -125,7 +148,9 @@ def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect
     spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
     rejected = {d.id for s in m.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
     assert spam_ids and spam_ids <= rejected
-    assert all(d.meta["quality_score"] is None for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}"))
+    assert all(
+        d.meta["quality_score"] is None for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}")
+    )
 
 
 def test_too_few_bootstrap_labels_do_not_stop_the_stage(prefect_backend, tmp_path, make_version, demo_ground_truth):
@@ -150,15 +175,27 @@ def test_missing_classifier_version_names_the_fix(prefect_backend, langid_versio
 
 def test_cli_trains_a_classifier_on_labelled_files(prefect_backend, tmp_path, capsys):
     import numpy as np
+
     rng = np.random.default_rng(0)
     good = "river museum library history council research student village century archive".split()
     bad = "buy cheap free click now best deal pills casino bonus".split()
     for name, words, n in (("good.jsonl", good, 12), ("bad.jsonl", bad, 20)):
-        rows = [" ".join(f"The {rng.choice(words)} of the {rng.choice(words)} and {rng.choice(words)}." for _ in range(n))
-                for _ in range(60)]
+        rows = [
+            " ".join(f"The {rng.choice(words)} of the {rng.choice(words)} and {rng.choice(words)}." for _ in range(n))
+            for _ in range(60)
+        ]
         (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    args = ["train-quality-classifier", "--positive", str(tmp_path / "good.jsonl"), "--negative",
-            str(tmp_path / "bad.jsonl"), "--data-root", str(tmp_path / "root"), "--dim", "16"]
+    args = [
+        "train-quality-classifier",
+        "--positive",
+        str(tmp_path / "good.jsonl"),
+        "--negative",
+        str(tmp_path / "bad.jsonl"),
+        "--data-root",
+        str(tmp_path / "root"),
+        "--dim",
+        "16",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     m = load_manifest(str(tmp_path / "root"), Stage.QUALITY_CLASSIFIER)
@@ -196,7 +233,11 @@ def test_demo_crawl_end_to_end(prefect_backend, tmp_path, demo_ground_truth):
     LANGID_1(data_root=root)
     lm = load_manifest(root, Stage.LANGID)
     truth = {r["url"]: r for r in rows}
-    langs = {d.url: d.meta["language"] for s in lm.shards + lm.rejected for d in read_documents(f"{root}/langid/{lm.version}/{s.name}")}
+    langs = {
+        d.url: d.meta["language"]
+        for s in lm.shards + lm.rejected
+        for d in read_documents(f"{root}/langid/{lm.version}/{s.name}")
+    }
     assert langs and all(truth[u]["language"] == lang for u, lang in langs.items())
     assert lm.stats.dropped["language_not_kept"] == sum(1 for u in langs if truth[u]["language"] != "en")
     v = QUALITY_1(data_root=root)

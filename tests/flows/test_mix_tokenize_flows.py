@@ -22,8 +22,10 @@ from tasks.tokenization import TOKENIZER_DIR, TokenizeJob, TokenizeParams, route
 
 REPEAT = pa.field("repeat", pa.int32())
 QUALITY = pa.field("quality_score", pa.float64())
-WORDS = ("river stone light garden market paper window silver number engine forest letter music winter "
-         "bridge school doctor island summer mountain table yellow orange theory signal random").split()
+WORDS = (
+    "river stone light garden market paper window silver number engine forest letter music winter "
+    "bridge school doctor island summer mountain table yellow orange theory signal random"
+).split()
 
 
 def _docs(n, seed=0, sources=("web", "news", "code"), quality=False):
@@ -33,14 +35,22 @@ def _docs(n, seed=0, sources=("web", "news", "code"), quality=False):
         words = [WORDS[int(j)] for j in rng.integers(0, len(WORDS), int(rng.integers(5, 120)))]
         text = " ".join(words).capitalize() + f". Item {int(rng.integers(0, 999))}.\n" + " ".join(words[:7])
         meta = {"quality_score": float(rng.random())} if quality else {}
-        out.append(Document(id=f"doc-{seed}-{i}", text=text, source=sources[i % len(sources)],
-                            url=f"http://example.org/{i}", meta=meta))
+        out.append(
+            Document(
+                id=f"doc-{seed}-{i}",
+                text=text,
+                source=sources[i % len(sources)],
+                url=f"http://example.org/{i}",
+                meta=meta,
+            )
+        )
     return out
 
 
 def _mix(root, params=None):
-    return mix_flow.with_options(task_runner=task_runner(1))(params=params or MixParams(
-        weights={"web": 0.5, "news": 0.3, "code": 0.2}), data_root=str(root))
+    return mix_flow.with_options(task_runner=task_runner(1))(
+        params=params or MixParams(weights={"web": 0.5, "news": 0.3, "code": 0.2}), data_root=str(root)
+    )
 
 
 def _tokenize(root, workers=1, **kw):
@@ -64,8 +74,11 @@ def test_mix_flow_writes_the_plan_and_report_and_is_reused(prefect_backend, data
     assert read_schema(f"{data_root}/mix/{v}/part-00000.parquet").field("repeat").type == pa.int32()
     report = mix_report(m, str(data_root))
     assert "| source | weight | docs_available |" in report and "| code |" in report
-    shares = {r.split("|")[1].strip(): float(r.split("|")[10]) for r in report.splitlines() if r.startswith("| ")
-              and r.split("|")[1].strip() in ("web", "news", "code")}
+    shares = {
+        r.split("|")[1].strip(): float(r.split("|")[10])
+        for r in report.splitlines()
+        if r.startswith("| ") and r.split("|")[1].strip() in ("web", "news", "code")
+    }
     assert shares == pytest.approx({"web": 0.5, "news": 0.3, "code": 0.2}, abs=0.03)
     assert _mix(data_root) == v and load_manifest(str(data_root), Stage.MIX).created_at == m.created_at
 
@@ -77,8 +90,7 @@ def test_mix_shortfall_fails_the_flow_and_leaves_no_version(prefect_backend, dat
     assert list_versions(str(data_root), Stage.MIX) == []
 
 
-def test_mix_report_shows_absent_and_capped_sources_and_keeps_every_document(prefect_backend, data_root,
-                                                                             make_version):
+def test_mix_report_shows_absent_and_capped_sources_and_keeps_every_document(prefect_backend, data_root, make_version):
     docs = _docs(120, 5, sources=("web", "web", "web", "news", "news", "code"))
     docs += [Document(id="scarce-0", text="One short forum post about a river.", source="forum")]
     make_version(data_root, "decontaminate", [docs])
@@ -92,8 +104,11 @@ def test_mix_report_shows_absent_and_capped_sources_and_keeps_every_document(pre
     assert "kept 100.0% of the 121 input documents" in report
     assert "Absent sources (weighted, no documents in the input): wikipedia (10.0%)" in report
     assert "Capped at max_repeats 4.0 (would need more epochs to reach their target characters): forum" in report
-    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in report.splitlines()
-            if r.startswith("| ") and not r.startswith("| source")}
+    rows = {
+        r.split("|")[1].strip(): [c.strip() for c in r.split("|")[1:-1]]
+        for r in report.splitlines()
+        if r.startswith("| ") and not r.startswith("| source")
+    }
     assert rows["wikipedia"][-1] == "absent" and rows["forum"][-1] == "capped" and rows["web"][-1] == "ok"
     assert float(rows["forum"][9]) < float(rows["forum"][5])  # achieved share below the target share
 
@@ -151,20 +166,21 @@ def test_exact_packing_across_shards_with_tails(prefect_backend, data_root, make
     assert "| train |" in tokenize_report(m, str(data_root))
 
 
-def test_same_input_and_seed_give_identical_shards_and_shuffle_permutes_rows(prefect_backend, tmp_path,
-                                                                            make_version):
+def test_same_input_and_seed_give_identical_shards_and_shuffle_permutes_rows(prefect_backend, tmp_path, make_version):
     versions = []
     for name, shuffle, workers in (("a", True, 1), ("b", True, 1), ("b", False, 1)):
         root = tmp_path / name
         if not (root / "mix").exists():
             _mix_version(make_version, root, [_docs(80, 5), _docs(80, 6)])
         versions.append((root, _tokenize(root, workers=workers, shuffle=shuffle)))
-    files = [sorted(p.relative_to(r / "tokenize" / v) for p in (r / "tokenize" / v).rglob("*.arrow"))
-             for r, v in versions]
+    files = [
+        sorted(p.relative_to(r / "tokenize" / v) for p in (r / "tokenize" / v).rglob("*.arrow")) for r, v in versions
+    ]
     assert files[0] == files[1] and files[0]
     for f in files[0]:
-        assert (versions[0][0] / "tokenize" / versions[0][1] / f).read_bytes() == \
-               (versions[1][0] / "tokenize" / versions[1][1] / f).read_bytes()
+        assert (versions[0][0] / "tokenize" / versions[0][1] / f).read_bytes() == (
+            versions[1][0] / "tokenize" / versions[1][1] / f
+        ).read_bytes()
     for split in ("train", "val"):
         rows = [TokenShards(str(r / "tokenize" / v / split)) for r, v in versions[1:]]
         shuffled, plain = (s.get(range(len(s))) for s in rows)
@@ -210,19 +226,27 @@ def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_b
     assert sample["val_reserve"] < reserve4 < 1 and m4.extras["val_threshold"] <= reserve4
     assert len(list(cache.iterdir())) == 2 and m4.extras["tokenizer_sha256"] != m1.extras["tokenizer_sha256"]
     # a given model file is used as is
-    v3 = _tokenize(data_root, val_fraction=0.005, seq_len=255, tokenizer_path=str(data_root / "tokenize" / v1 / "tokenizer.model"))
+    v3 = _tokenize(
+        data_root, val_fraction=0.005, seq_len=255, tokenizer_path=str(data_root / "tokenize" / v1 / "tokenizer.model")
+    )
     m3 = load_manifest(str(data_root), Stage.TOKENIZE, v3)
     assert m3.extras["tokenizer"]["source"] == "file" and m3.extras["tokenizer_sha256"] == m1.extras["tokenizer_sha256"]
-    assert (data_root / "tokenize" / v3 / "train" / "tokens-00000.arrow").read_bytes() == \
-           (data_root / "tokenize" / v1 / "train" / "tokens-00000.arrow").read_bytes()
+    assert (data_root / "tokenize" / v3 / "train" / "tokens-00000.arrow").read_bytes() == (
+        data_root / "tokenize" / v1 / "train" / "tokens-00000.arrow"
+    ).read_bytes()
 
 
 def test_bad_input_gives_errors_naming_the_param(prefect_backend, tmp_path, make_version):
-    cases = {"empty": [[]], "blank": [[Document(id=f"b{i}", text=" \n\t " * i) for i in range(5)]],
-             "small": [_docs(30, 8)]}
-    errors = {"empty": "has no documents, so there is nothing to tokenize",
-              "blank": "tokenizer sample of mix@mix1 has no text",
-              "small": r"tokenize.vocab_size=20000 is larger than the training sample supports"}
+    cases = {
+        "empty": [[]],
+        "blank": [[Document(id=f"b{i}", text=" \n\t " * i) for i in range(5)]],
+        "small": [_docs(30, 8)],
+    }
+    errors = {
+        "empty": "has no documents, so there is nothing to tokenize",
+        "blank": "tokenizer sample of mix@mix1 has no text",
+        "small": r"tokenize.vocab_size=20000 is larger than the training sample supports",
+    }
     for name, shards in cases.items():
         root = tmp_path / name
         _mix_version(make_version, root, shards)
@@ -241,8 +265,12 @@ def test_export_llmc_and_inspect_show_decoded_sequences(prefect_backend, data_ro
     _mix_version(make_version, data_root, [_docs(60, 9)])
     v = _tokenize(data_root)
     out = data_root / "train.bin"
-    assert cli(["export-tokens", "--format", "llm.c", "--split", "train", "--out", str(out),
-                "--data-root", str(data_root)]) == 0
+    assert (
+        cli(
+            ["export-tokens", "--format", "llm.c", "--split", "train", "--out", str(out), "--data-root", str(data_root)]
+        )
+        == 0
+    )
     header = np.fromfile(out, dtype=np.int32, count=3)
     shards = TokenShards(str(data_root / "tokenize" / v / "train"))
     assert header.tolist() == [20240520, 1, shards.num_tokens]
@@ -274,11 +302,15 @@ def test_demo_crawl_through_mix_and_tokenize(prefect_backend, data_root, make_ve
     """The real demo crawl, ingested, mixed with the default weights and tokenized with the demo config."""
     from flows.config import PipelineConfig
     from flows.ingest import ingest_flow
+
     ing = ingest_flow.with_options(task_runner=task_runner(1))(data_root=str(data_root), demo_pages=400)
     m = load_manifest(str(data_root), Stage.INGEST, ing)
     base = Path(data_root) / "ingest" / ing
-    extra = [f for f in read_schema(str(base / m.shards[0].name)) if f.name not in ("id", "url", "text", "source",
-                                                                                    "crawl_date")]
+    extra = [
+        f
+        for f in read_schema(str(base / m.shards[0].name))
+        if f.name not in ("id", "url", "text", "source", "crawl_date")
+    ]
     make_version(data_root, "decontaminate", [list(read_documents(str(base / s.name))) for s in m.shards], extra=extra)
     mix_params = PipelineConfig.model_fields["mix"].default_factory()
     tokenize_params = PipelineConfig.model_fields["tokenize"].default_factory()

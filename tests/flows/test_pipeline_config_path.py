@@ -31,7 +31,9 @@ def test_config_path_is_loaded_and_used(workdir, data_root, prefect_backend):
 def test_config_path_and_inline_config_together_is_an_error(workdir, data_root, prefect_backend):
     (workdir / "small.yaml").write_text("workers: 1\n")
     with pytest.raises(ValueError, match="config_path=.* and an inline config were both given"):
-        pipeline_flow(config=PipelineConfig(workers=1, demo_pages=20), config_path="small.yaml", data_root=str(data_root))
+        pipeline_flow(
+            config=PipelineConfig(workers=1, demo_pages=20), config_path="small.yaml", data_root=str(data_root)
+        )
 
 
 def test_bad_config_file_fails_naming_the_key(workdir, data_root, prefect_backend):
@@ -41,8 +43,18 @@ def test_bad_config_file_fails_naming_the_key(workdir, data_root, prefect_backen
     assert not (data_root / "ingest").exists()
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.yaml", "configs/../../outside.yaml", "file:///etc/passwd",
-                                  "", "link.yaml", "linkdir/outside.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/passwd",
+        "../outside.yaml",
+        "configs/../../outside.yaml",
+        "file:///etc/passwd",
+        "",
+        "link.yaml",
+        "linkdir/outside.yaml",
+    ],
+)
 def test_config_path_outside_the_working_directory_is_refused(workdir, path):
     """Issue 11: config_path accepted absolute and `..` paths (and its errors echoed the file's values)."""
     outside = workdir.parent / "outside.yaml"
@@ -50,8 +62,11 @@ def test_config_path_outside_the_working_directory_is_refused(workdir, path):
     (workdir / "configs").mkdir()
     (workdir / "link.yaml").symlink_to(outside)
     (workdir / "linkdir").symlink_to(workdir.parent)
-    with pytest.raises(ValueError, match=r"config_path must be a relative path inside the deployment's working "
-                                         rf"directory \({os.path.realpath(workdir)}\), without '..'") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"config_path must be a relative path inside the deployment's working "
+        rf"directory \({os.path.realpath(workdir)}\), without '..'",
+    ) as err:
         config_file(path)
     assert "s3cr3t" not in str(err.value)
 

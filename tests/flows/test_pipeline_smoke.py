@@ -8,10 +8,21 @@ import yaml
 from flows.cli import main
 from storage.manifest import STAGE_ORDER, load_manifest
 
-SMALL = {"workers": 1, "demo_pages": 80,
-         "tokenize": {"vocab_size": 600, "seq_len": 64},
-         "train": {"max_steps": 6, "eval_interval": 3, "ckpt_interval": 3, "warmup_steps": 2,
-                   "micro_batch_size": 4, "tokens_per_step": 512, "eval_tokens": 1024, "sample_tokens": 8}}
+SMALL = {
+    "workers": 1,
+    "demo_pages": 80,
+    "tokenize": {"vocab_size": 600, "seq_len": 64},
+    "train": {
+        "max_steps": 6,
+        "eval_interval": 3,
+        "ckpt_interval": 3,
+        "warmup_steps": 2,
+        "micro_batch_size": 4,
+        "tokens_per_step": 512,
+        "eval_tokens": 1024,
+        "sample_tokens": 8,
+    },
+}
 
 
 @pytest.fixture
@@ -35,8 +46,24 @@ def test_pipeline_end_to_end_then_reuse(prefect_backend, data_root, small_config
     assert main(["run", "--config", small_config, "--data-root", str(data_root)]) == 0
     assert [load_manifest(str(data_root), s).created_at for s in STAGE_ORDER] == created
     # --force on one stage recomputes it and what follows, never what precedes
-    assert main(["run", "--config", small_config, "--data-root", str(data_root), "--from", "mix", "--to", "tokenize",
-                 "--force", "mix"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                small_config,
+                "--data-root",
+                str(data_root),
+                "--from",
+                "mix",
+                "--to",
+                "tokenize",
+                "--force",
+                "mix",
+            ]
+        )
+        == 0
+    )
     after = [load_manifest(str(data_root), s).created_at for s in STAGE_ORDER]
     assert after[:5] == created[:5] and after[5] != created[5] and after[6] != created[6]
     capsys.readouterr()

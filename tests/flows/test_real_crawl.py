@@ -30,7 +30,7 @@ def real_inputs(shared_data) -> list[str]:
 def test_default_config_on_real_crawl_through_tokenize(prefect_backend, data_root, shared_data, capsys):
     root = str(data_root)
     assert main(["run", "--input", *real_inputs(shared_data), "--to", "tokenize", "--data-root", root]) == 0
-    stages = STAGE_ORDER[:STAGE_ORDER.index(Stage.TOKENIZE) + 1]
+    stages = STAGE_ORDER[: STAGE_ORDER.index(Stage.TOKENIZE) + 1]
     chain = [load_manifest(root, s) for s in stages]
     for up, down in zip(chain, chain[1:]):
         assert down.inputs[str(up.stage)] == up.version
@@ -49,8 +49,7 @@ def test_default_config_on_real_crawl_through_tokenize(prefect_backend, data_roo
 
 
 @pytest.mark.slow
-def test_crawl_with_no_keepable_document_stops_with_the_numbers_and_the_fix(prefect_backend, data_root,
-                                                                             shared_data):
+def test_crawl_with_no_keepable_document_stops_with_the_numbers_and_the_fix(prefect_backend, data_root, shared_data):
     """The three Common Crawl WARCs alone: 20 pages, 4 of them English, all four navigation or EXIF pages
     that quality drops. The run stops before dedup naming the counts and the fix (dedup used to crash
     with FileNotFoundError on its empty decisions file)."""

@@ -24,6 +24,7 @@ def _process(params):
             else:
                 d.meta["n"] = len(d.text)
                 yield d
+
     return process
 
 
@@ -70,8 +71,9 @@ def test_run_reuse_force_and_conservation(prefect_backend, tmp_path):
     # changed param -> new version, both kept
     v2 = toy_flow(ToyParams(min_len=4), root)
     assert v2 != v and len(list_versions(root, Stage.LANGID)) == 2
-    kept = [d for s in load_manifest(root, Stage.LANGID, v2).shards
-            for d in read_documents(f"{root}/langid/{v2}/{s.name}")]
+    kept = [
+        d for s in load_manifest(root, Stage.LANGID, v2).shards for d in read_documents(f"{root}/langid/{v2}/{s.name}")
+    ]
     assert all(d.meta["n"] >= 4 for d in kept)
 
 

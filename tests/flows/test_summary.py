@@ -20,8 +20,9 @@ def _docs(texts):
 @pytest.fixture
 def chain(tmp_path, make_version):
     root = tmp_path / "data"
-    make_version(root, "ingest", [_docs(["héllo wörld", "abc"]), _docs(["0123456789"])], version="i1",
-                 inputs={"files": "f00"})
+    make_version(
+        root, "ingest", [_docs(["héllo wörld", "abc"]), _docs(["0123456789"])], version="i1", inputs={"files": "f00"}
+    )
     make_version(root, "langid", [_docs(["héllo wörld", "abc"])], version="l1", inputs={"ingest": "i1"})
     return root
 
@@ -29,7 +30,9 @@ def chain(tmp_path, make_version):
 def test_attrition_counts_documents_and_exact_characters(chain):
     rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, started=0.0)
     assert [(r.stage, r.version, r.status, r.documents) for r in rows] == [
-        (Stage.INGEST, "i1", "computed", 3), (Stage.LANGID, "l1", "computed", 2)]
+        (Stage.INGEST, "i1", "computed", 3),
+        (Stage.LANGID, "l1", "computed", 2),
+    ]
     # characters, not bytes: "héllo wörld" is 11 characters, 13 UTF-8 bytes
     assert [r.characters for r in rows] == [11 + 3 + 10, 11 + 3]
     assert not any(r.chars_estimated or r.tokens for r in rows)
@@ -42,12 +45,18 @@ def test_status_reused_when_made_before_the_run_and_on_disk_when_not_run(chain):
 
 def test_lineage_follows_manifest_inputs(chain):
     assert [(m.stage, m.version) for m in lineage(str(chain), (Stage.LANGID, "l1"))] == [
-        (Stage.INGEST, "i1"), (Stage.LANGID, "l1")]
+        (Stage.INGEST, "i1"),
+        (Stage.LANGID, "l1"),
+    ]
 
 
 def test_failed_stage_row_and_header(chain):
-    md = summary_markdown(str(chain), {"ingest": "i1", "langid": "l1"}, started=time.time(),
-                          failed=(Stage.QUALITY, FileNotFoundError("/x/model.bin does not exist")))
+    md = summary_markdown(
+        str(chain),
+        {"ingest": "i1", "langid": "l1"},
+        started=time.time(),
+        failed=(Stage.QUALITY, FileNotFoundError("/x/model.bin does not exist")),
+    )
     assert "# pretrain: FAILED at stage `quality`" in md
     assert "| quality | - | FAILED |" in md and "FileNotFoundError: /x/model.bin does not exist" in md
     assert "| ingest | i1 | reused | 3 | 100.0% | 24 |" in md and "| langid | l1 | reused | 2 | 66.7% | 14 |" in md
@@ -55,8 +64,7 @@ def test_failed_stage_row_and_header(chain):
 
 
 def test_failed_first_selected_stage_still_shows_its_upstream(chain):
-    md = summary_markdown(str(chain), {}, started=time.time(), failed=(Stage.QUALITY, ValueError("bad")),
-                          image=False)
+    md = summary_markdown(str(chain), {}, started=time.time(), failed=(Stage.QUALITY, ValueError("bad")), image=False)
     assert "| langid | l1 | on disk |" in md and "| quality | - | FAILED |" in md
 
 
@@ -66,14 +74,36 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
     up = Stage.MIX
     w = VersionWriter(root, up, "m1")
     from storage.documents import DocumentWriter
+
     with DocumentWriter(f"{w.tmp_path}/part-00000.parquet") as dw:
         for d in _docs(["a" * 100, "b" * 100]):
             dw.write(d)
-    w.commit(new_manifest(up, 1, "m1", {}, {}, [ShardInfo(name="part-00000.parquet", rows=2, bytes=1)], [],
-                          StageStats(docs_in=2, docs_out=2)))
+    w.commit(
+        new_manifest(
+            up,
+            1,
+            "m1",
+            {},
+            {},
+            [ShardInfo(name="part-00000.parquet", rows=2, bytes=1)],
+            [],
+            StageStats(docs_in=2, docs_out=2),
+        )
+    )
     w = VersionWriter(root, Stage.TOKENIZE, "t1")
-    w.commit(new_manifest(Stage.TOKENIZE, 1, "t1", {}, {"mix": "m1"}, [ShardInfo(name="train/tokens-00000.arrow",
-                          rows=10, bytes=1)], [], StageStats(docs_in=2, docs_out=2), extras={"tokens": 50}))
+    w.commit(
+        new_manifest(
+            Stage.TOKENIZE,
+            1,
+            "t1",
+            {},
+            {"mix": "m1"},
+            [ShardInfo(name="train/tokens-00000.arrow", rows=10, bytes=1)],
+            [],
+            StageStats(docs_in=2, docs_out=2),
+            extras={"tokens": 50},
+        )
+    )
     rows = attrition(root, {"tokenize": "t1"}, started=0.0)
     by = {r.stage: r for r in rows}
     assert by[Stage.TOKENIZE].tokens == 50 and not by[Stage.TOKENIZE].tokens_estimated
@@ -83,8 +113,7 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
 def test_funnel_png_is_a_real_image(chain):
     import matplotlib.image as mpimg
 
-    rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, started=0.0,
-                     failed=(Stage.QUALITY, ValueError("x")))
+    rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, started=0.0, failed=(Stage.QUALITY, ValueError("x")))
     png = funnel_png(rows)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(io.BytesIO(png))
@@ -109,8 +138,15 @@ def test_publish_creates_the_artifact_in_a_flow_run(chain, prefect_backend):
     state = report(return_state=True)
     api = PREFECT_API_URL.value()
     # REST directly: this client's read_artifacts sends nulls the 3.8.8 server rejects (422)
-    arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": [ARTIFACT_KEY]},
-                      "flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}}).json()
+    arts = httpx.post(
+        f"{api}/artifacts/filter",
+        json={
+            "artifacts": {
+                "key": {"any_": [ARTIFACT_KEY]},
+                "flow_run_id": {"any_": [str(state.state_details.flow_run_id)]},
+            }
+        },
+    ).json()
     assert len(arts) == 1 and arts[0]["type"] == "markdown" and "`ingest@i1` -> `langid@l1`" in arts[0]["data"]
 
 
@@ -120,6 +156,7 @@ def test_publish_logs_instead_of_raising(chain, monkeypatch, caplog):
 
     def boom(rows):
         raise RuntimeError("matplotlib exploded")
+
     monkeypatch.setattr(summary, "funnel_png", boom)
     with caplog.at_level("ERROR", logger="flows.summary"):
         assert publish_summary(str(chain), {"ingest": "i1"}, failed=(Stage.LANGID, ValueError("x"))) is None

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 import flows.train as train_module
 from flows.cli import main
@@ -64,9 +63,20 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def params(**kw) -> TrainParams:
-    base = {"model": "tiny", "micro_batch_size": 8, "tokens_per_step": 512, "max_steps": 10, "warmup_steps": 2,
-            "eval_interval": 5, "ckpt_interval": 5, "eval_tokens": 1024, "log_interval": 1, "device": "cpu",
-            "sample_tokens": 4, "seed": 3}
+    base = {
+        "model": "tiny",
+        "micro_batch_size": 8,
+        "tokens_per_step": 512,
+        "max_steps": 10,
+        "warmup_steps": 2,
+        "eval_interval": 5,
+        "ckpt_interval": 5,
+        "eval_tokens": 1024,
+        "log_interval": 1,
+        "device": "cpu",
+        "sample_tokens": 4,
+        "seed": 3,
+    }
     return TrainParams(**{**base, **kw})
 
 
@@ -144,10 +154,12 @@ def test_model_auto_picks_the_planned_preset(prefect_backend, data_root, caplog)
     assert "model: auto -> tiny" in caplog.text
     r = load_manifest(str(data_root), Stage.TRAIN, v).extras["result"]
     assert (r["model"], r["requested_model"]) == ("tiny", "auto")
-    assert r["epochs"] == pytest.approx(5 * 512 / (train_module.train_tokens(load_manifest(str(data_root),
-                                                                                           Stage.TOKENIZE))))
-    assert "| model | tiny (auto) |" in train_module.report_markdown(load_manifest(str(data_root), Stage.TRAIN, v),
-                                                                     str(data_root))
+    assert r["epochs"] == pytest.approx(
+        5 * 512 / (train_module.train_tokens(load_manifest(str(data_root), Stage.TOKENIZE)))
+    )
+    assert "| model | tiny (auto) |" in train_module.report_markdown(
+        load_manifest(str(data_root), Stage.TRAIN, v), str(data_root)
+    )
 
 
 # ---------------------------------------------------------------- cross-run resume
@@ -167,6 +179,7 @@ def test_failed_run_resumes_from_its_work_dir(prefect_backend, tmp_path, monkeyp
         def crash(step: int) -> None:
             if step == 7:
                 raise RuntimeError("simulated failure at step 7")
+
         return real_train(*args, **kw, hooks=FaultHooks(after_step=crash))
 
     monkeypatch.setattr(train_module, "train", crash_after_step_7)
@@ -205,13 +218,16 @@ def test_resume_false_starts_over_and_leftovers_are_cleaned(prefect_backend, dat
         def crash(step: int) -> None:
             if step == 5:
                 raise RuntimeError("simulated failure")
+
         return real_train(*args, **kw, hooks=FaultHooks(after_step=crash))
 
     monkeypatch.setattr(train_module, "train", crash_after_step_5)
     with pytest.raises(RuntimeError):
         run_train(data_root, params())
     monkeypatch.setattr(train_module, "train", real_train)
-    version = next(d.name.removeprefix(".work-") for d in (data_root / "train").iterdir() if d.name.startswith(".work-"))
+    version = next(
+        d.name.removeprefix(".work-") for d in (data_root / "train").iterdir() if d.name.startswith(".work-")
+    )
     work = work_dir(str(data_root), version)
     # another run of this version holds the work dir: refused, files untouched
     with locked(work), pytest.raises(RuntimeError, match="in use by another run"):
@@ -261,6 +277,7 @@ def test_identical_concurrent_runs_wait_and_reuse(prefect_backend, tmp_path, mon
                 results[name] = run_train(tmp_path, p)
             except BaseException as err:  # checked below
                 results[name] = err
+
         t = threading.Thread(target=contextvars.copy_context().run, args=(body,), daemon=True)
         t.start()
         return t

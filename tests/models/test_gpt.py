@@ -9,7 +9,6 @@ import torch
 from models.gpt import GPT, GPTConfig, document_mask
 from models.presets import PRESETS, gpt2_124m, preset, small, tiny
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from models.tokenizer import (MAX_LINE_CHARS, MAX_PIECE_CHARS, SPECIAL_IDS, Tokenizer, file_sha256, load_tokenizer,
-                              train_tokenizer, training_lines)
+from models.tokenizer import (
+    MAX_LINE_CHARS,
+    MAX_PIECE_CHARS,
+    SPECIAL_IDS,
+    Tokenizer,
+    file_sha256,
+    load_tokenizer,
+    train_tokenizer,
+    training_lines,
+)
 
 SYLLABLES = ["ka", "ro", "mi", "tu", "sel", "an", "dor", "pe", "li", "qua", "ven", "zo", "ti", "mar", "eth", "bo"]
 _rng = np.random.default_rng(0)
@@ -59,12 +67,18 @@ def test_training_is_deterministic(tmp_path, tok):
 
 
 def test_vocab_larger_than_the_sample_supports_names_the_param(tmp_path):
-    with pytest.raises(ValueError, match=r"tokenize.vocab_size=5000 is larger than the training sample supports "
-                                         r"\(at most \d+ pieces\); lower tokenize.vocab_size or raise "
-                                         r"tokenize.sample_chars"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokenize.vocab_size=5000 is larger than the training sample supports "
+        r"\(at most \d+ pieces\); lower tokenize.vocab_size or raise "
+        r"tokenize.sample_chars",
+    ):
         train_tokenizer(corpus_lines(20), tmp_path / "big.model", vocab_size=5000)
-    with pytest.raises(ValueError, match=r"tokenize.vocab_size=300 is smaller than the special, byte and character "
-                                         r"pieces the sample needs \(\d+\); raise tokenize.vocab_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokenize.vocab_size=300 is smaller than the special, byte and character "
+        r"pieces the sample needs \(\d+\); raise tokenize.vocab_size",
+    ):
         train_tokenizer(corpus_lines(20) + ["αβγδεζηθικλμνξοπρστυφχψω" * 3], tmp_path / "small.model", vocab_size=300)
 
 

@@ -68,9 +68,15 @@ def free_port() -> int:
 def base_env(**extra: str) -> dict[str, str]:
     """This environment without Prefect/pipeline settings (the test harness sets some), plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PRETRAIN_"))}
-    env.update({MARK: TOKEN, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1",
-                # the venv's `prefect` first (the compose deploy command calls it by name)
-                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])})
+    env.update(
+        {
+            MARK: TOKEN,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+            # the venv's `prefect` first (the compose deploy command calls it by name)
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
     env.update(extra)
     return env
 
@@ -91,8 +97,15 @@ class Processes:
     def start(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.started.append(proc)
         return proc
 
@@ -170,23 +183,34 @@ class PrefectServer:
         return f"{self.url}/api"
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        return base_env(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api, PREFECT_API_AUTH_STRING=AUTH_STRING,
-                        PRETRAIN_DATA_ROOT=str(self.data_root), PRETRAIN_ALLOWED_ROOTS=str(self.allowed_roots or ""),
-                        PREFECT_LOGGING_EXTRA_LOGGERS="tasks,storage,models,flows", **extra)
+        return base_env(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api,
+            PREFECT_API_AUTH_STRING=AUTH_STRING,
+            PRETRAIN_DATA_ROOT=str(self.data_root),
+            PRETRAIN_ALLOWED_ROOTS=str(self.allowed_roots or ""),
+            PREFECT_LOGGING_EXTRA_LOGGERS="tasks,storage,models,flows",
+            **extra,
+        )
 
     def cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
         """Run `prefect <args>` (or `bash -c` when args[0] == 'bash') from the repo root against this server."""
         cmd = list(args) if args[0] == "bash" else [sys.executable, "-m", "prefect", *args]
         res = subprocess.run(cmd, cwd=REPO, env=self.client_env(), capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
-            raise AssertionError(f"{args} exited {res.returncode}:\n{res.stdout}\n{res.stderr}\n"
-                                 f"server log:\n{tail(self.log)}")
+            raise AssertionError(
+                f"{args} exited {res.returncode}:\n{res.stdout}\n{res.stderr}\nserver log:\n{tail(self.log)}"
+            )
         return res
 
     def http(self, authenticated: bool = True) -> httpx.Client:
         user, password = AUTH_STRING.split(":", 1)
-        return httpx.Client(base_url=self.api, timeout=30, transport=RetryingTransport(),
-                            auth=httpx.BasicAuth(user, password) if authenticated else None)
+        return httpx.Client(
+            base_url=self.api,
+            timeout=30,
+            transport=RetryingTransport(),
+            auth=httpx.BasicAuth(user, password) if authenticated else None,
+        )
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         with self.http() as c:
@@ -202,8 +226,10 @@ class PrefectServer:
             if run["state"] and run["state"]["type"] in TERMINAL:
                 return run
             time.sleep(0.5)
-        raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout}s\n"
-                             f"worker log:\n{tail(self.worker_log) if self.worker_log else ''}")
+        raise AssertionError(
+            f"flow run {run_id} still {run['state']['type']} after {timeout}s\n"
+            f"worker log:\n{tail(self.worker_log) if self.worker_log else ''}"
+        )
 
     def subflow_runs(self, run_id: str) -> list[dict[str, Any]]:
         with self.http() as c:
@@ -222,8 +248,15 @@ class PrefectServer:
         with self.http() as c:
             offset = 0
             while True:
-                r = c.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": run_ids}}, "limit": 200,
-                                                  "offset": offset, "sort": "TIMESTAMP_ASC"})
+                r = c.post(
+                    "/logs/filter",
+                    json={
+                        "logs": {"flow_run_id": {"any_": run_ids}},
+                        "limit": 200,
+                        "offset": offset,
+                        "sort": "TIMESTAMP_ASC",
+                    },
+                )
                 r.raise_for_status()
                 page = [x["message"] for x in r.json()]
                 out += page
@@ -240,15 +273,29 @@ class PrefectServer:
     def create_run(self, deployment: str, parameters: dict[str, Any]) -> str:
         """What the UI's run form does: POST /deployments/<id>/create_flow_run."""
         with self.http() as c:
-            r = c.post(f"/deployments/{self.deployment_id(deployment)}/create_flow_run",
-                       json={"parameters": parameters, "state": {"type": "SCHEDULED"}})
+            r = c.post(
+                f"/deployments/{self.deployment_id(deployment)}/create_flow_run",
+                json={"parameters": parameters, "state": {"type": "SCHEDULED"}},
+            )
             assert r.status_code == 201, r.text
             return str(r.json()["id"])
 
     def run_deployment_cli(self, deployment: str, parameters: dict[str, Any], timeout: int = 300) -> tuple[str, int]:
         """`prefect deployment run <dep> --params ... --watch`; returns (flow run id, exit code)."""
-        res = self.cli("deployment", "run", deployment, "--params", json.dumps(parameters), "--watch",
-                       "--watch-interval", "1", "--watch-timeout", str(timeout), timeout=timeout + 60, check=False)
+        res = self.cli(
+            "deployment",
+            "run",
+            deployment,
+            "--params",
+            json.dumps(parameters),
+            "--watch",
+            "--watch-interval",
+            "1",
+            "--watch-timeout",
+            str(timeout),
+            timeout=timeout + 60,
+            check=False,
+        )
         m = re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout)
         assert m, f"no flow run id in `prefect deployment run` output:\n{res.stdout}\n{res.stderr}"
         return m.group(1), res.returncode
@@ -260,13 +307,17 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
     home.mkdir(parents=True, exist_ok=True)
     log = base / "logs" / "server.log"
     # the UI's API address defaults to port 4200 whatever --port says; point it at this server
-    env = base_env(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-                   PREFECT_SERVER_API_AUTH_STRING=AUTH_STRING)
+    env = base_env(
+        PREFECT_HOME=str(home),
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_API_AUTH_STRING=AUTH_STRING,
+    )
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     t0 = time.monotonic()
-    proc = processes.start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                            "--port", str(port)], env, log)
+    proc = processes.start(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
+    )
     url = f"http://127.0.0.1:{port}"
     while True:
         if proc.poll() is not None:
@@ -280,8 +331,16 @@ def start_server(processes: Processes, base: Path, db_url: Optional[str] = None,
             raise AssertionError(f"prefect server not healthy after {timeout}s:\n{tail(log)}")
         time.sleep(0.3)
     TIMINGS[f"server start ({'postgres' if db_url else 'sqlite'})"] = time.monotonic() - t0
-    return PrefectServer(url=url, home=home, log=log, proc=proc, data_root=base / "data", log_dir=base / "logs",
-                         started_in=time.monotonic() - t0, allowed_roots=base.parent)
+    return PrefectServer(
+        url=url,
+        home=home,
+        log=log,
+        proc=proc,
+        data_root=base / "data",
+        log_dir=base / "logs",
+        started_in=time.monotonic() - t0,
+        allowed_roots=base.parent,
+    )
 
 
 def ui_login_script() -> str:
@@ -299,8 +358,12 @@ def seed_ui_login(chromium: str, url: str, profile: Path) -> None:
     origin = re.match(r"https?://[^/]+", url)
     assert origin, url
     with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(profile), executable_path=chromium, headless=True,
-                                                       args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        context = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         try:
             page = context.new_page()
             page.goto(f"{origin.group(0)}/api/health")  # same origin as the UI; needs no auth
@@ -326,15 +389,36 @@ def deploy_all(server: PrefectServer) -> subprocess.CompletedProcess:
 def start_worker(processes: Processes, server: PrefectServer, pool: str = "cpu") -> subprocess.Popen:
     health = free_port()
     log = server.log_dir / f"worker-{pool}.log"
-    env = server.client_env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-                            PREFECT_WORKER_WEBSERVER_PORT=str(health), PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1")
-    proc = processes.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-                            "--name", f"test-{pool}", "--with-healthcheck"], env, log)
+    env = server.client_env(
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+        PREFECT_WORKER_WEBSERVER_PORT=str(health),
+        PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1",
+    )
+    proc = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            f"test-{pool}",
+            "--with-healthcheck",
+        ],
+        env,
+        log,
+    )
     server.worker_log, server.worker_health_port = log, health
     return proc
 
 
 # ---------------------------------------------------------------- PostgreSQL (a throw-away cluster)
+
 
 def pg_bin() -> Optional[Path]:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
@@ -361,15 +445,32 @@ def postgres_url(processes):
     def pg(*cmd: str, timeout: float = 120) -> None:
         res = subprocess.run([*as_user, *cmd], env=env, capture_output=True, text=True, timeout=timeout, cwd=data)
         assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
+
     pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync")
-    pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "postgres.log"), "-w", "-t", "60",
-       "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off", "start")
+    pg(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data / "db"),
+        "-l",
+        str(data / "postgres.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+        "start",
+    )
     try:
         pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect")
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "-w", "stop"],
-                       env=env, capture_output=True, timeout=60, cwd=data)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "-w", "stop"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            cwd=data,
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -380,8 +481,18 @@ def postgres_url(processes):
 DEMO = {"workers": 1, "demo_pages": 60}
 STAGE_OVERRIDES: dict[str, dict[str, Any]] = {
     # torch.compile costs ~2 min of CPU before the first step; 10 small steps prove the stage runs
-    "train": {"compile": False, "max_steps": 10, "warmup_steps": 2, "micro_batch_size": 8, "tokens_per_step": 2048,
-              "eval_interval": 5, "ckpt_interval": 10, "log_interval": 5, "eval_tokens": 2048, "sample_tokens": 8},
+    "train": {
+        "compile": False,
+        "max_steps": 10,
+        "warmup_steps": 2,
+        "micro_batch_size": 8,
+        "tokens_per_step": 2048,
+        "eval_interval": 5,
+        "ckpt_interval": 10,
+        "log_interval": 5,
+        "eval_tokens": 2048,
+        "sample_tokens": 8,
+    },
 }
 
 
@@ -431,6 +542,7 @@ def completed_run(sqlite_server) -> CompletedRun:
     seconds = TIMINGS["first deployment run (cli --watch)"] = time.monotonic() - t0
     run = sqlite_server.flow_run(run_id)
     assert code == 0 and run["state"]["type"] == "COMPLETED", (
-        f"run {run_id}: exit {code}, state {run['state']}\nworker log:\n{tail(sqlite_server.worker_log, 120)}")
+        f"run {run_id}: exit {code}, state {run['state']}\nworker log:\n{tail(sqlite_server.worker_log, 120)}"
+    )
     root = str(sqlite_server.data_root)
     return CompletedRun(run_id, seconds, {str(s): load_manifest(root, s) for s in STAGES})

@@ -16,9 +16,18 @@ from tests.server.conftest import seed_ui_login
 
 pytestmark = pytest.mark.server
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,900",
+]
 # virtual ms Chromium lets the app run before dumping; on a loaded machine the app's API calls can take
 # longer, so a page missing what the test expects is rendered again with a larger budget
 BUDGETS_MS = (8000, 20000, 45000)
@@ -32,12 +41,18 @@ def chromium():
     return exe
 
 
-def render(chromium: str, url: str, profile: Path, screenshot: Path | None = None, budget_ms: int = BUDGETS_MS[0]) -> str:
+def render(
+    chromium: str, url: str, profile: Path, screenshot: Path | None = None, budget_ms: int = BUDGETS_MS[0]
+) -> str:
     """The DOM after the app rendered (and a screenshot when asked)."""
     seed_ui_login(chromium, url, profile)  # the API requires the auth string (tests/server/conftest.py)
     out = ["--dump-dom"] if screenshot is None else [f"--screenshot={screenshot}"]
-    res = subprocess.run([chromium, *FLAGS, f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}", *out,
-                          url], capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [chromium, *FLAGS, f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}", *out, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, f"chromium {url}: {res.stderr[-2000:]}"
     return res.stdout
 

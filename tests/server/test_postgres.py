@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.server.conftest import TIMINGS, deploy_all, demo_config, pg_bin, start_server, start_worker, tail
+from tests.server.conftest import TIMINGS, demo_config, deploy_all, pg_bin, start_server, start_worker, tail
 
 pytestmark = pytest.mark.server
 
@@ -26,9 +26,24 @@ def test_deployment_run_on_postgres(processes, postgres_url, tmp_path_factory):
     assert (server.data_root / first / "latest").is_file()
     # the run really is in PostgreSQL, not in a SQLite file under PREFECT_HOME
     url = urlparse(postgres_url.replace("+asyncpg", ""))
-    res = subprocess.run([str(pg_bin() / "psql"), "-h", url.hostname, "-p", str(url.port), "-U", url.username,
-                          "-d", url.path.lstrip("/"), "-tAc", f"select state_type from flow_run where id = '{run_id}'"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [
+            str(pg_bin() / "psql"),
+            "-h",
+            url.hostname,
+            "-p",
+            str(url.port),
+            "-U",
+            url.username,
+            "-d",
+            url.path.lstrip("/"),
+            "-tAc",
+            f"select state_type from flow_run where id = '{run_id}'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.stdout.strip() == "COMPLETED", res.stderr
     assert not list(server.home.glob("*.db")), "the server should not have created a SQLite database"
     processes.stop(worker)

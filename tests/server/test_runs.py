@@ -11,9 +11,10 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -39,27 +40,46 @@ def failure_case(tmp: Path, data_root: Path) -> FailureCase:
     from storage.manifest import Stage
 
     if Stage.DECONTAMINATE in STAGES:
+
         def create(path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            rows = [{"id": f"q{i}", "question": f"held out question number {i} about the colour of the sky "
-                                                f"over the northern mountains in early spring {i}"} for i in range(5)]
+            rows = [
+                {
+                    "id": f"q{i}",
+                    "question": f"held out question number {i} about the colour of the sky "
+                    f"over the northern mountains in early spring {i}",
+                }
+                for i in range(5)
+            ]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return FailureCase("decontaminate", tmp / "benchmarks" / "held-out.jsonl", lambda p: {"decontaminate": {
-            "benchmarks": [{"name": "held-out", "path": str(p), "fields": ["question"], "id_field": "id"}]}}, create)
+
+        return FailureCase(
+            "decontaminate",
+            tmp / "benchmarks" / "held-out.jsonl",
+            lambda p: {
+                "decontaminate": {
+                    "benchmarks": [{"name": "held-out", "path": str(p), "fields": ["question"], "id_field": "id"}]
+                }
+            },
+            create,
+        )
 
     def create_warc(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         demo = sorted((data_root / "_inputs" / "demo-crawl").rglob("*.warc.gz"))
         assert demo, f"no demo WARC under {data_root}/_inputs"
         shutil.copy(demo[0], path)
-    return FailureCase("ingest", tmp / "crawl" / "crawl.warc.gz", lambda p: {"ingest": {"inputs": [str(p)]}},
-                       create_warc)
+
+    return FailureCase(
+        "ingest", tmp / "crawl" / "crawl.warc.gz", lambda p: {"ingest": {"inputs": [str(p)]}}, create_warc
+    )
 
 
 def _upstream(stage: str) -> list[str]:
     from flows.pipeline import STAGES
+
     names = [str(s) for s in STAGES]
-    return names[:names.index(stage)]
+    return names[: names.index(stage)]
 
 
 def _stage_artifacts(server, run_id: str) -> dict[str, dict[str, Any]]:
@@ -83,8 +103,9 @@ def _assert_upstream_reused(server, run_id: str, case: FailureCase, before: dict
     summary = arts["pretrain-summary"]["data"]
     for stage in _upstream(case.stage):
         m = load_manifest(root, stage)
-        assert m.version == before[stage].version and m.created_at == before[stage].created_at, \
+        assert m.version == before[stage].version and m.created_at == before[stage].created_at, (
             f"{stage} was recomputed: {before[stage].created_at} -> {m.created_at}"
+        )
         assert _table(arts[f"{stage}-stats"])["reused"] is True, f"{stage}-stats artifact does not say reused"
         assert f"| {stage} | {m.version} | reused |" in summary, summary[:2000]
     if logs and _upstream(case.stage):
@@ -118,6 +139,7 @@ def test_deployments_registered_as_in_prefect_yaml(sqlite_server):
         flows = {f["id"]: f["name"] for f in c.post("/flows/filter", json={}).json()}
     got = {(flows[d["flow_id"]], d["name"]): d for d in deps}
     from prefect.flows import load_flow_from_entrypoint
+
     for spec in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]:
         flow_name = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]), use_placeholder_flow=False).name
         d = got[(flow_name, spec["name"])]
@@ -134,8 +156,10 @@ def test_compose_health_checks_pass_against_the_real_server_and_worker(sqlite_se
     server_check = compose["services"]["prefect-server"]["healthcheck"]["test"]
     worker_check = compose["services"]["worker-cpu"]["healthcheck"]["test"]
     port = sqlite_server.url.rsplit(":", 1)[1]
-    for check, fix in ((server_check, ("localhost:4200", f"127.0.0.1:{port}")),
-                       (worker_check, ("localhost:8080", f"127.0.0.1:{sqlite_server.worker_health_port}"))):
+    for check, fix in (
+        (server_check, ("localhost:4200", f"127.0.0.1:{port}")),
+        (worker_check, ("localhost:8080", f"127.0.0.1:{sqlite_server.worker_health_port}")),
+    ):
         assert check[0] == "CMD"
         cmd = [c.replace(*fix) for c in check[1:]]
         cmd[0] = "python3" if cmd[0] == "python" else cmd[0]
@@ -166,8 +190,15 @@ def failed_run(sqlite_server, completed_run, tmp_path_factory) -> FailedRun:
     run_id = server.create_run("pretrain/default", {"config": case.config(case.missing), "to_stage": case.stage})
     run = server.wait_final(run_id)
     summary = _stage_artifacts(server, run_id)["pretrain-summary"]["data"]
-    return FailedRun(case, run_id, run["state"], summary, before, [m.version for m in list_versions(root, case.stage)],
-                     list((server.data_root / case.stage).glob(".tmp-*")))
+    return FailedRun(
+        case,
+        run_id,
+        run["state"],
+        summary,
+        before,
+        [m.version for m in list_versions(root, case.stage)],
+        list((server.data_root / case.stage).glob(".tmp-*")),
+    )
 
 
 def test_failed_stage_then_fixed_rerun_reuses_upstream(sqlite_server, completed_run, failed_run, tmp_path):
@@ -203,8 +234,13 @@ def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed
     case.create(case.missing)  # the operator fixes the world (the file appears), then presses Retry in the UI
     t_retry = time.time()
     with server.http() as c:
-        r = c.post(f"/flow_runs/{failed_run.run_id}/set_state", json={
-            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True})
+        r = c.post(
+            f"/flow_runs/{failed_run.run_id}/set_state",
+            json={
+                "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+                "force": True,
+            },
+        )
         assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
     run = server.wait_final(failed_run.run_id)
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{tail(server.worker_log, 80)}"

@@ -23,14 +23,25 @@ from tests.server.conftest import ui_login_script
 pytestmark = pytest.mark.server
 
 TIMEOUT_MS = 60_000  # generous: the UI's API calls are slow while the worker runs flows on 2 cores
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install "
-                                   "'pretrain-pipeline[dev]', or pip install playwright; no browser download needed)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright is not installed (pip install "
+        "'pretrain-pipeline[dev]', or pip install playwright; no browser download needed)",
+    )
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("Chromium is not installed; run .ci/server-deps.sh")
@@ -44,8 +55,9 @@ def browser():
 
 def form_property(page, scope, label: str):
     """The schema-form block in `scope` whose own label is `<label> (...)` (not a nested block containing it)."""
-    own_label = page.locator(":scope > .p-label__header .schema-form-property__label",
-                             has_text=re.compile(rf"^{re.escape(label)} \("))
+    own_label = page.locator(
+        ":scope > .p-label__header .schema-form-property__label", has_text=re.compile(rf"^{re.escape(label)} \(")
+    )
     return scope.locator(".schema-form-property").filter(has=own_label)
 
 

@@ -11,10 +11,13 @@ from storage.stats import StageStats
 
 def test_round_trip_with_extra_columns(tmp_path):
     path = str(tmp_path / "part-00000.parquet")
-    with DocumentWriter(path, extra=[pa.field("language", pa.string()), pa.field("score", pa.float64())],
-                        rows_per_group=3) as w:
+    with DocumentWriter(
+        path, extra=[pa.field("language", pa.string()), pa.field("score", pa.float64())], rows_per_group=3
+    ) as w:
         for i in range(10):
-            w.write(Document(id=f"d{i}", text=f"text {i}", url=f"http://x/{i}", meta={"language": "en", "score": i / 10}))
+            w.write(
+                Document(id=f"d{i}", text=f"text {i}", url=f"http://x/{i}", meta={"language": "en", "score": i / 10})
+            )
     assert not (tmp_path / "part-00000.parquet.tmp").exists()
     assert pq.ParquetFile(path).metadata.num_row_groups == 4  # streamed in groups, not one table
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"

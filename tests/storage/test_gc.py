@@ -28,8 +28,16 @@ def _commit(root, stage, version, created_at, inputs=None, extras=None):
     w = VersionWriter(str(root), Stage(stage), version)
     with open(os.path.join(w.tmp_path, "part-00000.parquet"), "wb") as f:
         f.write(b"x" * 1000)
-    m = new_manifest(Stage(stage), 1, version, {}, inputs or {}, [ShardInfo(name="part-00000.parquet", rows=1,
-                     bytes=1000)], [], StageStats(docs_in=1, docs_out=1))
+    m = new_manifest(
+        Stage(stage),
+        1,
+        version,
+        {},
+        inputs or {},
+        [ShardInfo(name="part-00000.parquet", rows=1, bytes=1000)],
+        [],
+        StageStats(docs_in=1, docs_out=1),
+    )
     w.commit(m.model_copy(update={"created_at": created_at, "extras": extras or {}}))
     return version
 
@@ -138,6 +146,7 @@ def test_keep_must_be_positive(store):
 def test_interrupted_delete_leaves_only_a_hidden_dir_that_the_next_gc_removes(store, monkeypatch):
     plan = collect(str(store), keep=1)
     import storage.gc as gcmod
+
     calls = {"n": 0}
 
     class Boom(RuntimeError):
@@ -151,6 +160,7 @@ def test_interrupted_delete_leaves_only_a_hidden_dir_that_the_next_gc_removes(st
         if calls["n"] == 1:
             raise Boom("disk went away")
         return real_rm(path, recursive=recursive, **kw)
+
     monkeypatch.setattr(real_fs, "rm", flaky_rm)
     with pytest.raises(Boom):
         apply(plan)
@@ -176,6 +186,7 @@ def test_cli_gc_dry_run_then_delete(store, capsys):
 def test_cli_status_all_lists_every_version_with_its_inputs(store, capsys):
     assert main(["status", "--all", "--json", "--data-root", str(store)]) == 0
     import json
+
     rows = json.loads(capsys.readouterr().out)["stages"]
     got = {(r["stage"], r["version"]): (r["inputs"], r["latest"]) for r in rows}
     assert got[("langid", "l3")] == ("ingest@i1", True) and got[("langid", "l1")] == ("ingest@i1", False)
@@ -183,6 +194,7 @@ def test_cli_status_all_lists_every_version_with_its_inputs(store, capsys):
 
 
 # ---------------------------------------------------------------- decontaminate's n-gram indexes, train work dirs
+
 
 def _index(root, ident, age_s=7200):
     d = root / "decontaminate" / "_index" / ident
@@ -345,10 +357,12 @@ def test_dry_run_reports_the_real_size_of_kept_versions(store, capsys):
 
 def test_train_work_prefix_matches_the_train_flow():
     import flows.train
+
     prefix = getattr(flows.train, "WORK_PREFIX", None)
     if prefix is None:
         pytest.skip("flows/train.py keeps no cross-run work dir")
     from storage.gc import TRAIN_WORK_PREFIXES
+
     assert prefix in TRAIN_WORK_PREFIXES
 
 
@@ -361,6 +375,7 @@ def test_cli_reports_index_deletions(decon_store, capsys):
 def test_side_artifact_names_match_the_decontaminate_stage():
     from storage.gc import SIDE_ARTIFACTS
     from tasks import decontaminate
+
     side = next(s for s in SIDE_ARTIFACTS if s.stage == Stage.DECONTAMINATE)
     assert (side.subdir, side.work_ref) == (decontaminate.INDEX_DIR, decontaminate.WORK_REF)
 
@@ -379,11 +394,14 @@ def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_versi
     bench = tmp_path / "bench.jsonl"
     monkeypatch.setenv("PRETRAIN_ALLOWED_ROOTS", str(tmp_path))  # benchmark files must lie under an allowed root
     versions = []
-    for text in ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron",
-                 "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"):
+    for text in (
+        "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron",
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+    ):
         bench.write_text(json.dumps({"id": "q1", "q": text}) + "\n")
-        params = DecontaminateParams(humaneval=False, benchmarks=[
-            bm.BenchmarkFile(name="toy", path=str(bench), fields=["q"], id_field="id")])
+        params = DecontaminateParams(
+            humaneval=False, benchmarks=[bm.BenchmarkFile(name="toy", path=str(bench), fields=["q"], id_field="id")]
+        )
         v = decontaminate_flow.with_options(task_runner=task_runner(1))(params=params, data_root=str(root))
         versions.append((v, index_version(params)))
         time.sleep(0.01)  # distinct created_at
@@ -391,11 +409,15 @@ def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_versi
     assert idx_old != idx_new and _indexes(root) == sorted([idx_old, idx_new])
     plan = gc(str(root), keep=1, stale_after_s=0)  # the indexes were built seconds ago: no age protection
     assert _versions(root, "decontaminate") == [v_new] and _indexes(root) == [idx_new]
-    assert {(d.stage, d.name) for d in plan.to_delete} == {("decontaminate", v_old), ("decontaminate", f"_index/{idx_old}")}
+    assert {(d.stage, d.name) for d in plan.to_delete} == {
+        ("decontaminate", v_old),
+        ("decontaminate", f"_index/{idx_old}"),
+    }
     assert _versions(root, "dedup") == ["dedup1"]
 
 
 # ---------------------------------------------------------------- quality's score caches, tokenize's tokenizer caches
+
 
 def _cache(root, stage, subdir, ident, age_s=7200):
     d = root / stage / subdir / ident
@@ -420,11 +442,30 @@ def cache_store(store):
     caches S3 and K3 are named by nothing."""
     _commit(store, "quality", "q1", "2026-01-07T00:00:00.000+00:00", {"langid": "l3"}, {"scores_version": "S1"})
     _commit(store, "quality", "q2", "2026-01-08T00:00:00.000+00:00", {"langid": "l3"}, {"scores_version": "S2"})
-    _commit(store, "tokenize", "t1", "2026-01-09T00:00:00.000+00:00", {},
-            {"tokenizer_cache": "K1", "tokenizer": {"source": "trained", "version": "K1"}})
-    _commit(store, "tokenize", "t2", "2026-01-10T00:00:00.000+00:00", {}, {"tokenizer": {"source": "trained", "version": "K2"}})
-    _commit(store, "tokenize", "t3", "2026-01-11T00:00:00.000+00:00", {},
-            {"tokenizer_cache": None, "tokenizer": {"source": "file", "given_path": "/m/tokenizer.model"}})
+    _commit(
+        store,
+        "tokenize",
+        "t1",
+        "2026-01-09T00:00:00.000+00:00",
+        {},
+        {"tokenizer_cache": "K1", "tokenizer": {"source": "trained", "version": "K1"}},
+    )
+    _commit(
+        store,
+        "tokenize",
+        "t2",
+        "2026-01-10T00:00:00.000+00:00",
+        {},
+        {"tokenizer": {"source": "trained", "version": "K2"}},
+    )
+    _commit(
+        store,
+        "tokenize",
+        "t3",
+        "2026-01-11T00:00:00.000+00:00",
+        {},
+        {"tokenizer_cache": None, "tokenizer": {"source": "file", "given_path": "/m/tokenizer.model"}},
+    )
     for ident in ("S1", "S2", "S3"):
         _cache(store, "quality", "_scores", ident)
     for ident in ("K1", "K2", "K3"):
@@ -461,8 +502,10 @@ def test_a_kept_manifest_that_does_not_name_its_cache_keeps_them_all(cache_store
     assert _caches(cache_store, "quality", "_scores") == ["S1", "S2", "S3"]
     assert _caches(cache_store, "tokenize", "_tokenizer") == ["K1", "K2", "K3"]
     why = _decided(plan)[("quality", "_scores/S3")]
-    assert why == (True, ("quality@q0 does not record which _scores it uses (manifest from before gc tracked it): "
-                          "kept to be safe"))
+    assert why == (
+        True,
+        ("quality@q0 does not record which _scores it uses (manifest from before gc tracked it): kept to be safe"),
+    )
     assert main(["gc", "--keep", "1", "--dry-run", "--data-root", str(cache_store)]) == 0
     assert "tokenize@t0 does not record which _tokenizer it uses" in capsys.readouterr().out
 
@@ -478,14 +521,19 @@ def test_a_run_in_progress_keeps_every_cache_of_its_stage_and_young_caches_survi
     plan = gc(str(cache_store), keep=1)
     assert _caches(cache_store, "quality", "_scores") == ["S1", "S2", "S3"]
     assert _decided(plan)[("quality", "_scores/S1")] == (
-        True, "a quality run is in progress (quality/.tmp-q9-1234abcd) and may use it")
+        True,
+        "a quality run is in progress (quality/.tmp-q9-1234abcd) and may use it",
+    )
     assert _decided(plan)[("quality", "_scores/S2")] == (True, "used by quality@q2")
     assert _caches(cache_store, "tokenize", "_tokenizer") == ["K4"]
     assert str(killed) in plan.stale and not killed.exists() and running.exists()
 
 
 def test_stale_temp_dirs_inside_the_cache_dirs_are_removed(cache_store):
-    dead, building = cache_store / "quality" / "_scores" / ".tmp-S5-1234abcd", cache_store / "tokenize" / "_tokenizer" / ".tmp-K5-1234abcd"
+    dead, building = (
+        cache_store / "quality" / "_scores" / ".tmp-S5-1234abcd",
+        cache_store / "tokenize" / "_tokenizer" / ".tmp-K5-1234abcd",
+    )
     for d in (dead, building):
         d.mkdir()
         (d / "part-00000.parquet").write_bytes(b"x")
@@ -498,6 +546,7 @@ def test_stale_temp_dirs_inside_the_cache_dirs_are_removed(cache_store):
 def test_side_artifact_names_match_the_quality_and_tokenize_stages():
     from storage.gc import SIDE_ARTIFACTS
     from tasks import quality, tokenization
+
     dirs = {s.stage: s.subdir for s in SIDE_ARTIFACTS}
     assert dirs[Stage.QUALITY] == quality.SCORES_DIR and dirs[Stage.TOKENIZE] == tokenization.TOKENIZER_DIR
 
@@ -513,9 +562,18 @@ def test_gc_on_real_tokenize_versions(prefect_backend, tmp_path, make_version):
     rng = np.random.default_rng(0)
     syll = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "gu", "be", "fi", "ho", "ja"]
     words = ["".join(rng.choice(syll, int(rng.integers(1, 4)))) for _ in range(300)]
-    docs = [Document(id=f"d{i}", text=" ".join(rng.choice(words, 120)) + f". Item {i}.", source="web",
-                     url=f"http://e/{i}", meta={"repeat": 0}) for i in range(40)]
+    docs = [
+        Document(
+            id=f"d{i}",
+            text=" ".join(rng.choice(words, 120)) + f". Item {i}.",
+            source="web",
+            url=f"http://e/{i}",
+            meta={"repeat": 0},
+        )
+        for i in range(40)
+    ]
     import pyarrow as pa
+
     make_version(root, "mix", [docs[:20], docs[20:]], extra=[pa.field("repeat", pa.int32())], version="mix1")
     versions = []
     for vocab in (300, 320):
@@ -542,11 +600,19 @@ def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
     from tasks.quality import QualityParams
 
     root = tmp_path / "data"
-    text = ("The museum reopened last spring after a long renovation of its east wing. Visitors can now see the "
-            "restored ceiling, and the new rooms hold the collection of maps that had been stored for years. ")
-    docs = [Document(id=f"d{i}", text=text * (2 + i % 3), url=f"http://e/{i}",
-                     meta={"language": "en", "language_score": 0.99, "language_top3": [{"lang": "en", "score": 0.99}]})
-            for i in range(6)]
+    text = (
+        "The museum reopened last spring after a long renovation of its east wing. Visitors can now see the "
+        "restored ceiling, and the new rooms hold the collection of maps that had been stored for years. "
+    )
+    docs = [
+        Document(
+            id=f"d{i}",
+            text=text * (2 + i % 3),
+            url=f"http://e/{i}",
+            meta={"language": "en", "language_score": 0.99, "language_top3": [{"lang": "en", "score": 0.99}]},
+        )
+        for i in range(6)
+    ]
     make_version(root, "langid", [docs[:3], docs[3:]], extra=LANGID_FIELDS, version="00000000a1d1")  # a version id
     versions = []
     for filters in (["gopher_repetition"], ["c4_quality"]):

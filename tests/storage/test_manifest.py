@@ -7,15 +7,33 @@ import time
 
 import pytest
 
-from storage.manifest import (ShardInfo, Stage, VersionWriter, compute_version, is_complete, latest_version,
-                              list_versions, load_manifest, new_manifest, set_latest)
+from storage.manifest import (
+    ShardInfo,
+    Stage,
+    VersionWriter,
+    compute_version,
+    is_complete,
+    latest_version,
+    list_versions,
+    load_manifest,
+    new_manifest,
+    set_latest,
+)
 from storage.stats import StageStats
 
 
 def _manifest(version, docs_in=3, docs_out=2, dropped=None, inputs=None):
     stats = StageStats(docs_in=docs_in, docs_out=docs_out, dropped=dropped if dropped is not None else {"x": 1})
-    return new_manifest(Stage.INGEST, 1, version, {"a": 1}, inputs or {}, [ShardInfo(name="part-00000.parquet",
-                        rows=docs_out, bytes=10)], [], stats)
+    return new_manifest(
+        Stage.INGEST,
+        1,
+        version,
+        {"a": 1},
+        inputs or {},
+        [ShardInfo(name="part-00000.parquet", rows=docs_out, bytes=10)],
+        [],
+        stats,
+    )
 
 
 def test_same_inputs_same_version_and_param_change_changes_it():

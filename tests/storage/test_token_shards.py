@@ -5,14 +5,21 @@ import pyarrow as pa
 import pytest
 import torch
 
-from storage.token_shards import (TokenShards, TokenShardWriter, doc_ids_from_offsets, doc_ids_to_torch,
-                                  pack_documents, to_torch, token_dtype)
+from storage.token_shards import (
+    TokenShards,
+    TokenShardWriter,
+    doc_ids_from_offsets,
+    doc_ids_to_torch,
+    pack_documents,
+    to_torch,
+    token_dtype,
+)
 
 
 def _write(path, rows, offsets, seq_len, vocab, batch=7):
     with TokenShardWriter(str(path), seq_len, vocab, eos_id=0) as w:
         for i in range(0, len(rows), batch):
-            w.write_sequences(rows[i:i + batch], offsets[i:i + batch])
+            w.write_sequences(rows[i : i + batch], offsets[i : i + batch])
     return w
 
 

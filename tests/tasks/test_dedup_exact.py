@@ -37,8 +37,11 @@ def _keys(ids, key, kind):
 
 
 def test_keep_rank_earliest_with_missing_dates_last_and_ties_by_id():
-    keys = _keys(["d", "c", "b", "a"], ["2024-03-01T00:00:00Z", None, "2024-01-01T00:00:00Z", "2024-03-01T00:00:00Z"],
-                 pa.string())
+    keys = _keys(
+        ["d", "c", "b", "a"],
+        ["2024-03-01T00:00:00Z", None, "2024-01-01T00:00:00Z", "2024-03-01T00:00:00Z"],
+        pa.string(),
+    )
     rank = keep_rank(keys, "earliest")
     # b (Jan) first, then a and d (same date, by id), the undated c last
     assert rank.tolist() == [2, 3, 0, 1]
@@ -60,6 +63,7 @@ def test_highest_quality_needs_the_column(tmp_path):
 
 def test_missing_xxhash_fails_before_any_shard_with_the_fix(tmp_path, monkeypatch):
     import importlib.util
+
     src = str(tmp_path / "part-00000.parquet")
     with DocumentWriter(src) as w:
         w.write(Document(id="a", text="t", crawl_date="2024-01-01"))

@@ -16,9 +16,15 @@ from datasketch.hashfunc import sha1_hash32
 from bench.dedup import edit_to_jaccard, stdlib_docstrings
 from tasks import dedup_minhash as dm
 
-TEXTS = ["", "one", "two words here", "The quick brown fox jumps over the lazy dog, again and again.",
-         "Ünïcödé straße — ﬁne text, İstanbul ΣΊΣΥΦΟΣ and more words to make shingles",
-         "a b c d e", "repeat repeat repeat repeat repeat repeat repeat"]
+TEXTS = [
+    "",
+    "one",
+    "two words here",
+    "The quick brown fox jumps over the lazy dog, again and again.",
+    "Ünïcödé straße — ﬁne text, İstanbul ΣΊΣΥΦΟΣ and more words to make shingles",
+    "a b c d e",
+    "repeat repeat repeat repeat repeat repeat repeat",
+]
 
 
 def test_shingles_are_word_5grams_of_the_shared_normaliser():
@@ -49,6 +55,7 @@ def test_signatures_equal_datasketch(seed):
 def test_xxhash_signatures_equal_datasketch_with_that_hashfunc(num_perm, seed):
     """The stage's default shingle hash: datasketch's MinHash with hashfunc=xxh32, bit for bit."""
     import xxhash  # a core dependency: the dedup stage's default hash_function
+
     texts = TEXTS + stdlib_docstrings()[:20]
     hasher = dm.MinHasher(num_perm=num_perm, seed=seed, hash_function="xxhash")
     sig = hasher.signatures([hasher.hashes(t) for t in texts])
@@ -57,7 +64,8 @@ def test_xxhash_signatures_equal_datasketch_with_that_hashfunc(num_perm, seed):
         m.update_batch(dm.shingle_bytes(t, 5))
         assert (sig[:, j] == m.hashvalues).all(), f"text {j} differs from datasketch"
     assert dm.shingle_hashes(TEXTS[3], 5, "xxhash").tolist() == [
-        xxhash.xxh32_intdigest(s) for s in dm.shingle_bytes(TEXTS[3], 5)]
+        xxhash.xxh32_intdigest(s) for s in dm.shingle_bytes(TEXTS[3], 5)
+    ]
 
 
 def test_s_curve_matches_fineweb():
@@ -67,8 +75,7 @@ def test_s_curve_matches_fineweb():
 
 
 def test_band_pairs_all_pairs_small_star_and_chain_large():
-    band = np.array([[5, 5, 5, 7, 9, 9, 9, 9, 9],
-                     [1, 1, 1, 2, 3, 3, 3, 3, 3]], dtype=np.uint32)
+    band = np.array([[5, 5, 5, 7, 9, 9, 9, 9, 9], [1, 1, 1, 2, 3, 3, 3, 3, 3]], dtype=np.uint32)
     ids = np.arange(100, 109)
     pairs = {tuple(p) for p in dm.band_pairs(band, ids, all_pairs_max=3).tolist()}
     small = {(100, 101), (100, 102), (101, 102)}
@@ -104,6 +111,7 @@ def test_connected_components_matches_a_plain_union_find():
         while parent[x] != x:
             x = parent[x]
         return x
+
     for u, v in pairs.tolist():
         ru, rv = find(u), find(v)
         parent[max(ru, rv)] = min(ru, rv)
@@ -135,11 +143,12 @@ def test_plan_estimate_sizes():
 
 # ---------------------------------------------------------------- quality on a planted set
 
+
 def planted_set(seed=0):
     """~140 documents of two real docstrings each, plus edited copies (1-2 per document) at Jaccard 0.6-0.98."""
     rng = random.Random(seed)
     doc = stdlib_docstrings()
-    base = [" ".join(doc[i:i + 2]) for i in range(0, len(doc) - 1, 2)]
+    base = [" ".join(doc[i : i + 2]) for i in range(0, len(doc) - 1, 2)]
     vocabulary = sorted({w for t in base for w in t.split() if w.isalpha()})
     texts = list(base)
     for original in base:
@@ -162,7 +171,7 @@ def lsh_clusters(texts, sets, verify, bands=14, rows=8):
     hasher = dm.MinHasher(bands * rows, seed=1)
     sig = hasher.signatures([hasher.hashes(t) for t in texts])
     ids = np.arange(len(texts))
-    pairs = dm.unique_pairs(dm.band_pairs(sig[b * rows:(b + 1) * rows], ids) for b in range(bands))
+    pairs = dm.unique_pairs(dm.band_pairs(sig[b * rows : (b + 1) * rows], ids) for b in range(bands))
     if verify:  # as the stage does: candidates + pairs inside small candidate components, then true Jaccard
         pairs = dm.expand_pairs(pairs, 16)
         pairs = np.array([p for p in pairs.tolist() if dm.jaccard_sorted(sets[p[0]], sets[p[1]]) >= 0.8]).reshape(-1, 2)

@@ -46,8 +46,10 @@ def responses(crawl: Path) -> dict[str, tuple[Any, bytes]]:
     with open(crawl / "demo-crawl.warc.gz", "rb") as f:
         for record in ArchiveIterator(f):
             if record.rec_type == "response":
-                out[record.rec_headers.get_header("WARC-Record-ID")] = (record.http_headers,
-                                                                        record.content_stream().read())
+                out[record.rec_headers.get_header("WARC-Record-ID")] = (
+                    record.http_headers,
+                    record.content_stream().read(),
+                )
     return out
 
 
@@ -75,9 +77,19 @@ def test_seed_changes_the_crawl(tmp_path: Path) -> None:
 
 
 def test_plan_counts_scale_and_keep_every_category() -> None:
-    assert plan_counts(400) == {"foreign": 32, "spam": 24, "exact_duplicate": 20, "near_duplicate": 24,
-                                "benchmark": 12, "code": 32, "http_404": 2, "http_301": 2, "non_html": 2,
-                                "no_text": 2, "prose": 248}
+    assert plan_counts(400) == {
+        "foreign": 32,
+        "spam": 24,
+        "exact_duplicate": 20,
+        "near_duplicate": 24,
+        "benchmark": 12,
+        "code": 32,
+        "http_404": 2,
+        "http_301": 2,
+        "non_html": 2,
+        "no_text": 2,
+        "prose": 248,
+    }
     for pages in (60, 61, 150, 1000):
         counts = plan_counts(pages)
         assert sum(counts.values()) == pages
@@ -90,8 +102,17 @@ def test_every_category_and_label_is_present(rows: list[dict[str, Any]]) -> None
     assert {r["category"] for r in rows} == {*FRACTIONS, *DROP_KINDS, "prose"}
     assert {r["source"] for r in rows} == {"wikipedia", "code", "academic", "news", "forum", "web"}
     assert {r["quality"] for r in rows} == {"high", "low", "spam", "boilerplate"}
-    assert {r["expected_drop"] for r in rows} == {None, "ingest:http_status", "ingest:not_html", "ingest:empty_text",
-                                                  "langid", "quality", "dedup:exact", "dedup:near", "decontaminate"}
+    assert {r["expected_drop"] for r in rows} == {
+        None,
+        "ingest:http_status",
+        "ingest:not_html",
+        "ingest:empty_text",
+        "langid",
+        "quality",
+        "dedup:exact",
+        "dedup:near",
+        "decontaminate",
+    }
     assert len({r["language"] for r in rows} - {"en", None}) >= 5
     assert all(r["source"] == classify_source(r["url"]) for r in rows), "URLs must imply their source"
     assert all(r["provenance"] for r in rows)
@@ -99,8 +120,15 @@ def test_every_category_and_label_is_present(rows: list[dict[str, Any]]) -> None
 
 def test_warc_has_warcinfo_then_request_response_pairs(crawl: Path, rows: list[dict[str, Any]]) -> None:
     with open(crawl / "demo-crawl.warc.gz", "rb") as f:
-        records = [(r.rec_type, r.rec_headers.get_header("WARC-Record-ID"), r.rec_headers.get_header("WARC-Date"),
-                    r.rec_headers.get_header("WARC-Target-URI")) for r in ArchiveIterator(f)]
+        records = [
+            (
+                r.rec_type,
+                r.rec_headers.get_header("WARC-Record-ID"),
+                r.rec_headers.get_header("WARC-Date"),
+                r.rec_headers.get_header("WARC-Target-URI"),
+            )
+            for r in ArchiveIterator(f)
+        ]
     assert [t for t, *_ in records] == ["warcinfo"] + ["request", "response"] * PAGES
     responses = [r for r in records if r[0] == "response"]
     assert [r[1] for r in responses] == [row["record_id"] for row in rows]
@@ -155,8 +183,10 @@ def test_duplicates_are_what_the_ground_truth_says(rows: list[dict[str, Any]], r
 def test_no_unintended_near_duplicates(rows: list[dict[str, Any]]) -> None:
     pages = [(r, shingles(r["text"])) for r in rows if r["expected_drop"] in REACHES_DEDUP]
     for (a, grams_a), (b, grams_b) in itertools.combinations(pages, 2):
-        if a["url"] in (b["duplicate_of"], b["near_duplicate_of"]) or b["url"] in (a["duplicate_of"],
-                                                                                 a["near_duplicate_of"]):
+        if a["url"] in (b["duplicate_of"], b["near_duplicate_of"]) or b["url"] in (
+            a["duplicate_of"],
+            a["near_duplicate_of"],
+        ):
             continue
         assert len(grams_a & grams_b) < 0.5 * len(grams_a | grams_b), (a["url"], b["url"])
 
@@ -191,8 +221,12 @@ def test_fasttext_identifies_every_page_language(rows: list[dict[str, Any]], res
 
 
 def _quality_filters() -> list[Any]:
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class RegexTokenizer(WordTokenizer):
@@ -206,9 +240,12 @@ def _quality_filters() -> list[Any]:
             return [m.span() for m in re.finditer(r"\S+", text)]
 
     tokenizer = RegexTokenizer("en")
-    return [GopherRepetitionFilter(language=tokenizer), GopherQualityFilter(language=tokenizer),
-            C4QualityFilter(filter_no_terminal_punct=False, language=tokenizer),
-            FineWebQualityFilter(language=tokenizer)]
+    return [
+        GopherRepetitionFilter(language=tokenizer),
+        GopherQualityFilter(language=tokenizer),
+        C4QualityFilter(filter_no_terminal_punct=False, language=tokenizer),
+        FineWebQualityFilter(language=tokenizer),
+    ]
 
 
 def test_quality_labels_agree_with_fineweb_filters(rows: list[dict[str, Any]], responses: dict[str, Any]) -> None:
@@ -217,7 +254,12 @@ def test_quality_labels_agree_with_fineweb_filters(rows: list[dict[str, Any]], r
     filters = _quality_filters()
     english = [r for r in rows if r["language"] == "en"]
     assert {r["defect"] for r in english if r["expected_drop"] == "quality"} == {
-        "keyword_stuffing", "link_farm", "all_caps", "repeated_lines", "too_short"}
+        "keyword_stuffing",
+        "link_farm",
+        "all_caps",
+        "repeated_lines",
+        "too_short",
+    }
     for row in english:
         text = _main_text(responses[row["record_id"]][1], "utf-8")
         verdicts = [f.filter(Document(text=text, id=row["url"])) for f in filters]

@@ -30,26 +30,49 @@ from storage.documents import Document, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
 from tasks import ingest
-from tasks.extract import (UTF8_MIN_INVALID_ALLOWED, ExtractionTimeout, choose_charset, decode_html, time_limit,
-                           utf8_repairable)
+from tasks.extract import (
+    UTF8_MIN_INVALID_ALLOWED,
+    ExtractionTimeout,
+    choose_charset,
+    decode_html,
+    time_limit,
+    utf8_repairable,
+)
 from tasks.sources import classify_source
 
 # tasks.ingest logs the first error drops of a file; outside a flow run Prefect's API handler warns
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'tasks.ingest' attempted to send logs to the API")
 
-PROSE = ("The committee met on Tuesday to review the proposal for a new library in the town centre. "
-         "Members discussed the budget, the timeline and the design, and agreed to publish a summary. ")
-PAGE = f"<html><head><title>Library</title></head><body><article><p>{PROSE * 3}</p><p>{PROSE}</p></article></body></html>"
+PROSE = (
+    "The committee met on Tuesday to review the proposal for a new library in the town centre. "
+    "Members discussed the budget, the timeline and the design, and agreed to publish a summary. "
+)
+PAGE = (
+    f"<html><head><title>Library</title></head><body><article><p>{PROSE * 3}</p><p>{PROSE}</p></article></body></html>"
+)
 DATE = "2024-05-18T01:58:10Z"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def response(url: str, body: bytes | str, status: str = "200 OK", content_type: str | None = "text/html; charset=utf-8",
-             headers: tuple[tuple[str, str], ...] = (), record_id: str | None = None) -> dict[str, Any]:
+
+def response(
+    url: str,
+    body: bytes | str,
+    status: str = "200 OK",
+    content_type: str | None = "text/html; charset=utf-8",
+    headers: tuple[tuple[str, str], ...] = (),
+    record_id: str | None = None,
+) -> dict[str, Any]:
     hdrs = ([("Content-Type", content_type)] if content_type else []) + list(headers)
-    return {"type": "response", "url": url, "status": status, "headers": hdrs, "record_id": record_id,
-            "body": body.encode() if isinstance(body, str) else body}
+    return {
+        "type": "response",
+        "url": url,
+        "status": status,
+        "headers": hdrs,
+        "record_id": record_id,
+        "body": body.encode() if isinstance(body, str) else body,
+    }
 
 
 def warc_bytes(records: list[dict[str, Any]], gz: bool = True, requests: bool = True) -> bytes:
@@ -58,19 +81,30 @@ def warc_bytes(records: list[dict[str, Any]], gz: bool = True, requests: bool = 
     w = WARCWriter(buf, gzip=gz)
     w.write_record(w.create_warcinfo_record("test.warc.gz", {"software": "tests"}))
     for i, r in enumerate(records):
-        warc_headers = {"WARC-Date": DATE, "WARC-Record-ID": r.get("record_id") or f"<urn:uuid:00000000-0000-0000-0000-{i:012d}>"}
+        warc_headers = {
+            "WARC-Date": DATE,
+            "WARC-Record-ID": r.get("record_id") or f"<urn:uuid:00000000-0000-0000-0000-{i:012d}>",
+        }
         is_http = r["type"] == "response" and "status" in r
         if is_http and requests:
             req = StatusAndHeaders("GET / HTTP/1.1", [("Host", "x")], is_http_request=True)
-            w.write_record(w.create_warc_record(r["url"], "request", http_headers=req, warc_headers_dict={"WARC-Date": DATE}))
+            w.write_record(
+                w.create_warc_record(r["url"], "request", http_headers=req, warc_headers_dict={"WARC-Date": DATE})
+            )
         if is_http:
             http = StatusAndHeaders(r["status"], r["headers"], protocol="HTTP/1.1")
-            rec = w.create_warc_record(r["url"], "response", payload=io.BytesIO(r["body"]), http_headers=http,
-                                       warc_headers_dict=warc_headers)
+            rec = w.create_warc_record(
+                r["url"], "response", payload=io.BytesIO(r["body"]), http_headers=http, warc_headers_dict=warc_headers
+            )
         else:  # conversion (WET), dns response, metadata: no HTTP block
-            rec = w.create_warc_record(r["url"], r["type"], payload=io.BytesIO(r["body"]),
-                                       warc_content_type=r.get("warc_content_type", "text/plain"),
-                                       warc_headers_dict=warc_headers, length=len(r["body"]))
+            rec = w.create_warc_record(
+                r["url"],
+                r["type"],
+                payload=io.BytesIO(r["body"]),
+                warc_content_type=r.get("warc_content_type", "text/plain"),
+                warc_headers_dict=warc_headers,
+                length=len(r["body"]),
+            )
         w.write_record(rec)
     return buf.getvalue()
 
@@ -108,9 +142,12 @@ def reasons(rejects: ListRejects) -> list[str]:
 
 # ------------------------------------------------------------------------------------ WARC records
 
+
 def test_keeps_html_200_with_all_columns(tmp_path):
     rid = "<urn:uuid:2aabeff2-67f5-4608-8466-e87c6296e2b6>"
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("https://en.wikipedia.org/wiki/Library", PAGE, record_id=rid)]))
+    path = write(
+        tmp_path, "a.warc.gz", warc_bytes([response("https://en.wikipedia.org/wiki/Library", PAGE, record_id=rid)])
+    )
     docs, rejects, stats = run(path)
     assert len(docs) == 1 and not rejects.items
     doc = docs[0]
@@ -132,7 +169,7 @@ def test_offsets_locate_the_records(tmp_path):
     path = write(tmp_path, "a.warc.gz", data)
     docs, _, _ = run(path)
     for doc in docs:  # every offset starts a gzip member holding that response's WARC header
-        member = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[doc.meta["warc_offset"]:])
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[doc.meta["warc_offset"] :])
         assert member.startswith(b"WARC/1") and doc.url.encode() in member[:400]
 
 
@@ -157,27 +194,50 @@ def test_drops_non_200(tmp_path, status):
 
 def test_drops_non_html_and_non_http_responses(tmp_path):
     png = b"\x89PNG\r\n\x1a\n" + bytes(200)
-    dns = {"type": "response", "url": "dns:example.com", "body": b"20080430204825\nexample.com. 589 IN A 1.2.3.4\n",
-           "warc_content_type": "text/dns"}
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/logo.png", png, content_type="image/png"),
-                                                    response("http://a.com/data.json", "{}", content_type="application/json"),
-                                                    dns]))
+    dns = {
+        "type": "response",
+        "url": "dns:example.com",
+        "body": b"20080430204825\nexample.com. 589 IN A 1.2.3.4\n",
+        "warc_content_type": "text/dns",
+    }
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes(
+            [
+                response("http://a.com/logo.png", png, content_type="image/png"),
+                response("http://a.com/data.json", "{}", content_type="application/json"),
+                dns,
+            ]
+        ),
+    )
     docs, rejects, _ = run(path)
     assert not docs and reasons(rejects) == [ingest.NOT_HTML] * 3
     assert [d["content_type"] for _, _, d in rejects.items] == ["image/png", "application/json", "text/dns"]
 
 
 def test_sniffs_html_without_content_type(tmp_path):
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/", PAGE, content_type=None),
-                                                    response("http://a.com/b", b"\x00\x01binary", content_type=None)]))
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes(
+            [
+                response("http://a.com/", PAGE, content_type=None),
+                response("http://a.com/b", b"\x00\x01binary", content_type=None),
+            ]
+        ),
+    )
     docs, rejects, _ = run(path)
     assert len(docs) == 1 and reasons(rejects) == [ingest.NOT_HTML]
 
 
 def test_identified_payload_type_wins_over_http_header(tmp_path):
     data = warc_bytes([response("http://a.com/", PAGE, content_type="application/octet-stream")], requests=False)
-    data = gzip.compress(gzip.decompress(data).replace(b"WARC-Date: " + DATE.encode(),
-                                                       b"WARC-Identified-Payload-Type: text/html\r\nWARC-Date: " + DATE.encode(), 1))
+    data = gzip.compress(
+        gzip.decompress(data).replace(
+            b"WARC-Date: " + DATE.encode(), b"WARC-Identified-Payload-Type: text/html\r\nWARC-Date: " + DATE.encode(), 1
+        )
+    )
     # one gzip stream instead of per-record members: FastWARC reads both
     docs, _, _ = run(write(tmp_path, "a.warc.gz", data))
     assert len(docs) == 1 and docs[0].meta["content_type"] == "text/html"
@@ -186,8 +246,13 @@ def test_identified_payload_type_wins_over_http_header(tmp_path):
 def test_empty_short_and_long_texts(tmp_path):
     nav_only = "<html><body><script>document.write('hello');</script><img src='a.png'></body></html>"
     short = "<html><body><p>Hi there</p></body></html>"
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", nav_only), response("http://a.com/2", short),
-                                                    response("http://a.com/3", PAGE)]))
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes(
+            [response("http://a.com/1", nav_only), response("http://a.com/2", short), response("http://a.com/3", PAGE)]
+        ),
+    )
     docs, rejects, stats = run(path, max_text_chars=200)
     assert not docs
     assert reasons(rejects) == [ingest.EMPTY_TEXT, ingest.TOO_SHORT, ingest.TOO_LONG]
@@ -197,12 +262,24 @@ def test_empty_short_and_long_texts(tmp_path):
 
 def test_heritrix_style_chunked_gzip_body_is_decoded(tmp_path):
     raw = gzip.compress(PAGE.encode())
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(raw[i:i + 100]), raw[i:i + 100]) for i in range(0, len(raw), 100)) + b"0\r\n\r\n"
+    chunked = (
+        b"".join(b"%x\r\n%s\r\n" % (len(raw[i : i + 100]), raw[i : i + 100]) for i in range(0, len(raw), 100))
+        + b"0\r\n\r\n"
+    )
     stored_decoded = PAGE.encode()  # Common Crawl 2014 kept "Content-Encoding: gzip" on a decoded body
-    path = write(tmp_path, "a.warc.gz", warc_bytes([
-        response("http://a.com/1", chunked, headers=(("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip"))),
-        response("http://a.com/2", stored_decoded, headers=(("Content-Encoding", "gzip"),)),
-        response("http://a.com/3", b"\x1f\x8b\x08\x00broken gzip", headers=(("Content-Encoding", "gzip"),))]))
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes(
+            [
+                response(
+                    "http://a.com/1", chunked, headers=(("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip"))
+                ),
+                response("http://a.com/2", stored_decoded, headers=(("Content-Encoding", "gzip"),)),
+                response("http://a.com/3", b"\x1f\x8b\x08\x00broken gzip", headers=(("Content-Encoding", "gzip"),)),
+            ]
+        ),
+    )
     docs, rejects, stats = run(path)
     assert [d.url for d in docs] == ["http://a.com/1", "http://a.com/2"]
     assert reasons(rejects) == [ingest.DECODE_ERROR] and stats.errors == 1
@@ -211,7 +288,9 @@ def test_heritrix_style_chunked_gzip_body_is_decoded(tmp_path):
 def test_wet_conversion_records_are_kept(tmp_path):
     text = "Escopete\n" + PROSE
     wet = {"type": "conversion", "url": "https://an.wikipedia.org/wiki/Escopete", "body": text.encode()}
-    path = write(tmp_path, "a.warc.wet.gz", warc_bytes([wet, {"type": "conversion", "url": "http://b.com/", "body": b"  "}]))
+    path = write(
+        tmp_path, "a.warc.wet.gz", warc_bytes([wet, {"type": "conversion", "url": "http://b.com/", "body": b"  "}])
+    )
     docs, rejects, _ = run(path)
     assert [d.text for d in docs] == [text.strip()] and docs[0].source == "wikipedia"
     assert docs[0].meta["content_type"] == "text/plain" and docs[0].crawl_date == DATE
@@ -220,16 +299,23 @@ def test_wet_conversion_records_are_kept(tmp_path):
 
 # ------------------------------------------------------------------------------------------ charsets
 
+
 def test_charset_from_http_header(tmp_path):
     body = f"<html><body><p>{'Привет, мир. Это проверка кодировки страницы. ' * 5}</p></body></html>".encode("cp1251")
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.ru/", body, content_type="text/html; charset=windows-1251")]))
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes([response("http://a.ru/", body, content_type="text/html; charset=windows-1251")]),
+    )
     docs, _, stats = run(path)
     assert "Привет, мир" in docs[0].text and docs[0].meta["charset"] == "cp1251"
     assert stats.counters["charset.http"] == 1
 
 
-@pytest.mark.parametrize("meta", ['<meta charset="windows-1251">',
-                                  '<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">'])
+@pytest.mark.parametrize(
+    "meta",
+    ['<meta charset="windows-1251">', '<meta http-equiv="Content-Type" content="text/html; charset=windows-1251">'],
+)
 def test_charset_from_meta_tag(meta):
     body = f"<html><head>{meta}</head><body><p>Привет, мир</p></body></html>".encode("cp1251")
     text, encoding, source, replaced = decode_html(body, None)
@@ -237,7 +323,9 @@ def test_charset_from_meta_tag(meta):
 
 
 def test_charset_detected_and_bom_and_whatwg_labels():
-    body = ("<html><body><p>" + "日本語のテキストです。文字コードを自動で判定します。" * 20 + "</p></body></html>").encode("shift_jis")
+    body = (
+        "<html><body><p>" + "日本語のテキストです。文字コードを自動で判定します。" * 20 + "</p></body></html>"
+    ).encode("shift_jis")
     text, _, source, _ = decode_html(body, None)
     assert source == "detected" and "日本語のテキスト" in text
     assert choose_charset(b"\xef\xbb\xbf<html>", "iso-8859-1") == ("utf-8", "bom")
@@ -246,12 +334,13 @@ def test_charset_detected_and_bom_and_whatwg_labels():
 
 
 def test_nearly_valid_utf8_is_decoded_as_utf8_with_one_replacement_character():
-    body = ("<html><body><p>" + "Das Maskottchen der Stadt: Mäscot, größer und schöner. " * 20
-            + "</p></body></html>").encode()
+    body = (
+        "<html><body><p>" + "Das Maskottchen der Stadt: Mäscot, größer und schöner. " * 20 + "</p></body></html>"
+    ).encode()
     broken = body[:300] + b"\xff" + body[300:]
-    for http in ("text/html; charset=utf-8", None):  # declared, and only detected
-        d = decode_html(broken, "utf-8" if http else None)
-        assert d.encoding == "utf-8" and d.replaced_bytes == 1 and d.source == ("http" if http else "detected")
+    for declared in ("text/html; charset=utf-8", None):  # declared, and only detected
+        d = decode_html(broken, "utf-8" if declared else None)
+        assert d.encoding == "utf-8" and d.replaced_bytes == 1 and d.source == ("http" if declared else "detected")
         assert d.text == body[:300].decode() + "\ufffd" + body[300:].decode()
     # the boundary: at most max(4 bytes, 0.1% of the payload) invalid bytes
     small = "<p>größer größer größer größer größer größer</p>".encode()
@@ -264,12 +353,15 @@ def test_nearly_valid_utf8_is_decoded_as_utf8_with_one_replacement_character():
 
 def test_legacy_page_labelled_utf8_is_not_decoded_as_utf8():
     # a mostly-ASCII Windows-1252 page labelled UTF-8: few invalid bytes, but no valid multi-byte character
-    body = ("<html><body><p>" + "The council said \u201cyes\u201d to the caf\u00e9 plan. " * 40 + "</p></body></html>")
+    body = "<html><body><p>" + "The council said \u201cyes\u201d to the caf\u00e9 plan. " * 40 + "</p></body></html>"
     d = decode_html(body.encode("cp1252"), "utf-8")
     assert d.encoding != "utf-8" and d.source == "detected" and d.text == body and d.replaced_bytes == 0
     # a Russian Windows-1251 page labelled UTF-8 (the hardening issue's case): detection decodes it
-    ru = ("<html><body><p>" + "Привет, мир. Это проверка кодировки страницы, и текст длинный. " * 30
-          + "</p></body></html>")
+    ru = (
+        "<html><body><p>"
+        + "Привет, мир. Это проверка кодировки страницы, и текст длинный. " * 30
+        + "</p></body></html>"
+    )
     d = decode_html(ru.encode("cp1251"), "utf-8")
     assert (d.encoding, d.source, d.text) == ("cp1251", "detected", ru)
 
@@ -320,7 +412,7 @@ def test_real_utf8_pages_with_one_invalid_byte_stay_utf8(shared_data, tmp_path):
 def test_real_pages_with_many_invalid_bytes_fall_back_and_charset_names_the_codec_used(shared_data, tmp_path):
     records = []
     for name, raw, _ in _real_utf8_pages(shared_data, 12):
-        broken = b"".join(raw[i:i + 100] + b"\xff" for i in range(0, len(raw), 100))  # 1% invalid
+        broken = b"".join(raw[i : i + 100] + b"\xff" for i in range(0, len(raw), 100))  # 1% invalid
         d = decode_html(broken, "utf-8")
         assert (d.encoding, d.source) != ("utf-8", "http"), name
         replaced = broken.decode(d.encoding, errors="replace")
@@ -355,6 +447,7 @@ def test_real_russian_page_in_cp1251_labelled_utf8_is_decoded_as_cp1251(shared_d
 
 # ------------------------------------------------------------------------------- extraction limits
 
+
 def _slow_extraction(html: str, extractor: str) -> str:
     if "SLOW" in html:
         while True:  # a pathological page: never finishes on its own
@@ -364,8 +457,9 @@ def _slow_extraction(html: str, extractor: str) -> str:
 
 def test_extraction_timeout_interrupts_in_main_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "extract_main_text", _slow_extraction)
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"),
-                                                    response("http://a.com/2", PAGE)]))
+    path = write(
+        tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"), response("http://a.com/2", PAGE)])
+    )
     docs, rejects, stats = run(path, extract_timeout_s=0.2)
     assert [d.url for d in docs] == ["http://a.com/2"]
     assert reasons(rejects) == [ingest.EXTRACTION_TIMEOUT] and stats.errors == 0
@@ -374,8 +468,9 @@ def test_extraction_timeout_interrupts_in_main_thread(tmp_path, monkeypatch):
 
 def test_extraction_timeout_interrupts_in_worker_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "extract_main_text", _slow_extraction)
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"),
-                                                    response("http://a.com/2", PAGE)]))
+    path = write(
+        tmp_path, "a.warc.gz", warc_bytes([response("http://a.com/1", "<p>SLOW</p>"), response("http://a.com/2", PAGE)])
+    )
     out: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: out.update(result=run(path, extract_timeout_s=0.2)))
     worker.start()
@@ -439,6 +534,7 @@ def test_resiliparse_extractor(tmp_path):
 
 # ------------------------------------------------------------------------------------- bad input
 
+
 def _three_pages() -> bytes:
     return warc_bytes([response(f"http://a.com/{i}", PAGE.replace("library", f"library {i}")) for i in range(3)])
 
@@ -468,11 +564,14 @@ def test_corrupt_gzip_member_keeps_the_records_before(tmp_path):
     assert stats.errors == 1 and rejects.items[0][2]["file"] == path
 
 
-@pytest.mark.parametrize("name,data", [
-    ("notes.warc.gz", gzip.compress(b"hello, this is not a WARC file\n" * 10)),
-    ("notes.warc", b"plain text, not a WARC\n" * 10),
-    ("empty.warc.gz", b""),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("notes.warc.gz", gzip.compress(b"hello, this is not a WARC file\n" * 10)),
+        ("notes.warc", b"plain text, not a WARC\n" * 10),
+        ("empty.warc.gz", b""),
+    ],
+)
 def test_unreadable_file_raises_naming_the_file(tmp_path, name, data):
     path = write(tmp_path, name, data)
     with pytest.raises(ValueError, match=r"(?s)" + name + r".*(re-download|remove)"):
@@ -520,9 +619,13 @@ def test_retry_only_on_io_errors():
 
 # ------------------------------------------------------------------------------------ shard task
 
+
 def test_ingest_shard_writes_kept_and_rejected_shards(tmp_path):
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://a.edu/", PAGE),
-                                                    response("http://a.edu/404", PAGE, status="404 Not Found")]))
+    path = write(
+        tmp_path,
+        "a.warc.gz",
+        warc_bytes([response("http://a.edu/", PAGE), response("http://a.edu/404", PAGE, status="404 Not Found")]),
+    )
     out = tmp_path / "out"
     result = ingest.ingest_shard.fn(path, str(out), 3, ingest.IngestParams(inputs=[path]))
     assert (result.shard.rows, result.rejected.rows) == (1, 1) and result.stats.docs_in == 2
@@ -536,13 +639,16 @@ def test_ingest_shard_writes_kept_and_rejected_shards(tmp_path):
 
 # ------------------------------------------------------------------------------- JSONL / Parquet
 
+
 def test_jsonl_rows(tmp_path):
-    lines = [json.dumps({"id": "a1", "text": PROSE, "url": "https://github.com/x/y", "crawl_date": DATE}),
-             json.dumps({"text": PROSE + " second", "source": "books"}),
-             json.dumps({"id": "a3", "url": "http://a.com/"}),
-             "{not json",
-             "",
-             json.dumps({"id": "a5", "text": "tiny"})]
+    lines = [
+        json.dumps({"id": "a1", "text": PROSE, "url": "https://github.com/x/y", "crawl_date": DATE}),
+        json.dumps({"text": PROSE + " second", "source": "books"}),
+        json.dumps({"id": "a3", "url": "http://a.com/"}),
+        "{not json",
+        "",
+        json.dumps({"id": "a5", "text": "tiny"}),
+    ]
     path = write(tmp_path, "docs.jsonl.gz", gzip.compress("\n".join(lines).encode()))
     docs, rejects, stats = run(path)
     assert docs[0].id == "a1" and docs[0].source == "code" and docs[0].crawl_date == DATE
@@ -570,6 +676,7 @@ def test_parquet_without_text_column_raises(tmp_path):
 
 # --------------------------------------------------------------------------- inputs and params
 
+
 def test_resolve_inputs_globs_dirs_and_errors(tmp_path):
     (tmp_path / "crawl" / "sub").mkdir(parents=True)
     for name in ("a.warc.gz", "sub/b.warc.wet.gz", "sub/c.jsonl", "notes.txt"):
@@ -583,7 +690,9 @@ def test_resolve_inputs_globs_dirs_and_errors(tmp_path):
     (tmp_path / "docs" / "d.jsonl").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"holds no WARC/WET files .*glob such as .*docs/\*\.jsonl"):
         ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "docs")]))
-    globbed = ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "crawl/**/*.gz"), str(tmp_path / "crawl/a.warc.gz")]))
+    globbed = ingest.resolve_inputs(
+        ingest.IngestParams(inputs=[str(tmp_path / "crawl/**/*.gz"), str(tmp_path / "crawl/a.warc.gz")])
+    )
     assert [Path(p).name for p in globbed] == ["a.warc.gz", "b.warc.wet.gz"]  # duplicates removed
     with pytest.raises(ValueError, match="matches no files"):
         ingest.resolve_inputs(ingest.IngestParams(inputs=[str(tmp_path / "nothing-*.warc.gz")]))
@@ -612,15 +721,18 @@ def test_input_fingerprint_follows_content_not_mtime(tmp_path):
         ingest.input_fingerprint([str(tmp_path / "missing.warc.gz")])
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"crawl": "CC-MAIN-24-22"}, "pattern"),
-    ({"inputs": ["a.warc.gz"], "segments": 3}, "only applies with `crawl`"),
-    ({"inputs": ["a.warc.gz"], "min_text_chars": 50, "max_text_chars": 10}, "min_text_chars"),
-    ({"inputs": ["a.warc.gz"], "extractor": "regex"}, "trafilatura"),
-    ({"inputs": ["a.warc.gz"], "max_error_fraction": 1.5}, "less than or equal"),
-    ({"inputs": ["  "]}, "empty strings"),
-    ({"crawl": "CC-MAIN-2024-22", "crawl_base_url": "data.commoncrawl.org"}, "must be a URL"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"crawl": "CC-MAIN-24-22"}, "pattern"),
+        ({"inputs": ["a.warc.gz"], "segments": 3}, "only applies with `crawl`"),
+        ({"inputs": ["a.warc.gz"], "min_text_chars": 50, "max_text_chars": 10}, "min_text_chars"),
+        ({"inputs": ["a.warc.gz"], "extractor": "regex"}, "trafilatura"),
+        ({"inputs": ["a.warc.gz"], "max_error_fraction": 1.5}, "less than or equal"),
+        ({"inputs": ["  "]}, "empty strings"),
+        ({"crawl": "CC-MAIN-2024-22", "crawl_base_url": "data.commoncrawl.org"}, "must be a URL"),
+    ],
+)
 def test_params_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ingest.IngestParams(**kwargs)
@@ -638,30 +750,34 @@ def test_error_budget_is_not_part_of_the_version():
     assert a == b and "extract_timeout_s" in a
 
 
-@pytest.mark.parametrize("url,source", [
-    ("https://en.wikipedia.org/wiki/Python", "wikipedia"),
-    ("https://commons.wikimedia.org/x", "wikipedia"),
-    ("https://github.com/torvalds/linux", "code"),
-    ("https://unix.stackexchange.com/questions/1", "code"),
-    ("https://arxiv.org/abs/2101.00001", "academic"),
-    ("http://www.cs.stanford.edu/people", "academic"),
-    ("https://www.ox.ac.uk/research", "academic"),
-    ("https://www.reddit.com/r/python", "forum"),
-    ("http://forum.example.org/t/1", "forum"),
-    ("http://www.archive.org/iathreads/forum-display.php?forum=x", "forum"),
-    ("https://www.nytimes.com/2024/01/01/world.html", "news"),
-    ("https://dailynews.example.com/a", "news"),
-    ("https://example.news/a", "web"),  # a .news TLD alone says nothing
-    ("https://notgithub.com/x", "web"),
-    ("dns:example.com", "web"),
-    ("", "web"),
-    ("http://[::1", "web"),
-])
+@pytest.mark.parametrize(
+    "url,source",
+    [
+        ("https://en.wikipedia.org/wiki/Python", "wikipedia"),
+        ("https://commons.wikimedia.org/x", "wikipedia"),
+        ("https://github.com/torvalds/linux", "code"),
+        ("https://unix.stackexchange.com/questions/1", "code"),
+        ("https://arxiv.org/abs/2101.00001", "academic"),
+        ("http://www.cs.stanford.edu/people", "academic"),
+        ("https://www.ox.ac.uk/research", "academic"),
+        ("https://www.reddit.com/r/python", "forum"),
+        ("http://forum.example.org/t/1", "forum"),
+        ("http://www.archive.org/iathreads/forum-display.php?forum=x", "forum"),
+        ("https://www.nytimes.com/2024/01/01/world.html", "news"),
+        ("https://dailynews.example.com/a", "news"),
+        ("https://example.news/a", "web"),  # a .news TLD alone says nothing
+        ("https://notgithub.com/x", "web"),
+        ("dns:example.com", "web"),
+        ("", "web"),
+        ("http://[::1", "web"),
+    ],
+)
 def test_source_categories(url, source):
     assert classify_source(url) == source
 
 
 # ------------------------------------------------------------------------- --crawl over HTTP
+
 
 @pytest.fixture
 def http_root(tmp_path) -> Iterator[tuple[Path, str]]:
@@ -728,6 +844,7 @@ def test_missing_http_file_names_the_url(http_root):
 
 # ------------------------------------------------------------------------------------ real data
 
+
 def test_real_common_crawl_files(shared_data):
     files = sorted((shared_data / "warc" / "commoncrawl").glob("*0*.warc.gz"))
     files += sorted((shared_data / "warc" / "commoncrawl").glob("*.warc.wet.gz"))
@@ -738,7 +855,9 @@ def test_real_common_crawl_files(shared_data):
         assert stats.errors == 0, (path, rejects.items[:3])
         total = total.merge(stats)
     assert total.docs_out >= 45 and total.counters["records.request"] >= 20
-    whirlwind = run(str(shared_data / "warc/commoncrawl/CC-MAIN-20240517233122-20240518023122-00000_whirlwind.warc.gz"))[0]
+    whirlwind = run(
+        str(shared_data / "warc/commoncrawl/CC-MAIN-20240517233122-20240518023122-00000_whirlwind.warc.gz")
+    )[0]
     assert whirlwind[0].url == "https://an.wikipedia.org/wiki/Escopete" and whirlwind[0].source == "wikipedia"
     assert "Escopete" in whirlwind[0].text and whirlwind[0].crawl_date.startswith("2024-05-18T")
 

@@ -35,6 +35,7 @@ MiB = 1 << 20
 
 # ------------------------------------------------------------------------------------ record size
 
+
 def _huge_response_member(body_bytes: int, url: str = "http://big.example/") -> bytes:
     """One gzip member holding a WARC response whose HTML body is `body_bytes` long, compressed as it is
     generated (the body never exists whole in this process)."""
@@ -43,9 +44,11 @@ def _huge_response_member(body_bytes: int, url: str = "http://big.example/") -> 
     filler = b"<p>" + b"x" * 4088 + b"</p>\n"  # 4096 bytes
     n_fill, rest = divmod(body_bytes - len(head) - len(tail), len(filler))
     block = len(http_head) + body_bytes
-    warc_head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:11111111-2222-3333-4444-555555555555>\r\n"
-                 f"WARC-Date: 2024-05-18T01:58:10Z\r\nWARC-Target-URI: {url}\r\n"
-                 f"Content-Type: application/http; msgtype=response\r\nContent-Length: {block}\r\n\r\n").encode()
+    warc_head = (
+        f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:11111111-2222-3333-4444-555555555555>\r\n"
+        f"WARC-Date: 2024-05-18T01:58:10Z\r\nWARC-Target-URI: {url}\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {block}\r\n\r\n"
+    ).encode()
     z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     out = [z.compress(warc_head + http_head + head)]
     chunk = filler * 256  # 1 MiB
@@ -72,12 +75,20 @@ def test_huge_record_is_dropped_unread_in_bounded_memory(tmp_path):
     """A 1 MB .warc.gz whose one HTML record decompresses to 200 MiB: skipped, not read (defect 2)."""
     body = 200 * MiB
     small = write(tmp_path, "small.warc.gz", warc_bytes([response("http://a.com/", PAGE)]))
-    big = write(tmp_path, "big.warc.gz", warc_bytes([]) + _huge_response_member(body)
-                + _one_response_members("http://after.com/"))
+    big = write(
+        tmp_path,
+        "big.warc.gz",
+        warc_bytes([]) + _huge_response_member(body) + _one_response_members("http://after.com/"),
+    )
     assert Path(big).stat().st_size < 2 * MiB
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, small, big, str(tmp_path / "out")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, small, big, str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert time.perf_counter() - t0 < 30
@@ -101,7 +112,9 @@ def _one_response_members(url: str) -> bytes:
 
 def test_record_over_the_limit_is_too_large_and_the_next_one_is_kept(tmp_path):
     page = "<html><body>" + "<p>" + PROSE * 200 + "</p></body></html>"  # ~40 kB
-    path = write(tmp_path, "a.warc.gz", warc_bytes([response("http://big.com/", page), response("http://ok.com/", PAGE)]))
+    path = write(
+        tmp_path, "a.warc.gz", warc_bytes([response("http://big.com/", page), response("http://ok.com/", PAGE)])
+    )
     docs, rejects, stats = run(path, max_record_bytes=16 * 1024)
     assert [d.url for d in docs] == ["http://ok.com/"] and reasons(rejects) == [ingest.TOO_LARGE]
     detail = rejects.items[0][2]
@@ -113,8 +126,11 @@ def test_gzip_bomb_body_stops_at_the_limit(tmp_path):
     """A small record whose gzip-encoded HTTP body inflates to 64 MiB: the decoded size is what counts."""
     bomb = gzip.compress(b"<html><body><p>" + b"a" * (64 * MiB) + b"</p></body></html>", 1)
     assert len(bomb) < MiB
-    path = write(tmp_path, "bomb.warc.gz", warc_bytes([
-        response("http://bomb.com/", bomb, headers=(("Content-Encoding", "gzip"),))]))
+    path = write(
+        tmp_path,
+        "bomb.warc.gz",
+        warc_bytes([response("http://bomb.com/", bomb, headers=(("Content-Encoding", "gzip"),))]),
+    )
     t0 = time.perf_counter()
     docs, rejects, _ = run(path, max_record_bytes=MiB)
     assert not docs and reasons(rejects) == [ingest.TOO_LARGE] and time.perf_counter() - t0 < 5
@@ -123,8 +139,11 @@ def test_gzip_bomb_body_stops_at_the_limit(tmp_path):
 
 
 def test_jsonl_line_over_the_limit_is_too_large(tmp_path):
-    lines = [json.dumps({"id": "a", "text": PROSE}), json.dumps({"id": "b", "text": "x" * 50_000}),
-             json.dumps({"id": "c", "text": PROSE + " three"})]
+    lines = [
+        json.dumps({"id": "a", "text": PROSE}),
+        json.dumps({"id": "b", "text": "x" * 50_000}),
+        json.dumps({"id": "c", "text": PROSE + " three"}),
+    ]
     path = write(tmp_path, "rows.jsonl", ("\n".join(lines) + "\n").encode())
     docs, rejects, _ = run(path, max_record_bytes=4096)
     assert [d.id for d in docs] == ["a", "c"] and reasons(rejects) == [ingest.TOO_LARGE]
@@ -132,6 +151,7 @@ def test_jsonl_line_over_the_limit_is_too_large(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ cut gzip
+
 
 def _members(data: bytes) -> list[int]:
     """Start offsets of the gzip members of `data`."""
@@ -156,7 +176,7 @@ def test_cut_inside_any_gzip_member_is_truncated_generated(tmp_path):
     for start, end in zip(starts[1:], starts[2:] + [len(data)]):
         for cut in (start + 5, start + 40, (start + end) // 2, end - 3):  # gzip header, WARC header, body, trailer
             _assert_cut_is_truncated(data, cut, start)
-    path = write(tmp_path, "cut.warc.gz", data[:starts[-1] + 30])  # inside the last response's WARC header
+    path = write(tmp_path, "cut.warc.gz", data[: starts[-1] + 30])  # inside the last response's WARC header
     docs, rejects, stats = run(path, max_error_fraction=1.0)
     assert len(docs) == 3 and reasons(rejects) == [ingest.TRUNCATED_FILE]
     assert rejects.items[0][2]["offset"] == starts[-1] and "cut short" in rejects.items[0][2]["error"]
@@ -170,7 +190,7 @@ def test_cut_real_warc_is_truncated_not_corrupt(shared_data, tmp_path):
             if cut < end:
                 _assert_cut_is_truncated(real, cut, start)
     big = max(zip(starts, starts[1:]), key=lambda se: se[1] - se[0])  # the largest member: a response
-    path = write(tmp_path, "cut.warc.gz", real[:(big[0] + big[1]) // 2])
+    path = write(tmp_path, "cut.warc.gz", real[: (big[0] + big[1]) // 2])
     _, rejects, _ = run(path, max_error_fraction=1.0, extractor="resiliparse")
     faults = [(r, d["offset"]) for _, r, d in rejects.items if r in (ingest.TRUNCATED_FILE, ingest.CORRUPT_RECORD)]
     assert faults == [(ingest.TRUNCATED_FILE, big[0])]
@@ -185,6 +205,7 @@ def test_complete_files_have_no_fault(shared_data):
 
 
 # ------------------------------------------------------------------------------------ stalled HTTP
+
 
 class _StallingHandler(http.server.BaseHTTPRequestHandler):
     """Serves `data`; the first `stalls` requests send their headers and `before_stall` bytes, then stall."""
@@ -206,7 +227,7 @@ class _StallingHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", '"v1"')
         self.end_headers()
         if len(type(self).requests) <= type(self).stalls:
-            self.wfile.write(self.data[start:start + self.before_stall])
+            self.wfile.write(self.data[start : start + self.before_stall])
             self.wfile.flush()
             self.release.wait(30)
             return
@@ -250,7 +271,9 @@ def _run_in_thread(url: str, wait_s: float, **params: Any) -> dict[str, Any]:
 
 
 def _big_warc(pages: int = 60) -> bytes:
-    return warc_bytes([response(f"http://a.com/{i}", PAGE + f"<!-- {i} {'z' * 3000} -->") for i in range(pages)], gz=False)
+    return warc_bytes(
+        [response(f"http://a.com/{i}", PAGE + f"<!-- {i} {'z' * 3000} -->") for i in range(pages)], gz=False
+    )
 
 
 def test_stalled_http_input_fails_naming_the_url_timeout_and_fix(stalling_server):
@@ -280,6 +303,7 @@ def test_stalled_http_input_resumes_where_it_stopped(stalling_server):
 
 # ------------------------------------------------------------------------------------ error budget
 
+
 def _fourteen(bad: bool) -> bytes:
     """14 response records; with `bad`, the file is cut inside the last one (1 bad record of 14)."""
     data = warc_bytes([response(f"http://a.com/{i}", PAGE.replace("library", f"library {i}")) for i in range(14)])
@@ -301,8 +325,11 @@ def test_error_budget_counts_records_over_the_whole_input(tmp_path):
     params = ingest.IngestParams(inputs=[bad, *good])
     results = [ingest.ingest_shard.fn(p, str(tmp_path / "out"), i, params) for i, p in enumerate([bad, *good])]
     ingest.check_error_budget(results, [bad, *good], 0.05, "ingest@v")  # 1 of 42 records: 2.4% passes
-    with pytest.raises(ValueError, match=r"(?s)ingest@v: 1 of 14 .*bad\.warc\.gz \(1 of 14 records bad: "
-                                         r"truncated_file 1\).*remove those files.*max_error_fraction"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)ingest@v: 1 of 14 .*bad\.warc\.gz \(1 of 14 records bad: "
+        r"truncated_file 1\).*remove those files.*max_error_fraction",
+    ):
         ingest.check_error_budget(results[:1], [bad], 0.05, "ingest@v")
 
 
@@ -314,7 +341,9 @@ def test_drop_file_drops_the_good_records_of_a_bad_file_as_counted_drops(tmp_pat
     assert (s.docs_in, s.docs_out, s.errors) == (14, 0, 1)
     assert s.dropped == {ingest.TRUNCATED_FILE: 1, ingest.BAD_FILE: 13} and result.rejected.rows == 14
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00000.parquet", "rejected"]
-    kept = ingest.ingest_shard.fn(path, str(tmp_path / "out2"), 0, params.model_copy(update={"max_error_fraction": 0.1}))
+    kept = ingest.ingest_shard.fn(
+        path, str(tmp_path / "out2"), 0, params.model_copy(update={"max_error_fraction": 0.1})
+    )
     assert kept.stats.docs_out == 13  # under its budget the file is kept
     assert params.version_params() != ingest.IngestParams(inputs=[path]).version_params()
 

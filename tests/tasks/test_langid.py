@@ -55,8 +55,9 @@ def run(texts, params=LangidParams(), model=None):
 
 def test_keep_list_and_threshold_boundary():
     params = LangidParams(languages=["en", "de"], threshold=0.65)
-    kept, rejected, stats, _ = run(["en 0.65 at the threshold", "en 0.6499 just below", "de 0.99 gut",
-                                    "fr 0.99 bonjour", "en 1.0 sure"], params)
+    kept, rejected, stats, _ = run(
+        ["en 0.65 at the threshold", "en 0.6499 just below", "de 0.99 gut", "fr 0.99 bonjour", "en 1.0 sure"], params
+    )
     assert [d.id for d in kept] == ["0", "2", "4"]
     assert rejected == {"1": LANGUAGE_SCORE_LOW, "3": LANGUAGE_NOT_KEPT}
     assert kept[0].meta["language"] == "en" and kept[0].meta["language_score"] == 0.65
@@ -98,12 +99,14 @@ def test_params_validation():
 def test_bundled_model_predicts_languages_and_survives_garbage():
     model = load_lid_model()
     assert model is load_lid_model() and bundled_lid_path().endswith("lid.176.ftz")
-    texts = {"en": "The committee published its annual report on the state of public libraries.",
-             "de": "Der Ausschuss hat seinen Jahresbericht über die öffentlichen Bibliotheken veröffentlicht.",
-             "fr": "Le comité a publié son rapport annuel sur l'état des bibliothèques publiques.",
-             "es": "El comité publicó su informe anual sobre el estado de las bibliotecas públicas.",
-             "ru": "Комитет опубликовал свой ежегодный доклад о состоянии публичных библиотек.",
-             "zh": "委员会发布了关于公共图书馆状况的年度报告。"}
+    texts = {
+        "en": "The committee published its annual report on the state of public libraries.",
+        "de": "Der Ausschuss hat seinen Jahresbericht über die öffentlichen Bibliotheken veröffentlicht.",
+        "fr": "Le comité a publié son rapport annuel sur l'état des bibliothèques publiques.",
+        "es": "El comité publicó su informe anual sobre el estado de las bibliotecas públicas.",
+        "ru": "Комитет опубликовал свой ежегодный доклад о состоянии публичных библиотек.",
+        "zh": "委员会发布了关于公共图书馆状况的年度报告。",
+    }
     rng = random.Random(0)
     garbage = bytes(rng.randrange(256) for _ in range(5000)).decode("latin-1") + "abc"
     kept, rejected, stats, _ = run(list(texts.values()) + [garbage], LangidParams(languages=[]), model)
@@ -122,9 +125,11 @@ def test_demo_crawl_ground_truth_languages_are_recovered(demo_ground_truth):
 
 
 def test_shard_task_writes_columns_and_rejects(tmp_path, make_version):
-    docs = [Document(id="a", text="The library opened a new reading room for the children of the town."),
-            Document(id="b", text="Die Bibliothek hat einen neuen Lesesaal für die Kinder der Stadt eröffnet."),
-            Document(id="c", text="")]
+    docs = [
+        Document(id="a", text="The library opened a new reading room for the children of the town."),
+        Document(id="b", text="Die Bibliothek hat einen neuen Lesesaal für die Kinder der Stadt eröffnet."),
+        Document(id="c", text=""),
+    ]
     make_version(tmp_path, "ingest", [docs], version="ing1")
     out = tmp_path / "out"
     res = langid_shard.fn(str(tmp_path / "ingest" / "ing1" / "part-00000.parquet"), str(out), 0, LangidParams())

@@ -14,8 +14,20 @@ from storage.documents import Document, DocumentWriter, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
 from tasks import ingest
-from tasks.mix import (DROP_DOWNSAMPLED, DROP_UNWEIGHTED, HASH_BUCKETS, MixJob, MixParams, count_batches,
-                       key_threshold, merge_counts, mix_count_shard, mix_shard, plan_mix, sample_key)
+from tasks.mix import (
+    DROP_DOWNSAMPLED,
+    DROP_UNWEIGHTED,
+    HASH_BUCKETS,
+    MixJob,
+    MixParams,
+    count_batches,
+    key_threshold,
+    merge_counts,
+    mix_count_shard,
+    mix_shard,
+    plan_mix,
+    sample_key,
+)
 from tasks.sources import DEFAULT_SOURCE_RULES, SourceRule, classify_source
 
 QUALITY = pa.field("quality_score", pa.float64())
@@ -23,13 +35,21 @@ QUALITY = pa.field("quality_score", pa.float64())
 
 def _docs(source, n, length, seed=0):
     rng = np.random.default_rng(seed)
-    return [Document(id=f"{source}-{i}", text="w" * int(rng.integers(length // 2, length * 3 // 2)), source=source,
-                     url=f"http://{source}.example/{i}") for i in range(n)]
+    return [
+        Document(
+            id=f"{source}-{i}",
+            text="w" * int(rng.integers(length // 2, length * 3 // 2)),
+            source=source,
+            url=f"http://{source}.example/{i}",
+        )
+        for i in range(n)
+    ]
 
 
 def _counts(docs, seed=0, quality=False):
-    rows = [{"id": d.id, "text": d.text, "source": d.source, "quality_score": d.meta.get("quality_score")}
-            for d in docs]
+    rows = [
+        {"id": d.id, "text": d.text, "source": d.source, "quality_score": d.meta.get("quality_score")} for d in docs
+    ]
     return count_batches([pa.RecordBatch.from_pylist(rows)], seed, quality)
 
 
@@ -78,8 +98,9 @@ def test_shortfall_fails_naming_the_source_and_the_amount():
 
 def test_allow_shortfall_renormalises_and_reports():
     docs = [Document(id="w", text="w" * 9000, source="web"), Document(id="c", text="c" * 100, source="code")]
-    plan = plan_mix(_counts(docs), MixParams(weights={"web": 0.9, "code": 0.1}, budget_chars=20000,
-                                             allow_shortfall=True))
+    plan = plan_mix(
+        _counts(docs), MixParams(weights={"web": 0.9, "code": 0.1}, budget_chars=20000, allow_shortfall=True)
+    )
     assert plan.renormalised
     assert plan.sources["code"].target_chars == pytest.approx(400) and plan.sources["code"].wanted_chars == 2000
     assert plan.sources["web"].target_chars == pytest.approx(19600)  # the deficit moved to web
@@ -109,8 +130,11 @@ def test_absent_source_share_is_redistributed_in_proportion(caplog):
     plan = plan_mix(_counts(docs), MixParams(**params, budget_chars=18000))
     assert plan.sources["web"].target_chars == pytest.approx(12000) and plan.sources["code"].rate == 2
     assert not plan.renormalised
-    with pytest.raises(ValueError, match=r"sources \['academic'\] have no documents in the input \(sources present: "
-                                         r"code, web\). Fix: .*mix.on_absent_source: redistribute"):
+    with pytest.raises(
+        ValueError,
+        match=r"sources \['academic'\] have no documents in the input \(sources present: "
+        r"code, web\). Fix: .*mix.on_absent_source: redistribute",
+    ):
         plan_mix(_counts(docs), MixParams(**params, on_absent_source="error"))
     with pytest.raises(ValueError, match="none of the weighted sources"):
         plan_mix(_counts(docs), MixParams(weights={"news": 1.0}))
@@ -121,8 +145,11 @@ def test_params_validation():
         MixParams(source_rules=[{"pattern": "(^", "source": "web"}])
     with pytest.raises(ValidationError, match="source_rules.0.source"):
         MixParams(source_rules=[{"pattern": "x", "source": "bad name"}])
-    with pytest.raises(ValidationError, match=r"source_rules\[0\] maps URLs to source 'docs', which has no entry in "
-                                              r"weights.*add weights.docs"):
+    with pytest.raises(
+        ValidationError,
+        match=r"source_rules\[0\] maps URLs to source 'docs', which has no entry in "
+        r"weights.*add weights.docs",
+    ):
         MixParams(source_rules=[{"pattern": "readthedocs", "source": "docs"}])
     with pytest.raises(ValidationError, match="finite and >= 0"):
         MixParams(weights={"web": -1.0})
@@ -211,6 +238,7 @@ def test_anneal_split_takes_the_highest_quality_share(tmp_path):
 def test_anneal_needs_a_quality_column(tmp_path):
     src = _write(tmp_path / "in.parquet", _docs("web", 5, 50))
     from tasks.mix import mix_count_shard
+
     with pytest.raises(ValueError, match="anneal_fraction=0.1 needs a quality_score column"):
         mix_count_shard.fn(src, MixParams(weights={"web": 1.0}, anneal_fraction=0.1))
 
@@ -240,31 +268,49 @@ class _RejectSink:
 
 def _ingest(path):
     stats = StageStats()
-    docs = list(ingest.process(str(path), ingest.IngestParams(inputs=[str(path)]), stats,
-                               Rejects(_RejectSink(), stats)))
+    docs = list(
+        ingest.process(str(path), ingest.IngestParams(inputs=[str(path)]), stats, Rejects(_RejectSink(), stats))
+    )
     return list({d.id: d for d in docs}.values())
 
 
 def test_default_source_rules_are_ingests_table():
     assert MixParams().source_rules == list(DEFAULT_SOURCE_RULES)
-    for url, source in (("https://en.wikipedia.org/wiki/X", "wikipedia"), ("https://arxiv.org/abs/1", "academic"),
-                        ("https://gitlab.com/a/b", "code"), ("http://forum.example.org/t/1", "forum"),
-                        ("https://www.bbc.co.uk/news/1", "news"), ("https://example.com/", "web")):
+    for url, source in (
+        ("https://en.wikipedia.org/wiki/X", "wikipedia"),
+        ("https://arxiv.org/abs/1", "academic"),
+        ("https://gitlab.com/a/b", "code"),
+        ("http://forum.example.org/t/1", "forum"),
+        ("https://www.bbc.co.uk/news/1", "news"),
+        ("https://example.com/", "web"),
+    ):
         assert classify_source(url) == classify_source(url, MixParams().source_rules) == source
     assert classify_source("dns:example.com", [SourceRule(pattern="^dns:", field="url", source="x")]) == "x"
 
 
 def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
-    rows = [{"id": "derived", "text": "The re module provides regular expressions. " * 3,
-             "url": "https://docs.python.org/3/library/re.html"},
-            {"id": "own", "text": "A page whose input named its source. " * 3,
-             "url": "https://docs.python.org/3/library/os.html", "source": "code"},
-            {"id": "plain", "text": "An ordinary page about gardens and rivers. " * 3, "url": "https://example.com/a"}]
+    rows = [
+        {
+            "id": "derived",
+            "text": "The re module provides regular expressions. " * 3,
+            "url": "https://docs.python.org/3/library/re.html",
+        },
+        {
+            "id": "own",
+            "text": "A page whose input named its source. " * 3,
+            "url": "https://docs.python.org/3/library/os.html",
+            "source": "code",
+        },
+        {"id": "plain", "text": "An ordinary page about gardens and rivers. " * 3, "url": "https://example.com/a"},
+    ]
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     docs = _ingest(jsonl)  # ingest records where each source came from
     assert {(d.id, d.source, d.meta["source_from"]) for d in docs} == {
-        ("derived", "code", "url"), ("own", "code", "input"), ("plain", "web", "url")}
+        ("derived", "code", "url"),
+        ("own", "code", "input"),
+        ("plain", "web", "url"),
+    }
     src = _write(tmp_path / "in.parquet", docs, extra=ingest.INGEST_FIELDS)
     rules = [SourceRule(pattern=r"^docs\.python\.org$", source="pydocs"), *DEFAULT_SOURCE_RULES]
     params = MixParams(weights={"web": 1.0, "code": 1.0, "pydocs": 1.0}, source_rules=rules)
@@ -277,8 +323,9 @@ def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
     assert first == {"derived": "pydocs", "own": "code", "plain": "web"}
     assert res.stats.counters["source_changed"] == 1 and res.stats.counters["docs_out.pydocs"] == 1
     # a shard without the source_from column (hand-made, older ingest) keeps its stored sources
-    no_origin = _write(tmp_path / "plain.parquet", [Document(id="d", text="x" * 50, source="code",
-                                                             url="https://docs.python.org/3/")])
+    no_origin = _write(
+        tmp_path / "plain.parquet", [Document(id="d", text="x" * 50, source="code", url="https://docs.python.org/3/")]
+    )
     assert set(mix_count_shard.fn(no_origin, params)) == {"code"}
 
 

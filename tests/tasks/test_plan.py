@@ -5,8 +5,16 @@ import math
 import pytest
 
 from models.presets import gpt2_124m, small, tiny
-from tasks.plan import (GPU_PEAK_BF16, auto_preset, format_duration, format_plan, gpu_key_for_device_name, peak_flops,
-                        pick_preset, plan)
+from tasks.plan import (
+    GPU_PEAK_BF16,
+    auto_preset,
+    format_duration,
+    format_plan,
+    gpu_key_for_device_name,
+    peak_flops,
+    pick_preset,
+    plan,
+)
 
 
 def test_chinchilla_from_tokens():

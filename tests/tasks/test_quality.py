@@ -43,18 +43,21 @@ from tasks.quality_heuristics import (
     SpacyWordTokenizer,
 )
 
-PROSE = ("The town library opened in 1902 with a gift from a local merchant. It held a few thousand books "
-         "and a reading room that was warm in winter. Over the following decades the collection grew, and "
-         "the building was extended twice to make room for the archive of the local newspaper. Today the "
-         "library lends books, films and music, and it runs classes for children and adults. Volunteers "
-         "help with the history room, where visitors can read letters and photographs from the early years "
-         "of the town. The council pays for most of the costs, and a small trust covers the rest.")
-GERMAN = ("Die Bibliothek der Stadt wurde im Jahr 1902 eröffnet. Sie besaß einige tausend Bücher und einen "
-          "Lesesaal, der im Winter geheizt wurde. In den folgenden Jahrzehnten wuchs die Sammlung, und das "
-          "Gebäude wurde zweimal erweitert. Heute verleiht die Bibliothek Bücher, Filme und Musik. Freiwillige "
-          "helfen im Geschichtsraum, wo Besucher Briefe und Fotografien lesen können. Die Stadt bezahlt den "
-          "größten Teil der Kosten, eine kleine Stiftung trägt den Rest.")
-
+PROSE = (
+    "The town library opened in 1902 with a gift from a local merchant. It held a few thousand books "
+    "and a reading room that was warm in winter. Over the following decades the collection grew, and "
+    "the building was extended twice to make room for the archive of the local newspaper. Today the "
+    "library lends books, films and music, and it runs classes for children and adults. Volunteers "
+    "help with the history room, where visitors can read letters and photographs from the early years "
+    "of the town. The council pays for most of the costs, and a small trust covers the rest."
+)
+GERMAN = (
+    "Die Bibliothek der Stadt wurde im Jahr 1902 eröffnet. Sie besaß einige tausend Bücher und einen "
+    "Lesesaal, der im Winter geheizt wurde. In den folgenden Jahrzehnten wuchs die Sammlung, und das "
+    "Gebäude wurde zweimal erweitert. Heute verleiht die Bibliothek Bücher, Filme und Musik. Freiwillige "
+    "helfen im Geschichtsraum, wo Besucher Briefe und Fotografien lesen können. Die Stadt bezahlt den "
+    "größten Teil der Kosten, eine kleine Stiftung trägt den Rest."
+)
 
 
 class ListRejects:
@@ -92,6 +95,7 @@ def test_datatrove_compatible_layer_equals_datatrove_filters(demo_ground_truth):
         GopherQualityFilter,
         GopherRepetitionFilter,
     )
+
     layer = HeuristicLayer(list(FILTER_NAMES), datatrove_compatible=True)
     stock = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter()]
     texts = [r["text"] for r in demo_ground_truth[1] if r["language"] == "en"] + [CITED, PROSE]
@@ -136,14 +140,21 @@ def test_filter_options_override_and_validation():
 def test_filter_option_types_are_validated_and_lists_become_tuples():
     """Values of the wrong type failed in the stage with a TypeError naming no key (issue 11, defect 5);
     YAML lists for tuple arguments crashed FineWeb's `str.endswith` at the first document."""
-    with pytest.raises(ValueError, match=r"filter_options\.gopher_quality\.min_doc_words\n.*expected int or null, "
-                                         r"got str") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"filter_options\.gopher_quality\.min_doc_words\n.*expected int or null, "
+        r"got str",
+    ) as err:
         QualityParams(filter_options={"gopher_quality": {"min_doc_words": "abc"}})
     assert "abc" not in str(err.value)
     with pytest.raises(ValueError, match=r"filter_options\.c4_quality\.filter_policy\n.*expected bool, got int"):
         QualityClassifierParams(filter_options={"c4_quality": {"filter_policy": 0}})
-    layer = HeuristicLayer(["fineweb_quality", "gopher_repetition"], QualityParams(filter_options={
-        "fineweb_quality": {"stop_chars": ["."]}, "gopher_repetition": {"top_n_grams": [[2, 0.9]]}}).filter_options)
+    layer = HeuristicLayer(
+        ["fineweb_quality", "gopher_repetition"],
+        QualityParams(
+            filter_options={"fineweb_quality": {"stop_chars": ["."]}, "gopher_repetition": {"top_n_grams": [[2, 0.9]]}}
+        ).filter_options,
+    )
     assert layer.evaluate(PROSE, "en") == {"gopher_repetition": PASS, "fineweb_quality": PASS}
     assert layer.evaluate(PROSE.replace(".", ";"), "en")["fineweb_quality"] == "line_punct_ratio"
 
@@ -170,25 +181,38 @@ def _score_and_filter(docs, params, layer, threshold="min_score"):
     if threshold == "min_score":
         threshold = params.min_score
     rejects = ListRejects(stats)
-    kept = list(filter_documents(docs, iter(rows), FilterPlan(params=params, scores_dir="-", score_threshold=threshold),
-                                 stats, rejects))
+    kept = list(
+        filter_documents(
+            docs, iter(rows), FilterPlan(params=params, scores_dir="-", score_threshold=threshold), stats, rejects
+        )
+    )
     return rows, [d.id for d in kept], {i: (r, d) for i, r, d in rejects.items}, stats
 
 
 def test_every_drop_reason_and_exemption(layer, demo_ground_truth):
     spam = {r["defect"]: r["text"] for r in demo_ground_truth[1] if r["category"] == "spam"}
-    docs = [Document("good", "zzscore90 " + PROSE), Document("low", "zzscore20 " + PROSE),
-            Document("empty", "  \n "), Document("huge", "word " * 300_000),
-            Document("rep", spam["repeated_lines"]), Document("short", spam["too_short"]),
-            Document("code", spam["too_short"], source="code"), Document("de", GERMAN, meta={"language": "de"})]
+    docs = [
+        Document("good", "zzscore90 " + PROSE),
+        Document("low", "zzscore20 " + PROSE),
+        Document("empty", "  \n "),
+        Document("huge", "word " * 300_000),
+        Document("rep", spam["repeated_lines"]),
+        Document("short", spam["too_short"]),
+        Document("code", spam["too_short"], source="code"),
+        Document("de", GERMAN, meta={"language": "de"}),
+    ]
     for d in docs:
         d.meta.setdefault("language", "en")
     params = QualityParams(max_chars=1_000_000, min_score=0.5, exempt_sources=["code"])
     rows, kept, dropped, stats = _score_and_filter(docs, params, layer)
     assert kept == ["good", "code", "de"]
-    assert {k: v[0] for k, v in dropped.items()} == {"low": QUALITY_SCORE_LOW, "empty": EMPTY_TEXT,
-                                                     "huge": TEXT_TOO_LONG, "rep": "gopher_repetition",
-                                                     "short": "gopher_repetition"}
+    assert {k: v[0] for k, v in dropped.items()} == {
+        "low": QUALITY_SCORE_LOW,
+        "empty": EMPTY_TEXT,
+        "huge": TEXT_TOO_LONG,
+        "rep": "gopher_repetition",
+        "short": "gopher_repetition",
+    }
     assert dropped["short"][1]["failed"]["gopher_quality"] == "gopher_short_doc"  # every failure is recorded
     assert dropped["rep"][1]["reason"] == "dup_line_frac" and dropped["low"][1] == {"score": 0.2, "threshold": 0.5}
     assert rows[7]["quality_score"] is None and stats.counters["unscored.de"] == 1 and stats.counters["exempt"] == 1
@@ -208,10 +232,20 @@ def test_thresholds_change_without_rescoring(layer):
 
 
 def test_keep_top_fraction_threshold(tmp_path):
-    rows = [{"id": str(i), "source": "web", "language": "en", "input_error": None, "quality_score": s,
-             "heuristic_gopher_repetition": PASS, "heuristic_gopher_quality": "gopher_short_doc" if i == 0 else PASS,
-             "heuristic_c4_quality": PASS, "heuristic_fineweb_quality": None}
-            for i, s in enumerate([0.99, 0.1, 0.2, 0.3, 0.4, 0.6])]
+    rows = [
+        {
+            "id": str(i),
+            "source": "web",
+            "language": "en",
+            "input_error": None,
+            "quality_score": s,
+            "heuristic_gopher_repetition": PASS,
+            "heuristic_gopher_quality": "gopher_short_doc" if i == 0 else PASS,
+            "heuristic_c4_quality": PASS,
+            "heuristic_fineweb_quality": None,
+        }
+        for i, s in enumerate([0.99, 0.1, 0.2, 0.3, 0.4, 0.6])
+    ]
     path = tmp_path / "part-00000.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA), path)
     # the heuristic failure (0.99) is not eligible; top 40% of the other 5 = 2 documents: 0.6 and 0.4
@@ -246,12 +280,22 @@ def test_reference_corpora_formats(tmp_path):
 
 def _synthetic_corpus(tmp_path, seed=0):
     rng = np.random.default_rng(seed)
-    good = ("river museum library history council research student village century archive painting "
-            "committee report science harbour engineer garden theatre").split()
+    good = (
+        "river museum library history council research student village century archive painting "
+        "committee report science harbour engineer garden theatre"
+    ).split()
     bad = "buy cheap free click now best deal pills casino bonus win prize offer".split()
-    pos = [" ".join(f"The {rng.choice(good)} of the {rng.choice(good)} was described in the {rng.choice(good)}."
-                    for _ in range(12)) for _ in range(60)]
-    neg = [" ".join(f"{rng.choice(bad).upper()} {rng.choice(bad)} {rng.choice(bad)}!!!" for _ in range(20)) for _ in range(60)]
+    pos = [
+        " ".join(
+            f"The {rng.choice(good)} of the {rng.choice(good)} was described in the {rng.choice(good)}."
+            for _ in range(12)
+        )
+        for _ in range(60)
+    ]
+    neg = [
+        " ".join(f"{rng.choice(bad).upper()} {rng.choice(bad)} {rng.choice(bad)}!!!" for _ in range(20))
+        for _ in range(60)
+    ]
     (tmp_path / "pos.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pos))
     (tmp_path / "neg.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in neg))
     return str(tmp_path / "pos.jsonl"), str(tmp_path / "neg.jsonl")
@@ -262,6 +306,7 @@ def test_classifier_trained_in_process_separates_the_classes(tmp_path):
     # train_classifier trains fastText in a fresh interpreter itself (models/classifiers.py: in long-lived
     # processes fastText diverged to NaN), so this runs in-process like the quality stage does
     from tasks.quality_classifier import QualityClassifierParams, train_classifier
+
     p = QualityClassifierParams(positive=[pos], negative=[neg], min_chars=50, dim=16)
     facts = json.loads(json.dumps(train_classifier(p, [], tmp_path)))
     m = facts["metrics"]
@@ -292,7 +337,10 @@ def test_classifier_is_not_trained_when_it_cannot_reach_the_example_bar(tmp_path
 
 
 def test_classifier_shortfall_is_the_validation_bar():
-    facts = {"metrics": {"auc": 0.93, "n": 160}, "counts": {"train.hq": 160, "test.hq": 40, "train.lq": 170, "test.lq": 42}}
+    facts = {
+        "metrics": {"auc": 0.93, "n": 160},
+        "counts": {"train.hq": 160, "test.hq": 40, "train.lq": 170, "test.lq": 42},
+    }
     assert classifier_shortfall(facts, 0.8, 200) is None
     assert classifier_shortfall(facts, 0.95, 200) == "held-out AUC 0.93 < 0.95"
     assert classifier_shortfall(facts, 0.8, 201) == "200 positives < 201 per class"
@@ -307,12 +355,15 @@ def test_classifier_shortfall_is_the_validation_bar():
 
 
 def _gopher(text, datatrove_compatible=False, **options):
-    return HeuristicLayer(["gopher_quality"], {"gopher_quality": options} if options else None,
-                          datatrove_compatible).evaluate(text, "en")["gopher_quality"]
+    return HeuristicLayer(
+        ["gopher_quality"], {"gopher_quality": options} if options else None, datatrove_compatible
+    ).evaluate(text, "en")["gopher_quality"]
 
 
-CITED = ("The bridge (built 1889-1891) spans the river; see [3], p. 12. It was, and is, the longest of its "
-         "kind - a fact that the city, to this day, is proud of: tours run daily (10:00, 14:00). ") * 4
+CITED = (
+    "The bridge (built 1889-1891) spans the river; see [3], p. 12. It was, and is, the longest of its "
+    "kind - a fact that the city, to this day, is proud of: tours run daily (10:00, 14:00). "
+) * 4
 
 
 def test_gopher_words_are_whitespace_separated_by_default():
@@ -368,12 +419,16 @@ def test_classifier_on_dclm_human_labels(shared_data, tmp_path):
     held_out = {r["text"] for r in agreement}
     rest = [r for r in map(json.loads, open(dclm / "majority_data.jsonl")) if r["text"] not in held_out]
     for label, name in ((1, "pos.jsonl"), (0, "neg.jsonl")):
-        (tmp_path / name).write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rest if r["label"] == label))
-    params = QualityClassifierParams(positive=[str(tmp_path / "pos.jsonl")],
-                                     negative=[str(tmp_path / "neg.jsonl")], min_chars=100)
+        (tmp_path / name).write_text(
+            "".join(json.dumps({"text": r["text"]}) + "\n" for r in rest if r["label"] == label)
+        )
+    params = QualityClassifierParams(
+        positive=[str(tmp_path / "pos.jsonl")], negative=[str(tmp_path / "neg.jsonl")], min_chars=100
+    )
     train_classifier(params, [], tmp_path)
     from models.classifiers import load_quality_model
     from tasks.quality_classifier import score_texts
+
     model = load_quality_model(str(tmp_path / "model.bin"))
     scores = score_texts(model, [classifier_text(r["text"]) for r in agreement])
     m = classification_metrics(scores, [r["label"] for r in agreement])
@@ -388,9 +443,12 @@ def test_dclm_human_labels_classifier_passes_the_validation_bar(shared_data, tmp
     the quality stage's default bar. (DCLM's own defaults, bigrams and 10 epochs: AUC 0.696, below it.)"""
     rows = [json.loads(line) for line in open(shared_data / "quality" / "dclm_human_annotated" / "majority_data.jsonl")]
     for label, name in ((1, "good.jsonl"), (0, "bad.jsonl")):
-        (tmp_path / name).write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows if r["label"] == label))
-    params = QualityClassifierParams(positive=[str(tmp_path / "good.jsonl")], negative=[str(tmp_path / "bad.jsonl")],
-                                     word_ngrams=1, epoch=25, lr=0.5)
+        (tmp_path / name).write_text(
+            "".join(json.dumps({"text": r["text"]}) + "\n" for r in rows if r["label"] == label)
+        )
+    params = QualityClassifierParams(
+        positive=[str(tmp_path / "good.jsonl")], negative=[str(tmp_path / "bad.jsonl")], word_ngrams=1, epoch=25, lr=0.5
+    )
     facts = train_classifier(params, [], tmp_path, min_examples_per_class=QualityParams().classifier_min_examples)
     assert facts["examples_per_class"] == {"hq": 221, "lq": 221} and facts["metrics"]["n"] == 90
     bar = QualityParams()

@@ -40,8 +40,10 @@ def english_pages():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real-data tests are optional)")
     shared_data, docs = SHARED_DATA, []
-    for name in ("commoncrawl/CC-MAIN-20140820021334-00006.warc.gz",
-                 "other_crawls/dolma_creativecommons_sample-0000.warc.gz"):
+    for name in (
+        "commoncrawl/CC-MAIN-20140820021334-00006.warc.gz",
+        "other_crawls/dolma_creativecommons_sample-0000.warc.gz",
+    ):
         path = str(shared_data / "warc" / name)
         docs += list(process(path, IngestParams(inputs=[path], max_error_fraction=1.0), StageStats(), _Rejects()))
     prepare_extractor("trafilatura")
@@ -57,8 +59,9 @@ def english_pages():
 def _stock_verdicts(text):
     """datatrove's own filters (stock spaCy tokenizer), chained as in its pipeline (C4 rewrites the text)."""
     doc, out = DtDocument(text=text, id=""), {}
-    for name, flt in zip(FILTER_NAMES, (GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(),
-                                        FineWebQualityFilter())):
+    for name, flt in zip(
+        FILTER_NAMES, (GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter())
+    ):
         r = flt.filter(doc)
         out[name] = PASS if r is True else r[1]
     return out
@@ -74,8 +77,10 @@ def test_paper_words_keep_real_prose_that_datatrove_drops(english_pages):
     news = [d for d in english_pages if d.source == "news"]
     paper = HeuristicLayer(["gopher_quality"])
     compatible = HeuristicLayer(["gopher_quality"], datatrove_compatible=True)
-    verdicts = [(paper.evaluate(d.text, "en")["gopher_quality"], compatible.evaluate(d.text, "en")["gopher_quality"])
-                for d in news]
+    verdicts = [
+        (paper.evaluate(d.text, "en")["gopher_quality"], compatible.evaluate(d.text, "en")["gopher_quality"])
+        for d in news
+    ]
     datatrove_alpha = sum(c == ALPHA for _, c in verdicts)
     paper_alpha = sum(p == ALPHA for p, _ in verdicts)
     # measured on these pages (71 English news articles): datatrove's alpha rule drops 8, the paper's 2
@@ -97,6 +102,7 @@ def test_paper_words_are_faster_than_datatrove(english_pages):
                     pass
             times.append(time.perf_counter() - t0)
         return min(times)
+
     paper = HeuristicLayer(["gopher_quality"])._filters_for("en")[1][0][1]
     # measured: ~40x faster (datatrove tokenizes with spaCy); a 3x margin keeps a busy machine from failing it
     assert 3 * best(paper) < best(GopherQualityFilter())

@@ -10,10 +10,26 @@ from models.tokenizer import Tokenizer, train_tokenizer, training_lines
 from storage.documents import Document, DocumentWriter, read_documents
 from storage.token_shards import TokenShards, pack_documents
 from tasks.mix import sample_key
-from tasks.tokenization import (DROP_EMPTY, DROP_VAL_REPEAT, VAL_BUCKETS, TokenizeJob, TokenizeParams,
-                                flatten_with_eos, held_out_sample_counts, held_out_sample_lines, min_tokens, pack,
-                                route, row_order, tail_path, tokenize_shard, tokenizer_sample_shard,
-                                train_tokenizer_task, val_reserve, write_rows)
+from tasks.tokenization import (
+    DROP_EMPTY,
+    DROP_VAL_REPEAT,
+    VAL_BUCKETS,
+    TokenizeJob,
+    TokenizeParams,
+    flatten_with_eos,
+    held_out_sample_counts,
+    held_out_sample_lines,
+    min_tokens,
+    pack,
+    route,
+    row_order,
+    tail_path,
+    tokenize_shard,
+    tokenizer_sample_shard,
+    train_tokenizer_task,
+    val_reserve,
+    write_rows,
+)
 
 REPEAT = pa.field("repeat", pa.int32())
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "pi"]
@@ -44,7 +60,7 @@ def test_pack_matches_the_reference_packer():
     assert len(rows) == len(ref) == len(flat) // 17
     for row, off, (ref_row, ref_off) in zip(rows, offsets, ref):
         assert row.tolist() == ref_row.tolist() and off.tolist() == ref_off
-    assert tail.tolist() == flat[len(rows) * 17:].tolist()
+    assert tail.tolist() == flat[len(rows) * 17 :].tolist()
     assert tail_starts.tolist() == [s - len(rows) * 17 for s in starts.tolist() if s >= len(rows) * 17]
 
 
@@ -62,7 +78,9 @@ def test_val_split_by_original_id_drops_repeats_of_val_documents():
     val = [i for i in ids if sample_key("val", 0, i) < 0.3]
     train = [i for i in ids if i not in val]
     assert route(Document(id=val[0], text="t", meta={"repeat": 0}), job) == (
-        "val", int(sample_key("val", 0, val[0]) * VAL_BUCKETS))
+        "val",
+        int(sample_key("val", 0, val[0]) * VAL_BUCKETS),
+    )
     assert route(Document(id=f"{val[0]}#r2", text="t", meta={"repeat": 2}), job) == (None, -1)
     assert route(Document(id=f"{train[0]}#r1", text="t", meta={"repeat": 1}), job) == ("train", -1)
     assert route(Document(id=train[0], text="t"), job.model_copy(update={"kind": "anneal"})) == ("anneal", -1)
@@ -92,8 +110,10 @@ def test_tokenize_shard_packs_every_token_in_order(tmp_path, tok):
     res = tokenize_shard.fn(src, out, 0, job)
     is_val = {d.id: sample_key("val", 0, d.id.split("#")[0]) < 0.2 for d in docs}
     rejected = {d.id: d.meta["reason"] for d in read_documents(f"{out}/rejected/part-00000.parquet")}
-    assert rejected == {"blank": DROP_EMPTY, **{d.id: DROP_VAL_REPEAT for d in docs
-                                                  if d.meta["repeat"] and is_val[d.id]}}
+    assert rejected == {
+        "blank": DROP_EMPTY,
+        **{d.id: DROP_VAL_REPEAT for d in docs if d.meta["repeat"] and is_val[d.id]},
+    }
     assert res.stats.docs_in == len(docs) == res.stats.docs_out + len(rejected)
     for split in ("train", "val"):
         kept = [d for d in docs if d.id not in rejected and is_val[d.id] == (split == "val")]
@@ -124,8 +144,10 @@ def test_tokenizer_sample_leaves_out_every_document_val_can_hold(tmp_path, tok):
     """The tokenizer trains on held-out text only: no val document (at any threshold the flow can raise
     val to) and no repeat copy of one is in its sample; the rest of the sampled first copies all are."""
     rng = np.random.default_rng(3)
-    docs = [Document(id=f"d{i}", text=f"marker{i}x " + _text(rng, int(rng.integers(5, 60))), meta={"repeat": 0})
-            for i in range(150)]
+    docs = [
+        Document(id=f"d{i}", text=f"marker{i}x " + _text(rng, int(rng.integers(5, 60))), meta={"repeat": 0})
+        for i in range(150)
+    ]
     docs += [Document(id=f"{d.id}#r1", text=d.text, meta={"repeat": 1}) for d in docs[::3]]
     src = _sample_mix(tmp_path, docs)
     counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, 1.0, 0)
@@ -148,7 +170,8 @@ def test_tokenizer_sample_leaves_out_every_document_val_can_hold(tmp_path, tok):
         assert val and not any(f"marker{v[1:]}x " in line for v in val for line in lines)
         kept = held_out_sample_counts(str(tmp_path / "s"), reserve)
         assert kept["docs"] + kept["val_excluded_docs"] == len(firsts) and kept["lines"] == len(
-            list(held_out_sample_lines(str(tmp_path / "s"), reserve)))
+            list(held_out_sample_lines(str(tmp_path / "s"), reserve))
+        )
         job = TokenizeJob(params=TokenizeParams(), tokenizer_file="x", val_threshold=chosen)
         for d in docs:  # a repeat copy of a val document never reaches train
             if d.meta["repeat"] and d.id.split("#")[0] in val:
@@ -167,6 +190,7 @@ def test_real_text_val_is_held_out_from_the_tokenizer(shared_data, tmp_path):
     """Real news article bodies: the stage's sample + train leaves val out, and val bytes/token then
     matches text the tokenizer never saw, where the in-sample tokenizer flatters val."""
     import json
+
     truth = shared_data / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json"
     texts = [v["articleBody"] for v in json.loads(truth.read_text()).values() if len(v["articleBody"]) > 500]
     docs = [Document(id=f"art{i}", text=t, meta={"repeat": 0}) for i, t in enumerate(texts)]
@@ -179,10 +203,12 @@ def test_real_text_val_is_held_out_from_the_tokenizer(shared_data, tmp_path):
     val = [d.text for d in docs if sample_key("val", 0, d.id) < reserve]
     sample = set(held_out_sample_lines(str(tmp_path / "s"), reserve))
     assert val and not any(line in sample for t in val for line in training_lines(t) if len(line) > 80)
-    in_sample = Tokenizer(train_tokenizer([ln for d in docs for ln in training_lines(d.text)],
-                                          tmp_path / "all.model", vocab_size=3000))
+    in_sample = Tokenizer(
+        train_tokenizer([ln for d in docs for ln in training_lines(d.text)], tmp_path / "all.model", vocab_size=3000)
+    )
 
     def bytes_per_token(t):
         return sum(len(x.encode()) for x in val) / sum(len(ids) + 1 for ids in t.encode(val))
+
     assert held["sample_bytes_per_token"] > bytes_per_token(tok_held)  # held-out text compresses worse
     assert bytes_per_token(in_sample) > bytes_per_token(tok_held) * 1.03  # the old, in-sample val flatters

@@ -46,7 +46,7 @@ def write_split(directory: Path, n_docs: int, seed: int) -> int:
     packed = list(pack_documents(markov_docs(n_docs, seed), SEQ_LEN, EOS))
     with TokenShardWriter(str(directory / "tokens-00000.arrow"), SEQ_LEN, VOCAB, eos_id=EOS) as w:
         for i in range(0, len(packed), 64):
-            chunk = packed[i:i + 64]
+            chunk = packed[i : i + 64]
             w.write_sequences(np.stack([r for r, _ in chunk]), [o for _, o in chunk])
     return w.rows
 
@@ -63,9 +63,21 @@ def shards(tmp_path_factory) -> Path:
 
 
 def params(**kw) -> TrainParams:
-    base = {"model": "tiny", "micro_batch_size": 8, "tokens_per_step": 512, "max_steps": 20, "warmup_steps": 4,
-            "lr": 3e-3, "eval_interval": 5, "ckpt_interval": 5, "eval_tokens": 2048, "log_interval": 1,
-            "device": "cpu", "sample_tokens": 16, "seed": 3}
+    base = {
+        "model": "tiny",
+        "micro_batch_size": 8,
+        "tokens_per_step": 512,
+        "max_steps": 20,
+        "warmup_steps": 4,
+        "lr": 3e-3,
+        "eval_interval": 5,
+        "ckpt_interval": 5,
+        "eval_tokens": 2048,
+        "log_interval": 1,
+        "device": "cpu",
+        "sample_tokens": 16,
+        "seed": 3,
+    }
     return TrainParams(**{**base, **kw})
 
 
@@ -107,8 +119,15 @@ def test_unigram_baseline_loss(tmp_path):
 def test_tiny_run_beats_unigram_and_writes_outputs(shards, tmp_path):
     out = tmp_path / "run"
     p = params(max_steps=30, eval_interval=10, ckpt_interval=10, keep_last=1, milestone_interval=20)
-    r = train(p, shards, out, bytes_per_token=3.0, decode=lambda ids: "|".join(map(str, ids)),
-              tokenize_version="tok123", tokenizer_sha256="abc")
+    r = train(
+        p,
+        shards,
+        out,
+        bytes_per_token=3.0,
+        decode=lambda ids: "|".join(map(str, ids)),
+        tokenize_version="tok123",
+        tokenizer_sha256="abc",
+    )
     assert r.val_loss < 0.6 * r.unigram_loss, (r.val_loss, r.unigram_loss)
     assert r.val_bpb == pytest.approx(r.val_loss / math.log(2) / 3.0)
     assert r.val_ppl == pytest.approx(math.exp(r.val_loss))
@@ -159,8 +178,13 @@ def test_non_finite_gradient_step_is_skipped(shards, tmp_path):
     def nan_at_step_5(step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("nan") if step == 5 else loss  # step is 0-based here
 
-    r = train(params(max_steps=8, ckpt_interval=4, eval_interval=4), shards, tmp_path, bytes_per_token=3.0,
-              hooks=FaultHooks(corrupt_loss=nan_at_step_5))
+    r = train(
+        params(max_steps=8, ckpt_interval=4, eval_interval=4),
+        shards,
+        tmp_path,
+        bytes_per_token=3.0,
+        hooks=FaultHooks(corrupt_loss=nan_at_step_5),
+    )
     assert r.skipped_steps == 1 and r.rollbacks == 0 and math.isfinite(r.val_loss)
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skips = [e for e in events if e.get("event") == "grad_skip"]
@@ -178,8 +202,9 @@ def test_loss_spike_rolls_back_and_skips_the_batches(shards, tmp_path):
         rows[hit] = np.random.default_rng(int(positions[0])).integers(0, VOCAB, size=rows[hit].shape)
         return rows
 
-    p = params(max_steps=18, ckpt_interval=10, eval_interval=5, spike_factor=1.2, spike_patience=3,
-               spike_window=5, lr=1e-2)
+    p = params(
+        max_steps=18, ckpt_interval=10, eval_interval=5, spike_factor=1.2, spike_patience=3, spike_window=5, lr=1e-2
+    )
     r = train(p, shards, tmp_path, bytes_per_token=3.0, hooks=FaultHooks(corrupt_rows=garbage))
     assert (r.rollbacks, r.skipped_batches) == (1, 3), r
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -192,8 +217,9 @@ def test_loss_spike_rolls_back_and_skips_the_batches(shards, tmp_path):
 
 
 def test_document_masking_trains(shards, tmp_path):
-    r = train(params(max_steps=6, ckpt_interval=5, eval_interval=5, doc_mask=True), shards, tmp_path,
-              bytes_per_token=3.0)
+    r = train(
+        params(max_steps=6, ckpt_interval=5, eval_interval=5, doc_mask=True), shards, tmp_path, bytes_per_token=3.0
+    )
     assert math.isfinite(r.val_loss) and r.val_loss < r.unigram_loss
 
 
@@ -216,8 +242,23 @@ def test_ddp_two_processes_match_single_process(shards, tmp_path):
     job = TrainJob(params=p, shards_dir=str(shards), out_dir=str(tmp_path / "ddp"), bytes_per_token=3.0)
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tasks.train", str(job_file)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "tasks.train",
+            str(job_file),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     a, b = step_losses(tmp_path / "single"), step_losses(tmp_path / "ddp")
@@ -238,6 +279,18 @@ if __name__ == "__main__":  # regenerate the golden losses
         write_split(root / "val", 60, seed=2)
         losses = golden_run(root, root / "out")
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    GOLDEN.write_text(json.dumps({"preset": "tiny", "vocab_size": VOCAB, "seq_len": SEQ_LEN, "device": "cpu",
-                                  "dtype": "float32", "losses": losses}, indent=2) + "\n")
+    GOLDEN.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "vocab_size": VOCAB,
+                "seq_len": SEQ_LEN,
+                "device": "cpu",
+                "dtype": "float32",
+                "losses": losses,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(GOLDEN, losses)
