@@ -15,10 +15,9 @@ from typing import Optional
 
 from prefect import flow
 
-from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.sharded import run_sharded_stage, task_runner
 from storage import paths
 from storage.manifest import Manifest, canonical_json
-from storage.stats import StageStats
 from tasks.ingest import (
     STAGE,
     STAGE_VERSION,
@@ -64,24 +63,17 @@ def ingest_flow(
     sources = resolve_inputs(params)
     fingerprint = input_fingerprint(sources)
     digest = hashlib.sha256(canonical_json(fingerprint).encode()).hexdigest()[:12]
-    run = begin_stage(STAGE, STAGE_VERSION, params, root, force=force, extra_inputs={"files": digest})
-    if run.reused is not None:
-        publish(run.reused, run.root, report_markdown, reused=True)
-        return run.version
-    try:
-        results = map_shards(run, ingest_shard, sources, params)
-        check_error_budget(results, sources, params.max_error_fraction, f"{run.stage}@{run.version}")
-    except BaseException:
-        abort_on_error(run)
-        raise
-    stats = StageStats.merge_all([r.stats for r in results])
-    finish_stage(
-        run,
-        [r.shard for r in results],
-        [r.rejected for r in results],
-        stats,
-        extras={"files": fingerprint},
-        max_error_fraction=params.max_error_fraction,
+    return run_sharded_stage(
+        STAGE,
+        STAGE_VERSION,
+        params,
+        ingest_shard,
+        root,
+        force=force,
+        sources=sources,
+        extra_inputs={"files": digest},
         report=report_markdown,
+        max_error_fraction=params.max_error_fraction,
+        extras={"files": fingerprint},
+        check=lambda results: check_error_budget(results, sources, params.max_error_fraction, "ingest"),
     )
-    return run.version

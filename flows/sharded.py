@@ -268,14 +268,20 @@ def run_sharded_stage(
     report: ReportFn | None = None,
     max_error_fraction: float | None = None,
     extras: dict[str, Any] | None = None,
+    check: Callable[[list[Any]], None] | None = None,
 ) -> str:
-    """Flow body of a one-pass document stage; returns the output version id."""
+    """Flow body of a one-pass document stage; returns the output version id.
+
+    `check(results)` runs after every shard and before anything is committed (ingest's error budget, which
+    names the worst files); raising aborts the version."""
     run = begin_stage(stage, stage_version, params, data_root, input_version, force, extra_inputs)
     if run.reused is not None:
         publish(run.reused, run.root, report, reused=True)
         return run.version
     try:
         results = map_shards(run, shard_task, sources if sources is not None else run.input_shard_paths(), params)
+        if check is not None:
+            check(results)
     except BaseException:
         abort_on_error(run)
         raise

@@ -69,10 +69,15 @@ def write_stream(
         for doc in process(docs, stats, Rejects(rej_w, stats)):
             kept_w.write(doc)
             stats.docs_out += 1
-    stats.bytes_out += kept_w.text_bytes
     stats.seconds += time.perf_counter() - t0
+    return shard_result(index, kept_w, rej_w, stats)
+
+
+def shard_result(index: int, kept_w: DocumentWriter, rej_w: DocumentWriter, stats: StageStats) -> ShardResult:
+    """The ShardResult of closed kept/rejected writers of shard `index` (adds the kept text bytes to stats)."""
+    stats.bytes_out += kept_w.text_bytes
     name = paths.shard_name(index)
-    fs, _ = paths.filesystem(out_dir)
+    fs, _ = paths.filesystem(kept_w.path)
     return ShardResult(
         index=index,
         stats=stats,

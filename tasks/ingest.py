@@ -59,9 +59,9 @@ from pydantic import Field, field_validator, model_validator
 
 from storage import paths
 from storage.documents import Document, DocumentWriter, read_documents
-from storage.manifest import ShardInfo, Stage
+from storage.manifest import Stage
 from storage.params import StageParams
-from storage.shards import REJECTED_DIR, Rejects, ShardResult, open_shard_writers, write_stream
+from storage.shards import Rejects, ShardResult, open_shard_writers, shard_result, write_stream
 from storage.stats import StageStats
 from tasks.extract import (
     ExtractionTimeout,
@@ -568,16 +568,8 @@ def _write_unless_bad(src: str, out_dir: str, index: int, params: IngestParams, 
         )
     fs, inner = paths.filesystem(spool)
     fs.rm(inner.rsplit("/", 1)[0], recursive=True)
-    stats.bytes_out += kept_w.text_bytes
     stats.seconds += time.perf_counter() - t0
-    return ShardResult(
-        index=index,
-        stats=stats,
-        shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
-        rejected=ShardInfo(
-            name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows, bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))
-        ),
-    )
+    return shard_result(index, kept_w, rej_w, stats)
 
 
 def check_error_budget(results: list[ShardResult], sources: list[str], max_error_fraction: float, where: str) -> None:
