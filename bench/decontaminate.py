@@ -57,7 +57,7 @@ PRESETS = {"arc_easy": "arc", "arc_challenge": "arc", "gsm8k": "gsm8k"}  # the o
 
 def benchmark_specs(evals: Path, legacy: bool = False) -> list[Any]:
     from storage import paths
-    from tasks.benchmarks import BenchmarkFile
+    from tasks.decontaminate.benchmarks import BenchmarkFile
 
     paths.allow_root(str(evals))  # benchmark files must lie under an allowed root (../shared/data is not one)
     specs = []
@@ -77,7 +77,7 @@ def build_ngram_index(params: Any) -> tuple[Any, dict[str, Any]]:
     import inspect
 
     from tasks.decontaminate import index_sources
-    from tasks.ngram_index import build_index
+    from tasks.decontaminate.ngram_index import build_index
 
     if "n" in inspect.signature(build_index).parameters:
         return build_index(index_sources(params), params.n, params.max_items_per_ngram)  # type: ignore[call-arg]
@@ -91,7 +91,7 @@ _LABELS = re.compile(r"(?im)^[ \t]*(?:question|context|passage|choices|answer)[ 
 
 def web_copy(row: dict[str, Any]) -> tuple[str, str]:
     """(question, correct answer) of an llm-foundry row as a web page shows them (written apart from
-    tasks.benchmarks on purpose, so the measurement does not share its parsing)."""
+    tasks.decontaminate.benchmarks on purpose, so the measurement does not share its parsing)."""
     if "query" in row:
         q, choices, gold = row["query"], row["choices"], int(row["gold"])
         if all(len(c) == 1 for c in choices):

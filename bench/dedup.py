@@ -44,7 +44,7 @@ with sha1 drew P(candidate) 0.977 on those pairs against 0.988 expected; over se
 and 0.989 for xxhash against 0.987 from the S-curve). Verification costs at most 0.002 of recall against
 unverified clusters
 of the same candidates (pairs inside small candidate components are verified too, see
-tasks.dedup_minhash.expand_pairs). The report prints the S-curve's expected recall, and a check of both
+tasks.dedup.minhash.expand_pairs). The report prints the S-curve's expected recall, and a check of both
 shingle hashes against MinHash theory (equal-row rate vs J, band-candidate rate vs the S-curve).
 
 Ratios are ours / peer, same run, same cores; docs/s is given per wall second and per CPU second (user
@@ -82,13 +82,13 @@ THRESHOLD = 0.8
 
 def shingle_set(text: str, n: int = 5) -> np.ndarray:
     """Sorted unique 32-bit shingle hashes (the stage's shingles; 2^-32 collisions are noise here)."""
-    from tasks.dedup_minhash import shingle_hashes
+    from tasks.dedup.minhash import shingle_hashes
 
     return np.unique(shingle_hashes(text, n))
 
 
 def true_jaccard(a: str, b: str, n: int = 5) -> float:
-    from tasks.dedup_minhash import jaccard_sorted
+    from tasks.dedup.minhash import jaccard_sorted
 
     return jaccard_sorted(shingle_set(a, n), shingle_set(b, n))
 
@@ -120,7 +120,7 @@ def edit_to_jaccard(
     sim = 1.0
     while True:
         copy = " ".join(toks)
-        from tasks.dedup_minhash import jaccard_sorted
+        from tasks.dedup.minhash import jaccard_sorted
 
         sim = jaccard_sorted(base, shingle_set(copy))
         if sim <= target or len(toks) < 2:
@@ -556,12 +556,12 @@ def engine_main(args: argparse.Namespace) -> None:
 
 
 def bench_datasketch(texts: list[str], bands: int = 14, rows: int = 8) -> dict[str, Any]:
-    """Signatures and LSH candidate pairs: ours (tasks.dedup_minhash) vs datasketch (MinHash.bulk,
+    """Signatures and LSH candidate pairs: ours (tasks.dedup.minhash) vs datasketch (MinHash.bulk,
     LeanMinHash, MinHashLSH with the same bands x rows), in this process, same documents. Checks that
     both give identical signatures and identical candidate pairs."""
     from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-    from tasks.dedup_minhash import MinHasher, band_pairs, shingle_bytes, unique_pairs
+    from tasks.dedup.minhash import MinHasher, band_pairs, shingle_bytes, unique_pairs
 
     out: dict[str, Any] = {"docs": len(texts)}
     t = time.process_time()
@@ -604,8 +604,8 @@ def hash_quality(
     `seeds`: mean(fraction of equal signature rows - true J) (should be ~0), the variance of that
     difference over its binomial value J(1-J)/num_perm (~1 if rows behave independently), and the
     fraction of pairs sharing a band against the mean S-curve value (1 - (1 - J^rows)^bands)."""
-    from tasks.dedup_minhash import MinHasher, shingle_hashes
-    from tasks.dedup_minhash import s_curve as curve
+    from tasks.dedup.minhash import MinHasher, shingle_hashes
+    from tasks.dedup.minhash import s_curve as curve
 
     pairs = [p for p in planted if p["kind"] == "near" and p["jaccard"] >= THRESHOLD]
     ids = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
@@ -668,7 +668,7 @@ def evaluate(
     for d in checked:
         others = [m for m in members.get(group.get(d, ""), []) if m != d][:200]
         sd = shingle_set(texts[d])
-        from tasks.dedup_minhash import jaccard_sorted
+        from tasks.dedup.minhash import jaccard_sorted
 
         good += any(jaccard_sorted(sd, shingle_set(texts[m])) >= THRESHOLD for m in others)
     return {
@@ -830,7 +830,7 @@ def main() -> None:
         + "; ".join(f"{r['engine']} " + ", ".join(f"{x:.3f}" for x in r["recall_per_seed"]) for r in rows)
     )
     print("planted pairs per bin: " + ", ".join(f"{b}: {rows[0]['recall_bins_n'][b]}" for b in bins))
-    from tasks.dedup_minhash import s_curve
+    from tasks.dedup.minhash import s_curve
 
     print(
         "theory, P(candidate) at bin start, 14x8: "

@@ -7,7 +7,7 @@ the 400-page demo crawl is generated and ingested into a temporary root. `--repe
 Engines, one process, one core, timed in alternating rounds (ours, datatrove, ours, ...; the best
 round of each is reported, so a busy machine hurts both alike):
   ours       tasks.langid.process (LID-176 .ftz, batched predict, keep-list [en], threshold 0.65), then
-             tasks.quality_heuristics.HeuristicLayer on the kept documents: all four filters evaluated on
+             tasks.quality.heuristics.HeuristicLayer on the kept documents: all four filters evaluated on
              every document (the stage stores every verdict), spaCy tokens computed once per line, Gopher
              quality on the paper's whitespace words (the default; timed). The agreement is printed for
              the default and for `datatrove_compatible` (datatrove's Gopher quality: must agree exactly).
@@ -50,8 +50,8 @@ def load_documents(root: str | None, version: str) -> list[Document]:
 
     if root is None:
         root = tempfile.mkdtemp(prefix="bench-filters-")
+        from demo.crawl import generate_demo_crawl
         from storage.manifest import VersionWriter, new_manifest
-        from tasks.demo_crawl import generate_demo_crawl
         from tasks.ingest import IngestParams, ingest_shard
 
         crawl = generate_demo_crawl(f"{root}/_inputs", pages=400)
@@ -70,7 +70,7 @@ def run_ours(docs: list[Document], datatrove_compatible: bool = False) -> set[st
     from models.classifiers import load_lid_model
     from tasks.langid import LangidParams, process
     from tasks.quality import heuristic_layer
-    from tasks.quality_heuristics import FILTER_NAMES, failures
+    from tasks.quality.heuristics import FILTER_NAMES, failures
 
     stats = StageStats()
     fresh = [Document(d.id, d.text, d.url, d.source) for d in docs]
@@ -176,7 +176,7 @@ def classifier_cost(docs: list[Document], root: str | None) -> None:
         print("\n(no quality_classifier version in the data root: classifier cost not measured)")
         return
     from models.classifiers import load_quality_model
-    from tasks.quality_classifier import classifier_text, score_texts
+    from tasks.quality.classifier import classifier_text, score_texts
 
     model = load_quality_model(
         paths.join(paths.version_dir(paths.resolve_data_root(root), m.stage, m.version), "model.bin")

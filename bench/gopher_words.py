@@ -4,8 +4,8 @@
 
 Pages: every HTML response / WET record of the WARC files under `warc/` (our ingest stage: trafilatura
 main text, `tasks.ingest.process`) and the 181 pages of `html_extraction/` (the same charset decoding and
-extractor, `tasks.extract`), English kept by our langid stage (LID-176, default params).
-Modes of the `gopher_quality` verdict (`tasks.quality_heuristics`):
+extractor, `tasks.ingest.extract`), English kept by our langid stage (LID-176, default params).
+Modes of the `gopher_quality` verdict (`tasks.quality.heuristics`):
   paper      GopherPaperQualityFilter: the paper's rules on whitespace-separated words (the default)
   datatrove  datatrove's GopherQualityFilter (spaCy tokens, punctuation included; `datatrove_compatible`)
 Printed per mode: the verdict the stage stores (the first failing rule) as a share of the English pages,
@@ -47,8 +47,8 @@ class _Rejects:
 
 def real_pages(shared: Path) -> list[Document]:
     """Extracted text of every real page: WARC/WET records under warc/ and the html_extraction pages."""
-    from tasks.extract import decode_html, extract_main_text, prepare_extractor
     from tasks.ingest import IngestParams, process
+    from tasks.ingest.extract import decode_html, extract_main_text, prepare_extractor
 
     docs: list[Document] = []
     for f in sorted(p for p in (shared / "warc").rglob("*") if p.name.endswith((".warc.gz", ".wet.gz"))):
@@ -75,7 +75,7 @@ def english(docs: list[Document]) -> list[Document]:
 def gopher(mode: str, **options: Any) -> Any:
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    from tasks.quality_heuristics import SpacyWordTokenizer, build_filter
+    from tasks.quality.heuristics import SpacyWordTokenizer, build_filter
 
     tok = load_word_tokenizer("en") if mode == "datatrove" else SpacyWordTokenizer("en")
     return build_filter("gopher_quality", "en", tok, options, datatrove_compatible=mode == "datatrove")

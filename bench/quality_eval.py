@@ -4,7 +4,7 @@
 
 Eval sets: `quality/dclm_human_annotated/majority_data.jsonl` (499 documents, majority vote of the
 annotators: 272 good, 227 bad) and `agreement_data.jsonl` (281 where they agreed). None of them is
-used for training. Classifiers, each trained in-process with `tasks.quality_classifier.train_classifier`:
+used for training. Classifiers, each trained in-process with `tasks.quality.classifier.train_classifier`:
   dclm        DCLM's recipe: positives = WikiText-2 validation paragraphs (detokenized) + the cs336
               high-quality reference text; negatives = Common Crawl / web crawl text ingested from the
               WARC/WET files under `warc/` (our ingest stage: trafilatura main text).
@@ -58,7 +58,7 @@ def write_langid_shard(texts: list[str], path: Path) -> str:
 
 
 def evaluate(name: str, score_fn, sets: dict[str, list[dict]]) -> None:
-    from tasks.quality_classifier import classification_metrics
+    from tasks.quality.classifier import classification_metrics
 
     for set_name, rows in sets.items():
         m = classification_metrics(score_fn([r["text"] for r in rows]), [int(r["label"]) for r in rows])
@@ -75,14 +75,14 @@ def main() -> None:
     args = ap.parse_args()
     from models.classifiers import load_quality_model
     from tasks.quality import QualityParams
-    from tasks.quality_classifier import (
+    from tasks.quality.classifier import (
         QualityClassifierParams,
         classifier_shortfall,
         classifier_text,
         score_texts,
         train_classifier,
     )
-    from tasks.quality_heuristics import FILTER_NAMES, HeuristicLayer, failures
+    from tasks.quality.heuristics import FILTER_NAMES, HeuristicLayer, failures
 
     out = args.out or Path(tempfile.mkdtemp(prefix="quality-eval-"))
     dclm = args.shared / "quality" / "dclm_human_annotated"

@@ -52,7 +52,7 @@ def real_texts() -> list[str]:
         truth = SHARED / "html_extraction/scrapinghub_article_extraction_benchmark/ground-truth.json"
         texts += [v["articleBody"] for v in json.loads(truth.read_text()).values() if v.get("articleBody")]
     else:
-        from tasks.demo_crawl import generate_demo_crawl
+        from demo.crawl import generate_demo_crawl
 
         out = generate_demo_crawl(tempfile.mkdtemp(prefix="bench-demo-"), pages=400)
         texts = [g["text"] for g in map(json.loads, open(out.ground_truth_path)) if g.get("text")]
@@ -151,7 +151,7 @@ def run_flows(root: str, version: str, model: str, seq_len: int) -> dict[str, fl
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from flows.tokenization import tokenization_flow
     from tasks.tokenization import TokenizeParams
 

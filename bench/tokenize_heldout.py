@@ -82,7 +82,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from flows.tokenization import tokenization_flow
     from models.tokenizer import Tokenizer, training_lines
     from storage.manifest import Stage, load_manifest

@@ -3,14 +3,14 @@
     python -m bench.train                                   # gpt2-124m, 32 x 1024, bf16, compiled, CUDA
     python -m bench.train --preset tiny --device cpu --steps 3 --batch 2 --seq 64   # CPU smoke test
 
-Ours is timed through `tasks.train_loop.train_step`, the exact step the trainer runs: fused AdamW,
+Ours is timed through `tasks.train.loop.train_step`, the exact step the trainer runs: fused AdamW,
 bf16 autocast, torch.compile, flash SDPA (is_causal, no mask), padded vocab, gradient clipping and the
 per-step loss / gradient-norm read-back the stability checks need. The reference is the plain GPT-2
 recipe as nanoGPT writes it: LayerNorm and Linear with biases, GELU MLP (4x), learned positions, fused
 qkv, SDPA causal, tied embeddings, unpadded vocabulary (GPT-2's 50257; `--ref-pad-vocab` pads it
 too), the same AdamW (fused on CUDA), bf16 autocast, compile, clipping, and no per-step sync. Both see
 the same synthetic random tokens. MFU = FLOPs/token (PaLM: 6 N + 12 L H Q T, each model's own N) x
-tokens/s / peak dense bf16 FLOP/s of the GPU (tasks/plan.py table); on CPU only tokens/s is reported.
+tokens/s / peak dense bf16 FLOP/s of the GPU (tasks/train/plan.py table); on CPU only tokens/s is reported.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from torch import nn
 
 from models.gpt import GPT
 from models.presets import PRESETS, preset
-from tasks.plan import gpu_key_for_device_name, peak_flops
-from tasks.train_loop import Runtime, train_step
+from tasks.train.loop import Runtime, train_step
+from tasks.train.plan import gpu_key_for_device_name, peak_flops
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from flows.sharded import sample_documents
+    from flows.stage import sample_documents
 
     root = paths.resolve_data_root(args.data_root)
     if args.plan:
@@ -333,7 +333,7 @@ def _plan_data(args: argparse.Namespace, root: str) -> tuple[float | None, str, 
 
 @command("plan")
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.plan import format_plan, plan
+    from tasks.train.plan import format_plan, plan
 
     root = paths.resolve_data_root(args.data_root)
     try:
@@ -381,7 +381,7 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     try:
-        from tasks.quality_classifier import QualityClassifierParams
+        from tasks.quality.classifier import QualityClassifierParams
 
         fasttext = {
             k: v
@@ -417,7 +417,7 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
 
 @command("demo-crawl")
 def cmd_demo_crawl(args: argparse.Namespace) -> int:
-    from tasks.demo_crawl import generate_demo_crawl
+    from demo.crawl import generate_demo_crawl
 
     result = generate_demo_crawl(args.out, pages=args.pages, seed=args.seed)
     print(f"wrote {result.warc_path} and {result.ground_truth_path} ({result.pages} pages)")

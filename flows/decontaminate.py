@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.context import FlowRunContext
 
-from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.stage import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from storage import paths
 from storage.manifest import Manifest
 from storage.stats import StageStats
@@ -30,7 +30,7 @@ from tasks.decontaminate import (
     index_version,
     write_index_ref,
 )
-from tasks.ngram_index import read_items
+from tasks.decontaminate.ngram_index import read_items
 
 TOP_ITEMS = 10
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from prefect import flow, get_run_logger
 
-from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.stage import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from storage import paths
 from storage.manifest import Manifest, load_manifest, upstream_of
 from storage.stats import StageStats
@@ -29,7 +29,7 @@ from tasks.dedup import (
     dedup_shard,
     dedup_signature_shard,
 )
-from tasks.dedup_minhash import human_bytes, plan_estimate, s_curve
+from tasks.dedup.minhash import human_bytes, plan_estimate, s_curve
 
 S_CURVE_PNG = "s_curve.png"
 S_POINTS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]

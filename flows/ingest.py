@@ -15,7 +15,7 @@ from typing import Optional
 
 from prefect import flow
 
-from flows.sharded import run_sharded_stage, task_runner
+from flows.stage import run_sharded_stage, task_runner
 from storage import paths
 from storage.manifest import Manifest, canonical_json
 from tasks.ingest import (
@@ -35,7 +35,7 @@ def demo_inputs(root: str, pages: int) -> list[str]:
     An existing crawl is reused as it is (the ground truth is renamed into place last, so its presence
     means both files are complete): a re-run on complete versions writes nothing into the data root.
     """
-    from tasks.demo_crawl import GROUND_TRUTH_NAME, WARC_NAME, generate_demo_crawl
+    from demo.crawl import GROUND_TRUTH_NAME, WARC_NAME, generate_demo_crawl
 
     out = paths.join(paths.demo_crawl_dir(root), f"pages-{pages}")
     fs, base = paths.filesystem(out)

@@ -9,7 +9,7 @@ from typing import Optional
 
 from prefect import flow
 
-from flows.sharded import run_sharded_stage, sample_documents, task_runner
+from flows.stage import run_sharded_stage, sample_documents, task_runner
 from storage.manifest import Manifest
 from tasks.langid import STAGE, STAGE_VERSION, LangidParams, langid_shard
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import unmapped
 
-from flows.sharded import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.stage import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from storage.manifest import Manifest
 from storage.stats import StageStats
 from tasks.mix import (

@@ -29,7 +29,7 @@ from flows.mix import mix_flow, mix_report
 from flows.quality import quality_flow
 from flows.quality import report_markdown as quality_report
 from flows.quality_classifier import report_markdown as quality_classifier_report
-from flows.sharded import SHARD_NOTE, ReportFn, task_runner
+from flows.stage import SHARD_NOTE, ReportFn, task_runner
 from flows.summary import publish_summary
 from flows.tokenization import tokenization_flow, tokenize_report
 from flows.train import report_markdown as train_report

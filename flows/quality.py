@@ -20,7 +20,7 @@ from prefect.futures import wait
 from prefect.utilities.annotations import unmapped
 
 from flows.quality_classifier import train_quality_classifier_flow
-from flows.sharded import (
+from flows.stage import (
     abort_on_error,
     begin_stage,
     finish_stage,
@@ -51,14 +51,14 @@ from tasks.quality import (
     quality_score_shard,
     top_fraction_threshold,
 )
-from tasks.quality_classifier import (
+from tasks.quality.classifier import (
     FIX_HINT,
     MODEL_FILE,
     QualityClassifierParams,
     TooFewExamples,
     classifier_shortfall,
 )
-from tasks.quality_heuristics import FILTER_NAMES
+from tasks.quality.heuristics import FILTER_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """train_quality_classifier_flow (`pretrain train-quality-classifier`): -> `quality_classifier/<version>/`.
 
-Trains the fastText quality classifier (`tasks.quality_classifier`) and stores it as a versioned
+Trains the fastText quality classifier (`tasks.quality.classifier`) and stores it as a versioned
 artifact: `model.bin` plus a manifest whose extras hold the held-out precision / recall / accuracy /
 AUC, where the labels came from (files, crawl sample, or bootstrapped from the heuristic layer) and
 the example counts. `min_examples_per_class` (the quality stage passes its `classifier_min_examples`)
@@ -20,7 +20,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from flows.sharded import summary_markdown, task_runner
+from flows.stage import summary_markdown, task_runner
 from storage import paths
 from storage.manifest import (
     Manifest,
@@ -35,8 +35,9 @@ from storage.manifest import (
     set_latest,
 )
 from storage.stats import StageStats
+from tasks.ingest.sources import input_fingerprint
 from tasks.quality import QualityParams
-from tasks.quality_classifier import (
+from tasks.quality.classifier import (
     MODEL_FILE,
     STAGE,
     STAGE_VERSION,
@@ -44,7 +45,6 @@ from tasks.quality_classifier import (
     classifier_shortfall,
     train_classifier,
 )
-from tasks.sources import input_fingerprint
 
 log = logging.getLogger(__name__)
 

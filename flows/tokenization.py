@@ -1,6 +1,6 @@
 """tokenization_flow (`tokenize`): `mix` -> packed token shards, with a versioned sentencepiece tokenizer.
 
-Steps (tasks in tasks/tokenization.py): tokenizer (the cached artifact for these training params and
+Steps (tasks in tasks/tokenization/__init__.py): tokenizer (the cached artifact for these training params and
 mix version whose sample left out every possible val document, or sample + train + cache it, or copy
 `tokenizer_path`) -> `tokenize_shard` over the mix shards (then its anneal shards) -> val check
 (re-encode with a larger val threshold when val would hold no sequence; never beyond the part left out
@@ -26,7 +26,7 @@ import numpy as np
 from prefect import flow
 from prefect.utilities.annotations import unmapped
 
-from flows.sharded import StageRun, abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
+from flows.stage import StageRun, abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from models.tokenizer import Tokenizer, file_sha256
 from storage import paths
 from storage.manifest import Manifest, compute_version

@@ -3,7 +3,7 @@
 Training is not sharded: one `train_run` task trains (or resumes) in-process on one device, writing
 `step-NNNNNN/` checkpoints, `metrics.jsonl`, `loss.png` and a text sample; the manifest (written last)
 holds the `TrainResult` (preset, val loss, bits-per-byte, unigram baseline, tokens/s, MFU) in its extras.
-Multi-GPU runs use `python -m tasks.train PARAMS_FILE` under torchrun (see tasks/train.py).
+Multi-GPU runs use `python -m tasks.train PARAMS_FILE` under torchrun (see tasks/train/__init__.py).
 
 Cross-run resume: the run writes into a stable work dir, `<root>/train/.work-<version>/` (same params and
 input -> same version -> same dir), not into the version's temporary dir, which is deleted when a run
@@ -30,7 +30,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from flows.sharded import StageRun, abort_on_error, begin_stage, finish_stage, publish
+from flows.stage import StageRun, abort_on_error, begin_stage, finish_stage, publish
 from storage import checkpoints as ckpt
 from storage import paths
 from storage.manifest import Manifest, ShardInfo, Stage, is_complete

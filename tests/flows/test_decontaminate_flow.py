@@ -8,12 +8,12 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.decontaminate import benchmark_rows, decontaminate_flow, report_markdown
-from flows.sharded import task_runner
+from flows.stage import task_runner
 from storage import paths
 from storage.documents import Document, extra_fields, read_documents, read_schema
 from storage.manifest import Stage, list_versions, load_manifest
-from tasks import benchmarks as bm
 from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
+from tasks.decontaminate import benchmarks as bm
 
 Q = (
     "Question: Which gas do green plants absorb from the air to make their own food during photosynthesis? "
@@ -172,8 +172,8 @@ def test_bad_benchmark_fails_before_any_shard(prefect_backend, tmp_path, make_ve
 @pytest.mark.slow
 def test_demo_crawl_humaneval_pages_are_removed_and_nothing_else(prefect_backend, tmp_path, make_version):
     """Ingest the generated demo crawl, decontaminate it on a process pool: exactly its HumanEval pages go."""
+    from demo.crawl import generate_demo_crawl
     from flows.ingest import ingest_flow
-    from tasks.demo_crawl import generate_demo_crawl
     from tasks.ingest import IngestParams
 
     root = tmp_path / "data"

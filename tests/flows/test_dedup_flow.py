@@ -11,7 +11,7 @@ import pytest
 
 from bench.dedup import edit_to_jaccard, stdlib_docstrings
 from flows.dedup import dedup_flow, plan_for_input, report_markdown
-from flows.sharded import task_runner
+from flows.stage import task_runner
 from storage.documents import Document, read_documents
 from storage.manifest import Stage, list_versions, load_manifest
 from tasks.dedup import CLUSTERS, WORK, DedupParams
@@ -150,7 +150,7 @@ def test_cli_inspect_report_and_plan(prefect_backend, data_root, make_version, c
 
 def _truth(texts):
     from bench.dedup import shingle_set
-    from tasks.dedup_minhash import jaccard_sorted
+    from tasks.dedup.minhash import jaccard_sorted
 
     ids = sorted(texts)
     sets = [shingle_set(texts[i]) for i in ids]
@@ -216,7 +216,7 @@ def test_exact_only_keeps_near_duplicates_and_empty_inputs(prefect_backend, data
 @pytest.mark.slow
 def test_demo_crawl_duplicates_are_removed(prefect_backend, data_root, make_version, tmp_path):
     """The demo crawl's planted exact and near duplicates (ground truth) are removed, nothing else is."""
-    from tasks.demo_crawl import generate_demo_crawl
+    from demo.crawl import generate_demo_crawl
 
     truth = [json.loads(x) for x in open(generate_demo_crawl(tmp_path / "crawl", pages=400).ground_truth_path)]
     pages = [t for t in truth if t["text"] and (t["expected_drop"] or "dedup").startswith("dedup")]

@@ -10,12 +10,12 @@ from flows.cli import main
 from flows.langid import langid_flow
 from flows.quality import quality_flow
 from flows.quality_classifier import train_quality_classifier_flow
-from flows.sharded import task_runner
+from flows.stage import task_runner
 from storage.documents import Document, read_documents
 from storage.manifest import Stage, list_versions, load_manifest
 from tasks.langid import LANGID_FIELDS, LangidParams
 from tasks.quality import QualityParams
-from tasks.quality_classifier import QualityClassifierParams
+from tasks.quality.classifier import QualityClassifierParams
 
 LANGID_1 = langid_flow.with_options(task_runner=task_runner(1))
 QUALITY_1 = quality_flow.with_options(task_runner=task_runner(1))

@@ -11,7 +11,7 @@ import pytest
 
 from flows.cli import main as cli
 from flows.mix import mix_flow, mix_report
-from flows.sharded import task_runner
+from flows.stage import task_runner
 from flows.tokenization import read_llmc, tokenization_flow, tokenize_report
 from models.tokenizer import Tokenizer, train_tokenizer
 from storage.documents import Document, read_documents, read_schema

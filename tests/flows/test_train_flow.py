@@ -17,15 +17,15 @@ import pytest
 
 import flows.train as train_module
 from flows.cli import main
-from flows.sharded import task_runner
+from flows.stage import task_runner
 from flows.train import LOCK, locked, train_flow, work_dir
 from storage import checkpoints as ckpt
 from storage.gc import gc
 from storage.manifest import ShardInfo, Stage, VersionWriter, is_complete, list_versions, load_manifest, new_manifest
 from storage.stats import StageStats
 from storage.token_shards import TokenShardWriter, pack_documents
-from tasks.plan import GPU_PEAK_BF16
 from tasks.train import FaultHooks, TrainParams
+from tasks.train.plan import GPU_PEAK_BF16
 
 VOCAB, SEQ_LEN, EOS, TOK = 256, 64, 0, "tok1"
 

@@ -383,10 +383,10 @@ def test_side_artifact_names_match_the_decontaminate_stage():
 def test_gc_on_real_decontaminate_versions(prefect_backend, tmp_path, make_version, monkeypatch):
     """Two real decontaminate runs with different benchmark files: gc --keep 1 prunes the old run's index."""
     from flows.decontaminate import decontaminate_flow
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from storage.documents import Document
-    from tasks import benchmarks as bm
     from tasks.decontaminate import DecontaminateParams, index_version
+    from tasks.decontaminate import benchmarks as bm
 
     root = tmp_path / "data"
     docs = [Document(id=f"d{i}", url=f"http://e/{i}", text=" ".join(f"w{i}x{j}" for j in range(60))) for i in range(4)]
@@ -553,7 +553,7 @@ def test_side_artifact_names_match_the_quality_and_tokenize_stages():
 
 def test_gc_on_real_tokenize_versions(prefect_backend, tmp_path, make_version):
     """Two real tokenize runs with different vocabularies: the manifest names its cache; gc prunes the old one."""
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from flows.tokenization import tokenization_flow
     from storage.documents import Document
     from tasks.tokenization import TokenizeParams
@@ -594,7 +594,7 @@ def test_gc_on_real_tokenize_versions(prefect_backend, tmp_path, make_version):
 def test_gc_on_real_quality_versions(prefect_backend, tmp_path, make_version):
     """Two real quality runs scoring with different filters: gc --keep 1 prunes the old run's score cache."""
     from flows.quality import quality_flow
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from storage.documents import Document
     from tasks.langid import LANGID_FIELDS
     from tasks.quality import QualityParams

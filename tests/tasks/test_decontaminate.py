@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from storage import paths
 from storage.documents import Document
 from storage.stats import StageStats
-from tasks import benchmarks as bm
 from tasks.decontaminate import (
     CONTAMINATED,
     CUTS_FIELD,
@@ -28,7 +27,8 @@ from tasks.decontaminate import (
     kept_pieces,
     process,
 )
-from tasks.ngram_index import load_index
+from tasks.decontaminate import benchmarks as bm
+from tasks.decontaminate.ngram_index import load_index
 from tasks.text import ngram_hashes, ngrams, word_spans, words
 
 Q1 = "Question: Which gas do green plants absorb from the air to make their own food during photosynthesis?"
@@ -453,7 +453,7 @@ def test_ngram_hashes_match_ngram_identity():
 
 def test_demo_crawl_page_texts_only_humaneval_pages_are_contaminated(tmp_path):
     """The ground-truth texts of a 200-page demo crawl (the slow flow test ingests the 400-page one)."""
-    from tasks.demo_crawl import generate_demo_crawl
+    from demo.crawl import generate_demo_crawl
 
     crawl = generate_demo_crawl(str(tmp_path / "crawl"), pages=200)
     truth = [json.loads(line) for line in Path(crawl.ground_truth_path).read_text().split("\n") if line]

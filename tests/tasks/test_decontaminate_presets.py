@@ -9,9 +9,9 @@ from pydantic import ValidationError
 from storage import paths
 from storage.documents import Document
 from storage.stats import StageStats
-from tasks import benchmarks as bm
 from tasks.decontaminate import CUTS_FIELD, DecontaminateParams, ensure_index, index_version, process
-from tasks.ngram_index import load_index
+from tasks.decontaminate import benchmarks as bm
+from tasks.decontaminate.ngram_index import load_index
 from tasks.text import ngram_hashes, rolling_ngram_hashes, window_hashes, word_hashes, words
 from tests.tasks.test_decontaminate import Sink
 

@@ -6,7 +6,7 @@ import pytest
 
 from storage.documents import Document, DocumentWriter
 from tasks.dedup import DedupParams, check_inputs, keep_rank
-from tasks.dedup_exact import exact_digests, exact_kept, group_sizes
+from tasks.dedup.exact import exact_digests, exact_kept, group_sizes
 from tasks.text import text_digest, text_hash
 
 

@@ -14,7 +14,7 @@ from datasketch import MinHash
 from datasketch.hashfunc import sha1_hash32
 
 from bench.dedup import edit_to_jaccard, stdlib_docstrings
-from tasks import dedup_minhash as dm
+from tasks.dedup import minhash as dm
 
 TEXTS = [
     "",

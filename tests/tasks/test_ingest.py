@@ -1,4 +1,4 @@
-"""Tests for tasks/ingest.py (+ tasks/warc.py, tasks/extract.py, tasks/sources.py).
+"""Tests for tasks/ingest/__init__.py (+ tasks/ingest/warc.py, tasks/ingest/extract.py, tasks/ingest/sources.py).
 
 Every WARC is built in the test with warcio; corrupt and truncated variants are cut from good bytes.
 The --crawl path runs against an http.server on 127.0.0.1. Real-data tests use ../shared/data and skip
@@ -30,7 +30,7 @@ from storage.documents import Document, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
 from tasks import ingest
-from tasks.extract import (
+from tasks.ingest.extract import (
     UTF8_MIN_INVALID_ALLOWED,
     ExtractionTimeout,
     choose_charset,
@@ -38,7 +38,7 @@ from tasks.extract import (
     time_limit,
     utf8_repairable,
 )
-from tasks.sources import classify_source
+from tasks.ingest.sources import classify_source
 
 # tasks.ingest logs the first error drops of a file; outside a flow run Prefect's API handler warns
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'tasks.ingest' attempted to send logs to the API")
@@ -592,7 +592,7 @@ class _FlakyStream(io.BytesIO):
 
 
 def test_network_failure_midway_is_an_io_error_not_a_drop():
-    from tasks.warc import read_warc
+    from tasks.ingest.warc import read_warc
 
     data = _three_pages()
     with pytest.raises(OSError, match=r"https://x/a.warc.gz: reading failed near offset \d+.*reset"):

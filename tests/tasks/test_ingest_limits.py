@@ -24,7 +24,7 @@ import pytest
 
 from storage.stats import StageStats
 from tasks import ingest
-from tasks.warc import read_warc
+from tasks.ingest.warc import read_warc
 from tests.tasks.test_ingest import PAGE, PROSE, reasons, response, run, warc_bytes, write
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'tasks.*' attempted to send logs to the API")
@@ -350,7 +350,7 @@ def test_drop_file_drops_the_good_records_of_a_bad_file_as_counted_drops(tmp_pat
 
 def test_ingest_flow_keeps_partly_bad_files_and_fails_over_budget(prefect_backend, tmp_path):
     from flows.ingest import ingest_flow
-    from flows.sharded import task_runner
+    from flows.stage import task_runner
     from storage.manifest import load_manifest
 
     bad = write(tmp_path, "bad.warc.gz", _fourteen(bad=True))

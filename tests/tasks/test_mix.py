@@ -14,6 +14,7 @@ from storage.documents import Document, DocumentWriter, read_documents
 from storage.shards import Rejects
 from storage.stats import StageStats
 from tasks import ingest
+from tasks.ingest.sources import DEFAULT_SOURCE_RULES, SourceRule, classify_source
 from tasks.mix import (
     DROP_DOWNSAMPLED,
     DROP_UNWEIGHTED,
@@ -28,7 +29,6 @@ from tasks.mix import (
     plan_mix,
     sample_key,
 )
-from tasks.sources import DEFAULT_SOURCE_RULES, SourceRule, classify_source
 
 QUALITY = pa.field("quality_score", pa.float64())
 

@@ -23,7 +23,7 @@ from tasks.quality import (
     score_documents,
     top_fraction_threshold,
 )
-from tasks.quality_classifier import (
+from tasks.quality.classifier import (
     QualityClassifierParams,
     TooFewExamples,
     classification_metrics,
@@ -34,7 +34,7 @@ from tasks.quality_classifier import (
     roc_auc,
     train_classifier,
 )
-from tasks.quality_heuristics import (
+from tasks.quality.heuristics import (
     FILTER_NAMES,
     PASS,
     UNDEFINED,
@@ -305,7 +305,7 @@ def test_classifier_trained_in_process_separates_the_classes(tmp_path):
     pos, neg = _synthetic_corpus(tmp_path)
     # train_classifier trains fastText in a fresh interpreter itself (models/classifiers.py: in long-lived
     # processes fastText diverged to NaN), so this runs in-process like the quality stage does
-    from tasks.quality_classifier import QualityClassifierParams, train_classifier
+    from tasks.quality.classifier import QualityClassifierParams, train_classifier
 
     p = QualityClassifierParams(positive=[pos], negative=[neg], min_chars=50, dim=16)
     facts = json.loads(json.dumps(train_classifier(p, [], tmp_path)))
@@ -427,7 +427,7 @@ def test_classifier_on_dclm_human_labels(shared_data, tmp_path):
     )
     train_classifier(params, [], tmp_path)
     from models.classifiers import load_quality_model
-    from tasks.quality_classifier import score_texts
+    from tasks.quality.classifier import score_texts
 
     model = load_quality_model(str(tmp_path / "model.bin"))
     scores = score_texts(model, [classifier_text(r["text"]) for r in agreement])

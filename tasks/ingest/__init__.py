@@ -4,9 +4,9 @@ Input: the files named by `IngestParams.inputs` (paths, globs, directories, http
 `crawl`, the first `segments` WARC files listed in that Common Crawl crawl's `warc.paths.gz`.
 One input file becomes one output shard. Output: documents with the base columns and `INGEST_FIELDS`.
 
-Algorithm, per WARC record (`tasks.warc`, FastWARC): keep `response` records with HTTP 200 and an HTML
+Algorithm, per WARC record (`tasks.ingest.warc`, FastWARC): keep `response` records with HTTP 200 and an HTML
 content type (WARC-Identified-Payload-Type, else HTTP Content-Type, else sniffed), decode the charset
-(BOM, HTTP header, `<meta>`, detection: `tasks.extract`), extract the main text (trafilatura by
+(BOM, HTTP header, `<meta>`, detection: `tasks.ingest.extract`), extract the main text (trafilatura by
 default; `extractor`) under per-page CPU limits that really interrupt (a page trafilatura has not
 finished within `fallback_after_s` goes to resiliparse; `extract_timeout_s` drops it), keep texts of
 `min_text_chars`..`max_text_chars` characters. WET `conversion` records are text already. JSONL and
@@ -15,11 +15,11 @@ Parquet rows (`id`, `text`, optional `url`, `source`, `crawl_date`) pass the sam
 Columns: `id` = first 20 hex digits (80 bits) of sha256 of the WARC-Record-ID (collision odds ~1e-5
 at 5e9 documents; the same record always gets the same id). JSONL/Parquet rows keep their `id`, or
 get sha256(url + "\\n" + text)[:20] if they have none. `crawl_date` = WARC-Date as ISO 8601 UTC.
-`source` = `tasks.sources.classify_source(url)` unless a table row brings its own; `source_from` says which
+`source` = `tasks.ingest.sources.classify_source(url)` unless a table row brings its own; `source_from` says which
 (`url`: the default rules, which `mix` re-applies as `mix.source_rules`; `input`: the row's). `warc_file` = the
 input path or URL, `warc_offset` = the record's byte offset (row number for JSONL/Parquet),
 `warc_record_id`, `content_type`, `charset` (the codec the HTML was really decoded with, after any
-fallback: `tasks.extract.decode_html`).
+fallback: `tasks.ingest.extract.decode_html`).
 Stats: `docs_in` counts response/conversion records and table rows; `bytes_in` their payload bytes;
 other record types only in `counters["records.<type>"]`; `counters["charset.<bom|http|meta|detected|fallback>"]`
 (where the codec in `charset` came from), `counters["charset.replaced_pages"]` / `["charset.replaced_bytes"]`
@@ -38,7 +38,7 @@ Error budget. Bad records are counted drops, never silent. With `on_bad_file: ke
 a partly bad file keeps its good records and the budget applies to the whole input: the flow fails, naming
 the worst files, when errors / records over all files exceed `max_error_fraction` (`check_error_budget`).
 Resources: at most `max_record_bytes` of one record is read into memory; HTTP inputs are read with
-`http_timeout_s` per connect/read and resumed (Range) up to `http_retries` times (`tasks.sources.open_input`).
+`http_timeout_s` per connect/read and resumed (Range) up to `http_retries` times (`tasks.ingest.sources.open_input`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from storage.manifest import Stage
 from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, open_shard_writers, shard_result, write_stream
 from storage.stats import StageStats
-from tasks.extract import (
+from tasks.ingest.extract import (
     ExtractionTimeout,
     Extractor,
     decode_html,
@@ -72,7 +72,7 @@ from tasks.extract import (
     prepare_extractor,
     time_limit,
 )
-from tasks.sources import (
+from tasks.ingest.sources import (
     SUFFIXES,
     InputFormat,
     classify_source,
@@ -81,7 +81,7 @@ from tasks.sources import (
     input_format,
     open_input,
 )
-from tasks.warc import DEFAULT_MAX_RECORD_BYTES, WarcItem, read_warc
+from tasks.ingest.warc import DEFAULT_MAX_RECORD_BYTES, WarcItem, read_warc
 
 __all__ = [
     "INGEST_FIELDS",

@@ -5,7 +5,7 @@ Output: `part-NNNNN.parquet` per input shard with the sampled copies, `anneal/pa
 when `anneal_fraction > 0`, and `rejected/part-NNNNN.parquet`.
 
 0. Source (both phases): a document whose `source` was derived from its URL (column `source_from`
-   == "url", written by ingest) gets `classify_source(url, mix.source_rules)` (`tasks.sources`; the
+   == "url", written by ingest) gets `classify_source(url, mix.source_rules)` (`tasks.ingest.sources`; the
    default rules are the ones ingest used, so by default nothing changes); one that brought its own
    source (`source_from` == "input"), or a shard without the column (older ingest versions, hand-made
    inputs), keeps its stored `source`. The mix output carries the resolved `source`.
@@ -64,7 +64,7 @@ from storage.manifest import ShardInfo, Stage
 from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, counted, open_shard_writers
 from storage.stats import StageStats
-from tasks.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
+from tasks.ingest.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
 from tasks.text import hash64
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ REPEAT_FIELD = pa.field("repeat", pa.int32())
 SOURCE_FROM = "source_from"  # ingest's column: "url" (derived by the rules) or "input" (the row's own)
 HASH_BUCKETS = 4096
 QUALITY_BINS = 1000
-# The demo crawl's sources (tasks/sources.py), weighted towards reference text over generic web pages.
+# The demo crawl's sources (tasks/ingest/sources.py), weighted towards reference text over generic web pages.
 DEFAULT_WEIGHTS = {"web": 0.40, "wikipedia": 0.20, "news": 0.12, "academic": 0.10, "code": 0.10, "forum": 0.08}
 
 
@@ -93,7 +93,7 @@ class MixParams(StageParams):
         description="Ordered URL rules {pattern: regex, field: host|path|url, source: name}; the first match "
         "gives the source of documents whose source ingest derived from the URL (source_from: url); "
         "no match gives 'web'. Documents that brought their own source keep it. Defaults: the "
-        "tasks/sources.py table ingest uses (wikipedia, code, academic, forum, news).",
+        "tasks/ingest/sources.py table ingest uses (wikipedia, code, academic, forum, news).",
     )
     on_absent_source: Literal["redistribute", "error"] = Field(
         "redistribute",

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from storage import paths
-from tasks.benchmarks import BenchmarkItem
+from tasks.decontaminate.benchmarks import BenchmarkItem
 from tasks.text import rolling_ngram_hashes, window_hashes, word_hashes, words
 
 log = logging.getLogger(__name__)

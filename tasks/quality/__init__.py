@@ -2,9 +2,9 @@
 
 Two phases, so thresholds can change without recomputing any score:
 1. score (`quality_score_shard`): for every document, the verdict of each heuristic filter
-   (`tasks.quality_heuristics`: datatrove's Gopher repetition, Gopher quality, C4 quality, FineWeb
+   (`tasks.quality.heuristics`: datatrove's Gopher repetition, Gopher quality, C4 quality, FineWeb
    quality, per language) and `quality_score` = P(high quality) from the fastText quality classifier
-   (`tasks.quality_classifier`, a versioned artifact). Written to the score cache
+   (`tasks.quality.classifier`, a versioned artifact). Written to the score cache
    `<root>/quality/_scores/<scores version>/part-NNNNN.parquet` (id, source, language, input_error,
    heuristic_<filter>, quality_score), committed by writing `scores.json` last. The scores version
    hashes only the scoring params, the langid version and the classifier version.
@@ -22,7 +22,7 @@ is dropped as `quality_score_low` (nor by `keep_top_fraction`), and the log, the
 the stage bootstraps one from the heuristic layer, but only if the langid version can supply the bar's
 example count per class; otherwise it skips training (no fastText run) and runs the heuristics only,
 saying so. A real classifier: `pretrain train-quality-classifier --positive good.jsonl --negative
-bad.jsonl`, then `classifier_version` (see `tasks.quality_classifier`).
+bad.jsonl`, then `classifier_version` (see `tasks.quality.classifier`).
 
 Columns added: `heuristic_gopher_repetition`, `heuristic_gopher_quality`, `heuristic_c4_quality`,
 `heuristic_fineweb_quality` (`pass`, the filter's reason, `undefined`, or null when the filter does not
@@ -60,8 +60,8 @@ from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.langid import batched
-from tasks.quality_classifier import classifier_text, score_texts
-from tasks.quality_heuristics import (
+from tasks.quality.classifier import classifier_text, score_texts
+from tasks.quality.heuristics import (
     FILTER_NAMES,
     FilterName,
     HeuristicLayer,
@@ -112,7 +112,7 @@ class QualityParams(StageParams):
         False,
         description=(
             "Reproduce datatrove's verdicts exactly: Gopher quality counts spaCy tokens, punctuation included, as "
-            "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality_heuristics)."
+            "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality.heuristics)."
         ),
     )
     use_classifier: bool = Field(True, description="Score documents with the fastText quality classifier.")

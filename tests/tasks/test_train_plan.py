@@ -5,7 +5,7 @@ import math
 import pytest
 
 from models.presets import gpt2_124m, small, tiny
-from tasks.plan import (
+from tasks.train.plan import (
     GPU_PEAK_BF16,
     auto_preset,
     format_duration,

@@ -5,7 +5,8 @@ Input: `dedup` documents. Output: `decontaminate` documents (same columns; in `c
 Algorithm (GPT-3 appendix C, NeMo-Curator's task decontamination):
   1. Build an index of every n-gram (n = 13, or the benchmark's own `n`) of the benchmark items'
      texts (HumanEval built in, plus files and Hugging Face datasets from the params; presets index
-     question + correct answer and the question alone: see `tasks.benchmarks`, `tasks.ngram_index`).
+     question + correct answer and the question alone: see
+     `tasks.decontaminate.benchmarks`, `tasks.decontaminate.ngram_index`).
      A text shorter than n but of at least `min_words` words (8) is indexed whole: it matches only
      where all its words appear contiguously; shorter texts are skipped (`items_too_short` in the
      report). The index is a versioned artifact under `<data-root>/decontaminate/_index/<index
@@ -51,8 +52,8 @@ from storage.manifest import Stage, canonical_json
 from storage.params import StageParams
 from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
-from tasks import benchmarks as bm
-from tasks.ngram_index import IndexSource, NgramIndex, build_index, load_index, read_summary, save_index
+from tasks.decontaminate import benchmarks as bm
+from tasks.decontaminate.ngram_index import IndexSource, NgramIndex, build_index, load_index, read_summary, save_index
 from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
 
 log = logging.getLogger(__name__)

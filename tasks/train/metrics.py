@@ -24,7 +24,7 @@ from models.gpt import GPT
 from storage.token_shards import TokenShards
 
 if TYPE_CHECKING:
-    from tasks.train_loop import Run
+    from tasks.train.loop import Run
 
 log = logging.getLogger(__name__)
 

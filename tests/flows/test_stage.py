@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 from prefect import flow, task
 
-from flows.sharded import run_sharded_stage, task_runner
+from flows.stage import run_sharded_stage, task_runner
 from storage.documents import Document, DocumentWriter, read_documents
 from storage.manifest import ShardInfo, Stage, VersionWriter, list_versions, load_manifest, new_manifest
 from storage.params import StageParams

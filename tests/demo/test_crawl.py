@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from tasks.demo_crawl import DROP_KINDS, FRACTIONS, generate_demo_crawl, plan_counts
-from tasks.demo_text import gopher_tokens, jaccard, shingles
-from tasks.sources import classify_source
+from demo.crawl import DROP_KINDS, FRACTIONS, generate_demo_crawl, plan_counts
+from demo.text import gopher_tokens, jaccard, shingles
+from tasks.ingest.sources import classify_source
 
 PAGES = 60
 REACHES_DEDUP = {None, "dedup:exact", "dedup:near", "decontaminate"}

@@ -1,7 +1,7 @@
-"""Pages of the demo crawl (`tasks.demo_crawl`) by category, with what later stages should do with them.
+"""Pages of the demo crawl (`demo.crawl`) by category, with what later stages should do with them.
 
 A builder returns `Page`s: URL, site, title, main-text blocks, ground-truth labels and provenance.
-- prose: English passages from `tasks.demo_text.ProseStream` on wikipedia/web/news/academic/forum sites.
+- prose: English passages from `demo.text.ProseStream` on wikipedia/web/news/academic/forum sites.
 - foreign: 10 sentences of one language from `demo_texts.json` ("languages"), dealt without repeats.
 - spam: one defect per page (keyword stuffing, link farm, all caps, repeated lines, too short), each
   failing Gopher, C4 or FineWeb rules.
@@ -11,7 +11,7 @@ Code and benchmark pages are topped up with prose until Gopher's alpha-word shar
 FineWeb's duplicated-line share <= 0.005, so the
 quality stage keeps them and decontamination (not quality) is what drops the benchmark pages.
 Prose pages get the same top-up in the rare case that their own paragraphs fall short.
-Hand-written texts (`tasks/data/demo_texts.json`, provenance `demo-texts:<key>`) were written for
+Hand-written texts (`demo/data/demo_texts.json`, provenance `demo-texts:<key>`) were written for
 this project: non-English sentences, forum and README phrases, spam vocabulary and site chrome.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tasks.demo_html import Site
-from tasks.demo_text import (
+from demo.html import Site
+from demo.text import (
     POOL_ORDER_SEED,
     Block,
     CodeSnippet,
@@ -91,7 +91,7 @@ class PageContext:
 
 @functools.lru_cache(maxsize=1)
 def demo_texts() -> dict[str, Any]:
-    """The hand-written texts (`tasks/data/demo_texts.json`)."""
+    """The hand-written texts (`demo/data/demo_texts.json`)."""
     with open(DATA_FILE, encoding="utf-8") as f:
         data: dict[str, Any] = json.load(f)
     return data

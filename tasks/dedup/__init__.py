@@ -1,8 +1,8 @@
 """Dedup stage: `quality` documents -> `dedup` documents, exact and MinHash near duplicates removed.
 
 Global across all shards of the input version, in three steps (flows/dedup.py runs them):
-  1. `dedup_signature_shard` (map): per shard, the exact key (`tasks.dedup_exact`), the keep-rule key,
-     MinHash signatures (`tasks.dedup_minhash`, written as a (num_perm, docs) uint32 `.npy`) and, with
+  1. `dedup_signature_shard` (map): per shard, the exact key (`tasks.dedup.exact`), the keep-rule key,
+     MinHash signatures (`tasks.dedup.minhash`, written as a (num_perm, docs) uint32 `.npy`) and, with
      `verify_jaccard`, the sorted shingle-hash set of each document, under `_work/minhash/`.
   2. `dedup_cluster` (one task): ranks all documents by the keep rule, groups exact duplicates by
      sorting digests, then LSH over the exact survivors band by band (sort, never a dict), optional
@@ -39,8 +39,8 @@ from storage.manifest import Stage
 from storage.params import StageParams
 from storage.shards import ShardResult, run_document_shard
 from storage.stats import StageStats
-from tasks.dedup_exact import exact_digests, exact_kept
-from tasks.dedup_minhash import (
+from tasks.dedup.exact import exact_digests, exact_kept
+from tasks.dedup.minhash import (
     XXHASH_MISSING,
     HashFunction,
     MinHasher,
