@@ -45,18 +45,20 @@ class CountingRejects:
 
 
 def load_documents(root: str | None, version: str) -> list[Document]:
+    from flows.pipeline import Stage
     from storage import paths
-    from storage.manifest import Stage, load_manifest
+    from storage.manifest import load_manifest
 
     if root is None:
         root = tempfile.mkdtemp(prefix="bench-filters-")
         from demo.crawl import generate_demo_crawl
-        from storage.manifest import VersionWriter, new_manifest
+        from storage.artifacts import ArtifactWriter
+        from storage.manifest import new_manifest
         from tasks.ingest import IngestParams, ingest_shard
 
         crawl = generate_demo_crawl(f"{root}/_inputs", pages=400)
-        w = VersionWriter(root, Stage.INGEST, "demo400")
-        res = ingest_shard.fn(str(crawl.warc_path), w.tmp_path, 0, IngestParams(inputs=[str(crawl.warc_path)]))
+        w = ArtifactWriter(root, Stage.INGEST, "demo400")
+        res = ingest_shard.fn(str(crawl.warc_path), w.path, 0, IngestParams(inputs=[str(crawl.warc_path)]))
         w.commit(new_manifest(Stage.INGEST, 1, "demo400", {}, {}, [res.shard], [res.rejected], res.stats))
     m = load_manifest(root, Stage.INGEST, version)
     base = paths.version_dir(root, m.stage, m.version)
@@ -168,10 +170,10 @@ def run_lid_ours(docs: list[Document]) -> set[str]:
 
 def classifier_cost(docs: list[Document], root: str | None) -> None:
     from storage import paths
-    from storage.manifest import Stage, load_manifest
+    from storage.manifest import load_manifest
 
     try:
-        m = load_manifest(paths.resolve_data_root(root), Stage.QUALITY_CLASSIFIER)
+        m = load_manifest(paths.resolve_data_root(root), "quality_classifier")
     except FileNotFoundError:
         print("\n(no quality_classifier version in the data root: classifier cost not measured)")
         return

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.shards import Rejects
+from storage.documents import Rejects
 from storage.stats import StageStats
 from tasks.ingest import IngestParams, process
 

@@ -63,14 +63,16 @@ def write_mix(root: str, texts: list[str], mb: float, shards: int) -> str:
     """A mix version of `shards` shards holding the texts repeated (new ids) up to `mb` MB."""
     import pyarrow as pa
 
+    from flows.pipeline import Stage
+    from storage.artifacts import ArtifactWriter
     from storage.documents import Document, DocumentWriter
-    from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
+    from storage.manifest import ShardInfo, new_manifest
     from storage.stats import StageStats
 
-    w = VersionWriter(root, Stage.MIX, "bench")
+    w = ArtifactWriter(root, Stage.MIX, "bench")
     target, size, i = mb * 1e6, 0, 0
     writers = [
-        DocumentWriter(f"{w.tmp_path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())])
+        DocumentWriter(f"{w.path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())])
         for s in range(shards)
     ]
     while size < target:
@@ -96,9 +98,10 @@ def write_mix(root: str, texts: list[str], mb: float, shards: int) -> str:
 
 
 def mix_texts(root: str, version: str) -> tuple[list[str], list[str]]:
+    from flows.pipeline import Stage
     from storage import paths
     from storage.documents import iter_batches
-    from storage.manifest import Stage, load_manifest
+    from storage.manifest import load_manifest
 
     m = load_manifest(root, Stage.MIX, version)
     files = [paths.join(paths.version_dir(root, Stage.MIX, m.version), s.name) for s in m.shards]

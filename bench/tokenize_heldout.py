@@ -37,13 +37,15 @@ def real_texts() -> list[str]:
 def write_mix(root: str, docs: list[tuple[str, str]]) -> None:
     import pyarrow as pa
 
+    from flows.pipeline import Stage
+    from storage.artifacts import ArtifactWriter
     from storage.documents import Document, DocumentWriter
-    from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
+    from storage.manifest import ShardInfo, new_manifest
     from storage.stats import StageStats
 
-    w = VersionWriter(root, Stage.MIX, "heldout")
+    w = ArtifactWriter(root, Stage.MIX, "heldout")
     writers = [
-        DocumentWriter(f"{w.tmp_path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())]) for s in range(2)
+        DocumentWriter(f"{w.path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())]) for s in range(2)
     ]
     n = chars = 0
     for i, (doc_id, text) in enumerate(docs):
@@ -82,10 +84,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.pipeline import Stage
     from flows.stage import task_runner
     from flows.tokenization import tokenization_flow
     from models.tokenizer import Tokenizer, training_lines
-    from storage.manifest import Stage, load_manifest
+    from storage.manifest import load_manifest
     from storage.token_shards import TokenShards
     from tasks.mix import sample_key
     from tasks.tokenization import TokenizeParams

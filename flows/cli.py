@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import paths
-from storage.manifest import STAGE_ORDER, Manifest, Stage, check_version, latest_version, list_versions, load_manifest
+from storage.manifest import Manifest, check_version, latest_version, list_versions, load_manifest
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {}
@@ -41,11 +41,24 @@ def command(name: str) -> Callable[[Command], Command]:
     return deco
 
 
-def _stage(value: str) -> Stage:
-    try:
-        return Stage(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; choose one of {[str(s) for s in Stage]}") from None
+def _pipeline() -> Any:
+    """flows.pipeline, imported when a command needs the stage table (it imports Prefect and every stage)."""
+    import flows.pipeline
+
+    return flows.pipeline
+
+
+def _stage(value: str) -> str:
+    if value not in _pipeline().STAGE_ORDER:
+        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; choose one of {_pipeline().STAGE_ORDER}")
+    return value
+
+
+def _artifact(value: str) -> str:
+    """A stage or a side artifact with a report (`quality_classifier`)."""
+    if value not in _pipeline().REPORTS:
+        raise argparse.ArgumentTypeError(f"unknown artifact {value!r}; choose one of {list(_pipeline().REPORTS)}")
+    return value
 
 
 def _version(value: str) -> str:
@@ -195,7 +208,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     # --all also lists versioned artifacts outside the stage chain (the quality classifier), which the
     # `inputs` lineage column refers to
-    for stage in list(Stage) if args.all else STAGE_ORDER:
+    pipeline = _pipeline()
+    for stage in list(pipeline.REPORTS) if args.all else pipeline.STAGE_ORDER:
         latest = latest_version(root, stage)
         if args.all:
             rows += [_status_row(root, m, latest) for m in list_versions(root, stage)]
@@ -222,15 +236,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(stage: Stage) -> Any:
-    from flows.pipeline import REPORTS
-
-    return REPORTS.get(stage)
+def _report(stage: str) -> Any:
+    return _pipeline().REPORTS.get(stage)
 
 
 def _inspect_plan(args: argparse.Namespace, root: str) -> int:
     """`inspect dedup --plan`: the stage's dry-run size estimate for its latest input version."""
-    if args.stage != Stage.DEDUP:
+    if args.stage != "dedup":
         print(f"error: --plan is available for: dedup (got {args.stage})", file=sys.stderr)
         return 2
     from flows.config import ConfigError, load_config
@@ -247,7 +259,7 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
 
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from flows.stage import sample_documents
+    from reports import sample_documents
 
     root = paths.resolve_data_root(args.data_root)
     if args.plan:
@@ -263,11 +275,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{m.stage}@{m.version}  ({paths.version_dir(root, m.stage, m.version)})")
     print(f"created {m.created_at}  code {m.code_version}  inputs {m.inputs or 'raw files'}")
     print(_table(m.stats.table()))
-    report = _report(Stage(m.stage))
+    report = _report(m.stage)
     if report is not None:
         print()
         print(report(m, root))
-    if args.sample and not args.rejected and m.stage == Stage.TOKENIZE:  # token shards: decode sample rows
+    if args.sample and not args.rejected and m.stage == "tokenize":  # token shards: decode sample rows
         from flows.tokenization import sample_sequences
 
         print("\n" + sample_sequences(m, root, args.sample))
@@ -316,7 +328,7 @@ def _plan_data(args: argparse.Namespace, root: str) -> tuple[float | None, str, 
         return args.tokens, "--tokens", vocab, seq
     budget = args.compute is not None or args.gpu_hours is not None
     try:
-        m = load_manifest(root, Stage.TOKENIZE, args.version)
+        m = load_manifest(root, "tokenize", args.version)
     except FileNotFoundError as err:
         if budget and args.version == "latest":
             return None, "", vocab, seq  # a budget alone is enough; no data size to check epochs against
@@ -366,7 +378,7 @@ def cmd_export_tokens(args: argparse.Namespace) -> int:
 
     root = paths.resolve_data_root(args.data_root)
     try:
-        m = load_manifest(root, Stage.TOKENIZE, args.version)
+        m = load_manifest(root, "tokenize", args.version)
         n = export_llmc(m, root, args.split, args.out)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -408,7 +420,7 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    m = load_manifest(root, Stage.QUALITY_CLASSIFIER, version)
+    m = load_manifest(root, "quality_classifier", version)
     print(f"quality_classifier@{version}  ({paths.version_dir(root, m.stage, version)})")
     print(report_markdown(m, root))
     print(f"use it: quality.classifier_version: {version}")
@@ -449,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--all", action="store_true", help="every complete version, with lineage")
     i = sub.add_parser("inspect", help="a stage version's manifest, report and samples")
-    i.add_argument("stage", type=_stage)
+    i.add_argument("stage", type=_artifact)
     i.add_argument("--version", type=_version, default="latest", help="version id (default: latest)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--sample", type=int, default=0, help="show N sample documents")

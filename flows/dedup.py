@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger
 
 from flows.stage import abort_on_error, begin_stage, finish_stage, map_shards, publish, task_runner
 from storage import paths
-from storage.manifest import Manifest, load_manifest, upstream_of
+from flows.stage import upstream_stage as upstream_of
+from storage.manifest import Manifest, load_manifest
 from storage.stats import StageStats
 from tasks.dedup import (
     STAGE,

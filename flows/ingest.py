@@ -1,55 +1,25 @@
 """ingest_flow: raw crawl files (WARC/WET/JSONL/Parquet, local/http/s3) -> the `ingest` version.
 
-One input file becomes one output shard. The version hashes the params and a fingerprint of the input
-files (path, size, mtime/etag), so changing a file gives a new version. With no inputs configured the
-flow generates the deterministic demo crawl under `<data-root>/_inputs/demo-crawl/` and ingests it, so
-`pretrain run` works on a fresh machine without network.
-
-Error budget: a partly bad file keeps its good records (`on_bad_file`); after all shards ran, the run
-fails when the bad records of the whole input exceed `max_error_fraction`, naming the worst files
-(`tasks.ingest.check_error_budget`), before anything is committed.
+One input file becomes one output shard (`tasks.ingest`). The version hashes the params and a
+fingerprint of the input files (`files`: path, size, mtime/etag), so changing a file gives a new
+version. With no inputs configured the flow generates the deterministic demo crawl (`demo/`) under
+`<data-root>/_inputs/demo-crawl/` and ingests it, so `pretrain run` works on a machine without network.
+Error budget: after all shards ran, the run fails when the bad records of the whole input exceed
+`max_error_fraction`, naming the worst files (`tasks.ingest.check_error_budget`), before anything is
+committed.
 """
 
-import hashlib
 from typing import Optional
 
 from prefect import flow
 
-from flows.stage import run_sharded_stage, task_runner
+from demo import demo_inputs
+from flows.stage import run_stage, sharded, task_runner
 from storage import paths
-from storage.manifest import Manifest, canonical_json
-from tasks.ingest import (
-    STAGE,
-    STAGE_VERSION,
-    IngestParams,
-    check_error_budget,
-    ingest_shard,
-    input_fingerprint,
-    resolve_inputs,
-)
-
-
-def demo_inputs(root: str, pages: int) -> list[str]:
-    """Generate the demo crawl once per (root, pages) and return its WARC path.
-
-    An existing crawl is reused as it is (the ground truth is renamed into place last, so its presence
-    means both files are complete): a re-run on complete versions writes nothing into the data root.
-    """
-    from demo.crawl import GROUND_TRUTH_NAME, WARC_NAME, generate_demo_crawl
-
-    out = paths.join(paths.demo_crawl_dir(root), f"pages-{pages}")
-    fs, base = paths.filesystem(out)
-    if fs.exists(paths.join(base, GROUND_TRUTH_NAME)) and fs.exists(paths.join(base, WARC_NAME)):
-        return [paths.join(out, WARC_NAME)]
-    result = generate_demo_crawl(out, pages=pages)
-    return [str(result.warc_path)]
-
-
-def report_markdown(manifest: Manifest, root: str) -> str:
-    c = manifest.stats.counters
-    src = sorted(((k.split(".", 1)[1], v) for k, v in c.items() if k.startswith("source.")), key=lambda kv: -kv[1])
-    rows = ["| source | documents |", "|---|---|"] + [f"| {k} | {v} |" for k, v in src]
-    return "## Documents by source\n\n" + "\n".join(rows) if src else ""
+from storage.manifest import content_id
+from tasks.ingest import STAGE, STAGE_VERSION, IngestParams, check_error_budget, ingest_shard, resolve_inputs
+from tasks.ingest.report import report
+from tasks.ingest.sources import input_fingerprint
 
 
 @flow(name="ingest", task_runner=task_runner(2))
@@ -62,18 +32,19 @@ def ingest_flow(
         params = params.model_copy(update={"inputs": demo_inputs(root, demo_pages)})
     sources = resolve_inputs(params)
     fingerprint = input_fingerprint(sources)
-    digest = hashlib.sha256(canonical_json(fingerprint).encode()).hexdigest()[:12]
-    return run_sharded_stage(
+    return run_stage(
         STAGE,
         STAGE_VERSION,
         params,
-        ingest_shard,
+        sharded(
+            ingest_shard,
+            sources,
+            check=lambda results: check_error_budget(results, sources, params.max_error_fraction, STAGE),
+            extras={"files": fingerprint},
+        ),
         root,
         force=force,
-        sources=sources,
-        extra_inputs={"files": digest},
-        report=report_markdown,
+        extra_inputs={"files": content_id(fingerprint)},
+        report=report,
         max_error_fraction=params.max_error_fraction,
-        extras={"files": fingerprint},
-        check=lambda results: check_error_budget(results, sources, params.max_error_fraction, "ingest"),
     )

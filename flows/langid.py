@@ -1,60 +1,15 @@
 """langid_flow: `ingest` -> `langid` (documents whose language is in the keep-list, scored by LID-176).
 
-One input shard becomes one output shard (`tasks.langid`). The report (`langid-summary` artifact and
-`pretrain inspect langid`) is the language distribution of the input with what was kept, and a few
-rejected documents per drop reason.
+One input shard becomes one output shard (`tasks.langid`); the report is `tasks.langid.report`.
 """
 
 from typing import Optional
 
 from prefect import flow
 
-from flows.stage import run_sharded_stage, sample_documents, task_runner
-from storage.manifest import Manifest
+from flows.stage import run_stage, sharded, task_runner
 from tasks.langid import STAGE, STAGE_VERSION, LangidParams, langid_shard
-
-SAMPLES_PER_REASON = 3
-
-
-def language_rows(manifest: Manifest) -> list[dict[str, object]]:
-    """One row per predicted language: documents, kept, share of the input."""
-    c = manifest.stats.counters
-    total = sum(v for k, v in c.items() if k.startswith("language.")) or 1
-    rows = [
-        {
-            "language": k.split(".", 1)[1] or "(none)",
-            "docs": v,
-            "kept": c.get(f"kept.{k.split('.', 1)[1]}", 0),
-            "share": f"{v / total:.1%}",
-        }
-        for k, v in c.items()
-        if k.startswith("language.")
-    ]
-    return sorted(rows, key=lambda r: (-int(str(r["docs"])), str(r["language"])))
-
-
-def report_markdown(manifest: Manifest, root: str) -> str:
-    p = manifest.params
-    lines = [
-        f"Keep-list: {p.get('languages') or 'all languages'}; threshold {p.get('threshold')}; "
-        f"model {p.get('model_path') or 'lid.176.ftz (bundled)'}",
-        "",
-        "## Language distribution",
-        "",
-        "| language | docs | kept | share |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r['language']} | {r['docs']} | {r['kept']} | {r['share']} |" for r in language_rows(manifest)]
-    if manifest.stats.dropped:
-        lines += ["", "## Rejected samples by reason"]
-    for reason, n in sorted(manifest.stats.dropped.items(), key=lambda kv: -kv[1]):
-        lines += ["", f"### {reason} ({n})", ""]
-        for d in sample_documents(root, manifest, n=SAMPLES_PER_REASON, rejected=True, reason=reason):
-            text = " ".join(d["text"][:160].split())
-            lines.append(
-                f"- `{d['id']}` {d['url']} lang={d.get('language')} score={(d.get('language_score') or 0):.3f}: {text}"
-            )
-    return "\n".join(lines)
+from tasks.langid.report import report
 
 
 @flow(name="langid", task_runner=task_runner(2))
@@ -65,6 +20,4 @@ def langid_flow(
     force: bool = False,
 ) -> str:
     """Ingest documents -> documents in the kept languages; returns the langid version id."""
-    return run_sharded_stage(
-        STAGE, STAGE_VERSION, params, langid_shard, data_root, input_version, force, report=report_markdown
-    )
+    return run_stage(STAGE, STAGE_VERSION, params, sharded(langid_shard), data_root, input_version, force, report=report)

@@ -9,73 +9,113 @@ stage on. `force` recomputes that stage even if complete, and everything after i
 
 import os
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 
+import tasks.decontaminate.report
+import tasks.dedup.report
+import tasks.ingest.report
+import tasks.langid.report
+import tasks.mix.report
+import tasks.quality.report
+import tasks.tokenization.report
+import tasks.train.report
 from flows.config import PipelineConfig, load_config
 from flows.decontaminate import decontaminate_flow
-from flows.decontaminate import report_markdown as decontaminate_report
 from flows.dedup import dedup_flow
-from flows.dedup import report_markdown as dedup_report
 from flows.ingest import ingest_flow
-from flows.ingest import report_markdown as ingest_report
 from flows.interrupt import note_stage
 from flows.langid import langid_flow
-from flows.langid import report_markdown as langid_report
-from flows.mix import mix_flow, mix_report
+from flows.mix import mix_flow
 from flows.quality import quality_flow
-from flows.quality import report_markdown as quality_report
-from flows.quality_classifier import report_markdown as quality_classifier_report
 from flows.stage import SHARD_NOTE, ReportFn, task_runner
 from flows.summary import publish_summary
-from flows.tokenization import tokenization_flow, tokenize_report
-from flows.train import report_markdown as train_report
+from flows.tokenization import tokenization_flow
 from flows.train import train_flow
 from storage import paths
 from storage.errors import describe_os_error
-from storage.manifest import STAGE_ORDER, Stage, load_manifest
+from storage.manifest import load_manifest
+from tasks import decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
+from tasks.quality import classifier
 
-# Stage -> call(config, data_root, input_version, force) -> version. Each stage issue adds its line.
-StageCall = Callable[[PipelineConfig, str, str, bool], str]
-STAGES: dict[Stage, StageCall] = {
-    Stage.INGEST: lambda c, root, inp, force: ingest_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.ingest, data_root=root, force=force, demo_pages=c.demo_pages
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of the pipeline: its name, its flow, its report, and how the pipeline calls it."""
+
+    stage: str  # output directory, CLI word, config section, Prefect parameter value
+    flow: Flow[..., str]  # `<stage>_flow(params, data_root, input_version, force, **config_extra)`
+    report: ReportFn  # `pretrain inspect <stage>` and the `<stage>-summary` artifact
+    when_empty: Optional[str] = None  # the fix to print when it keeps no document (None: no such check)
+    pool: bool = True  # shard maps on `config.workers` processes (False: the flow's own process, training)
+    config_extra: tuple[str, ...] = ()  # top-level config fields passed on as flow keywords
+    artifacts: dict[str, ReportFn] = field(default_factory=dict)  # side artifacts it builds -> their report
+
+
+# The pipeline, in order: each stage reads the output of the row before it. Adding a stage = one row here
+# (and its package under tasks/ plus its flow; see "Adding a stage" in CONTRIBUTING.md).
+PIPELINE: tuple[StageRow, ...] = (
+    StageRow(
+        ingest.STAGE,
+        ingest_flow,
+        tasks.ingest.report.report,
+        "check that the inputs are WARC/WET files with HTML responses (`pretrain inspect ingest --rejected`)",
+        config_extra=("demo_pages",),
     ),
-    Stage.LANGID: lambda c, root, inp, force: langid_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.langid, data_root=root, input_version=inp, force=force
+    StageRow(
+        langid.STAGE,
+        langid_flow,
+        tasks.langid.report.report,
+        "widen langid.languages (an empty list keeps every language) or lower langid.threshold",
     ),
-    Stage.QUALITY: lambda c, root, inp, force: quality_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.quality, data_root=root, input_version=inp, force=force
+    StageRow(
+        quality.STAGE,
+        quality_flow,
+        tasks.quality.report.report,
+        "add inputs, widen langid.languages, or enforce fewer filters (quality.enforce_filters)",
+        artifacts={classifier.STAGE: tasks.quality.report.classifier_report},
     ),
-    Stage.DEDUP: lambda c, root, inp, force: dedup_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.dedup, data_root=root, input_version=inp, force=force
+    StageRow(dedup.STAGE, dedup_flow, tasks.dedup.report.report, "add inputs"),
+    StageRow(
+        decontaminate.STAGE,
+        decontaminate_flow,
+        tasks.decontaminate.report.report,
+        "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
     ),
-    Stage.DECONTAMINATE: lambda c, root, inp, force: decontaminate_flow.with_options(
-        task_runner=task_runner(c.workers)
-    )(params=c.decontaminate, data_root=root, input_version=inp, force=force),
-    Stage.MIX: lambda c, root, inp, force: mix_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.mix, data_root=root, input_version=inp, force=force
+    StageRow(
+        mix.STAGE, mix_flow, tasks.mix.report.report, "check mix.weights against the sources present (`pretrain inspect mix`)"
     ),
-    Stage.TOKENIZE: lambda c, root, inp, force: tokenization_flow.with_options(task_runner=task_runner(c.workers))(
-        params=c.tokenize, data_root=root, input_version=inp, force=force
-    ),
-    Stage.TRAIN: lambda c, root, inp, force: train_flow(params=c.train, data_root=root, input_version=inp, force=force),
-}
-# Stage -> markdown report used by the summary artifact and `pretrain inspect`.
-REPORTS: dict[Stage, ReportFn] = {
-    Stage.INGEST: ingest_report,
-    Stage.LANGID: langid_report,
-    Stage.QUALITY: quality_report,
-    Stage.QUALITY_CLASSIFIER: quality_classifier_report,
-    Stage.DEDUP: dedup_report,
-    Stage.DECONTAMINATE: decontaminate_report,
-    Stage.MIX: mix_report,
-    Stage.TOKENIZE: tokenize_report,
-    Stage.TRAIN: train_report,
-}
+    StageRow(tokenization.STAGE, tokenization_flow, tasks.tokenization.report.report),
+    StageRow(train.STAGE, train_flow, tasks.train.report.report, pool=False),
+)
+ROWS: dict[str, StageRow] = {r.stage: r for r in PIPELINE}
+STAGE_ORDER: list[str] = [r.stage for r in PIPELINE]
+# the stages as a closed choice (Prefect renders a drop-down; the CLI validates against it)
+if TYPE_CHECKING:
+    Stage = str
+else:
+    Stage = StrEnum("Stage", [(s.upper(), s) for s in STAGE_ORDER])
+# every artifact kind with a report: the stages and the side artifacts they build
+REPORTS: dict[str, ReportFn] = {k: v for r in PIPELINE for k, v in {r.stage: r.report, **r.artifacts}.items()}
+
+
+def upstream_of(stage: str) -> Optional[str]:
+    """The stage whose output `stage` reads (the row before it), None for the first."""
+    i = STAGE_ORDER.index(stage)
+    return STAGE_ORDER[i - 1] if i > 0 else None
+
+
+def call_stage(row: StageRow, config: PipelineConfig, root: str, input_version: str, force: bool) -> str:
+    """Run one row's flow with its config section; returns the version it made or reused."""
+    fn = row.flow.with_options(task_runner=task_runner(config.workers)) if row.pool else row.flow
+    kw: dict[str, Any] = {k: getattr(config, k) for k in row.config_extra}
+    if upstream_of(row.stage) is not None:
+        kw["input_version"] = input_version
+    return str(fn(params=getattr(config, row.stage), data_root=root, force=force, **kw))
 
 
 class StageFailed(RuntimeError):
@@ -89,24 +129,14 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage '{stage}' failed{where}: {what}")
 
 
-# Where to look when a stage leaves no documents for the next one.
-_EMPTY_HINTS: dict[Stage, str] = {
-    Stage.INGEST: "check that the inputs are WARC/WET files with HTML responses (`pretrain inspect ingest --rejected`)",
-    Stage.LANGID: "widen langid.languages (an empty list keeps every language) or lower langid.threshold",
-    Stage.QUALITY: "add inputs, widen langid.languages, or enforce fewer filters (quality.enforce_filters)",
-    Stage.DEDUP: "add inputs",
-    Stage.DECONTAMINATE: "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
-    Stage.MIX: "check mix.weights against the sources present (`pretrain inspect mix`)",
-}
-
-
 class NothingLeft(ValueError):
     """The previous stage kept no document, so the next one has nothing to work on."""
 
 
-def check_documents_left(root: str, stage: Stage, version: str, next_stage: Stage) -> None:
+def check_documents_left(root: str, stage: str, version: str, next_stage: str) -> None:
     """Stop before `next_stage` with the numbers and the fix when `stage@version` kept no document."""
-    if stage not in _EMPTY_HINTS:
+    hint = ROWS[stage].when_empty
+    if hint is None:
         return
     m = load_manifest(root, stage, version)
     if m.stats.docs_out > 0:
@@ -115,7 +145,7 @@ def check_documents_left(root: str, stage: Stage, version: str, next_stage: Stag
     raise NothingLeft(
         f"{stage}@{version} kept 0 of {m.stats.docs_in} documents (dropped: {dropped}), so "
         f"{next_stage} and the stages after it have nothing to work on. See what was dropped with "
-        f"`pretrain inspect {stage} --rejected`; then {_EMPTY_HINTS[stage]}"
+        f"`pretrain inspect {stage} --rejected`; then {hint}"
     )
 
 
@@ -138,12 +168,12 @@ def config_file(config_path: str) -> str:
 
 def select_stages(
     only: Optional[Stage] = None, from_stage: Optional[Stage] = None, to_stage: Optional[Stage] = None
-) -> list[Stage]:
+) -> list[str]:
     """The implemented stages to run, in order; errors name the allowed values."""
-    available = [s for s in STAGE_ORDER if s in STAGES]
+    available = list(STAGE_ORDER)
     for name, s in (("only", only), ("from_stage", from_stage), ("to_stage", to_stage)):
-        if s is not None and s not in STAGES:
-            raise ValueError(f"{name}={s}: stage not available; choose one of {[str(x) for x in available]}")
+        if s is not None and s not in ROWS:
+            raise ValueError(f"{name}={s}: stage not available; choose one of {available}")
     if only is not None:
         if from_stage is not None or to_stage is not None:
             raise ValueError("only cannot be combined with from_stage/to_stage")
@@ -199,7 +229,7 @@ def pipeline_flow(
         try:
             if previous is not None:
                 check_documents_left(root, selected[i - 1], previous, stage)
-            previous = STAGES[stage](config, root, input_version, forcing)
+            previous = call_stage(ROWS[stage], config, root, input_version, forcing)
         except Exception as exc:
             log.error("stage '%s' failed; upstream versions %s are complete and will be reused", stage, versions)
             publish_summary(root, versions, started, failed=(stage, exc))

@@ -32,7 +32,6 @@ from storage import paths
 from storage.documents import iter_batches
 from storage.manifest import (
     Manifest,
-    Stage,
     canonical_json,
     compute_version,
     load_manifest,
@@ -102,9 +101,9 @@ def resolve_classifier(root: str, params: QualityParams, langid: Manifest) -> tu
             )
         except TooFewExamples as err:
             return None, f"bootstrap classifier not trained, heuristics only: {err}"
-        return load_manifest(root, Stage.QUALITY_CLASSIFIER, version), None
+        return load_manifest(root, "quality_classifier", version), None
     try:
-        return load_manifest(root, Stage.QUALITY_CLASSIFIER, params.classifier_version), None
+        return load_manifest(root, "quality_classifier", params.classifier_version), None
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"quality.classifier_version={params.classifier_version!r}: {err}; {FIX_HINT}"
@@ -210,7 +209,7 @@ def quality_flow(
 ) -> str:
     """Langid documents -> documents passing the quality layers; returns the quality version id."""
     root = paths.resolve_data_root(data_root)
-    langid = load_manifest(root, Stage.LANGID, input_version)
+    langid = load_manifest(root, "langid", input_version)
     clf, warning = resolve_classifier(root, params, langid)
     shortfall = None
     if clf is not None:
@@ -224,7 +223,7 @@ def quality_flow(
     if warning:
         log.warning("%s", warning)
     gates = clf is not None and not shortfall
-    inputs = {str(Stage.LANGID): langid.version, **({str(Stage.QUALITY_CLASSIFIER): clf.version} if clf else {})}
+    inputs = {str("langid"): langid.version, **({str("quality_classifier"): clf.version} if clf else {})}
     scores_version = compute_version(f"{STAGE}{SCORES_DIR}", SCORES_VERSION, params.scoring_params(), inputs)
     run = begin_stage(
         STAGE,
@@ -233,7 +232,7 @@ def quality_flow(
         root,
         langid.version,
         force,
-        extra_inputs={k: v for k, v in inputs.items() if k != str(Stage.LANGID)},
+        extra_inputs={k: v for k, v in inputs.items() if k != str("langid")},
     )
     extras: dict[str, Any] = {
         "scores_version": scores_version,

@@ -20,13 +20,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
-from flows.stage import summary_markdown, task_runner
+from flows.stage import task_runner
+from reports import version_summary as summary_markdown
 from storage import paths
+from storage.artifacts import ArtifactWriter as VersionWriter
 from storage.manifest import (
     Manifest,
     ShardInfo,
-    Stage,
-    VersionWriter,
     canonical_json,
     compute_version,
     is_complete,
@@ -122,8 +122,8 @@ def train_quality_classifier_flow(
     inputs: dict[str, str] = {}
     shards: list[str] = []
     if not (params.positive and params.negative):  # crawl documents are needed for one class at least
-        m = load_manifest(root, Stage.LANGID, input_version)
-        inputs[str(Stage.LANGID)] = m.version
+        m = load_manifest(root, "langid", input_version)
+        inputs[str("langid")] = m.version
         base = paths.version_dir(root, m.stage, m.version)
         shards = [paths.join(base, s.name) for s in m.shards]
     files = params.positive + params.negative

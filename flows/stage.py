@@ -1,17 +1,20 @@
-"""The shared life cycle of a stage run under Prefect: resolve, version, reuse-or-run, commit, publish.
+"""The one stage frame: resolve -> version -> reuse, or run the phases -> commit or abort -> publish.
 
-`run_sharded_stage` is the whole flow body of a one-pass document stage:
-  1. resolve the input version (`latest` or explicit) and derive this stage's version id; take that
-     version's lock, waiting (bounded, logged) while another run of the same version holds it;
-  2. if that version is complete (manifest present) and not forced, log "reused <stage>@<version>",
-     point `latest` at it, publish the artifacts again and return;
-  3. otherwise map the stage's shard task over the input shards on the flow's task runner, with a
-     terminal progress bar and a Prefect progress artifact;
-  4. merge shard stats, enforce `max_error_fraction`, write the manifest last, rename into place;
-  5. publish `<stage>-stats` (table) and `<stage>-summary` (markdown: version, path, samples, report).
-
-Multi-phase stages (dedup, decontaminate, mix, tokenize, train) use the same pieces directly:
-`begin_stage` -> their own tasks -> `finish_stage`. Orchestration knows nothing about documents.
+`run_stage(stage, stage_version, params, phases, ...)` is the whole life cycle of a stage run; a stage
+flow keeps only its phases (`phases(run) -> StageOutput`):
+  1. resolve the input version (`latest` or explicit) of the stage's upstream (the row before it in the
+     pipeline table, flows/pipeline.py) and derive this stage's version id from its params, that input
+     and `extra_inputs`; take the version's lock (local data roots), waiting (logged) while another run
+     of the same version holds it;
+  2. if that version is complete and not forced: log "reused <stage>@<version>", point `latest` at it,
+     publish its artifacts again, return;
+  3. otherwise open its `ArtifactWriter` (storage.artifacts: files under the final path, manifest last)
+     and run the phases; shard maps go through `map_shards` on the flow's task runner (progress bar and
+     Prefect progress artifact); `sharded(task)` is the phases of a one-pass document stage;
+  4. merge stats, enforce `max_error_fraction`, commit (manifest last) or, on any error, abort;
+  5. publish `<stage>-stats` (table), `<stage>-summary` (markdown: version, path, samples, the stage's
+     report) and the stage's extra artifacts.
+Orchestration knows nothing about documents; stages know nothing about executors.
 """
 
 from __future__ import annotations
@@ -36,27 +39,20 @@ from prefect.utilities.annotations import unmapped
 from tqdm import tqdm
 
 from flows.interrupt import ignore_sigint, kill_workers, note_stage
+from reports import version_summary
 from storage import paths
-from storage.documents import read_documents
-from storage.manifest import (
-    Manifest,
-    ShardInfo,
-    Stage,
-    VersionLock,
-    VersionWriter,
-    compute_version,
-    is_complete,
-    load_manifest,
-    new_manifest,
-    set_latest,
-    upstream_of,
-)
+from storage.artifacts import ArtifactWriter
+from storage.documents import ShardResult
+from storage.locks import VersionLock
+from storage.manifest import Manifest, ShardInfo, compute_version, is_complete, load_manifest, new_manifest, set_latest
 from storage.params import StageParams
-from storage.shards import ShardResult
 from storage.stats import StageStats
 
 ReportFn = Callable[[Manifest, str], str]
+PublishFn = Callable[[Manifest, str], None]
+Phases = Callable[["StageRun"], "StageOutput"]
 SHARD_NOTE = "input shard: "
+UPSTREAM = "pipeline"  # run_stage's default: the stage's upstream is the row before it in the pipeline table
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -67,61 +63,94 @@ def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 
 @dataclass
-class StageRun:
-    """One stage execution being set up: where it reads, what version it makes, where it writes."""
+class StageOutput:
+    """What a stage's phases made: the manifest's shards, rejected shards, stats and extras."""
 
-    stage: Stage
+    shards: list[ShardInfo]
+    stats: StageStats
+    rejected: list[ShardInfo] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, results: Sequence[ShardResult], extras: dict[str, Any] | None = None) -> StageOutput:
+        """The output of document shards (kept + rejected shard of each, stats merged)."""
+        return cls(
+            shards=[r.shard for r in results],
+            rejected=[r.rejected for r in results],
+            stats=StageStats.merge_all([r.stats for r in results]),
+            extras=dict(extras or {}),
+        )
+
+
+@dataclass
+class StageRun:
+    """One stage execution: where it reads, what version it makes, where it writes."""
+
+    stage: str
     stage_version: int
     root: str
     version: str
     params: dict[str, Any]
     inputs: dict[str, str]
     input_manifest: Manifest | None
+    params_model: StageParams | None = None
     reused: Manifest | None = None
-    writer: VersionWriter | None = None
+    writer: ArtifactWriter | None = None
     started: float = field(default_factory=time.perf_counter)
     lock: VersionLock | None = None
+
+    @property
+    def out_dir(self) -> str:
+        """The version's directory, written in place (storage.artifacts)."""
+        assert self.writer is not None, f"{self.stage}@{self.version} has no writer (reused)"
+        return self.writer.path
+
+    def input_shard_paths(self) -> list[str]:
+        assert self.input_manifest is not None
+        m = self.input_manifest
+        return [paths.join(paths.version_dir(self.root, m.stage, m.version), s.name) for s in m.shards]
+
+    def note_input(self, kind: str, version: str) -> None:
+        """Record an artifact the phases built or chose (a score cache, a tokenizer) in the lineage: it goes
+        into the manifest's `inputs` (gc keeps it with this version) but not into the version id, which
+        already covers everything it was derived from."""
+        self.inputs[kind] = version
+        if self.writer is not None:
+            self.writer.note_input(kind, version)
 
     def release(self) -> None:
         """Release the version lock (after commit or abort; idempotent)."""
         if self.lock is not None:
             self.lock.release()
 
-    @property
-    def out_dir(self) -> str:
-        assert self.writer is not None, f"{self.stage}@{self.version} has no writer (reused)"
-        return self.writer.tmp_path
 
-    def input_shard_paths(self) -> list[str]:
-        assert self.input_manifest is not None
-        m = self.input_manifest
-        return [paths.version_dir(self.root, m.stage, m.version) + "/" + s.name for s in m.shards]
+def upstream_stage(stage: str) -> str | None:
+    # imported here: the pipeline table imports every stage flow, and those import this module
+    from flows.pipeline import upstream_of
+
+    return upstream_of(stage)
 
 
 def begin_stage(
-    stage: Stage,
+    stage: str,
     stage_version: int,
     params: StageParams,
     data_root: str | None,
     input_version: str = "latest",
     force: bool = False,
     extra_inputs: dict[str, str] | None = None,
+    upstream: str | None = UPSTREAM,
+    resumable: bool = False,
 ) -> StageRun:
-    """Resolve inputs and version; return a StageRun that is either reused or ready to write.
-
-    The version's lock (storage.manifest.VersionLock, local data roots only) is taken first: while another
-    run of the same version holds it, this one logs that it waits, and where, and then reuses what that run
-    committed (or runs it, if that run failed). A StageRun ready to write holds the lock until
-    `finish_stage` or `abort_on_error`; a reused one has released it."""
+    """Resolve inputs and version; return a StageRun that is either reused or holds its lock and writer."""
     root = paths.resolve_data_root(data_root)
-    up = upstream_of(stage)
+    up = upstream_stage(stage) if upstream == UPSTREAM else upstream
     input_manifest = load_manifest(root, up, input_version) if up is not None else None
-    inputs = {str(up): input_manifest.version} if input_manifest is not None else {}
+    inputs = {up: input_manifest.version} if up is not None and input_manifest is not None else {}
     inputs.update(extra_inputs or {})
-    vparams = params.version_params()
-    version = compute_version(stage, stage_version, vparams, inputs)
-    run = StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest)
-    note_stage(str(stage))
+    version = compute_version(stage, stage_version, params.version_params(), inputs)
+    run = StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest, params)
+    note_stage(stage)
     if is_complete(root, stage, version) and not force:  # reuse needs no lock and writes nothing
         return _reuse(run)
     run.lock = VersionLock(root, stage, version)
@@ -132,11 +161,11 @@ def begin_stage(
             return _reuse(run)
         if force and is_complete(root, stage, version):
             _log().info("force: recomputing %s@%s", stage, version)
-        run.writer = VersionWriter(root, stage, version, replace=force)
+        run.writer = ArtifactWriter(root, stage, version, inputs, replace=force, resumable=resumable)
     except BaseException:
         run.release()
         raise
-    _log().info("running %s@%s (inputs %s) -> %s", stage, version, inputs or "raw files", run.writer.final_path)
+    _log().info("running %s@%s (inputs %s) -> %s", stage, version, inputs or "raw files", run.writer.path)
     return run
 
 
@@ -147,31 +176,129 @@ def _reuse(run: StageRun) -> StageRun:
     return run
 
 
-def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], params: StageParams) -> list[Any]:
-    """Map `shard_task(src, out_dir, index, params)` over sources; progress bar + progress artifact.
+def commit_stage(run: StageRun, out: StageOutput, max_error_fraction: float | None = None) -> Manifest:
+    """Check the error budget, write the manifest last (storage.artifacts), release the lock."""
+    assert run.writer is not None
+    out.stats.seconds = time.perf_counter() - run.started
+    where = f"{run.stage}@{run.version}"
+    if max_error_fraction is not None:
+        out.stats.check_error_fraction(max_error_fraction, where)
+    manifest = new_manifest(
+        run.stage,
+        run.stage_version,
+        run.version,
+        run.params,
+        run.inputs,
+        out.shards,
+        out.rejected,
+        out.stats,
+        out.extras,
+    )
+    run.writer.commit(manifest)
+    s = out.stats
+    _log().info(
+        "committed %s: %d docs in, %d out, %s dropped, %.1fs", where, s.docs_in, s.docs_out, dict(s.dropped), s.seconds
+    )
+    return manifest
 
-    Returns the shard task's results (a ShardResult or a stage's subclass of it), in source order."""
-    futures = shard_task.map(list(sources), unmapped(run.out_dir), list(range(len(sources))), unmapped(params))
+
+def abort_stage(run: StageRun) -> None:
+    """Remove what the run wrote (storage.artifacts.ArtifactWriter.abort) and release its lock."""
+    try:
+        if run.writer is not None:
+            run.writer.abort()
+    finally:
+        run.release()
+
+
+def run_stage(
+    stage: str,
+    stage_version: int,
+    params: StageParams,
+    phases: Phases,
+    data_root: str | None = None,
+    input_version: str = "latest",
+    force: bool = False,
+    extra_inputs: dict[str, str] | None = None,
+    upstream: str | None = UPSTREAM,
+    report: ReportFn | None = None,
+    publish_more: PublishFn | None = None,
+    max_error_fraction: float | None = None,
+    resumable: bool = False,
+) -> str:
+    """The stage frame (module docstring); returns the output version id.
+
+    `upstream`: the artifact kind the stage reads (None: raw files); by default the row before `stage`
+    in the pipeline table. `publish_more(manifest, root)` publishes a stage's extra Prefect artifacts.
+    `resumable`: a failed run leaves its files for the next run of the version to resume from (training)."""
+    run = begin_stage(stage, stage_version, params, data_root, input_version, force, extra_inputs, upstream, resumable)
+    if run.reused is not None:
+        publish(run.reused, run.root, report, reused=True, more=publish_more)
+        return run.version
+    try:
+        manifest = commit_stage(run, phases(run), max_error_fraction)
+    except BaseException:
+        abort_stage(run)
+        raise
+    finally:
+        run.release()
+    publish(manifest, run.root, report, more=publish_more)
+    return run.version
+
+
+def sharded(
+    shard_task: Any,
+    sources: Sequence[str] | None = None,
+    job: Any = None,
+    check: Callable[[list[Any]], None] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> Phases:
+    """The phases of a one-pass document stage: map `shard_task` over `sources` (default: the input
+    version's shards) with `job` (default: the params); `check(results)` runs before anything is
+    committed (ingest's error budget, which names the worst files)."""
+
+    def phases(run: StageRun) -> StageOutput:
+        srcs = list(sources) if sources is not None else run.input_shard_paths()
+        results = map_shards(run, shard_task, srcs, job if job is not None else _params_of(run))
+        if check is not None:
+            check(results)
+        return StageOutput.of(results, extras)
+
+    return phases
+
+
+def _params_of(run: StageRun) -> Any:
+    assert run.params_model is not None
+    return run.params_model
+
+
+def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], job: Any, out_dir: str | None = None) -> list[Any]:
+    """Map `shard_task(src, out_dir, index, job)` over sources (out_dir: the version's, or a side artifact's
+    the phases write); progress bar + progress artifact. Returns the results (each with an `index`, e.g.
+    ShardResult), in source order."""
+    target = out_dir if out_dir is not None else run.out_dir
+    futures = shard_task.map(list(sources), unmapped(target), list(range(len(sources))), unmapped(job))
     source_of = {id(f): src for f, src in zip(futures, sources)}
     progress_id = _progress_artifact(run)
-    results: list[ShardResult] = []
+    results: list[Any] = []
     docs = 0
     with tqdm(total=len(futures), desc=f"{run.stage} shards", unit="shard") as bar:
         try:
             for fut in as_completed(futures):
                 try:
-                    res: ShardResult = fut.result()
+                    res = fut.result()
                 except Exception as err:  # name the input: the one-line error the CLI prints needs it
                     err.add_note(f"{SHARD_NOTE}{source_of[id(fut)]}")
                     raise
                 results.append(res)
-                docs += res.stats.docs_in
-                bar.set_postfix(docs=docs, kept=sum(r.stats.docs_out for r in results))
+                if isinstance(getattr(res, "stats", None), StageStats):
+                    docs += res.stats.docs_in
+                    bar.set_postfix(docs=docs, kept=sum(r.stats.docs_out for r in results))
                 bar.update(1)
                 if progress_id is not None:
                     update_progress_artifact(artifact_id=progress_id, progress=100.0 * len(results) / len(futures))
         except Exception:
-            wait(futures)  # let running shards stop writing before the caller removes the temp dir
+            wait(futures)  # let running shards stop writing before the frame removes what they wrote
             raise
         except BaseException:  # Ctrl-C / SIGTERM: end the workers now instead of waiting for their shards
             kill_workers()
@@ -209,6 +336,34 @@ def _progress_artifact(run: StageRun) -> Any:
     )
 
 
+def publish(
+    manifest: Manifest, root: str, report: ReportFn | None = None, reused: bool = False, more: PublishFn | None = None
+) -> None:
+    """Publish `<kind>-stats` and `<kind>-summary` artifacts, then the stage's own (no-op outside a flow run).
+    Artifact keys allow no underscore: `quality_classifier` publishes as `quality-classifier-*`."""
+    if FlowRunContext.get() is None:
+        return
+    key = str(manifest.stage).replace("_", "-")
+    table = manifest.stats.table() + [
+        {"metric": "version", "value": manifest.version},
+        {"metric": "reused", "value": reused},
+    ]
+    create_table_artifact(
+        key=f"{key}-stats", table=table, description=f"{manifest.stage}@{manifest.version}: in/out, drops by reason"
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=version_summary(manifest, root, report, reused),
+        description=f"{manifest.stage}@{manifest.version}: where it is, what it kept",
+    )
+    if more is not None:
+        more(manifest, root)
+
+
+# INTERIM (issue 12 refactor in progress): the old frame pieces, until every flow uses run_stage
+abort_on_error = abort_stage
+
+
 def finish_stage(
     run: StageRun,
     shards: list[ShardInfo],
@@ -218,146 +373,12 @@ def finish_stage(
     max_error_fraction: float | None = None,
     report: ReportFn | None = None,
 ) -> Manifest:
-    """Check, write the manifest last, commit atomically, publish artifacts."""
-    assert run.writer is not None
-    stats.seconds = time.perf_counter() - run.started
-    where = f"{run.stage}@{run.version}"
     try:
-        if max_error_fraction is not None:
-            stats.check_error_fraction(max_error_fraction, where)
-        manifest = new_manifest(
-            run.stage, run.stage_version, run.version, run.params, run.inputs, shards, rejected, stats, extras
-        )
-        run.writer.commit(manifest)
+        manifest = commit_stage(run, StageOutput(shards, stats, rejected, dict(extras or {})), max_error_fraction)
     except BaseException:
-        run.writer.abort()
+        abort_stage(run)
         raise
     finally:
         run.release()
-    _log().info(
-        "committed %s: %d docs in, %d out, %s dropped, %.1fs",
-        where,
-        stats.docs_in,
-        stats.docs_out,
-        dict(stats.dropped),
-        stats.seconds,
-    )
     publish(manifest, run.root, report)
     return manifest
-
-
-def abort_on_error(run: StageRun) -> None:
-    """Remove the version's temporary dir and release its lock."""
-    try:
-        if run.writer is not None:
-            run.writer.abort()
-    finally:
-        run.release()
-
-
-def run_sharded_stage(
-    stage: Stage,
-    stage_version: int,
-    params: StageParams,
-    shard_task: Any,
-    data_root: str | None = None,
-    input_version: str = "latest",
-    force: bool = False,
-    sources: Sequence[str] | None = None,
-    extra_inputs: dict[str, str] | None = None,
-    report: ReportFn | None = None,
-    max_error_fraction: float | None = None,
-    extras: dict[str, Any] | None = None,
-    check: Callable[[list[Any]], None] | None = None,
-) -> str:
-    """Flow body of a one-pass document stage; returns the output version id.
-
-    `check(results)` runs after every shard and before anything is committed (ingest's error budget, which
-    names the worst files); raising aborts the version."""
-    run = begin_stage(stage, stage_version, params, data_root, input_version, force, extra_inputs)
-    if run.reused is not None:
-        publish(run.reused, run.root, report, reused=True)
-        return run.version
-    try:
-        results = map_shards(run, shard_task, sources if sources is not None else run.input_shard_paths(), params)
-        if check is not None:
-            check(results)
-    except BaseException:
-        abort_on_error(run)
-        raise
-    stats = StageStats.merge_all([r.stats for r in results])
-    finish_stage(
-        run,
-        [r.shard for r in results],
-        [r.rejected for r in results],
-        stats,
-        extras=extras,
-        max_error_fraction=max_error_fraction,
-        report=report,
-    )
-    return run.version
-
-
-# ---------------------------------------------------------------- artifacts (Prefect UI views of the manifest)
-
-
-def sample_documents(
-    root: str, manifest: Manifest, n: int = 5, rejected: bool = False, reason: str | None = None
-) -> list[dict[str, Any]]:
-    """First n (rejected) documents of a version, as dicts; for artifacts and `pretrain inspect`."""
-    out: list[dict[str, Any]] = []
-    base = paths.version_dir(root, manifest.stage, manifest.version)
-    for s in manifest.rejected if rejected else manifest.shards:
-        if not s.rows or not s.name.endswith(".parquet"):
-            continue
-        for d in read_documents(paths.join(base, s.name)):
-            if reason is not None and d.meta.get("reason") != reason:
-                continue
-            out.append({"id": d.id, "url": d.url, "source": d.source, "text": d.text, **d.meta})
-            if len(out) >= n:
-                return out
-    return out
-
-
-def summary_markdown(manifest: Manifest, root: str, report: ReportFn | None = None, reused: bool = False) -> str:
-    path = paths.version_dir(root, manifest.stage, manifest.version)
-    s = manifest.stats
-    lines = [
-        f"# {manifest.stage}@{manifest.version}" + (" (reused)" if reused else ""),
-        "",
-        f"- directory: `{path}`",
-        f"- inputs: {manifest.inputs or 'raw files'}",
-        f"- documents: {s.docs_in} in, {s.docs_out} out, {s.docs_dropped} dropped {dict(s.dropped)}",
-        f"- created: {manifest.created_at}, code {manifest.code_version}",
-        "",
-    ]
-    if report is not None:
-        lines += [report(manifest, root), ""]
-    samples = (
-        sample_documents(root, manifest) if manifest.shards and manifest.shards[0].name.endswith(".parquet") else []
-    )
-    if samples:
-        lines += ["## Sample documents", ""]
-        for d in samples:
-            text = " ".join(d["text"][:300].split())
-            lines.append(f"- `{d['id']}` {d['url']} [{d['source']}]: {text}...")
-    return "\n".join(lines)
-
-
-def publish(manifest: Manifest, root: str, report: ReportFn | None = None, reused: bool = False) -> None:
-    """Publish `<stage>-stats` and `<stage>-summary` artifacts (no-op outside a flow run)."""
-    if FlowRunContext.get() is None:
-        return
-    stage = str(manifest.stage)
-    table = manifest.stats.table() + [
-        {"metric": "version", "value": manifest.version},
-        {"metric": "reused", "value": reused},
-    ]
-    create_table_artifact(
-        key=f"{stage}-stats", table=table, description=f"{stage}@{manifest.version}: documents in/out, drops by reason"
-    )
-    create_markdown_artifact(
-        key=f"{stage}-summary",
-        markdown=summary_markdown(manifest, root, report, reused),
-        description=f"{stage}@{manifest.version}: where it is, what it kept",
-    )

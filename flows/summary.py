@@ -30,7 +30,16 @@ import pyarrow.compute as pc
 
 from storage import paths
 from storage.documents import iter_batches
-from storage.manifest import STAGE_ORDER, Manifest, Stage, is_complete, latest_version, load_manifest, upstream_of
+from storage.manifest import Manifest, is_complete, latest_version, load_manifest
+
+Stage = str  # INTERIM (issue 12)
+
+
+def upstream_of(stage: str) -> Optional[str]:  # INTERIM (issue 12)
+    from flows.pipeline import upstream_of as up
+
+    return up(stage)
+
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +137,11 @@ def attrition(
     failed: Optional[tuple[Stage, BaseException]] = None,
 ) -> list[StageRow]:
     """One row per stage from ingest to the last completed (or the failed) stage."""
-    ran = {Stage(s): v for s, v in versions.items()}
+    ran = dict(versions)
     end: Optional[tuple[Stage, str]] = None
     if ran:
+        from flows.pipeline import STAGE_ORDER  # INTERIM (issue 12)
+
         last = max(ran, key=STAGE_ORDER.index)
         end = (last, ran[last])
     elif failed is not None and upstream_of(failed[0]) is not None:
@@ -169,8 +180,8 @@ def attrition(
 def _estimate_tokens(rows: list[StageRow]) -> None:
     """Fill document stages' tokens from tokenize's measured characters per token."""
     by_stage = {r.stage: r for r in rows}
-    tok = by_stage.get(Stage.TOKENIZE)
-    src = by_stage.get(upstream_of(Stage.TOKENIZE)) if tok else None  # type: ignore[arg-type]
+    tok = by_stage.get("tokenize")
+    src = by_stage.get(upstream_of("tokenize")) if tok else None  # type: ignore[arg-type]
     if tok is None or src is None or not tok.tokens or not src.characters:
         return
     per_char = tok.tokens / src.characters
@@ -239,7 +250,7 @@ def summary_markdown(
         )
     else:
         head = f"# pretrain: completed ({len(versions)} stage(s) run)"
-    ingest_docs = done[0].documents if done and done[0].stage == Stage.INGEST else None
+    ingest_docs = done[0].documents if done and done[0].stage == "ingest" else None
     table = [
         "| stage | version | this run | documents | % of ingest | characters | tokens |",
         "|---|---|---|---:|---:|---:|---:|",

@@ -33,13 +33,12 @@ from prefect.context import FlowRunContext
 from flows.stage import StageRun, abort_on_error, begin_stage, finish_stage, publish
 from storage import checkpoints as ckpt
 from storage import paths
-from storage.manifest import Manifest, ShardInfo, Stage, is_complete
+from storage.manifest import Manifest, ShardInfo, is_complete
 from storage.stats import StageStats
 from storage.token_shards import TRAIN_DIR
 from tasks.train import RESULT, TrainParams, TrainResult, train
 
-STAGE = Stage.TRAIN
-STAGE_VERSION = 1
+from tasks.train.params import STAGE, STAGE_VERSION
 WORK_PREFIX = ".work-"
 LOCK = ".lock"
 

@@ -2,12 +2,13 @@
 
 A checkpoint is a directory of `torch.save` files (`model.pt`, `optimizer.pt`, `rng.pt`, ...) plus a
 JSON `meta.json` (model config, step, tokens seen, data position, validation loss, tokenize version,
-tokenizer sha256, counters). Commit protocol, as for stage versions: everything is written under
-`.tmp-step-NNNNNN/`, `meta.json` last, then the directory is renamed to `step-NNNNNN/`; readers
-ignore directories without `meta.json`, so a run killed mid-save never resumes from half a checkpoint.
+tokenizer sha256, counters). Commit protocol, the artifacts' one (storage.artifacts): files are
+written into `step-NNNNNN/` itself and `meta.json` last (a step saved again after a rollback loses its
+`meta.json` first); readers ignore directories without `meta.json`, so a run killed mid-save never
+resumes from half a checkpoint, and `prune_checkpoints` removes such leftovers.
 
 Retention (`prune_checkpoints`): keep the last K valid steps, the step with the lowest `val_loss` in
-its meta, and milestones (steps divisible by M); everything else, and stale `.tmp-*` directories, is
+its meta, and milestones (steps divisible by M); everything else, and step directories without `meta.json`, is
 deleted. Files are read with `torch.load(weights_only=True)`: only tensors and plain containers.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from storage import paths
+from storage.artifacts import commit_marker_dir, finish_marker_dir
 from storage.errors import reraise_os_error
 
 log = logging.getLogger(__name__)
@@ -42,23 +44,15 @@ def save_checkpoint(out_dir: str, step: int, objects: dict[str, Any], meta: dict
     """Write objects (name -> torch-saveable) as `<name>.pt`, then meta.json, then rename into place."""
     fs, base = paths.filesystem(out_dir)
     final = paths.join(base, step_dir_name(step))
-    tmp = paths.join(base, f".tmp-{step_dir_name(step)}")
-    if fs.exists(tmp):
-        fs.rm(tmp, recursive=True)
-    fs.makedirs(tmp, exist_ok=True)
+    commit_marker_dir(fs, final, META)  # a rollback replayed past this step: the newer save wins
     for name, obj in objects.items():
-        target = paths.join(tmp, f"{name}.pt")
+        target = paths.join(final, f"{name}.pt")
         try:
             with fs.open(target, "wb") as f:
                 torch.save(obj, f)
         except RuntimeError as err:  # torch hides ENOSPC as "[enforce fail at inline_container.cc] unexpected pos"
             reraise_os_error(err, target)
-    with fs.open(paths.join(tmp, META), "w") as f:
-        f.write(json.dumps({**meta, "step": step}, indent=2, sort_keys=True, default=str))
-    if fs.exists(final):
-        # a rollback replayed past this step: the newer save wins
-        fs.rm(final, recursive=True)
-    fs.mv(tmp, final, recursive=True)
+    finish_marker_dir(fs, final, META, json.dumps({**meta, "step": step}, indent=2, sort_keys=True, default=str))
     return step_dir(out_dir, step)
 
 
@@ -128,8 +122,8 @@ def prune_checkpoints(out_dir: str, keep_last: int, milestone_every: int = 0) ->
     removed = [s for s in steps if s not in keep]
     for s in removed:
         fs.rm(paths.join(base, step_dir_name(s)), recursive=True)
-    for entry in fs.ls(base, detail=False):
-        if entry.rstrip("/").rsplit("/", 1)[-1].startswith(f".tmp-{PREFIX}"):
+    for entry in fs.ls(base, detail=False):  # steps a killed save left without meta.json
+        if _STEP_RE.match(entry.rstrip("/").rsplit("/", 1)[-1]) and not fs.exists(paths.join(entry, META)):
             fs.rm(entry, recursive=True)
     if removed:
         log.info("pruned checkpoints %s (kept %s)", removed, sorted(keep))

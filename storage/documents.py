@@ -6,21 +6,31 @@ live in `Document.meta`. Writers have an explicit schema (base + declared extra 
 keys they do not know, so a column can never vanish silently. Rejected shards (`rejected/part-NNNNN`)
 have two more columns: `reason` (snake_case drop reason) and `reason_detail` (JSON, e.g. the kept id).
 
+`run_document_shard` is what a stage's shard task calls: it streams one input shard through the stage's
+`process(docs, stats, rejects)` generator, writes kept documents to `part-NNNNN.parquet` and rejected
+ones to `rejected/part-NNNNN.parquet` (`Rejects`), and returns a small `ShardResult` (counts only:
+Prefect passes it between processes).
+
 Readers stream record batches (`pyarrow.parquet.ParquetFile.iter_batches`); nothing here loads a whole
-shard into a list. Files are written as `<name>.tmp` and renamed when closed.
+shard into a list. Files are written whole or not at all (storage.files.AtomicFile).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from storage import paths
+from storage.files import AtomicFile
+from storage.manifest import ShardInfo
+from storage.stats import StageStats
 
 BASE_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string()),
@@ -111,9 +121,8 @@ class DocumentWriter:
         self._rows_per_group = rows_per_group
         self.rows = 0
         self.text_bytes = 0
-        self.fs.makedirs(self._p.rsplit("/", 1)[0], exist_ok=True)
-        self._file = self.fs.open(self._p + ".tmp", "wb")
-        self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
+        self._out = AtomicFile(self.fs, self._p)
+        self._writer = pq.ParquetWriter(self._out.file, self.schema, compression="zstd")
 
     def write(self, doc: Document, reason: str | None = None, detail: dict[str, Any] | None = None) -> None:
         row: dict[str, Any] = {
@@ -141,12 +150,10 @@ class DocumentWriter:
             self._rows = []
 
     def close(self) -> int:
-        """Flush, close and rename into place; returns the file size in bytes."""
+        """Flush, close and put the file in place; returns its size in bytes."""
         self._flush()
         self._writer.close()
-        self._file.close()
-        self.fs.mv(self._p + ".tmp", self._p)
-        return int(self.fs.size(self._p))
+        return self._out.commit()
 
     def __enter__(self) -> DocumentWriter:
         return self
@@ -156,5 +163,83 @@ class DocumentWriter:
             self.close()
         else:
             self._writer.close()
-            self._file.close()
-            self.fs.rm(self._p + ".tmp")
+            self._out.discard()
+
+
+# ---------------------------------------------------------------- running one shard of a document stage
+
+REJECTED_DIR = "rejected"
+
+
+class Rejects:
+    """Sink for dropped documents: writes them with their reason and counts the drop."""
+
+    def __init__(self, writer: DocumentWriter, stats: StageStats):
+        self.writer, self.stats = writer, stats
+
+    def add(self, doc: Document, reason: str, detail: dict[str, Any] | None = None, error: bool = False) -> None:
+        self.stats.drop(reason, error=error)
+        self.writer.write(doc, reason=reason, detail=detail)
+
+
+class ShardResult(BaseModel):
+    index: int
+    stats: StageStats
+    shard: ShardInfo
+    rejected: ShardInfo
+
+
+ProcessFn = Callable[[Iterable[Document], StageStats, Rejects], Iterator[Document]]
+
+
+def counted(docs: Iterable[Document], stats: StageStats) -> Iterator[Document]:
+    """Count documents and text bytes entering a stage."""
+    for d in docs:
+        stats.docs_in += 1
+        stats.bytes_in += len(d.text.encode("utf-8", "surrogatepass"))
+        yield d
+
+
+def open_shard_writers(out_dir: str, index: int, extra: list[pa.Field]) -> tuple[DocumentWriter, DocumentWriter]:
+    name = paths.shard_name(index)
+    kept = DocumentWriter(paths.join(out_dir, name), extra=extra)
+    rejected = DocumentWriter(paths.join(out_dir, REJECTED_DIR, name), extra=extra, rejected=True)
+    return kept, rejected
+
+
+def write_stream(
+    docs: Iterable[Document], out_dir: str, index: int, extra: list[pa.Field], process: ProcessFn, stats: StageStats
+) -> ShardResult:
+    """Run `process` over `docs` and write kept + rejected shards `index` under `out_dir`."""
+    t0 = time.perf_counter()
+    kept_w, rej_w = open_shard_writers(out_dir, index, extra)
+    with kept_w, rej_w:
+        for doc in process(docs, stats, Rejects(rej_w, stats)):
+            kept_w.write(doc)
+            stats.docs_out += 1
+    stats.seconds += time.perf_counter() - t0
+    return shard_result(index, kept_w, rej_w, stats)
+
+
+def shard_result(index: int, kept_w: DocumentWriter, rej_w: DocumentWriter, stats: StageStats) -> ShardResult:
+    """The ShardResult of closed kept/rejected writers of shard `index` (adds the kept text bytes to stats)."""
+    stats.bytes_out += kept_w.text_bytes
+    name = paths.shard_name(index)
+    fs, _ = paths.filesystem(kept_w.path)
+    return ShardResult(
+        index=index,
+        stats=stats,
+        shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
+        rejected=ShardInfo(
+            name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows, bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))
+        ),
+    )
+
+
+def run_document_shard(
+    src: str, out_dir: str, index: int, process: ProcessFn, new_fields: list[pa.Field] | None = None
+) -> ShardResult:
+    """Stream one upstream Parquet shard through `process`; carries every input column through."""
+    stats = StageStats()
+    extra = extra_fields(read_schema(src)) + list(new_fields or [])
+    return write_stream(counted(read_documents(src), stats), out_dir, index, extra, process, stats)

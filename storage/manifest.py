@@ -1,41 +1,30 @@
-"""Stage versions and their manifests: the lineage record of every artifact.
+"""Manifests: the lineage record of every artifact, version ids, and the `latest` pointers.
 
-A stage output is `<root>/<stage>/<version>/`. The version id is a 12-hex sha256 of the stage name, the
-stage's `STAGE_VERSION` code constant, the canonical JSON of its validated params, and the versions of
-its inputs, so the same inputs and params always give the same id and a rerun is a no-op.
-
-Commit protocol (`VersionWriter`): everything is written under `<stage>/.tmp-<version>-<nonce>/`; the
-manifest is written last, the directory is renamed to `<version>/`, then the `latest` pointer is
-replaced (write `latest.tmp-*`, rename). A directory without `manifest.json` does not exist to readers,
-so a killed stage never leaves a version that looks complete. Before the manifest is written the
-conservation law `docs_in == docs_out + sum(dropped)` is checked.
-
-Concurrent runs (`VersionLock`): on local data roots a run holds `<stage>/.lock-<version>` while it
-decides, computes and commits a version, so an identical second run waits and reuses the result.
+An artifact is a directory `<root>/<kind>/<version>/` with a `manifest.json` (written last, see
+storage.artifacts). Kinds are plain names: the pipeline's stages (`ingest`, `langid`, ...) and the
+artifacts stages build beside them (`quality_classifier`, `quality_scores`, `tokenizer`,
+`decontaminate_index`); this module knows none of them. The version id is a 12-hex sha256 of the kind,
+its code's `STAGE_VERSION`, the canonical JSON of its validated params and the versions of its inputs
+(`compute_version`), so the same inputs and params always give the same id and a rerun is a no-op.
+`Manifest.inputs` is the lineage: every artifact (kind -> version) the version was built from, plus
+content digests of raw files (`files`); `gc` follows it and nothing else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import socket
 import subprocess
-import time
-import uuid
-from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage import paths
+from storage.files import write_atomic
 from storage.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -44,41 +33,6 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 VERSION_ID = re.compile(r"[0-9a-f]{12}")  # compute_version's output
 _DIR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
-
-
-class Stage(StrEnum):
-    INGEST = "ingest"
-    LANGID = "langid"
-    QUALITY = "quality"
-    DEDUP = "dedup"
-    DECONTAMINATE = "decontaminate"
-    MIX = "mix"
-    TOKENIZE = "tokenize"
-    TRAIN = "train"
-    # not a pipeline stage: a versioned model artifact that `quality` references (trained from langid docs)
-    QUALITY_CLASSIFIER = "quality_classifier"
-
-
-# the pipeline's stages, in order; artifacts such as QUALITY_CLASSIFIER are not listed
-STAGE_ORDER: list[Stage] = [
-    Stage.INGEST,
-    Stage.LANGID,
-    Stage.QUALITY,
-    Stage.DEDUP,
-    Stage.DECONTAMINATE,
-    Stage.MIX,
-    Stage.TOKENIZE,
-    Stage.TRAIN,
-]
-# upstream of artifacts outside STAGE_ORDER
-ARTIFACT_UPSTREAM: dict[Stage, Stage] = {Stage.QUALITY_CLASSIFIER: Stage.LANGID}
-
-
-def upstream_of(stage: Stage) -> Stage | None:
-    if stage in ARTIFACT_UPSTREAM:
-        return ARTIFACT_UPSTREAM[stage]
-    i = STAGE_ORDER.index(stage)
-    return STAGE_ORDER[i - 1] if i > 0 else None
 
 
 class ShardInfo(BaseModel):
@@ -92,7 +46,7 @@ class Manifest(BaseModel):
     """The lineage record of one stage version; `pretrain inspect` prints it."""
 
     model_config = ConfigDict(extra="forbid")
-    stage: Stage
+    stage: str = Field(description="The artifact kind: a stage name or a side artifact (quality_scores, ...).")
     stage_version: int
     version: str
     created_at: str
@@ -109,10 +63,14 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def content_id(obj: Any) -> str:
+    """12-hex sha256 of the canonical JSON of `obj`: version ids and file-content digests."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:12]
+
+
 def compute_version(stage: str, stage_version: int, params: dict[str, Any], inputs: dict[str, str]) -> str:
-    """Short content hash identifying a stage output (same inputs + params -> same id)."""
-    blob = canonical_json({"stage": str(stage), "stage_version": stage_version, "params": params, "inputs": inputs})
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """Short content hash identifying an artifact (same inputs + params -> same id)."""
+    return content_id({"stage": str(stage), "stage_version": stage_version, "params": params, "inputs": inputs})
 
 
 def code_version() -> str:
@@ -143,7 +101,7 @@ def _read_text(root: str, *parts: str) -> str | None:
         return str(f.read())
 
 
-def latest_version(root: str, stage: Stage | str) -> str | None:
+def latest_version(root: str, stage: str) -> str | None:
     text = _read_text(root, str(stage), LATEST)
     return text.strip() if text else None
 
@@ -162,7 +120,7 @@ def check_version(version: str, param: str = "version", strict: bool = True) -> 
     )
 
 
-def load_manifest(root: str, stage: Stage | str, version: str = "latest") -> Manifest:
+def load_manifest(root: str, stage: str, version: str = "latest") -> Manifest:
     """Manifest of a complete version; 'latest' follows the pointer. Raises FileNotFoundError with the fix
     (ValueError for a version that is not a plain version name)."""
     check_version(version, f"'{stage}' version", strict=False)
@@ -180,12 +138,12 @@ def load_manifest(root: str, stage: Stage | str, version: str = "latest") -> Man
     return Manifest.model_validate_json(text)
 
 
-def is_complete(root: str, stage: Stage | str, version: str) -> bool:
+def is_complete(root: str, stage: str, version: str) -> bool:
     fs, base = paths.filesystem(root)
     return bool(fs.exists(paths.join(base, str(stage), version, MANIFEST)))
 
 
-def list_versions(root: str, stage: Stage | str) -> list[Manifest]:
+def list_versions(root: str, stage: str) -> list[Manifest]:
     """All complete versions of a stage, oldest first."""
     fs, base = paths.filesystem(root)
     d = paths.join(base, str(stage))
@@ -200,194 +158,17 @@ def list_versions(root: str, stage: Stage | str) -> list[Manifest]:
     return sorted(out, key=lambda m: m.created_at)
 
 
-def set_latest(root: str, stage: Stage | str, version: str) -> None:
-    """Atomically point `<stage>/latest` at a complete version."""
+def set_latest(root: str, stage: str, version: str) -> None:
+    """Point `<kind>/latest` at a complete version (one atomic file write)."""
     assert is_complete(root, stage, version), f"refusing to point latest at incomplete {stage}@{version}"
     if latest_version(root, stage) == version:
         return  # reusing complete versions writes nothing (a read-only data root must work)
     fs, base = paths.filesystem(root)
-    tmp = paths.join(base, str(stage), f"{LATEST}.tmp-{uuid.uuid4().hex[:8]}")
-    with fs.open(tmp, "w") as f:
-        f.write(version + "\n")
-    fs.mv(tmp, paths.join(base, str(stage), LATEST))
-
-
-class VersionWriter:
-    """Writes one stage version into a temporary directory and commits it atomically.
-
-    Usage: `w = VersionWriter(root, stage, version)`; write files under `w.tmp_path`; then
-    `w.commit(manifest)`; or `w.abort()` on failure (removes the temporary directory).
-    """
-
-    def __init__(self, root: str, stage: Stage | str, version: str, replace: bool = False):
-        self.root, self.stage, self.version, self.replace = root, Stage(stage), version, replace
-        self.fs, base = paths.filesystem(root)
-        self.final_path = paths.join(base, str(stage), version)
-        self.tmp_path = paths.join(base, str(stage), f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-        self.fs.makedirs(self.tmp_path, exist_ok=True)
-
-    def local_tmp(self) -> Path:
-        """The temporary directory as a local Path (for libraries that need one, e.g. sentencepiece)."""
-        assert "://" not in self.root or self.root.startswith("file://"), "local path needed for this stage"
-        return Path(self.tmp_path)
-
-    def commit(self, manifest: Manifest) -> Manifest:
-        manifest.stats.check_conservation(f"{manifest.stage}@{manifest.version}")
-        with self.fs.open(paths.join(self.tmp_path, MANIFEST), "w") as f:
-            f.write(manifest.model_dump_json(indent=2))
-        if self.fs.exists(self.final_path) and self.replace:
-            # forced recompute: swap the old copy out first so readers never see a half-replaced version
-            old = self.tmp_path.replace("/.tmp-", "/.old-")
-            self.fs.mv(self.final_path, old, recursive=True)
-            self.fs.mv(self.tmp_path, self.final_path, recursive=True)
-            self.fs.rm(old, recursive=True)
-        elif self.fs.exists(self.final_path):
-            # a concurrent identical run committed first; identical inputs -> identical content
-            log.warning("%s@%s already committed by another run; discarding this copy", self.stage, self.version)
-            self.fs.rm(self.tmp_path, recursive=True)
-        else:
-            self.fs.mv(self.tmp_path, self.final_path, recursive=True)
-        set_latest(self.root, self.stage, self.version)
-        return manifest
-
-    def abort(self) -> None:
-        if self.fs.exists(self.tmp_path):
-            self.fs.rm(self.tmp_path, recursive=True)
-
-
-LOCK_PREFIX = ".lock-"
-LOCK_WAIT_S = 6 * 3600.0  # how long a run waits for another run of the same stage version before giving up
-LOCK_POLL_S = 0.5
-
-
-class VersionLock:
-    """Advisory lock of one stage version, `<root>/<stage>/.lock-<version>` (fcntl.flock), on local data roots.
-
-    A run holds it from before it checks whether its version is complete until it commits or aborts, so a
-    second run of the same version waits and then reuses the first one's result; other versions do not
-    contend. The kernel drops a flock when its process dies, however it dies, so a killed run never
-    blocks the next one (Python opens the file non-inheritable, and Prefect's process pool spawns its
-    workers, so no worker or subprocess keeps it). The file holds the holder's pid and host (for the waiting
-    message) and is
-    removed on release; `acquire` re-checks that the path still names the file it locked, so removing it
-    cannot let two runs in. On object stores (non-local fsspec roots) there is no lock: `acquire` returns
-    at once and identical concurrent runs both compute (the commit keeps the first, see VersionWriter).
-    """
-
-    def __init__(self, root: str, stage: Stage | str, version: str):
-        self.where = f"{stage}@{version}"
-        local = "://" not in root or root.startswith("file://")
-        self.path = paths.join(root.removeprefix("file://"), str(stage), LOCK_PREFIX + version) if local else None
-        self._file: IO[str] | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free (never waits)."""
-        if self.path is None or self._file is not None:
-            return True
-        while True:
-            try:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                f = open(self.path, "a+")
-            except OSError as err:
-                if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
-                # a read-only data root: this run can only reuse (set_latest writes nothing then)
-                log.info("no lock for %s: %s cannot be created (%s)", self.where, self.path, err.strerror)
-                self.path = None
-                return True
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                return False
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            f.close()  # its holder removed it on release after we opened it: lock the current file
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        self._file = f
-        return True
-
-    def holder(self) -> str:
-        """What the holder wrote (pid and host), or 'pid unknown'."""
-        try:
-            with open(str(self.path)) as f:
-                return f.read().strip() or "pid unknown"
-        except OSError:
-            return "pid unknown"
-
-    def acquire(self, timeout_s: float | None = None, on_wait: Callable[[str], None] | None = None) -> None:
-        """Take the lock, waiting up to `timeout_s` (default LOCK_WAIT_S) for another run to release it;
-        `on_wait(message)` is called once when the lock is held elsewhere. TimeoutError names the holder."""
-        if self.try_acquire():
-            return
-        timeout_s = LOCK_WAIT_S if timeout_s is None else timeout_s
-        holder = self.holder()
-        if on_wait is not None:
-            on_wait(
-                f"waiting for another run of {self.where} ({holder}) to finish (lock {self.path}); waiting up "
-                f"to {timeout_s / 3600:.3g} h, then reusing its result"
-            )
-        deadline = time.monotonic() + timeout_s
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{self.where}: another run ({holder}) still holds {self.path} after "
-                    f"{timeout_s / 3600:.3g} h; wait for it to finish or stop it, then run again"
-                )
-            time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
-
-    def release(self) -> None:
-        """Remove the lock file and release the lock (idempotent)."""
-        f, self._file = self._file, None
-        if f is None:
-            return
-        try:
-            if os.stat(str(self.path)).st_ino == os.fstat(f.fileno()).st_ino:
-                os.unlink(str(self.path))
-        except FileNotFoundError:
-            pass
-        finally:
-            f.close()  # closing drops the flock
-
-
-def remove_lock_if_free(path: str) -> bool:
-    """Remove a `.lock-*` file no run holds (a leftover); False when a run holds it."""
-    stage_dir, name = os.path.split(path)
-    lock = VersionLock(os.path.dirname(stage_dir), os.path.basename(stage_dir), name.removeprefix(LOCK_PREFIX))
-    if not lock.try_acquire():
-        return False
-    lock.release()
-    return True
-
-
-def lock_is_held(path: str) -> bool:
-    """Whether a run holds the lock file at `path` (a missing file is not held); takes nothing."""
-    try:
-        f = open(path)
-    except FileNotFoundError:
-        return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+    write_atomic(fs, paths.join(base, str(stage), LATEST), (version + "\n").encode())
 
 
 def new_manifest(
-    stage: Stage,
+    stage: str,
     stage_version: int,
     version: str,
     params: dict[str, Any],

@@ -97,11 +97,6 @@ def shard_name(index: int, kind: str = "part", ext: str = "parquet") -> str:
     return f"{kind}-{index:05d}.{ext}"
 
 
-def demo_crawl_dir(root: str) -> str:
-    """Where `pretrain run` on the default config writes the generated demo crawl."""
-    return join(root, "_inputs", "demo-crawl")
-
-
 def prefect_logging_env() -> dict[str, Any]:
     """Environment that makes our library loggers reach the Prefect UI (STYLE 8)."""
     current = os.environ.get(_LOG_ENV, "")

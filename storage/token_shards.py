@@ -12,7 +12,7 @@ x = row[:-1], y = row[1:]. Position 0 of a row always starts a segment (a docume
 begun in the previous row), so it is listed in `doc_offsets` only when a document truly starts there.
 The schema metadata holds `seq_len`, `vocab_size` and `eos_id`.
 
-`TokenShardWriter` writes one file as `<name>.tmp` and renames it on close. `TokenShards` memory-maps
+`TokenShardWriter` writes one file whole or not at all (storage.files.AtomicFile). `TokenShards` memory-maps
 every file (`pa.memory_map` + `pa.ipc.open_file`) and exposes each record batch's flat values buffer
 as a zero-copy numpy view (n, seq_len + 1): reading a batch of rows copies only those rows, never a
 whole shard, so memory stays flat however large the dataset is. Reading needs local files.
@@ -31,6 +31,7 @@ import pyarrow.ipc as ipc
 import torch
 
 from storage import paths
+from storage.files import AtomicFile
 
 TRAIN_DIR = "train"
 VAL_DIR = "val"
@@ -82,7 +83,7 @@ def doc_ids_from_offsets(offsets: Sequence[np.ndarray], length: int) -> np.ndarr
 
 
 class TokenShardWriter:
-    """Atomic writer of one token shard: `write_sequences` appends a record batch; `close` renames."""
+    """Atomic writer of one token shard: `write_sequences` appends a record batch; `close` puts it in place."""
 
     def __init__(self, path: str, seq_len: int, vocab_size: int, eos_id: int | None = None):
         self.path, self.seq_len, self.vocab_size = path, seq_len, vocab_size
@@ -90,9 +91,8 @@ class TokenShardWriter:
         self.schema = shard_schema(seq_len, vocab_size, eos_id)
         self.rows = 0
         self.fs, self._p = paths.filesystem(path)
-        self.fs.makedirs(self._p.rsplit("/", 1)[0], exist_ok=True)
-        self._file = self.fs.open(self._p + ".tmp", "wb")
-        self._writer = ipc.new_file(self._file, self.schema)
+        self._out = AtomicFile(self.fs, self._p)
+        self._writer = ipc.new_file(self._out.file, self.schema)
 
     @property
     def tokens(self) -> int:
@@ -121,16 +121,13 @@ class TokenShardWriter:
         self.rows += tokens.shape[0]
 
     def close(self) -> int:
-        """Finish the file, rename `.tmp` into place; returns the size in bytes."""
+        """Finish the file and put it in place; returns the size in bytes."""
         self._writer.close()
-        self._file.close()
-        self.fs.mv(self._p + ".tmp", self._p)
-        return int(self.fs.size(self._p))
+        return self._out.commit()
 
     def abort(self) -> None:
         self._writer.close()
-        self._file.close()
-        self.fs.rm(self._p + ".tmp")
+        self._out.discard()
 
     def __enter__(self) -> TokenShardWriter:
         return self

@@ -67,16 +67,18 @@ def make_version():
     Usage: `make_version(root, "quality", [[doc, ...], [doc, ...]], extra=[pa.field(...)], version="q1")`.
     Returns the version id. Lets a stage's tests start from a hand-made upstream without running it.
     """
+    from flows.pipeline import Stage
+    from storage.artifacts import ArtifactWriter
     from storage.documents import DocumentWriter
-    from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
+    from storage.manifest import ShardInfo, new_manifest
     from storage.stats import StageStats
 
     def make(root, stage, shards, extra=None, version="fixture1", inputs=None):
-        w = VersionWriter(str(root), Stage(stage), version)
+        w = ArtifactWriter(str(root), Stage(stage), version)
         infos, total = [], 0
         for i, docs in enumerate(shards):
             name = f"part-{i:05d}.parquet"
-            with DocumentWriter(f"{w.tmp_path}/{name}", extra=extra) as dw:
+            with DocumentWriter(f"{w.path}/{name}", extra=extra) as dw:
                 for d in docs:
                     dw.write(d)
             infos.append(ShardInfo(name=name, rows=len(docs), bytes=1))

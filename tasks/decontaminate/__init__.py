@@ -47,10 +47,9 @@ from prefect import task
 from pydantic import Field, model_validator
 
 from storage import paths
-from storage.documents import Document
-from storage.manifest import Stage, canonical_json
+from storage.documents import Document, Rejects, ShardResult, run_document_shard
+from storage.manifest import canonical_json
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.decontaminate import benchmarks as bm
 from tasks.decontaminate.ngram_index import IndexSource, NgramIndex, build_index, load_index, read_summary, save_index
@@ -58,7 +57,7 @@ from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.DECONTAMINATE
+STAGE = "decontaminate"
 STAGE_VERSION = 2  # 2: whole-item matching of short items, all owners of a window, presets
 INDEX_FORMAT = 2  # bump when words()/ngram_hashes() or the index layout change: old indexes become stale
 INDEX_DIR = "_index"

@@ -34,10 +34,8 @@ from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from storage import paths
-from storage.documents import count_rows, iter_batches, read_schema
-from storage.manifest import Stage
+from storage.documents import ShardResult, count_rows, iter_batches, read_schema, run_document_shard
 from storage.params import StageParams
-from storage.shards import ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.dedup.exact import exact_digests, exact_kept
 from tasks.dedup.minhash import (
@@ -55,7 +53,7 @@ from tasks.dedup.minhash import (
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.DEDUP
+STAGE = "dedup"
 STAGE_VERSION = 1
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"

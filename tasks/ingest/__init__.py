@@ -58,10 +58,17 @@ from prefect.client.schemas.objects import State, TaskRun
 from pydantic import Field, field_validator, model_validator
 
 from storage import paths
-from storage.documents import Document, DocumentWriter, read_documents
-from storage.manifest import Stage
+from storage.documents import (
+    Document,
+    DocumentWriter,
+    Rejects,
+    ShardResult,
+    open_shard_writers,
+    read_documents,
+    shard_result,
+    write_stream,
+)
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, open_shard_writers, shard_result, write_stream
 from storage.stats import StageStats
 from tasks.ingest.extract import (
     ExtractionTimeout,
@@ -97,7 +104,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.INGEST
+STAGE = "ingest"
 STAGE_VERSION = 4  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used;
 # 4: records over max_record_bytes dropped as too_large, cut gzip members found (truncated_file)
 

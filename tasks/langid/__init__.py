@@ -30,15 +30,13 @@ from prefect import task
 from pydantic import Field, field_validator
 
 from models.classifiers import TextClassifier, load_lid_model
-from storage.documents import Document
-from storage.manifest import Stage
+from storage.documents import Document, Rejects, ShardResult, run_document_shard
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.LANGID
+STAGE = "langid"
 STAGE_VERSION = 1
 
 LANGUAGE_NOT_KEPT = "language_not_kept"

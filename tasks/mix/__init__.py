@@ -59,17 +59,27 @@ from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from storage import paths
-from storage.documents import Document, DocumentWriter, extra_fields, iter_batches, read_documents, read_schema
-from storage.manifest import ShardInfo, Stage
+from storage.documents import (
+    Document,
+    DocumentWriter,
+    Rejects,
+    ShardResult,
+    counted,
+    extra_fields,
+    iter_batches,
+    open_shard_writers,
+    read_documents,
+    read_schema,
+)
+from storage.manifest import ShardInfo
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, counted, open_shard_writers
 from storage.stats import StageStats
 from tasks.ingest.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
 from tasks.text import hash64
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.MIX
+STAGE = "mix"
 STAGE_VERSION = 2  # 2: absent sources redistributed, default budget keeps every document, source_rules
 DROP_DOWNSAMPLED = "mix_downsampled"
 DROP_UNWEIGHTED = "source_not_in_mix"

@@ -54,10 +54,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from models.classifiers import TextClassifier, load_quality_model
 from storage import paths
-from storage.documents import Document, iter_batches, read_documents
-from storage.manifest import Stage, canonical_json
+from storage.documents import Document, Rejects, ShardResult, iter_batches, read_documents, run_document_shard
+from storage.manifest import canonical_json
 from storage.params import StageParams
-from storage.shards import Rejects, ShardResult, run_document_shard
 from storage.stats import StageStats
 from tasks.langid import batched
 from tasks.quality.classifier import classifier_text, score_texts
@@ -71,7 +70,7 @@ from tasks.quality.heuristics import (
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.QUALITY
+STAGE = "quality"
 STAGE_VERSION = 2  # 2: Gopher paper words by default; a classifier below the validation bar drops nothing
 SCORES_VERSION = 2  # 2: gopher_quality verdicts on whitespace words unless datatrove_compatible
 SCORES_DIR = "_scores"

@@ -53,7 +53,6 @@ from pydantic import Field, model_validator
 from models.classifiers import load_quality_model, train_supervised
 from storage import paths
 from storage.documents import read_documents
-from storage.manifest import Stage
 from storage.params import StageParams
 from tasks.quality.heuristics import (
     FILTER_NAMES,
@@ -66,7 +65,7 @@ from tasks.text import hash64, normalise
 
 log = logging.getLogger(__name__)
 
-STAGE = Stage.QUALITY_CLASSIFIER
+STAGE = "quality_classifier"
 STAGE_VERSION = 2  # 2: bootstrap labels use Gopher's paper words (datatrove_compatible off)
 MODEL_FILE = "model.bin"
 HQ, LQ = "hq", "lq"

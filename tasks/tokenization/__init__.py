@@ -46,15 +46,25 @@ from pydantic import Field
 
 from models.tokenizer import MAX_PIECE_CHARS, Tokenizer, load_tokenizer, train_tokenizer, training_lines
 from storage import paths
-from storage.documents import Document, DocumentWriter, extra_fields, iter_batches, read_documents, read_schema
-from storage.manifest import ShardInfo, Stage
+from storage.documents import (
+    REJECTED_DIR,
+    Document,
+    DocumentWriter,
+    Rejects,
+    ShardResult,
+    counted,
+    extra_fields,
+    iter_batches,
+    read_documents,
+    read_schema,
+)
+from storage.manifest import ShardInfo
 from storage.params import StageParams
-from storage.shards import REJECTED_DIR, Rejects, ShardResult, counted
 from storage.stats import StageStats
 from storage.token_shards import SHARD_EXT, SHARD_KIND, TRAIN_DIR, VAL_DIR, TokenShardWriter, token_dtype
 from tasks.mix import sample_key
 
-STAGE = Stage.TOKENIZE
+STAGE = "tokenize"
 STAGE_VERSION = 2  # 2: the tokenizer sample excludes every document that can be val
 DROP_EMPTY = "empty_text"
 DROP_VAL_REPEAT = "val_repeat_copy"

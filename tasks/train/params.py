@@ -6,10 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from storage.manifest import Stage
 from storage.params import StageParams
 
-STAGE = Stage.TRAIN
+STAGE = "train"
 STAGE_VERSION = 1
 RESULT = "result.json"
 

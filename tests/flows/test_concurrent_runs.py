@@ -19,21 +19,13 @@ import time
 import pytest
 from prefect import flow, task
 
+from flows.pipeline import Stage
 from flows.stage import abort_on_error, begin_stage, finish_stage, run_sharded_stage, task_runner
-from storage.documents import Document, DocumentWriter
-from storage.manifest import (
-    LOCK_PREFIX,
-    ShardInfo,
-    Stage,
-    VersionLock,
-    VersionWriter,
-    list_versions,
-    load_manifest,
-    lock_is_held,
-    new_manifest,
-)
+from storage.artifacts import ArtifactWriter
+from storage.documents import Document, DocumentWriter, run_document_shard
+from storage.locks import LOCK_PREFIX, VersionLock, lock_is_held
+from storage.manifest import ShardInfo, list_versions, load_manifest, new_manifest
 from storage.params import StageParams
-from storage.shards import run_document_shard
 from storage.stats import StageStats
 
 WAIT_S = 60.0
@@ -134,8 +126,8 @@ class Run(threading.Thread):
 
 
 def fake_ingest(root: str) -> None:
-    w = VersionWriter(root, Stage.INGEST, "ing1")
-    with DocumentWriter(f"{w.tmp_path}/part-00000.parquet") as dw:
+    w = ArtifactWriter(root, Stage.INGEST, "ing1")
+    with DocumentWriter(f"{w.path}/part-00000.parquet") as dw:
         for i in range(6):
             dw.write(Document(id=str(i), text="x" * i, url=f"http://e/{i}"))
     w.commit(

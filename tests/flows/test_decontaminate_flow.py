@@ -8,10 +8,11 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.decontaminate import benchmark_rows, decontaminate_flow, report_markdown
+from flows.pipeline import Stage
 from flows.stage import task_runner
 from storage import paths
 from storage.documents import Document, extra_fields, read_documents, read_schema
-from storage.manifest import Stage, list_versions, load_manifest
+from storage.manifest import list_versions, load_manifest
 from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
 from tasks.decontaminate import benchmarks as bm
 

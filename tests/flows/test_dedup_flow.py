@@ -11,9 +11,10 @@ import pytest
 
 from bench.dedup import edit_to_jaccard, stdlib_docstrings
 from flows.dedup import dedup_flow, plan_for_input, report_markdown
+from flows.pipeline import Stage
 from flows.stage import task_runner
 from storage.documents import Document, read_documents
-from storage.manifest import Stage, list_versions, load_manifest
+from storage.manifest import list_versions, load_manifest
 from tasks.dedup import CLUSTERS, WORK, DedupParams
 
 FLOW = dedup_flow.with_options(task_runner=task_runner(1))

@@ -8,11 +8,12 @@ import pytest
 import tasks.quality
 from flows.cli import main
 from flows.langid import langid_flow
+from flows.pipeline import Stage
 from flows.quality import quality_flow
 from flows.quality_classifier import train_quality_classifier_flow
 from flows.stage import task_runner
 from storage.documents import Document, read_documents
-from storage.manifest import Stage, list_versions, load_manifest
+from storage.manifest import list_versions, load_manifest
 from tasks.langid import LANGID_FIELDS, LangidParams
 from tasks.quality import QualityParams
 from tasks.quality.classifier import QualityClassifierParams
@@ -75,7 +76,7 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     (tmp / "pos.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pos))
     clf_params = QualityClassifierParams(positive=[str(tmp / "pos.jsonl")], dim=16)
     cv = train_quality_classifier_flow(params=clf_params, data_root=root)
-    cm = load_manifest(root, Stage.QUALITY_CLASSIFIER, cv)
+    cm = load_manifest(root, "quality_classifier", cv)
     assert cm.inputs["langid"] == "lid1" and cm.extras["label_sources"] == {
         "positive": "files",
         "negative": "crawl_sample",
@@ -144,7 +145,7 @@ def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect
     warning = m.extras["classifier_warning"]
     assert "bootstrap classifier not trained" in warning and "21 documents in ['en']" in warning
     assert "quality.use_classifier: false" in warning and "pretrain train-quality-classifier" in warning
-    assert list_versions(root, Stage.QUALITY_CLASSIFIER) == [] and "quality_score_low" not in m.stats.dropped
+    assert list_versions(root, "quality_classifier") == [] and "quality_score_low" not in m.stats.dropped
     spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
     rejected = {d.id for s in m.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
     assert spam_ids and spam_ids <= rejected
@@ -198,7 +199,7 @@ def test_cli_trains_a_classifier_on_labelled_files(prefect_backend, tmp_path, ca
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    m = load_manifest(str(tmp_path / "root"), Stage.QUALITY_CLASSIFIER)
+    m = load_manifest(str(tmp_path / "root"), "quality_classifier")
     assert m.extras["metrics"]["auc"] == 1.0 and m.extras["examples_per_class"] == {"hq": 60, "lq": 60}
     assert m.params["dim"] == 16 and "**fails** (60 positives, 60 negatives < 200 per class)" in out
     assert f"quality.classifier_version: {m.version}" in out
@@ -209,7 +210,7 @@ def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, lang
     bar = QualityParams(classifier_min_examples=2, classifier_min_auc=0.0)  # the bootstrap path on a tiny crawl
     v = QUALITY_1(params=bar, data_root=root)
     m = load_manifest(root, Stage.QUALITY, v)
-    clf = load_manifest(root, Stage.QUALITY_CLASSIFIER, m.extras["classifier_version"])
+    clf = load_manifest(root, "quality_classifier", m.extras["classifier_version"])
     assert clf.extras["bootstrap"] and clf.extras["label_sources"]["positive"] == "heuristics"
     assert m.extras["classifier_bootstrap"] and "de" not in clf.extras["languages"]
     spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
@@ -218,7 +219,7 @@ def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, lang
     kept = [d for s in m.shards for d in read_documents(f"{root}/quality/{v}/{s.name}")]
     assert any(d.meta["language"] == "de" and d.meta["heuristic_c4_quality"] is None for d in kept)
     assert m.extras["classifier_gates"] and clf.extras["examples_per_class"]["hq"] >= 2
-    assert QUALITY_1(params=bar, data_root=root) == v and len(list_versions(root, Stage.QUALITY_CLASSIFIER)) == 1
+    assert QUALITY_1(params=bar, data_root=root) == v and len(list_versions(root, "quality_classifier")) == 1
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ import pytest
 
 from flows.cli import main as cli
 from flows.mix import mix_flow, mix_report
+from flows.pipeline import Stage
 from flows.stage import task_runner
 from flows.tokenization import read_llmc, tokenization_flow, tokenize_report
 from models.tokenizer import Tokenizer, train_tokenizer
 from storage.documents import Document, read_documents, read_schema
-from storage.manifest import Stage, list_versions, load_manifest
+from storage.manifest import list_versions, load_manifest
 from storage.token_shards import TokenShards
 from tasks.mix import MixParams, sample_key
 from tasks.tokenization import TOKENIZER_DIR, TokenizeJob, TokenizeParams, route

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from flows.cli import main
-from storage.manifest import STAGE_ORDER, load_manifest
+from flows.pipeline import STAGE_ORDER
+from storage.manifest import load_manifest
 
 SMALL = {
     "workers": 1,

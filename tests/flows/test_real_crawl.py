@@ -12,8 +12,8 @@ import pytest
 
 from flows.cli import main
 from flows.config import PipelineConfig
-from flows.pipeline import StageFailed, pipeline_flow
-from storage.manifest import STAGE_ORDER, Stage, load_manifest
+from flows.pipeline import STAGE_ORDER, Stage, StageFailed, pipeline_flow
+from storage.manifest import load_manifest
 from tasks.ingest import IngestParams
 
 CRAWL_GLOBS = ("warc/commoncrawl/*.warc.gz", "warc/commoncrawl/*.warc.wet.gz", "warc/other_crawls/*.warc.gz")

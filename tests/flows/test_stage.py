@@ -4,11 +4,12 @@ import pyarrow as pa
 import pytest
 from prefect import flow, task
 
-from flows.stage import run_sharded_stage, task_runner
-from storage.documents import Document, DocumentWriter, read_documents
-from storage.manifest import ShardInfo, Stage, VersionWriter, list_versions, load_manifest, new_manifest
+from flows.pipeline import Stage
+from flows.stage import run_stage, sharded, task_runner
+from storage.artifacts import ArtifactWriter
+from storage.documents import Document, DocumentWriter, read_documents, run_document_shard
+from storage.manifest import ShardInfo, list_versions, load_manifest, new_manifest
 from storage.params import StageParams
-from storage.shards import run_document_shard
 from storage.stats import StageStats
 
 
@@ -37,15 +38,15 @@ def toy_shard(src: str, out_dir: str, index: int, params: ToyParams):
 
 @flow(task_runner=task_runner(1))
 def toy_flow(params: ToyParams, data_root: str, force: bool = False) -> str:
-    return run_sharded_stage(Stage.LANGID, 1, params, toy_shard, data_root, force=force)
+    return run_stage(Stage.LANGID, 1, params, sharded(toy_shard), data_root, force=force)
 
 
 def _fake_ingest(root, shards=3):
-    w = VersionWriter(root, Stage.INGEST, "ing1")
+    w = ArtifactWriter(root, Stage.INGEST, "ing1")
     infos, total = [], 0
     for s in range(shards):
         name = f"part-{s:05d}.parquet"
-        with DocumentWriter(f"{w.tmp_path}/{name}") as dw:
+        with DocumentWriter(f"{w.path}/{name}") as dw:
             for i in range(5):
                 dw.write(Document(id=f"{s}-{i}", text="x" * (i + s), url=f"http://e/{s}/{i}"))
         infos.append(ShardInfo(name=name, rows=5, bytes=1))

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+from flows.pipeline import Stage
 from flows.summary import ARTIFACT_KEY, attrition, funnel_png, lineage, publish_summary, summary_markdown
+from storage.artifacts import ArtifactWriter
 from storage.documents import Document
-from storage.manifest import ShardInfo, Stage, VersionWriter, new_manifest
+from storage.manifest import ShardInfo, new_manifest
 from storage.stats import StageStats
 
 
@@ -72,10 +74,10 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
     root = str(chain)
     # hand-made chain langid -> ... -> tokenize is not needed: tokenize's upstream is whatever Stage says
     up = Stage.MIX
-    w = VersionWriter(root, up, "m1")
+    w = ArtifactWriter(root, up, "m1")
     from storage.documents import DocumentWriter
 
-    with DocumentWriter(f"{w.tmp_path}/part-00000.parquet") as dw:
+    with DocumentWriter(f"{w.path}/part-00000.parquet") as dw:
         for d in _docs(["a" * 100, "b" * 100]):
             dw.write(d)
     w.commit(
@@ -90,7 +92,7 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
             StageStats(docs_in=2, docs_out=2),
         )
     )
-    w = VersionWriter(root, Stage.TOKENIZE, "t1")
+    w = ArtifactWriter(root, Stage.TOKENIZE, "t1")
     w.commit(
         new_manifest(
             Stage.TOKENIZE,

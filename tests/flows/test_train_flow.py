@@ -17,11 +17,13 @@ import pytest
 
 import flows.train as train_module
 from flows.cli import main
+from flows.pipeline import Stage
 from flows.stage import task_runner
 from flows.train import LOCK, locked, train_flow, work_dir
 from storage import checkpoints as ckpt
+from storage.artifacts import ArtifactWriter
 from storage.gc import gc
-from storage.manifest import ShardInfo, Stage, VersionWriter, is_complete, list_versions, load_manifest, new_manifest
+from storage.manifest import ShardInfo, is_complete, list_versions, load_manifest, new_manifest
 from storage.stats import StageStats
 from storage.token_shards import TokenShardWriter, pack_documents
 from tasks.train import FaultHooks, TrainParams
@@ -45,12 +47,12 @@ def markov_docs(n_docs: int, seed: int) -> list[list[int]]:
 
 
 def make_tokenize_version(root, n_train: int = 400, n_val: int = 40) -> dict[str, int]:
-    w = VersionWriter(str(root), Stage.TOKENIZE, TOK)
+    w = ArtifactWriter(str(root), Stage.TOKENIZE, TOK)
     sequences, shards = {}, []
     for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
         packed = list(pack_documents(markov_docs(n, seed), SEQ_LEN, EOS))
         name = f"{split}/tokens-00000.arrow"
-        with TokenShardWriter(f"{w.tmp_path}/{name}", SEQ_LEN, VOCAB, eos_id=EOS) as tw:
+        with TokenShardWriter(f"{w.path}/{name}", SEQ_LEN, VOCAB, eos_id=EOS) as tw:
             tw.write_sequences(np.stack([r for r, _ in packed]), [o for _, o in packed])
         sequences[split] = len(packed)
         shards.append(ShardInfo(name=name, rows=len(packed), bytes=1))

@@ -36,8 +36,7 @@ class FailureCase:
 
 
 def failure_case(tmp: Path, data_root: Path) -> FailureCase:
-    from flows.pipeline import STAGES
-    from storage.manifest import Stage
+    from flows.pipeline import STAGES, Stage
 
     if Stage.DECONTAMINATE in STAGES:
 

@@ -134,7 +134,8 @@ def wait_created(server, name: str, timeout: float = 60) -> dict:
 
 
 def test_custom_run_from_the_ui_form_runs_only_ingest(browser, sqlite_server, tmp_path):
-    from storage.manifest import Stage, list_versions, load_manifest
+    from flows.pipeline import Stage
+    from storage.manifest import list_versions, load_manifest
 
     server = sqlite_server
     run_name, ui_root = f"ui-form-{uuid.uuid4().hex[:8]}", tmp_path / "ui-data"

@@ -4,8 +4,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.documents import Document, DocumentWriter, iter_batches, read_documents, read_schema
-from storage.shards import run_document_shard, write_stream
+from storage.documents import (
+    Document,
+    DocumentWriter,
+    iter_batches,
+    read_documents,
+    read_schema,
+    run_document_shard,
+    write_stream,
+)
 from storage.stats import StageStats
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from flows.cli import main
+from flows.pipeline import Stage
+from storage.artifacts import ArtifactWriter
 from storage.gc import apply, collect, gc
+from storage.locks import VersionLock
 from storage.manifest import (
     ShardInfo,
-    Stage,
-    VersionLock,
-    VersionWriter,
     is_complete,
     latest_version,
     list_versions,
@@ -25,8 +25,8 @@ from storage.stats import StageStats
 
 
 def _commit(root, stage, version, created_at, inputs=None, extras=None):
-    w = VersionWriter(str(root), Stage(stage), version)
-    with open(os.path.join(w.tmp_path, "part-00000.parquet"), "wb") as f:
+    w = ArtifactWriter(str(root), Stage(stage), version)
+    with open(os.path.join(w.path, "part-00000.parquet"), "wb") as f:
         f.write(b"x" * 1000)
     m = new_manifest(
         Stage(stage),

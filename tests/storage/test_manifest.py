@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from flows.pipeline import Stage
+from storage.artifacts import ArtifactWriter
 from storage.manifest import (
     ShardInfo,
-    Stage,
-    VersionWriter,
     compute_version,
     is_complete,
     latest_version,
@@ -47,8 +47,8 @@ def test_same_inputs_same_version_and_param_change_changes_it():
 
 def test_commit_writes_manifest_last_and_moves_into_place(tmp_path):
     root = str(tmp_path)
-    w = VersionWriter(root, Stage.INGEST, "v1")
-    (tmp_path / "ingest" / os.path.basename(w.tmp_path) / "part-00000.parquet").write_bytes(b"x")
+    w = ArtifactWriter(root, Stage.INGEST, "v1")
+    (tmp_path / "ingest" / os.path.basename(w.path) / "part-00000.parquet").write_bytes(b"x")
     assert not is_complete(root, Stage.INGEST, "v1")
     assert latest_version(root, Stage.INGEST) is None
     w.commit(_manifest("v1"))
@@ -59,15 +59,15 @@ def test_commit_writes_manifest_last_and_moves_into_place(tmp_path):
 
 
 def test_conservation_is_checked_before_commit(tmp_path):
-    w = VersionWriter(str(tmp_path), Stage.INGEST, "v1")
+    w = ArtifactWriter(str(tmp_path), Stage.INGEST, "v1")
     with pytest.raises(AssertionError, match="a document was lost"):
         w.commit(_manifest("v1", docs_in=5, docs_out=2, dropped={"x": 1}))
     assert not is_complete(str(tmp_path), Stage.INGEST, "v1")
 
 
 def _write_forever(root):
-    w = VersionWriter(root, Stage.INGEST, "vkill")
-    with open(os.path.join(w.tmp_path, "part-00000.parquet"), "wb") as f:
+    w = ArtifactWriter(root, Stage.INGEST, "vkill")
+    with open(os.path.join(w.path, "part-00000.parquet"), "wb") as f:
         while True:
             f.write(b"x" * 4096)
             f.flush()
@@ -100,10 +100,10 @@ def test_latest_pointer_refuses_incomplete_and_load_names_fix(tmp_path):
 
 def test_forced_replace_swaps_version(tmp_path):
     root = str(tmp_path)
-    VersionWriter(root, Stage.INGEST, "v1").commit(_manifest("v1"))
+    ArtifactWriter(root, Stage.INGEST, "v1").commit(_manifest("v1"))
     first = load_manifest(root, Stage.INGEST, "v1").created_at
     time.sleep(0.01)
-    VersionWriter(root, Stage.INGEST, "v1", replace=True).commit(_manifest("v1"))
+    ArtifactWriter(root, Stage.INGEST, "v1", replace=True).commit(_manifest("v1"))
     assert load_manifest(root, Stage.INGEST, "v1").created_at != first
     assert len(list_versions(root, Stage.INGEST)) == 1
 

@@ -56,9 +56,9 @@ def test_cli_inspect_with_a_valid_version_still_works(tmp_path, make_version, ca
 
 def test_stage_flows_refuse_a_path_as_input_version(tmp_path, make_version):
     """Flows' input_version reaches load_manifest, whose lenient check refuses anything but one plain name."""
+    from flows.pipeline import Stage
     from flows.quality import quality_flow
     from flows.stage import begin_stage
-    from storage.manifest import Stage
     from tasks.langid import LangidParams
     from tasks.quality import QualityParams
 

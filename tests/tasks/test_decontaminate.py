@@ -66,7 +66,7 @@ def index_for(params, root):
 
 
 class Sink:
-    """Stands in for storage.shards.Rejects: counts the drop and keeps (doc, reason, detail)."""
+    """Stands in for storage.documents.Rejects: counts the drop and keeps (doc, reason, detail)."""
 
     def __init__(self, stats):
         self.stats, self.rows = stats, []

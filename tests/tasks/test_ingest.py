@@ -26,8 +26,7 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from storage.documents import Document, read_documents
-from storage.shards import Rejects
+from storage.documents import Document, Rejects, read_documents
 from storage.stats import StageStats
 from tasks import ingest
 from tasks.ingest.extract import (

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from storage.documents import Document, DocumentWriter, read_documents
-from storage.shards import Rejects
+from storage.documents import Document, DocumentWriter, Rejects, read_documents
 from storage.stats import StageStats
 from tasks import ingest
 from tasks.ingest.sources import DEFAULT_SOURCE_RULES, SourceRule, classify_source
