@@ -322,7 +322,7 @@ def ours_engine(params: Any, index: Any) -> Any:
         sink = Sink(stats)
         cut = {
             int(d.id): "(cut)"
-            for d in process((Document(str(i), t) for i, t in enumerate(ts)), stats, sink, params, index)
+            for d in process((Document(str(i), t) for i, t in enumerate(ts)), params, stats, sink, index)
             if d.meta.get("decontaminate_cuts")
         }
         return {**cut, **{int(i): d.get("ngram", "") if d else "" for i, d in sink.rows}}

@@ -72,8 +72,7 @@ def write_mix(root: str, texts: list[str], mb: float, shards: int) -> str:
     w = ArtifactWriter(root, Stage.MIX, "bench")
     target, size, i = mb * 1e6, 0, 0
     writers = [
-        DocumentWriter(f"{w.path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())])
-        for s in range(shards)
+        DocumentWriter(f"{w.path}/part-{s:05d}.parquet", extra=[pa.field("repeat", pa.int32())]) for s in range(shards)
     ]
     while size < target:
         t = texts[i % len(texts)]

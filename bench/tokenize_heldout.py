@@ -90,7 +90,7 @@ def main() -> None:
     from models.tokenizer import Tokenizer, training_lines
     from storage.manifest import load_manifest
     from storage.token_shards import TokenShards
-    from tasks.mix import sample_key
+    from tasks.text import sample_key
     from tasks.tokenization import TokenizeParams
 
     texts = real_texts()

@@ -246,8 +246,8 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
         print(f"error: --plan is available for: dedup (got {args.stage})", file=sys.stderr)
         return 2
     from flows.config import ConfigError, load_config
-    from flows.dedup import plan_for_input
     from tasks.dedup import DedupParams
+    from tasks.dedup.report import plan_for_input
 
     try:
         print(plan_for_input(root, load_config(args.config).dedup if args.config else DedupParams()))
@@ -280,7 +280,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print()
         print(report(m, root))
     if args.sample and not args.rejected and m.stage == "tokenize":  # token shards: decode sample rows
-        from flows.tokenization import sample_sequences
+        from tasks.tokenization.report import sample_sequences
 
         print("\n" + sample_sequences(m, root, args.sample))
         return 0
@@ -309,13 +309,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for path in plan.stale:
         print(f"{verb} stale {path}")
     for path in plan.unknown:
-        print(f"left alone (no manifest, not a temp dir): {path}")
-    for path in plan.train_work:
-        print(f"left alone (training work dir: checkpoints of a running or killed run; delete by hand): {path}")
+        print(f"left alone (not an artifact version): {path}")
+    for path in plan.partial:
+        print(f"left alone (an unfinished run that a re-run resumes from; delete it by hand): {path}")
     kept = len(plan.versions) - len(plan.to_delete)
     print(
         f"{verb} {len(plan.to_delete)} version(s), {plan.bytes_freed / 1e6:.1f} MB; "
-        f"{verb} {len(plan.stale)} stale temp dir(s) and lock file(s); keeping {kept} version(s), "
+        f"{verb} {len(plan.stale)} stale unfinished version(s), temp file(s) and lock file(s); "
+        f"keeping {kept} version(s), "
         f"{plan.bytes_kept / 1e6:.1f} MB" + ("; run without --dry-run to delete" if args.dry_run else "")
     )
     return 0
@@ -333,7 +334,7 @@ def _plan_data(args: argparse.Namespace, root: str) -> tuple[float | None, str, 
         if budget and args.version == "latest":
             return None, "", vocab, seq  # a budget alone is enough; no data size to check epochs against
         raise FileNotFoundError(f"{err}, or pass --tokens N (or a budget: --compute FLOPS, --gpu-hours H)") from None
-    from flows.train import train_tokens
+    from tasks.train.plan import train_tokens
 
     return (
         float(train_tokens(m)),
@@ -374,7 +375,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 @command("export-tokens")
 def cmd_export_tokens(args: argparse.Namespace) -> int:
-    from flows.tokenization import export_llmc
+    from tasks.tokenization.llmc import export_llmc
 
     root = paths.resolve_data_root(args.data_root)
     try:
@@ -410,7 +411,8 @@ def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from flows.quality_classifier import report_markdown, train_quality_classifier_flow
+    from flows.quality_classifier import train_quality_classifier_flow
+    from tasks.quality.report import classifier_report as report_markdown
 
     root = paths.resolve_data_root(args.data_root)
     try:

@@ -20,4 +20,6 @@ def langid_flow(
     force: bool = False,
 ) -> str:
     """Ingest documents -> documents in the kept languages; returns the langid version id."""
-    return run_stage(STAGE, STAGE_VERSION, params, sharded(langid_shard), data_root, input_version, force, report=report)
+    return run_stage(
+        STAGE, STAGE_VERSION, params, sharded(langid_shard), data_root, input_version, force, report=report
+    )

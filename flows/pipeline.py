@@ -7,6 +7,7 @@ version when it is already complete, so re-running after a failure recomputes on
 stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
 """
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,9 +34,9 @@ from flows.langid import langid_flow
 from flows.mix import mix_flow
 from flows.quality import quality_flow
 from flows.stage import SHARD_NOTE, ReportFn, task_runner
-from flows.summary import publish_summary
 from flows.tokenization import tokenization_flow
 from flows.train import train_flow
+from reports.pipeline import summary_markdown
 from storage import paths
 from storage.errors import describe_os_error
 from storage.manifest import load_manifest
@@ -85,9 +86,13 @@ PIPELINE: tuple[StageRow, ...] = (
         decontaminate_flow,
         tasks.decontaminate.report.report,
         "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
+        artifacts={decontaminate.INDEX_KIND: tasks.decontaminate.report.index_report},
     ),
     StageRow(
-        mix.STAGE, mix_flow, tasks.mix.report.report, "check mix.weights against the sources present (`pretrain inspect mix`)"
+        mix.STAGE,
+        mix_flow,
+        tasks.mix.report.report,
+        "check mix.weights against the sources present (`pretrain inspect mix`)",
     ),
     StageRow(tokenization.STAGE, tokenization_flow, tasks.tokenization.report.report),
     StageRow(train.STAGE, train_flow, tasks.train.report.report, pool=False),
@@ -103,6 +108,10 @@ else:
 REPORTS: dict[str, ReportFn] = {k: v for r in PIPELINE for k, v in {r.stage: r.report, **r.artifacts}.items()}
 
 
+SUMMARY_KEY = "pretrain-summary"
+log = logging.getLogger(__name__)
+
+
 def upstream_of(stage: str) -> Optional[str]:
     """The stage whose output `stage` reads (the row before it), None for the first."""
     i = STAGE_ORDER.index(stage)
@@ -116,6 +125,30 @@ def call_stage(row: StageRow, config: PipelineConfig, root: str, input_version: 
     if upstream_of(row.stage) is not None:
         kw["input_version"] = input_version
     return str(fn(params=getattr(config, row.stage), data_root=root, force=force, **kw))
+
+
+def publish_summary(
+    root: str,
+    versions: dict[str, str],
+    started: Optional[float] = None,
+    failed: Optional[tuple[str, BaseException]] = None,
+) -> Optional[str]:
+    """Create the `pretrain-summary` markdown artifact (inside a flow run; reports.pipeline renders it);
+    returns the markdown. A broken summary must not hide the run's real outcome: errors are logged."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    try:
+        md = summary_markdown(root, versions, STAGE_ORDER, started, failed)
+        if FlowRunContext.get() is not None:
+            state = f"failed at {failed[0]}" if failed else "completed"
+            create_markdown_artifact(
+                key=SUMMARY_KEY, markdown=md, description=f"pipeline {state}: attrition per stage and version lineage"
+            )
+        return md
+    except Exception:  # noqa: BLE001 - the summary is a report; the stages' own outcome decides the run
+        log.exception("could not build the pipeline summary artifact")
+        return None
 
 
 class StageFailed(RuntimeError):

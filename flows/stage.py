@@ -272,7 +272,9 @@ def _params_of(run: StageRun) -> Any:
     return run.params_model
 
 
-def map_shards(run: StageRun, shard_task: Any, sources: Sequence[str], job: Any, out_dir: str | None = None) -> list[Any]:
+def map_shards(
+    run: StageRun, shard_task: Any, sources: Sequence[str], job: Any, out_dir: str | None = None
+) -> list[Any]:
     """Map `shard_task(src, out_dir, index, job)` over sources (out_dir: the version's, or a side artifact's
     the phases write); progress bar + progress artifact. Returns the results (each with an `index`, e.g.
     ShardResult), in source order."""
@@ -358,27 +360,3 @@ def publish(
     )
     if more is not None:
         more(manifest, root)
-
-
-# INTERIM (issue 12 refactor in progress): the old frame pieces, until every flow uses run_stage
-abort_on_error = abort_stage
-
-
-def finish_stage(
-    run: StageRun,
-    shards: list[ShardInfo],
-    rejected: list[ShardInfo],
-    stats: StageStats,
-    extras: dict[str, Any] | None = None,
-    max_error_fraction: float | None = None,
-    report: ReportFn | None = None,
-) -> Manifest:
-    try:
-        manifest = commit_stage(run, StageOutput(shards, stats, rejected, dict(extras or {})), max_error_fraction)
-    except BaseException:
-        abort_stage(run)
-        raise
-    finally:
-        run.release()
-    publish(manifest, run.root, report)
-    return manifest

@@ -1,80 +1,49 @@
 """train_flow: the `tokenize` version's token shards -> the `train` version (checkpoints, metrics, plot).
 
 Training is not sharded: one `train_run` task trains (or resumes) in-process on one device, writing
-`step-NNNNNN/` checkpoints, `metrics.jsonl`, `loss.png` and a text sample; the manifest (written last)
-holds the `TrainResult` (preset, val loss, bits-per-byte, unigram baseline, tokens/s, MFU) in its extras.
-Multi-GPU runs use `python -m tasks.train PARAMS_FILE` under torchrun (see tasks/train/__init__.py).
+`step-NNNNNN/` checkpoints, `metrics.jsonl`, `loss.png`, `sample.txt` and `result.json`; the manifest
+(written last) holds the `TrainResult` (preset, val loss, bits-per-byte, unigram baseline, tokens/s, MFU)
+in its extras, with `checkpoint`, `metrics_path` and `plot_path` relative to the version directory.
+Multi-GPU runs use `python -m tasks.train JOB.json` under torchrun (see tasks/train/__init__.py). The
+report, the `train-metrics` table and the `train-loss-curve` markdown are tasks/train/report.py's.
 
-Cross-run resume: the run writes into a stable work dir, `<root>/train/.work-<version>/` (same params and
-input -> same version -> same dir), not into the version's temporary dir, which is deleted when a run
-fails. A failed or killed run leaves its checkpoints there; the next run of the same version continues
-from the latest valid one (meta.json written last) when `resume: true` (the default), or discards them
-when `resume: false`. On success the files are hard-linked into the version's temporary dir, the version
-is committed, and the work dir is removed. Two runs of one version do not meet in the work dir: the second
-waits in `begin_stage` on the version lock (`train/.lock-<version>`, storage.manifest.VersionLock) until the
-first has committed, then reuses its version; the work dir's own `.lock` (flock) is a second guard (a run
-that finds it held fails at once). `pretrain gc` lists `.work-*` dirs and never deletes them
-(storage/gc.py): an abandoned run's checkpoints stay until you delete `<root>/train/.work-<version>/`
-yourself; it removes a killed run's `train/.tmp-<version>-*` dir once no run holds that version's lock.
+Resume in place: the stage frame (flows/stage.py `run_stage`) runs with `resumable=True`, so training
+writes straight into the version's final directory `<root>/train/<version>/` (same params and input ->
+same version -> same directory) while holding the version's lock (`train/.lock-<version>`,
+storage.locks). Until the manifest is written last that directory does not exist to readers
+(storage.artifacts); its `_writing.json` says `"resumable": true`. A failed or killed run leaves its
+checkpoints there (the writer's abort keeps them); the next run of the same version continues from the
+latest valid one (meta.json written last, storage.checkpoints) when `resume: true` (the default), or,
+with `resume: false`, discards them first (logged as a warning). A run that fails before its first
+checkpoint removes the directory; files without a valid checkpoint (a killed run's) are discarded at
+the start. `force` retrains from scratch: whatever
+the directory holds (a committed run's files or a partial run's) is discarded after the old manifest is
+gone. Two runs of one version never write the directory together: the second waits on the version
+lock, then reuses the first's version. `result.json` is written in the final directory too, so the
+paths in it exist once the version is committed.
+`pretrain gc` lists resumable partial runs (a `_writing.json` with `resumable` true) and never deletes
+them: an abandoned run's checkpoints stay until you delete `<root>/train/<version>/` yourself.
 """
 
-import fcntl
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.context import FlowRunContext
 
-from flows.stage import StageRun, abort_on_error, begin_stage, finish_stage, publish
+from flows.stage import StageOutput, StageRun, run_stage
 from storage import checkpoints as ckpt
 from storage import paths
-from storage.manifest import Manifest, ShardInfo, is_complete
+from storage.artifacts import WRITING, is_local
+from storage.manifest import Manifest, ShardInfo
 from storage.stats import StageStats
-from storage.token_shards import TRAIN_DIR
-from tasks.train import RESULT, TrainParams, TrainResult, train
-
+from tasks.train import TrainParams, TrainResult, train
 from tasks.train.params import STAGE, STAGE_VERSION
-WORK_PREFIX = ".work-"
-LOCK = ".lock"
+from tasks.train.report import loss_curve_markdown, metrics_table, report
 
-
-def train_tokens(tokenize: Manifest) -> int:
-    """Tokens in the train split of a tokenize version (rows x (seq_len + 1), as the trainer counts them)."""
-    e = tokenize.extras
-    return int(e["sequences"][TRAIN_DIR]) * (int(e["seq_len"]) + 1)
-
-
-def work_dir(root: str, version: str) -> Path:
-    """Where a train version's checkpoints live until it is committed."""
-    if "://" in root and not root.startswith("file://"):
-        raise ValueError(f"train needs a local data root (checkpoints, memory-mapped shards), got {root}")
-    return Path(paths.version_dir(root.removeprefix("file://"), str(STAGE), WORK_PREFIX + version))
-
-
-@contextmanager
-def locked(work: Path) -> Iterator[Path]:
-    """Create the work dir and hold its lock (released when the process exits, however it exits)."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / LOCK, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"{work} is in use by another run of the same train version (lock {work / LOCK}); "
-                f"wait for that run or stop it"
-            ) from None
-        yield work
-
-
-def _clear(work: Path) -> None:
-    for entry in work.iterdir():
-        if entry.name != LOCK:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+RESULT_PATHS = ("checkpoint", "metrics_path", "plot_path")
 
 
 @task(task_run_name="train-run")
@@ -94,34 +63,10 @@ def train_run(
     )
 
 
-def report_markdown(manifest: Manifest, root: str) -> str:
-    r = manifest.extras.get("result") or {}
-    if not r:
-        return ""
-    requested = r.get("requested_model")
-    model = f"{r.get('model')} (auto)" if requested == "auto" else r.get("model")
-    rows = [
-        ("model", model),
-        ("parameters", r.get("num_params")),
-        ("steps", r.get("steps")),
-        ("tokens seen", r.get("tokens_seen")),
-        ("epochs", r.get("epochs")),
-        ("val loss (nats/token)", r.get("val_loss")),
-        ("unigram baseline loss", r.get("unigram_loss")),
-        ("val bits per byte", r.get("val_bpb")),
-        ("val perplexity", r.get("val_ppl")),
-        ("tokens/s", r.get("tokens_per_s")),
-        ("MFU", r.get("mfu")),
-        ("seconds", r.get("seconds")),
-        ("resumed from step", r.get("resumed_from")),
-        ("skipped steps", r.get("skipped_steps")),
-        ("rollbacks", r.get("rollbacks")),
-    ]
-    table = "\n".join(
-        ["| metric | value |", "|---|---|"]
-        + [f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in rows]
-    )
-    return f"## Training\n\n{table}\n\n## Sample\n\n```\n{r.get('sample', '')}\n```"
+def publish_more(manifest: Manifest, root: str) -> None:
+    """The `train-metrics` table and the `train-loss-curve` markdown (called by the frame in a flow run)."""
+    create_table_artifact(key="train-metrics", table=metrics_table(manifest))
+    create_markdown_artifact(key="train-loss-curve", markdown=loss_curve_markdown(manifest, root))
 
 
 @flow(name="train")
@@ -132,108 +77,85 @@ def train_flow(
     force: bool = False,
 ) -> str:
     """Train a GPT on a tokenize version (resuming an unfinished run of it); returns the train version id."""
-    run = begin_stage(STAGE, STAGE_VERSION, params, data_root, input_version, force)
-    work = work_dir(run.root, run.version)
+    root = paths.resolve_data_root(data_root)
+    if not is_local(paths.filesystem(root)[0]):
+        raise ValueError(f"train needs a local data root (checkpoints, memory-mapped shards), got {root}")
+    return run_stage(
+        STAGE,
+        STAGE_VERSION,
+        params,
+        lambda run: _train(run, params, force),
+        root,
+        input_version,
+        force,
+        report=report,
+        publish_more=publish_more,
+        resumable=True,
+    )
+
+
+def _train(run: StageRun, params: TrainParams, force: bool) -> StageOutput:
+    """The phases: train (or resume) in the version's directory; the frame commits it."""
+    assert run.input_manifest is not None and run.writer is not None
+    tok, out = run.input_manifest, run.writer.local_path()
     logger = get_run_logger()
-    if run.reused is not None:
-        if work.exists():  # left by a run that committed but died before cleaning up
-            try:
-                with locked(work):
-                    shutil.rmtree(work)
-            except RuntimeError as err:  # a forced recompute of this version is running: its files
-                logger.info("left %s alone: %s", work, err)
-        publish(run.reused, run.root, report_markdown, reused=True)
-        return run.version
+    _start_or_resume(run.version, out, params, force)
     try:
-        with locked(work):
-            result = _train_and_commit(run, params, work, logger)
+        result = train_run(params, paths.version_dir(run.root, tok.stage, tok.version), out, tok.extras, tok.version)
     except BaseException:
-        abort_on_error(run)
-        raise
-    if FlowRunContext.get() is not None:
-        create_table_artifact(
-            key="train-metrics",
-            table=[{"metric": k, "value": v} for k, v in result.model_dump(mode="json").items() if k != "sample"],
-        )
-        create_markdown_artifact(key="train-loss-curve", markdown=_plot_markdown(run, result))
-    return run.version
-
-
-def _train_and_commit(run: StageRun, params: TrainParams, work: Path, logger: Any) -> TrainResult:
-    """Train in the (locked) work dir, link its files into the version, commit, remove the work dir."""
-    assert run.input_manifest is not None
-    tok = run.input_manifest
-    try:
-        _start_or_resume(run, work, params, logger)
-        result = train_run(
-            params, paths.version_dir(run.root, tok.stage, tok.version), str(work), tok.extras, tok.version
-        )
-        logger.info(
-            "trained %s (%s) for %d steps in %.0fs: val loss %.4f (unigram %.4f), %.4f bits/byte",
-            result.model,
-            "auto" if result.requested_model == "auto" else "configured",
-            result.steps,
-            result.seconds,
-            result.val_loss,
-            result.unigram_loss,
-            result.val_bpb,
-        )
-        # paths relative to the version dir; hard links: no copy of the checkpoints, and the work dir keeps
-        # them until the commit has succeeded
-        rel = {k: os.path.relpath(getattr(result, k), work) for k in ("checkpoint", "metrics_path", "plot_path")}
-        result = result.model_copy(update=rel)
-        shutil.copytree(
-            work, run.out_dir, copy_function=os.link, ignore=shutil.ignore_patterns(LOCK), dirs_exist_ok=True
-        )
-        finish_stage(
-            run,
-            [ShardInfo(name=rel["checkpoint"], rows=result.tokens_seen, bytes=0)],
-            [],
-            StageStats(),
-            extras={"result": result.model_dump(mode="json")},
-            report=report_markdown,
-        )
-    except BaseException:
-        last = ckpt.latest_step(str(work))
+        last = ckpt.latest_step(out)
         if last is not None:
             logger.warning(
                 "train@%s failed; its checkpoints stay in %s and the next run of this version resumes from %s",
                 run.version,
-                work,
+                out,
                 ckpt.step_dir_name(last),
             )
-        else:
-            _clear(work)  # nothing to resume from
+        else:  # nothing to resume from
+            shutil.rmtree(out, ignore_errors=True)
         raise
-    shutil.rmtree(work)
-    return result
+    logger.info(
+        "trained %s (%s) for %d steps in %.0fs: val loss %.4f (unigram %.4f), %.4f bits/byte",
+        result.model,
+        "auto" if result.requested_model == "auto" else "configured",
+        result.steps,
+        result.seconds,
+        result.val_loss,
+        result.unigram_loss,
+        result.val_bpb,
+    )
+    rel = {k: os.path.relpath(getattr(result, k), out) for k in RESULT_PATHS}
+    result = result.model_copy(update=rel)
+    return StageOutput(
+        shards=[ShardInfo(name=rel["checkpoint"], rows=result.tokens_seen, bytes=0)],
+        stats=StageStats(),
+        extras={"result": result.model_dump(mode="json")},
+    )
 
 
-def _start_or_resume(run: StageRun, work: Path, params: TrainParams, logger: Any) -> None:
-    """Log what the run continues from; with resume: false, discard an unfinished run's files first."""
-    version = run.version
-    if is_complete(run.root, STAGE, version) and (work / RESULT).exists():
-        _clear(work)  # force: a finished run's leftovers would only be copied, not recomputed
-    previous = ckpt.latest_step(str(work))
-    if previous is None:
-        logger.info("train@%s: starting from scratch in %s", version, work)
+def _start_or_resume(version: str, out: str, params: TrainParams, force: bool) -> None:
+    """Log what the run continues from; with force or resume: false, discard what the directory holds."""
+    logger = get_run_logger()
+    previous = ckpt.latest_step(out)
+    if force or previous is None:  # force: retrain; no valid checkpoint: a killed run's files are useless
+        if _discard(out) and force:
+            logger.info("force: discarded the files of an earlier run of train@%s in %s", version, out)
+        logger.info("train@%s: starting from scratch in %s", version, out)
     elif not params.resume:
         logger.warning(
             "train@%s: resume is false: discarding the unfinished run in %s (up to %s)",
             version,
-            work,
+            out,
             ckpt.step_dir_name(previous),
         )
-        _clear(work)
+        _discard(out)
     else:
-        logger.info("train@%s: resuming from %s in %s", version, ckpt.step_dir_name(previous), work)
+        logger.info("train@%s: resuming from %s in %s", version, ckpt.step_dir_name(previous), out)
 
 
-def _plot_markdown(run: Any, result: TrainResult) -> str:
-    import base64
-
-    png = Path(paths.version_dir(run.root, STAGE, run.version)) / Path(result.plot_path).name
-    if not png.is_file():
-        return f"loss curve: `{png}` (not found)"
-    data = base64.b64encode(png.read_bytes()).decode()
-    return f"# train@{run.version} loss curve\n\n![loss curve](data:image/png;base64,{data})\n\n`{png}`"
+def _discard(out: str) -> bool:
+    """Remove everything in the version's directory but its `_writing.json`; whether anything was there."""
+    entries = [e for e in Path(out).iterdir() if e.name != WRITING]
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return bool(entries)

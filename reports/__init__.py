@@ -19,7 +19,9 @@ from storage.manifest import Manifest
 ReportFn = Callable[[Manifest, str], str]
 
 
-def md_table(rows: Sequence[dict[str, Any]] | Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> list[str]:
+def md_table(
+    rows: Sequence[dict[str, Any]] | Sequence[Sequence[Any]], header: Sequence[str] | None = None
+) -> list[str]:
     """Markdown table lines: rows as dicts (columns from the first row, or `header`) or as sequences under
     `header`. Integers get thousands separators; `|` in cells is escaped."""
     if not rows and header is None:
@@ -29,7 +31,7 @@ def md_table(rows: Sequence[dict[str, Any]] | Sequence[Sequence[Any]], header: S
         cells = [[r.get(c, "") for c in cols] for r in rows]  # type: ignore[union-attr]
     else:
         cols = list(header or [])
-        cells = [list(r) for r in rows]  # type: ignore[arg-type]
+        cells = [list(r) for r in rows]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in cells]
 

@@ -13,7 +13,7 @@ Commit protocol (correct on local disks and on object stores, where a rename is 
      version stops existing before any of its files change: readers never see a half-replaced version.
   2. The caller writes its files under `writer.path`, the version's final path (no temporary
      directory, no rename).
-  3. `commit(manifest)` checks conservation, removes `_writing.json` and writes `manifest.json` last.
+  3. `commit(manifest)` checks conservation, writes `manifest.json` last, then removes `_writing.json`.
      A directory without `manifest.json` does not exist to readers (`load_manifest`, `list_versions`,
      `latest`); `gc` removes it once stale, or lists it when it is resumable.
   4. `abort()` removes the directory (kept when resumable, or when a manifest is there: a concurrent
@@ -100,14 +100,15 @@ class ArtifactWriter:
         resumable: bool = False,
     ):
         self.root, self.kind, self.version, self.resumable = root, kind, version, resumable
-        self.fs, base = paths.filesystem(root)
-        self.path = paths.join(base, kind, version)
+        self.fs, _ = paths.filesystem(root)
+        self.path = paths.join(root, kind, version)  # the URL (protocol kept): shard tasks open it by itself
         self.inputs = dict(inputs or {})
         if self.fs.exists(paths.join(self.path, MANIFEST)) and not replace:
             raise FileExistsError(f"{kind}@{version} is complete already; reuse it (or pass replace=True)")
-        # leftovers of a killed attempt go, unless resumable; on object stores nothing is removed at the start
+        # leftovers of a killed attempt go, unless resumable (a forced recompute clears those too); on object
+        # stores nothing is removed at the start
         # (no lock there: an identical writer may be writing the same files right now)
-        commit_marker_dir(self.fs, self.path, MANIFEST, clear=is_local(self.fs) and not resumable)
+        commit_marker_dir(self.fs, self.path, MANIFEST, clear=is_local(self.fs) and (replace or not resumable))
         self._write_marker()
 
     def _write_marker(self) -> None:
@@ -133,13 +134,16 @@ class ArtifactWriter:
         self._write_marker()
 
     def commit(self, manifest: Manifest) -> Manifest:
-        """Check conservation, drop the in-progress marker, write the manifest last, point `latest` at it."""
+        """Check conservation, write the manifest (the version exists from here on), drop the in-progress marker,
+        point `latest` at it."""
         manifest.stats.check_conservation(f"{manifest.stage}@{manifest.version}")
+        with self.fs.open(paths.join(self.path, MANIFEST), "w") as f:
+            f.write(manifest.model_dump_json(indent=2))
+        # after the manifest: a run killed in between leaves a complete version with a stray marker (harmless),
+        # never a finished resumable run without one
         writing = paths.join(self.path, WRITING)
         if self.fs.exists(writing):
             self.fs.rm(writing)
-        with self.fs.open(paths.join(self.path, MANIFEST), "w") as f:
-            f.write(manifest.model_dump_json(indent=2))
         set_latest(self.root, self.kind, self.version)
         return manifest
 

@@ -5,7 +5,9 @@ JSON `meta.json` (model config, step, tokens seen, data position, validation los
 tokenizer sha256, counters). Commit protocol, the artifacts' one (storage.artifacts): files are
 written into `step-NNNNNN/` itself and `meta.json` last (a step saved again after a rollback loses its
 `meta.json` first); readers ignore directories without `meta.json`, so a run killed mid-save never
-resumes from half a checkpoint, and `prune_checkpoints` removes such leftovers.
+resumes from half a checkpoint, and `prune_checkpoints` removes such leftovers. The train stage keeps
+its checkpoints in the train version's own directory (written in place; flows/train.py), so a failed
+run's checkpoints are where the next run of that version resumes from.
 
 Retention (`prune_checkpoints`): keep the last K valid steps, the step with the lowest `val_loss` in
 its meta, and milestones (steps divisible by M); everything else, and step directories without `meta.json`, is
@@ -41,7 +43,7 @@ def step_dir(out_dir: str, step: int) -> str:
 
 
 def save_checkpoint(out_dir: str, step: int, objects: dict[str, Any], meta: dict[str, Any]) -> str:
-    """Write objects (name -> torch-saveable) as `<name>.pt`, then meta.json, then rename into place."""
+    """Write objects (name -> torch-saveable) as `<name>.pt` into `step-NNNNNN/` itself, then meta.json last."""
     fs, base = paths.filesystem(out_dir)
     final = paths.join(base, step_dir_name(step))
     commit_marker_dir(fs, final, META)  # a rollback replayed past this step: the newer save wins

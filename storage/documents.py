@@ -21,7 +21,8 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +43,8 @@ BASE_FIELDS: list[pa.Field] = [
 BASE_NAMES = [f.name for f in BASE_FIELDS]
 REJECT_FIELDS: list[pa.Field] = [pa.field("reason", pa.string()), pa.field("reason_detail", pa.string())]
 REJECT_NAMES = {f.name for f in REJECT_FIELDS}
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -98,6 +101,13 @@ def read_documents(path: str, columns: list[str] | None = None, batch_size: int 
     for batch in iter_batches(path, columns=columns, batch_size=batch_size):
         for row in batch.to_pylist():
             yield _to_document(row)
+
+
+def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Consecutive lists of `n` items (the last one shorter) from a stream, for batched model calls and writes."""
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
 
 
 def count_rows(path: str) -> int:

@@ -25,6 +25,8 @@ class AtomicFile:
         self.fs, self.path = fs, path
         self.local = isinstance(fs, LocalFileSystem)
         self._target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if self.local else path
+        # a filesystem that shows a file while it is written (memory://) must not keep a discarded new one
+        self._existed = self.local or bool(fs.exists(path))
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self.file: IO[bytes] = fs.open(self._target, "wb")
 
@@ -36,9 +38,19 @@ class AtomicFile:
         return int(self.fs.size(self.path))
 
     def discard(self) -> None:
-        """Close and remove what was written (the target keeps its old content, if any)."""
-        self.file.close()
-        if self.fs.exists(self._target):
+        """Stop writing and drop what was written: locally the target keeps its old content; on an object store
+        the upload is abandoned (fsspec's `discard`), so no object is created or replaced."""
+        if self.local:
+            self.file.close()
+            if self.fs.exists(self._target):
+                self.fs.rm(self._target)
+            return
+        discard = getattr(self.file, "discard", None)
+        if discard is not None:
+            discard()
+        else:
+            self.file.close()
+        if not self._existed and self.fs.exists(self._target):  # written through regardless: remove it
             self.fs.rm(self._target)
 
     def __enter__(self) -> AtomicFile:

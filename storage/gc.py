@@ -1,154 +1,104 @@
 """Garbage collection of the artifact store: `pretrain gc --keep N [--dry-run]`.
 
-Which complete versions survive, per stage:
-  - the `latest` version (what the next run reads);
-  - the N newest versions by `created_at`;
-  - every version in the lineage of a surviving version: its `inputs`, their inputs, and so on up to
-    ingest. This closure is computed over all stages before anything is deleted, so a version that
-    some kept version was built from is never removed, however old it is.
-Everything else is removed. A version is removed by renaming it to `.gc-<version>-<nonce>` first (a
-single rename, after which readers no longer see it) and then deleting that directory, so a crash in
-the middle leaves only a hidden directory that the next `gc` cleans up.
+gc knows no stage names and no table of side artifacts: it follows the layout of storage.artifacts and the
+lineage in the manifests. The artifact kinds are the top-level directories of the data root whose names do
+not start with `_` or `.` (`_inputs/` and the like are never looked into) and that hold something of that
+layout (a `latest` pointer, a version directory with `manifest.json` or `_writing.json`, a lock file);
+a top-level directory that holds none of these is reported in `plan.unknown` and left alone. Every
+directory `<kind>/<version>/` is a version: complete when it has `manifest.json`, else incomplete.
 
-Stage side artifacts (`SIDE_ARTIFACTS`): caches under `<stage>/<subdir>/<id>/` that several versions of a
-stage share, each named by the versions that use it:
-  - decontaminate's benchmark n-gram indexes `decontaminate/_index/<id>/` (`inputs["decontaminate_index"]`);
-  - quality's score cache `quality/_scores/<id>/` (`extras["scores_version"]`);
-  - tokenize's trained tokenizers `tokenize/_tokenizer/<id>/` (`extras["tokenizer_cache"]`, or the
-    `extras["tokenizer"]["version"]` that manifests written before that field carry; none for `tokenizer_path`).
-A cache is removed only when no kept version of its stage names it, no run of that stage in progress
-(a young `.tmp-*` version dir) may use it, and it is older than `stale_after` (a run that has just built it
-has not written its reference yet). A decontaminate run names its index in `_work/index.json`; quality
-and tokenize runs name nothing, so while one is in progress every cache of that stage is kept. A kept
-version whose manifest does not say which cache it used (written before gc tracked it) keeps every cache
-of its stage; the plan says so in `why`.
+Which complete versions survive; the same rules for every kind, a stage or a side artifact (the quality
+classifier, a score cache, a tokenizer, a decontamination index):
+  - per kind, the `latest` version (what the next run reads) and the N newest by `created_at`;
+  - the lineage closure: every artifact a kept version names in its `inputs` (a key `k` with value `v`
+    is an artifact when `<root>/<k>/<v>/manifest.json` exists; other keys, e.g. `files`, are content
+    digests), their inputs, and so on. So a side artifact survives while a kept version names it (quality
+    names its `quality_scores` and `quality_classifier`) and goes with the last version that did;
+  - the inputs of a run in progress, and their lineage: the `inputs` in the `_writing.json` of an
+    incomplete version that is alive (below);
+  - a version built (`created_at`) less than `stale_after` ago (default one hour) that nothing kept names:
+    a run may have just built it and be about to use it (it has not written its reference yet).
+The closure is computed over all kinds before anything is deleted, so nothing a kept version was built
+from is removed, however old it is. Every other complete version is deleted.
 
-Also removed: leftovers of killed runs older than `stale_after` (default one hour), where the age is
-that of the newest file inside: `.tmp-*` version directories being written, `.old-*` copies from a
-forced recompute, `.gc-*` half-deleted versions and `latest.tmp-*` pointer files (also `.tmp-*`/`.gc-*`
-inside the side-artifact dirs). Younger ones may belong to a stage that is running right now. On a local
-data root a `<stage>/.tmp-<version>-*` dir is kept, however old, while a run holds that version's lock
-(`<stage>/.lock-<version>`, storage.manifest.VersionLock): a long phase, or a training run (which writes
-into its work dir and leaves its `train/.tmp-*` empty for hours), is alive. Lock files no run holds
-(left by killed runs) are removed whatever their age.
+Incomplete versions (no `manifest.json`: invisible to readers):
+  - resumable (its `_writing.json` says so: a failed training run's checkpoints, which the next run of the
+    version resumes from): listed in `plan.partial` and never deleted; delete one by hand once abandoned;
+  - alive: a run holds the version's lock (local data roots: `<kind>/.lock-<version>`, storage.locks), or
+    its newest file, at any depth, is younger than `stale_after` (object stores have no locks): kept;
+  - otherwise a killed run's leftover: removed (`plan.stale`). A directory without `_writing.json` (a run
+    killed while it aborted or committed, a delete interrupted on an object store) is judged the same way.
+Also in `plan.stale`: `latest.tmp-*` pointer files and `.gc-*` directories (half-deleted versions) older
+than `stale_after`, and lock files no run holds (left by killed runs: the kernel dropped their lock)
+whatever their age. Other entries of a kind directory (hidden or `_`-prefixed names, plain files, a
+version whose manifest cannot be read) are reported in `plan.unknown` and left alone.
 
-Sizes (`bytes`, the `mb` column) are measured for every version, kept or deleted.
+Deletion: on a local disk a version is deleted under its lock (left for the next gc when a run holds it):
+it is renamed to `<kind>/.gc-<version>-<nonce>` (one rename, after which readers no longer see it) and then
+removed, so a crash in the middle leaves a hidden directory that the next gc removes. On an object store,
+where a rename is a copy, its `manifest.json` is deleted first (the version stops existing at once), then
+the rest; a crash in between leaves an incomplete directory that the next gc removes once stale. Before it
+deletes a version gc checks again that it is what the plan saw (complete; or incomplete, not resumable and
+stale).
 
-Not touched: training work directories (`train/.work-*`: the checkpoints of a running or killed training
-run, which a re-run resumes from; listed as `train_work`, delete them by hand), directories outside
-the stage directories (`_inputs/`), a stage's
-other `_`-prefixed directories, and a version directory without a manifest that is not hidden (that
-cannot come from our commit protocol; it is reported).
-Caveat: a run that reads an explicit old `input_version` while gc runs can lose its input; gc keeps
-`latest` and the N newest, so run it when no run pins an old version.
+Sizes (`bytes`, the `mb` column) are measured for every complete version, kept or deleted.
+
+Caveat: a run protects its inputs from the moment it opens its writer (`_writing.json`); a run that has
+resolved an old, unreferenced input but not yet opened its writer can lose it to a concurrent gc, so run gc
+when no run pins an old `input_version`.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
 
 from storage import paths
-from storage.manifest import (
-    LATEST,
-    LOCK_PREFIX,
-    MANIFEST,
-    Manifest,
-    Stage,
-    VersionLock,
-    latest_version,
-    list_versions,
-    lock_is_held,
-    remove_lock_if_free,
-)
+from storage.artifacts import is_local, read_writing
+from storage.locks import LOCK_PREFIX, VersionLock, lock_is_held, remove_lock_if_free
+from storage.manifest import LATEST, MANIFEST, Manifest, latest_version, load_manifest
 
 log = logging.getLogger(__name__)
 
-# pipeline stages and the artifacts they reference (e.g. the quality classifier): all are collected
-ALL_STAGES: list[Stage] = list(Stage)
-STALE_PREFIXES = (".tmp-", ".old-", ".gc-", f"{LATEST}.tmp-")
-WORK_PREFIX = ".tmp-"
 DEFAULT_STALE_AFTER_S = 3600.0
-# training work dirs, never removed: `.work-<version>/` holds the checkpoints a failed or killed run resumes
-# from (flows/train.py WORK_PREFIX; a test checks they agree). `train/.tmp-*` is an ordinary temp dir: it
-# only ever holds hard links to the work dir's files, and the version lock says whether its run is alive
-TRAIN_WORK_PREFIXES = (".work-",)
+GC_PREFIX = ".gc-"
+LATEST_TMP_PREFIX = f"{LATEST}.tmp-"
+YOUNG = "built less than stale_after ago: a run may be about to use it"
+UNREFERENCED = "unreferenced"
 
-
-@dataclass(frozen=True)
-class SideArtifact:
-    """A versioned directory `<stage>/<subdir>/<id>/` that stage versions reference (not a stage version)."""
-
-    stage: Stage
-    subdir: str
-    # the ids a committed version of `stage` uses; None when its manifest does not say (then all are kept)
-    refs: Callable[[Manifest], set[str] | None]
-    # file in an in-progress `.tmp-*` version dir naming the id it uses (JSON {"version": id}); None when the
-    # stage writes none, so that any run of the stage in progress keeps every id
-    work_ref: str | None
-
-
-def _index_refs(m: Manifest) -> set[str] | None:
-    ids = {m.inputs.get("decontaminate_index"), (m.extras.get("index") or {}).get("version")}
-    found = {str(i) for i in ids if i}
-    return found or None
-
-
-def _scores_refs(m: Manifest) -> set[str] | None:
-    if "scores_version" not in m.extras:
-        return None
-    return {str(m.extras["scores_version"])} if m.extras["scores_version"] else set()
-
-
-def _tokenizer_refs(m: Manifest) -> set[str] | None:
-    if "tokenizer_cache" in m.extras:
-        return {str(m.extras["tokenizer_cache"])} if m.extras["tokenizer_cache"] else set()
-    tok = m.extras.get("tokenizer") or {}
-    if tok.get("source") == "file":  # given `tokenizer_path`: no cache used
-        return set()
-    return {str(tok["version"])} if tok.get("source") == "trained" and tok.get("version") else None
-
-
-# the names agree with tasks.decontaminate (INDEX_DIR, WORK_REF), tasks.quality (SCORES_DIR) and
-# tasks.tokenization (TOKENIZER_DIR); tests check that
-SIDE_ARTIFACTS: list[SideArtifact] = [
-    SideArtifact(Stage.DECONTAMINATE, "_index", _index_refs, "_work/index.json"),
-    SideArtifact(Stage.QUALITY, "_scores", _scores_refs, None),
-    SideArtifact(Stage.TOKENIZE, "_tokenizer", _tokenizer_refs, None),
-]
+Key = tuple[str, str]  # (kind, version)
 
 
 @dataclass
 class VersionDecision:
-    stage: str
+    stage: str  # the artifact kind (a stage or a side artifact)
     version: str
     created_at: str
     keep: bool
     why: str
     bytes: int = 0
-    parent: str = ""  # "" for a stage version, else the side-artifact subdir (`_index`)
-
-    @property
-    def name(self) -> str:
-        return f"{self.parent}/{self.version}" if self.parent else self.version
 
 
 @dataclass
 class GcPlan:
-    """What `collect` decided; `removed` is filled when the plan is applied."""
+    """What `collect` decided; `applied` is set when the plan is applied."""
 
     root: str
     keep: int
     versions: list[VersionDecision] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    train_work: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # killed runs' leftovers (removed)
+    unknown: list[str] = field(default_factory=list)  # not of the artifact layout (left alone)
+    partial: list[str] = field(default_factory=list)  # resumable incomplete versions (never removed)
     applied: bool = False
+    stale_after_s: float = DEFAULT_STALE_AFTER_S
+    clock_offset_s: float = 0.0  # `now` given to collect minus the real time then (apply re-checks ages)
 
     @property
     def to_delete(self) -> list[VersionDecision]:
@@ -166,7 +116,7 @@ class GcPlan:
         return [
             {
                 "stage": d.stage,
-                "version": d.name,
+                "version": d.version,
                 "created_at": d.created_at,
                 "action": "keep" if d.keep else ("deleted" if self.applied else "delete"),
                 "why": d.why,
@@ -176,239 +126,294 @@ class GcPlan:
         ]
 
 
-def _stage_inputs(m: Manifest) -> list[tuple[Stage, str]]:
-    """Upstream stage versions a manifest was built from (other inputs, e.g. file digests, skipped)."""
-    names = {str(s) for s in Stage}
-    return [(Stage(k), v) for k, v in m.inputs.items() if k in names]
+def delete_hint(path: str) -> str:
+    """How to delete a resumable partial version by hand (gc never does)."""
+    return (
+        f"{path}: resumable partial version (a failed or running run's work, resumed by the next run of it); "
+        f"gc never deletes it; if abandoned, delete it by hand: rm -r {path}"
+    )
 
 
-def _mtime(fs: object, path: str) -> float | None:
-    info = fs.info(path)  # type: ignore[attr-defined]
-    return _info_mtime(info)
+# ---------------------------------------------------------------- file system helpers
 
 
-def _info_mtime(info: dict[str, object]) -> float | None:
+def _info_mtime(info: dict[str, Any]) -> float | None:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key)
         if value is None:
             continue
-        return float(value.timestamp()) if hasattr(value, "timestamp") else float(value)  # type: ignore[arg-type]
+        return float(value.timestamp()) if hasattr(value, "timestamp") else float(value)
     return None
 
 
-def _newest_mtime(fs: object, path: str) -> float | None:
+def _newest_mtime(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
     """Newest mtime of `path` and everything under it: a long phase may write only in a subdirectory."""
-    times = [_mtime(fs, path)]
-    if fs.isdir(path):  # type: ignore[attr-defined]
-        found = fs.find(path, withdirs=True, detail=True)  # type: ignore[attr-defined]
-        times += [_info_mtime(info) for info in found.values()]
+    times = [_info_mtime(fs.info(path))]
+    if fs.isdir(path):
+        times += [_info_mtime(info) for info in fs.find(path, withdirs=True, detail=True).values()]
     known = [t for t in times if t is not None]
     return max(known) if known else None
 
 
-def _du(fs: object, path: str) -> int:
+def _du(fs: fsspec.AbstractFileSystem, path: str) -> int:
     try:
-        return int(fs.du(path, total=True))  # type: ignore[attr-defined]
+        return int(fs.du(path, total=True))
     except (OSError, ValueError):
         return 0
 
 
-def _entries(fs: object, d: str) -> list[str]:
-    if not fs.exists(d):  # type: ignore[attr-defined]
+def _entries(fs: fsspec.AbstractFileSystem, d: str) -> list[tuple[str, bool]]:
+    """(name, is a directory) of the entries of `d`, sorted by name."""
+    if not fs.exists(d):
         return []
-    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(d, detail=False))  # type: ignore[attr-defined]
+    out = [(str(e["name"]).rstrip("/").rsplit("/", 1)[-1], e.get("type") == "directory") for e in fs.ls(d, detail=True)]
+    return sorted(out)
 
 
-def _iso(t: float | None) -> str:
-    return "" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+def _created(m: Manifest) -> float | None:
+    try:
+        t = dt.datetime.fromisoformat(m.created_at)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
-def _scan(plan: GcPlan, fs: object, base: str, now: float, stale_after_s: float) -> None:
-    """Stale temp leftovers (removed), train work dirs (listed, kept) and dirs without a manifest (reported)."""
-    for stage in ALL_STAGES:
-        d = paths.join(base, str(stage))
-        # a phase may write only into a side cache's temp dir (quality scoring into _scores/.tmp-*): that
-        # is a sign of life of the stage's run dirs too
-        side_life = max(
-            [
-                t
-                for side in SIDE_ARTIFACTS
-                if side.stage == stage
-                for name in _entries(fs, paths.join(d, side.subdir))
-                if name.startswith(STALE_PREFIXES)
-                for t in [_newest_mtime(fs, paths.join(d, side.subdir, name))]
-                if t is not None
-            ],
-            default=None,
-        )
-        for name in _entries(fs, d):
-            path = paths.join(d, name)
-            if name.startswith(LOCK_PREFIX):
-                if not _locked(plan.root, stage, name.removeprefix(LOCK_PREFIX)):
-                    plan.stale.append(path)  # left by a killed run (the kernel dropped its lock)
-            elif stage == Stage.TRAIN and name.startswith(TRAIN_WORK_PREFIXES):
-                plan.train_work.append(path)
-            elif name.startswith(STALE_PREFIXES):
-                mtime = _newest_mtime(fs, path)
-                if mtime is not None and side_life is not None and name.startswith(".tmp-"):
-                    mtime = max(mtime, side_life)
-                if (
-                    mtime is not None
-                    and now - mtime > stale_after_s
-                    and not (name.startswith(WORK_PREFIX) and _locked(plan.root, stage, _tmp_version(name)))
-                ):
-                    plan.stale.append(path)
-            elif name != LATEST and not name.startswith((".", "_")) and not fs.exists(paths.join(path, MANIFEST)):  # type: ignore[attr-defined]
-                plan.unknown.append(path)
-    for side in SIDE_ARTIFACTS:
-        d = paths.join(base, str(side.stage), side.subdir)
-        for name in _entries(fs, d):
-            path = paths.join(d, name)
-            mtime = _newest_mtime(fs, path) if name.startswith(STALE_PREFIXES) else None
-            if mtime is not None and now - mtime > stale_after_s:
-                plan.stale.append(path)
-
-
-def _tmp_version(name: str) -> str:
-    """The version of a `.tmp-<version>-<nonce>` dir (VersionWriter's naming)."""
-    return name.removeprefix(WORK_PREFIX).rsplit("-", 1)[0]
-
-
-def _locked(root: str, stage: Stage, version: str) -> bool:
-    """Whether a run holds the lock of stage@version (never on object stores: they have no locks)."""
-    path = VersionLock(root, stage, version).path
+def _locked(root: str, kind: str, version: str) -> bool:
+    """Whether a run holds the lock of kind@version (never on object stores: they have no locks)."""
+    path = VersionLock(root, kind, version).path
     return path is not None and lock_is_held(path)
 
 
-def _running_refs(fs: object, base: str, side: SideArtifact, stale: set[str]) -> tuple[dict[str, str], str | None]:
-    """(id -> temp dir for the ids that in-progress (not stale) versions of side.stage name, a temp dir of an
-    in-progress version that names none when the stage writes no work_ref, else None)."""
-    d = paths.join(base, str(side.stage))
-    out: dict[str, str] = {}
-    unnamed: str | None = None
-    for name in _entries(fs, d):
-        path = paths.join(d, name)
-        if not name.startswith(WORK_PREFIX) or path in stale or not fs.isdir(path):  # type: ignore[attr-defined]
-            continue
-        if side.work_ref is None:
-            unnamed = unnamed or name
-            continue
-        ref = paths.join(path, side.work_ref)
-        if fs.exists(ref):  # type: ignore[attr-defined]
-            with fs.open(ref, "r") as f:  # type: ignore[attr-defined]
-                out[str(json.load(f)["version"])] = name
-    return out, unnamed
+def _is_stale(fs: fsspec.AbstractFileSystem, path: str, now: float, stale_after_s: float) -> bool:
+    mtime = _newest_mtime(fs, path)
+    return mtime is not None and now - mtime > stale_after_s
 
 
-def _side_decisions(
-    plan: GcPlan, fs: object, base: str, kept: dict[tuple[Stage, str], Manifest], now: float, stale_after_s: float
+# ---------------------------------------------------------------- collect
+
+
+@dataclass
+class _Scan:
+    """What one kind directory holds."""
+
+    complete: dict[str, Manifest] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    running: dict[str, dict[str, str]] = field(default_factory=dict)  # alive incomplete version -> its inputs
+    layout: bool = False  # holds something of the artifact layout (else: not a kind)
+
+
+def _scan_kind(
+    root: str, fs: fsspec.AbstractFileSystem, kind_dir: str, kind: str, now: float, stale_after_s: float
+) -> _Scan:
+    scan = _Scan()
+    local = is_local(fs)
+    for name, is_dir in _entries(fs, kind_dir):
+        path = paths.join(kind_dir, name)
+        if name == LATEST and not is_dir:
+            scan.layout = True
+        elif local and name.startswith(LOCK_PREFIX) and not is_dir:
+            scan.layout = True
+            if not _locked(root, kind, name.removeprefix(LOCK_PREFIX)):
+                scan.stale.append(path)  # left by a killed run (the kernel dropped its lock)
+        elif name.startswith((LATEST_TMP_PREFIX, GC_PREFIX)):
+            scan.layout = True
+            if _is_stale(fs, path, now, stale_after_s):
+                scan.stale.append(path)
+        elif name.startswith((".", "_")) or not is_dir:
+            scan.unknown.append(path)
+        elif fs.exists(paths.join(path, MANIFEST)):
+            scan.layout = True
+            try:
+                scan.complete[name] = load_manifest(root, kind, name)
+            except (OSError, ValueError) as err:  # an unreadable manifest, a name no version has
+                log.warning("gc: left alone %s: its manifest cannot be read (%s)", path, err)
+                scan.unknown.append(path)
+        else:
+            _scan_incomplete(scan, root, fs, path, kind, name, now, stale_after_s)
+    return scan
+
+
+def _scan_incomplete(
+    scan: _Scan,
+    root: str,
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    kind: str,
+    version: str,
+    now: float,
+    stale_after_s: float,
 ) -> None:
-    stale = set(plan.stale)
-    for side in SIDE_ARTIFACTS:
-        users: dict[str, str] = {}
-        keep_all: str | None = None  # why every id of this side artifact is kept
-        for (stage, version), m in sorted(kept.items()):
-            if stage != side.stage:
-                continue
-            refs = side.refs(m)
-            if refs is None:
-                keep_all = keep_all or (
-                    f"{stage}@{version} does not record which {side.subdir} it uses (manifest "
-                    f"from before gc tracked it): kept to be safe"
-                )
-            for ref in refs or ():
-                users.setdefault(ref, f"used by {stage}@{version}")
-        running, unnamed = _running_refs(fs, base, side, stale)
-        for ref, tmp in running.items():
-            users.setdefault(ref, f"used by the run in progress {side.stage}/{tmp}")
-        if unnamed is not None:
-            keep_all = keep_all or f"a {side.stage} run is in progress ({side.stage}/{unnamed}) and may use it"
-        d = paths.join(base, str(side.stage), side.subdir)
-        for name in _entries(fs, d):
-            path = paths.join(d, name)
-            if name.startswith(".") or not fs.isdir(path):  # type: ignore[attr-defined]
-                continue
-            mtime = _newest_mtime(fs, path)
-            why = users.get(name) or keep_all
-            if why is None and mtime is not None and now - mtime <= stale_after_s:
-                why = "built less than stale_after ago (a run may be about to use it)"
-            plan.versions.append(
-                VersionDecision(
-                    str(side.stage),
-                    name,
-                    _iso(mtime),
-                    why is not None,
-                    why or "unreferenced",
-                    _du(fs, path),
-                    side.subdir,
-                )
-            )
+    writing = read_writing(fs, path)
+    scan.layout = scan.layout or writing is not None
+    resumable = bool(writing and writing.get("resumable"))
+    alive = (is_local(fs) and _locked(root, kind, version)) or not _is_stale(fs, path, now, stale_after_s)
+    if resumable:
+        scan.partial.append(path)
+        log.warning("gc: %s", delete_hint(path))
+    if alive:
+        inputs = (writing or {}).get("inputs") or {}
+        scan.running[version] = {str(k): str(v) for k, v in inputs.items()} if isinstance(inputs, dict) else {}
+    elif not resumable:
+        scan.stale.append(path)
+
+
+def _kind_order(kinds: list[str], manifests: dict[Key, Manifest]) -> dict[str, int]:
+    """Kinds in lineage order (a kind after the kinds its versions are built from), by name among equals."""
+    ups: dict[str, set[str]] = {k: set() for k in kinds}
+    for (kind, _), m in manifests.items():
+        ups[kind] |= {k for k in m.inputs if k in ups and k != kind}
+    order: list[str] = []
+    while len(order) < len(kinds):
+        left = [k for k in sorted(kinds) if k not in order]
+        ready = [k for k in left if ups[k] <= set(order)]
+        order.append((ready or left)[0])  # a cycle (not from our writers): by name
+    return {k: i for i, k in enumerate(order)}
 
 
 def collect(root: str, keep: int, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None) -> GcPlan:
     """Decide what to keep and what to delete; touches nothing."""
     if keep < 1:
-        raise ValueError(f"--keep {keep}: must be at least 1 (the newest version of every stage is always kept)")
+        raise ValueError(f"--keep {keep}: must be at least 1 (the newest version of every kind is always kept)")
     root = paths.resolve_data_root(root)
-    fs, base = paths.filesystem(root)
-    now = time.time() if now is None else now
-    plan = GcPlan(root=root, keep=keep)
-    manifests: dict[tuple[Stage, str], Manifest] = {}
-    why: dict[tuple[Stage, str], str] = {}
-    for stage in ALL_STAGES:
-        versions = list_versions(root, stage)
-        for m in versions:
-            manifests[(stage, m.version)] = m
-        for m in versions[-keep:]:
-            why[(stage, m.version)] = f"newest {keep}"
-        latest = latest_version(root, stage)
-        if latest is not None:
-            why[(stage, latest)] = "latest"
-    # lineage closure: walk inputs from every kept version up to ingest
-    todo = list(why)
-    while todo:
-        key = todo.pop()
-        kept = manifests.get(key)
-        if kept is None:
+    fs, _ = paths.filesystem(root)
+    real_now = time.time()
+    now = real_now if now is None else now
+    plan = GcPlan(root=root, keep=keep, stale_after_s=stale_after_s, clock_offset_s=now - real_now)
+    manifests: dict[Key, Manifest] = {}
+    running: dict[Key, dict[str, str]] = {}
+    kinds: list[str] = []
+    for kind, is_dir in _entries(fs, root):
+        if not is_dir or kind.startswith(("_", ".")):
             continue
-        for up in _stage_inputs(kept):
-            if up not in why:
-                why[up] = f"input of {key[0]}@{key[1]}"
-                todo.append(up)
-    for (stage, version), m in manifests.items():
-        keep_it = (stage, version) in why
+        kind_dir = paths.join(root, kind)  # paths as the root names them (URLs keep their scheme)
+        scan = _scan_kind(root, fs, kind_dir, kind, now, stale_after_s)
+        if not scan.layout:
+            plan.unknown.append(kind_dir)
+            continue
+        kinds.append(kind)
+        manifests.update({(kind, v): m for v, m in scan.complete.items()})
+        running.update({(kind, v): inputs for v, inputs in scan.running.items()})
+        plan.stale += scan.stale
+        plan.unknown += scan.unknown
+        plan.partial += scan.partial
+
+    why: dict[Key, str] = {}
+
+    def close(roots: list[tuple[Key, str]]) -> None:
+        """Keep `roots` (first reason wins) and, breadth first, everything they were built from."""
+        todo: collections.deque[Key] = collections.deque()
+        for key, reason in roots:
+            if key in manifests and key not in why:
+                why[key] = reason
+                todo.append(key)
+        while todo:
+            key = todo.popleft()
+            for up in sorted(manifests[key].inputs.items()):
+                if up in manifests and up not in why:
+                    why[up] = f"input of {key[0]}@{key[1]}"
+                    todo.append(up)
+
+    newest: list[tuple[Key, str]] = []
+    for kind in kinds:
+        latest = latest_version(root, kind)
+        if latest is not None:
+            newest.append(((kind, latest), "latest"))
+        versions = sorted((m.created_at, v) for (k, v), m in manifests.items() if k == kind)
+        newest += [((kind, v), f"newest {keep}") for _, v in versions[-keep:]]
+    close(newest)
+    close(
+        [
+            ((up_kind, up_version), f"input of the run in progress {kind}/{version}")
+            for (kind, version), inputs in sorted(running.items())
+            for up_kind, up_version in sorted(inputs.items())
+        ]
+    )
+    young = [
+        (key, YOUNG) for key, m in sorted(manifests.items()) if (t := _created(m)) is None or now - t <= stale_after_s
+    ]
+    close(young)
+
+    for (kind, version), m in manifests.items():
         plan.versions.append(
             VersionDecision(
-                str(stage),
+                kind,
                 version,
                 m.created_at,
-                keep_it,
-                why.get((stage, version), "unreferenced"),
-                _du(fs, paths.join(base, str(stage), version)),
+                (kind, version) in why,
+                why.get((kind, version), UNREFERENCED),
+                _du(fs, paths.join(root, kind, version)),
             )
         )
-    _scan(plan, fs, base, now, stale_after_s)
-    _side_decisions(plan, fs, base, {k: m for k, m in manifests.items() if k in why}, now, stale_after_s)
-    plan.versions.sort(key=lambda d: (ALL_STAGES.index(Stage(d.stage)), d.parent, d.created_at))
+    order = _kind_order(kinds, manifests)
+    plan.versions.sort(key=lambda d: (order[d.stage], d.created_at, d.version))
     return plan
 
 
+# ---------------------------------------------------------------- apply
+
+
+def _delete_version(plan: GcPlan, fs: fsspec.AbstractFileSystem, kind: str, version: str, complete: bool) -> bool:
+    """Delete `<kind>/<version>/` if it is still what the plan saw (module docstring); False when left alone."""
+    path = paths.join(plan.root, kind, version)
+    lock = VersionLock(plan.root, kind, version) if is_local(fs) else None
+    if lock is not None and not lock.try_acquire():
+        log.info("gc: left %s@%s alone: a run holds its lock now", kind, version)
+        return False
+    try:
+        has_manifest = fs.exists(paths.join(path, MANIFEST))
+        if complete:
+            still = has_manifest
+        else:
+            writing = read_writing(fs, path) or {}
+            now = time.time() + plan.clock_offset_s
+            still = (
+                fs.exists(path)
+                and not has_manifest
+                and not writing.get("resumable")
+                and _is_stale(fs, path, now, plan.stale_after_s)
+            )
+        if not still:
+            log.info("gc: left %s@%s alone: it changed since gc looked", kind, version)
+            return False
+        if lock is not None:  # local: one rename hides it from readers
+            target = paths.join(plan.root, kind, f"{GC_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+            fs.mv(path, target, recursive=True)
+        else:  # object store: the version stops existing when its manifest goes
+            target = path
+            if has_manifest:
+                fs.rm(paths.join(path, MANIFEST))
+    finally:
+        if lock is not None:
+            lock.release()
+    fs.rm(target, recursive=True)
+    return True
+
+
 def apply(plan: GcPlan) -> GcPlan:
-    """Delete what the plan marks for deletion (hide by rename first, then remove)."""
-    fs, base = paths.filesystem(plan.root)
+    """Delete what the plan marks for deletion; what a run took up since `collect` is left alone."""
+    fs, _ = paths.filesystem(plan.root)
     for d in plan.to_delete:
-        parent = paths.join(base, d.stage, d.parent)
-        hidden = paths.join(parent, f".gc-{d.version}-{uuid.uuid4().hex[:8]}")
-        fs.mv(paths.join(parent, d.version), hidden, recursive=True)
-        fs.rm(hidden, recursive=True)
-        log.info("gc: deleted %s@%s (%s)", d.stage, d.name, d.why)
+        if _delete_version(plan, fs, d.stage, d.version, complete=True):
+            log.info("gc: deleted %s@%s (%s)", d.stage, d.version, d.why)
+        else:
+            d.keep, d.why = True, "in use by a run now: left for the next gc"
+    removed: list[str] = []
     for path in plan.stale:
-        if path.rsplit("/", 1)[-1].startswith(LOCK_PREFIX):
-            if remove_lock_if_free(path):  # taken first: a run that started since collect keeps its lock
-                log.info("gc: removed stale %s", path)
-        elif fs.exists(path):
-            fs.rm(path, recursive=fs.isdir(path))
+        kind_dir, name = path.rsplit("/", 1)
+        if name.startswith(LOCK_PREFIX):
+            done = remove_lock_if_free(path)  # taken first: a run that started since collect keeps its lock
+        elif name.startswith((GC_PREFIX, LATEST_TMP_PREFIX)):
+            done = bool(fs.exists(path))
+            if done:
+                fs.rm(path, recursive=fs.isdir(path))
+        else:
+            done = _delete_version(plan, fs, kind_dir.rsplit("/", 1)[-1], name, complete=False)
+        if done:
+            removed.append(path)
             log.info("gc: removed stale %s", path)
+    plan.stale = removed
     plan.applied = True
     return plan
 

@@ -1,4 +1,4 @@
-"""The one text normaliser, word splitter and n-gram generator shared by dedup and decontaminate.
+"""The one text normaliser, word splitter, n-gram generator and per-document sampling key shared by the stages.
 
 normalise: Unicode NFKC, lowercase, every run of whitespace collapsed to one space, stripped. This is
 the key for exact dedup (two pages differing only in case, spacing or Unicode compatibility forms are
@@ -6,6 +6,7 @@ the same document).
 words: normalise, then split on anything that is not a letter or digit (punctuation is dropped), so a
 benchmark item matches a document regardless of punctuation spacing (GPT-3 / NeMo decontamination
 split on whitespace and strip punctuation the same way).
+sample_key: a seeded uniform number in [0, 1) per document id (hash64), for hash-based sampling and splits.
 ngrams: consecutive word n-grams, joined with a single space (hash them for compact indexes).
 word_spans: the same words plus their character offsets in the original text (decontaminate's cut
 mode removes matched spans). ngram_hashes: uint64 hashes of all word n-grams, vectorised;
@@ -43,6 +44,12 @@ def ngrams(tokens: list[str], n: int) -> Iterator[str]:
 def hash64(s: str) -> int:
     """Stable 64-bit hash (blake2b; Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def sample_key(salt: str, seed: int, doc_id: str) -> float:
+    """Deterministic uniform number in [0, 1) for a document (salted per use, seeded): mix's sampling,
+    tokenize's val split and tokenizer sample."""
+    return hash64(f"{salt}:{seed}:{doc_id}") / 2.0**64
 
 
 def text_hash(text: str) -> str:

@@ -67,14 +67,13 @@ def make_version():
     Usage: `make_version(root, "quality", [[doc, ...], [doc, ...]], extra=[pa.field(...)], version="q1")`.
     Returns the version id. Lets a stage's tests start from a hand-made upstream without running it.
     """
-    from flows.pipeline import Stage
     from storage.artifacts import ArtifactWriter
     from storage.documents import DocumentWriter
     from storage.manifest import ShardInfo, new_manifest
     from storage.stats import StageStats
 
     def make(root, stage, shards, extra=None, version="fixture1", inputs=None):
-        w = ArtifactWriter(str(root), Stage(stage), version)
+        w = ArtifactWriter(str(root), str(stage), version)
         infos, total = [], 0
         for i, docs in enumerate(shards):
             name = f"part-{i:05d}.parquet"
@@ -84,9 +83,7 @@ def make_version():
             infos.append(ShardInfo(name=name, rows=len(docs), bytes=1))
             total += len(docs)
         w.commit(
-            new_manifest(
-                Stage(stage), 1, version, {}, inputs or {}, infos, [], StageStats(docs_in=total, docs_out=total)
-            )
+            new_manifest(str(stage), 1, version, {}, inputs or {}, infos, [], StageStats(docs_in=total, docs_out=total))
         )
         return version
 

@@ -9,9 +9,10 @@ Algorithm (GPT-3 appendix C, NeMo-Curator's task decontamination):
      `tasks.decontaminate.benchmarks`, `tasks.decontaminate.ngram_index`).
      A text shorter than n but of at least `min_words` words (8) is indexed whole: it matches only
      where all its words appear contiguously; shorter texts are skipped (`items_too_short` in the
-     report). The index is a versioned artifact under `<data-root>/decontaminate/_index/<index
-     version>/`, keyed by n, min_words, max_items_per_ngram and the benchmarks' specs and content
-     hashes, reused across runs.
+     report). The index is a versioned side artifact of kind `decontaminate_index`
+     (`<data-root>/decontaminate_index/<index version>/`, written with storage.artifacts.ArtifactWriter,
+     manifest last; `ensure_index`), keyed by n, min_words, max_items_per_ngram and the benchmarks'
+     specs and content hashes, reused across runs; the stage version names it in its `inputs`.
   2. Split each document into words (`tasks.text.words`, the dedup normalisation), hash its windows of
      every length the index holds and look them up. Any hit makes the document contaminated.
   3. `drop` (default): the document goes to `rejected/` with reason `contaminated`; the detail names
@@ -29,12 +30,14 @@ Counters: `matched.<benchmark>` / `removed.<benchmark>` documents, `item.<benchm
 documents per item (every owner of a matched window), `cut.documents`, `cut.spans`, `cut.chars_removed`,
 `cut.pieces_too_short`.
 Drop reasons: `contaminated`, `too_many_contaminated_spans`.
+`process(docs, params, stats, rejects, index)` is the filter; `decontaminate_shard(src, out_dir, index, job)`
+runs it over one shard with the index the job names (`DecontaminateJob`). The report:
+`tasks.decontaminate.report`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -44,24 +47,26 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from prefect import task
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage import paths
-from storage.documents import Document, Rejects, ShardResult, run_document_shard
-from storage.manifest import canonical_json
+from storage.artifacts import ArtifactWriter
+from storage.documents import Document, Rejects, ShardResult, batched, run_document_shard
+from storage.locks import VersionLock
+from storage.manifest import content_id, is_complete, load_manifest, new_manifest
 from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.decontaminate import benchmarks as bm
-from tasks.decontaminate.ngram_index import IndexSource, NgramIndex, build_index, load_index, read_summary, save_index
+from tasks.decontaminate.ngram_index import IndexSource, NgramIndex, build_index, load_index, save_index
 from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
 
 log = logging.getLogger(__name__)
 
 STAGE = "decontaminate"
 STAGE_VERSION = 2  # 2: whole-item matching of short items, all owners of a window, presets
-INDEX_FORMAT = 2  # bump when words()/ngram_hashes() or the index layout change: old indexes become stale
-INDEX_DIR = "_index"
-WORK_REF = "_work/index.json"
+INDEX_KIND = "decontaminate_index"  # the side artifact `<root>/decontaminate_index/<index version>/`
+INDEX_FORMAT = 2  # its stage_version; bump when words()/ngram_hashes() or the index layout change
+INDEX_PARAMS = {"n", "min_words", "max_items_per_ngram", "humaneval", "humaneval_fields", "benchmarks", "hf_datasets"}
 CONTAMINATED = "contaminated"
 TOO_MANY_SPANS = "too_many_contaminated_spans"
 CUTS_FIELD = pa.field("decontaminate_cuts", pa.string())
@@ -170,49 +175,82 @@ def index_sources(params: DecontaminateParams) -> list[IndexSource]:
     return out
 
 
-def index_version(params: DecontaminateParams) -> str:
-    """Content hash of what defines the index (not the action knobs); a missing file raises ValueError."""
+def index_key(params: DecontaminateParams) -> dict[str, Any]:
+    """What defines the index (not the action knobs): n, min_words, max_items_per_ngram and each benchmark's
+    spec and content hash; a missing file raises ValueError."""
     prints = (
         ([bm.humaneval_fingerprint(list(params.humaneval_fields))] if params.humaneval else [])
         + [bm.file_fingerprint(b) for b in params.benchmarks]
         + [bm.hf_fingerprint(h) for h in params.hf_datasets]
     )
-    key = {
+    return {
         "format": INDEX_FORMAT,
         "n": params.n,
         "min_words": params.min_words,
         "max_items_per_ngram": params.max_items_per_ngram,
         "benchmarks": prints,
     }
-    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:12]
+
+
+def index_version(params: DecontaminateParams) -> str:
+    """The index's version id: the content hash of `index_key`."""
+    return content_id(index_key(params))
 
 
 def index_dir(root: str, version: str) -> str:
-    return paths.join(root, str(STAGE), INDEX_DIR, version)
+    return paths.version_dir(root, INDEX_KIND, version)
 
 
 def ensure_index(params: DecontaminateParams, root: str, version: str) -> dict[str, Any]:
-    """Build the index unless `<root>/decontaminate/_index/<version>` is complete; returns its summary."""
-    directory = index_dir(root, version)
-    summary = read_summary(directory)
-    if summary is None:
-        index, summary = build_index(index_sources(params), params.max_items_per_ngram)
-        summary = {"n": params.n, "min_words": params.min_words, **summary, "version": version, "dir": directory}
-        save_index(index, summary, directory)
-        summary["reused"] = False
-        log.info(
-            "built n-gram index %s: %d windows (lengths %s) of %s in %.1fs",
-            version,
-            summary["ngrams"],
-            summary["lengths"],
-            [b["name"] for b in summary["benchmarks"]],
-            summary["build_seconds"],
-        )
-    else:
-        summary["reused"] = True
-        log.info("reused n-gram index %s (%d windows)", version, summary["ngrams"])
-    summary["dir"] = directory  # the data root may have moved since the build
+    """Build the index unless `decontaminate_index@<version>` is complete; returns its summary (the
+    manifest's extras) with `dir` and `reused`. On local roots an identical build waits for this one."""
+    lock = VersionLock(root, INDEX_KIND, version)
+    lock.acquire(on_wait=log.info)
+    try:
+        if is_complete(root, INDEX_KIND, version):
+            summary = dict(load_manifest(root, INDEX_KIND, version).extras)
+            summary["reused"] = True
+            log.info("reused n-gram index %s (%d windows)", version, summary["ngrams"])
+        else:
+            summary = _build_index(params, root, version)
+    finally:
+        lock.release()
+    summary["dir"] = index_dir(root, version)  # the data root may have moved since the build
     return summary
+
+
+def _build_index(params: DecontaminateParams, root: str, version: str) -> dict[str, Any]:
+    """Build in memory (a bad benchmark fails before anything is written), then write the artifact."""
+    key = index_key(params)
+    index, built = build_index(index_sources(params), params.max_items_per_ngram)
+    summary = {"n": params.n, "min_words": params.min_words, **built, "version": version}
+    writer = ArtifactWriter(root, INDEX_KIND, version, {"files": content_id(key["benchmarks"])})
+    try:
+        shards = save_index(index, writer.path)
+        manifest = new_manifest(
+            INDEX_KIND,
+            INDEX_FORMAT,
+            version,
+            params.model_dump(mode="json", include=INDEX_PARAMS),
+            writer.inputs,
+            shards,
+            [],
+            StageStats(),
+            summary,
+        )
+        writer.commit(manifest)
+    except BaseException:
+        writer.abort()
+        raise
+    log.info(
+        "built n-gram index %s: %d windows (lengths %s) of %s in %.1fs",
+        version,
+        summary["ngrams"],
+        summary["lengths"],
+        [b["name"] for b in summary["benchmarks"]],
+        summary["build_seconds"],
+    )
+    return {**summary, "reused": False}
 
 
 @task(name="decontaminate-index")
@@ -221,12 +259,12 @@ def decontaminate_index(params: DecontaminateParams, root: str, version: str) ->
     return ensure_index(params, root, version)
 
 
-def write_index_ref(out_dir: str, summary: dict[str, Any]) -> None:
-    """Tell the shard tasks which index to load (kept in the version as its lineage record)."""
-    fs, p = paths.filesystem(paths.join(out_dir, WORK_REF))
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(p, "w") as f:
-        json.dump({"version": summary["version"], "dir": summary["dir"]}, f)
+class DecontaminateJob(BaseModel):
+    """What a shard task needs: the params and the directory of the index to load."""
+
+    model_config = ConfigDict(frozen=True)
+    params: DecontaminateParams
+    index_dir: str
 
 
 # ---------------------------------------------------------------- cutting
@@ -376,23 +414,17 @@ def find_matches(tokens: list[list[str]], index: NgramIndex) -> list[tuple[np.nd
     return [(hit[a:b] - first_word[j], rows[a:b]) for j, (a, b) in enumerate(itertools.pairwise(bounds))]
 
 
-def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
-
-
 def process(
-    docs: Iterable[Document], stats: StageStats, rejects: Rejects, params: DecontaminateParams, index: NgramIndex
+    docs: Iterable[Document], params: DecontaminateParams, stats: StageStats, rejects: Rejects, index: NgramIndex
 ) -> Iterator[Document]:
     """Keep clean documents; drop or cut contaminated ones (see the module docstring)."""
-    for batch in _batches(docs, BATCH_DOCS):
+    for batch in batched(docs, BATCH_DOCS):
         tokens = [words(d.text) for d in batch]
         for doc, toks, (at, rows) in zip(batch, tokens, find_matches(tokens, index)):
             if len(at) == 0:
                 yield doc
                 continue
-            yield from _contaminated(doc, toks, at, rows, stats, rejects, params, index)
+            yield from _contaminated(doc, toks, at, rows, params, stats, rejects, index)
 
 
 def _contaminated(
@@ -400,9 +432,9 @@ def _contaminated(
     tokens: list[str],
     at: np.ndarray,
     rows: np.ndarray,
+    params: DecontaminateParams,
     stats: StageStats,
     rejects: Rejects,
-    params: DecontaminateParams,
     index: NgramIndex,
 ) -> Iterator[Document]:
     owners = _matched_owners(index, rows)  # `at` is ascending, so rows are in document order
@@ -423,20 +455,14 @@ def new_fields(params: DecontaminateParams) -> list[pa.Field]:
     return [CUTS_FIELD] if params.action == "cut" else []
 
 
-def read_index_ref(out_dir: str) -> str:
-    fs, p = paths.filesystem(paths.join(out_dir, WORK_REF))
-    with fs.open(p, "r") as f:
-        return str(json.load(f)["dir"])
-
-
 @task
-def decontaminate_shard(src: str, out_dir: str, index: int, params: DecontaminateParams) -> ShardResult:
-    """Filter one upstream shard against the index named in `<out_dir>/_work/index.json`."""
-    ngram_index = load_index(read_index_ref(out_dir))
+def decontaminate_shard(src: str, out_dir: str, index: int, job: DecontaminateJob) -> ShardResult:
+    """Filter one upstream shard against the index in `job.index_dir`."""
+    ngram_index = load_index(job.index_dir)
     return run_document_shard(
         src,
         out_dir,
         index,
-        lambda docs, stats, rejects: process(docs, stats, rejects, params, ngram_index),
-        new_fields(params),
+        lambda docs, stats, rejects: process(docs, job.params, stats, rejects, ngram_index),
+        new_fields(job.params),
     )

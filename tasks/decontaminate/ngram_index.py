@@ -18,9 +18,10 @@ Hash collisions: a document window matches an unrelated index window with probab
 looked up at 6 window lengths.
 
 On disk (`save_index`): `hashes.npy`, `length.npy` (uint8), `offsets.npy` (int64), `owner_bench.npy`
-(uint16), `owner_item.npy` (uint32), `items.json` (benchmark names, item ids, 100-character previews)
-and `index.json` (the summary), written into a temporary directory with `index.json` last, then renamed
-into place: a directory without `index.json` is not an index.
+(uint16), `owner_item.npy` (uint32) and `items.json` (benchmark names, item ids, 100-character
+previews), written in place into the `decontaminate_index` artifact directory that
+`tasks.decontaminate.ensure_index` opens with storage.artifacts.ArtifactWriter; its `manifest.json`
+(the summary in `extras`), written last, makes it an index: a directory without one is not.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from storage import paths
+from storage.manifest import MANIFEST, ShardInfo
 from tasks.decontaminate.benchmarks import BenchmarkItem
 from tasks.text import rolling_ngram_hashes, window_hashes, word_hashes, words
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.json"
+ITEMS_FILE = "items.json"
 ARRAYS = ("hashes", "length", "offsets", "owner_bench", "owner_item")
 PREVIEW_CHARS = 100
 
@@ -262,45 +263,29 @@ def _no_usable_items(row: dict[str, Any], max_items: int) -> None:
     )
 
 
-def save_index(index: NgramIndex, summary: dict[str, Any], directory: str) -> None:
-    """Write the index atomically to `directory` (a concurrent identical build may win; same content)."""
-    fs, final = paths.filesystem(directory)
-    tmp = final.rstrip("/").rsplit("/", 1)
-    tmp_dir = f"{tmp[0]}/.tmp-{tmp[1]}-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp_dir, exist_ok=True)
-    try:
-        for name in ARRAYS:
-            with fs.open(f"{tmp_dir}/{name}.npy", "wb") as f:
-                np.save(f, getattr(index, name))
-        with fs.open(f"{tmp_dir}/items.json", "w") as f:
-            json.dump({"benchmarks": index.benchmarks, "item_ids": index.item_ids, "previews": index.previews}, f)
-        with fs.open(f"{tmp_dir}/{INDEX_FILE}", "w") as f:
-            json.dump(summary, f, indent=2)
-        if fs.exists(f"{final}/{INDEX_FILE}"):
-            log.warning("index %s was completed by another run; discarding this copy", directory)
-            fs.rm(tmp_dir, recursive=True)
-        else:
-            fs.mv(tmp_dir, final, recursive=True)
-    except BaseException:
-        if fs.exists(tmp_dir):
-            fs.rm(tmp_dir, recursive=True)
-        raise
-
-
-def read_summary(directory: str) -> dict[str, Any] | None:
-    """The summary of a complete index, or None when `directory` holds none."""
+def save_index(index: NgramIndex, directory: str) -> list[ShardInfo]:
+    """Write the index files into `directory` (an artifact being written; its manifest comes after);
+    returns them as the manifest's shards (rows: entries, or items for `items.json`)."""
     fs, p = paths.filesystem(directory)
-    if not fs.exists(f"{p}/{INDEX_FILE}"):
-        return None
-    with fs.open(f"{p}/{INDEX_FILE}", "r") as f:
-        return dict(json.load(f))
+    fs.makedirs(p, exist_ok=True)
+    files = []
+    for name in ARRAYS:
+        array = getattr(index, name)
+        with fs.open(f"{p}/{name}.npy", "wb") as f:
+            np.save(f, array)
+        files.append(ShardInfo(name=f"{name}.npy", rows=len(array), bytes=int(fs.size(f"{p}/{name}.npy"))))
+    with fs.open(f"{p}/{ITEMS_FILE}", "w") as f:
+        json.dump({"benchmarks": index.benchmarks, "item_ids": index.item_ids, "previews": index.previews}, f)
+    items = sum(len(ids) for ids in index.item_ids)
+    files.append(ShardInfo(name=ITEMS_FILE, rows=items, bytes=int(fs.size(f"{p}/{ITEMS_FILE}"))))
+    return files
 
 
 @functools.lru_cache(maxsize=2)
 def load_index(directory: str) -> NgramIndex:
     """Load a complete index (cached per process: every shard task of a run reuses it)."""
     fs, p = paths.filesystem(directory)
-    assert fs.exists(f"{p}/{INDEX_FILE}"), f"{directory} is not a complete n-gram index (no {INDEX_FILE})"
+    assert fs.exists(f"{p}/{MANIFEST}"), f"{directory} is not a complete n-gram index (no {MANIFEST})"
     arrays = {}
     for name in ARRAYS:
         with fs.open(f"{p}/{name}.npy", "rb") as f:
@@ -312,5 +297,5 @@ def load_index(directory: str) -> NgramIndex:
 def read_items(directory: str) -> dict[str, Any]:
     """`items.json` of an index: benchmark names, item ids and previews (for reports)."""
     fs, p = paths.filesystem(directory)
-    with fs.open(f"{p}/items.json", "r") as f:
+    with fs.open(f"{p}/{ITEMS_FILE}", "r") as f:
         return dict(json.load(f))

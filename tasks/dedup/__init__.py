@@ -10,12 +10,13 @@ Global across all shards of the input version, in three steps (flows/dedup.py ru
      components (pread of only those documents' shingle sets), union-find clusters, one kept document
      per cluster; writes per-shard decisions and `_work/clusters.parquet` (every cluster member).
      Memory: about 80 bytes per document (rank, digests, one band's keys and rows, ids as Arrow).
-  3. `dedup_shard` (map): copies each input shard, sending the decided documents to `rejected/`.
+  3. `dedup_shard` (map): copies each input shard (`process`), sending the decided documents to `rejected/`.
 Keep rule (`keep`): `earliest` crawl_date (ISO-8601 text; documents without a date lose) or
 `highest_quality` (`quality_score` column from the quality stage); ties by id. Drop reasons:
 `exact_duplicate` (detail `kept_id`: the exact copy kept; if that copy is itself a near duplicate, its
 own rejected record names the survivor) and `near_duplicate` (`cluster_id`, `kept_id`). No meta columns
-are added. References: Broder 1997 (MinHash), FineWeb (5-grams, 14 x 8).
+are added. The report and the dry-run plan: `tasks.dedup.report`. References: Broder 1997 (MinHash),
+FineWeb (5-grams, 14 x 8).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +36,15 @@ from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from storage import paths
-from storage.documents import ShardResult, count_rows, iter_batches, read_schema, run_document_shard
+from storage.documents import (
+    Document,
+    Rejects,
+    ShardResult,
+    count_rows,
+    iter_batches,
+    read_schema,
+    run_document_shard,
+)
 from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.dedup.exact import exact_digests, exact_kept
@@ -473,7 +483,10 @@ def _cluster_row(
 # ---------------------------------------------------------------- the filter map
 
 
-def load_decisions(out_dir: str, index: int) -> dict[int, tuple[str, str, dict[str, Any]]]:
+Decisions = dict[int, tuple[str, str, dict[str, Any]]]  # row -> (doc id, reason, detail)
+
+
+def load_decisions(out_dir: str, index: int) -> Decisions:
     """row -> (doc id, reason, detail) for the documents of shard `index` that the global step dropped."""
     t = pq.read_table(work_path(out_dir, "decisions", index, "parquet"), columns=["row", "id", "reason", "detail"])
     return {
@@ -482,18 +495,23 @@ def load_decisions(out_dir: str, index: int) -> dict[int, tuple[str, str, dict[s
     }
 
 
+def process(
+    docs: Iterable[Document], params: DedupParams, stats: StageStats, rejects: Rejects, decisions: Decisions
+) -> Iterator[Document]:
+    """Keep the documents of one shard the global step did not drop; send the others to `rejects`."""
+    for row, doc in enumerate(docs):
+        decision = decisions.get(row)
+        if decision is None:
+            yield doc
+            continue
+        assert decision[0] == doc.id, f"row {row}: decision for {decision[0]} but document is {doc.id}"
+        rejects.add(doc, decision[1], decision[2])
+
+
 @task
 def dedup_shard(src: str, out_dir: str, index: int, params: DedupParams) -> ShardResult:
     """Copy one input shard, sending the documents the global step dropped to `rejected/`."""
     decisions = load_decisions(out_dir, index)
-
-    def process(docs, stats, rejects):  # type: ignore[no-untyped-def]
-        for row, doc in enumerate(docs):
-            decision = decisions.get(row)
-            if decision is None:
-                yield doc
-                continue
-            assert decision[0] == doc.id, f"{src} row {row}: decision for {decision[0]} but document is {doc.id}"
-            rejects.add(doc, decision[1], decision[2])
-
-    return run_document_shard(src, out_dir, index, process)
+    return run_document_shard(
+        src, out_dir, index, lambda docs, stats, rejects: process(docs, params, stats, rejects, decisions)
+    )

@@ -367,11 +367,3 @@ def plan_estimate(
         "threshold_50pct": float((1.0 / bands) ** (1.0 / rows)),
         "p_at_0.8": float(s_curve(0.8, bands, rows)),
     }
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover

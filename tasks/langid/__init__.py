@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from itertools import islice
-from typing import TypeVar
 
 import pyarrow as pa
 from prefect import task
 from pydantic import Field, field_validator
 
 from models.classifiers import TextClassifier, load_lid_model
-from storage.documents import Document, Rejects, ShardResult, run_document_shard
+from storage.documents import Document, Rejects, ShardResult, batched, run_document_shard
 from storage.params import StageParams
 from storage.stats import StageStats
 
@@ -50,8 +48,6 @@ LANGID_FIELDS: list[pa.Field] = [
     pa.field("language_score", pa.float64()),
     pa.field("language_top3", pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float64())]))),
 ]
-
-T = TypeVar("T")
 
 
 class LangidParams(StageParams):
@@ -97,12 +93,6 @@ class LangidParams(StageParams):
     def version_params(self) -> dict[str, object]:
         # batch size does not change any output
         return self.model_dump(mode="json", exclude={"batch_size"})
-
-
-def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    it = iter(items)
-    while batch := list(islice(it, n)):
-        yield batch
 
 
 def model_input(text: str, max_chars: int) -> str:

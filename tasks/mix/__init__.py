@@ -12,7 +12,7 @@ when `anneal_fraction > 0`, and `rejected/part-NNNNN.parquet`.
 1. Count (`mix_count_shard`, a task per shard): documents and characters per source, and each
    source's characters per bucket of the document's key u = hash64("mix:<seed>:<id>") / 2^64
    (and per quality-score bin when annealing).
-2. Plan (`plan_mix`, in the flow): positive weights normalised to shares. A weighted source with no
+2. Plan (`plan_mix`, in the flow's phases): positive weights normalised to shares. A weighted source with no
    text in the input is absent: its share is redistributed over the present sources in proportion to
    their weights (logged; `on_absent_source: error` fails instead), giving target shares w_s.
    Default budget (budget_chars and budget_tokens unset): every document at least once, up-sampling
@@ -26,7 +26,7 @@ when `anneal_fraction > 0`, and `rejected/part-NNNNN.parquet`.
    how much, or with `allow_shortfall` it is capped and the rest of the budget is shared among the
    other sources by weight (water-filling), reported as renormalised. The plan (manifest extras)
    records per source the configured weight, the target share after redistribution, the planned
-   share and a status (ok / absent / capped); the flow's report adds the achieved share.
+   share and a status (ok / absent / capped); the report (`tasks.mix.report`) adds the achieved share.
 3. Sample (`mix_shard`): a document gets floor(r_s) copies plus one if u < threshold_s, where the
    threshold is read off the key histogram so the extra copies hold frac(r_s) of the source's
    characters (exact up to one document). Copy k > 0 has id `<id>#r<k>` and `repeat = k`. Copies
@@ -75,7 +75,7 @@ from storage.manifest import ShardInfo
 from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.ingest.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
-from tasks.text import hash64
+from tasks.text import sample_key
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,15 @@ class MixJob(StageParams):
     plan: MixPlan
 
 
+class ShardCounts(BaseModel):
+    """What `mix_count_shard` returns: the per-source counts of shard `index`."""
+
+    index: int
+    counts: dict[str, SourceCounts]
+
+
 class MixShardResult(ShardResult):
     anneal: Optional[ShardInfo] = None
-
-
-def sample_key(salt: str, seed: int, doc_id: str) -> float:
-    """Deterministic uniform number in [0, 1) for a document (salted per use, seeded)."""
-    return hash64(f"{salt}:{seed}:{doc_id}") / 2.0**64
 
 
 def resolve_source(
@@ -499,12 +501,15 @@ def _resolve(doc: Document, rules: Sequence[SourceRule]) -> bool:
 
 
 def process(
-    read: Callable[[], Iterable[Document]], job: MixJob, stats: StageStats, rejects: Rejects
+    docs: Callable[[], Iterable[Document]], job: MixJob, stats: StageStats, rejects: Rejects
 ) -> Iterator[Document]:
-    """Copies of one shard's documents: every first copy, then every second copy, and so on."""
+    """Copies of one shard's documents: every first copy, then every second copy, and so on.
+
+    `docs` opens the shard's documents anew (one pass for the first copies, one per further copy), the
+    one difference from the other stages' `process(docs, params, stats, rejects)`."""
     plan, seed, rules = job.plan, job.params.seed, job.params.source_rules
     most = 0
-    for doc in counted(read(), stats):
+    for doc in counted(docs(), stats):
         if _resolve(doc, rules):
             stats.count("source_changed")
         stats.count(f"docs_in.{doc.source}")
@@ -521,7 +526,7 @@ def process(
         most = max(most, n)
         yield _copy(doc, 0, stats)
     for k in range(1, most):
-        for doc in read():
+        for doc in docs():
             _resolve(doc, rules)
             if doc.source in plan.sources and n_copies(doc, plan, seed) > k:
                 yield _copy(doc, k, stats)
@@ -533,8 +538,9 @@ def is_anneal(doc: Document, plan: MixPlan) -> bool:
 
 
 @task
-def mix_count_shard(src: str, params: MixParams) -> dict[str, SourceCounts]:
-    """Phase 1: per-source counts of one input shard."""
+def mix_count_shard(src: str, out_dir: str, index: int, params: MixParams) -> ShardCounts:
+    """Phase 1: per-source counts of one input shard (writes nothing; `out_dir` only keeps the shard-task
+    signature `map_shards` maps)."""
     with_quality = params.anneal_fraction > 0
     names = read_schema(src).names
     if with_quality and "quality_score" not in names:
@@ -547,7 +553,8 @@ def mix_count_shard(src: str, params: MixParams) -> dict[str, SourceCounts]:
         + (["url", SOURCE_FROM] if SOURCE_FROM in names else [])
         + (["quality_score"] if with_quality else [])
     )
-    return count_batches(iter_batches(src, columns=cols), params.seed, with_quality, params.source_rules)
+    counts = count_batches(iter_batches(src, columns=cols), params.seed, with_quality, params.source_rules)
+    return ShardCounts(index=index, counts=counts)
 
 
 @task

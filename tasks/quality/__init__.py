@@ -4,10 +4,11 @@ Two phases, so thresholds can change without recomputing any score:
 1. score (`quality_score_shard`): for every document, the verdict of each heuristic filter
    (`tasks.quality.heuristics`: datatrove's Gopher repetition, Gopher quality, C4 quality, FineWeb
    quality, per language) and `quality_score` = P(high quality) from the fastText quality classifier
-   (`tasks.quality.classifier`, a versioned artifact). Written to the score cache
-   `<root>/quality/_scores/<scores version>/part-NNNNN.parquet` (id, source, language, input_error,
-   heuristic_<filter>, quality_score), committed by writing `scores.json` last. The scores version
-   hashes only the scoring params, the langid version and the classifier version.
+   (`tasks.quality.classifier`, a versioned artifact). Written to the score cache, the versioned side
+   artifact `<root>/quality_scores/<scores version>/part-NNNNN.parquet` (id, source, language,
+   input_error, heuristic_<filter>, quality_score) with its manifest (storage.artifacts; kind
+   `quality_scores`). The scores version hashes only the scoring params, the langid version and the
+   classifier version; the quality manifest names it in its `inputs` (lineage, not part of its version id).
 2. filter (`quality_filter_shard`): joins each input shard with its score shard, copies the score
    columns onto the documents, and drops by the thresholds. `keep_top_fraction` first computes one
    global score threshold over all score shards (`top_fraction_threshold`).
@@ -54,12 +55,20 @@ from pydantic import BaseModel, Field, model_validator
 
 from models.classifiers import TextClassifier, load_quality_model
 from storage import paths
-from storage.documents import Document, Rejects, ShardResult, iter_batches, read_documents, run_document_shard
-from storage.manifest import canonical_json
+from storage.documents import (
+    Document,
+    Rejects,
+    ShardResult,
+    batched,
+    iter_batches,
+    read_documents,
+    run_document_shard,
+)
+from storage.files import AtomicFile
+from storage.manifest import Manifest, canonical_json
 from storage.params import StageParams
 from storage.stats import StageStats
-from tasks.langid import batched
-from tasks.quality.classifier import classifier_text, score_texts
+from tasks.quality.classifier import FIX_HINT, classifier_shortfall, classifier_text, score_texts
 from tasks.quality.heuristics import (
     FILTER_NAMES,
     FilterName,
@@ -72,9 +81,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "quality"
 STAGE_VERSION = 2  # 2: Gopher paper words by default; a classifier below the validation bar drops nothing
+SCORES_KIND = "quality_scores"  # the score cache: `<root>/quality_scores/<version>/`, a versioned side artifact
 SCORES_VERSION = 2  # 2: gopher_quality verdicts on whitespace words unless datatrove_compatible
-SCORES_DIR = "_scores"
-SCORES_META = "scores.json"
 
 EMPTY_TEXT = "empty_text"
 TEXT_TOO_LONG = "text_too_long"
@@ -210,7 +218,7 @@ class QualityParams(StageParams):
         )
 
 
-class ScorePlan(StageParams):
+class ScoreJob(StageParams):
     """What one score task needs: the params and the resolved classifier."""
 
     params: QualityParams
@@ -218,7 +226,7 @@ class ScorePlan(StageParams):
     classifier_max_chars: int = 100_000
 
 
-class FilterPlan(StageParams):
+class FilterJob(StageParams):
     """What one filter task needs: the params, the score cache and the global score threshold."""
 
     params: QualityParams
@@ -229,6 +237,7 @@ class FilterPlan(StageParams):
 class ScoreResult(BaseModel):
     index: int
     rows: int
+    bytes: int
     counters: dict[str, int]
     seconds: float
 
@@ -250,10 +259,10 @@ def input_error(text: str, max_chars: int) -> str | None:
 
 
 def score_documents(
-    docs: Iterable[Document], plan: ScorePlan, layer: HeuristicLayer, model: TextClassifier | None, stats: StageStats
+    docs: Iterable[Document], job: ScoreJob, stats: StageStats, layer: HeuristicLayer, model: TextClassifier | None
 ) -> Iterator[dict[str, Any]]:
     """One score row per document, in input order (heuristic verdicts first, then a batched classifier)."""
-    p = plan.params
+    p = job.params
     scored_languages = set(p.classifier_languages)
     for batch in batched(docs, p.batch_size):
         rows, to_score = [], []
@@ -271,7 +280,7 @@ def score_documents(
             }
             rows.append(row)
             if err is None and model is not None and lang in scored_languages:
-                to_score.append((row, classifier_text(doc.text, plan.classifier_max_chars)))
+                to_score.append((row, classifier_text(doc.text, job.classifier_max_chars)))
             elif err is None:
                 stats.count(f"unscored.{lang}")
         if to_score:
@@ -281,24 +290,22 @@ def score_documents(
 
 
 @task(task_run_name="quality-score-{index}")
-def quality_score_shard(src: str, out_dir: str, index: int, plan: ScorePlan) -> ScoreResult:
-    """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache."""
+def quality_score_shard(src: str, out_dir: str, index: int, job: ScoreJob) -> ScoreResult:
+    """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache (written whole or not at all)."""
     t0, stats = time.perf_counter(), StageStats()
-    layer = heuristic_layer(
-        tuple(plan.params.filters), canonical_json(plan.params.filter_options), plan.params.datatrove_compatible
-    )
-    model = load_quality_model(plan.classifier_path) if plan.classifier_path else None
-    out = paths.join(out_dir, paths.shard_name(index))
-    fs, p = paths.filesystem(out)
+    p = job.params
+    layer = heuristic_layer(tuple(p.filters), canonical_json(p.filter_options), p.datatrove_compatible)
+    model = load_quality_model(job.classifier_path) if job.classifier_path else None
+    fs, path = paths.filesystem(paths.join(out_dir, paths.shard_name(index)))
     rows = 0
-    with fs.open(p + ".tmp", "wb") as f, pq.ParquetWriter(f, SCORE_SCHEMA, compression="zstd") as writer:
+    with AtomicFile(fs, path) as out, pq.ParquetWriter(out.file, SCORE_SCHEMA, compression="zstd") as writer:
         docs = read_documents(src, columns=["id", "text", "source", "language"])
-        for chunk in batched(score_documents(docs, plan, layer, model, stats), 2048):
+        for chunk in batched(score_documents(docs, job, stats, layer, model), 2048):
             writer.write_table(pa.Table.from_pylist(chunk, schema=SCORE_SCHEMA))
             rows += len(chunk)
-    fs.mv(p + ".tmp", p)
-    log.info("%s: scored %d documents in %.1fs", src, rows, time.perf_counter() - t0)
-    return ScoreResult(index=index, rows=rows, counters=stats.counters, seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    log.info("%s: scored %d documents in %.1fs", src, rows, seconds)
+    return ScoreResult(index=index, rows=rows, bytes=int(fs.size(path)), counters=stats.counters, seconds=seconds)
 
 
 def _drop(
@@ -323,25 +330,48 @@ def _drop(
 
 
 def filter_documents(
-    docs: Iterable[Document], scores: Iterator[dict[str, Any]], plan: FilterPlan, stats: StageStats, rejects: Rejects
+    docs: Iterable[Document], job: FilterJob, stats: StageStats, rejects: Rejects, scores: Iterator[dict[str, Any]]
 ) -> Iterator[Document]:
-    """Copy the cached scores onto the documents and apply the thresholds."""
-    threshold = plan.score_threshold
+    """Copy the cached scores (`scores`: the rows of the shard's score file) onto the documents and apply
+    the thresholds."""
+    threshold = job.score_threshold
     for doc in docs:
         row = next(scores, None)
         assert row is not None and row["id"] == doc.id, (
-            f"score cache {plan.scores_dir} out of step with the input at document {doc.id} (got {row and row['id']}); "
+            f"score cache {job.scores_dir} out of step with the input at document {doc.id} (got {row and row['id']}); "
             f"delete the cache directory and rerun"
         )
         doc.meta.update({c: row[c] for c in HEURISTIC_COLUMNS}, quality_score=row["quality_score"])
         if row["quality_score"] is not None:
             stats.count(f"score_bin.{min(int(row['quality_score'] * 10), 9)}")
-        dropped = _drop(doc, row, plan.params, threshold, stats)
+        dropped = _drop(doc, row, job.params, threshold, stats)
         if dropped is None:
             yield doc
         else:
             rejects.add(doc, dropped[0], dropped[1])
-    assert next(scores, None) is None, f"score cache {plan.scores_dir} has more rows than the input shard"
+    assert next(scores, None) is None, f"score cache {job.scores_dir} has more rows than the input shard"
+
+
+def candidate_documents(root: str, langid: Manifest, languages: list[str]) -> int:
+    """Documents of the langid version in `languages` (the bootstrap classifier's pool; reads one column)."""
+    keep, n = set(languages), 0
+    base = paths.version_dir(root, langid.stage, langid.version)
+    for shard in langid.shards:
+        for batch in iter_batches(paths.join(base, shard.name), columns=["language"]):
+            n += sum(1 for lang in batch.column(0).to_pylist() if lang in keep)
+    return n
+
+
+def below_bar_warning(clf: Manifest, p: QualityParams) -> str | None:
+    """Why the classifier `clf` only annotates (below the validation bar), or None when it may drop documents."""
+    shortfall = classifier_shortfall(clf.extras, p.classifier_min_auc, p.classifier_min_examples)
+    if not shortfall:
+        return None
+    return (
+        f"quality_classifier@{clf.version} is below the validation bar ({shortfall}): it only "
+        f"annotates (quality_score stored, no quality_score_low drops). {FIX_HINT[0].upper()}"
+        f"{FIX_HINT[1:]}, or lower classifier_min_auc / classifier_min_examples"
+    )
 
 
 def _score_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -350,11 +380,11 @@ def _score_rows(path: str) -> Iterator[dict[str, Any]]:
 
 
 @task(task_run_name="quality-filter-{index}")
-def quality_filter_shard(src: str, out_dir: str, index: int, plan: FilterPlan) -> ShardResult:
+def quality_filter_shard(src: str, out_dir: str, index: int, job: FilterJob) -> ShardResult:
     """Apply the thresholds to one langid shard using its cached scores."""
-    scores = _score_rows(paths.join(plan.scores_dir, paths.shard_name(index)))
+    scores = _score_rows(paths.join(job.scores_dir, paths.shard_name(index)))
     result = run_document_shard(
-        src, out_dir, index, lambda docs, st, rj: filter_documents(docs, scores, plan, st, rj), QUALITY_FIELDS
+        src, out_dir, index, lambda docs, st, rj: filter_documents(docs, job, st, rj, scores), QUALITY_FIELDS
     )
     log.info("%s: %d in, %d kept, dropped %s", src, result.stats.docs_in, result.stats.docs_out, result.stats.dropped)
     return result

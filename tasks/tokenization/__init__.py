@@ -10,10 +10,11 @@ Output: `tokenizer.model` (+ `.vocab`), `train/tokens-NNNNN.arrow`, `val/tokens-
    (`val_reserve`: the largest val threshold step 4 can choose, from a lower bound on each document's
    tokens, len(text) // MAX_PIECE_CHARS + 1, so it is known before the tokenizer exists). Val bytes per
    token is then measured on text the tokenizer never saw (real web text, vocab 8000: in-sample val
-   said 3.57 bytes/token where held-out text gave 3.28; bench/tokenize_heldout.py). Cached as its own
-   versioned artifact `<root>/tokenize/_tokenizer/<key>/` keyed by the training params and the mix
-   version; a cached tokenizer is reused while its reserve covers this run's (so changing only packing
-   params reuses it unless a tiny input needs a larger val); or `tokenizer_path`.
+   said 3.57 bytes/token where held-out text gave 3.28; bench/tokenize_heldout.py). Kept as its own
+   versioned artifact of kind `tokenizer`, `<root>/tokenizer/<key>/` (`tokenizer.model`,
+   `tokenizer.vocab`, `val_min_tokens.npy`, `manifest.json` last; storage.artifacts), keyed by the
+   training params and the mix version; a tokenizer is reused while its reserve covers this run's (so
+   changing only packing params reuses it unless a tiny input needs a larger val); or `tokenizer_path`.
 2. Encode (`tokenize_shard`, a task per mix shard): documents encoded in batches, `<eos>` appended.
    Split by document before packing: key hash64("val:<seed>:<original id>") < val threshold -> val,
    else train; repeated copies of a val document are dropped (val holds each document once, and
@@ -38,11 +39,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 from prefect import task
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from models.tokenizer import MAX_PIECE_CHARS, Tokenizer, load_tokenizer, train_tokenizer, training_lines
 from storage import paths
@@ -62,7 +63,7 @@ from storage.manifest import ShardInfo
 from storage.params import StageParams
 from storage.stats import StageStats
 from storage.token_shards import SHARD_EXT, SHARD_KIND, TRAIN_DIR, VAL_DIR, TokenShardWriter, token_dtype
-from tasks.mix import sample_key
+from tasks.text import sample_key
 
 STAGE = "tokenize"
 STAGE_VERSION = 2  # 2: the tokenizer sample excludes every document that can be val
@@ -75,8 +76,8 @@ ENCODE_BATCH = 256
 ROWS_PER_BATCH = 1024
 WORK_DIR = "_work"
 TOKENIZER_MODEL = "tokenizer.model"
-TOKENIZER_INFO = "tokenizer.json"
-TOKENIZER_DIR = "_tokenizer"  # <root>/tokenize/_tokenizer/<key>/: the cached, versioned tokenizers
+TOKENIZER_VOCAB = "tokenizer.vocab"
+TOKENIZER_KIND = "tokenizer"  # <root>/tokenizer/<key>/: the trained tokenizers, a versioned side artifact
 TOKENIZER_VERSION = 2  # bump when the training recipe in models/tokenizer.py changes (2: val held out)
 SAMPLE_INDEX = "sample-{:05d}.npz"  # per sampled document: val key, lines, chars, bytes
 VAL_MIN_TOKENS = "val_min_tokens.npy"  # in a cached tokenizer: lower-bound tokens per val-key bucket
@@ -128,6 +129,28 @@ class TokenizeJob(StageParams):
     tokenizer_file: str
     val_threshold: float
     kind: Literal["main", "anneal"] = "main"
+
+
+class TokenizerSampleJob(StageParams):
+    """What a `tokenizer_sample_shard` task needs: the key threshold, the seed, and how many of the shards
+    are main shards (the first `main_shards`; the rest are anneal shards, whose documents are never val)."""
+
+    threshold: float
+    seed: int
+    main_shards: int
+
+
+class TokenizerSample(BaseModel):
+    """What `tokenizer_sample_shard` returns: the sample's counts of shard `index` and, for a main shard, the
+    lower-bound tokens of all its first copies per val-key bucket."""
+
+    index: int
+    docs: int = 0
+    empty_docs: int = 0
+    lines: int = 0
+    chars: int = 0
+    bytes: int = 0
+    val_min_tokens: list[int] = Field(default_factory=list)
 
 
 class TokenizeShardResult(ShardResult):
@@ -216,7 +239,7 @@ def route(doc: Document, job: TokenizeJob) -> tuple[Optional[str], int]:
 
 
 def process(
-    docs: Iterable[Document], tok: Tokenizer, job: TokenizeJob, stats: StageStats, rejects: Rejects
+    docs: Iterable[Document], job: TokenizeJob, stats: StageStats, rejects: Rejects, tok: Tokenizer
 ) -> Iterator[tuple[str, int, list[int]]]:
     """(split, val-key bucket or -1, token ids) of every kept document, in input order."""
     it = iter(counted(docs, stats))
@@ -308,7 +331,7 @@ def tokenize_shard(src: str, out_dir: str, index: int, job: TokenizeJob) -> Toke
     hist = np.zeros(VAL_BUCKETS, dtype=np.int64)
     rej_name = f"{REJECTED_DIR}/{'anneal' if job.kind == 'anneal' else 'part'}-{index:05d}.parquet"
     with DocumentWriter(paths.join(out_dir, rej_name), extra=extra_fields(read_schema(src)), rejected=True) as rej:
-        for split, bucket, ids in process(read_documents(src), tok, job, stats, Rejects(rej, stats)):
+        for split, bucket, ids in process(read_documents(src), job, stats, Rejects(rej, stats), tok):
             streams[split].add(ids)
             if bucket >= 0:
                 hist[bucket] += len(ids) + 1
@@ -368,13 +391,40 @@ def val_reserve(min_tokens_hist: np.ndarray, row_len: int, val_fraction: float) 
     return max(val_fraction, (int(np.searchsorted(cum, row_len)) + 1) / VAL_BUCKETS)
 
 
+def val_threshold_for(bucket_tokens: np.ndarray, row_len: int, version: str) -> float:
+    """Smallest val-key bucket boundary under which first copies hold at least one row of tokens (step 4)."""
+    cum = np.cumsum(bucket_tokens)
+    if not len(cum) or cum[-1] < 2 * row_len:
+        raise ValueError(
+            f"tokenize: mix@{version} encodes to {int(cum[-1]) if len(cum) else 0:,} tokens (of first "
+            f"copies), fewer than one train and one val sequence of seq_len + 1 = {row_len} tokens "
+            f"each; lower tokenize.seq_len or add data"
+        )
+    return (int(np.searchsorted(cum, row_len)) + 1) / VAL_BUCKETS
+
+
+def split_facts(stats: StageStats, split: str, sequences: int, dropped: int, row_len: int) -> dict[str, Any]:
+    """The manifest's facts of one split (`extras["splits"][split]`)."""
+    c = stats.counters
+    tokens = c.get(f"tokens.{split}", 0)
+    return {
+        "dir": split,
+        "docs": c.get(f"docs.{split}", 0),
+        "bytes": c.get(f"bytes.{split}", 0),
+        "tokens_encoded": tokens,
+        "sequences": sequences,
+        "tokens_packed": sequences * row_len,
+        "tail_dropped": dropped,
+        "bytes_per_token": c.get(f"bytes.{split}", 0) / tokens if tokens else 0.0,
+    }
+
+
 @task
-def tokenizer_sample_shard(
-    src: str, out_dir: str, index: int, threshold: float, seed: int, val_split: bool = True
-) -> dict[str, object]:
+def tokenizer_sample_shard(src: str, out_dir: str, index: int, job: TokenizerSampleJob) -> TokenizerSample:
     """Write the tokenizer training lines of one mix shard (first copies with key < threshold) and each
     sampled document's val key (`SAMPLE_INDEX`: the trainer leaves out the val reserve); counts, and for a
-    main shard (`val_split`) the lower-bound tokens of all its first copies per val-key bucket."""
+    main shard (index < job.main_shards) the lower-bound tokens of all its first copies per val-key bucket."""
+    threshold, seed, val_split = job.threshold, job.seed, index < job.main_shards
     counts = {"docs": 0, "empty_docs": 0, "lines": 0, "chars": 0, "bytes": 0}
     hist = np.zeros(VAL_BUCKETS, dtype=np.int64)
     index_rows: list[tuple[float, int, int, int]] = []
@@ -412,7 +462,7 @@ def tokenizer_sample_shard(
         chars=cols_np[:, 2].astype(np.int64),
         bytes=cols_np[:, 3].astype(np.int64),
     )
-    return {**counts, "val_min_tokens": hist.tolist() if val_split else []}
+    return TokenizerSample(index=index, **counts, val_min_tokens=hist.tolist() if val_split else [])
 
 
 def _sample_files(sample_dir: str) -> list[tuple[str, str]]:

@@ -13,7 +13,11 @@ Stability: a step whose gradient norm is non-finite or above `skip_grad_norm_fac
 skipped; a loss above `spike_factor` x its running mean for `spike_patience` steps rolls back to the
 last checkpoint and skips the offending batches. Both are logged and counted in the result.
 Resume: `train` continues from the highest valid checkpoint in `out_dir` (model, optimizer, data
-position, RNG), so an interrupted run reaches the same losses as an uninterrupted one.
+position, RNG), so an interrupted run reaches the same losses as an uninterrupted one. The train stage
+(flows/train.py) passes the version's own directory as `out_dir`, written in place until its manifest.
+Modules: params (TrainParams, TrainJob, TrainResult; no torch), loop (runtime, data order, step, guards,
+per-step bookkeeping), metrics (metrics.jsonl, plot, sample, unigram baseline), plan (`pretrain plan`,
+`model: auto`, `train_tokens`), report (the stage's markdown and extra artifacts); imports go one way.
 
 Runs in-process (`train(...)`, what the Prefect `train_run` task calls) or as
 `python -m tasks.train JOB.json` (a `TrainJob`), also under `torchrun --nproc_per_node N` (DDP; NCCL
@@ -50,6 +54,7 @@ from tasks.train.loop import (
     barrier,
     gather_rng,
     rank_slices,
+    record_step,
     restore_rng,
     setup_runtime,
     skip_past,
@@ -63,7 +68,6 @@ from tasks.train.metrics import (
     bits_per_byte,
     generate_sample,
     plot_losses,
-    record_step,
     sentencepiece_codec,
     unigram_baseline_loss,
 )

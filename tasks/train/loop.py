@@ -14,7 +14,10 @@
 - RNG capture/restore (torch, CUDA, numpy, python) for checkpoints.
 - The loop's state: `TrainState` (what a checkpoint's meta.json restores besides weights and
   optimizer), `Models` (raw / compiled / DDP views of one model), `Run` (everything one run holds),
-  `FaultHooks` (fault injection used by the tests).
+  `FaultHooks` (fault injection used by the tests), and `record_step` (a step's counters, throughput
+  and metrics row; the row format is tasks/train/metrics.py's).
+Imports only go one way: `tasks.train` (the loop) -> loop -> metrics, params; metrics and params import
+nothing of this package.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.gpt import GPT, GPTConfig
 from storage.token_shards import TokenShards
 from tasks.train.metrics import MetricsLog
-
-if TYPE_CHECKING:
-    from tasks.train.params import TrainParams
+from tasks.train.params import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +322,46 @@ class Run:
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch * self.cfg.seq_len
+
+
+def record_step(run: Run, loss: float, lr: float, grad_norm: float, skipped: bool, seconds: float) -> None:
+    """Count a step (skips, throughput) and write a metrics row every log_interval steps."""
+    st, t, p = run.state, run.timing, run.params
+    if skipped:
+        st.skipped_steps += 1
+        log.warning("step %d skipped: gradient norm %.3g (loss %.4g)", st.step, grad_norm, loss)
+        run.metrics.write({"step": st.step, "event": "grad_skip", "grad_norm": grad_norm, "loss": loss})
+    t["steps"] += 1
+    if t["steps"] > 1:  # the first step of a process includes compilation
+        t["tokens"] += run.tokens_per_step
+        t["seconds"] += seconds
+    t["win_tokens"] += run.tokens_per_step
+    t["win_seconds"] += seconds
+    if st.step % p.log_interval and st.step != p.max_steps:
+        return
+    tps = t["win_tokens"] / t["win_seconds"]
+    mfu = run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if run.peak else None
+    t["win_tokens"] = t["win_seconds"] = 0.0
+    run.metrics.write(
+        {
+            "step": st.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tps,
+            "mfu": mfu,
+            "skipped_steps": st.skipped_steps,
+            "rollbacks": st.rollbacks,
+        }
+    )
+    if run.rt.is_main:
+        log.info(
+            "step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s",
+            st.step,
+            p.max_steps,
+            loss,
+            lr,
+            grad_norm,
+            tps,
+            f" mfu {mfu:.1%}" if mfu else "",
+        )

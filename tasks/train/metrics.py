@@ -1,6 +1,7 @@
 """Training outputs besides checkpoints: `metrics.jsonl`, the loss-curve PNG and a text sample.
 
-`metrics.jsonl` has one JSON object per line. Training rows: step, loss, lr, grad_norm, tokens_per_s,
+`metrics.jsonl` has one JSON object per line (written through `MetricsLog`; the training rows by
+`record_step` in tasks/train/loop.py). Training rows: step, loss, lr, grad_norm, tokens_per_s,
 mfu (null on CPU or an unknown GPU), skipped_steps, rollbacks. Evaluation rows: step, val_loss,
 val_ppl, val_bpb, unigram_loss. Event rows carry `event` ("grad_skip", "rollback", "resume").
 On resume the rows past the checkpoint's step are dropped, so the file describes one history.
@@ -11,22 +12,16 @@ reference a trained model must beat: the train-set token frequencies scored on t
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from models.gpt import GPT
 from storage.token_shards import TokenShards
-
-if TYPE_CHECKING:
-    from tasks.train.loop import Run
-
-log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -141,46 +136,3 @@ def unigram_baseline_loss(
     n = val.num_sequences if num_val_sequences is None else min(num_val_sequences, val.num_sequences)
     targets = val.get(np.arange(n))[:, 1:].reshape(-1)
     return float(-logp[targets].mean())
-
-
-def record_step(run: Run, loss: float, lr: float, grad_norm: float, skipped: bool, seconds: float) -> None:
-    """Count a step (skips, throughput) and write a metrics row every log_interval steps."""
-    st, t, p = run.state, run.timing, run.params
-    if skipped:
-        st.skipped_steps += 1
-        log.warning("step %d skipped: gradient norm %.3g (loss %.4g)", st.step, grad_norm, loss)
-        run.metrics.write({"step": st.step, "event": "grad_skip", "grad_norm": grad_norm, "loss": loss})
-    t["steps"] += 1
-    if t["steps"] > 1:  # the first step of a process includes compilation
-        t["tokens"] += run.tokens_per_step
-        t["seconds"] += seconds
-    t["win_tokens"] += run.tokens_per_step
-    t["win_seconds"] += seconds
-    if st.step % p.log_interval and st.step != p.max_steps:
-        return
-    tps = t["win_tokens"] / t["win_seconds"]
-    mfu = run.cfg.flops_per_token() * tps / (run.peak * run.rt.world) if run.peak else None
-    t["win_tokens"] = t["win_seconds"] = 0.0
-    run.metrics.write(
-        {
-            "step": st.step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tps,
-            "mfu": mfu,
-            "skipped_steps": st.skipped_steps,
-            "rollbacks": st.rollbacks,
-        }
-    )
-    if run.rt.is_main:
-        log.info(
-            "step %d/%d loss %.4f lr %.2e gnorm %.3f %.0f tok/s%s",
-            st.step,
-            p.max_steps,
-            loss,
-            lr,
-            grad_norm,
-            tps,
-            f" mfu {mfu:.1%}" if mfu else "",
-        )

@@ -99,7 +99,7 @@ class TrainParams(StageParams):
     resume: bool = Field(
         True,
         description="Continue from the latest valid checkpoint in the output dir: the "
-        "train stage's work dir of this version, where a failed or killed run left its "
+        "train version's own directory, where a failed or killed run of it left its "
         "checkpoints. false: the stage discards them and starts over. Not part of the version id.",
     )
     sample_prompt: str = Field(

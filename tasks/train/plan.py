@@ -10,7 +10,8 @@ Pure functions behind `pretrain plan` and `model: auto`:
   more than ~4 epochs warns (Muennighoff et al. 2023: repeated data loses value quickly past 4).
 `GPU_PEAK_BF16` (dense bf16 tensor-core FLOP/s from vendor data sheets) is shared with the MFU that
 `tasks/train/__init__.py` logs. `format_plan` is the text `pretrain plan` prints; `auto_preset` is what
-`model: auto` in the train stage uses (the plan of the training tokens, then `pick_preset`).
+`model: auto` in the train stage uses (the plan of the training tokens, then `pick_preset`);
+`train_tokens(tokenize_manifest)` is the data size `pretrain plan` reads from a tokenize version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from models.presets import PRESETS, preset
+from storage.manifest import Manifest
+from storage.token_shards import TRAIN_DIR
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 MAX_EPOCHS = 4.0
@@ -52,6 +55,12 @@ _DEVICE_NAME_KEYS: list[tuple[tuple[str, ...], str]] = [
     (("L4",), "L4"),
     (("A10",), "A10"),
 ]
+
+
+def train_tokens(tokenize: Manifest) -> int:
+    """Tokens in the train split of a tokenize version (rows x (seq_len + 1), as the trainer counts them)."""
+    e = tokenize.extras
+    return int(e["sequences"][TRAIN_DIR]) * (int(e["seq_len"]) + 1)
 
 
 def gpu_key_for_device_name(name: str) -> str | None:

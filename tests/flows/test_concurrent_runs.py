@@ -1,13 +1,15 @@
 """Concurrent runs of one stage version: the second waits for the first and reuses it (issue 11, defect 6).
 
-Before the version lock, two identical runs both computed (each into its own temp dir, the second commit
-discarded) and two identical train runs collided on `train/.work-<version>`: the second exited with
-"is in use by another run". Runs here are real Prefect flows in two threads (flock locks conflict between
-open files of one process too), synchronised by events so that the first is provably still running
-when the second starts. The train case is in tests/flows/test_train_flow.py.
+Every run writes its version in place, `<root>/<stage>/<version>/`, with `_writing.json` until its manifest
+is written (storage.artifacts); two identical runs would write into the same directory, so on a local data
+root the second waits on the version lock (`<stage>/.lock-<version>`) and then reuses the first one's
+result. Runs here are real Prefect flows in two threads (flock locks conflict between open files of one
+process too), synchronised by events so that the first is provably still running when the second starts.
+The train case is in tests/flows/test_train_flow.py.
 """
 
 import contextvars
+import json
 import logging
 import os
 import signal
@@ -19,9 +21,8 @@ import time
 import pytest
 from prefect import flow, task
 
-from flows.pipeline import Stage
-from flows.stage import abort_on_error, begin_stage, finish_stage, run_sharded_stage, task_runner
-from storage.artifacts import ArtifactWriter
+from flows.stage import StageOutput, abort_stage, begin_stage, commit_stage, run_stage, sharded, task_runner
+from storage.artifacts import WRITING, ArtifactWriter
 from storage.documents import Document, DocumentWriter, run_document_shard
 from storage.locks import LOCK_PREFIX, VersionLock, lock_is_held
 from storage.manifest import ShardInfo, list_versions, load_manifest, new_manifest
@@ -29,6 +30,7 @@ from storage.params import StageParams
 from storage.stats import StageStats
 
 WAIT_S = 60.0
+INGEST, LANGID = "ingest", "langid"  # plain kinds: the gated flow names its upstream (no pipeline table needed)
 GATED_MIN_LEN = 3  # runs with this param block in their shard until the test releases them
 
 
@@ -64,7 +66,7 @@ def gated_shard(src: str, out_dir: str, index: int, params: GateParams):
 
 @flow(task_runner=task_runner(1))
 def gated_flow(params: GateParams, data_root: str) -> str:
-    return run_sharded_stage(Stage.LANGID, 1, params, gated_shard, data_root)
+    return run_stage(LANGID, 1, params, sharded(gated_shard), data_root, upstream=INGEST)
 
 
 @pytest.fixture
@@ -126,13 +128,13 @@ class Run(threading.Thread):
 
 
 def fake_ingest(root: str) -> None:
-    w = ArtifactWriter(root, Stage.INGEST, "ing1")
+    w = ArtifactWriter(root, INGEST, "ing1")
     with DocumentWriter(f"{w.path}/part-00000.parquet") as dw:
         for i in range(6):
             dw.write(Document(id=str(i), text="x" * i, url=f"http://e/{i}"))
     w.commit(
         new_manifest(
-            Stage.INGEST,
+            INGEST,
             1,
             "ing1",
             {},
@@ -160,10 +162,11 @@ def test_identical_run_waits_for_the_first_and_reuses_it(prefect_backend, tmp_pa
     assert f"pid {os.getpid()}" in msg and f"{root}/langid/{LOCK_PREFIX}{v1}" in msg
     assert v1 == v2 and gate.calls == [GATED_MIN_LEN]  # computed once
     assert any(m.startswith(f"reused langid@{v1}") for m in run_lines.messages)
-    (m,) = list_versions(root, Stage.LANGID)
-    assert m.created_at == load_manifest(root, Stage.LANGID, v2).created_at
-    assert not any("already committed by another run" in x for x in run_lines.messages)
-    assert sorted(p.name for p in (tmp_path / "langid").iterdir()) == sorted([v1, "latest"])  # no lock, no temp dir
+    (m,) = list_versions(root, LANGID)
+    assert m.created_at == load_manifest(root, LANGID, v2).created_at
+    assert not any("committed by another run" in x for x in run_lines.messages)
+    assert sorted(p.name for p in (tmp_path / "langid").iterdir()) == sorted([v1, "latest"])  # no lock left
+    assert not (tmp_path / "langid" / v1 / WRITING).exists()
 
 
 def test_different_versions_run_in_parallel(prefect_backend, tmp_path, gate):
@@ -175,13 +178,18 @@ def test_different_versions_run_in_parallel(prefect_backend, tmp_path, gate):
     other = Run(lambda: gated_flow(GateParams(min_len=4), root))
     other.start()
     v_other = other.value()  # finishes while the first version is still running
-    assert blocked.is_alive() and [m.version for m in list_versions(root, Stage.LANGID)] == [v_other]
+    assert blocked.is_alive() and [m.version for m in list_versions(root, LANGID)] == [v_other]
+    # the blocked run's version is written in place: its directory is there, incomplete, invisible to readers
+    (writing,) = [p for p in (tmp_path / "langid").iterdir() if (p / WRITING).exists()]
+    assert json.loads((writing / WRITING).read_text())["inputs"] == {INGEST: "ing1"}
+    assert not (writing / "manifest.json").exists()
     gate.release.set()
-    assert blocked.value() != v_other and len(list_versions(root, Stage.LANGID)) == 2
+    assert blocked.value() == writing.name != v_other and len(list_versions(root, LANGID)) == 2
+    assert not (writing / WRITING).exists()
 
 
 def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
-    holder = VersionLock(str(tmp_path), Stage.LANGID, "v1")
+    holder = VersionLock(str(tmp_path), LANGID, "v1")
     holder.acquire()
     messages: list[str] = []
     with pytest.raises(
@@ -189,19 +197,19 @@ def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
         match=rf"langid@v1: another run \(pid {os.getpid()} on .*\) still holds "
         rf"{tmp_path}/langid/.lock-v1",
     ):
-        VersionLock(str(tmp_path), Stage.LANGID, "v1").acquire(timeout_s=0.3, on_wait=messages.append)
+        VersionLock(str(tmp_path), LANGID, "v1").acquire(timeout_s=0.3, on_wait=messages.append)
     assert len(messages) == 1 and "waiting for another run of langid@v1" in messages[0]
-    assert VersionLock(str(tmp_path), Stage.LANGID, "v2").try_acquire()  # other versions do not contend
+    assert VersionLock(str(tmp_path), LANGID, "v2").try_acquire()  # other versions do not contend
     holder.release()
     assert not (tmp_path / "langid" / ".lock-v1").exists()
-    assert VersionLock(str(tmp_path), Stage.LANGID, "v1").try_acquire()
-    store = VersionLock("memory://bucket", Stage.LANGID, "v1")  # object stores: no lock, never waits
+    assert VersionLock(str(tmp_path), LANGID, "v1").try_acquire()
+    store = VersionLock("memory://bucket", LANGID, "v1")  # object stores: no lock, never waits
     assert store.path is None and store.try_acquire()
 
 
 def test_lock_is_released_when_its_process_dies(tmp_path):
     code = (
-        "import time; from storage.manifest import VersionLock; "
+        "import time; from storage.locks import VersionLock; "
         f"lock = VersionLock({str(tmp_path)!r}, 'train', 'v1'); lock.acquire(); print('locked', flush=True); "
         "time.sleep(60)"
     )
@@ -227,33 +235,34 @@ def test_lock_is_released_when_its_process_dies(tmp_path):
 def test_abort_releases_the_lock_on_interrupt(tmp_path):
     root = str(tmp_path)
     fake_ingest(root)
-    run = begin_stage(Stage.LANGID, 1, GateParams(), root)
+    run = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
     path = run.lock.path
-    assert lock_is_held(path)
+    assert lock_is_held(path) and os.path.exists(os.path.join(run.out_dir, WRITING))  # written in place
     try:
-        raise KeyboardInterrupt  # what the flows' `except BaseException: abort_on_error(run)` sees on Ctrl-C
+        raise KeyboardInterrupt  # what the frame's `except BaseException: abort_stage(run)` sees on Ctrl-C
     except BaseException:
-        abort_on_error(run)
+        abort_stage(run)
     assert not lock_is_held(path) and not os.path.exists(path)
-    assert not [p for p in (tmp_path / "langid").iterdir() if p.name.startswith(".tmp-")]
-    again = begin_stage(Stage.LANGID, 1, GateParams(), root)  # not blocked by a leftover
-    abort_on_error(again)
+    assert not os.path.exists(run.out_dir)  # the incomplete version dir is gone too
+    again = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)  # not blocked by a leftover
+    abort_stage(again)
 
 
 def test_a_read_only_data_root_is_still_reused(tmp_path, monkeypatch):
     """Reusing complete versions writes nothing (set_latest), so a read-only data root must keep working."""
     import errno
 
-    import storage.manifest as manifest_module
+    import storage.locks as locks_module
 
     root = str(tmp_path)
     fake_ingest(root)
-    run = begin_stage(Stage.LANGID, 1, GateParams(), root)
-    finish_stage(run, [], [], StageStats())
+    run = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
+    commit_stage(run, StageOutput([], StageStats()))
+    run.release()
 
     def read_only(*args, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(manifest_module.os, "makedirs", read_only)
-    again = begin_stage(Stage.LANGID, 1, GateParams(), root)
+    monkeypatch.setattr(locks_module.os, "makedirs", read_only)
+    again = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
     assert again.reused is not None and again.lock is None  # a complete version is reused without any lock

@@ -7,14 +7,15 @@ import pyarrow as pa
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.decontaminate import benchmark_rows, decontaminate_flow, report_markdown
+from flows.decontaminate import decontaminate_flow
 from flows.pipeline import Stage
 from flows.stage import task_runner
 from storage import paths
 from storage.documents import Document, extra_fields, read_documents, read_schema
 from storage.manifest import list_versions, load_manifest
-from tasks.decontaminate import CONTAMINATED, DecontaminateParams, index_version
+from tasks.decontaminate import CONTAMINATED, INDEX_KIND, DecontaminateParams, index_version
 from tasks.decontaminate import benchmarks as bm
+from tasks.decontaminate.report import benchmark_rows, report
 
 Q = (
     "Question: Which gas do green plants absorb from the air to make their own food during photosynthesis? "
@@ -83,7 +84,7 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
     assert len(kept) == 6 and all(d.meta["quality_score"] == 0.5 for d in kept)
     index = m.extras["index"]
     assert index["reused"] is False and [b["name"] for b in index["benchmarks"]] == ["humaneval", "toy"]
-    assert (root / "decontaminate" / "_index" / index["version"] / "index.json").is_file()
+    assert (root / "decontaminate_index" / index["version"] / "manifest.json").is_file()
     rows = {r["benchmark"]: r for r in benchmark_rows(m)}
     assert rows["toy"] == {
         "benchmark": "toy",
@@ -97,8 +98,8 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
         "docs_removed": 2,
     }
     assert rows["humaneval"]["docs_matched"] == 0 and rows["humaneval"]["items_indexed"] == 164
-    report = report_markdown(m, str(root))
-    assert "| toy | 1 | 1 | 0 | 0 |" in report and "| toy | q1 | 2 | Question: Which gas" in report
+    text = report(m, str(root))
+    assert "| toy | 1 | 1 | 0 | 0 |" in text and "| toy | q1 | 2 | Question: Which gas" in text
     arts = _artifacts("decontaminate-benchmarks")
     assert any({"benchmark": "toy", "docs_removed": 2}.items() <= row.items() for a in arts for row in _rows(a))
 
@@ -113,8 +114,34 @@ def test_drop_then_cut_reuse_the_index(prefect_backend, tmp_path, make_version):
     kept = {d.id: d for s in m2.shards for d in read_documents(f"{root}/decontaminate/{v2}/{s.name}")}
     assert "QUESTION" not in kept["s0-1"].text and kept["s0-1"].text.startswith("pre0 pre1")
     assert json.loads(kept["s0-1"].meta["decontaminate_cuts"])[0]["items"] == ["toy:q1"]
-    assert kept["s0-0"].meta["decontaminate_cuts"] is None and "Cut: 1 documents" in report_markdown(m2, str(root))
+    assert kept["s0-0"].meta["decontaminate_cuts"] is None and "Cut: 1 documents" in report(m2, str(root))
     assert len(list_versions(str(root), Stage.DECONTAMINATE)) == 2
+
+
+def test_the_index_is_a_versioned_artifact_named_in_the_lineage(prefect_backend, tmp_path, make_version):
+    """The index is `decontaminate_index/<id>/` with its own manifest (written last); the stage version's
+    inputs name it, and a second stage version with another action reuses it, untouched."""
+    root = tmp_path / "data"
+    upstream(root, make_version)
+    params = toy(tmp_path, humaneval=False)
+    m = load_manifest(str(root), Stage.DECONTAMINATE, run_flow(params, root))
+    ident = m.inputs[INDEX_KIND]
+    assert ident == index_version(params) == m.extras["index"]["version"]
+    im = load_manifest(str(root), INDEX_KIND, ident)
+    assert (im.stage, im.version, im.stage_version) == (INDEX_KIND, ident, 2)
+    assert set(im.inputs) == {"files"} and im.params["n"] == params.n and im.params["benchmarks"][0]["name"] == "toy"
+    assert sorted(s.name for s in im.shards) == sorted(
+        ["hashes.npy", "length.npy", "offsets.npy", "owner_bench.npy", "owner_item.npy", "items.json"]
+    )
+    assert all((root / INDEX_KIND / ident / s.name).is_file() for s in im.shards)
+    assert im.extras["ngrams"] == m.extras["index"]["ngrams"] == len(Q.split()) - 12
+    assert m.extras["index"]["dir"] == f"{root}/{INDEX_KIND}/{ident}"
+    assert not (root / "decontaminate" / m.version / "_work").exists()  # the shards got the index from the job
+
+    m2 = load_manifest(str(root), Stage.DECONTAMINATE, run_flow(params.model_copy(update={"action": "cut"}), root))
+    assert m2.version != m.version and m2.inputs[INDEX_KIND] == ident and m2.extras["index"]["reused"] is True
+    assert load_manifest(str(root), INDEX_KIND, ident).created_at == im.created_at
+    assert [v.version for v in list_versions(str(root), INDEX_KIND)] == [ident]
 
 
 def test_cli_inspect_prints_the_benchmark_report(prefect_backend, tmp_path, make_version, capsys):
@@ -142,7 +169,7 @@ def test_a_system_file_is_refused_before_anything_is_indexed(prefect_backend, tm
     ) as err:
         run_flow(DecontaminateParams(benchmarks=[spec]), root)
     assert "/bin/bash" not in str(err.value).split("PRETRAIN_ALLOWED_ROOTS")[-1]
-    assert not (root / "decontaminate").exists() or not list((root / "decontaminate").rglob("items.json"))
+    assert not list(root.rglob("items.json")) and not list(root.rglob("*.npy"))
     assert list_versions(str(root), Stage.DECONTAMINATE) == []
 
 
@@ -164,10 +191,11 @@ def test_bad_benchmark_fails_before_any_shard(prefect_backend, tmp_path, make_ve
     }[case]
     with pytest.raises(ValueError, match=message):
         run_flow(DecontaminateParams(benchmarks=[spec]), root)
-    stage_dir = root / "decontaminate"
-    assert list_versions(str(root), Stage.DECONTAMINATE) == []
-    assert not list(stage_dir.rglob("*.parquet")) if stage_dir.exists() else True
-    assert not [p for p in stage_dir.iterdir() if p.name.startswith(".tmp")] if stage_dir.exists() else True
+    assert list_versions(str(root), Stage.DECONTAMINATE) == [] and list_versions(str(root), INDEX_KIND) == []
+    for kind in ("decontaminate", INDEX_KIND):  # nothing left behind: no version directory, no index file
+        kind_dir = root / kind
+        assert not [p for p in kind_dir.iterdir() if p.is_dir()] if kind_dir.exists() else True
+    assert not list(root.rglob("*.npy")) and not list((root / "decontaminate").rglob("*.parquet"))
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_checkpoint_on_a_full_disk_says_disk_full_at_the_file(tiny_disk):
         save_checkpoint(str(tiny_disk / "work"), 5, {"model": {"w": torch.zeros(200_000)}}, {"val_loss": 1.0})
     assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("model.pt")
     line = describe_os_error(info.value)
-    assert line.startswith(f"disk full at {tiny_disk}/work/.tmp-step-000005/model.pt: free space"), line
+    assert line.startswith(f"disk full at {tiny_disk}/work/step-000005/model.pt: free space"), line
 
 
 @pytest.mark.slow

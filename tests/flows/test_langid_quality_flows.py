@@ -2,6 +2,7 @@
 re-thresholding from cached scores, the bootstrap classifier, reports, and the demo crawl end to end."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from flows.quality import quality_flow
 from flows.quality_classifier import train_quality_classifier_flow
 from flows.stage import task_runner
 from storage.documents import Document, read_documents
-from storage.manifest import list_versions, load_manifest
+from storage.manifest import compute_version, list_versions, load_manifest
 from tasks.langid import LANGID_FIELDS, LangidParams
 from tasks.quality import QualityParams
 from tasks.quality.classifier import QualityClassifierParams
@@ -88,7 +89,9 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     bar = {"classifier_min_examples": 2, "classifier_min_auc": 0.0}
     v1 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=0.0, **bar), data_root=root)
     m1 = load_manifest(root, Stage.QUALITY, v1)
-    assert m1.inputs == {"langid": "lid1", "quality_classifier": cv} and not m1.extras["scores_reused"]
+    sv = m1.extras["scores_version"]
+    assert m1.inputs == {"langid": "lid1", "quality_classifier": cv, "quality_scores": sv}
+    assert not m1.extras["scores_reused"]
     assert (
         m1.stats.docs_in == 22
         and sum(m1.stats.counters[f"score_bin.{i}"] for i in range(10) if f"score_bin.{i}" in m1.stats.counters) == 21
@@ -108,7 +111,7 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     median = scores[len(scores) // 2]
     v2 = QUALITY_1(params=QualityParams(classifier_version=cv, min_score=median, **bar), data_root=root)
     m2 = load_manifest(root, Stage.QUALITY, v2)
-    assert v2 != v1 and m2.extras["scores_reused"] and m2.extras["scores_version"] == m1.extras["scores_version"]
+    assert v2 != v1 and m2.extras["scores_reused"] and m2.extras["scores_version"] == sv == m2.inputs["quality_scores"]
     assert m2.stats.dropped["quality_score_low"] == sum(1 for s in scores if s < median) > 0
     assert m2.extras["classifier_gates"] and m2.extras["classifier_warning"] is None
     v3 = QUALITY_1(params=QualityParams(classifier_version=cv, keep_top_fraction=0.5, **bar), data_root=root)
@@ -127,6 +130,33 @@ def test_classifier_flow_and_rethreshold_reuses_scores(prefect_backend, langid_v
     assert main(["inspect", "quality", "--data-root", root, "--version", v2]) == 0
     out = capsys.readouterr().out
     assert "## Score histogram" in out and "## Drops by filter" in out and "quality_score_low" in out
+
+
+def test_quality_scores_are_a_versioned_artifact_named_in_the_lineage(prefect_backend, langid_version):
+    """The score cache is `quality_scores/<id>/` with its own manifest (committed last); the quality manifest
+    names it in `inputs` without it entering the quality version id, and a re-threshold reuses it."""
+    root, _ = langid_version
+    params = QualityParams(use_classifier=False)
+    v = QUALITY_1(params=params, data_root=root)
+    m = load_manifest(root, Stage.QUALITY, v)
+    sv = m.extras["scores_version"]
+    assert m.inputs == {"langid": "lid1", "quality_scores": sv} and not m.extras["scores_reused"]
+    assert v == compute_version("quality", tasks.quality.STAGE_VERSION, params.version_params(), {"langid": "lid1"})
+    scoring = params.scoring_params()
+    assert sv == compute_version("quality_scores", tasks.quality.SCORES_VERSION, scoring, {"langid": "lid1"})
+    sm = load_manifest(root, "quality_scores", sv)
+    assert sm.stage == "quality_scores" and sm.version == sv and sm.stage_version == tasks.quality.SCORES_VERSION
+    assert sm.inputs == {"langid": "lid1"} and sm.params == scoring and sm.extras["job"]["params"]["max_chars"]
+    assert [s.name for s in sm.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [s.rows for s in sm.shards] == [11, 11] and sm.stats.docs_in == sm.stats.docs_out == 22
+    assert sm.stats.counters == {k: n for k, n in m.stats.counters.items() if k.startswith("unscored.")}
+    scores_dir = Path(root) / "quality_scores" / sv
+    assert sorted(p.name for p in scores_dir.iterdir()) == ["manifest.json", "part-00000.parquet", "part-00001.parquet"]
+    assert not (Path(root) / "quality" / "_scores").exists()
+    v2 = QUALITY_1(params=QualityParams(use_classifier=False, enforce_filters=["c4_quality"]), data_root=root)
+    m2 = load_manifest(root, Stage.QUALITY, v2)
+    assert v2 != v and m2.extras["scores_reused"] and m2.inputs["quality_scores"] == sv
+    assert load_manifest(root, "quality_scores", sv).created_at == sm.created_at
 
 
 def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect_backend, langid_version, monkeypatch):

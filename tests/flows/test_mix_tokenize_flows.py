@@ -1,5 +1,6 @@
 """mix and tokenize flows under a Prefect test server: manifests, exact packing across shards,
-determinism, the val guarantee, the tokenizer cache, bad input, llm.c export and `pretrain inspect`."""
+determinism, the val guarantee, the tokenizer artifact and its lineage, bad input, llm.c export and
+`pretrain inspect`."""
 
 import json
 import os
@@ -10,16 +11,20 @@ import pyarrow as pa
 import pytest
 
 from flows.cli import main as cli
-from flows.mix import mix_flow, mix_report
+from flows.mix import mix_flow
 from flows.pipeline import Stage
 from flows.stage import task_runner
-from flows.tokenization import read_llmc, tokenization_flow, tokenize_report
+from flows.tokenization import tokenization_flow
 from models.tokenizer import Tokenizer, train_tokenizer
 from storage.documents import Document, read_documents, read_schema
-from storage.manifest import list_versions, load_manifest
+from storage.manifest import compute_version, is_complete, list_versions, load_manifest
 from storage.token_shards import TokenShards
-from tasks.mix import MixParams, sample_key
-from tasks.tokenization import TOKENIZER_DIR, TokenizeJob, TokenizeParams, route
+from tasks.mix import MixParams
+from tasks.mix.report import report as mix_report
+from tasks.text import sample_key
+from tasks.tokenization import STAGE_VERSION, TOKENIZER_KIND, TokenizeJob, TokenizeParams, route
+from tasks.tokenization.llmc import read_llmc
+from tasks.tokenization.report import report as tokenize_report
 
 REPEAT = pa.field("repeat", pa.int32())
 QUALITY = pa.field("quality_score", pa.float64())
@@ -207,15 +212,15 @@ def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_b
     m1 = load_manifest(str(data_root), Stage.TOKENIZE, v1)
     assert m1.extras["sequences"]["val"] >= 1 and m1.extras["val_threshold"] > 0.005
     assert "val key threshold was raised" in tokenize_report(m1, str(data_root))
-    cache = data_root / "tokenize" / TOKENIZER_DIR
-    info = next(cache.glob("*/tokenizer.json"))
+    cache = data_root / TOKENIZER_KIND
+    info = next(cache.glob("*/manifest.json"))
     stamp = info.stat().st_mtime_ns
     v2 = _tokenize(data_root, val_fraction=0.005, seq_len=127)  # packing change only: same tokenizer, not retrained
     m2 = load_manifest(str(data_root), Stage.TOKENIZE, v2)
     assert v2 != v1 and m2.extras["tokenizer_sha256"] == m1.extras["tokenizer_sha256"]
-    assert len(list(cache.iterdir())) == 1 and info.stat().st_mtime_ns == stamp
+    assert _tokenizers(data_root) == [info.parent.name] and info.stat().st_mtime_ns == stamp
     # the sample left out every document val can hold (val threshold of either run <= the reserve)
-    sample = json.loads(info.read_text())["sample"]
+    sample = json.loads(info.read_text())["extras"]["sample"]
     ids = [d.id for d in _docs(40, 7)]
     assert max(m1.extras["val_threshold"], m2.extras["val_threshold"]) <= sample["val_reserve"] < 1
     assert sample["docs"] == sum(sample_key("val", 0, i) >= sample["val_reserve"] for i in ids) < 40
@@ -225,7 +230,7 @@ def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_b
     m4 = load_manifest(str(data_root), Stage.TOKENIZE, v4)
     reserve4 = m4.extras["tokenizer"]["sample"]["val_reserve"]
     assert sample["val_reserve"] < reserve4 < 1 and m4.extras["val_threshold"] <= reserve4
-    assert len(list(cache.iterdir())) == 2 and m4.extras["tokenizer_sha256"] != m1.extras["tokenizer_sha256"]
+    assert len(_tokenizers(data_root)) == 2 and m4.extras["tokenizer_sha256"] != m1.extras["tokenizer_sha256"]
     # a given model file is used as is
     v3 = _tokenize(
         data_root, val_fraction=0.005, seq_len=255, tokenizer_path=str(data_root / "tokenize" / v1 / "tokenizer.model")
@@ -235,6 +240,34 @@ def test_val_gets_a_sequence_on_tiny_input_and_the_tokenizer_is_cached(prefect_b
     assert (data_root / "tokenize" / v3 / "train" / "tokens-00000.arrow").read_bytes() == (
         data_root / "tokenize" / v1 / "train" / "tokens-00000.arrow"
     ).read_bytes()
+
+
+def _tokenizers(root, complete=True):
+    """Version directories of the `tokenizer` artifact (complete ones: with a manifest)."""
+    d = root / TOKENIZER_KIND
+    return sorted(p.name for p in d.glob("*") if p.is_dir() and (not complete or (p / "manifest.json").is_file()))
+
+
+def test_tokenize_manifest_names_its_tokenizer_artifact(prefect_backend, data_root, make_version):
+    """The trained tokenizer is a versioned artifact (`tokenizer/<key>/`, manifest last) and the tokenize
+    manifest's inputs name it, for lineage and gc; the tokenize version id does not depend on it."""
+    _mix_version(make_version, data_root, [_docs(60, 11)])
+    v = _tokenize(data_root)
+    m = load_manifest(str(data_root), Stage.TOKENIZE, v)
+    key = m.inputs[TOKENIZER_KIND]
+    assert m.inputs == {"mix": "mix1", TOKENIZER_KIND: key} and m.extras["tokenizer_cache"] == key
+    assert is_complete(str(data_root), TOKENIZER_KIND, key) and _tokenizers(data_root) == [key]
+    t = load_manifest(str(data_root), TOKENIZER_KIND, key)
+    assert t.stage == TOKENIZER_KIND and t.version == key and t.inputs == {"mix": "mix1"}
+    assert {s.name for s in t.shards} == {"tokenizer.model", "tokenizer.vocab", "val_min_tokens.npy"}
+    assert all((data_root / TOKENIZER_KIND / key / s.name).is_file() for s in t.shards)
+    assert t.extras["sha256"] == m.extras["tokenizer_sha256"] and t.extras["version"] == key
+    assert t.params == TokenizeParams(vocab_size=400).training_params()
+    assert not list((data_root / TOKENIZER_KIND / key).glob("sample-*"))
+    assert not (data_root / TOKENIZER_KIND / key / "tokenizer.json").exists()
+    # the version id is the same as a version computed without the tokenizer in its inputs
+    params = TokenizeParams(vocab_size=400, seq_len=31, val_fraction=0.1)
+    assert v == compute_version(Stage.TOKENIZE, STAGE_VERSION, params.version_params(), {"mix": "mix1"})
 
 
 def test_bad_input_gives_errors_naming_the_param(prefect_backend, tmp_path, make_version):
@@ -254,7 +287,7 @@ def test_bad_input_gives_errors_naming_the_param(prefect_backend, tmp_path, make
         with pytest.raises(ValueError, match=errors[name]):
             _tokenize(root, vocab_size=20000 if name == "small" else 400)
         assert list_versions(str(root), Stage.TOKENIZE) == []
-        assert not any(p.name.startswith(".tmp") for p in (root / "tokenize").rglob("*"))
+        assert _tokenizers(root, complete=False) == []  # a failed training leaves no tokenizer directory
     with pytest.raises(ValueError, match="tokenize.tokenizer_path=.*does not exist"):
         _tokenize(tmp_path / "small", tokenizer_path=str(tmp_path / "nope.model"))
     model = train_tokenizer([d.text for d in _docs(100, 9)], tmp_path / "given.model", vocab_size=400)

@@ -1,4 +1,7 @@
-"""train flow under a Prefect test server: `pretrain plan`, `model: auto`, cross-run resume from the work dir.
+"""train flow under a Prefect test server: `pretrain plan`, `model: auto`, cross-run resume in place.
+
+A partial run is `<root>/train/<version>/` without `manifest.json` (its `_writing.json` says resumable):
+it does not exist to readers, and the next run of the same version resumes from its checkpoints.
 
 The tokenize version is written by hand (token shards of a synthetic Markov-chain language, as in
 tests/tasks/test_train.py), so no earlier stage runs. Training is the tiny preset for a few CPU steps.
@@ -16,18 +19,21 @@ import numpy as np
 import pytest
 
 import flows.train as train_module
+import storage.locks
 from flows.cli import main
 from flows.pipeline import Stage
 from flows.stage import task_runner
-from flows.train import LOCK, locked, train_flow, work_dir
+from flows.train import train_flow
 from storage import checkpoints as ckpt
-from storage.artifacts import ArtifactWriter
+from storage.artifacts import WRITING, ArtifactWriter
 from storage.gc import gc
-from storage.manifest import ShardInfo, is_complete, list_versions, load_manifest, new_manifest
+from storage.locks import VersionLock
+from storage.manifest import MANIFEST, ShardInfo, is_complete, list_versions, load_manifest, new_manifest
 from storage.stats import StageStats
 from storage.token_shards import TokenShardWriter, pack_documents
 from tasks.train import FaultHooks, TrainParams
-from tasks.train.plan import GPU_PEAK_BF16
+from tasks.train.plan import GPU_PEAK_BF16, train_tokens
+from tasks.train.report import loss_curve_markdown, metrics_table, report
 
 VOCAB, SEQ_LEN, EOS, TOK = 256, 64, 0, "tok1"
 
@@ -156,18 +162,38 @@ def test_model_auto_picks_the_planned_preset(prefect_backend, data_root, caplog)
     assert "model: auto -> tiny" in caplog.text
     r = load_manifest(str(data_root), Stage.TRAIN, v).extras["result"]
     assert (r["model"], r["requested_model"]) == ("tiny", "auto")
-    assert r["epochs"] == pytest.approx(
-        5 * 512 / (train_module.train_tokens(load_manifest(str(data_root), Stage.TOKENIZE)))
-    )
-    assert "| model | tiny (auto) |" in train_module.report_markdown(
-        load_manifest(str(data_root), Stage.TRAIN, v), str(data_root)
-    )
+    assert r["epochs"] == pytest.approx(5 * 512 / (train_tokens(load_manifest(str(data_root), Stage.TOKENIZE))))
+    m = load_manifest(str(data_root), Stage.TRAIN, v)
+    text = report(m, str(data_root))
+    assert "| model | tiny (auto) |" in text and "| steps | 5 |" in text and "## Sample" in text
+    assert {"metric": "model", "value": "tiny"} in metrics_table(m)
+    assert not [row for row in metrics_table(m) if row["metric"] == "sample"]
+    assert loss_curve_markdown(m, str(data_root)).startswith(f"# train@{v} loss curve\n\n![loss curve](data:image/png")
 
 
 # ---------------------------------------------------------------- cross-run resume
 
 
-def test_failed_run_resumes_from_its_work_dir(prefect_backend, tmp_path, monkeypatch, caplog):
+def crashing_train(real_train, at_step: int):
+    def crash_after(*args, **kw):
+        def crash(step: int) -> None:
+            if step == at_step:
+                raise RuntimeError(f"simulated failure at step {at_step}")
+
+        return real_train(*args, **kw, hooks=FaultHooks(after_step=crash))
+
+    return crash_after
+
+
+def partial_run(root) -> str:
+    """The version of the one partial (manifest-less) train run under root."""
+    (d,) = [d for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
+    assert not (d / MANIFEST).exists()
+    assert json.loads((d / WRITING).read_text())["resumable"] is True
+    return d.name
+
+
+def test_failed_run_resumes_in_its_version_dir(prefect_backend, tmp_path, monkeypatch, caplog):
     p = params()
     full_root, root = tmp_path / "full", tmp_path / "cut"
     make_tokenize_version(full_root)
@@ -176,25 +202,20 @@ def test_failed_run_resumes_from_its_work_dir(prefect_backend, tmp_path, monkeyp
     full = load_manifest(str(full_root), Stage.TRAIN, full_version)
 
     real_train = train_module.train
-
-    def crash_after_step_7(*args, **kw):
-        def crash(step: int) -> None:
-            if step == 7:
-                raise RuntimeError("simulated failure at step 7")
-
-        return real_train(*args, **kw, hooks=FaultHooks(after_step=crash))
-
-    monkeypatch.setattr(train_module, "train", crash_after_step_7)
+    monkeypatch.setattr(train_module, "train", crashing_train(real_train, 7))
     with pytest.raises(RuntimeError, match="simulated failure"):
         run_train(root, p)
     monkeypatch.setattr(train_module, "train", real_train)
     assert list_versions(str(root), Stage.TRAIN) == [] and not is_complete(str(root), Stage.TRAIN, full_version)
-    work = work_dir(str(root), full_version)  # same params and input: same version, same work dir
-    assert ckpt.list_checkpoints(str(work)) == [5]
-    assert not [d for d in (root / "train").iterdir() if d.name.startswith(".tmp-")]  # temp dir aborted
+    with pytest.raises(FileNotFoundError):
+        load_manifest(str(root), Stage.TRAIN, full_version)  # a partial run does not exist to readers
+    out = root / "train" / full_version  # same params and input: same version, same directory
+    assert partial_run(root) == full_version
+    assert ckpt.list_checkpoints(str(out)) == [5]
+    assert not [d for d in (root / "train").iterdir() if d.name.startswith((".tmp-", ".work-"))]
     # gc leaves the unfinished run alone, even when it is old
     gc(str(root), keep=1, stale_after_s=0)
-    assert ckpt.list_checkpoints(str(work)) == [5]
+    assert ckpt.list_checkpoints(str(out)) == [5] and (out / WRITING).exists()
 
     with caplog.at_level(logging.INFO, logger="tasks.train"):
         v = run_train(root, p)
@@ -205,49 +226,80 @@ def test_failed_run_resumes_from_its_work_dir(prefect_backend, tmp_path, monkeyp
     assert r["resumed_from"] == 5 and rf["resumed_from"] is None
     assert r["steps"] == 10 and r["train_loss"] == rf["train_loss"]
     assert r["val_loss"] == pytest.approx(rf["val_loss"], abs=1e-7)
-    out = root / "train" / v
     assert step_losses(out / "metrics.jsonl") == step_losses(full_root / "train" / v / "metrics.jsonl")
     assert {"step": 5, "event": "resume"} in [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert ckpt.latest_step(str(out)) == 10 and r["checkpoint"] == "step-000010"
-    assert not work.exists() and not (out / LOCK).exists()  # committed, work dir removed
+    assert (r["metrics_path"], r["plot_path"]) == ("metrics.jsonl", "loss.png")
+    assert [s.name for s in m.shards] == ["step-000010"]
+    assert not (out / WRITING).exists() and not (root / "train" / f".lock-{v}").exists()  # committed, unlocked
+    # result.json points at files that exist after the commit
+    written = json.loads((out / "result.json").read_text())
+    for key in ("checkpoint", "metrics_path", "plot_path"):
+        assert (out / written[key]).exists(), (key, written[key])
 
 
-def test_resume_false_starts_over_and_leftovers_are_cleaned(prefect_backend, data_root, monkeypatch):
+def test_resume_false_starts_over_and_force_retrains(prefect_backend, data_root, monkeypatch, caplog):
     make_tokenize_version(data_root)
     real_train = train_module.train
-
-    def crash_after_step_5(*args, **kw):
-        def crash(step: int) -> None:
-            if step == 5:
-                raise RuntimeError("simulated failure")
-
-        return real_train(*args, **kw, hooks=FaultHooks(after_step=crash))
-
-    monkeypatch.setattr(train_module, "train", crash_after_step_5)
+    monkeypatch.setattr(train_module, "train", crashing_train(real_train, 5))
     with pytest.raises(RuntimeError):
         run_train(data_root, params())
     monkeypatch.setattr(train_module, "train", real_train)
-    version = next(
-        d.name.removeprefix(".work-") for d in (data_root / "train").iterdir() if d.name.startswith(".work-")
-    )
-    work = work_dir(str(data_root), version)
-    # another run of this version holds the work dir: refused, files untouched
-    with locked(work), pytest.raises(RuntimeError, match="in use by another run"):
-        run_train(data_root, params())
-    assert ckpt.list_checkpoints(str(work)) == [5]
-    v = run_train(data_root, params(resume=False))  # resume is not part of the version id
-    assert v == version and not work.exists()
+    version = partial_run(data_root)
+    out = data_root / "train" / version
+    assert ckpt.list_checkpoints(str(out)) == [5]
+    # another run of this version holds its lock: this one waits (here: gives up at once), files untouched
+    monkeypatch.setattr(storage.locks, "LOCK_WAIT_S", 0.2)
+    holder = VersionLock(str(data_root), Stage.TRAIN, version)
+    assert holder.try_acquire()
+    try:
+        with pytest.raises(TimeoutError, match="another run"):
+            run_train(data_root, params())
+    finally:
+        holder.release()
+    assert ckpt.list_checkpoints(str(out)) == [5] and partial_run(data_root) == version
+    with caplog.at_level(logging.WARNING):
+        v = run_train(data_root, params(resume=False))  # resume is not part of the version id
+    assert v == version and "resume is false: discarding the unfinished run" in caplog.text
     assert load_manifest(str(data_root), Stage.TRAIN, v).extras["result"]["resumed_from"] is None
-    # a committed version's stale work dir (crash after commit) is removed by the next (reusing) run
-    work.mkdir()
-    (work / "result.json").write_text("{}")
-    assert run_train(data_root, params()) == v and not work.exists()
-    # force on a committed version retrains: a finished run's leftovers are not just copied back
-    shutil.copytree(data_root / "train" / v, work)
+    assert ckpt.list_checkpoints(str(out)) == [5, 10] and not (out / WRITING).exists()
+    # a complete version is reused: nothing is trained again
+    calls = []
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: calls.append(1) or real_train(*a, **kw))
+    assert run_train(data_root, params()) == v and calls == []
+    # force on a committed version retrains from scratch: its checkpoints are not resumed from
     before = load_manifest(str(data_root), Stage.TRAIN, v)
-    assert run_train(data_root, params(), force=True) == v and not work.exists()
+    assert run_train(data_root, params(), force=True) == v and calls == [1]
     after = load_manifest(str(data_root), Stage.TRAIN, v)
     assert after.created_at != before.created_at and after.extras["result"]["resumed_from"] is None
+    assert after.extras["result"]["train_loss"] == before.extras["result"]["train_loss"]
+
+
+def test_a_run_that_dies_before_its_first_checkpoint_leaves_nothing(prefect_backend, data_root, monkeypatch):
+    make_tokenize_version(data_root)
+    monkeypatch.setattr(train_module, "train", crashing_train(train_module.train, 2))
+    with pytest.raises(RuntimeError):
+        run_train(data_root, params())
+    assert not [d for d in (data_root / "train").iterdir() if not d.name.startswith(".lock-")]
+
+
+def test_a_killed_runs_leftovers_without_a_checkpoint_are_discarded(prefect_backend, data_root, caplog):
+    """A run killed before its first valid checkpoint leaves files but nothing to resume from."""
+    make_tokenize_version(data_root)
+    p = params(max_steps=5, ckpt_interval=5)
+    v = run_train(data_root, p)
+    out = data_root / "train" / v
+    shutil.rmtree(out)  # as if that run had been killed mid-way: a half checkpoint and stray metrics
+    ArtifactWriter(str(data_root), Stage.TRAIN, v, resumable=True)
+    (out / "step-000005").mkdir()
+    (out / "step-000005" / "model.pt").write_bytes(b"half")
+    (out / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    with caplog.at_level(logging.INFO):
+        assert run_train(data_root, p) == v
+    assert "starting from scratch" in caplog.text
+    m = load_manifest(str(data_root), Stage.TRAIN, v)
+    assert m.extras["result"]["resumed_from"] is None and ckpt.list_checkpoints(str(out)) == [5]
+    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
 
 
 # ---------------------------------------------------------------- two identical runs at once
@@ -255,7 +307,8 @@ def test_resume_false_starts_over_and_leftovers_are_cleaned(prefect_backend, dat
 
 def test_identical_concurrent_runs_wait_and_reuse(prefect_backend, tmp_path, monkeypatch):
     """The second of two identical runs exited 1 with "`.work-<version>` is in use by another run" (issue 11,
-    defect 6); now it waits for the first on the version lock and reuses its version."""
+    defect 6); now it waits for the first on the version lock and reuses its version (never writing the
+    version's directory the first one trains in)."""
     make_tokenize_version(tmp_path)
     p = params(max_steps=4, ckpt_interval=4, eval_interval=4)
     real_train, entered, release, calls = train_module.train, threading.Event(), threading.Event(), []
@@ -304,3 +357,4 @@ def test_identical_concurrent_runs_wait_and_reuse(prefect_backend, tmp_path, mon
     (m,) = list_versions(str(tmp_path), Stage.TRAIN)
     assert m.extras["result"]["steps"] == 4
     assert not [d.name for d in (tmp_path / "train").iterdir() if d.name.startswith((".work-", ".tmp-", ".lock-"))]
+    assert not (tmp_path / "train" / v / WRITING).exists()

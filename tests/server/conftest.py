@@ -534,7 +534,7 @@ class CompletedRun:
 @pytest.fixture(scope="session")
 def completed_run(sqlite_server) -> CompletedRun:
     """`prefect deployment run pretrain/default --params ... --watch` on the demo config, Completed."""
-    from flows.pipeline import STAGES
+    from flows.pipeline import STAGE_ORDER as STAGES
     from storage.manifest import load_manifest
 
     t0 = time.monotonic()

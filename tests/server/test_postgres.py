@@ -12,7 +12,7 @@ pytestmark = pytest.mark.server
 
 
 def test_deployment_run_on_postgres(processes, postgres_url, tmp_path_factory):
-    from flows.pipeline import STAGES
+    from flows.pipeline import STAGE_ORDER as STAGES
 
     server = start_server(processes, tmp_path_factory.mktemp("prefect-postgres"), db_url=postgres_url)
     deploy_all(server)

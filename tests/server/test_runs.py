@@ -36,9 +36,9 @@ class FailureCase:
 
 
 def failure_case(tmp: Path, data_root: Path) -> FailureCase:
-    from flows.pipeline import STAGES, Stage
+    from flows.pipeline import STAGE_ORDER as STAGES
 
-    if Stage.DECONTAMINATE in STAGES:
+    if "decontaminate" in STAGES:
 
         def create(path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def failure_case(tmp: Path, data_root: Path) -> FailureCase:
 
 
 def _upstream(stage: str) -> list[str]:
-    from flows.pipeline import STAGES
+    from flows.pipeline import STAGE_ORDER as STAGES
 
     names = [str(s) for s in STAGES]
     return names[: names.index(stage)]
@@ -115,7 +115,7 @@ def _assert_upstream_reused(server, run_id: str, case: FailureCase, before: dict
 
 
 def test_deployment_run_completes_with_artifacts_and_versions(sqlite_server, completed_run):
-    from flows.pipeline import STAGES
+    from flows.pipeline import STAGE_ORDER as STAGES
 
     server = sqlite_server
     assert set(completed_run.manifests) == {str(s) for s in STAGES}
@@ -225,7 +225,7 @@ def test_failed_stage_then_fixed_rerun_reuses_upstream(sqlite_server, completed_
 
 
 def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed_run, failed_run):
-    from flows.summary import parse_time
+    from reports.pipeline import parse_time
     from storage.manifest import load_manifest
 
     server, case, before = sqlite_server, failed_run.case, dict(completed_run.manifests)

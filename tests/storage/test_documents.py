@@ -25,7 +25,7 @@ def test_round_trip_with_extra_columns(tmp_path):
             w.write(
                 Document(id=f"d{i}", text=f"text {i}", url=f"http://x/{i}", meta={"language": "en", "score": i / 10})
             )
-    assert not (tmp_path / "part-00000.parquet.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.parquet"]  # no `.tmp-*` file left (AtomicFile)
     assert pq.ParquetFile(path).metadata.num_row_groups == 4  # streamed in groups, not one table
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
     docs = list(read_documents(path))

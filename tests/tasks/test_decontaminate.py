@@ -80,7 +80,7 @@ def run(params, index, texts):
     stats = StageStats()
     sink = Sink(stats)
     docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(texts)]
-    kept = list(process(docs, stats, sink, params, index))
+    kept = list(process(docs, params, stats, sink, index))
     assert len(docs) == len(kept) + stats.docs_dropped  # conservation, one output per input at most
     return kept, sink.rows, stats
 

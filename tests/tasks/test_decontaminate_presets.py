@@ -31,7 +31,7 @@ def run(params, root, texts):
     index = load_index(ensure_index(params, str(root), index_version(params))["dir"])
     stats = StageStats()
     sink = Sink(stats)
-    kept = list(process([Document(id=f"d{i}", text=t) for i, t in enumerate(texts)], stats, sink, params, index))
+    kept = list(process([Document(id=f"d{i}", text=t) for i, t in enumerate(texts)], params, stats, sink, index))
     return kept, sink.rows, stats
 
 

@@ -26,8 +26,8 @@ from tasks.mix import (
     mix_count_shard,
     mix_shard,
     plan_mix,
-    sample_key,
 )
+from tasks.text import sample_key
 
 QUALITY = pa.field("quality_score", pa.float64())
 
@@ -239,7 +239,7 @@ def test_anneal_needs_a_quality_column(tmp_path):
     from tasks.mix import mix_count_shard
 
     with pytest.raises(ValueError, match="anneal_fraction=0.1 needs a quality_score column"):
-        mix_count_shard.fn(src, MixParams(weights={"web": 1.0}, anneal_fraction=0.1))
+        mix_count_shard.fn(src, "", 0, MixParams(weights={"web": 1.0}, anneal_fraction=0.1))
 
 
 def test_default_budget_keeps_every_document_and_caps_only_the_scarce_source(tmp_path):
@@ -313,7 +313,7 @@ def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
     src = _write(tmp_path / "in.parquet", docs, extra=ingest.INGEST_FIELDS)
     rules = [SourceRule(pattern=r"^docs\.python\.org$", source="pydocs"), *DEFAULT_SOURCE_RULES]
     params = MixParams(weights={"web": 1.0, "code": 1.0, "pydocs": 1.0}, source_rules=rules)
-    counts = mix_count_shard.fn(src, params)
+    counts = mix_count_shard.fn(src, "", 0, params).counts
     assert {s: c.docs for s, c in counts.items()} == {"code": 1, "pydocs": 1, "web": 1}
     plan = plan_mix(counts, params)
     out = str(tmp_path / "out")
@@ -325,7 +325,7 @@ def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
     no_origin = _write(
         tmp_path / "plain.parquet", [Document(id="d", text="x" * 50, source="code", url="https://docs.python.org/3/")]
     )
-    assert set(mix_count_shard.fn(no_origin, params)) == {"code"}
+    assert set(mix_count_shard.fn(no_origin, "", 0, params).counts) == {"code"}
 
 
 REAL_WARCS = ("warc/commoncrawl/*.warc.gz", "warc/other_crawls/*.warc.gz")
@@ -341,7 +341,7 @@ def test_default_config_keeps_every_document_of_real_crawl_files(shared_data, tm
     src = _write(tmp_path / "in.parquet", docs, extra=ingest.INGEST_FIELDS)
     params = MixParams()
     with caplog.at_level(logging.INFO, logger="tasks.mix"):
-        plan = plan_mix(mix_count_shard.fn(src, params), params)
+        plan = plan_mix(mix_count_shard.fn(src, "", 0, params).counts, params)
     out = str(tmp_path / "out")
     res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
     kept = list(read_documents(f"{out}/part-00000.parquet"))

@@ -16,9 +16,9 @@ from tasks.quality import (
     QUALITY_SCORE_LOW,
     SCORE_SCHEMA,
     TEXT_TOO_LONG,
-    FilterPlan,
+    FilterJob,
     QualityParams,
-    ScorePlan,
+    ScoreJob,
     filter_documents,
     score_documents,
     top_fraction_threshold,
@@ -177,13 +177,13 @@ class ConstantModel:
 
 def _score_and_filter(docs, params, layer, threshold="min_score"):
     stats = StageStats()
-    rows = list(score_documents(docs, ScorePlan(params=params), layer, ConstantModel(), stats))
+    rows = list(score_documents(docs, ScoreJob(params=params), stats, layer, ConstantModel()))
     if threshold == "min_score":
         threshold = params.min_score
     rejects = ListRejects(stats)
     kept = list(
         filter_documents(
-            docs, iter(rows), FilterPlan(params=params, scores_dir="-", score_threshold=threshold), stats, rejects
+            docs, FilterJob(params=params, scores_dir="-", score_threshold=threshold), stats, rejects, iter(rows)
         )
     )
     return rows, [d.id for d in kept], {i: (r, d) for i, r, d in rejects.items}, stats

@@ -5,17 +5,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows.tokenization import val_threshold_for
 from models.tokenizer import Tokenizer, train_tokenizer, training_lines
 from storage.documents import Document, DocumentWriter, read_documents
 from storage.token_shards import TokenShards, pack_documents
-from tasks.mix import sample_key
+from tasks.text import sample_key
 from tasks.tokenization import (
     DROP_EMPTY,
     DROP_VAL_REPEAT,
     VAL_BUCKETS,
     TokenizeJob,
     TokenizeParams,
+    TokenizerSampleJob,
     flatten_with_eos,
     held_out_sample_counts,
     held_out_sample_lines,
@@ -28,10 +28,13 @@ from tasks.tokenization import (
     tokenizer_sample_shard,
     train_tokenizer_task,
     val_reserve,
+    val_threshold_for,
     write_rows,
 )
 
 REPEAT = pa.field("repeat", pa.int32())
+SAMPLE_ALL = TokenizerSampleJob(threshold=1.0, seed=0, main_shards=1)  # every first copy of one main shard
+SAMPLE_ANNEAL = TokenizerSampleJob(threshold=1.0, seed=0, main_shards=0)  # shard 0 is an anneal shard
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "pi"]
 
 
@@ -150,17 +153,17 @@ def test_tokenizer_sample_leaves_out_every_document_val_can_hold(tmp_path, tok):
     ]
     docs += [Document(id=f"{d.id}#r1", text=d.text, meta={"repeat": 1}) for d in docs[::3]]
     src = _sample_mix(tmp_path, docs)
-    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, 1.0, 0)
+    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, SAMPLE_ALL)
     firsts = [d for d in docs if d.meta["repeat"] == 0]
-    assert counts["docs"] == len(firsts) and len(counts["val_min_tokens"]) == VAL_BUCKETS
-    assert sum(counts["val_min_tokens"]) == sum(min_tokens(d.text) for d in firsts)
+    assert counts.docs == len(firsts) and len(counts.val_min_tokens) == VAL_BUCKETS
+    assert sum(counts.val_min_tokens) == sum(min_tokens(d.text) for d in firsts)
     # the real per-bucket tokens under a trained tokenizer: the threshold the flow would raise val to
     real = np.zeros(VAL_BUCKETS, dtype=np.int64)
     for d, ids in zip(firsts, tok.encode([d.text for d in firsts])):
         assert len(ids) + 1 >= min_tokens(d.text)
         real[int(sample_key("val", 0, d.id) * VAL_BUCKETS)] += len(ids) + 1
     for row_len in (32, 256, 1024):
-        reserve = val_reserve(np.array(counts["val_min_tokens"]), row_len, 0.01)
+        reserve = val_reserve(np.array(counts.val_min_tokens), row_len, 0.01)
         chosen = val_threshold_for(real, row_len, "m")
         assert 0.01 <= reserve < 1 and chosen <= reserve, (row_len, chosen, reserve)
         lines = set(held_out_sample_lines(str(tmp_path / "s"), reserve))
@@ -177,13 +180,13 @@ def test_tokenizer_sample_leaves_out_every_document_val_can_hold(tmp_path, tok):
             if d.meta["repeat"] and d.id.split("#")[0] in val:
                 assert route(d, job) == (None, -1)
     # too little text to bound a val sequence: everything is reserved (the flow then raises a clear error)
-    assert val_reserve(np.array(counts["val_min_tokens"]), 10**7, 0.01) == 1.0
+    assert val_reserve(np.array(counts.val_min_tokens), 10**7, 0.01) == 1.0
 
 
 def test_anneal_shards_are_sampled_whole(tmp_path):
     docs = [Document(id=f"a{i}", text=f"anneal text number {i}", meta={"repeat": 0}) for i in range(50)]
-    counts = tokenizer_sample_shard.fn(_sample_mix(tmp_path, docs), str(tmp_path / "s"), 0, 1.0, 0, False)
-    assert counts["val_min_tokens"] == [] and held_out_sample_counts(str(tmp_path / "s"), 0.9)["docs"] == 50
+    counts = tokenizer_sample_shard.fn(_sample_mix(tmp_path, docs), str(tmp_path / "s"), 0, SAMPLE_ANNEAL)
+    assert counts.val_min_tokens == [] and held_out_sample_counts(str(tmp_path / "s"), 0.9)["docs"] == 50
 
 
 def test_real_text_val_is_held_out_from_the_tokenizer(shared_data, tmp_path):
@@ -195,8 +198,8 @@ def test_real_text_val_is_held_out_from_the_tokenizer(shared_data, tmp_path):
     texts = [v["articleBody"] for v in json.loads(truth.read_text()).values() if len(v["articleBody"]) > 500]
     docs = [Document(id=f"art{i}", text=t, meta={"repeat": 0}) for i, t in enumerate(texts)]
     src = _sample_mix(tmp_path, docs)
-    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, 1.0, 0)
-    reserve = val_reserve(np.array(counts["val_min_tokens"]), 1025, 0.2)
+    counts = tokenizer_sample_shard.fn(src, str(tmp_path / "s"), 0, SAMPLE_ALL)
+    reserve = val_reserve(np.array(counts.val_min_tokens), 1025, 0.2)
     params = TokenizeParams(vocab_size=3000, seq_len=1024, val_fraction=0.2)
     held = train_tokenizer_task.fn(str(tmp_path / "s"), params, reserve)
     tok_held = Tokenizer(tmp_path / "s" / "tokenizer.model")

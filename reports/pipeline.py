@@ -1,8 +1,8 @@
-"""The pipeline summary artifact (`pretrain-summary`): attrition after each stage and the lineage of versions.
+"""The pipeline summary (`pretrain-summary` artifact): attrition after each stage and the lineage of versions.
 
-Published by `pipeline_flow` at the end of every run, also when a stage failed (it then shows what
-completed and names the failed stage). Built only from the manifests on disk, so it describes what the
-versions hold, whichever run made them:
+Published by `pipeline_flow` (flows/pipeline.py `publish_summary`) at the end of every run, also when a
+stage failed (it then shows what completed and names the failed stage). Built only from the manifests
+on disk, so it describes what the versions hold, whichever run made them:
 
 - attrition table: per stage, its version, whether this run computed it, reused it (a complete
   version made before this run started) or read it from disk without running it, and documents,
@@ -19,10 +19,12 @@ the tokenize / train manifests (`extras`); document stages show an estimate `~N`
 characters per token that tokenize measured, when a tokenize version is in the lineage.
 """
 
+from __future__ import annotations
+
 import base64
 import datetime as dt
 import io
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -32,26 +34,14 @@ from storage import paths
 from storage.documents import iter_batches
 from storage.manifest import Manifest, is_complete, latest_version, load_manifest
 
-Stage = str  # INTERIM (issue 12)
-
-
-def upstream_of(stage: str) -> Optional[str]:  # INTERIM (issue 12)
-    from flows.pipeline import upstream_of as up
-
-    return up(stage)
-
-
-log = logging.getLogger(__name__)
-
-ARTIFACT_KEY = "pretrain-summary"
 EXACT_CHARS_MAX_BYTES = 1 << 30
 # where tokenize / train put their token counts in `extras` (first hit wins; one level of nesting searched)
 TOKEN_KEYS = ("tokens", "num_tokens", "total_tokens", "tokens_total", "train_tokens", "tokens_seen")
 
 
 @dataclass
-class StageRow:
-    stage: Stage
+class AttritionRow:
+    stage: str
     version: Optional[str]
     status: str  # computed | reused | on disk | FAILED | not run
     documents: Optional[int] = None
@@ -118,39 +108,45 @@ def manifest_tokens(m: Manifest) -> Optional[int]:
     return None
 
 
-def lineage(root: str, end: Optional[tuple[Stage, str]]) -> list[Manifest]:
-    """Manifests from ingest to `end`, following `inputs` backwards (stops where a version is missing)."""
+def _upstream(order: Sequence[str], stage: str) -> Optional[str]:
+    i = list(order).index(stage)
+    return order[i - 1] if i > 0 else None
+
+
+def lineage(root: str, end: Optional[tuple[str, str]], order: Sequence[str]) -> list[Manifest]:
+    """Manifests from the first stage of `order` to `end`, following `inputs` backwards (stops where a
+    version is missing)."""
     chain: list[Manifest] = []
     current = end
     while current is not None and is_complete(root, current[0], current[1]):
         m = load_manifest(root, current[0], current[1])
         chain.append(m)
-        up = upstream_of(current[0])
-        current = (up, m.inputs[str(up)]) if up is not None and str(up) in m.inputs else None
+        up = _upstream(order, current[0])
+        current = (up, m.inputs[up]) if up is not None and up in m.inputs else None
     return chain[::-1]
 
 
 def attrition(
     root: str,
     versions: dict[str, str],
+    order: Sequence[str],
     started: Optional[float] = None,
-    failed: Optional[tuple[Stage, BaseException]] = None,
-) -> list[StageRow]:
-    """One row per stage from ingest to the last completed (or the failed) stage."""
+    failed: Optional[tuple[str, BaseException]] = None,
+) -> list[AttritionRow]:
+    """One row per stage of `order` (the pipeline's stages) from the first to the last completed (or the
+    failed) stage."""
     ran = dict(versions)
-    end: Optional[tuple[Stage, str]] = None
+    end: Optional[tuple[str, str]] = None
     if ran:
-        from flows.pipeline import STAGE_ORDER  # INTERIM (issue 12)
-
-        last = max(ran, key=STAGE_ORDER.index)
+        last = max(ran, key=list(order).index)
         end = (last, ran[last])
-    elif failed is not None and upstream_of(failed[0]) is not None:
-        up = upstream_of(failed[0])
+    elif failed is not None and _upstream(order, failed[0]) is not None:
+        up = _upstream(order, failed[0])
         assert up is not None
         latest = latest_version(root, up)
         end = (up, latest) if latest else None
-    rows: list[StageRow] = []
-    for m in lineage(root, end):
+    rows: list[AttritionRow] = []
+    for m in lineage(root, end, order):
         if m.stage in ran:
             status = "reused" if started is not None and parse_time(m.created_at) < started else "computed"
         else:
@@ -158,7 +154,7 @@ def attrition(
         chars, est = count_characters(root, m)
         docs, unique = manifest_documents(m)
         rows.append(
-            StageRow(
+            AttritionRow(
                 m.stage,
                 m.version,
                 status,
@@ -172,16 +168,17 @@ def attrition(
             )
         )
     if failed is not None:
-        rows.append(StageRow(failed[0], None, "FAILED", error=f"{type(failed[1]).__name__}: {failed[1]}"))
-    _estimate_tokens(rows)
+        rows.append(AttritionRow(failed[0], None, "FAILED", error=f"{type(failed[1]).__name__}: {failed[1]}"))
+    _estimate_tokens(rows, order)
     return rows
 
 
-def _estimate_tokens(rows: list[StageRow]) -> None:
-    """Fill document stages' tokens from tokenize's measured characters per token."""
-    by_stage = {r.stage: r for r in rows}
-    tok = by_stage.get("tokenize")
-    src = by_stage.get(upstream_of("tokenize")) if tok else None  # type: ignore[arg-type]
+def _estimate_tokens(rows: list[AttritionRow], order: Sequence[str]) -> None:
+    """Fill document stages' tokens from the characters per token measured by the first stage that
+    counted tokens (tokenize), over the characters of the stage before it."""
+    tok = next((r for r in rows if r.tokens), None)
+    up = _upstream(order, tok.stage) if tok is not None and tok.stage in order else None
+    src = next((r for r in rows if r.stage == up), None)
     if tok is None or src is None or not tok.tokens or not src.characters:
         return
     per_char = tok.tokens / src.characters
@@ -194,7 +191,7 @@ def _fmt(value: Optional[int], estimated: bool = False) -> str:
     return "-" if value is None else ("~" if estimated else "") + f"{value:,}"
 
 
-def funnel_png(rows: list[StageRow]) -> bytes:
+def funnel_png(rows: list[AttritionRow]) -> bytes:
     """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red."""
     import matplotlib
 
@@ -236,11 +233,12 @@ def funnel_png(rows: list[StageRow]) -> bytes:
 def summary_markdown(
     root: str,
     versions: dict[str, str],
+    order: Sequence[str],
     started: Optional[float] = None,
-    failed: Optional[tuple[Stage, BaseException]] = None,
+    failed: Optional[tuple[str, BaseException]] = None,
     image: bool = True,
 ) -> str:
-    rows = attrition(root, versions, started, failed)
+    rows = attrition(root, versions, order, started, failed)
     done = [r for r in rows if r.version]
     if failed is not None:
         head = (
@@ -250,9 +248,9 @@ def summary_markdown(
         )
     else:
         head = f"# pretrain: completed ({len(versions)} stage(s) run)"
-    ingest_docs = done[0].documents if done and done[0].stage == "ingest" else None
+    ingest_docs = done[0].documents if done and done[0].stage == order[0] else None
     table = [
-        "| stage | version | this run | documents | % of ingest | characters | tokens |",
+        f"| stage | version | this run | documents | % of {order[0]} | characters | tokens |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -280,29 +278,3 @@ def summary_markdown(
         ),
     ]
     return "\n".join(parts)
-
-
-def publish_summary(
-    root: str,
-    versions: dict[str, str],
-    started: Optional[float] = None,
-    failed: Optional[tuple[Stage, BaseException]] = None,
-) -> Optional[str]:
-    """Create the `pretrain-summary` markdown artifact (inside a flow run); returns the markdown.
-
-    A broken summary must not hide the run's real outcome, so errors here are logged, not raised.
-    """
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.context import FlowRunContext
-
-    try:
-        md = summary_markdown(root, versions, started, failed)
-        if FlowRunContext.get() is not None:
-            state = f"failed at {failed[0]}" if failed else "completed"
-            create_markdown_artifact(
-                key=ARTIFACT_KEY, markdown=md, description=f"pipeline {state}: attrition per stage and version lineage"
-            )
-        return md
-    except Exception:  # noqa: BLE001 - the summary is a report; the stages' own outcome decides the run
-        log.exception("could not build the pipeline summary artifact")
-        return None

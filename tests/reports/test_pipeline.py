@@ -7,12 +7,17 @@ import time
 
 import pytest
 
-from flows.pipeline import Stage
-from flows.summary import ARTIFACT_KEY, attrition, funnel_png, lineage, publish_summary, summary_markdown
+from flows.pipeline import STAGE_ORDER, SUMMARY_KEY, Stage, publish_summary
+from reports.pipeline import attrition, funnel_png, lineage
+from reports.pipeline import summary_markdown as _summary_markdown
 from storage.artifacts import ArtifactWriter
 from storage.documents import Document
 from storage.manifest import ShardInfo, new_manifest
 from storage.stats import StageStats
+
+
+def summary_markdown(root, versions, **kw):
+    return _summary_markdown(root, versions, STAGE_ORDER, **kw)
 
 
 def _docs(texts):
@@ -30,7 +35,7 @@ def chain(tmp_path, make_version):
 
 
 def test_attrition_counts_documents_and_exact_characters(chain):
-    rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, started=0.0)
+    rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, STAGE_ORDER, started=0.0)
     assert [(r.stage, r.version, r.status, r.documents) for r in rows] == [
         (Stage.INGEST, "i1", "computed", 3),
         (Stage.LANGID, "l1", "computed", 2),
@@ -41,12 +46,12 @@ def test_attrition_counts_documents_and_exact_characters(chain):
 
 
 def test_status_reused_when_made_before_the_run_and_on_disk_when_not_run(chain):
-    rows = attrition(str(chain), {"langid": "l1"}, started=time.time())
+    rows = attrition(str(chain), {"langid": "l1"}, STAGE_ORDER, started=time.time())
     assert [r.status for r in rows] == ["on disk", "reused"]
 
 
 def test_lineage_follows_manifest_inputs(chain):
-    assert [(m.stage, m.version) for m in lineage(str(chain), (Stage.LANGID, "l1"))] == [
+    assert [(m.stage, m.version) for m in lineage(str(chain), (Stage.LANGID, "l1"), STAGE_ORDER)] == [
         (Stage.INGEST, "i1"),
         (Stage.LANGID, "l1"),
     ]
@@ -106,7 +111,7 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
             extras={"tokens": 50},
         )
     )
-    rows = attrition(root, {"tokenize": "t1"}, started=0.0)
+    rows = attrition(root, {"tokenize": "t1"}, STAGE_ORDER, started=0.0)
     by = {r.stage: r for r in rows}
     assert by[Stage.TOKENIZE].tokens == 50 and not by[Stage.TOKENIZE].tokens_estimated
     assert by[Stage.MIX].tokens == 50 and by[Stage.MIX].tokens_estimated  # 200 chars at 0.25 tokens/char
@@ -115,7 +120,9 @@ def test_tokens_from_tokenize_extras_and_estimates_upstream(chain, tmp_path):
 def test_funnel_png_is_a_real_image(chain):
     import matplotlib.image as mpimg
 
-    rows = attrition(str(chain), {"ingest": "i1", "langid": "l1"}, started=0.0, failed=(Stage.QUALITY, ValueError("x")))
+    rows = attrition(
+        str(chain), {"ingest": "i1", "langid": "l1"}, STAGE_ORDER, started=0.0, failed=(Stage.QUALITY, ValueError("x"))
+    )
     png = funnel_png(rows)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(io.BytesIO(png))
@@ -144,7 +151,7 @@ def test_publish_creates_the_artifact_in_a_flow_run(chain, prefect_backend):
         f"{api}/artifacts/filter",
         json={
             "artifacts": {
-                "key": {"any_": [ARTIFACT_KEY]},
+                "key": {"any_": [SUMMARY_KEY]},
                 "flow_run_id": {"any_": [str(state.state_details.flow_run_id)]},
             }
         },
@@ -154,19 +161,19 @@ def test_publish_creates_the_artifact_in_a_flow_run(chain, prefect_backend):
 
 def test_publish_logs_instead_of_raising(chain, monkeypatch, caplog):
     # a broken summary must not replace the run's own outcome (e.g. hide the stage that failed)
-    import flows.summary as summary
+    import reports.pipeline as summary
 
     def boom(rows):
         raise RuntimeError("matplotlib exploded")
 
     monkeypatch.setattr(summary, "funnel_png", boom)
-    with caplog.at_level("ERROR", logger="flows.summary"):
+    with caplog.at_level("ERROR", logger="flows.pipeline"):
         assert publish_summary(str(chain), {"ingest": "i1"}, failed=(Stage.LANGID, ValueError("x"))) is None
     assert "matplotlib exploded" in caplog.text
 
 
 def test_tokens_from_split_counters_and_repeated_documents(tmp_path, make_version):
-    from flows.summary import manifest_documents, manifest_tokens
+    from reports.pipeline import manifest_documents, manifest_tokens
     from storage.manifest import load_manifest
 
     root = tmp_path / "data"
