@@ -19,9 +19,8 @@ from prefect import flow
 from flows.quality_classifier import train_quality_classifier_flow
 from flows.stage import StageOutput, StageRun, map_shards, run_stage, task_runner
 from storage import paths
-from storage.artifacts import ArtifactWriter
-from storage.locks import VersionLock
-from storage.manifest import Manifest, ShardInfo, compute_version, is_complete, load_manifest, new_manifest
+from storage.artifacts import ArtifactWriter, ensure_artifact
+from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest
 from storage.stats import StageStats
 from tasks.quality import (
     SCORES_KIND,
@@ -85,39 +84,23 @@ def ensure_scores(
     run: StageRun, version: str, inputs: dict[str, str], sources: list[str], job: ScoreJob, force: bool
 ) -> tuple[str, bool, dict[str, int]]:
     """Score every shard into the `quality_scores` artifact `version`, or reuse it when complete; returns
-    (its directory, reused, the score counters). Holds the artifact's lock (local roots) while it decides
-    and writes, so an identical run waits and reuses."""
-    root, directory = run.root, paths.version_dir(run.root, SCORES_KIND, version)
-    lock = VersionLock(root, SCORES_KIND, version)
-    lock.acquire(on_wait=log.info)
-    try:
-        if is_complete(root, SCORES_KIND, version) and not force:
-            m = load_manifest(root, SCORES_KIND, version)
-            assert len(m.shards) == len(sources), (
-                f"score cache {directory} has {len(m.shards)} shards, input {len(sources)}"
-            )
-            log.info("reused %s@%s (%d documents)", SCORES_KIND, version, m.stats.docs_in)
-            return directory, True, m.stats.counters
+    (its directory, reused, the score counters)."""
+    directory = paths.version_dir(run.root, SCORES_KIND, version)
+
+    def build(writer: ArtifactWriter) -> Manifest:
         t0 = time.perf_counter()
-        writer = ArtifactWriter(root, SCORES_KIND, version, inputs, replace=force)
-        try:
-            results = map_shards(run, quality_score_shard, sources, job, out_dir=directory)
-            rows = sum(r.rows for r in results)
-            counters = StageStats.merge_all([StageStats(counters=r.counters) for r in results]).counters
-            stats = StageStats(docs_in=rows, docs_out=rows, seconds=time.perf_counter() - t0, counters=counters)
-            shards = [ShardInfo(name=paths.shard_name(r.index), rows=r.rows, bytes=r.bytes) for r in results]
-            extras = {"job": job.model_dump(mode="json"), "seconds": sum(r.seconds for r in results)}
-            writer.commit(
-                new_manifest(
-                    SCORES_KIND, SCORES_VERSION, version, job.params.scoring_params(), inputs, shards, [], stats, extras
-                )
-            )
-        except BaseException:
-            writer.abort()
-            raise
-        return directory, False, counters
-    finally:
-        lock.release()
+        results = map_shards(run, quality_score_shard, sources, job, out_dir=directory)
+        rows = sum(r.rows for r in results)
+        counters = StageStats.merge_all([StageStats(counters=r.counters) for r in results]).counters
+        stats = StageStats(docs_in=rows, docs_out=rows, seconds=time.perf_counter() - t0, counters=counters)
+        shards = [ShardInfo(name=paths.shard_name(r.index), rows=r.rows, bytes=r.bytes) for r in results]
+        extras = {"job": job.model_dump(mode="json"), "seconds": sum(r.seconds for r in results)}
+        return writer.manifest(SCORES_VERSION, job.params.scoring_params(), shards, stats, extras=extras)
+
+    m, reused = ensure_artifact(run.root, SCORES_KIND, version, build, inputs, force)
+    assert len(m.shards) == len(sources), f"score cache {directory} has {len(m.shards)} shards, input {len(sources)}"
+    log.info("%s %s@%s (%d documents)", "reused" if reused else "built", SCORES_KIND, version, m.stats.docs_in)
+    return directory, reused, m.stats.counters
 
 
 @flow(name="quality", task_runner=task_runner(2))

@@ -41,10 +41,9 @@ from tqdm import tqdm
 from flows.interrupt import ignore_sigint, kill_workers, note_stage
 from reports import version_summary
 from storage import paths
-from storage.artifacts import ArtifactWriter
+from storage.artifacts import ArtifactWriter, ensure_artifact
 from storage.documents import ShardResult
-from storage.locks import VersionLock
-from storage.manifest import Manifest, ShardInfo, compute_version, is_complete, load_manifest, new_manifest, set_latest
+from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest, set_latest
 from storage.params import StageParams
 from storage.stats import StageStats
 
@@ -94,15 +93,13 @@ class StageRun:
     inputs: dict[str, str]
     input_manifest: Manifest | None
     params_model: StageParams | None = None
-    reused: Manifest | None = None
     writer: ArtifactWriter | None = None
     started: float = field(default_factory=time.perf_counter)
-    lock: VersionLock | None = None
 
     @property
     def out_dir(self) -> str:
         """The version's directory, written in place (storage.artifacts)."""
-        assert self.writer is not None, f"{self.stage}@{self.version} has no writer (reused)"
+        assert self.writer is not None, f"{self.stage}@{self.version} has no writer (not running)"
         return self.writer.path
 
     def input_shard_paths(self) -> list[str]:
@@ -118,11 +115,6 @@ class StageRun:
         if self.writer is not None:
             self.writer.note_input(kind, version)
 
-    def release(self) -> None:
-        """Release the version lock (after commit or abort; idempotent)."""
-        if self.lock is not None:
-            self.lock.release()
-
 
 def upstream_stage(stage: str) -> str | None:
     # imported here: the pipeline table imports every stage flow, and those import this module
@@ -131,84 +123,32 @@ def upstream_stage(stage: str) -> str | None:
     return upstream_of(stage)
 
 
-def begin_stage(
+def resolve_stage(
     stage: str,
     stage_version: int,
     params: StageParams,
     data_root: str | None,
     input_version: str = "latest",
-    force: bool = False,
     extra_inputs: dict[str, str] | None = None,
     upstream: str | None = UPSTREAM,
-    resumable: bool = False,
 ) -> StageRun:
-    """Resolve inputs and version; return a StageRun that is either reused or holds its lock and writer."""
+    """Load the input version's manifest and derive this stage's version id (takes nothing, writes nothing)."""
     root = paths.resolve_data_root(data_root)
     up = upstream_stage(stage) if upstream == UPSTREAM else upstream
     input_manifest = load_manifest(root, up, input_version) if up is not None else None
     inputs = {up: input_manifest.version} if up is not None and input_manifest is not None else {}
     inputs.update(extra_inputs or {})
     version = compute_version(stage, stage_version, params.version_params(), inputs)
-    run = StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest, params)
-    note_stage(stage)
-    if is_complete(root, stage, version) and not force:  # reuse needs no lock and writes nothing
-        return _reuse(run)
-    run.lock = VersionLock(root, stage, version)
-    run.lock.acquire(on_wait=_log().info)
-    try:
-        if is_complete(root, stage, version) and not force:
-            run.release()
-            return _reuse(run)
-        if force and is_complete(root, stage, version):
-            _log().info("force: recomputing %s@%s", stage, version)
-        run.writer = ArtifactWriter(root, stage, version, inputs, replace=force, resumable=resumable)
-    except BaseException:
-        run.release()
-        raise
-    _log().info("running %s@%s (inputs %s) -> %s", stage, version, inputs or "raw files", run.writer.path)
-    return run
+    return StageRun(stage, stage_version, root, version, params.model_dump(mode="json"), inputs, input_manifest, params)
 
 
-def _reuse(run: StageRun) -> StageRun:
-    run.reused = load_manifest(run.root, run.stage, run.version)
-    set_latest(run.root, run.stage, run.version)
-    _log().info("reused %s@%s (complete; %d docs out)", run.stage, run.version, run.reused.stats.docs_out)
-    return run
-
-
-def commit_stage(run: StageRun, out: StageOutput, max_error_fraction: float | None = None) -> Manifest:
-    """Check the error budget, write the manifest last (storage.artifacts), release the lock."""
+def stage_manifest(run: StageRun, out: StageOutput, max_error_fraction: float | None = None) -> Manifest:
+    """The manifest of a finished run, after its error budget is checked (committed by the caller)."""
     assert run.writer is not None
     out.stats.seconds = time.perf_counter() - run.started
-    where = f"{run.stage}@{run.version}"
     if max_error_fraction is not None:
-        out.stats.check_error_fraction(max_error_fraction, where)
-    manifest = new_manifest(
-        run.stage,
-        run.stage_version,
-        run.version,
-        run.params,
-        run.inputs,
-        out.shards,
-        out.rejected,
-        out.stats,
-        out.extras,
-    )
-    run.writer.commit(manifest)
-    s = out.stats
-    _log().info(
-        "committed %s: %d docs in, %d out, %s dropped, %.1fs", where, s.docs_in, s.docs_out, dict(s.dropped), s.seconds
-    )
-    return manifest
-
-
-def abort_stage(run: StageRun) -> None:
-    """Remove what the run wrote (storage.artifacts.ArtifactWriter.abort) and release its lock."""
-    try:
-        if run.writer is not None:
-            run.writer.abort()
-    finally:
-        run.release()
+        out.stats.check_error_fraction(max_error_fraction, f"{run.stage}@{run.version}")
+    return run.writer.manifest(run.stage_version, run.params, out.shards, out.stats, out.rejected, out.extras)
 
 
 def run_stage(
@@ -231,18 +171,34 @@ def run_stage(
     `upstream`: the artifact kind the stage reads (None: raw files); by default the row before `stage`
     in the pipeline table. `publish_more(manifest, root)` publishes a stage's extra Prefect artifacts.
     `resumable`: a failed run leaves its files for the next run of the version to resume from (training)."""
-    run = begin_stage(stage, stage_version, params, data_root, input_version, force, extra_inputs, upstream, resumable)
-    if run.reused is not None:
-        publish(run.reused, run.root, report, reused=True, more=publish_more)
-        return run.version
-    try:
-        manifest = commit_stage(run, phases(run), max_error_fraction)
-    except BaseException:
-        abort_stage(run)
-        raise
-    finally:
-        run.release()
-    publish(manifest, run.root, report, more=publish_more)
+    run = resolve_stage(stage, stage_version, params, data_root, input_version, extra_inputs, upstream)
+    note_stage(stage)
+
+    def build(writer: ArtifactWriter) -> Manifest:
+        run.writer, run.started = writer, time.perf_counter()
+        if force and writer.replaced:
+            _log().info("force: recomputing %s@%s", stage, run.version)
+        _log().info("running %s@%s (inputs %s) -> %s", stage, run.version, run.inputs or "raw files", writer.path)
+        return stage_manifest(run, phases(run), max_error_fraction)
+
+    manifest, reused = ensure_artifact(
+        run.root, stage, run.version, build, run.inputs, force, resumable, on_wait=_log().info
+    )
+    if reused:
+        set_latest(run.root, stage, run.version)
+        _log().info("reused %s@%s (complete; %d docs out)", stage, run.version, manifest.stats.docs_out)
+    else:
+        s = manifest.stats
+        _log().info(
+            "committed %s@%s: %d docs in, %d out, %s dropped, %.1fs",
+            stage,
+            run.version,
+            s.docs_in,
+            s.docs_out,
+            dict(s.dropped),
+            s.seconds,
+        )
+    publish(manifest, run.root, report, reused=reused, more=publish_more)
     return run.version
 
 

@@ -26,9 +26,8 @@ from prefect import flow
 from flows.stage import Phases, StageOutput, StageRun, map_shards, run_stage, task_runner
 from models.tokenizer import Tokenizer, file_sha256
 from storage import paths
-from storage.artifacts import ArtifactWriter
-from storage.locks import VersionLock
-from storage.manifest import ShardInfo, compute_version, is_complete, load_manifest, new_manifest
+from storage.artifacts import ArtifactWriter, ensure_artifact
+from storage.manifest import Manifest, ShardInfo, compute_version, is_complete, load_manifest
 from storage.stats import StageStats
 from storage.token_shards import TRAIN_DIR, VAL_DIR
 from tasks.tokenization import (
@@ -106,82 +105,71 @@ def _tokenizer(run: StageRun, params: TokenizeParams, sources: list[str], n_main
         if ok:
             log.info("reused tokenizer %s (%s)", key, paths.version_dir(run.root, TOKENIZER_KIND, key))
             return key
-        lock = VersionLock(run.root, TOKENIZER_KIND, key)
-        lock.acquire(on_wait=log.info)
-        try:
-            if is_complete(run.root, TOKENIZER_KIND, key):
-                continue  # committed meanwhile by a concurrent run: decide again
-            _train_tokenizer(run, params, sources, n_main, key, tparams, need)
+
+        def build(writer: ArtifactWriter, tparams: dict[str, Any] = tparams, need: float = need) -> Manifest:
+            return _train_tokenizer(run, writer, params, sources, n_main, tparams, need)
+
+        _, reused = ensure_artifact(run.root, TOKENIZER_KIND, key, build, {"mix": mix.version})
+        if not reused:
             return key
-        finally:
-            lock.release()
+        # committed meanwhile by a concurrent identical run: decide again whether it holds out enough
     raise AssertionError(f"tokenizer for mix@{mix.version} changed under this run three times")
 
 
 def _train_tokenizer(
     run: StageRun,
+    writer: ArtifactWriter,
     params: TokenizeParams,
     sources: list[str],
     n_main: int,
-    key: str,
     tparams: dict[str, Any],
     need: float,
-) -> None:
-    """Sample the mix, train the tokenizer and commit it as `tokenizer@key` (storage.artifacts)."""
-    mix = run.input_manifest
+) -> Manifest:
+    """Sample the mix and train the tokenizer into `writer` (the `tokenizer@key` artifact); its manifest."""
+    mix, key = run.input_manifest, writer.version
     assert mix is not None
-    writer = ArtifactWriter(run.root, TOKENIZER_KIND, key, {"mix": mix.version})
-    try:
-        out = Path(writer.local_path())
-        unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
-        threshold = min(1.0, params.sample_chars / unique)
-        job = TokenizerSampleJob(threshold=threshold, seed=params.seed, main_shards=n_main)
-        counts = map_shards(run, tokenizer_sample_shard, sources, job, out_dir=str(out))
-        sample = {k: sum(getattr(c, k) for c in counts) for k in ("docs", "empty_docs", "lines", "chars", "bytes")}
-        if sample["docs"] == 0:
-            raise ValueError(
-                f"tokenize: the tokenizer sample of mix@{mix.version} has no text ({sample['empty_docs']} sampled "
-                f"documents are empty or whitespace-only); check the upstream stages' reports, or set "
-                f"tokenize.tokenizer_path to an existing sentencepiece model"
-            )
-        hist = np.sum([c.val_min_tokens for c in counts[:n_main]], axis=0).astype(np.int64)
-        reserve = val_reserve(hist, params.seq_len + 1, params.val_fraction)
-        assert need < 0 or reserve == need, f"val reserve {reserve} != {need} computed from the cached histogram"
-        held = held_out_sample_counts(str(out), reserve)
-        if held["docs"] == 0:
-            raise ValueError(
-                f"tokenize: mix@{mix.version} is too small to hold out a val split of one sequence of seq_len + 1 = "
-                f"{params.seq_len + 1} tokens from the tokenizer sample (every one of its {sample['docs']} sampled "
-                f"documents could be needed for val); lower tokenize.seq_len, add data, or set "
-                f"tokenize.tokenizer_path to an existing sentencepiece model"
-            )
-        facts = train_tokenizer_task(str(out), params, reserve)
-        for f in [*out.glob("sample-*.txt"), *out.glob("sample-*.npz")]:
-            f.unlink()
-        np.save(out / VAL_MIN_TOKENS, hist)
-        info = {
-            "version": key,
-            **facts,
-            "training_params": params.training_params(),
-            "inputs": {"mix": mix.version},
-            "sample": {**held, "empty_docs": sample["empty_docs"], "key_threshold": threshold, "val_reserve": reserve},
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        vocab = facts["vocab_size"]
-        assert isinstance(vocab, int)
-        rows = {TOKENIZER_MODEL: vocab, TOKENIZER_VOCAB: vocab, VAL_MIN_TOKENS: len(hist)}  # pieces, buckets
-        shards = [ShardInfo(name=n, rows=r, bytes=(out / n).stat().st_size) for n, r in rows.items()]
-        stats = StageStats(
-            docs_in=sample["docs"] + sample["empty_docs"], docs_out=held["docs"], bytes_out=held["bytes"]
+    out = Path(writer.local_path())
+    unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
+    threshold = min(1.0, params.sample_chars / unique)
+    job = TokenizerSampleJob(threshold=threshold, seed=params.seed, main_shards=n_main)
+    counts = map_shards(run, tokenizer_sample_shard, sources, job, out_dir=str(out))
+    sample = {k: sum(getattr(c, k) for c in counts) for k in ("docs", "empty_docs", "lines", "chars", "bytes")}
+    if sample["docs"] == 0:
+        raise ValueError(
+            f"tokenize: the tokenizer sample of mix@{mix.version} has no text ({sample['empty_docs']} sampled "
+            f"documents are empty or whitespace-only); check the upstream stages' reports, or set "
+            f"tokenize.tokenizer_path to an existing sentencepiece model"
         )
-        stats.drop(DROP_EMPTY, sample["empty_docs"])
-        stats.drop(VAL_RESERVED, held["val_excluded_docs"])
-        writer.commit(
-            new_manifest(TOKENIZER_KIND, TOKENIZER_VERSION, key, tparams, {"mix": mix.version}, shards, [], stats, info)
+    hist = np.sum([c.val_min_tokens for c in counts[:n_main]], axis=0).astype(np.int64)
+    reserve = val_reserve(hist, params.seq_len + 1, params.val_fraction)
+    assert need < 0 or reserve == need, f"val reserve {reserve} != {need} computed from the cached histogram"
+    held = held_out_sample_counts(str(out), reserve)
+    if held["docs"] == 0:
+        raise ValueError(
+            f"tokenize: mix@{mix.version} is too small to hold out a val split of one sequence of seq_len + 1 = "
+            f"{params.seq_len + 1} tokens from the tokenizer sample (every one of its {sample['docs']} sampled "
+            f"documents could be needed for val); lower tokenize.seq_len, add data, or set "
+            f"tokenize.tokenizer_path to an existing sentencepiece model"
         )
-    except BaseException:
-        writer.abort()
-        raise
+    facts = train_tokenizer_task(str(out), params, reserve)
+    for f in [*out.glob("sample-*.txt"), *out.glob("sample-*.npz")]:
+        f.unlink()
+    np.save(out / VAL_MIN_TOKENS, hist)
+    info = {
+        "version": key,
+        **facts,
+        "training_params": params.training_params(),
+        "inputs": {"mix": mix.version},
+        "sample": {**held, "empty_docs": sample["empty_docs"], "key_threshold": threshold, "val_reserve": reserve},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    vocab = facts["vocab_size"]
+    assert isinstance(vocab, int)
+    rows = {TOKENIZER_MODEL: vocab, TOKENIZER_VOCAB: vocab, VAL_MIN_TOKENS: len(hist)}  # pieces, buckets
+    shards = [ShardInfo(name=n, rows=r, bytes=(out / n).stat().st_size) for n, r in rows.items()]
+    stats = StageStats(docs_in=sample["docs"] + sample["empty_docs"], docs_out=held["docs"], bytes_out=held["bytes"])
+    stats.drop(DROP_EMPTY, sample["empty_docs"])
+    stats.drop(VAL_RESERVED, held["val_excluded_docs"])
     log.info(
         "trained tokenizer %s on %d documents (%d chars; %d left out as possible val) -> %s",
         key,
@@ -190,6 +178,7 @@ def _train_tokenizer(
         held["val_excluded_docs"],
         writer.path,
     )
+    return writer.manifest(TOKENIZER_VERSION, tparams, shards, stats, extras=info)
 
 
 def prepare_tokenizer(

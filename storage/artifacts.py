@@ -25,6 +25,11 @@ identical writers write the same file names with the same content (same params a
 neither removes leftovers at the start, so they cannot delete each other's files; the first manifest
 makes the version exist.
 
+`ensure_artifact(root, kind, version, build)` is the one way any artifact is made: reused when complete
+(no lock taken, nothing written: a read-only root works), else built under its version lock by
+`build(writer)` and committed, or aborted on any error. The stage frame (flows/stage.py) and every
+side artifact (score caches, tokenizers, indexes, classifiers) go through it.
+
 `commit_marker_dir` / `finish_marker_dir` are the same protocol for directories inside an artifact
 whose completeness marker is another file (training checkpoints: `step-NNNNNN/meta.json`).
 """
@@ -36,13 +41,16 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from storage import paths
-from storage.manifest import MANIFEST, Manifest, set_latest
+from storage.locks import VersionLock
+from storage.manifest import MANIFEST, Manifest, ShardInfo, is_complete, load_manifest, new_manifest, set_latest
+from storage.stats import StageStats
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +111,8 @@ class ArtifactWriter:
         self.fs, _ = paths.filesystem(root)
         self.path = paths.join(root, kind, version)  # the URL (protocol kept): shard tasks open it by itself
         self.inputs = dict(inputs or {})
-        if self.fs.exists(paths.join(self.path, MANIFEST)) and not replace:
+        self.replaced = bool(self.fs.exists(paths.join(self.path, MANIFEST)))
+        if self.replaced and not replace:
             raise FileExistsError(f"{kind}@{version} is complete already; reuse it (or pass replace=True)")
         # leftovers of a killed attempt go, unless resumable (a forced recompute clears those too); on object
         # stores nothing is removed at the start
@@ -147,6 +156,20 @@ class ArtifactWriter:
         set_latest(self.root, self.kind, self.version)
         return manifest
 
+    def manifest(
+        self,
+        stage_version: int,
+        params: dict[str, Any],
+        shards: list[ShardInfo],
+        stats: StageStats,
+        rejected: list[ShardInfo] | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """The manifest of this version (its kind, version and recorded inputs), to return from a `build`."""
+        return new_manifest(
+            self.kind, stage_version, self.version, params, self.inputs, shards, rejected or [], stats, extras
+        )
+
     def abort(self) -> None:
         """Remove what this attempt wrote (kept when resumable, or when an identical run has committed)."""
         if self.resumable:
@@ -156,3 +179,34 @@ class ArtifactWriter:
             return
         if self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)
+
+
+def ensure_artifact(
+    root: str,
+    kind: str,
+    version: str,
+    build: Callable[[ArtifactWriter], Manifest],
+    inputs: dict[str, str] | None = None,
+    force: bool = False,
+    resumable: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> tuple[Manifest, bool]:
+    """`kind@version` as (manifest, reused): a complete version is reused (unless `force`); else, holding the
+    version's lock (an identical run waits, `on_wait(message)` says so, then reuses), `build(writer)` writes
+    the files under `writer.path` and returns the manifest (`writer.manifest(...)`), which is committed last.
+    Any error aborts the version (storage.artifacts.ArtifactWriter.abort) and propagates."""
+    if not force and is_complete(root, kind, version):
+        return load_manifest(root, kind, version), True
+    lock = VersionLock(root, kind, version)
+    lock.acquire(on_wait=on_wait or log.info)
+    try:
+        if not force and is_complete(root, kind, version):
+            return load_manifest(root, kind, version), True
+        writer = ArtifactWriter(root, kind, version, inputs, replace=force, resumable=resumable)
+        try:
+            return writer.commit(build(writer)), False
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        lock.release()

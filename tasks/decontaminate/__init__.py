@@ -50,10 +50,9 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage import paths
-from storage.artifacts import ArtifactWriter
+from storage.artifacts import ArtifactWriter, ensure_artifact
 from storage.documents import Document, Rejects, ShardResult, batched, run_document_shard
-from storage.locks import VersionLock
-from storage.manifest import content_id, is_complete, load_manifest, new_manifest
+from storage.manifest import Manifest, content_id
 from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.decontaminate import benchmarks as bm
@@ -204,53 +203,27 @@ def index_dir(root: str, version: str) -> str:
 def ensure_index(params: DecontaminateParams, root: str, version: str) -> dict[str, Any]:
     """Build the index unless `decontaminate_index@<version>` is complete; returns its summary (the
     manifest's extras) with `dir` and `reused`. On local roots an identical build waits for this one."""
-    lock = VersionLock(root, INDEX_KIND, version)
-    lock.acquire(on_wait=log.info)
-    try:
-        if is_complete(root, INDEX_KIND, version):
-            summary = dict(load_manifest(root, INDEX_KIND, version).extras)
-            summary["reused"] = True
-            log.info("reused n-gram index %s (%d windows)", version, summary["ngrams"])
-        else:
-            summary = _build_index(params, root, version)
-    finally:
-        lock.release()
-    summary["dir"] = index_dir(root, version)  # the data root may have moved since the build
-    return summary
-
-
-def _build_index(params: DecontaminateParams, root: str, version: str) -> dict[str, Any]:
-    """Build in memory (a bad benchmark fails before anything is written), then write the artifact."""
     key = index_key(params)
-    index, built = build_index(index_sources(params), params.max_items_per_ngram)
-    summary = {"n": params.n, "min_words": params.min_words, **built, "version": version}
-    writer = ArtifactWriter(root, INDEX_KIND, version, {"files": content_id(key["benchmarks"])})
-    try:
+
+    def build(writer: ArtifactWriter) -> Manifest:
+        index, built = build_index(index_sources(params), params.max_items_per_ngram)
+        summary = {"n": params.n, "min_words": params.min_words, **built, "version": version}
         shards = save_index(index, writer.path)
-        manifest = new_manifest(
-            INDEX_KIND,
-            INDEX_FORMAT,
-            version,
-            params.model_dump(mode="json", include=INDEX_PARAMS),
-            writer.inputs,
-            shards,
-            [],
-            StageStats(),
-            summary,
-        )
-        writer.commit(manifest)
-    except BaseException:
-        writer.abort()
-        raise
+        params_json = params.model_dump(mode="json", include=INDEX_PARAMS)
+        return writer.manifest(INDEX_FORMAT, params_json, shards, StageStats(), extras=summary)
+
+    m, reused = ensure_artifact(root, INDEX_KIND, version, build, {"files": content_id(key["benchmarks"])})
+    summary = {**m.extras, "reused": reused, "dir": index_dir(root, version)}  # the root may have moved since
     log.info(
-        "built n-gram index %s: %d windows (lengths %s) of %s in %.1fs",
+        "%s n-gram index %s: %d windows (lengths %s) of %s, built in %.1fs",
+        "reused" if reused else "built",
         version,
         summary["ngrams"],
         summary["lengths"],
         [b["name"] for b in summary["benchmarks"]],
         summary["build_seconds"],
     )
-    return {**summary, "reused": False}
+    return summary
 
 
 @task(name="decontaminate-index")

@@ -21,7 +21,7 @@ import time
 import pytest
 from prefect import flow, task
 
-from flows.stage import StageOutput, abort_stage, begin_stage, commit_stage, run_stage, sharded, task_runner
+from flows.stage import StageOutput, run_stage, sharded, task_runner
 from storage.artifacts import WRITING, ArtifactWriter
 from storage.documents import Document, DocumentWriter, run_document_shard
 from storage.locks import LOCK_PREFIX, VersionLock, lock_is_held
@@ -232,20 +232,30 @@ def test_lock_is_released_when_its_process_dies(tmp_path):
         proc.wait()
 
 
+def _phases(check):
+    def phases(run):
+        check(run)
+        return StageOutput([], StageStats())
+
+    return phases
+
+
 def test_abort_releases_the_lock_on_interrupt(tmp_path):
     root = str(tmp_path)
     fake_ingest(root)
-    run = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
-    path = run.lock.path
-    assert lock_is_held(path) and os.path.exists(os.path.join(run.out_dir, WRITING))  # written in place
-    try:
-        raise KeyboardInterrupt  # what the frame's `except BaseException: abort_stage(run)` sees on Ctrl-C
-    except BaseException:
-        abort_stage(run)
-    assert not lock_is_held(path) and not os.path.exists(path)
-    assert not os.path.exists(run.out_dir)  # the incomplete version dir is gone too
-    again = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)  # not blocked by a leftover
-    abort_stage(again)
+    seen = {}
+
+    def interrupted(run):
+        seen["lock"], seen["dir"] = str(tmp_path / "langid" / f".lock-{run.version}"), run.out_dir
+        assert lock_is_held(seen["lock"]) and os.path.exists(os.path.join(run.out_dir, WRITING))  # in place
+        raise KeyboardInterrupt  # what the frame's abort sees on Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(LANGID, 1, GateParams(), _phases(interrupted), root, upstream=INGEST)
+    assert not lock_is_held(seen["lock"]) and not os.path.exists(seen["lock"])
+    assert not os.path.exists(seen["dir"])  # the incomplete version dir is gone too
+    v = run_stage(LANGID, 1, GateParams(), _phases(lambda run: None), root, upstream=INGEST)  # not blocked
+    assert load_manifest(root, LANGID, v).version == v
 
 
 def test_a_read_only_data_root_is_still_reused(tmp_path, monkeypatch):
@@ -256,13 +266,15 @@ def test_a_read_only_data_root_is_still_reused(tmp_path, monkeypatch):
 
     root = str(tmp_path)
     fake_ingest(root)
-    run = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
-    commit_stage(run, StageOutput([], StageStats()))
-    run.release()
+    v = run_stage(LANGID, 1, GateParams(), _phases(lambda run: None), root, upstream=INGEST)
 
     def read_only(*args, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(locks_module.os, "makedirs", read_only)
-    again = begin_stage(LANGID, 1, GateParams(), root, upstream=INGEST)
-    assert again.reused is not None and again.lock is None  # a complete version is reused without any lock
+
+    def never(run):
+        raise AssertionError("a complete version must be reused, not run")
+
+    # reused without any lock (creating one would fail here) and without running the phases
+    assert run_stage(LANGID, 1, GateParams(), _phases(never), root, upstream=INGEST) == v

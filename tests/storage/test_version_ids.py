@@ -58,12 +58,12 @@ def test_stage_flows_refuse_a_path_as_input_version(tmp_path, make_version):
     """Flows' input_version reaches load_manifest, whose lenient check refuses anything but one plain name."""
     from flows.pipeline import Stage
     from flows.quality import quality_flow
-    from flows.stage import begin_stage
+    from flows.stage import resolve_stage
     from tasks.langid import LangidParams
     from tasks.quality import QualityParams
 
     make_version(tmp_path, "ingest", [[]], version=V)
     with pytest.raises(ValueError, match="^'ingest' version: expected 'latest' or a version id"):
-        begin_stage(Stage.LANGID, 1, LangidParams(), str(tmp_path), f"../ingest/{V}")
+        resolve_stage(Stage.LANGID, 1, LangidParams(), str(tmp_path), f"../ingest/{V}")
     with pytest.raises(ValueError, match="^'langid' version: expected 'latest' or a version id"):
         quality_flow.fn(params=QualityParams(), data_root=str(tmp_path), input_version=f"../ingest/{V}")
