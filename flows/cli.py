@@ -137,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         if args.input:
-            config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"inputs": list(args.input)})})
+            ingest = config.section("ingest").model_copy(update={"inputs": list(args.input)})
+            config = config.model_copy(update={"ingest": ingest})
             config = type(config).model_validate(config.model_dump())
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -250,7 +251,7 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
     from tasks.dedup.report import plan_for_input
 
     try:
-        print(plan_for_input(root, load_config(args.config).dedup if args.config else DedupParams()))
+        print(plan_for_input(root, load_config(args.config).section("dedup") if args.config else DedupParams()))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

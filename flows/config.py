@@ -1,7 +1,8 @@
 """The pipeline config: one YAML file holding every stage's params, validated before any stage runs.
 
-`PipelineConfig` nests each stage's `<Stage>Params` (strict: unknown keys and bad values fail, naming
-the key and the allowed values). `pretrain run` with no `--config` uses `PipelineConfig()`: the demo
+`PipelineConfig` (flows/pipeline.py, built from the pipeline table on `ConfigBase`) nests each stage's
+`<Stage>Params` under the stage's name (strict: unknown keys and bad values fail, naming the key and the
+allowed values). `pretrain run` with no `--config` uses `PipelineConfig()`: the demo
 crawl, the tiny model, everything offline. `configs/default.yaml` is the same config written out.
 """
 
@@ -13,49 +14,27 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.decontaminate import DecontaminateParams
-from tasks.dedup import DedupParams
-from tasks.ingest import IngestParams
-from tasks.langid import LangidParams
-from tasks.mix import MixParams
-from tasks.quality import QualityParams
-from tasks.tokenization import TokenizeParams
-from tasks.train import TrainParams
 
-
-class PipelineConfig(BaseModel):
-    """Every stage's params; Prefect renders this as the run form of `pretrain/default`."""
+class ConfigBase(BaseModel):
+    """The pipeline-wide settings; `flows.pipeline.PipelineConfig` adds one section per row of the pipeline
+    table (the stage's params, named by the stage). Prefect renders it as the run form of `pretrain/default`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     workers: int = Field(2, ge=1, le=256, description="Worker processes per CPU stage (1 = run shards in one thread).")
     demo_pages: int = Field(
         400, ge=20, le=100_000, description="Pages of the generated demo crawl, used when ingest has no inputs."
     )
-    ingest: IngestParams = Field(default_factory=IngestParams, description="Crawl ingest (stage 1).")
-    langid: LangidParams = Field(
-        default_factory=LangidParams, description="fastText LID-176 language ID and keep-list (stage 2)."
-    )
-    quality: QualityParams = Field(
-        default_factory=QualityParams,
-        description=("Heuristic filters (Gopher, C4, FineWeb) and the fastText quality classifier (stage 3)."),
-    )
-    dedup: DedupParams = Field(
-        default_factory=DedupParams, description="Exact + MinHash near-duplicate removal across all shards (stage 4)."
-    )
-    decontaminate: DecontaminateParams = Field(
-        default_factory=DecontaminateParams,
-        description="Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.",
-    )
-    mix: MixParams = Field(default_factory=MixParams, description="Weighted, seeded sampling across sources (stage 6).")
-    tokenize: TokenizeParams = Field(
-        default_factory=lambda: TokenizeParams(vocab_size=4096, seq_len=256),
-        description="Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary "
-        "and 256-token sequences (the demo crawl is ~1M characters).",
-    )
-    train: TrainParams = Field(
-        default_factory=TrainParams,
-        description="GPT training on the token shards (stage 8); default: the tiny preset on CPU.",
-    )
+
+    def section(self, stage: str) -> Any:
+        """The params of `stage` (its section; the sections come from the pipeline table)."""
+        return getattr(self, stage)
+
+
+def pipeline_config() -> type[ConfigBase]:
+    """flows.pipeline.PipelineConfig (built from the pipeline table, which imports every stage: so, lazily)."""
+    from flows.pipeline import PipelineConfig
+
+    return PipelineConfig
 
 
 class ConfigError(ValueError):
@@ -89,7 +68,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            allowed = _allowed(PipelineConfig, e["loc"])
+            allowed = _allowed(pipeline_config(), e["loc"])
             lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
         else:
             # the value itself is not shown: it may be a secret or a file's content (issue 11)
@@ -97,17 +76,17 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any] | None, source: str = "<inline>") -> PipelineConfig:
+def parse_config(data: dict[str, Any] | None, source: str = "<inline>") -> ConfigBase:
     try:
-        return PipelineConfig.model_validate(data or {})
+        return pipeline_config().model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path | None) -> PipelineConfig:
+def load_config(path: str | Path | None) -> ConfigBase:
     """Read and validate a YAML config; None gives the default config."""
     if path is None:
-        return PipelineConfig()
+        return pipeline_config()()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass --config with a YAML file (see configs/default.yaml)")

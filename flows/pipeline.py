@@ -7,6 +7,7 @@ version when it is already complete, so re-running after a failure recomputes on
 stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
 """
 
+import inspect
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional
 
 from prefect import Flow, flow, get_run_logger
+from pydantic import Field, create_model
 
 import tasks.decontaminate.report
 import tasks.dedup.report
@@ -25,7 +27,7 @@ import tasks.mix.report
 import tasks.quality.report
 import tasks.tokenization.report
 import tasks.train.report
-from flows.config import PipelineConfig, load_config
+from flows.config import ConfigBase, load_config
 from flows.decontaminate import decontaminate_flow
 from flows.dedup import dedup_flow
 from flows.ingest import ingest_flow
@@ -40,21 +42,34 @@ from reports.pipeline import summary_markdown
 from storage import paths
 from storage.errors import describe_os_error
 from storage.manifest import load_manifest
+from storage.params import StageParams
 from tasks import decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
 from tasks.quality import classifier
+from tasks.tokenization import TokenizeParams
 
 
 @dataclass(frozen=True)
 class StageRow:
-    """One stage of the pipeline: its name, its flow, its report, and how the pipeline calls it."""
+    """One stage of the pipeline: its name, its flow, its report, and how the pipeline calls it. The config
+    section `<stage>` has the type and default of the flow's `params` (or `config_default`)."""
 
     stage: str  # output directory, CLI word, config section, Prefect parameter value
     flow: Flow[..., str]  # `<stage>_flow(params, data_root, input_version, force, **config_extra)`
     report: ReportFn  # `pretrain inspect <stage>` and the `<stage>-summary` artifact
+    description: str  # the config section's help (Prefect form, `configs/default.yaml`)
     when_empty: Optional[str] = None  # the fix to print when it keeps no document (None: no such check)
     pool: bool = True  # shard maps on `config.workers` processes (False: the flow's own process, training)
     config_extra: tuple[str, ...] = ()  # top-level config fields passed on as flow keywords
     artifacts: dict[str, ReportFn] = field(default_factory=dict)  # side artifacts it builds -> their report
+    config_default: Optional[StageParams] = None  # the pipeline's default when it differs from the flow's
+
+    @property
+    def params_type(self) -> type[StageParams]:
+        annotation: type[StageParams] = inspect.signature(self.flow.fn).parameters["params"].annotation
+        return annotation
+
+    def default_params(self) -> StageParams:
+        return self.config_default if self.config_default is not None else self.params_type()
 
 
 # The pipeline, in order: each stage reads the output of the row before it. Adding a stage = one row here
@@ -64,6 +79,7 @@ PIPELINE: tuple[StageRow, ...] = (
         ingest.STAGE,
         ingest_flow,
         tasks.ingest.report.report,
+        "Crawl ingest (stage 1).",
         "check that the inputs are WARC/WET files with HTML responses (`pretrain inspect ingest --rejected`)",
         config_extra=("demo_pages",),
     ),
@@ -71,20 +87,29 @@ PIPELINE: tuple[StageRow, ...] = (
         langid.STAGE,
         langid_flow,
         tasks.langid.report.report,
+        "fastText LID-176 language ID and keep-list (stage 2).",
         "widen langid.languages (an empty list keeps every language) or lower langid.threshold",
     ),
     StageRow(
         quality.STAGE,
         quality_flow,
         tasks.quality.report.report,
+        "Heuristic filters (Gopher, C4, FineWeb) and the fastText quality classifier (stage 3).",
         "add inputs, widen langid.languages, or enforce fewer filters (quality.enforce_filters)",
         artifacts={classifier.STAGE: tasks.quality.report.classifier_report},
     ),
-    StageRow(dedup.STAGE, dedup_flow, tasks.dedup.report.report, "add inputs"),
+    StageRow(
+        dedup.STAGE,
+        dedup_flow,
+        tasks.dedup.report.report,
+        "Exact + MinHash near-duplicate removal across all shards (stage 4).",
+        "add inputs",
+    ),
     StageRow(
         decontaminate.STAGE,
         decontaminate_flow,
         tasks.decontaminate.report.report,
+        "Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.",
         "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
         artifacts={decontaminate.INDEX_KIND: tasks.decontaminate.report.index_report},
     ),
@@ -92,10 +117,24 @@ PIPELINE: tuple[StageRow, ...] = (
         mix.STAGE,
         mix_flow,
         tasks.mix.report.report,
+        "Weighted, seeded sampling across sources (stage 6).",
         "check mix.weights against the sources present (`pretrain inspect mix`)",
     ),
-    StageRow(tokenization.STAGE, tokenization_flow, tasks.tokenization.report.report),
-    StageRow(train.STAGE, train_flow, tasks.train.report.report, pool=False),
+    StageRow(
+        tokenization.STAGE,
+        tokenization_flow,
+        tasks.tokenization.report.report,
+        "Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary and "
+        "256-token sequences (the demo crawl is ~1M characters).",
+        config_default=TokenizeParams(vocab_size=4096, seq_len=256),
+    ),
+    StageRow(
+        train.STAGE,
+        train_flow,
+        tasks.train.report.report,
+        "GPT training on the token shards (stage 8); default: the tiny preset on CPU.",
+        pool=False,
+    ),
 )
 ROWS: dict[str, StageRow] = {r.stage: r for r in PIPELINE}
 STAGE_ORDER: list[str] = [r.stage for r in PIPELINE]
@@ -108,6 +147,21 @@ else:
 REPORTS: dict[str, ReportFn] = {k: v for r in PIPELINE for k, v in {r.stage: r.report, **r.artifacts}.items()}
 
 
+def _config_model(rows: tuple[StageRow, ...]) -> type[ConfigBase]:
+    """`ConfigBase` plus one section per row: the stage's params under its name."""
+    sections: dict[str, Any] = {
+        r.stage: (r.params_type, Field(default_factory=r.default_params, description=r.description)) for r in rows
+    }
+    model: type[ConfigBase] = create_model("PipelineConfig", __base__=ConfigBase, **sections)
+    model.__doc__ = "Every stage's params; Prefect renders this as the run form of `pretrain/default`."
+    return model
+
+
+# the config: pipeline-wide settings and one section per stage (configs/default.yaml writes it out)
+if TYPE_CHECKING:
+    PipelineConfig = ConfigBase
+else:
+    PipelineConfig = _config_model(PIPELINE)
 SUMMARY_KEY = "pretrain-summary"
 log = logging.getLogger(__name__)
 
@@ -124,7 +178,7 @@ def call_stage(row: StageRow, config: PipelineConfig, root: str, input_version: 
     kw: dict[str, Any] = {k: getattr(config, k) for k in row.config_extra}
     if upstream_of(row.stage) is not None:
         kw["input_version"] = input_version
-    return str(fn(params=getattr(config, row.stage), data_root=root, force=force, **kw))
+    return str(fn(params=config.section(row.stage), data_root=root, force=force, **kw))
 
 
 def publish_summary(

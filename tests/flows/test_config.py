@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.config import ConfigError, PipelineConfig, load_config, parse_config
+from flows.config import ConfigError, load_config, parse_config
+from flows.pipeline import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -334,8 +334,8 @@ def test_anneal_split_is_tokenized_separately(prefect_backend, data_root, make_v
 @pytest.mark.slow
 def test_demo_crawl_through_mix_and_tokenize(prefect_backend, data_root, make_version):
     """The real demo crawl, ingested, mixed with the default weights and tokenized with the demo config."""
-    from flows.config import PipelineConfig
     from flows.ingest import ingest_flow
+    from flows.pipeline import PipelineConfig
 
     ing = ingest_flow.with_options(task_runner=task_runner(1))(data_root=str(data_root), demo_pages=400)
     m = load_manifest(str(data_root), Stage.INGEST, ing)

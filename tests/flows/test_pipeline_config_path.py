@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from flows.config import ConfigError, PipelineConfig
-from flows.pipeline import config_file, pipeline_flow
+from flows.config import ConfigError
+from flows.pipeline import PipelineConfig, config_file, pipeline_flow
 from storage.manifest import load_manifest
 
 

@@ -4,8 +4,7 @@ import inspect
 
 from prefect import Flow
 
-from flows.config import PipelineConfig
-from flows.pipeline import PIPELINE, REPORTS, STAGE_ORDER, Stage, select_stages, upstream_of
+from flows.pipeline import PIPELINE, REPORTS, STAGE_ORDER, PipelineConfig, Stage, select_stages, upstream_of
 
 
 def test_rows_in_order_with_uniform_flows_and_reports():

@@ -11,8 +11,7 @@ import json
 import pytest
 
 from flows.cli import main
-from flows.config import PipelineConfig
-from flows.pipeline import STAGE_ORDER, Stage, StageFailed, pipeline_flow
+from flows.pipeline import STAGE_ORDER, PipelineConfig, Stage, StageFailed, pipeline_flow
 from storage.manifest import load_manifest
 from tasks.ingest import IngestParams
 

@@ -498,7 +498,7 @@ STAGE_OVERRIDES: dict[str, dict[str, Any]] = {
 
 def demo_config(**patch: Any) -> dict[str, Any]:
     """DEMO + the overrides of the stages PipelineConfig has + `patch` (merged one level deep)."""
-    from flows.config import PipelineConfig
+    from flows.pipeline import PipelineConfig
 
     cfg: dict[str, Any] = dict(DEMO)
     fields = PipelineConfig.model_fields
