@@ -1,6 +1,7 @@
 """The `pretrain` command line: run the Prefect pipeline, show status, inspect stage outputs.
 
     pretrain run [--config FILE] [--data-root DIR] [--input PATH_OR_URL ...] [--only S] [--from S] [--to S] [--force S]
+                 [--dask ADDRESS]
     pretrain status [--json] [--all]
     pretrain inspect STAGE [--version V] [--json] [--sample N] [--rejected] [--reason R]
     pretrain inspect dedup --plan [--config FILE]
@@ -140,6 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             ingest = config.section("ingest").model_copy(update={"inputs": list(args.input)})
             config = config.model_copy(update={"ingest": ingest})
             config = type(config).model_validate(config.model_dump())
+        if args.dask:
+            config = type(config).model_validate(
+                {**config.model_dump(), "runner": {"kind": "dask", "address": args.dask}}
+            )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -460,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", type=_stage, help="first stage to run")
     r.add_argument("--to", dest="to_stage", type=_stage, help="last stage to run")
     r.add_argument("--force", type=_stage, help="recompute this stage even if complete (and what follows it)")
+    r.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run shard tasks on the Dask cluster at ADDRESS (tcp://host:8786); overrides the config's runner",
+    )
     s = sub.add_parser("status", help="latest version of every stage")
     s.add_argument("--json", action="store_true")
     s.add_argument("--all", action="store_true", help="every complete version, with lineage")

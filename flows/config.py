@@ -9,10 +9,27 @@ crawl, the tiny model, everything offline. `configs/default.yaml` is the same co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class RunnerConfig(BaseModel):
+    """Where the shard tasks of the CPU stages run (training always runs in the flow's own process)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["process", "dask"] = Field(
+        "process",
+        description="process: a pool of `workers` processes on this machine; dask: a Dask cluster "
+        '(needs `pip install -e ".[dask]"`).',
+    )
+    address: Optional[str] = Field(
+        None,
+        description="kind dask: the scheduler of a running Dask cluster (tcp://host:8786); empty: a temporary "
+        "local cluster of `workers` processes. The data root must be reachable under the same path by every "
+        "worker.",
+    )
 
 
 class ConfigBase(BaseModel):
@@ -23,6 +40,10 @@ class ConfigBase(BaseModel):
     workers: int = Field(2, ge=1, le=256, description="Worker processes per CPU stage (1 = run shards in one thread).")
     demo_pages: int = Field(
         400, ge=20, le=100_000, description="Pages of the generated demo crawl, used when ingest has no inputs."
+    )
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig,
+        description="Where shard tasks run: this machine's process pool, or a Dask cluster (`pretrain run --dask`).",
     )
 
     def section(self, stage: str) -> Any:

@@ -3,12 +3,12 @@
 Three phases over all shards of the input version (dedup is global, not per shard): the signature map
 (exact keys, keep keys, MinHash signatures, shingle sets), one global cluster task (exact groups, LSH
 band sorting, verification, union-find, kept copy per cluster) and the filter map (kept documents and
-`rejected/` with reasons). Signatures and shingle sets under `_work/minhash/` are deleted before the
-commit unless `keep_work`; `_work/clusters.parquet` (every member of every duplicate cluster) and
-`s_curve.png` stay. The report and the dry-run plan are `tasks.dedup.report`.
+`rejected/` with reasons). Signatures and shingle sets under `_work/minhash/` (a local directory on an
+object-store root: `tasks.dedup.work_dir`) are deleted before the commit unless `keep_work`;
+`_work/clusters.parquet` (every member of every duplicate cluster) and `s_curve.png` stay.
+The report and the dry-run plan are `tasks.dedup.report`.
 """
 
-import shutil
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -18,12 +18,12 @@ from storage import paths
 from tasks.dedup import (
     STAGE,
     STAGE_VERSION,
-    WORK,
     DedupParams,
     check_inputs,
     dedup_cluster,
     dedup_shard,
     dedup_signature_shard,
+    finish_work,
 )
 from tasks.dedup.report import S_CURVE_PNG, plan_for_manifest, report, save_s_curve_png
 
@@ -32,8 +32,14 @@ def dedup_phases(params: DedupParams) -> Phases:
     """Signature map -> global cluster task -> filter map; the S-curve plot; `_work/minhash` removed."""
 
     def phases(run: StageRun) -> StageOutput:
-        if "://" in run.root and not run.root.startswith("file://"):
-            raise ValueError(f"dedup memory-maps its signatures and needs a local data root, got {run.root}")
+        try:
+            return run_phases(run)
+        except BaseException:
+            if paths.is_remote(run.out_dir):  # the local work directory of an object-store root
+                finish_work(run.out_dir, keep=False)
+            raise
+
+    def run_phases(run: StageRun) -> StageOutput:
         sources = run.input_shard_paths()
         check_inputs(sources, params)
         assert run.input_manifest is not None
@@ -44,8 +50,7 @@ def dedup_phases(params: DedupParams) -> Phases:
         if params.near:
             threshold = params.jaccard_threshold if params.verify_jaccard else None
             save_s_curve_png(paths.join(run.out_dir, S_CURVE_PNG), params.bands, params.rows, threshold)
-        if not params.keep_work:
-            shutil.rmtree(paths.join(run.out_dir, WORK), ignore_errors=True)
+        finish_work(run.out_dir, params.keep_work)
         return StageOutput.of(results, summary.model_dump())
 
     return phases

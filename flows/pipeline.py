@@ -41,7 +41,7 @@ from flows.train import train_flow
 from reports.pipeline import summary_markdown
 from storage import paths
 from storage.errors import describe_os_error
-from storage.manifest import load_manifest
+from storage.manifest import list_versions, load_manifest
 from storage.params import StageParams
 from tasks import decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
 from tasks.quality import classifier
@@ -62,6 +62,9 @@ class StageRow:
     config_extra: tuple[str, ...] = ()  # top-level config fields passed on as flow keywords
     artifacts: dict[str, ReportFn] = field(default_factory=dict)  # side artifacts it builds -> their report
     config_default: Optional[StageParams] = None  # the pipeline's default when it differs from the flow's
+    # inside a deployment run of the pipeline, start this deployment (another pool, e.g. the GPU machine)
+    # instead of calling the flow in-process; None: always in-process (`pretrain run`, tests)
+    deployment: Optional[str] = None
 
     @property
     def params_type(self) -> type[StageParams]:
@@ -134,6 +137,7 @@ PIPELINE: tuple[StageRow, ...] = (
         tasks.train.report.report,
         "GPT training on the token shards (stage 8); default: the tiny preset on CPU.",
         pool=False,
+        deployment="train/default",  # the gpu pool (deployments/prefect.yaml)
     ),
 )
 ROWS: dict[str, StageRow] = {r.stage: r for r in PIPELINE}
@@ -172,9 +176,67 @@ def upstream_of(stage: str) -> Optional[str]:
     return STAGE_ORDER[i - 1] if i > 0 else None
 
 
+def in_deployment_run() -> bool:
+    """True inside a flow run started from a deployment (a worker runs it), False in-process."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and ctx.flow_run is not None and ctx.flow_run.deployment_id is not None
+
+
+class DeploymentRunFailed(RuntimeError):
+    """A stage's deployment run ended in another state than Completed."""
+
+
+def run_stage_deployment(row: StageRow, config: PipelineConfig, root: str, input_version: str, force: bool) -> str:
+    """Start `row.deployment` for this stage, wait for it, and return the version it made or reused."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    assert row.deployment is not None
+    upstream = upstream_of(row.stage)
+    if upstream is not None and input_version == "latest":  # pin it: the run and the check below read the same
+        input_version = load_manifest(root, upstream).version
+    parameters: dict[str, Any] = {
+        "params": config.section(row.stage).model_dump(mode="json"),
+        "data_root": root,
+        "force": force,
+    }
+    if upstream is not None:
+        parameters["input_version"] = input_version
+    get_run_logger().info("stage '%s': starting deployment %s and waiting for it", row.stage, row.deployment)
+    run = run_deployment(name=row.deployment, parameters=parameters, timeout=None)
+    assert isinstance(run, FlowRun), run
+    state = run.state
+    if state is None or not state.is_completed():
+        what = f"{state.name}: {state.message}" if state is not None else "no state"
+        raise DeploymentRunFailed(f"deployment {row.deployment} run '{run.name}' ({run.id}) ended {what}")
+    # the flow's return value is only retrievable with persisted results; else read the committed version
+    try:
+        version = state.result(raise_on_failure=True)
+        if isinstance(version, str) and version:
+            return version
+    except Exception:  # noqa: BLE001 - MissingResult and the like: fall back to the manifest on disk
+        pass
+    made = [
+        m
+        for m in list_versions(root, row.stage)
+        if m.params == parameters["params"] and (upstream is None or m.inputs.get(upstream) == input_version)
+    ]
+    if not made:
+        raise DeploymentRunFailed(
+            f"deployment {row.deployment} run '{run.name}' ({run.id}) completed, but {root} holds no complete "
+            f"{row.stage} version with these params built from {upstream}@{input_version}"
+        )
+    return max(made, key=lambda m: m.created_at).version
+
+
 def call_stage(row: StageRow, config: PipelineConfig, root: str, input_version: str, force: bool) -> str:
-    """Run one row's flow with its config section; returns the version it made or reused."""
-    fn = row.flow.with_options(task_runner=task_runner(config.workers)) if row.pool else row.flow
+    """Run one row's flow with its config section; returns the version it made or reused. Inside a
+    deployment run, a row with a `deployment` runs as that deployment's flow run (its own pool and worker)."""
+    if row.deployment is not None and in_deployment_run():
+        return run_stage_deployment(row, config, root, input_version, force)
+    fn = row.flow.with_options(task_runner=task_runner(config.workers, config.runner)) if row.pool else row.flow
     kw: dict[str, Any] = {k: getattr(config, k) for k in row.config_extra}
     if upstream_of(row.stage) is not None:
         kw["input_version"] = input_version

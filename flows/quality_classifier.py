@@ -6,7 +6,10 @@ AUC, where the labels came from (files, crawl sample, or bootstrapped from the h
 the example counts. `min_examples_per_class` (the quality stage passes its `classifier_min_examples`)
 refuses, before any fastText training, labels that could never pass the quality stage's validation bar
 (`TooFewExamples`: nothing is committed). The version hashes the params, the langid version the crawl
-documents came from (when any are used) and a fingerprint of the reference files, so a rerun reuses it.
+documents came from (when any are used) and a content fingerprint of the reference files, per class and
+in order (`tasks.ingest.sources.input_fingerprint`: names relative to the data root or bare file names,
+sizes, content digests; no absolute path, no mtime), so a rerun, also on a copied or moved data root,
+reuses it (the params still hold the `positive`/`negative` paths as written in the config).
 The quality stage references a classifier by this version id. The report is
 `tasks.quality.report.classifier_report`.
 """
@@ -17,6 +20,7 @@ from typing import Any, Optional
 from prefect import flow, task
 
 from flows.stage import StageOutput, StageRun, run_stage, task_runner
+from storage import paths
 from storage.manifest import ShardInfo, content_id
 from storage.stats import StageStats
 from tasks.ingest.sources import input_fingerprint
@@ -29,6 +33,16 @@ def train_task(
     params: QualityClassifierParams, crawl_shards: list[str], out_dir: str, min_examples_per_class: int = 2
 ) -> dict[str, Any]:
     return train_classifier(params, crawl_shards, Path(out_dir), min_examples_per_class)
+
+
+def reference_files(params: QualityClassifierParams, data_root: Optional[str]) -> dict[str, str]:
+    """The version's `files` input: the content fingerprint of each class's reference files (location-free)."""
+    root = paths.resolve_data_root(data_root)
+    fingerprint = {
+        "positive": input_fingerprint(params.positive, root),
+        "negative": input_fingerprint(params.negative, root),
+    }
+    return {"files": content_id(fingerprint)}
 
 
 @flow(name="train-quality-classifier", task_runner=task_runner(1))
@@ -60,7 +74,7 @@ def train_quality_classifier_flow(
         data_root,
         input_version,
         force,
-        extra_inputs={"files": content_id(input_fingerprint(files))} if files else None,
+        extra_inputs=reference_files(params, data_root) if files else None,
         upstream="langid" if crawl else None,
         report=classifier_report,
     )

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -46,6 +46,9 @@ from storage.documents import ShardResult
 from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest, set_latest
 from storage.params import StageParams
 from storage.stats import StageStats
+
+if TYPE_CHECKING:
+    from flows.config import RunnerConfig
 
 ReportFn = Callable[[Manifest, str], str]
 PublishFn = Callable[[Manifest, str], None]
@@ -281,9 +284,34 @@ class InterruptiblePool(ProcessPoolTaskRunner):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-def task_runner(workers: int) -> Any:
-    """Process pool for CPU-bound shards (STYLE 9); a single thread when workers == 1 (tests, debugging)."""
-    return InterruptiblePool(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
+DASK_EXTRA = 'pip install -e ".[dask]"'
+
+
+def task_runner(workers: int, runner: RunnerConfig | None = None) -> Any:
+    """The task runner of a stage's shard tasks for the config's `runner` section (flows/config.py).
+
+    kind process (the default): a process pool of `workers` for CPU-bound shards (STYLE 9), a single thread
+    when workers == 1 (tests, debugging). kind dask: prefect-dask's `DaskTaskRunner` on the scheduler at
+    `runner.address`, or on a temporary `distributed.LocalCluster` of `workers` one-thread processes (one per
+    stage flow: a few seconds to start). Shard tasks then run in the Dask workers' processes (any machine):
+    they get everything as arguments (paths under the data root, params) and return picklable pydantic
+    results. A worker lost mid-shard is handled by Dask: the scheduler runs the shard again on another worker
+    (up to `distributed.scheduler.allowed-failures` times) and Prefect re-runs the task under the same task
+    run id; no Prefect task retries are needed for it (tests/flows/test_dask.py)."""
+    if runner is None or runner.kind == "process":
+        return InterruptiblePool(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
+    try:
+        from prefect_dask.task_runners import DaskTaskRunner
+    except ImportError as err:
+        raise ImportError(
+            f"runner kind 'dask' needs prefect-dask and distributed, the `dask` extra: {DASK_EXTRA} ({err})"
+        ) from err
+    if runner.address:
+        return DaskTaskRunner(address=runner.address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
+    )
 
 
 def _progress_artifact(run: StageRun) -> Any:

@@ -16,7 +16,6 @@ Views of a version: `tasks.tokenization.report` (`report`, `sample_sequences`) a
 import datetime as dt
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,7 +74,7 @@ def _reusable(root: str, key: str, params: TokenizeParams) -> tuple[bool, float]
         return False, -1.0
     held_out = float(load_manifest(root, TOKENIZER_KIND, key).extras["sample"]["val_reserve"])
     need = val_reserve(
-        np.load(Path(paths.version_dir(root, TOKENIZER_KIND, key)) / VAL_MIN_TOKENS),
+        np.load(paths.local_copy(paths.join(paths.version_dir(root, TOKENIZER_KIND, key), VAL_MIN_TOKENS))),
         params.seq_len + 1,
         params.val_fraction,
     )
@@ -125,10 +124,34 @@ def _train_tokenizer(
     tparams: dict[str, Any],
     need: float,
 ) -> Manifest:
-    """Sample the mix and train the tokenizer into `writer` (the `tokenizer@key` artifact); its manifest."""
+    """Sample the mix and train the tokenizer into `writer` (the `tokenizer@key` artifact); its manifest.
+    sentencepiece needs local files: on an object-store root the sample and the model are made in a local work
+    directory and the model files uploaded into the version."""
+    if not paths.is_remote(writer.path):
+        return _train_tokenizer_in(Path(writer.local_path()), run, writer, params, sources, n_main, tparams, need)
+    local = paths.local_work_dir(writer.path, "tokenizer")
+    paths.remove_local(local)  # a killed attempt's sample files would be read as this one's
+    os.makedirs(local)
+    try:
+        manifest = _train_tokenizer_in(Path(local), run, writer, params, sources, n_main, tparams, need)
+        paths.upload_dir(local, writer.path, [TOKENIZER_MODEL, TOKENIZER_VOCAB, VAL_MIN_TOKENS])
+        return manifest
+    finally:
+        paths.remove_local(local)
+
+
+def _train_tokenizer_in(
+    out: Path,
+    run: StageRun,
+    writer: ArtifactWriter,
+    params: TokenizeParams,
+    sources: list[str],
+    n_main: int,
+    tparams: dict[str, Any],
+    need: float,
+) -> Manifest:
     mix, key = run.input_manifest, writer.version
     assert mix is not None
-    out = Path(writer.local_path())
     unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
     threshold = min(1.0, params.sample_chars / unique)
     job = TokenizerSampleJob(threshold=threshold, seed=params.seed, main_shards=n_main)
@@ -185,17 +208,17 @@ def prepare_tokenizer(
     run: StageRun, params: TokenizeParams, sources: list[str], n_main: int
 ) -> tuple[Tokenizer, dict[str, Any]]:
     """Put `tokenizer.model` into the version directory; returns it loaded plus its provenance."""
-    out = Path(run.out_dir)
+    fs, out = paths.filesystem(run.out_dir)
     if params.tokenizer_path:
-        shutil.copyfile(params.tokenizer_path, out / TOKENIZER_MODEL)
+        fs.put_file(params.tokenizer_path, paths.join(out, TOKENIZER_MODEL))
         info: dict[str, Any] = {"source": "file", "given_path": params.tokenizer_path}
     else:
         key = _tokenizer(run, params, sources, n_main)
-        cached = Path(paths.version_dir(run.root, TOKENIZER_KIND, key))
-        shutil.copyfile(cached / TOKENIZER_MODEL, out / TOKENIZER_MODEL)
-        shutil.copyfile(cached / TOKENIZER_VOCAB, out / TOKENIZER_VOCAB)
-        info = {"source": "trained", "cache_dir": str(cached), **load_manifest(run.root, TOKENIZER_KIND, key).extras}
-    tok = Tokenizer(out / TOKENIZER_MODEL)
+        cached = paths.version_dir(run.root, TOKENIZER_KIND, key)
+        for name in (TOKENIZER_MODEL, TOKENIZER_VOCAB):
+            fs.copy(paths.join(paths.filesystem(cached)[1], name), paths.join(out, name))
+        info = {"source": "trained", "cache_dir": cached, **load_manifest(run.root, TOKENIZER_KIND, key).extras}
+    tok = Tokenizer(paths.local_copy(paths.join(run.out_dir, TOKENIZER_MODEL)))
     if tok.eos_id < 0:
         raise ValueError(
             f"tokenize.tokenizer_path={params.tokenizer_path}: the model has no end-of-sequence piece "
@@ -229,11 +252,18 @@ def encode_main(
             threshold,
         )
         for d in (TRAIN_DIR, VAL_DIR, WORK_DIR):
-            shutil.rmtree(Path(run.out_dir) / d, ignore_errors=True)
+            _remove(run.out_dir, d)
         results = map_shards(
             run, tokenize_shard, sources, TokenizeJob(params=params, tokenizer_file=tok_file, val_threshold=threshold)
         )
     return results, threshold
+
+
+def _remove(out_dir: str, name: str) -> None:
+    """Remove the directory `name` of the version at `out_dir` (a local path or a URL), if there."""
+    fs, base = paths.filesystem(paths.join(out_dir, name))
+    if fs.exists(base):
+        fs.rm(base, recursive=True)
 
 
 def _phases(params: TokenizeParams) -> Phases:
@@ -249,7 +279,7 @@ def _phases(params: TokenizeParams) -> Phases:
             )
         main = run.input_shard_paths()
         tok, tok_info = prepare_tokenizer(run, params, main + anneal, len(main))
-        tok_file = str(Path(run.out_dir) / TOKENIZER_MODEL)
+        tok_file = paths.join(run.out_dir, TOKENIZER_MODEL)  # shard tasks load it via storage.paths.local_copy
         results, val_threshold = encode_main(run, params, tok_file, main)
         if tok_info["source"] == "trained":  # guaranteed by val_reserve's lower bound on tokens
             assert val_threshold <= tok_info["sample"]["val_reserve"], (
@@ -278,7 +308,7 @@ def _phases(params: TokenizeParams) -> Phases:
                 f"tokenize: the train split has {facts[TRAIN_DIR]['tokens_encoded']:,} tokens, less than "
                 f"one sequence of seq_len + 1 = {row_len}; lower tokenize.seq_len or add data"
             )
-        shutil.rmtree(Path(run.out_dir) / WORK_DIR, ignore_errors=True)
+        _remove(run.out_dir, WORK_DIR)
         tokens = sum(f["tokens_encoded"] for f in facts.values())
         extras = {
             "vocab_size": tok.vocab_size,

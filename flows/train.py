@@ -1,11 +1,26 @@
 """train_flow: the `tokenize` version's token shards -> the `train` version (checkpoints, metrics, plot).
 
-Training is not sharded: one `train_run` task trains (or resumes) in-process on one device, writing
-`step-NNNNNN/` checkpoints, `metrics.jsonl`, `loss.png`, `sample.txt` and `result.json`; the manifest
-(written last) holds the `TrainResult` (preset, val loss, bits-per-byte, unigram baseline, tokens/s, MFU)
-in its extras, with `checkpoint`, `metrics_path` and `plot_path` relative to the version directory.
-Multi-GPU runs use `python -m tasks.train JOB.json` under torchrun (see tasks/train/__init__.py). The
-report, the `train-metrics` table and the `train-loss-curve` markdown are tasks/train/report.py's.
+Training is not sharded: one `train_run` task trains (or resumes), writing `step-NNNNNN/` checkpoints,
+`metrics.jsonl`, `loss.png`, `sample.txt` and `result.json`; the manifest (written last) holds the
+`TrainResult` (preset, val loss, bits-per-byte, unigram baseline, tokens/s, MFU) in its extras, with
+`checkpoint`, `metrics_path` and `plot_path` relative to the version directory. The report, the
+`train-metrics` table and the `train-loss-curve` markdown are tasks/train/report.py's.
+
+Processes: with `gpus: 1` (the default) the task trains in its own process on one device. With
+`gpus: N > 1` it launches `torchrun --standalone --nproc_per_node N -m tasks.train <version
+dir>/_work/job.json` (tasks/train/launch.py): N DDP processes, one per GPU on CUDA (NCCL), N gloo
+processes on CPU, rank 0 writing the same files into the same version directory; their output is
+streamed to the task's log, a non-zero exit fails the run naming the exit code and torchrun's last
+stderr lines, and an interrupted or cancelled run stops torchrun and its workers. The result is
+committed exactly as an in-process run's, and resume works the same (a killed torchrun run's
+checkpoints stay). `gpus` is not part of the version id: the batch is `tokens_per_step` whatever the
+process count (a count that would change it is refused before launch), so N processes reach the
+one-process losses up to floating-point reduction order (on CPU the tests see equal val losses).
+
+One training run per GPU machine: `train_run` carries the Prefect tag `gpu` (`GPU_TAG`), so a tag
+concurrency limit, `prefect concurrency-limit create gpu 1`, lets one training task run at a time
+across every worker (another waits in `AwaitingConcurrencySlot`); with several GPU machines, raise
+it to their number (each run uses all `gpus` of its machine) or give each machine its own work pool.
 
 Resume in place: the stage frame (flows/stage.py `run_stage`) runs with `resumable=True`, so training
 writes straight into the version's final directory `<root>/train/<version>/` (same params and input ->
@@ -30,37 +45,64 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.stage import StageOutput, StageRun, run_stage
 from storage import checkpoints as ckpt
 from storage import paths
-from storage.artifacts import WRITING, is_local
+from storage.artifacts import WRITING
 from storage.manifest import Manifest, ShardInfo
 from storage.stats import StageStats
-from tasks.train import TrainParams, TrainResult, train
-from tasks.train.params import STAGE, STAGE_VERSION
+from tasks.train import TrainJob, TrainParams, TrainResult, train
+from tasks.train.launch import train_processes
+from tasks.train.params import STAGE, STAGE_VERSION, check_processes
 from tasks.train.report import loss_curve_markdown, metrics_table, report
 
 RESULT_PATHS = ("checkpoint", "metrics_path", "plot_path")
+GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one training run at a time
 
 
-@task(task_run_name="train-run")
+@task(task_run_name="train-run", tags=[GPU_TAG])
 def train_run(
     params: TrainParams, shards_dir: str, out_dir: str, tokenize: dict[str, Any], version: str
 ) -> TrainResult:
-    """Train on one device in this process (deterministic compute: no retries)."""
+    """Train in this process (gpus: 1) or in `gpus` torchrun processes (deterministic compute: no retries)."""
     tok_path = paths.join(shards_dir, tokenize["tokenizer_path"]) if tokenize.get("tokenizer_path") else None
-    return train(
-        params,
-        shards_dir,
-        out_dir,
-        float(tokenize["bytes_per_token"]),
+    if params.gpus == 1:
+        return train(
+            params,
+            shards_dir,
+            out_dir,
+            float(tokenize["bytes_per_token"]),
+            tokenizer_path=tok_path,
+            tokenize_version=version,
+            tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
+        )
+    _check_processes(params, tokenize)
+    job = TrainJob(
+        params=params,
+        shards_dir=shards_dir,
+        out_dir=out_dir,
+        bytes_per_token=float(tokenize["bytes_per_token"]),
         tokenizer_path=tok_path,
         tokenize_version=version,
         tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
     )
+    return train_processes(job, params.gpus, get_run_logger())
+
+
+def _check_processes(params: TrainParams, tokenize: dict[str, Any]) -> None:
+    """Refuse, before launching, a process count that changes the batch or exceeds the GPUs there are."""
+    if "seq_len" in tokenize:
+        check_processes(params, int(tokenize["seq_len"]), params.gpus)
+    cuda = torch.cuda.is_available() if params.device == "auto" else params.device == "cuda"
+    if cuda and torch.cuda.device_count() < params.gpus:
+        raise ValueError(
+            f"gpus={params.gpus} but this machine has {torch.cuda.device_count()} CUDA devices; lower gpus "
+            f"(or set device: cpu for {params.gpus} gloo processes)"
+        )
 
 
 def publish_more(manifest: Manifest, root: str) -> None:
@@ -78,8 +120,6 @@ def train_flow(
 ) -> str:
     """Train a GPT on a tokenize version (resuming an unfinished run of it); returns the train version id."""
     root = paths.resolve_data_root(data_root)
-    if not is_local(paths.filesystem(root)[0]):
-        raise ValueError(f"train needs a local data root (checkpoints, memory-mapped shards), got {root}")
     return run_stage(
         STAGE,
         STAGE_VERSION,
@@ -95,9 +135,50 @@ def train_flow(
 
 
 def _train(run: StageRun, params: TrainParams, force: bool) -> StageOutput:
-    """The phases: train (or resume) in the version's directory; the frame commits it."""
+    """The phases: train (or resume) in the version's directory; the frame commits it. On an object-store root
+    training runs in a local work directory (torch checkpoints, memory-mapped shards from the local cache) and its
+    files are uploaded into the version before the commit (`_train_staged`)."""
     assert run.input_manifest is not None and run.writer is not None
-    tok, out = run.input_manifest, run.writer.local_path()
+    if paths.is_remote(run.writer.path):
+        return _train_staged(run, params, force)
+    return _train_in(run, params, force, run.writer.local_path())
+
+
+def _train_staged(run: StageRun, params: TrainParams, force: bool) -> StageOutput:
+    """Train into `<cache>/work/train-<hash of the version URL>` and upload its files into the version directory.
+    Resume: a local work directory left by a killed run on this machine is continued; else the files of a failed
+    run uploaded to the version (on failure, the local checkpoints are uploaded before the error propagates)
+    are downloaded first. A run killed outright (SIGKILL) on another machine resumes from what it uploaded."""
+    assert run.writer is not None
+    remote = run.writer.path
+    fs, base = paths.filesystem(remote)
+    local = paths.local_work_dir(remote, "train")
+    if force or not params.resume:
+        paths.remove_local(local)
+        os.makedirs(local)
+        for entry in fs.ls(base, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != WRITING:
+                fs.rm(entry, recursive=True)
+    elif ckpt.latest_step(local) is None and ckpt.latest_step(remote) is not None:
+        for entry in fs.ls(base, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name != WRITING:
+                fs.get(entry, os.path.join(local, name), recursive=True)
+    try:
+        out = _train_in(run, params, force, local)
+    except BaseException:
+        if ckpt.latest_step(local) is not None:
+            paths.upload_dir(local, remote)
+        paths.remove_local(local)
+        raise
+    paths.upload_dir(local, remote)
+    paths.remove_local(local)
+    return out
+
+
+def _train_in(run: StageRun, params: TrainParams, force: bool, out: str) -> StageOutput:
+    assert run.input_manifest is not None
+    tok = run.input_manifest
     logger = get_run_logger()
     _start_or_resume(run.version, out, params, force)
     try:

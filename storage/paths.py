@@ -19,7 +19,11 @@ resolves symlinks and `..` first, so a link inside a root that points outside is
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+import uuid
 from typing import Any
 
 import fsspec
@@ -28,6 +32,7 @@ from fsspec.core import url_to_fs
 ENV_DATA_ROOT = "PRETRAIN_DATA_ROOT"
 DEFAULT_DATA_ROOT = "./pretrain-data"
 ENV_ALLOWED_ROOTS = "PRETRAIN_ALLOWED_ROOTS"
+ENV_CACHE_DIR = "PRETRAIN_CACHE_DIR"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _LOG_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
 
@@ -76,6 +81,72 @@ def filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec filesystem and the path inside it for a root (local path or URL)."""
     fs, path = url_to_fs(root)
     return fs, path
+
+
+def is_remote(path: str) -> bool:
+    """Whether `path` is on a non-local filesystem (an object store URL such as `s3://...`); `file://` and plain
+    paths are local. Libraries that need local files (memory maps, sentencepiece, torch checkpoints) stage
+    remote data through `local_work_dir` / `local_copy`; local roots are used in place."""
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """A local path or `file://` URL as a plain path (ValueError for an object store URL)."""
+    if is_remote(path):
+        raise ValueError(f"{path} is not on a local disk")
+    return path.removeprefix("file://")
+
+
+def cache_dir() -> str:
+    """Local directory for copies of remote files and work files of remote data roots: `$PRETRAIN_CACHE_DIR`, else
+    `<tmp>/pretrain-cache`."""
+    return os.environ.get(ENV_CACHE_DIR) or os.path.join(tempfile.gettempdir(), "pretrain-cache")
+
+
+def local_work_dir(path: str, purpose: str) -> str:
+    """A local directory standing in for the remote directory `path` (same name on every call in every process of
+    this machine, so shard tasks agree): `<cache>/work/<purpose>-<hash of path>`. Created; the caller removes it."""
+    key = hashlib.sha256(path.encode()).hexdigest()[:16]
+    out = os.path.join(cache_dir(), "work", f"{purpose}-{key}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def local_copy(path: str) -> str:
+    """A local file with the content of `path`: `path` itself when local, else a cached download keyed by the URL
+    and the object's identity (`fs.ukey`: its ETag on S3), so a replaced object is fetched again."""
+    if not is_remote(path):
+        return path.removeprefix("file://")
+    fs, p = filesystem(path)
+    key = hashlib.sha256(f"{path}\0{fs.ukey(p)}".encode()).hexdigest()[:24]
+    target = os.path.join(cache_dir(), "files", key, p.rstrip("/").rsplit("/", 1)[-1])
+    if not os.path.isfile(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            fs.get_file(p, tmp)
+            os.replace(tmp, target)  # concurrent downloads of the same object write the same bytes
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return target
+
+
+def upload_dir(local_dir: str, remote_dir: str, names: list[str] | None = None) -> None:
+    """Upload the files under `local_dir` (or just `names`, relative paths, in that order) to `remote_dir`."""
+    fs, base = filesystem(remote_dir)
+    if names is None:
+        names = sorted(
+            os.path.relpath(os.path.join(d, f), local_dir) for d, _, files in os.walk(local_dir) for f in files
+        )
+    for name in names:
+        target = join(base, name.replace(os.sep, "/"))
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(os.path.join(local_dir, name), target)
+
+
+def remove_local(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def join(*parts: str) -> str:

@@ -15,7 +15,8 @@ The schema metadata holds `seq_len`, `vocab_size` and `eos_id`.
 `TokenShardWriter` writes one file whole or not at all (storage.files.AtomicFile). `TokenShards` memory-maps
 every file (`pa.memory_map` + `pa.ipc.open_file`) and exposes each record batch's flat values buffer
 as a zero-copy numpy view (n, seq_len + 1): reading a batch of rows copies only those rows, never a
-whole shard, so memory stays flat however large the dataset is. Reading needs local files.
+whole shard, so memory stays flat however large the dataset is. Memory maps need local files: shards on an
+object store are downloaded once into the local cache (storage.paths.local_copy) and mapped from there.
 """
 
 from __future__ import annotations
@@ -142,20 +143,28 @@ class TokenShardWriter:
 
 
 def shard_files(directory: str) -> list[str]:
-    """Complete token shard files of a directory, in name order (`.tmp` files are ignored)."""
-    return sorted(glob.glob(os.path.join(directory, f"{SHARD_KIND}-*.{SHARD_EXT}")))
+    """Complete token shard files of a directory, in name order (`.tmp` files are ignored); URLs for a directory
+    on an object store."""
+    pattern = f"{SHARD_KIND}-*.{SHARD_EXT}"
+    if paths.is_remote(directory):
+        fs, base = paths.filesystem(directory)
+        protocol = directory.split("://", 1)[0]
+        return sorted(f"{protocol}://{f}" for f in fs.glob(paths.join(base, pattern)))
+    return sorted(glob.glob(os.path.join(directory.removeprefix("file://"), pattern)))
+
+
+def local_shard_files(directory: str) -> list[str]:
+    """`shard_files` as local files: the files themselves on a local disk, else cached downloads
+    (storage.paths.local_copy: fetched once per machine and object version)."""
+    return [paths.local_copy(f) for f in shard_files(directory)]
 
 
 class TokenShards:
     """Memory-mapped, random-access view of all token shards in one directory."""
 
     def __init__(self, directory: str):
-        if "://" in directory and not directory.startswith("file://"):
-            raise ValueError(
-                f"{directory}: token shards are memory-mapped and must be on a local disk; copy them first"
-            )
         self.directory = directory.removeprefix("file://")
-        self.files = shard_files(self.directory)
+        self.files = local_shard_files(self.directory)  # on an object store: downloaded to the local cache
         if not self.files:
             raise FileNotFoundError(
                 f"no {SHARD_KIND}-NNNNN.{SHARD_EXT} files in {self.directory}; run the tokenize stage"

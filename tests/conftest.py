@@ -100,3 +100,63 @@ def demo_ground_truth(tmp_path_factory):
     result = generate_demo_crawl(str(tmp_path_factory.mktemp("demo60")), pages=60)
     rows = [json.loads(line) for line in open(result.ground_truth_path, encoding="utf-8")]
     return result.warc_path, rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server as a real process on 127.0.0.1 for the session (skips when moto is not installed:
+    `pip install -e ".[dev]"`); yields its endpoint URL."""
+    import importlib.util
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
+        pytest.skip('moto[server] and s3fs are not installed: pip install -e ".[dev]"')
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"moto server exited with {proc.returncode}") from None
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"moto server did not answer on {endpoint} within 30 s")
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_server(s3_endpoint, monkeypatch):
+    """The session's moto S3 server, with this test's AWS settings (standard env vars) pointing at it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return s3_endpoint

@@ -207,6 +207,33 @@ def test_compose_workers_pools_gpu_and_one_image(compose):
     assert ".venv/" in ignore and ".git/" in ignore
 
 
+def test_compose_dask_scheduler_and_worker_share_the_image_and_data_volume(compose):
+    services = compose["services"]
+    sched, worker = services["dask-scheduler"], services["dask-worker"]
+    assert sched["image"] == worker["image"] == services["worker-cpu"]["image"], "one image for every service"
+    assert sched["build"] == services["worker-cpu"]["build"]
+    assert sched["command"][:2] == ["dask", "scheduler"] and sched["command"][sched["command"].index("--port") + 1] == (
+        "8786"
+    )
+    assert "ports" not in sched, "Dask has no auth: the scheduler must not be published on the host"
+    assert sched["healthcheck"]["test"] and "8786" in " ".join(sched["healthcheck"]["test"])
+    cmd = worker["command"]
+    assert cmd[:3] == ["dask", "worker", "tcp://dask-scheduler:8786"], cmd
+    assert cmd[cmd.index("--nthreads") + 1] == "1", "CPU-bound Python shards: one thread per worker process"
+    assert worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    # the same named volume at the same path as the Prefect workers, and the same data root
+    assert worker["volumes"] == services["worker-cpu"]["volumes"]
+    assert _env(worker)["PRETRAIN_DATA_ROOT"] == _env(services["worker-cpu"])["PRETRAIN_DATA_ROOT"]
+    # shard tasks report their runs to the API: the worker is an authenticated client
+    assert _env(worker)["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    # the image installs the dask extra whatever EXTRAS says
+    dockerfile = (REPO / "deployments" / "Dockerfile").read_text()
+    installs = re.findall(r"pip install [^\n]*\.\[([^\]]+)\]", dockerfile)
+    assert installs and all(x.startswith("dask") for x in installs), installs
+    text = COMPOSE.read_text()
+    assert '"address": "tcp://dask-scheduler:8786"' in text, "the compose file shows how a run uses the cluster"
+
+
 def test_compose_config_validates_with_the_docker_cli():
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:

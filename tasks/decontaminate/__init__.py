@@ -12,7 +12,12 @@ Algorithm (GPT-3 appendix C, NeMo-Curator's task decontamination):
      report). The index is a versioned side artifact of kind `decontaminate_index`
      (`<data-root>/decontaminate_index/<index version>/`, written with storage.artifacts.ArtifactWriter,
      manifest last; `ensure_index`), keyed by n, min_words, max_items_per_ngram and the benchmarks'
-     specs and content hashes, reused across runs; the stage version names it in its `inputs`.
+     specs and content hashes, reused across runs; the stage version names it in its `inputs`. Neither
+     the index key nor the stage's version params hold a benchmark file's `path` (where it lies: under a
+     moved data root it changes), only its files' names, sizes and sha256, so a copied or moved data root
+     reuses both. (This dropped `path` from the key: configs with benchmark files got new index and stage
+     ids once; HumanEval-only and Hugging Face configs kept theirs, so INDEX_FORMAT was not bumped, which
+     would only have rebuilt identical indexes.)
   2. Split each document into words (`tasks.text.words`, the dedup normalisation), hash its windows of
      every length the index holds and look them up. Any hit makes the document contaminated.
   3. `drop` (default): the document goes to `rejected/` with reason `contaminated`; the detail names
@@ -139,8 +144,10 @@ class DecontaminateParams(StageParams):
         return self
 
     def version_params(self) -> dict[str, Any]:
-        """The cut knobs do not change a `drop` run's output, so they stay out of its version."""
+        """The cut knobs do not change a `drop` run's output, so they stay out of its version; nor do the
+        benchmark files' paths (where they lie): the index version, an input, stands for their content."""
         p = self.model_dump(mode="json")
+        p["benchmarks"] = [_without_path(b) for b in p["benchmarks"]]
         if self.action == "drop":
             for k in ("cut_margin_chars", "min_piece_chars", "max_cuts"):
                 p.pop(k)
@@ -174,12 +181,17 @@ def index_sources(params: DecontaminateParams) -> list[IndexSource]:
     return out
 
 
+def _without_path(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "path"}
+
+
 def index_key(params: DecontaminateParams) -> dict[str, Any]:
     """What defines the index (not the action knobs): n, min_words, max_items_per_ngram and each benchmark's
-    spec and content hash; a missing file raises ValueError."""
+    spec and content hash (file benchmarks: without `path`, their files' names and sha256 stand for it, so
+    the key does not depend on where the files lie); a missing file raises ValueError."""
     prints = (
         ([bm.humaneval_fingerprint(list(params.humaneval_fields))] if params.humaneval else [])
-        + [bm.file_fingerprint(b) for b in params.benchmarks]
+        + [_without_path(bm.file_fingerprint(b)) for b in params.benchmarks]
         + [bm.hf_fingerprint(h) for h in params.hf_datasets]
     )
     return {

@@ -136,8 +136,29 @@ class DedupParams(StageParams):
         return self.model_dump(mode="json", exclude={"keep_work"})
 
 
+def work_dir(out_dir: str) -> str:
+    """Where the signatures and shingle sets of the version at `out_dir` are written: `<out_dir>/_work/minhash` on a
+    local root; on an object store a local directory (they are memory-mapped and read with pread, and removed
+    before the commit anyway; `finish_work` uploads them with `keep_work`). Shard tasks must run on this machine."""
+    return paths.local_work_dir(out_dir, "dedup-minhash") if paths.is_remote(out_dir) else paths.join(out_dir, WORK)
+
+
 def work_path(out_dir: str, kind: str, index: int, ext: str) -> str:
-    return paths.join(out_dir, WORK, paths.shard_name(index, kind, ext))
+    return paths.join(work_dir(out_dir), paths.shard_name(index, kind, ext))
+
+
+def finish_work(out_dir: str, keep: bool) -> None:
+    """Remove the work files (signatures, shingle sets, decisions), or with `keep` leave them in the version under
+    `_work/minhash/` (uploaded there from the local work directory on an object store)."""
+    local = work_dir(out_dir)
+    if paths.is_remote(out_dir):
+        try:
+            if keep:
+                paths.upload_dir(local, paths.join(out_dir, WORK))
+        finally:
+            paths.remove_local(local)
+    elif not keep:
+        paths.remove_local(local)
 
 
 def key_column(params: DedupParams) -> str:
@@ -175,7 +196,7 @@ def _key_values(batch: pa.RecordBatch, params: DedupParams) -> pa.Array:
 @task
 def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParams) -> SignatureResult:
     """Exact keys, keep keys, signatures and shingle sets of one input shard, under `_work/minhash/`."""
-    os.makedirs(paths.join(out_dir, WORK), exist_ok=True)
+    os.makedirs(work_dir(out_dir), exist_ok=True)
     hasher = MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
     # written in place, batch by batch: memory stays one batch of signatures, not the shard's
     sig = np.lib.format.open_memmap(
@@ -450,17 +471,18 @@ def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, clus
     final = nkept[ekept]
     members = np.flatnonzero(np.bincount(final, minlength=len(final))[final] > 1)
     kind = np.where(final[members] == members, "kept", np.where(exact[members], EXACT_DUPLICATE, NEAR_DUPLICATE))
-    pq.write_table(
-        pa.table(
-            {
-                "doc_id": ids.take(pa.array(members, pa.int64())),
-                "kept_id": ids.take(pa.array(final[members], pa.int64())),
-                "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
-                "kind": pa.array(kind.tolist(), pa.string()),
-            }
-        ),
-        paths.join(corpus.out_dir, CLUSTERS),
+    clusters = pa.table(
+        {
+            "doc_id": ids.take(pa.array(members, pa.int64())),
+            "kept_id": ids.take(pa.array(final[members], pa.int64())),
+            "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
+            "kind": pa.array(kind.tolist(), pa.string()),
+        }
     )
+    fs, target = paths.filesystem(paths.join(corpus.out_dir, CLUSTERS))
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(target, "wb") as f:
+        pq.write_table(clusters, f)
 
 
 def _cluster_row(

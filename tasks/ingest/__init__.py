@@ -39,6 +39,12 @@ a partly bad file keeps its good records and the budget applies to the whole inp
 the worst files, when errors / records over all files exceed `max_error_fraction` (`check_error_budget`).
 Resources: at most `max_record_bytes` of one record is read into memory; HTTP inputs are read with
 `http_timeout_s` per connect/read and resumed (Range) up to `http_retries` times (`tasks.ingest.sources.open_input`).
+
+Version: the params that shape the output (`IngestParams.version_params`: not `inputs`, nor the error budget
+and HTTP patience) and the content fingerprint of the resolved files in order (`input_fingerprint`: names
+relative to the data root or bare file names, sizes, content digests / ETags), nothing that names where the
+data root or the inputs lie, so a copied or moved data root reuses every version. STAGE_VERSION 5 marks
+that change: versions made before it (absolute paths in the hash) get new ids and are not reused.
 """
 
 from __future__ import annotations
@@ -105,8 +111,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-STAGE_VERSION = 4  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used;
-# 4: records over max_record_bytes dropped as too_large, cut gzip members found (truncated_file)
+STAGE_VERSION = 5  # 2: the source_from column; 3: nearly valid UTF-8 kept as UTF-8, `charset` = codec used;
+# 4: records over max_record_bytes dropped as too_large, cut gzip members found (truncated_file);
+# 5: location-free version (content fingerprint without absolute paths, `inputs` out of the hash)
 
 HTTP_STATUS = "http_status"
 NOT_HTML = "not_html"
@@ -263,8 +270,10 @@ class IngestParams(StageParams):
         return self
 
     def version_params(self) -> dict[str, Any]:
-        # the error budget and HTTP patience decide pass/fail, not what is written (with drop_file they do)
-        io_only = {"http_timeout_s", "http_retries"}
+        # the error budget and HTTP patience decide pass/fail, not what is written (with drop_file they do);
+        # `inputs` names where the files lie (the demo crawl's absolute path under the data root): what is read
+        # is hashed by the flow as the files' content fingerprint (`input_fingerprint`), in order, instead
+        io_only = {"inputs", "http_timeout_s", "http_retries"}
         if self.on_bad_file == "keep_good_records":
             io_only |= {"max_error_fraction"}
         return self.model_dump(mode="json", exclude=io_only)

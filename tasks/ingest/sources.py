@@ -4,12 +4,15 @@ Inputs. `expand_inputs` turns the configured patterns into concrete files: globs
 filesystem), directories (their files with a supported suffix), plain paths (must exist) and URLs
 (checked when fingerprinted or opened), plus, for a Common Crawl crawl id, the first `segments` lines
 of `<base>/crawl-data/<crawl>/warc.paths.gz`. The format is chosen by suffix (`input_format`).
-`input_fingerprint` records size and a change marker per file for the version hash (local files: a
-digest of their first and last MiB, not the mtime; URLs: ETag / Last-Modified); `open_input` streams
-HTTP(S) with its own reader (`_HttpStream`): every connect and read waits at most `timeout_s`, and a
-stalled or dropped transfer resumes where it stopped (`Range`, `If-Range` on the first ETag) up to `retries`
-times in all, then fails with an `OSError` naming the URL, the timeout and the fix (fsspec's aiohttp stream
-had no read timeout: a server that stalls after its headers hung the worker for ever).
+`input_fingerprint` is what the version hash knows of the files, location-free: per file, in order, its
+name (relative to the data root when under it, else the file name only), size and a content marker (a
+digest of the first and last MiB, or the object's ETag; never the mtime or an absolute path), so a copied
+or moved data root keeps its versions (`input_record` adds the paths read, for the manifest only).
+`open_input` streams HTTP(S) with its own reader (`_HttpStream`): every connect and read waits at most
+`timeout_s`, and a stalled or dropped transfer resumes where it stopped (`Range`, `If-Range` on the first
+ETag) up to `retries` times in all, then fails with an `OSError` naming the URL, the timeout and the fix
+(fsspec's aiohttp stream had no read timeout: a server that stalls after its headers hung the worker for
+ever).
 
 Categories. `classify_source(url, rules)` gives the coarse `source` column that `mix` weights by: the
 first `SourceRule` whose regex (`re.search`) matches the chosen part of the URL wins; no match gives
@@ -307,6 +310,7 @@ def expand_inputs(inputs: list[str], crawl: str | None, segments: int, crawl_bas
 
 
 _SAMPLE_BYTES = 1 << 20
+_ETAG_KEYS = ("ETag", "etag")
 
 
 def _sample_digest(fs: fsspec.AbstractFileSystem, inner: str, size: int) -> str:
@@ -321,9 +325,52 @@ def _sample_digest(fs: fsspec.AbstractFileSystem, inner: str, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
-    """Path, size and a change marker per input, for the version hash: for local files a digest of
-    their first and last MiB; for URLs the server's ETag / Last-Modified (nothing is downloaded)."""
+def _local(path: str) -> str | None:
+    """The local path of a plain path or file:// URL, else None (a remote URL)."""
+    if "://" not in path:
+        return path
+    return path[len("file://") :] if path.startswith("file://") else None
+
+
+def _under(path: str, root: str) -> str | None:
+    """`path` relative to `root` ('/'-separated) when it lies under it, else None."""
+    local, local_root = _local(path), _local(root)
+    if local is not None and local_root is not None:
+        for p, r in (
+            (os.path.abspath(local), os.path.abspath(local_root)),
+            (os.path.realpath(local), os.path.realpath(local_root)),
+        ):
+            if p.startswith(r.rstrip(os.sep) + os.sep):
+                return os.path.relpath(p, r).replace(os.sep, "/")
+        return None
+    if local is None and local_root is None and path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1 :]
+    return None
+
+
+def _file_name(path: str) -> str:
+    """The last part of a path or URL (no query string)."""
+    return (urlsplit(path).path if "://" in path else path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def input_fingerprint(paths: list[str], root: str | None = None) -> list[dict[str, Any]]:
+    """What ingest's (and the quality classifier's) version depends on for its input files: one entry per
+    file, in the given order (the order is the shard order), each `{"name", "size", <content marker>}`.
+
+    - `name`: the path relative to the data root `root` when the file lies under it
+      (`_inputs/demo-crawl/pages-400/demo-crawl.warc.gz`), else the file's name only; never an absolute
+      path, so a copied or moved data root (or input directory) keeps every version.
+    - content marker: `sample_sha256`, a digest of the first and last MiB (the whole file when smaller),
+      for local files and any store that reports no ETag; `etag` for objects whose filesystem reports one
+      (s3, gcs, http(s): nothing is downloaded); an http(s) file without an ETag has nothing to sample
+      without downloading, so its whole `url` and its `last_modified` (when served) mark it instead.
+    - no mtime: a copy changes it, the content does not.
+
+    So files with the same name and content in two places outside the root fingerprint alike: they yield
+    the same documents anyway (ids and urls come from the records). The list keeps its order (the shard
+    order) and every entry, so reordered or repeated inputs give another version. The paths actually read
+    are information only: the flows record them beside this list in the manifest (`input_record`).
+    """
     out = []
     for path in paths:
         fs, inner = url_to_fs(path)
@@ -333,14 +380,26 @@ def input_fingerprint(paths: list[str]) -> list[dict[str, Any]]:
             raise FileNotFoundError(
                 f"{path}: input not found or unreachable ({e!r}); check the path or URL, or remove it from inputs"
             ) from e
-        entry: dict[str, Any] = {"path": path, "size": info.get("size")}
-        if "://" not in path:
+        relative = _under(path, root) if root is not None else None
+        entry: dict[str, Any] = {"name": relative or _file_name(path), "size": info.get("size")}
+        etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k) is not None), None)
+        if etag is not None:
+            entry["etag"] = etag
+        elif path.split("://", 1)[0].lower() in ("http", "https"):
+            entry["url"] = path
+            for key in ("Last-Modified", "LastModified"):
+                if info.get(key) is not None:
+                    entry["last_modified"] = str(info[key])
+        else:
             entry["sample_sha256"] = _sample_digest(fs, inner, int(info["size"]))
-        for key in ("ETag", "etag", "Last-Modified", "LastModified"):
-            if info.get(key) is not None:
-                entry[key.lower().replace("-", "_")] = str(info[key])
         out.append(entry)
     return out
+
+
+def input_record(paths: list[str], fingerprint: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's `files` record: each fingerprint entry with the `path` it was read from (information,
+    not part of the version)."""
+    return [{**entry, "path": path} for path, entry in zip(paths, fingerprint, strict=True)]
 
 
 _HTTP_BUFFER = 1 << 16

@@ -66,7 +66,7 @@ from tasks.text import hash64, normalise
 log = logging.getLogger(__name__)
 
 STAGE = "quality_classifier"
-STAGE_VERSION = 2  # 2: bootstrap labels use Gopher's paper words (datatrove_compatible off)
+STAGE_VERSION = 3  # 2: bootstrap labels use Gopher's paper words; 3: ids from file content, not paths
 MODEL_FILE = "model.bin"
 HQ, LQ = "hq", "lq"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -162,6 +162,14 @@ class QualityClassifierParams(StageParams):
     @property
     def bootstrap(self) -> bool:
         return not self.positive
+
+    def version_params(self) -> dict[str, Any]:
+        """The reference files' locations are left out: their content fingerprint (per class, root-relative
+        names) is an input of the version, so a moved data root or copied files reuse the classifier; which
+        classes have files (bootstrap or not) stays in."""
+        out = self.model_dump(mode="json", exclude={"positive", "negative"})
+        out["has_files"] = {"positive": bool(self.positive), "negative": bool(self.negative)}
+        return out
 
 
 def classifier_text(text: str, max_chars: int = 100_000) -> str:

@@ -325,7 +325,7 @@ def save_tail(path: str, tokens: np.ndarray, starts: np.ndarray) -> None:
 @task
 def tokenize_shard(src: str, out_dir: str, index: int, job: TokenizeJob) -> TokenizeShardResult:
     """Encode one mix shard, write its packed rows per split and save the leftovers."""
-    tok = load_tokenizer(job.tokenizer_file)
+    tok = load_tokenizer(paths.local_copy(job.tokenizer_file))
     stats = StageStats()
     streams = {s: SplitStream(token_dtype(tok.vocab_size), tok.eos_id) for s in splits_of(job.kind)}
     hist = np.zeros(VAL_BUCKETS, dtype=np.int64)
@@ -357,7 +357,7 @@ def tokenize_shard(src: str, out_dir: str, index: int, job: TokenizeJob) -> Toke
 @task
 def tokenize_tails(out_dir: str, split: str, n_shards: int, job: TokenizeJob) -> tuple[Optional[ShardInfo], int]:
     """Pack the leftovers of every shard of a split into shard `n_shards`; returns (info, tokens dropped)."""
-    tok = load_tokenizer(job.tokenizer_file)
+    tok = load_tokenizer(paths.local_copy(job.tokenizer_file))
     parts, starts, n = [], [], 0
     for i in range(n_shards):
         fs, p = paths.filesystem(tail_path(out_dir, split, i))

@@ -91,7 +91,7 @@ def decode_row(tok: Tokenizer, row: np.ndarray) -> str:
 def sample_sequences(manifest: Manifest, root: str, n: int, split: str = TRAIN_DIR) -> str:
     """The first n rows of a split, decoded, with document starts and `<eos>` boundaries."""
     base = paths.version_dir(root, manifest.stage, manifest.version)
-    tok = Tokenizer(paths.join(base, manifest.extras.get("tokenizer_path", TOKENIZER_MODEL)))
+    tok = Tokenizer(paths.local_copy(paths.join(base, manifest.extras.get("tokenizer_path", TOKENIZER_MODEL))))
     shards = TokenShards(paths.join(base, split))
     first = range(min(len(shards), 2_000))  # prefer rows that show a document boundary
     with_eos = [i for i, row in zip(first, shards.get(list(first))) if (row == tok.eos_id).any()]

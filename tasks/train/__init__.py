@@ -17,18 +17,27 @@ position, RNG), so an interrupted run reaches the same losses as an uninterrupte
 (flows/train.py) passes the version's own directory as `out_dir`, written in place until its manifest.
 Modules: params (TrainParams, TrainJob, TrainResult; no torch), loop (runtime, data order, step, guards,
 per-step bookkeeping), metrics (metrics.jsonl, plot, sample, unigram baseline), plan (`pretrain plan`,
-`model: auto`, `train_tokens`), report (the stage's markdown and extra artifacts); imports go one way.
+`model: auto`, `train_tokens`), report (the stage's markdown and extra artifacts), launch (torchrun from
+Python; imports params only); imports go one way.
 
-Runs in-process (`train(...)`, what the Prefect `train_run` task calls) or as
+Runs in-process (`train(...)`, what the Prefect `train_run` task calls with `gpus: 1`) or as
 `python -m tasks.train JOB.json` (a `TrainJob`), also under `torchrun --nproc_per_node N` (DDP; NCCL
-on CUDA, gloo on CPU). References: nanoGPT train.py; Chinchilla; PaLM appendix B (MFU).
+on CUDA, gloo on CPU), which the `train_run` task launches for `gpus: N > 1` (launch.py). Under DDP
+every rank computes, rank 0 alone writes (metrics, checkpoints with every rank's RNG state, plot,
+sample, result.json), and the global batch must be the one-process batch (`check_processes`), so
+the result does not depend on the process count beyond floating-point reduction order.
+References: nanoGPT train.py; Chinchilla; PaLM appendix B (MFU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -36,11 +45,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from models.gpt import GPT, GPTConfig
 from models.presets import preset
 from storage import checkpoints as ckpt
+from storage import paths
 from storage.token_shards import TRAIN_DIR, VAL_DIR, TokenShards, doc_ids_to_torch, to_torch
 from tasks.train.loop import (
     DataOrder,
@@ -71,7 +82,16 @@ from tasks.train.metrics import (
     sentencepiece_codec,
     unigram_baseline_loss,
 )
-from tasks.train.params import RESULT, STAGE, STAGE_VERSION, TrainJob, TrainParams, TrainResult
+from tasks.train.params import (
+    RESULT,
+    STAGE,
+    STAGE_VERSION,
+    TrainJob,
+    TrainParams,
+    TrainResult,
+    check_processes,
+    grad_accumulation,
+)
 from tasks.train.plan import MAX_EPOCHS, auto_preset, gpu_key_for_device_name, peak_flops
 
 __all__ = [
@@ -313,15 +333,17 @@ def run_steps(run: Run, hooks: FaultHooks) -> float | None:
 
 def prepare(params: TrainParams, job: TrainJob, rt: Runtime) -> Run:
     """Open the data, build model and optimizer, resume from the latest checkpoint."""
-    train_data = TokenShards(str(Path(job.shards_dir) / TRAIN_DIR))
-    val_data = TokenShards(str(Path(job.shards_dir) / VAL_DIR))
+    train_data = TokenShards(paths.join(job.shards_dir, TRAIN_DIR))  # on an object store: via the local cache
+    val_data = TokenShards(paths.join(job.shards_dir, VAL_DIR))
     name = resolve_model_name(params, train_data)
     cfg = preset(name, vocab_size=train_data.vocab_size, seq_len=train_data.seq_len)
     models = build_model(cfg, params, rt)
     optimizer = models.raw.configure_optimizers(
         params.lr, params.weight_decay, (params.beta1, params.beta2), rt.device_type
     )
-    accum = max(1, params.tokens_per_step // (params.micro_batch_size * cfg.seq_len * rt.world))
+    if rt.world > 1:
+        check_processes(params, cfg.seq_len, rt.world)
+    accum = grad_accumulation(params, cfg.seq_len, rt.world)
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None
@@ -476,7 +498,7 @@ def train(
         tokenizer_sha256=tokenizer_sha256,
     )
     if tokenizer_path is not None and (encode is None or decode is None):
-        sp_encode, sp_decode = sentencepiece_codec(tokenizer_path)
+        sp_encode, sp_decode = sentencepiece_codec(paths.local_copy(tokenizer_path))
         encode, decode = encode or sp_encode, decode or sp_decode
     t0 = time.perf_counter()
     rt = setup_runtime(params.device, params.dtype)
@@ -492,8 +514,13 @@ def train(
         teardown_runtime(rt)
 
 
+@record  # under torchrun: a worker's exception goes into torchrun's error summary (its last stderr lines)
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tasks.train JOB.json` (also under torchrun); the result lands in OUT_DIR/result.json."""
+    """`python -m tasks.train JOB.json` (also under torchrun); the result lands in OUT_DIR/result.json.
+
+    Under torchrun, rank 0 logs at INFO and the other ranks at WARNING (every rank computes the same
+    numbers; only rank 0 writes files), each line prefixed with its rank, and every worker dies with
+    torchrun (PR_SET_PDEATHSIG): a killed launcher leaves no worker behind."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print(
@@ -501,7 +528,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    rank = os.environ.get("RANK") if torch.distributed.is_torchelastic_launched() else None
+    if rank is not None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux only
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    level = logging.INFO if rank in (None, "0") else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {f'[rank {rank}] ' if rank is not None else ''}%(name)s %(levelname)s %(message)s",
+    )
+    for name in ("tasks", "storage", "models"):  # storage/__init__.py sets them to INFO
+        logging.getLogger(name).setLevel(level)
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
     train(
         job.params,

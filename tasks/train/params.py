@@ -74,6 +74,16 @@ class TrainParams(StageParams):
         "when other processes busy a 2-core machine; raise it on a big idle box. Not part "
         "of the version id.",
     )
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training processes on this node: one per GPU on CUDA (DDP over NCCL); on CPU, that "
+        "many gloo processes. 1 (default): the train flow trains in its own process; more: it launches "
+        "`torchrun --nproc_per_node gpus -m tasks.train`. The batch is tokens_per_step whatever the count "
+        "(it must then be a multiple of micro_batch_size x seq_len x gpus), so the run optimises the same "
+        "thing up to floating-point reduction order: not part of the version id.",
+    )
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU).")
     doc_mask: bool = Field(
         False, description="Block-diagonal attention within documents (doc_offsets); disables the flash kernel on CUDA."
@@ -113,8 +123,9 @@ class TrainParams(StageParams):
     sample_top_k: int = Field(50, ge=0, le=1_000_000, description="Top-k sampling (0: full distribution).")
 
     def version_params(self) -> dict[str, Any]:
-        """Everything but the knobs that only say how to get there (resume, cpu_threads)."""
-        return self.model_dump(mode="json", exclude={"resume", "cpu_threads"})
+        """Everything but the knobs that only say how to get there (resume, cpu_threads, gpus: the batch,
+        data order and schedule do not depend on them, only the floating-point summation order does)."""
+        return self.model_dump(mode="json", exclude={"resume", "cpu_threads", "gpus"})
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -126,6 +137,26 @@ class TrainParams(StageParams):
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} > max_steps={self.max_steps}")
         return self
+
+
+def grad_accumulation(params: TrainParams, seq_len: int, processes: int = 1) -> int:
+    """Micro-batches per process and optimizer step: tokens_per_step / (micro_batch_size x seq_len x
+    processes), rounded down, at least 1."""
+    return max(1, params.tokens_per_step // (params.micro_batch_size * seq_len * processes))
+
+
+def check_processes(params: TrainParams, seq_len: int, processes: int) -> None:
+    """Several processes must train on the batch one process would (`gpus` is not part of the version id)."""
+    one = grad_accumulation(params, seq_len) * params.micro_batch_size
+    many = grad_accumulation(params, seq_len, processes) * processes * params.micro_batch_size
+    if one != many:
+        per_round = params.micro_batch_size * seq_len * processes
+        raise ValueError(
+            f"{processes} training processes would change the batch: tokens_per_step={params.tokens_per_step} "
+            f"is {one} sequences of {seq_len} tokens per step in one process but {many} in {processes}; "
+            f"make tokens_per_step a multiple of micro_batch_size x seq_len x gpus = {per_round}, or lower "
+            f"micro_batch_size (the version id does not include gpus, so the batch must not depend on it)"
+        )
 
 
 class TrainJob(BaseModel):

@@ -15,6 +15,21 @@ def test_default_yaml_is_the_default_config():
     assert load_config(ROOT / "configs" / "default.yaml") == PipelineConfig()
 
 
+def test_runner_section_default_and_validation():
+    """Issue 13: `runner` picks the process pool (default) or a Dask cluster; the file writes the default out."""
+    written = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    assert written["runner"] == PipelineConfig().runner.model_dump(mode="json") == {"kind": "process", "address": None}
+    config = parse_config({"runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}})
+    assert (config.runner.kind, config.runner.address) == ("dask", "tcp://10.0.0.5:8786")
+    assert parse_config({"runner": {"kind": "dask"}}).runner.address is None  # a temporary local cluster
+    with pytest.raises(ConfigError, match=r"runner\.kind: Input should be 'process' or 'dask' \(got a str\)"):
+        parse_config({"runner": {"kind": "ray"}})
+    with pytest.raises(ConfigError, match=r"runner\.adress: unknown key; allowed keys here: address, kind"):
+        parse_config({"runner": {"adress": "tcp://x:8786"}})
+    for name, field in type(config.runner).model_fields.items():
+        assert field.description, f"runner.{name} has no description"
+
+
 def test_unknown_key_names_key_and_allowed_keys():
     with pytest.raises(ConfigError, match=r"ingest\.inptus: unknown key; allowed keys here: .*inputs"):
         parse_config({"ingest": {"inptus": ["x"]}})

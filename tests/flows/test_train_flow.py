@@ -11,9 +11,12 @@ import contextvars
 import json
 import logging
 import math
+import os
 import shutil
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +26,7 @@ import storage.locks
 from flows.cli import main
 from flows.pipeline import Stage
 from flows.stage import task_runner
-from flows.train import train_flow
+from flows.train import GPU_TAG, train_flow, train_run
 from storage import checkpoints as ckpt
 from storage.artifacts import WRITING, ArtifactWriter
 from storage.gc import gc
@@ -32,6 +35,7 @@ from storage.manifest import MANIFEST, ShardInfo, is_complete, list_versions, lo
 from storage.stats import StageStats
 from storage.token_shards import TokenShardWriter, pack_documents
 from tasks.train import FaultHooks, TrainParams
+from tasks.train.launch import TorchrunError
 from tasks.train.plan import GPU_PEAK_BF16, train_tokens
 from tasks.train.report import loss_curve_markdown, metrics_table, report
 
@@ -358,3 +362,114 @@ def test_identical_concurrent_runs_wait_and_reuse(prefect_backend, tmp_path, mon
     assert m.extras["result"]["steps"] == 4
     assert not [d.name for d in (tmp_path / "train").iterdir() if d.name.startswith((".work-", ".tmp-", ".lock-"))]
     assert not (tmp_path / "train" / v / WRITING).exists()
+
+
+# ---------------------------------------------------------------- several processes (torchrun)
+
+
+def torchrun_pids() -> list[int]:
+    """This process's torchrun children (found in /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"torch.distributed.run" in cmd:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_the_train_task_carries_the_gpu_tag():
+    """`prefect concurrency-limit create gpu 1` then keeps one training run at a time."""
+    assert GPU_TAG == "gpu" and GPU_TAG in train_run.tags
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_commit_the_in_process_version(prefect_backend, tmp_path, caplog):
+    """gpus=2 on CPU: torchrun with 2 gloo processes, committed like an in-process run, same losses."""
+    p1 = params(micro_batch_size=4, max_steps=6, eval_interval=3, ckpt_interval=3)  # 8 sequences per step
+    p2 = p1.model_copy(update={"gpus": 2})
+    assert p2.version_params() == p1.version_params()  # gpus is not part of the version id
+    one, two = tmp_path / "one", tmp_path / "two"
+    make_tokenize_version(one)
+    make_tokenize_version(two)
+    t0 = time.perf_counter()
+    v1 = run_train(one, p1)
+    t1 = time.perf_counter()
+    with caplog.at_level(logging.INFO):
+        v2 = run_train(two, p2)
+    t2 = time.perf_counter()
+    print(f"in-process {t1 - t0:.1f}s, torchrun x2 {t2 - t1:.1f}s")
+    assert v1 == v2
+    assert "launching 2 training processes" in caplog.text and "[rank 0]" in caplog.text
+    assert "[rank 1] tasks.train INFO" not in caplog.text  # rank 1 logs warnings only
+    r1 = load_manifest(str(one), Stage.TRAIN, v1).extras["result"]
+    m2 = load_manifest(str(two), Stage.TRAIN, v2)
+    r2 = m2.extras["result"]
+    print("val loss in-process", r1["val_loss"], "torchrun x2", r2["val_loss"])
+    assert r2["steps"] == 6 and r2["tokens_seen"] == r1["tokens_seen"] == 6 * 512
+    assert math.isfinite(r2["val_loss"]) and r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-4)
+    losses1 = step_losses(one / "train" / v1 / "metrics.jsonl")
+    losses2 = step_losses(two / "train" / v2 / "metrics.jsonl")
+    assert sorted(losses1) == sorted(losses2) == list(range(1, 7))
+    assert [losses2[s] for s in losses2] == pytest.approx([losses1[s] for s in losses2], rel=1e-4)
+    out = two / "train" / v2
+    assert (r2["checkpoint"], r2["metrics_path"], r2["plot_path"]) == ("step-000006", "metrics.jsonl", "loss.png")
+    assert [s.name for s in m2.shards] == ["step-000006"] and ckpt.list_checkpoints(str(out)) == [3, 6]
+    assert ckpt.load_meta(str(out), 6)["world_size"] == 2
+    assert sorted(e.name for e in out.iterdir()) == sorted(e.name for e in (one / "train" / v1).iterdir())
+    assert not (out / "_work").exists() and not (out / WRITING).exists()
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_run_resumes_and_a_failing_one_commits_nothing(prefect_backend, data_root, tmp_path):
+    p = params(micro_batch_size=4, max_steps=20, eval_interval=5, ckpt_interval=5, gpus=2)
+    make_tokenize_version(data_root)
+    # a batch that 2 processes cannot split evenly is refused before anything is launched
+    with pytest.raises(ValueError, match="2 training processes would change the batch"):
+        run_train(data_root, p.model_copy(update={"micro_batch_size": 8}))
+    # torchrun killed (SIGKILL) after its first checkpoint: the flow fails, the checkpoints stay
+    first = data_root / "train"
+    stop = threading.Event()
+
+    def kill_after_first_checkpoint() -> None:
+        while not stop.is_set():
+            if list(first.glob("*/step-000005/meta.json")):
+                for pid in torchrun_pids():
+                    os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(TorchrunError, match=r"exited with code -9 \(killed by SIGKILL\)"):
+            run_train(data_root, p)
+    finally:
+        stop.set()
+        killer.join(10)
+    version = partial_run(data_root)
+    out = data_root / "train" / version
+    cut_at = ckpt.latest_step(str(out))
+    assert cut_at is not None and 5 <= cut_at < 20 and (out / "_work" / "job.json").exists()
+    time.sleep(1)  # the workers got SIGTERM when torchrun died (PR_SET_PDEATHSIG)
+    assert not torchrun_pids()
+    v = run_train(data_root, p)
+    assert v == version
+    r = load_manifest(str(data_root), Stage.TRAIN, v).extras["result"]
+    assert r["resumed_from"] == cut_at and r["steps"] == 20 and math.isfinite(r["val_loss"])
+    ref_root = tmp_path / "ref"
+    make_tokenize_version(ref_root)
+    ref = load_manifest(str(ref_root), Stage.TRAIN, run_train(ref_root, p.model_copy(update={"gpus": 1})))
+    assert r["val_loss"] == pytest.approx(ref.extras["result"]["val_loss"], rel=1e-4)
+
+    # workers that fail (a val shard they cannot read): the flow fails naming the exit code, commits nothing
+    bad = tmp_path / "bad"
+    make_tokenize_version(bad)
+    (bad / "tokenize" / TOK / "val" / "tokens-00000.arrow").write_bytes(b"not an arrow file")
+    with pytest.raises(TorchrunError, match=r"exited with code 1: pyarrow.lib.ArrowInvalid: Not an Arrow file; "):
+        run_train(bad, p)
+    assert list_versions(str(bad), Stage.TRAIN) == []
+    assert not [d for d in (bad / "train").iterdir() if not d.name.startswith(".lock-")]

@@ -413,7 +413,9 @@ def start_worker(processes: Processes, server: PrefectServer, pool: str = "cpu")
         env,
         log,
     )
-    server.worker_log, server.worker_health_port = log, health
+    server.extra.setdefault("worker_logs", {})[pool] = log
+    if pool == "cpu" or server.worker_log is None:  # the cpu worker runs the pipeline: its log and health port
+        server.worker_log, server.worker_health_port = log, health
     return proc
 
 
@@ -515,11 +517,13 @@ def demo_config(**patch: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def sqlite_server(processes, tmp_path_factory):
-    """A real `prefect server start` (SQLite), pools + deployments from the compose deploy command, a cpu worker."""
+    """A real `prefect server start` (SQLite), pools + deployments from the compose deploy command, a cpu
+    worker, and a gpu worker (the pipeline starts its train stage as the `train/default` deployment there)."""
     server = start_server(processes, tmp_path_factory.mktemp("prefect-sqlite"))
     t0 = time.monotonic()
     deploy_all(server)
     TIMINGS["pools + deploy --all"] = time.monotonic() - t0
+    start_worker(processes, server, "gpu")
     start_worker(processes, server, "cpu")
     return server
 
@@ -543,6 +547,7 @@ def completed_run(sqlite_server) -> CompletedRun:
     run = sqlite_server.flow_run(run_id)
     assert code == 0 and run["state"]["type"] == "COMPLETED", (
         f"run {run_id}: exit {code}, state {run['state']}\nworker log:\n{tail(sqlite_server.worker_log, 120)}"
+        f"\ngpu worker log:\n{tail(sqlite_server.extra['worker_logs']['gpu'], 60)}"
     )
     root = str(sqlite_server.data_root)
     return CompletedRun(run_id, seconds, {str(s): load_manifest(root, s) for s in STAGES})

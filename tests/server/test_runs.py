@@ -231,6 +231,11 @@ def test_ui_retry_reenters_the_flow_and_reuses_upstream(sqlite_server, completed
     server, case, before = sqlite_server, failed_run.case, dict(completed_run.manifests)
     assert failed_run.state["type"] == "FAILED"
     case.create(case.missing)  # the operator fixes the world (the file appears), then presses Retry in the UI
+    # one more item, so this file's content differs from the fixed run's copy: versions hash content, not paths
+    # (the same file elsewhere is the same input and would be reused, not computed by the retry)
+    assert case.stage == "decontaminate", case.stage
+    with open(case.missing, "a") as f:
+        f.write(json.dumps({"id": "q-retry", "question": "a question added before the retry, about rivers"}) + "\n")
     t_retry = time.time()
     with server.http() as c:
         r = c.post(

@@ -13,6 +13,8 @@ import hashlib
 import http.server
 import io
 import json
+import os
+import shutil
 import socket
 import threading
 import zlib
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -37,7 +40,7 @@ from tasks.ingest.extract import (
     time_limit,
     utf8_repairable,
 )
-from tasks.ingest.sources import classify_source
+from tasks.ingest.sources import classify_source, input_record
 
 # tasks.ingest logs the first error drops of a file; outside a flow run Prefect's API handler warns
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'tasks.ingest' attempted to send logs to the API")
@@ -708,7 +711,7 @@ def test_input_fingerprint_follows_content_not_mtime(tmp_path):
     assert ingest.input_fingerprint([path]) == before
     Path(path).write_bytes(b"two")
     after = ingest.input_fingerprint([path])
-    assert before[0]["path"] == path and before[0]["size"] == after[0]["size"] == 3
+    assert before[0]["name"] == "a.warc.gz" and before[0]["size"] == after[0]["size"] == 3
     assert before[0]["sample_sha256"] != after[0]["sample_sha256"]
     big = write(tmp_path, "big.warc.gz", bytes(3 << 20))
     changed = bytearray(bytes(3 << 20))
@@ -718,6 +721,52 @@ def test_input_fingerprint_follows_content_not_mtime(tmp_path):
     assert ingest.input_fingerprint([big]) != fp  # the tail is sampled too
     with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
         ingest.input_fingerprint([str(tmp_path / "missing.warc.gz")])
+
+
+def test_input_fingerprint_is_location_free(tmp_path):
+    """Under the data root a file is named by its root-relative path, elsewhere by its name: a copied or moved
+    root (new paths, new mtimes) keeps the fingerprint; a changed content does not."""
+    root_a, root_b = tmp_path / "a", tmp_path / "b"
+    (root_a / "_inputs" / "crawl").mkdir(parents=True)
+    inside = write(root_a / "_inputs" / "crawl", "x.warc.gz", b"x" * 100)
+    (tmp_path / "elsewhere").mkdir()
+    outside = write(tmp_path / "elsewhere", "y.warc.gz", b"y" * 50)
+    fp = ingest.input_fingerprint([inside, outside], str(root_a))
+    assert [e["name"] for e in fp] == ["_inputs/crawl/x.warc.gz", "y.warc.gz"]
+    assert all(str(tmp_path) not in json.dumps(e) for e in fp) and all("mtime" not in e for e in fp)
+    shutil.copytree(root_a, root_b)  # new paths, new mtimes
+    moved = str(root_b / "_inputs" / "crawl" / "x.warc.gz")
+    os.utime(moved, (1, 1))
+    assert ingest.input_fingerprint([moved, outside], str(root_b)) == fp
+    assert ingest.input_fingerprint([moved, outside], f"file://{root_b}") == fp  # a file:// root is the same
+    (tmp_path / "other").mkdir()
+    assert ingest.input_fingerprint([write(tmp_path / "other", "y.warc.gz", b"y" * 50)])[0] == fp[1]
+    # the same content elsewhere under the root is another input (its name differs); the order is kept
+    assert ingest.input_fingerprint([outside, moved], str(root_b)) == fp[::-1]
+    Path(moved).write_bytes(b"z" * 100)  # same size and name, new content
+    assert ingest.input_fingerprint([moved, outside], str(root_b)) != fp
+    record = input_record([moved, outside], fp)
+    assert [r["path"] for r in record] == [moved, outside] and record[0]["name"] == fp[0]["name"]
+
+
+def test_input_fingerprint_uses_the_etag_of_objects(monkeypatch):
+    """Object stores: name, size and ETag (nothing is read); a copy to another bucket keeps them."""
+    import fsspec.implementations.memory as memory
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket-a/root/_inputs/x.warc.gz", b"abc")
+    fs.pipe("/bucket-b/root/_inputs/x.warc.gz", b"abc")
+    real_info = memory.MemoryFileSystem.info
+
+    def info(self: Any, path: str, **kwargs: Any) -> dict[str, Any]:
+        return {**real_info(self, path, **kwargs), "ETag": '"etag-of-abc"', "LastModified": path}
+
+    monkeypatch.setattr(memory.MemoryFileSystem, "info", info)
+    a = ingest.input_fingerprint(["memory://bucket-a/root/_inputs/x.warc.gz"], "memory://bucket-a/root")
+    b = ingest.input_fingerprint(["memory://bucket-b/root/_inputs/x.warc.gz"], "memory://bucket-b/root")
+    assert a == b == [{"name": "_inputs/x.warc.gz", "size": 3, "etag": '"etag-of-abc"'}]
+    fs.rm("/bucket-a", recursive=True)
+    fs.rm("/bucket-b", recursive=True)
 
 
 @pytest.mark.parametrize(
@@ -747,6 +796,13 @@ def test_error_budget_is_not_part_of_the_version():
     a = ingest.IngestParams(inputs=["a.warc.gz"], max_error_fraction=0.1).version_params()
     b = ingest.IngestParams(inputs=["a.warc.gz"], max_error_fraction=0.2).version_params()
     assert a == b and "extract_timeout_s" in a
+
+
+def test_input_paths_are_not_part_of_the_version():
+    """Where the inputs lie is not hashed (the flow hashes their content fingerprint instead)."""
+    a = ingest.IngestParams(inputs=["/data/a/_inputs/x.warc.gz"]).version_params()
+    assert a == ingest.IngestParams(inputs=["/data/b/_inputs/x.warc.gz"]).version_params()
+    assert "inputs" not in a
 
 
 @pytest.mark.parametrize(

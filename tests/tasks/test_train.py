@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from storage import checkpoints as ckpt
 from storage.token_shards import TokenShards, TokenShardWriter, pack_documents
 from tasks.train import FaultHooks, TrainJob, TrainParams, lr_at, train, unigram_baseline_loss
+from tasks.train.params import check_processes, grad_accumulation
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "fixtures" / "golden_tiny_loss.json"
@@ -267,6 +268,30 @@ def test_ddp_two_processes_match_single_process(shards, tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-4), step
     assert result["val_loss"] == pytest.approx(single.val_loss, abs=1e-4)
     assert result["tokens_seen"] == single.tokens_seen
+    # rank 0 writes what an in-process run writes, once
+    listing = {e.name for e in (tmp_path / "single").iterdir()}
+    assert {e.name for e in (tmp_path / "ddp").iterdir()} == listing >= {"metrics.jsonl", "loss.png", "sample.txt"}
+    assert ckpt.list_checkpoints(str(tmp_path / "ddp")) == ckpt.list_checkpoints(str(tmp_path / "single")) == [2, 4]
+    assert ckpt.load_meta(str(tmp_path / "ddp"), 4)["world_size"] == 2
+    assert len(ckpt.load_object(str(tmp_path / "ddp"), 4, "rng")) == 2  # every rank's RNG state
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len(set(rows))  # no row written twice
+    assert "[rank 0] tasks.train" in proc.stderr and "[rank 1] tasks.train INFO" not in proc.stderr
+
+
+def test_process_count_must_not_change_the_batch():
+    """`gpus` is not part of the version id: N processes must train on the batch of one."""
+    p = params(micro_batch_size=4, tokens_per_step=1024)  # 4 x 64 tokens: 4 micro-batches in one process
+    assert p.model_copy(update={"gpus": 4}).version_params() == p.version_params()
+    assert [grad_accumulation(p, SEQ_LEN, n) for n in (1, 2, 4)] == [4, 2, 1]
+    for n in (1, 2, 4):
+        check_processes(p, SEQ_LEN, n)
+    with pytest.raises(ValueError, match=r"tokens_per_step=1024 is 16 sequences .* but 12 in 3; make .* = 768"):
+        check_processes(p, SEQ_LEN, 3)
+    with pytest.raises(ValueError, match="but 32 in 8"):
+        check_processes(p, SEQ_LEN, 8)
+    with pytest.raises(ValidationError):
+        TrainParams(gpus=0)
 
 
 if __name__ == "__main__":  # regenerate the golden losses
