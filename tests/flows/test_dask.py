@@ -356,3 +356,36 @@ def test_every_shard_task_takes_and_returns_picklable_models():
         rejected=ShardInfo(name="rejected/part-00003.parquet", rows=1, bytes=5),
     )
     assert pickle.loads(cloudpickle.dumps(result)) == result
+
+
+def test_pipeline_to_tokenize_on_dask_with_an_s3_root(prefect_backend, s3_server, cluster, demo_files, tmp_path):
+    """Issue 13's end-to-end check: a scheduler, two workers in their own directories and an S3 server on
+    loopback; `--to tokenize` on an `s3://` root gives every stage the counts of a local process-pool run,
+    and both workers ran shard tasks. (Workers got the AWS settings from the environment they started in.)"""
+    import uuid
+
+    import fsspec
+
+    from flows.pipeline import PipelineConfig, pipeline_flow
+
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    small = {"workers": 2, "ingest": {"inputs": demo_files}, "tokenize": {"vocab_size": 600, "seq_len": 64}}
+
+    def run(root: str, runner: dict) -> dict:
+        versions = pipeline_flow(config=PipelineConfig(**small, runner=runner), data_root=root, to_stage="tokenize")
+        return {s: load_manifest(root, s, v) for s, v in versions.items()}
+
+    with cluster.client() as client, distributed.get_task_stream(client=client) as stream:
+        on_s3 = run(f"s3://{bucket}/root", {"kind": "dask", "address": cluster.address})
+    local = run(str(tmp_path / "local-root"), {"kind": "process"})
+    assert list(on_s3) == ["ingest", "langid", "quality", "dedup", "decontaminate", "mix", "tokenize"]
+    for stage, m in on_s3.items():
+        ref = local[stage]
+        assert (m.stats.docs_in, m.stats.docs_out, dict(m.stats.dropped)) == (
+            ref.stats.docs_in,
+            ref.stats.docs_out,
+            dict(ref.stats.dropped),
+        ), stage
+    workers = {t["worker"] for t in stream.data if "shard" in str(t["key"])}
+    assert len(workers) == 2, f"shard tasks ran on {workers} only\n{cluster.logs()}"
