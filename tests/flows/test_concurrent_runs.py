@@ -8,7 +8,6 @@ process too), synchronised by events so that the first is provably still running
 The train case is in tests/flows/test_train_flow.py.
 """
 
-import contextvars
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from storage.locks import LOCK_PREFIX, VersionLock, lock_is_held
 from storage.manifest import ShardInfo, list_versions, load_manifest, new_manifest
 from storage.params import StageParams
 from storage.stats import StageStats
+from tests.threads import Run
 
 WAIT_S = 60.0
 INGEST, LANGID = "ingest", "langid"  # plain kinds: the gated flow names its upstream (no pipeline table needed)
@@ -103,28 +103,6 @@ def run_lines():
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)
-
-
-class Run(threading.Thread):
-    """Calls `fn()` in a thread with this thread's context (the Prefect test harness settings)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.ctx = fn, contextvars.copy_context()
-        self.result, self.error = None, None
-
-    def run(self) -> None:
-        try:
-            self.result = self.ctx.run(self.fn)
-        except BaseException as err:  # reported by the test
-            self.error = err
-
-    def value(self):
-        self.join(WAIT_S)
-        assert not self.is_alive(), "run did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def fake_ingest(root: str) -> None:

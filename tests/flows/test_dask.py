@@ -12,12 +12,10 @@ server (its URL travels in the serialized Prefect context of every task).
 - `pretrain run --dask ADDRESS` reaches the config's runner section.
 """
 
-import contextvars
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from storage.documents import Document, DocumentWriter, run_document_shard
 from storage.manifest import ShardInfo, load_manifest, new_manifest
 from storage.params import StageParams
 from storage.stats import StageStats
+from tests.threads import Run
 
 pytest.importorskip("prefect_dask")
 distributed = pytest.importorskip("distributed")
@@ -257,28 +256,6 @@ def fake_ingest(root: str, shards: int, docs_per_shard: int = 3) -> None:
         infos.append(ShardInfo(name=name, rows=docs_per_shard, bytes=1))
     total = shards * docs_per_shard
     w.commit(new_manifest(INGEST, 1, "ing1", {}, {}, infos, [], StageStats(docs_in=total, docs_out=total)))
-
-
-class Run(threading.Thread):
-    """Calls `fn()` in a thread with this thread's context (the Prefect test harness settings)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__(daemon=True)
-        self.fn, self.ctx = fn, contextvars.copy_context()
-        self.result, self.error = None, None
-
-    def run(self) -> None:
-        try:
-            self.result = self.ctx.run(self.fn)
-        except BaseException as err:  # reported by the test
-            self.error = err
-
-    def value(self):
-        self.join(WAIT_S)
-        assert not self.is_alive(), "run did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def test_killed_worker_shards_run_elsewhere_and_the_stage_commits(prefect_backend, cluster, tmp_path):
