@@ -2,6 +2,12 @@
 
     .venv/bin/python -m bench.dedup [--docs 10000] [--shards 4] [--workers 1] [--seeds 1,2,3]
                                     [--ours ours,ours-sha1] [--datatrove regex,spacy] [--spacy-seeds 1]
+    .venv/bin/python -m bench.dedup --scale 100000,400000,1600000 [--workers 2] [--no-scale-old]
+
+--scale: synthetic corpora (random Zipf words from a fixed vocabulary, 5% edited and 1% exact copies
+planted), the stage's steps (signature map, exact step, band map, union step) each task in its own
+forkserver process; per step wall time and the largest task's peak RSS, recall/precision against the
+plan, and the committed single-process cluster step (HEAD) on the same corpus for comparison.
 
 Corpus: N documents built from real text in ../shared/data (DCLM Common Crawl documents, WikiText-2
 articles, news article bodies, Common Crawl WET records): each background document is a run of
@@ -15,7 +21,7 @@ duplicate pairs are split across shards. The corpus is cached under --cache.
 
 Engines run one after the other, each in its own subprocess (peak RSS = its VmHWM, and its workers'),
 once per MinHash permutation seed in --seeds (the same seeds for every engine):
-  ours       tasks.dedup: signature map -> global cluster step -> filter map (the stage's own task
+  ours       tasks.dedup: signature map -> exact step + band map -> union step -> filter map (the stage's own task
              functions, without Prefect) with the stage's default params (5-grams, 14 x 8, Jaccard
              verification at 0.8, xxh32 shingle hashes = datasketch MinHash(hashfunc=xxh32) signatures);
              `ours-sha1` with hash_function=sha1 (= datasketch's default MinHash signatures).
@@ -391,24 +397,38 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
     Stage defaults except the permutation seed (and hash_function when given)."""
     import pyarrow.parquet as pq
 
-    from tasks.dedup import CLUSTERS, DedupParams, dedup_cluster, dedup_shard, dedup_signature_shard
+    from tasks.dedup import (
+        CLUSTERS,
+        DedupParams,
+        band_names,
+        dedup_band,
+        dedup_cluster,
+        dedup_exact,
+        dedup_shard,
+        dedup_signature_shard,
+    )
 
     params = DedupParams(seed=seed, **({"hash_function": hash_function} if hash_function else {}))
     sources = sorted(str(p) for p in corpus.glob("part-*.parquet"))
     out = str(work)
     phases: dict[str, float] = {}
 
-    def mapped(fn: Callable[..., Any]) -> list[Any]:
+    def mapped(fn: Callable[..., Any], names: list[str] | None = None) -> list[Any]:
+        names = sources if names is None else names
         if workers == 1:
-            return [fn(s, out, i, params) for i, s in enumerate(sources)]
+            return [fn(s, out, i, params) for i, s in enumerate(names)]
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as pool:
-            return list(pool.map(fn, sources, [out] * len(sources), range(len(sources)), [params] * len(sources)))
+            return list(pool.map(fn, names, [out] * len(names), range(len(names)), [params] * len(names)))
 
     t = time.perf_counter()
     mapped(dedup_signature_shard.fn)
     phases["signatures"] = time.perf_counter() - t
+    t = time.perf_counter()
+    dedup_exact.fn(out, len(sources), params)
+    mapped(dedup_band.fn, band_names(params))
+    phases["bands"] = time.perf_counter() - t
     t = time.perf_counter()
     summary = dedup_cluster.fn(out, len(sources), params)
     phases["cluster"] = time.perf_counter() - t
@@ -729,6 +749,246 @@ def _aggregate(engine: str, runs: list[dict[str, Any]], n: int, n_high: int) -> 
     }
 
 
+# ---------------------------------------------------------------- --scale: the stage's steps at growing sizes
+
+SCALE_DOCS_PER_SHARD = 25_000
+
+
+def _vocabulary(size: int = 20_000, seed: int = 7) -> list[str]:
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return ["".join(rng.choice(letters, int(k))) for k in rng.integers(3, 9, size)]
+
+
+def synthetic_plan(n: int, seed: int = 0, near_rate: float = 0.05, exact_rate: float = 0.01) -> np.ndarray:
+    """base[i]: the document that document i copies (-1: an original). Copies point at originals, so each
+    original and its copies form one planted family; `near_rate` of the documents are edited copies (target
+    Jaccard uniform in [0.6, 1)), `exact_rate` exact copies (case changed)."""
+    rng = np.random.default_rng(seed)
+    base = np.full(n, -1, dtype=np.int64)
+    n_copies = int(n * (near_rate + exact_rate))
+    copies = rng.choice(n, n_copies, replace=False)
+    originals = np.setdiff1d(np.arange(n), copies)
+    base[copies] = rng.choice(originals, n_copies)
+    return base
+
+
+def synthetic_text(i: int, base: np.ndarray, vocab: list[str], seed: int = 0, exact_rate: float = 0.01) -> str:
+    """Document i of the plan: random words (Zipf-like) from `vocab`, or its original edited / copied."""
+    b = int(base[i])
+    root = i if b < 0 else b
+    rng = np.random.default_rng([seed, root])
+    length = int(rng.integers(60, 140))
+    words = (rng.zipf(1.2, length) - 1) % len(vocab)
+    if b < 0:
+        return " ".join(vocab[w] for w in words)
+    crng = np.random.default_rng([seed, i, 1])
+    if crng.random() < exact_rate / (exact_rate + 0.05):  # the share of exact copies among all copies
+        return " ".join(vocab[w] for w in words).upper()
+    target = float(crng.uniform(0.6, 1.0))
+    shingles = max(length - 4, 1)
+    k = max(1, round(shingles * (1 - target) / (5 * (1 + target))))
+    pos = crng.choice(length, min(k, length), replace=False)
+    words[pos] = crng.integers(0, len(vocab), len(pos))
+    return " ".join(vocab[w] for w in words)
+
+
+def write_synthetic(n: int, out: Path, seed: int = 0) -> np.ndarray:
+    """Parquet shards of SCALE_DOCS_PER_SHARD documents under `out` (cached); returns the plan."""
+    from storage.documents import Document, DocumentWriter
+
+    base = synthetic_plan(n, seed)
+    if (out / "done").exists():
+        return base
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _vocabulary()
+    for s in range(-(-n // SCALE_DOCS_PER_SHARD)):
+        with DocumentWriter(str(out / f"part-{s:05d}.parquet")) as w:
+            for i in range(s * SCALE_DOCS_PER_SHARD, min(n, (s + 1) * SCALE_DOCS_PER_SHARD)):
+                w.write(
+                    Document(
+                        id=f"d{i:08d}",
+                        text=synthetic_text(i, base, vocab, seed),
+                        url=f"https://synthetic.example/{i}",
+                        crawl_date=f"2024-01-01T00:00:{i % 60:02d}Z",
+                    )
+                )
+    (out / "done").write_text("")
+    return base
+
+
+def _task_in_child(name: str, args: tuple[Any, ...]) -> tuple[float, float]:
+    """Runs in a fresh forkserver child: the task function `name` ("new:dedup_band", "old:dedup_cluster":
+    the committed code's; "noop"), wall seconds and the child's own peak RSS (VmHWM) in MB."""
+    t = time.perf_counter()
+    if name != "noop":
+        import tasks.dedup
+
+        where, attr = name.split(":")
+        getattr(tasks.dedup if where == "new" else _old_module(), attr).fn(*args)
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return time.perf_counter() - t, hwm / 1024
+
+
+def _step(pool_ctx: Any, workers: int, fn: str, arglists: list[tuple[Any, ...]]) -> dict[str, float]:
+    """One step, each task in its own process (`workers` at a time): wall time, the largest task's peak RSS."""
+    t = time.perf_counter()
+    with pool_ctx.Pool(workers, maxtasksperchild=1) as pool:
+        res = pool.starmap(_task_in_child, [(fn, a) for a in arglists])
+    return {"wall_s": time.perf_counter() - t, "peak_mb": max(r[1] for r in res), "tasks": len(res)}
+
+
+def _old_module() -> Any:
+    """The single-process cluster step of the committed code (`git show HEAD:tasks/dedup/__init__.py`)."""
+    import importlib.util
+
+    src = subprocess.run(
+        ["git", "show", "HEAD:tasks/dedup/__init__.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    if "def dedup_band" in src:
+        return None  # HEAD already has the band tasks: no single-process step to compare with
+    if "dedup_head_module" in sys.modules:
+        return sys.modules["dedup_head_module"]
+    path = Path(tempfile.gettempdir()) / "dedup_head_module.py"
+    if not path.exists() or path.read_text() != src:
+        path.write_text(src)
+    spec = importlib.util.spec_from_file_location("dedup_head_module", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dedup_head_module"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _quality(out: str, base: np.ndarray, clusters_path: str) -> dict[str, float]:
+    """Recall of planted pairs at true J >= 0.8 (both in one cluster) and precision of the removed documents
+    (their kept copy is in the same planted family), from `_work/clusters.parquet`."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(clusters_path).to_pydict()
+    kept_of = {int(d[1:]): int(k[1:]) for d, k in zip(t["doc_id"], t["kept_id"])}
+    removed = [int(d[1:]) for d, kind in zip(t["doc_id"], t["kind"]) if kind != "kept"]
+
+    def family(i: int) -> int:
+        return i if base[i] < 0 else int(base[i])
+
+    precision = float(np.mean([family(d) == family(kept_of[d]) for d in removed])) if removed else 1.0
+    return {"precision": precision, "removed": float(len(removed)), "kept_of": kept_of}  # type: ignore[dict-item]
+
+
+def _recall(corpus: Path, base: np.ndarray, kept_of: dict[int, int], seed: int = 0) -> tuple[float, int]:
+    vocab = _vocabulary()
+    copies = np.flatnonzero(base >= 0)
+    found = high = 0
+    for c in copies.tolist():
+        b = int(base[c])
+        a_text, c_text = synthetic_text(b, base, vocab, seed), synthetic_text(c, base, vocab, seed)
+        j = 1.0 if a_text.upper() == c_text else true_jaccard(a_text, c_text)
+        if j >= THRESHOLD:
+            high += 1
+            found += c in kept_of and b in kept_of and kept_of[c] == kept_of[b]
+    return found / max(high, 1), high
+
+
+def scale_main(args: argparse.Namespace) -> None:
+    import multiprocessing as mp
+
+    from tasks.dedup import CLUSTERS, DedupParams, band_names
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["tasks.dedup"])
+    old = _old_module() if args.scale_old else None
+    params = DedupParams()
+    sizes = [int(x) for x in args.scale.split(",")]
+    rows: list[dict[str, Any]] = []
+    base_rss = _step(ctx, 1, "noop", [()])["peak_mb"]
+    for n in sizes:
+        corpus = Path(args.cache) / f"synthetic-{n}"
+        t = time.perf_counter()
+        base = write_synthetic(n, corpus)
+        print(f"corpus {n}: {time.perf_counter() - t:.0f}s", flush=True)
+        sources = sorted(str(p) for p in corpus.glob("part-*.parquet"))
+        with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
+            out = os.path.join(tmp, "new")
+            steps = {
+                "signatures": _step(
+                    ctx, args.workers, "new:dedup_signature_shard", [(s, out, i, params) for i, s in enumerate(sources)]
+                ),
+                "exact": _step(ctx, 1, "new:dedup_exact", [(out, len(sources), params)]),
+                "bands": _step(
+                    ctx, args.workers, "new:dedup_band", [(b, out, i, params) for i, b in enumerate(band_names(params))]
+                ),
+                "union": _step(ctx, 1, "new:dedup_cluster", [(out, len(sources), params)]),
+            }
+            q = _quality(out, base, os.path.join(out, CLUSTERS))
+            recall, high = _recall(corpus, base, q.pop("kept_of"))  # type: ignore[arg-type]
+            row: dict[str, Any] = {
+                "docs": n,
+                "shards": len(sources),
+                "steps": steps,
+                "recall": recall,
+                "pairs": high,
+                **q,
+            }
+            if old is not None:
+                od = os.path.join(tmp, "old")
+                row["old"] = {
+                    "signatures": _step(
+                        ctx,
+                        args.workers,
+                        "old:dedup_signature_shard",
+                        [(s, od, i, params) for i, s in enumerate(sources)],
+                    ),
+                    "cluster": _step(ctx, 1, "old:dedup_cluster", [(od, len(sources), params)]),
+                }
+                oq = _quality(od, base, os.path.join(od, CLUSTERS))
+                row["old_recall"], _ = _recall(corpus, base, oq.pop("kept_of"))  # type: ignore[arg-type]
+                row["old_precision"] = oq["precision"]
+                row["identical_clusters"] = (
+                    open(os.path.join(out, CLUSTERS), "rb").read() == open(os.path.join(od, CLUSTERS), "rb").read()
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        f"\n## dedup --scale: {args.workers} worker(s), {SCALE_DOCS_PER_SHARD} docs per shard, 14 x 8, "
+        f"verification on; peak RSS per task (forkserver child, {base_rss:.0f} MB after imports)\n"
+    )
+    print("| docs | step | tasks | wall s | largest task peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        for name, st in r["steps"].items():
+            print(f"| {r['docs']} | {name} | {st['tasks']} | {st['wall_s']:.1f} | {st['peak_mb']:.0f} |")
+        for name, st in r.get("old", {}).items():
+            print(f"| {r['docs']} | old {name} (HEAD) | {st['tasks']} | {st['wall_s']:.1f} | {st['peak_mb']:.0f} |")
+    print(
+        "\n| docs | planted pairs J>=0.8 | recall | precision | removed | old recall | old precision | same clusters |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['docs']} | {r['pairs']} | {r['recall']:.4f} | {r['precision']:.4f} | {r['removed']:.0f} | "
+            f"{r.get('old_recall', float('nan')):.4f} | {r.get('old_precision', float('nan')):.4f} | "
+            f"{r.get('identical_clusters', '-')} |"
+        )
+    if len(rows) >= 2:
+        a, b = rows[-2], rows[-1]
+
+        def largest(r: dict[str, Any], key: str = "steps") -> float:
+            return float(max(st["peak_mb"] for st in r[key].values()))
+
+        print(
+            f"\nlargest task peak RSS, {b['docs']} vs {a['docs']} docs: x{largest(b) / largest(a):.2f} "
+            f"(target <= 1.5); above the {base_rss:.0f} MB import baseline: "
+            f"x{(largest(b) - base_rss) / max(largest(a) - base_rss, 1):.2f}"
+        )
+        if "old" in a and "old" in b:
+            print(
+                f"old single-process step, {b['docs']} vs {a['docs']}: x{largest(b, 'old') / largest(a, 'old'):.2f} "
+                f"({largest(a, 'old'):.0f} -> {largest(b, 'old'):.0f} MB)"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=10_000)
@@ -770,7 +1030,20 @@ def main() -> None:
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--perm-seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--scale",
+        help="comma-separated corpus sizes (e.g. 100000,400000,1600000): run the stage's steps on synthetic "
+        "corpora, each task in its own process, and print wall time and peak RSS per step",
+    )
+    ap.add_argument(
+        "--no-scale-old",
+        dest="scale_old",
+        action="store_false",
+        help="with --scale: skip the committed single-process cluster step",
+    )
     args = ap.parse_args()
+    if args.scale:
+        return scale_main(args)
     if args.engine:
         return engine_main(args)
     seeds = [int(x) for x in args.seeds.split(",")]

@@ -1,10 +1,12 @@
 """dedup_flow: the `quality` version -> the `dedup` version (exact + MinHash near duplicates removed).
 
-Three phases over all shards of the input version (dedup is global, not per shard): the signature map
-(exact keys, keep keys, MinHash signatures, shingle sets), one global cluster task (exact groups, LSH
-band sorting, verification, union-find, kept copy per cluster) and the filter map (kept documents and
-`rejected/` with reasons). Signatures and shingle sets under `_work/minhash/` (a local directory on an
-object-store root: `tasks.dedup.work_dir`) are deleted before the commit unless `keep_work`;
+Phases over all shards of the input version (dedup is global, not per shard): the signature map (exact
+keys, keep keys, one LSH band file per band, shingle sets), the exact step (keep ranks, exact groups), the
+band map (one task per LSH band: sort that band's keys of every shard, write its candidate pairs), the
+union step (verification, union-find over the pairs, kept copy per cluster) and the filter map (kept
+documents and `rejected/` with reasons). Every task reads and writes `_work/minhash/` of the version
+through fsspec (`tasks.dedup.Work`), so on an object-store root tasks may run on any machine; it is
+deleted before the commit unless `keep_work`;
 `_work/clusters.parquet` (every member of every duplicate cluster) and `s_curve.png` stay.
 The report and the dry-run plan are `tasks.dedup.report`.
 """
@@ -19,8 +21,11 @@ from tasks.dedup import (
     STAGE,
     STAGE_VERSION,
     DedupParams,
+    band_names,
     check_inputs,
+    dedup_band,
     dedup_cluster,
+    dedup_exact,
     dedup_shard,
     dedup_signature_shard,
     finish_work,
@@ -29,13 +34,14 @@ from tasks.dedup.report import S_CURVE_PNG, plan_for_manifest, report, save_s_cu
 
 
 def dedup_phases(params: DedupParams) -> Phases:
-    """Signature map -> global cluster task -> filter map; the S-curve plot; `_work/minhash` removed."""
+    """Signature map -> exact step -> band map -> union step -> filter map; the S-curve plot; `_work/minhash`
+    removed."""
 
     def phases(run: StageRun) -> StageOutput:
         try:
             return run_phases(run)
         except BaseException:
-            if paths.is_remote(run.out_dir):  # the local work directory of an object-store root
+            if paths.is_remote(run.out_dir):  # the work files in the object store
                 finish_work(run.out_dir, keep=False)
             raise
 
@@ -45,6 +51,9 @@ def dedup_phases(params: DedupParams) -> Phases:
         assert run.input_manifest is not None
         get_run_logger().info(plan_for_manifest(run.input_manifest, params))
         map_shards(run, dedup_signature_shard, sources, params)
+        dedup_exact(run.out_dir, len(sources), params)
+        if params.near:
+            map_shards(run, dedup_band, band_names(params), params)
         summary = dedup_cluster(run.out_dir, len(sources), params)
         results = map_shards(run, dedup_shard, sources, params)
         if params.near:

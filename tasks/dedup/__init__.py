@@ -1,16 +1,25 @@
 """Dedup stage: `quality` documents -> `dedup` documents, exact and MinHash near duplicates removed.
 
-Global across all shards of the input version, in three steps (flows/dedup.py runs them):
-  1. `dedup_signature_shard` (map): per shard, the exact key (`tasks.dedup.exact`), the keep-rule key,
-     MinHash signatures (`tasks.dedup.minhash`, written as a (num_perm, docs) uint32 `.npy`) and, with
-     `verify_jaccard`, the sorted shingle-hash set of each document, under `_work/minhash/`.
-  2. `dedup_cluster` (one task): ranks all documents by the keep rule, groups exact duplicates by
-     sorting digests, then LSH over the exact survivors band by band (sort, never a dict), optional
-     true-Jaccard verification of the candidate pairs and of the pairs inside small candidate
-     components (pread of only those documents' shingle sets), union-find clusters, one kept document
-     per cluster; writes per-shard decisions and `_work/clusters.parquet` (every cluster member).
-     Memory: about 80 bytes per document (rank, digests, one band's keys and rows, ids as Arrow).
-  3. `dedup_shard` (map): copies each input shard (`process`), sending the decided documents to `rejected/`.
+Global across all shards of the input version, in five steps (flows/dedup.py runs them); every work file is
+under the version's `_work/minhash/`, read and written through fsspec (`Work`: in place on a local root, a
+private local directory plus upload/download on an object store), so every task may run on any machine:
+  1. `dedup_signature_shard` (map over shards): per shard, the exact key (`tasks.dedup.exact`), the keep-rule
+     key (`keys-NNNNN.parquet`), MinHash signatures cut into bands: per band b a file
+     `bands/b-BBB/part-NNNNN.npy` of (64-bit band key, 32-bit second key, row) per document, and, with
+     `verify_jaccard`, the sorted shingle-hash set of each document (`shingles-NNNNN.u32` + offsets).
+  2. `dedup_exact` (one task): ranks all documents by the keep rule, groups exact duplicates by sorting
+     digests; writes the ranks, the exact kept copies and the LSH input (exact survivors with shingles).
+  3. `dedup_band` (map over bands): one band's keys of every shard, survivors only, sorted; bucket pairs
+     (`tasks.dedup.minhash.keyed_band_pairs`) to `pairs/b-BBB.npy`. Memory ~40 bytes per document,
+     whatever the number of bands; a band's output depends only on that band.
+  4. `dedup_cluster` (one task, the union step): the union of the bands' pairs, optional true-Jaccard
+     verification of the candidate pairs and of the pairs inside small candidate components (pread of
+     only those documents' shingle sets), union-find over the pairs' documents, one kept document per
+     cluster; writes per-shard decisions and `_work/clusters.parquet` (every cluster member).
+     Memory: the pairs plus ~80 bytes per document (rank, exact and kept arrays, ids).
+  5. `dedup_shard` (map over shards): copies each input shard (`process`), sending the decided documents
+     to `rejected/`.
+Decisions are those of the former single-process cluster step, bit for bit (tests/tasks/test_dedup_scale.py).
 Keep rule (`keep`): `earliest` crawl_date (ISO-8601 text; documents without a date lose) or
 `highest_quality` (`quality_score` column from the quality stage); ties by id. Drop reasons:
 `exact_duplicate` (detail `kept_id`: the exact copy kept; if that copy is itself a near duplicate, its
@@ -21,10 +30,12 @@ FineWeb (5-grams, 14 x 8).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -52,11 +63,13 @@ from tasks.dedup.minhash import (
     XXHASH_MISSING,
     HashFunction,
     MinHasher,
-    band_pairs,
+    band_check,
+    band_keys,
     choose_kept,
     connected_components,
     expand_pairs,
     jaccard_sorted,
+    keyed_band_pairs,
     unique_pairs,
     unique_sets,
 )
@@ -136,29 +149,86 @@ class DedupParams(StageParams):
         return self.model_dump(mode="json", exclude={"keep_work"})
 
 
-def work_dir(out_dir: str) -> str:
-    """Where the signatures and shingle sets of the version at `out_dir` are written: `<out_dir>/_work/minhash` on a
-    local root; on an object store a local directory (they are memory-mapped and read with pread, and removed
-    before the commit anyway; `finish_work` uploads them with `keep_work`). Shard tasks must run on this machine."""
-    return paths.local_work_dir(out_dir, "dedup-minhash") if paths.is_remote(out_dir) else paths.join(out_dir, WORK)
+BANDS = "bands"  # under WORK: bands/b-BBB/part-NNNNN.npy, one per band and shard
+PAIRS = "pairs"  # under WORK: pairs/b-BBB.npy, one per band
+# one row of a band file: the band's 64-bit key, a second 32-bit key, the document's row in its shard
+BAND_ROW = np.dtype([("key", "<u8"), ("check", "<u4"), ("row", "<u4")])
 
 
-def work_path(out_dir: str, kind: str, index: int, ext: str) -> str:
-    return paths.join(work_dir(out_dir), paths.shard_name(index, kind, ext))
+def band_name(b: int) -> str:
+    return f"b-{b:03d}"
+
+
+def band_file(b: int, index: int) -> str:
+    return f"{BANDS}/{band_name(b)}/{paths.shard_name(index, 'part', 'npy')}"
+
+
+def pairs_file(b: int) -> str:
+    return f"{PAIRS}/{band_name(b)}.npy"
+
+
+class Work:
+    """The version's `_work/minhash/` as one task sees it. On a local root the directory itself (memory maps and
+    pread in place); on an object store a private local directory: `out(name)` files are uploaded by `publish()`,
+    `get(name)` downloads the one file a task needs, and the directory is removed on exit. So any task can run on
+    any machine that reaches the root."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.remote = paths.is_remote(out_dir)
+        if self.remote:
+            base = os.path.join(paths.cache_dir(), "work")
+            os.makedirs(base, exist_ok=True)
+            self.dir = tempfile.mkdtemp(prefix="dedup-", dir=base)
+        else:
+            self.dir = paths.local_path(paths.join(out_dir, WORK))
+        self._written: list[str] = []
+
+    def __enter__(self) -> Work:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.remote:
+            paths.remove_local(self.dir)
+
+    def out(self, name: str) -> str:
+        """A local path to write `name` to (published by `publish`)."""
+        path = os.path.join(self.dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._written.append(name)
+        return path
+
+    def publish(self) -> None:
+        if self.remote and self._written:
+            paths.upload_dir(self.dir, paths.join(self.out_dir, WORK), self._written)
+        self._written = []
+
+    def get(self, name: str) -> str:
+        """A local path with the content of `name` (downloaded once on an object store)."""
+        path = os.path.join(self.dir, name)
+        if self.remote and not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fs, remote = paths.filesystem(paths.join(self.out_dir, WORK, name))
+            fs.get_file(remote, path)
+        return path
+
+    def drop(self, name: str) -> None:
+        """Forget a downloaded file (object store only: bounds the local disk of a band task)."""
+        if self.remote:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.dir, name))
 
 
 def finish_work(out_dir: str, keep: bool) -> None:
-    """Remove the work files (signatures, shingle sets, decisions), or with `keep` leave them in the version under
-    `_work/minhash/` (uploaded there from the local work directory on an object store)."""
-    local = work_dir(out_dir)
+    """Remove the version's `_work/minhash/` (band files, shingle sets, pairs, decisions), or with `keep` leave it."""
+    if keep:
+        return
     if paths.is_remote(out_dir):
-        try:
-            if keep:
-                paths.upload_dir(local, paths.join(out_dir, WORK))
-        finally:
-            paths.remove_local(local)
-    elif not keep:
-        paths.remove_local(local)
+        fs, target = paths.filesystem(paths.join(out_dir, WORK))
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+    else:
+        paths.remove_local(paths.local_path(paths.join(out_dir, WORK)))
 
 
 def key_column(params: DedupParams) -> str:
@@ -195,27 +265,39 @@ def _key_values(batch: pa.RecordBatch, params: DedupParams) -> pa.Array:
 
 @task
 def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParams) -> SignatureResult:
-    """Exact keys, keep keys, signatures and shingle sets of one input shard, under `_work/minhash/`."""
-    os.makedirs(work_dir(out_dir), exist_ok=True)
+    """Exact keys, keep keys, one band file per LSH band and the shingle sets of one input shard, under
+    `_work/minhash/`; the signatures themselves are never stored whole."""
+    with Work(out_dir) as work:
+        n = _signature_files(work, src, index, params)
+        work.publish()
+    return SignatureResult(index=index, stats=StageStats(docs_in=n, docs_out=n), docs=n)
+
+
+def _signature_files(work: Work, src: str, index: int, params: DedupParams) -> int:
     hasher = MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
+    total = count_rows(src)
     # written in place, batch by batch: memory stays one batch of signatures, not the shard's
-    sig = np.lib.format.open_memmap(
-        work_path(out_dir, "sig", index, "npy"),
-        mode="w+",
-        dtype=np.uint32,
-        shape=(params.num_perm if params.near else 0, count_rows(src)),
-    )
+    bands = [
+        np.lib.format.open_memmap(work.out(band_file(b, index)), mode="w+", dtype=BAND_ROW, shape=(total,))
+        for b in range(params.bands if params.near else 0)
+    ]
     keys: list[pa.RecordBatch] = []
     offsets = [0]
     done = 0
-    sets = open(work_path(out_dir, "shingles", index, "u32"), "wb") if params.near and params.verify_jaccard else None
+    verify = params.near and params.verify_jaccard
+    sets = open(work.out(paths.shard_name(index, "shingles", "u32")), "wb") if verify else None
     try:
         for batch in iter_batches(src, columns=["id", "url", "text", key_column(params)], batch_size=1024):
             texts = [t or "" for t in batch.column("text").to_pylist()]
             digests = exact_digests(texts)
             hashes = [hasher.hashes(t) for t in texts] if params.near else [np.empty(0, np.uint32)] * len(texts)
             if params.near:
-                sig[:, done : done + len(texts)] = hasher.signatures(hashes)
+                sig = hasher.signatures(hashes)
+                rows = np.arange(done, done + len(texts), dtype=np.uint32)
+                for b, out in enumerate(bands):
+                    band = sig[b * params.rows : (b + 1) * params.rows]
+                    part = out[done : done + len(texts)]
+                    part["key"], part["check"], part["row"] = band_keys(band), band_check(band), rows
             done += len(texts)
             if sets is not None:
                 flat, lens = unique_sets(hashes)
@@ -237,9 +319,10 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
     finally:
         if sets is not None:
             sets.close()
-    assert done == sig.shape[1], f"{src}: read {done} rows, the Parquet footer says {sig.shape[1]}"
-    sig.flush()
-    del sig
+    assert done == total, f"{src}: read {done} rows, the Parquet footer says {total}"
+    for out in bands:
+        out.flush()
+    del bands
     key_type = pa.float64() if params.keep == "highest_quality" else pa.string()
     schema = pa.schema(
         [
@@ -252,11 +335,10 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
         ]
     )
     table = pa.Table.from_batches(keys, schema=schema)
-    pq.write_table(table, work_path(out_dir, "keys", index, "parquet"))
+    pq.write_table(table, work.out(paths.shard_name(index, "keys", "parquet")))
     if sets is not None:
-        np.save(work_path(out_dir, "offsets", index, "npy"), np.asarray(offsets, dtype=np.int64))
-    n = table.num_rows
-    return SignatureResult(index=index, stats=StageStats(docs_in=n, docs_out=n), docs=n)
+        np.save(work.out(paths.shard_name(index, "offsets", "npy")), np.asarray(offsets, dtype=np.int64))
+    return int(table.num_rows)
 
 
 # ---------------------------------------------------------------- the global step
@@ -291,41 +373,107 @@ def keep_rank(keys: pa.Table, keep: str) -> np.ndarray:
     return rank
 
 
-_CORPUS_COLUMNS = ["id", "key", "exact0", "exact1", "shingles"]  # not url: read per row when reported
+def _read_keys(work: Work, n_shards: int, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """The shards' key tables concatenated (global document order) and the shard starts (n_shards + 1)."""
+    tables = [pq.read_table(work.get(paths.shard_name(i, "keys", "parquet")), columns=columns) for i in range(n_shards)]
+    counts = np.array([t.num_rows for t in tables], dtype=np.int64)
+    start = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    # chunked (one chunk per shard), not combined: combining would copy every column once more
+    table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([]) for c in columns})
+    return table, start
+
+
+@task
+def dedup_exact(out_dir: str, n_shards: int, params: DedupParams) -> int:
+    """Keep ranks and exact groups of all documents (16 bytes of digest + the keep key per document); writes
+    `exact.npy` (rank, exact kept copy) and `eligible.npy` (the exact survivors with shingles: the LSH input)."""
+    with Work(out_dir) as work:
+        keys, start = _read_keys(work, n_shards, ["id", "key"])
+        n = keys.num_rows
+        rank = keep_rank(keys, params.keep) if n else np.empty(0, dtype=np.int64)
+        del keys  # the ids and keep keys are not needed past the rank: the digests are read after them
+        digests = np.empty((n, 2), dtype=np.uint64)
+        has_shingles = np.empty(n, dtype=bool)
+        for s in range(n_shards):
+            cols = pq.read_table(
+                work.get(paths.shard_name(s, "keys", "parquet")), columns=["exact0", "exact1", "shingles"]
+            )
+            lo, hi = int(start[s]), int(start[s + 1])
+            digests[lo:hi, 0] = cols.column("exact0").to_numpy()
+            digests[lo:hi, 1] = cols.column("exact1").to_numpy()
+            has_shingles[lo:hi] = cols.column("shingles").to_numpy() > 0
+            del cols
+        everyone = np.arange(n, dtype=np.int64)
+        ekept = exact_kept(digests, rank) if params.exact and n else everyone.copy()
+        del digests
+        eligible = (ekept == everyone) & has_shingles
+        np.save(work.out("exact.npy"), np.stack([rank, ekept]).reshape(2, n))
+        np.save(work.out("eligible.npy"), eligible.astype(bool))
+        np.save(work.out("starts.npy"), start)
+        work.publish()
+    return int(n)
+
+
+class BandResult(BaseModel):
+    """One LSH band (duck-types `ShardResult` for `map_shards`)."""
+
+    index: int
+    docs: int
+    pairs: int
+
+
+@task
+def dedup_band(name: str, out_dir: str, index: int, params: DedupParams) -> BandResult:
+    """LSH band `index`: reads that band's (key, row) file of every shard, keeps the exact survivors, sorts
+    and writes the band's candidate pairs (i < j, unique) to `pairs/b-BBB.npy`. Memory: about 40 bytes per
+    document (keys, ids, the sort order), whatever the number of bands."""
+    with Work(out_dir) as work:
+        start = np.load(work.get("starts.npy"))
+        eligible = np.load(work.get("eligible.npy"))
+        keys, checks, ids = [], [], []
+        for s in range(len(start) - 1):
+            name_s = band_file(index, s)
+            rows = np.load(work.get(name_s), mmap_mode="r")
+            gid = rows["row"].astype(np.int64) + start[s]
+            keep = eligible[gid]
+            keys.append(np.asarray(rows["key"][keep]))
+            checks.append(np.asarray(rows["check"][keep]))
+            ids.append(gid[keep])
+            del rows
+            work.drop(name_s)
+        ids_all = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+        pairs = keyed_band_pairs(
+            np.concatenate(keys) if keys else np.empty(0, np.uint64),
+            np.concatenate(checks) if checks else np.empty(0, np.uint32),
+            ids_all,
+        )
+        pairs = unique_pairs([pairs])
+        np.save(work.out(pairs_file(index)), pairs)
+        work.publish()
+    return BandResult(index=index, docs=len(ids_all), pairs=len(pairs))
 
 
 class _Corpus:
-    """Global document index <-> (shard, row), with lazily memory-mapped per-shard work files."""
+    """Global document index <-> (shard, row), ids, and pread access to the per-shard shingle sets."""
 
-    def __init__(self, out_dir: str, n_shards: int, params: DedupParams):
-        self.out_dir, self.params = out_dir, params
-        tables = [
-            pq.read_table(work_path(out_dir, "keys", i, "parquet"), columns=_CORPUS_COLUMNS) for i in range(n_shards)
-        ]
-        self.counts = np.array([t.num_rows for t in tables], dtype=np.int64)
-        self.start = np.concatenate(([0], np.cumsum(self.counts)))
-        self.keys = pa.concat_tables(tables).combine_chunks() if tables else None
+    def __init__(self, work: Work, n_shards: int):
+        self.work = work
+        table, self.start = _read_keys(work, n_shards, ["id"])
+        self.ids = table.column("id")
         self._shingles: dict[int, tuple[int, np.ndarray]] = {}
 
     def locate(self, i: int) -> tuple[int, int]:
         s = int(np.searchsorted(self.start, i, side="right") - 1)
         return s, int(i - self.start[s])
 
-    def band(self, b: int, eligible: np.ndarray) -> np.ndarray:
-        r = self.params.rows
-        parts = []
-        for s in range(len(self.counts)):
-            sig = np.load(work_path(self.out_dir, "sig", s, "npy"), mmap_mode="r")
-            parts.append(np.asarray(sig[b * r : (b + 1) * r][:, eligible[self.start[s] : self.start[s + 1]]]))
-        return np.concatenate(parts, axis=1)
-
     def shingles(self, i: int) -> np.ndarray:
         """Document i's shingle set, read with pread: only candidate documents are read, and nothing stays
-        mapped (a memory map would keep every touched page resident: ~2 KB per document at 100k docs)."""
+        mapped (a memory map would keep every touched page resident: ~2 KB per document at 100k docs).
+        On an object store the shingle file of a shard is downloaded when one of its documents is first read."""
         s, row = self.locate(i)
         if s not in self._shingles:
-            fd = os.open(work_path(self.out_dir, "shingles", s, "u32"), os.O_RDONLY)
-            self._shingles[s] = (fd, np.load(work_path(self.out_dir, "offsets", s, "npy")))
+            fd = os.open(self.work.get(paths.shard_name(s, "shingles", "u32")), os.O_RDONLY)
+            self._shingles[s] = (fd, np.load(self.work.get(paths.shard_name(s, "offsets", "npy"))))
         fd, off = self._shingles[s]
         lo, hi = int(off[row]), int(off[row + 1])
         return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype="<u4")
@@ -336,12 +484,13 @@ class _Corpus:
         self._shingles.clear()
 
 
-def _candidate_pairs(corpus: _Corpus, eligible: np.ndarray, params: DedupParams) -> np.ndarray:
-    ids = np.flatnonzero(eligible)
+def _candidate_pairs(work: Work, n: int, params: DedupParams) -> np.ndarray:
+    """The union of the band tasks' pairs (compacted as it grows: memory ~ the unique pairs)."""
     found: list[np.ndarray] = []
     for b in range(params.bands):
-        found.append(band_pairs(corpus.band(b, eligible), ids))
-        if sum(len(p) for p in found) > 4 * max(len(ids), 1):  # keep the pair list near its unique size
+        found.append(np.load(work.get(pairs_file(b))))
+        work.drop(pairs_file(b))
+        if sum(len(p) for p in found) > 4 * max(n, 1):
             found = [unique_pairs(found)]
     return unique_pairs(found)
 
@@ -364,22 +513,29 @@ def _size_bins(sizes: np.ndarray) -> dict[str, int]:
     return out
 
 
+_EMPTY_DECISIONS = pa.schema(
+    [("row", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+
 @task
 def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSummary:
-    """Global exact groups and near-duplicate clusters; writes `_work/minhash/decisions-NNNNN.parquet`."""
-    corpus = _Corpus(out_dir, n_shards, params)
-    n = int(corpus.start[-1])
-    if corpus.keys is None or n == 0:  # nothing reached dedup: every (empty) shard gets an empty decision list
-        empty = pa.table(
-            {
-                "row": pa.array([], pa.int64()),
-                "id": pa.array([], pa.string()),
-                "reason": pa.array([], pa.string()),
-                "detail": pa.array([], pa.string()),
-            }
-        )
+    """The union step, after `dedup_exact` and the band tasks: the union of the bands' candidate pairs,
+    optional Jaccard verification, union-find over the pairs' documents only, one kept copy per cluster;
+    writes `_work/minhash/decisions-NNNNN.parquet` and `_work/clusters.parquet`. Memory: the pairs, the
+    rank and exact arrays (16 bytes per document) and the ids."""
+    with Work(out_dir) as work:
+        summary = _cluster(work, n_shards, params)
+        work.publish()
+    return summary
+
+
+def _cluster(work: Work, n_shards: int, params: DedupParams) -> ClusterSummary:
+    rank, ekept = np.load(work.get("exact.npy"))
+    n = len(rank)
+    if n == 0:  # nothing reached dedup: every (empty) shard gets an empty decision list
         for s in range(n_shards):
-            pq.write_table(empty, work_path(out_dir, "decisions", s, "parquet"))
+            pq.write_table(_EMPTY_DECISIONS.empty_table(), work.out(paths.shard_name(s, "decisions", "parquet")))
         return ClusterSummary(
             docs=0,
             exact_duplicates=0,
@@ -391,17 +547,12 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
             cluster_sizes={},
             largest_clusters=[],
         )
-    rank = keep_rank(corpus.keys, params.keep)
+    corpus = _Corpus(work, n_shards)
     everyone = np.arange(n, dtype=np.int64)
-    ekept = everyone.copy()
-    if params.exact:
-        digests = np.stack([corpus.keys.column("exact0").to_numpy(), corpus.keys.column("exact1").to_numpy()], axis=1)
-        ekept = exact_kept(digests, rank)
     nkept, cluster = everyone.copy(), np.full(n, -1, dtype=np.int64)
     n_candidates = n_checked = n_verified = n_clusters = 0
     if params.near:
-        eligible = (ekept == everyone) & (corpus.keys.column("shingles").to_numpy() > 0)
-        pairs = _candidate_pairs(corpus, eligible, params)
+        pairs = _candidate_pairs(work, n, params)
         n_candidates = len(pairs)
         if params.verify_jaccard and len(pairs):
             pairs = expand_pairs(pairs, params.all_pairs_max)
@@ -427,8 +578,9 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
     _write_decisions(corpus, ekept, nkept, cluster)
     final = nkept[ekept]
     sizes = np.bincount(final, minlength=n)
-    top = np.argsort(-sizes, kind="stable")[:10]
-    largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top if sizes[k] > 1]
+    big = np.flatnonzero(sizes > 1)  # the ten largest clusters, ties by kept index (no sort of all n)
+    top = big[np.argsort(-sizes[big], kind="stable")[:10]]
+    largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top]
     return ClusterSummary(
         docs=n,
         exact_duplicates=int(np.count_nonzero(ekept != everyone)),
@@ -444,8 +596,7 @@ def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSu
 
 def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, cluster: np.ndarray) -> None:
     """Per shard: the dropped rows with reason and detail; plus `_work/clusters.parquet` (all members)."""
-    assert corpus.keys is not None
-    ids = corpus.keys.column("id")
+    ids = corpus.ids
     everyone = np.arange(len(ekept))
     exact = ekept != everyone
     dropped = np.flatnonzero(exact | (nkept != everyone))
@@ -463,11 +614,11 @@ def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, clus
             "detail": pa.array(details, pa.string()),
         }
     )
-    for s in range(len(corpus.counts)):
+    for s in range(len(corpus.start) - 1):
         lo, hi = np.searchsorted(dropped, [corpus.start[s], corpus.start[s + 1]])
         part = table.slice(int(lo), int(hi - lo))
         part = part.append_column("row", pc.subtract(part.column("global"), pa.scalar(int(corpus.start[s]))))
-        pq.write_table(part, work_path(corpus.out_dir, "decisions", s, "parquet"))
+        pq.write_table(part, corpus.work.out(paths.shard_name(s, "decisions", "parquet")))
     final = nkept[ekept]
     members = np.flatnonzero(np.bincount(final, minlength=len(final))[final] > 1)
     kind = np.where(final[members] == members, "kept", np.where(exact[members], EXACT_DUPLICATE, NEAR_DUPLICATE))
@@ -479,7 +630,7 @@ def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, clus
             "kind": pa.array(kind.tolist(), pa.string()),
         }
     )
-    fs, target = paths.filesystem(paths.join(corpus.out_dir, CLUSTERS))
+    fs, target = paths.filesystem(paths.join(corpus.work.out_dir, CLUSTERS))
     fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(target, "wb") as f:
         pq.write_table(clusters, f)
@@ -491,15 +642,35 @@ def _cluster_row(
     """One of the largest clusters, for the report: size, how many exact copies, kept id, its URL."""
     members = np.flatnonzero(final == kept)
     s, row = corpus.locate(kept)
-    assert corpus.keys is not None
-    url = pq.read_table(work_path(corpus.out_dir, "keys", s, "parquet"), columns=["url"]).column(0)[row].as_py()
+    keys = corpus.work.get(paths.shard_name(s, "keys", "parquet"))
+    url = pq.read_table(keys, columns=["url"]).column(0)[row].as_py()
     return {
-        "kept_id": corpus.keys.column("id")[kept].as_py(),
+        "kept_id": corpus.ids[kept].as_py(),
         "size": len(members),
         "exact": int(np.count_nonzero(ekept[members] != members)),
         "near_cluster_id": int(cluster[kept]),
         "sample_url": url or "",
     }
+
+
+def band_names(params: DedupParams) -> list[str]:
+    return [band_name(b) for b in range(params.bands)]
+
+
+def run_steps(sources: list[str], out_dir: str, params: DedupParams, mapped: Any = None) -> ClusterSummary:
+    """The global steps without Prefect (bench, tests): signature map, exact step, band tasks, union step.
+    `mapped(fn, names)` runs fn(name, out_dir, i, params) over the names (default: in this process)."""
+
+    def run_all(fn: Any, names: list[str]) -> list[Any]:
+        if mapped is not None:
+            return list(mapped(fn, names))
+        return [fn(name, out_dir, i, params) for i, name in enumerate(names)]
+
+    run_all(dedup_signature_shard.fn, sources)
+    dedup_exact.fn(out_dir, len(sources), params)
+    if params.near:
+        run_all(dedup_band.fn, band_names(params))
+    return dedup_cluster.fn(out_dir, len(sources), params)
 
 
 # ---------------------------------------------------------------- the filter map
@@ -510,7 +681,9 @@ Decisions = dict[int, tuple[str, str, dict[str, Any]]]  # row -> (doc id, reason
 
 def load_decisions(out_dir: str, index: int) -> Decisions:
     """row -> (doc id, reason, detail) for the documents of shard `index` that the global step dropped."""
-    t = pq.read_table(work_path(out_dir, "decisions", index, "parquet"), columns=["row", "id", "reason", "detail"])
+    with Work(out_dir) as work:
+        name = work.get(paths.shard_name(index, "decisions", "parquet"))
+        t = pq.read_table(name, columns=["row", "id", "reason", "detail"])
     return {
         r: (i, reason, json.loads(d))
         for r, i, reason, d in zip(*(t.column(c).to_pylist() for c in ("row", "id", "reason", "detail")))

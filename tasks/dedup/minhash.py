@@ -231,6 +231,39 @@ def band_pairs(band: np.ndarray, ids: np.ndarray, all_pairs_max: int = 2) -> np.
     return group_pairs(ids[order], np.concatenate(([True], ~same)), all_pairs_max)
 
 
+def band_check(band: np.ndarray) -> np.ndarray:
+    """A second, independent 32-bit key per column of a (rows, N) uint32 band (FNV-style): with `band_keys`
+    it tells two columns apart in a band file that stores keys, not rows (96 bits instead of the rows)."""
+    h = np.full(band.shape[1], 0x811C9DC5, dtype=np.uint32)
+    for row in band:
+        h = (h ^ row.astype(np.uint32)) * np.uint32(0x01000193)
+        h ^= h >> np.uint32(15)
+    return h
+
+
+def keyed_band_pairs(keys: np.ndarray, check: np.ndarray, ids: np.ndarray, all_pairs_max: int = 2) -> np.ndarray:
+    """`band_pairs` from the band's keys instead of its rows: `keys` (`band_keys`), `check` (`band_check`) and
+    `ids` (ascending) of the documents; documents with equal (key, check) share a bucket. Same pairs as
+    `band_pairs` on the rows unless two different bands agree on all 96 bits."""
+    if len(ids) < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    same = sk[1:] == sk[:-1]
+    if same.any():
+        sc = check[order]
+        equal_check = sc[1:] == sc[:-1]
+        if (same & ~equal_check).any():  # a 64-bit key collision: sort by (key, check), ties by id
+            order = np.lexsort((check, keys))
+            sk, sc = keys[order], check[order]
+            same = (sk[1:] == sk[:-1]) & (sc[1:] == sc[:-1])
+        else:
+            same &= equal_check
+    if not same.any():
+        return np.empty((0, 2), dtype=np.int64)
+    return group_pairs(ids[order], np.concatenate(([True], ~same)), all_pairs_max)
+
+
 def group_pairs(members: np.ndarray, starts_flag: np.ndarray, all_pairs_max: int) -> np.ndarray:
     """Pairs within consecutive groups of `members` (a group starts where `starts_flag` is True):
     all pairs for groups of up to `all_pairs_max`, star (to the first) + chain (to the previous) beyond."""
@@ -362,7 +395,12 @@ def plan_estimate(
         "docs": float(n_docs),
         "signature_bytes": float(n_docs * num_perm * 4),
         "shingle_set_bytes": float(words_est * 4) if verify else 0.0,
-        "cluster_step_bytes": float(n_docs * (8 + 16 + 8 + 8 + 4 * rows + 8)),
+        # band files: (64-bit key, 32-bit check, 32-bit row) per document and band
+        "band_bytes": float(n_docs * bands * 16),
+        # one band task: its keys, checks and ids, and the sort order
+        "band_task_bytes": float(n_docs * (8 + 4 + 8 + 8 + 8)),
+        # the exact and union steps: rank, exact kept copy, digests or kept/cluster arrays, ids and keep keys
+        "cluster_step_bytes": float(n_docs * (8 + 8 + 16 + 8 + 8 + 8 + 24)),
         "expected_candidate_pairs": pairs_bg + pairs_dup,
         "threshold_50pct": float((1.0 / bands) ** (1.0 / rows)),
         "p_at_0.8": float(s_curve(0.8, bands, rows)),

@@ -49,7 +49,8 @@ def plan_markdown(n_docs: int, bytes_in: int, params: DedupParams, source: str =
             f"- documents: {n_docs:,} ({human_bytes(bytes_in)} of text)",
             f"- MinHash: {params.shingle_size}-word shingles, {params.bands} bands x {params.rows} rows "
             f"= {params.num_perm} permutations, seed {params.seed}, {params.hash_function}",
-            f"- signatures on disk (_work/minhash): {human_bytes(e['signature_bytes'])}",
+            f"- signatures on disk (_work/minhash, as {params.bands} band files of 16-byte keys): "
+            f"{human_bytes(e['band_bytes'])}",
             "- shingle sets on disk for verification: "
             + (
                 "none (verification off)"
@@ -58,7 +59,10 @@ def plan_markdown(n_docs: int, bytes_in: int, params: DedupParams, source: str =
                 if bytes_in
                 else "unknown (the input manifest records no text bytes)"
             ),
-            f"- memory of the global cluster step: about {human_bytes(e['cluster_step_bytes'])}",
+            f"- memory of one band task ({params.bands} of them, on any workers): about "
+            f"{human_bytes(e['band_task_bytes'])}",
+            f"- memory of the exact step and of the union step: about {human_bytes(e['cluster_step_bytes'])} "
+            f"(+ 16 bytes per candidate pair)",
             f"- expected candidate pairs: about {e['expected_candidate_pairs']:,.0f} (background Jaccard 0.05 and "
             f"5% near duplicates)",
             f"- 50% detection at Jaccard {e['threshold_50pct']:.2f}; P(candidate | 0.8) = {e['p_at_0.8']:.3f}",
