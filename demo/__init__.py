@@ -30,13 +30,7 @@ def demo_inputs(root: str, pages: int) -> list[str]:
     fs, base = paths.filesystem(out)
     if fs.exists(paths.join(base, GROUND_TRUTH_NAME)) and fs.exists(paths.join(base, WARC_NAME)):
         return [paths.join(out, WARC_NAME)]
-    if paths.is_remote(out):  # generated locally, then uploaded: the ground truth last (it marks completeness)
-        local = paths.local_work_dir(out, "demo-crawl")
-        try:
-            generate_demo_crawl(local, pages=pages)
-            paths.upload_dir(local, out, [WARC_NAME, GROUND_TRUTH_NAME])
-        finally:
-            paths.remove_local(local)
-        return [paths.join(out, WARC_NAME)]
-    result = generate_demo_crawl(out, pages=pages)
-    return [str(result.warc_path)]
+    # on an object store: generated locally, then uploaded, the ground truth last (it marks completeness)
+    with paths.staged_dir(out, "demo-crawl", [WARC_NAME, GROUND_TRUTH_NAME]) as local:
+        generate_demo_crawl(local, pages=pages)
+    return [paths.join(out, WARC_NAME)]

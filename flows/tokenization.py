@@ -126,82 +126,64 @@ def _train_tokenizer(
 ) -> Manifest:
     """Sample the mix and train the tokenizer into `writer` (the `tokenizer@key` artifact); its manifest.
     sentencepiece needs local files: on an object-store root the sample and the model are made in a local work
-    directory and the model files uploaded into the version."""
-    if not paths.is_remote(writer.path):
-        return _train_tokenizer_in(Path(writer.local_path()), run, writer, params, sources, n_main, tparams, need)
-    local = paths.local_work_dir(writer.path, "tokenizer")
-    paths.remove_local(local)  # a killed attempt's sample files would be read as this one's
-    os.makedirs(local)
-    try:
-        manifest = _train_tokenizer_in(Path(local), run, writer, params, sources, n_main, tparams, need)
-        paths.upload_dir(local, writer.path, [TOKENIZER_MODEL, TOKENIZER_VOCAB, VAL_MIN_TOKENS])
-        return manifest
-    finally:
-        paths.remove_local(local)
-
-
-def _train_tokenizer_in(
-    out: Path,
-    run: StageRun,
-    writer: ArtifactWriter,
-    params: TokenizeParams,
-    sources: list[str],
-    n_main: int,
-    tparams: dict[str, Any],
-    need: float,
-) -> Manifest:
-    mix, key = run.input_manifest, writer.version
-    assert mix is not None
-    unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
-    threshold = min(1.0, params.sample_chars / unique)
-    job = TokenizerSampleJob(threshold=threshold, seed=params.seed, main_shards=n_main)
-    counts = map_shards(run, tokenizer_sample_shard, sources, job, out_dir=str(out))
-    sample = {k: sum(getattr(c, k) for c in counts) for k in ("docs", "empty_docs", "lines", "chars", "bytes")}
-    if sample["docs"] == 0:
-        raise ValueError(
-            f"tokenize: the tokenizer sample of mix@{mix.version} has no text ({sample['empty_docs']} sampled "
-            f"documents are empty or whitespace-only); check the upstream stages' reports, or set "
-            f"tokenize.tokenizer_path to an existing sentencepiece model"
+    directory and the model files uploaded into the version (storage.paths.staged_dir)."""
+    files = [TOKENIZER_MODEL, TOKENIZER_VOCAB, VAL_MIN_TOKENS]
+    with paths.staged_dir(writer.path, "tokenizer", files) as staged:
+        out = Path(staged)
+        mix, key = run.input_manifest, writer.version
+        assert mix is not None
+        unique = int((mix.extras.get("chars") or {}).get("unique") or mix.stats.bytes_out or 1)
+        threshold = min(1.0, params.sample_chars / unique)
+        job = TokenizerSampleJob(threshold=threshold, seed=params.seed, main_shards=n_main)
+        counts = map_shards(run, tokenizer_sample_shard, sources, job, out_dir=str(out))
+        sample = {k: sum(getattr(c, k) for c in counts) for k in ("docs", "empty_docs", "lines", "chars", "bytes")}
+        if sample["docs"] == 0:
+            raise ValueError(
+                f"tokenize: the tokenizer sample of mix@{mix.version} has no text ({sample['empty_docs']} sampled "
+                f"documents are empty or whitespace-only); check the upstream stages' reports, or set "
+                f"tokenize.tokenizer_path to an existing sentencepiece model"
+            )
+        hist = np.sum([c.val_min_tokens for c in counts[:n_main]], axis=0).astype(np.int64)
+        reserve = val_reserve(hist, params.seq_len + 1, params.val_fraction)
+        assert need < 0 or reserve == need, f"val reserve {reserve} != {need} computed from the cached histogram"
+        held = held_out_sample_counts(str(out), reserve)
+        if held["docs"] == 0:
+            raise ValueError(
+                f"tokenize: mix@{mix.version} is too small to hold out a val split of one sequence of seq_len + 1 = "
+                f"{params.seq_len + 1} tokens from the tokenizer sample (every one of its {sample['docs']} sampled "
+                f"documents could be needed for val); lower tokenize.seq_len, add data, or set "
+                f"tokenize.tokenizer_path to an existing sentencepiece model"
+            )
+        facts = train_tokenizer_task(str(out), params, reserve)
+        for f in [*out.glob("sample-*.txt"), *out.glob("sample-*.npz")]:
+            f.unlink()
+        np.save(out / VAL_MIN_TOKENS, hist)
+        info = {
+            "version": key,
+            **facts,
+            "training_params": params.training_params(),
+            "inputs": {"mix": mix.version},
+            "sample": {**held, "empty_docs": sample["empty_docs"], "key_threshold": threshold, "val_reserve": reserve},
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        vocab = facts["vocab_size"]
+        assert isinstance(vocab, int)
+        rows = {TOKENIZER_MODEL: vocab, TOKENIZER_VOCAB: vocab, VAL_MIN_TOKENS: len(hist)}  # pieces, buckets
+        shards = [ShardInfo(name=n, rows=r, bytes=(out / n).stat().st_size) for n, r in rows.items()]
+        stats = StageStats(
+            docs_in=sample["docs"] + sample["empty_docs"], docs_out=held["docs"], bytes_out=held["bytes"]
         )
-    hist = np.sum([c.val_min_tokens for c in counts[:n_main]], axis=0).astype(np.int64)
-    reserve = val_reserve(hist, params.seq_len + 1, params.val_fraction)
-    assert need < 0 or reserve == need, f"val reserve {reserve} != {need} computed from the cached histogram"
-    held = held_out_sample_counts(str(out), reserve)
-    if held["docs"] == 0:
-        raise ValueError(
-            f"tokenize: mix@{mix.version} is too small to hold out a val split of one sequence of seq_len + 1 = "
-            f"{params.seq_len + 1} tokens from the tokenizer sample (every one of its {sample['docs']} sampled "
-            f"documents could be needed for val); lower tokenize.seq_len, add data, or set "
-            f"tokenize.tokenizer_path to an existing sentencepiece model"
+        stats.drop(DROP_EMPTY, sample["empty_docs"])
+        stats.drop(VAL_RESERVED, held["val_excluded_docs"])
+        log.info(
+            "trained tokenizer %s on %d documents (%d chars; %d left out as possible val) -> %s",
+            key,
+            held["docs"],
+            held["chars"],
+            held["val_excluded_docs"],
+            writer.path,
         )
-    facts = train_tokenizer_task(str(out), params, reserve)
-    for f in [*out.glob("sample-*.txt"), *out.glob("sample-*.npz")]:
-        f.unlink()
-    np.save(out / VAL_MIN_TOKENS, hist)
-    info = {
-        "version": key,
-        **facts,
-        "training_params": params.training_params(),
-        "inputs": {"mix": mix.version},
-        "sample": {**held, "empty_docs": sample["empty_docs"], "key_threshold": threshold, "val_reserve": reserve},
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    vocab = facts["vocab_size"]
-    assert isinstance(vocab, int)
-    rows = {TOKENIZER_MODEL: vocab, TOKENIZER_VOCAB: vocab, VAL_MIN_TOKENS: len(hist)}  # pieces, buckets
-    shards = [ShardInfo(name=n, rows=r, bytes=(out / n).stat().st_size) for n, r in rows.items()]
-    stats = StageStats(docs_in=sample["docs"] + sample["empty_docs"], docs_out=held["docs"], bytes_out=held["bytes"])
-    stats.drop(DROP_EMPTY, sample["empty_docs"])
-    stats.drop(VAL_RESERVED, held["val_excluded_docs"])
-    log.info(
-        "trained tokenizer %s on %d documents (%d chars; %d left out as possible val) -> %s",
-        key,
-        held["docs"],
-        held["chars"],
-        held["val_excluded_docs"],
-        writer.path,
-    )
-    return writer.manifest(TOKENIZER_VERSION, tparams, shards, stats, extras=info)
+        return writer.manifest(TOKENIZER_VERSION, tparams, shards, stats, extras=info)
 
 
 def prepare_tokenizer(

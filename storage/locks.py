@@ -42,7 +42,7 @@ class VersionLock:
 
     def __init__(self, root: str, kind: str, version: str):
         self.where = f"{kind}@{version}"
-        local = "://" not in root or root.startswith("file://")
+        local = not paths.is_remote(root)
         self.path = paths.join(root.removeprefix("file://"), kind, LOCK_PREFIX + version) if local else None
         self._file: IO[str] | None = None
 

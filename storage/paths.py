@@ -24,6 +24,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -147,6 +149,24 @@ def upload_dir(local_dir: str, remote_dir: str, names: list[str] | None = None) 
 
 def remove_local(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(path: str, purpose: str, names: list[str] | None = None) -> Iterator[str]:
+    """A local directory to make the files of directory `path` in, for libraries that write local files only:
+    `path` itself when it is local; else a fresh `local_work_dir` whose files (or just `names`, uploaded in that
+    order: put a completeness marker last) go to `path` when the block succeeds. Removed either way."""
+    if not is_remote(path):
+        yield local_path(path)
+        return
+    local = local_work_dir(path, purpose)
+    remove_local(local)  # a killed attempt's files would be read as this one's
+    os.makedirs(local)
+    try:
+        yield local
+        upload_dir(local, path, names)
+    finally:
+        remove_local(local)
 
 
 def join(*parts: str) -> str:
