@@ -88,10 +88,23 @@ def cancel_flow_runs() -> list[str]:
     return changed
 
 
+def block_sigint() -> None:
+    """Thread initializer for the threads that start pool workers (`InterruptiblePool`): SIGINT blocked.
+
+    A spawned worker inherits its starting thread's signal mask, so a Ctrl-C in the second or so between
+    its start and `ignore_sigint` (interpreter start-up, imports) stays pending instead of raising
+    KeyboardInterrupt there, which printed a traceback and broke the pool (the CI failure of 2026-12-05:
+    `Traceback` under `dedup shards: 0%`). The main thread keeps SIGINT unblocked, so the CLI's handler
+    still runs at once."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def ignore_sigint() -> None:
     """Process-pool initializer: workers leave Ctrl-C to the parent, which ends them; their console shows
-    no tracebacks unless --debug (flows/console.py)."""
+    no tracebacks unless --debug (flows/console.py). Ignoring first and unblocking second discards a
+    Ctrl-C that arrived while the worker started (`block_sigint`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from flows.console import quiet_console_tracebacks
 
     quiet_console_tracebacks()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 from tqdm import tqdm
 
-from flows.interrupt import ignore_sigint, kill_workers, note_stage
+from flows.interrupt import block_sigint, ignore_sigint, kill_workers, note_stage
 from reports import version_summary
 from storage import paths
 from storage.artifacts import ArtifactWriter, ensure_artifact
@@ -277,6 +278,13 @@ class InterruptiblePool(ProcessPoolTaskRunner):
     def __init__(self, max_workers: int | None = None, **kw: Any) -> None:
         super().__init__(max_workers=max_workers, **kw)
         self._initializer = ignore_sigint  # set after construction: duplicate() copies it this way too
+
+    def __enter__(self) -> InterruptiblePool:
+        super().__enter__()
+        # workers are spawned by submit() on these resolver threads: start them with SIGINT blocked
+        self._resolver_executor.shutdown(wait=False)
+        self._resolver_executor = ThreadPoolExecutor(max_workers=self._max_workers, initializer=block_sigint)
+        return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):
