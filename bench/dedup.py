@@ -2,12 +2,13 @@
 
     .venv/bin/python -m bench.dedup [--docs 10000] [--shards 4] [--workers 1] [--seeds 1,2,3]
                                     [--ours ours,ours-sha1] [--datatrove regex,spacy] [--spacy-seeds 1]
-    .venv/bin/python -m bench.dedup --scale 100000,400000,1600000 [--workers 2] [--no-scale-old]
+    .venv/bin/python -m bench.dedup --scale 100000,400000,1600000 [--workers 2] [--partition-docs 200000]
 
 --scale: synthetic corpora (random Zipf words from a fixed vocabulary, 5% edited and 1% exact copies
-planted), the stage's steps (signature map, exact step, band map, union step) each task in its own
-forkserver process; per step wall time and the largest task's peak RSS, recall/precision against the
-plan, and the committed single-process cluster step (HEAD) on the same corpus for comparison.
+planted), the stage's steps (signature map, exact map, band map, union step) each task in its own
+forkserver process; per step wall time and the largest task's peak RSS, and recall/precision against the
+plan. With --partition-docs P the corpus is cut into ceil(N / P) hash partitions (the stage's
+`partition_docs`), so the exact and band tasks grow in number, not in size.
 
 Corpus: N documents built from real text in ../shared/data (DCLM Common Crawl documents, WikiText-2
 articles, news article bodies, Common Crawl WET records): each background document is a run of
@@ -397,6 +398,7 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
     Stage defaults except the permutation seed (and hash_function when given)."""
     import pyarrow.parquet as pq
 
+    from storage.documents import count_rows
     from tasks.dedup import (
         CLUSTERS,
         DedupParams,
@@ -406,10 +408,14 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
         dedup_exact,
         dedup_shard,
         dedup_signature_shard,
+        exact_names,
+        resolve_partitions,
+        write_starts,
     )
 
     params = DedupParams(seed=seed, **({"hash_function": hash_function} if hash_function else {}))
     sources = sorted(str(p) for p in corpus.glob("part-*.parquet"))
+    params = resolve_partitions(params, sum(count_rows(s) for s in sources))
     out = str(work)
     phases: dict[str, float] = {}
 
@@ -423,10 +429,11 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
             return list(pool.map(fn, names, [out] * len(names), range(len(names)), [params] * len(names)))
 
     t = time.perf_counter()
-    mapped(dedup_signature_shard.fn)
+    signatures = mapped(dedup_signature_shard.fn)
+    write_starts(out, [r.docs for r in signatures])
     phases["signatures"] = time.perf_counter() - t
     t = time.perf_counter()
-    dedup_exact.fn(out, len(sources), params)
+    mapped(dedup_exact.fn, exact_names(params))
     mapped(dedup_band.fn, band_names(params))
     phases["bands"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -818,14 +825,13 @@ def write_synthetic(n: int, out: Path, seed: int = 0) -> np.ndarray:
 
 
 def _task_in_child(name: str, args: tuple[Any, ...]) -> tuple[float, float]:
-    """Runs in a fresh forkserver child: the task function `name` ("new:dedup_band", "old:dedup_cluster":
-    the committed code's; "noop"), wall seconds and the child's own peak RSS (VmHWM) in MB."""
+    """Runs in a fresh forkserver child: the task function `name` ("new:dedup_band"; "noop"), wall seconds and
+    the child's own peak RSS (VmHWM) in MB."""
     t = time.perf_counter()
     if name != "noop":
         import tasks.dedup
 
-        where, attr = name.split(":")
-        getattr(tasks.dedup if where == "new" else _old_module(), attr).fn(*args)
+        getattr(tasks.dedup, name.split(":")[1]).fn(*args)
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     return time.perf_counter() - t, hwm / 1024
@@ -837,28 +843,6 @@ def _step(pool_ctx: Any, workers: int, fn: str, arglists: list[tuple[Any, ...]])
     with pool_ctx.Pool(workers, maxtasksperchild=1) as pool:
         res = pool.starmap(_task_in_child, [(fn, a) for a in arglists])
     return {"wall_s": time.perf_counter() - t, "peak_mb": max(r[1] for r in res), "tasks": len(res)}
-
-
-def _old_module() -> Any:
-    """The single-process cluster step of the committed code (`git show HEAD:tasks/dedup/__init__.py`)."""
-    import importlib.util
-
-    src = subprocess.run(
-        ["git", "show", "HEAD:tasks/dedup/__init__.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    if "def dedup_band" in src:
-        return None  # HEAD already has the band tasks: no single-process step to compare with
-    if "dedup_head_module" in sys.modules:
-        return sys.modules["dedup_head_module"]
-    path = Path(tempfile.gettempdir()) / "dedup_head_module.py"
-    if not path.exists() or path.read_text() != src:
-        path.write_text(src)
-    spec = importlib.util.spec_from_file_location("dedup_head_module", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dedup_head_module"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _quality(out: str, base: np.ndarray, clusters_path: str) -> dict[str, float]:
@@ -894,12 +878,12 @@ def _recall(corpus: Path, base: np.ndarray, kept_of: dict[int, int], seed: int =
 def scale_main(args: argparse.Namespace) -> None:
     import multiprocessing as mp
 
-    from tasks.dedup import CLUSTERS, DedupParams, band_names
+    from storage.documents import count_rows
+    from tasks.dedup import CLUSTERS, DedupParams, band_names, exact_names, resolve_partitions, write_starts
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["tasks.dedup"])
-    old = _old_module() if args.scale_old else None
-    params = DedupParams()
+    params = DedupParams(partition_docs=args.partition_docs)
     sizes = [int(x) for x in args.scale.split(",")]
     rows: list[dict[str, Any]] = []
     base_rss = _step(ctx, 1, "noop", [()])["peak_mb"]
@@ -911,82 +895,61 @@ def scale_main(args: argparse.Namespace) -> None:
         sources = sorted(str(p) for p in corpus.glob("part-*.parquet"))
         with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
             out = os.path.join(tmp, "new")
-            steps = {
+            job = resolve_partitions(params, n)
+            steps: dict[str, dict[str, float]] = {
                 "signatures": _step(
-                    ctx, args.workers, "new:dedup_signature_shard", [(s, out, i, params) for i, s in enumerate(sources)]
-                ),
-                "exact": _step(ctx, 1, "new:dedup_exact", [(out, len(sources), params)]),
-                "bands": _step(
-                    ctx, args.workers, "new:dedup_band", [(b, out, i, params) for i, b in enumerate(band_names(params))]
-                ),
-                "union": _step(ctx, 1, "new:dedup_cluster", [(out, len(sources), params)]),
+                    ctx, args.workers, "new:dedup_signature_shard", [(s, out, i, job) for i, s in enumerate(sources)]
+                )
             }
+            write_starts(out, [count_rows(s) for s in sources])
+            steps["exact"] = _step(
+                ctx, args.workers, "new:dedup_exact", [(x, out, i, job) for i, x in enumerate(exact_names(job))]
+            )
+            steps["bands"] = _step(
+                ctx, args.workers, "new:dedup_band", [(b, out, i, job) for i, b in enumerate(band_names(job))]
+            )
+            steps["union"] = _step(ctx, 1, "new:dedup_cluster", [(out, len(sources), job)])
             q = _quality(out, base, os.path.join(out, CLUSTERS))
             recall, high = _recall(corpus, base, q.pop("kept_of"))  # type: ignore[arg-type]
             row: dict[str, Any] = {
                 "docs": n,
                 "shards": len(sources),
+                "partitions": job.partitions,
                 "steps": steps,
                 "recall": recall,
                 "pairs": high,
                 **q,
             }
-            if old is not None:
-                od = os.path.join(tmp, "old")
-                row["old"] = {
-                    "signatures": _step(
-                        ctx,
-                        args.workers,
-                        "old:dedup_signature_shard",
-                        [(s, od, i, params) for i, s in enumerate(sources)],
-                    ),
-                    "cluster": _step(ctx, 1, "old:dedup_cluster", [(od, len(sources), params)]),
-                }
-                oq = _quality(od, base, os.path.join(od, CLUSTERS))
-                row["old_recall"], _ = _recall(corpus, base, oq.pop("kept_of"))  # type: ignore[arg-type]
-                row["old_precision"] = oq["precision"]
-                row["identical_clusters"] = (
-                    open(os.path.join(out, CLUSTERS), "rb").read() == open(os.path.join(od, CLUSTERS), "rb").read()
-                )
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
         f"\n## dedup --scale: {args.workers} worker(s), {SCALE_DOCS_PER_SHARD} docs per shard, 14 x 8, "
-        f"verification on; peak RSS per task (forkserver child, {base_rss:.0f} MB after imports)\n"
+        f"verification on, partition_docs {args.partition_docs:,}; peak RSS per task (forkserver child, "
+        f"{base_rss:.0f} MB after imports)\n"
     )
     print("| docs | step | tasks | wall s | largest task peak RSS MB |")
     print("|---|---|---|---|---|")
     for r in rows:
         for name, st in r["steps"].items():
             print(f"| {r['docs']} | {name} | {st['tasks']} | {st['wall_s']:.1f} | {st['peak_mb']:.0f} |")
-        for name, st in r.get("old", {}).items():
-            print(f"| {r['docs']} | old {name} (HEAD) | {st['tasks']} | {st['wall_s']:.1f} | {st['peak_mb']:.0f} |")
-    print(
-        "\n| docs | planted pairs J>=0.8 | recall | precision | removed | old recall | old precision | same clusters |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| docs | partitions | planted pairs J>=0.8 | recall | precision | removed |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['docs']} | {r['pairs']} | {r['recall']:.4f} | {r['precision']:.4f} | {r['removed']:.0f} | "
-            f"{r.get('old_recall', float('nan')):.4f} | {r.get('old_precision', float('nan')):.4f} | "
-            f"{r.get('identical_clusters', '-')} |"
+            f"| {r['docs']} | {r['partitions']} | {r['pairs']} | {r['recall']:.4f} | {r['precision']:.4f} | "
+            f"{r['removed']:.0f} |"
         )
     if len(rows) >= 2:
         a, b = rows[-2], rows[-1]
 
-        def largest(r: dict[str, Any], key: str = "steps") -> float:
-            return float(max(st["peak_mb"] for st in r[key].values()))
+        def largest(r: dict[str, Any]) -> float:
+            return float(max(st["peak_mb"] for st in r["steps"].values()))
 
         print(
             f"\nlargest task peak RSS, {b['docs']} vs {a['docs']} docs: x{largest(b) / largest(a):.2f} "
             f"(target <= 1.5); above the {base_rss:.0f} MB import baseline: "
             f"x{(largest(b) - base_rss) / max(largest(a) - base_rss, 1):.2f}"
         )
-        if "old" in a and "old" in b:
-            print(
-                f"old single-process step, {b['docs']} vs {a['docs']}: x{largest(b, 'old') / largest(a, 'old'):.2f} "
-                f"({largest(a, 'old'):.0f} -> {largest(b, 'old'):.0f} MB)"
-            )
 
 
 def main() -> None:
@@ -1036,10 +999,11 @@ def main() -> None:
         "corpora, each task in its own process, and print wall time and peak RSS per step",
     )
     ap.add_argument(
-        "--no-scale-old",
-        dest="scale_old",
-        action="store_false",
-        help="with --scale: skip the committed single-process cluster step",
+        "--partition-docs",
+        type=int,
+        default=200_000,
+        help="with --scale: dedup.partition_docs (documents per exact and band task; the stage's default is "
+        "1,000,000, smaller here so that the partitions grow within the sizes a 2-core machine can run)",
     )
     args = ap.parse_args()
     if args.scale:

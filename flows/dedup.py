@@ -1,13 +1,15 @@
 """dedup_flow: the `quality` version -> the `dedup` version (exact + MinHash near duplicates removed).
 
 Phases over all shards of the input version (dedup is global, not per shard): the signature map (exact
-keys, keep keys, one LSH band file per band, shingle sets), the exact step (keep ranks, exact groups), the
-band map (one task per LSH band: sort that band's keys of every shard, write its candidate pairs), the
-union step (verification, union-find over the pairs, kept copy per cluster) and the filter map (kept
-documents and `rejected/` with reasons). Every task reads and writes `_work/minhash/` of the version
-through fsspec (`tasks.dedup.Work`), so on an object-store root tasks may run on any machine; it is
-deleted before the commit unless `keep_work`;
-`_work/clusters.parquet` (every member of every duplicate cluster) and `s_curve.png` stay.
+keys, keep keys, one LSH band file per band, shingle sets, each grouped by hash partition), the exact map
+(one task per partition: exact groups, kept copies), the band map (one task per LSH band and partition:
+sort that slice's keys of every shard, write its candidate pairs), the union step (verification,
+union-find over the pairs, kept copy per cluster) and the filter map (kept documents and `rejected/` with
+reasons). The number of partitions follows the input's document count (`partition_docs`), so no task's
+memory grows with the corpus. Every task reads and writes `_work/minhash/` of the version through fsspec
+(`tasks.dedup.Work`), so on an object-store root tasks may run on any machine; it is deleted before the
+commit unless `keep_work`; `_work/clusters.parquet` (every member of every duplicate cluster) and
+`s_curve.png` stay.
 The report and the dry-run plan are `tasks.dedup.report`.
 """
 
@@ -28,13 +30,16 @@ from tasks.dedup import (
     dedup_exact,
     dedup_shard,
     dedup_signature_shard,
+    exact_names,
     finish_work,
+    resolve_partitions,
+    write_starts,
 )
 from tasks.dedup.report import S_CURVE_PNG, plan_for_manifest, report, save_s_curve_png
 
 
 def dedup_phases(params: DedupParams) -> Phases:
-    """Signature map -> exact step -> band map -> union step -> filter map; the S-curve plot; `_work/minhash`
+    """Signature map -> exact map -> band map -> union step -> filter map; the S-curve plot; `_work/minhash`
     removed."""
 
     def phases(run: StageRun) -> StageOutput:
@@ -49,17 +54,19 @@ def dedup_phases(params: DedupParams) -> Phases:
         sources = run.input_shard_paths()
         check_inputs(sources, params)
         assert run.input_manifest is not None
-        get_run_logger().info(plan_for_manifest(run.input_manifest, params))
-        map_shards(run, dedup_signature_shard, sources, params)
-        dedup_exact(run.out_dir, len(sources), params)
-        if params.near:
-            map_shards(run, dedup_band, band_names(params), params)
-        summary = dedup_cluster(run.out_dir, len(sources), params)
-        results = map_shards(run, dedup_shard, sources, params)
-        if params.near:
-            threshold = params.jaccard_threshold if params.verify_jaccard else None
-            save_s_curve_png(paths.join(run.out_dir, S_CURVE_PNG), params.bands, params.rows, threshold)
-        finish_work(run.out_dir, params.keep_work)
+        job = resolve_partitions(params, run.input_manifest.stats.docs_out)
+        get_run_logger().info(plan_for_manifest(run.input_manifest, job))
+        signatures = map_shards(run, dedup_signature_shard, sources, job)
+        write_starts(run.out_dir, [r.docs for r in signatures])
+        map_shards(run, dedup_exact, exact_names(job), job)
+        if job.near:
+            map_shards(run, dedup_band, band_names(job), job)
+        summary = dedup_cluster(run.out_dir, len(sources), job)
+        results = map_shards(run, dedup_shard, sources, job)
+        if job.near:
+            threshold = job.jaccard_threshold if job.verify_jaccard else None
+            save_s_curve_png(paths.join(run.out_dir, S_CURVE_PNG), job.bands, job.rows, threshold)
+        finish_work(run.out_dir, job.keep_work)
         return StageOutput.of(results, summary.model_dump())
 
     return phases

@@ -2,21 +2,27 @@
 
 Global across all shards of the input version, in five steps (flows/dedup.py runs them); every work file is
 under the version's `_work/minhash/`, read and written through fsspec (`Work`: in place on a local root, a
-private local directory plus upload/download on an object store), so every task may run on any machine:
-  1. `dedup_signature_shard` (map over shards): per shard, the exact key (`tasks.dedup.exact`), the keep-rule
-     key (`keys-NNNNN.parquet`), MinHash signatures cut into bands: per band b a file
-     `bands/b-BBB/part-NNNNN.npy` of (64-bit band key, 32-bit second key, row) per document, and, with
-     `verify_jaccard`, the sorted shingle-hash set of each document (`shingles-NNNNN.u32` + offsets).
-  2. `dedup_exact` (one task): ranks all documents by the keep rule, groups exact duplicates by sorting
-     digests; writes the ranks, the exact kept copies and the LSH input (exact survivors with shingles).
-  3. `dedup_band` (map over bands): one band's keys of every shard, survivors only, sorted; bucket pairs
-     (`tasks.dedup.minhash.keyed_band_pairs`) to `pairs/b-BBB.npy`. Memory ~40 bytes per document,
-     whatever the number of bands; a band's output depends only on that band.
-  4. `dedup_cluster` (one task, the union step): the union of the bands' pairs, optional true-Jaccard
-     verification of the candidate pairs and of the pairs inside small candidate components (pread of
-     only those documents' shingle sets), union-find over the pairs' documents, one kept document per
-     cluster; writes per-shard decisions and `_work/clusters.parquet` (every cluster member).
-     Memory: the pairs plus ~80 bytes per document (rank, exact and kept arrays, ids).
+private local directory plus upload/download/range reads on an object store), so every task may run on any
+machine. The corpus is cut into `partitions` (about `partition_docs` documents each) by hash, so no task
+holds more than one partition, whatever the corpus size:
+  1. `dedup_signature_shard` (map over shards): per shard, the keep-rule key (`keys-NNNNN.parquet`), the
+     exact key (`tasks.dedup.exact`) with id and keep key (`exact/part-NNNNN.parquet`, one row group per
+     partition of the digest), MinHash signatures cut into bands: per band b a file
+     `bands/b-BBB/part-NNNNN.bin` of (64-bit band key, 32-bit second key, row) per document with shingles,
+     grouped by partition of the band key (offsets in `parts-NNNNN.npy`), and, with `verify_jaccard`, the
+     sorted shingle-hash set of each document (`shingles-NNNNN.u32` + offsets).
+  2. `dedup_exact` (map over partitions): the documents of one digest partition, grouped by digest; the best
+     of each group by the keep rule (key, then id) is kept; writes the groups' members (`exact-out/`).
+  3. `dedup_band` (map over bands x partitions): one band's keys of one key partition of every shard (range
+     reads), exact survivors only (a bitmap of one bit per document), sorted; bucket pairs
+     (`tasks.dedup.minhash.keyed_band_pairs`) to `pairs/b-BBB-p-PPPP.npy`. Equal keys share a partition, so
+     a band's pairs are the union of its partitions'.
+  4. `dedup_cluster` (one task, the union step): the union of the pairs, optional true-Jaccard verification
+     of the candidate pairs and of the pairs inside small candidate components (pread of only those
+     documents' shingle sets), union-find over the pairs' documents only, one kept document per cluster;
+     then shard by shard merges them with the exact groups into per-shard decisions and
+     `_work/clusters.parquet` (every cluster member). Memory: the pairs and their documents, one shard's
+     exact-group members; nothing per document of the corpus.
   5. `dedup_shard` (map over shards): copies each input shard (`process`), sending the decided documents
      to `rejected/`.
 Decisions are those of the former single-process cluster step, bit for bit (tests/tasks/test_dedup_scale.py).
@@ -37,7 +43,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -129,6 +135,21 @@ class DedupParams(StageParams):
         "copies that share no band are still found through a third copy; larger ones "
         "check only their candidate pairs.",
     )
+    partition_docs: int = Field(
+        1_000_000,
+        ge=1,
+        description="Documents per exact and per band task: the corpus is cut into ceil(docs / partition_docs) "
+        "hash partitions, so the memory of one task stays bounded (about 80 bytes per document of its "
+        "partition) as the corpus grows; more partitions, more and smaller tasks. Does not change the "
+        "output or the version.",
+    )
+    partitions: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        description="Number of hash partitions; 0 (the default) derives it from partition_docs and the input's "
+        "document count. Does not change the output or the version.",
+    )
     keep_work: bool = Field(
         False,
         description="Keep signatures and shingle sets under _work/ after commit "
@@ -146,13 +167,20 @@ class DedupParams(StageParams):
         return self.bands * self.rows
 
     def version_params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"keep_work"})
+        return self.model_dump(mode="json", exclude={"keep_work", "partition_docs", "partitions"})
 
 
-BANDS = "bands"  # under WORK: bands/b-BBB/part-NNNNN.npy, one per band and shard
-PAIRS = "pairs"  # under WORK: pairs/b-BBB.npy, one per band
+BANDS = "bands"  # under WORK: bands/b-BBB/part-NNNNN.bin, one per band and shard, rows grouped by partition
+EXACT = "exact"  # under WORK: exact/part-NNNNN.parquet, one per shard, one row group per non-empty partition
+EXACT_OUT = "exact-out"  # under WORK: exact-out/p-PPPP.parquet (group members), groups-PPPP.parquet, per partition
+PAIRS = "pairs"  # under WORK: pairs/b-BBB-p-PPPP.npy, one per band and partition
 # one row of a band file: the band's 64-bit key, a second 32-bit key, the document's row in its shard
 BAND_ROW = np.dtype([("key", "<u8"), ("check", "<u4"), ("row", "<u4")])
+MEMBERS_SCHEMA = pa.schema([("global", pa.int64()), ("id", pa.string()), ("rep", pa.int64()), ("rep_id", pa.string())])
+GROUPS_SCHEMA = pa.schema([("rep", pa.int64()), ("size", pa.int64()), ("rep_id", pa.string())])
+CLUSTERS_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("kept_id", pa.string()), ("near_cluster_id", pa.int64()), ("kind", pa.string())]
+)
 
 
 def band_name(b: int) -> str:
@@ -160,18 +188,60 @@ def band_name(b: int) -> str:
 
 
 def band_file(b: int, index: int) -> str:
-    return f"{BANDS}/{band_name(b)}/{paths.shard_name(index, 'part', 'npy')}"
+    return f"{BANDS}/{band_name(b)}/{paths.shard_name(index, 'part', 'bin')}"
 
 
-def pairs_file(b: int) -> str:
-    return f"{PAIRS}/{band_name(b)}.npy"
+def exact_file(index: int) -> str:
+    return f"{EXACT}/{paths.shard_name(index)}"
+
+
+def parts_file(index: int) -> str:
+    """Per shard: int64 (bands + 1, partitions + 1), row b the row offsets of each partition in band b's file,
+    the last row those of the exact file."""
+    return paths.shard_name(index, "parts", "npy")
+
+
+def partition_name(p: int) -> str:
+    return f"p-{p:04d}"
+
+
+def band_task_name(b: int, p: int) -> str:
+    return f"{band_name(b)}-{partition_name(p)}"
+
+
+def pairs_file(b: int, p: int = 0) -> str:
+    return f"{PAIRS}/{band_task_name(b, p)}.npy"
+
+
+def members_file(p: int) -> str:
+    return f"{EXACT_OUT}/{partition_name(p)}.parquet"
+
+
+def groups_file(p: int) -> str:
+    return f"{EXACT_OUT}/groups-{p:04d}.parquet"
+
+
+def resolve_partitions(params: DedupParams, n_docs: int) -> DedupParams:
+    """`params` with `partitions` set: as given, else ceil(n_docs / partition_docs) (at least 1). Every task of a
+    run must see the same value; it changes how the work is split, never the decisions."""
+    if params.partitions:
+        return params
+    return params.model_copy(update={"partitions": max(1, -(-n_docs // params.partition_docs))})
+
+
+def _partition_of(values: np.ndarray, k: int) -> np.ndarray:
+    return (values % np.uint64(k)).astype(np.int64) if k > 1 else np.zeros(len(values), dtype=np.int64)
+
+
+def _offsets(part: np.ndarray, k: int) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(np.bincount(part, minlength=k)))).astype(np.int64)
 
 
 class Work:
     """The version's `_work/minhash/` as one task sees it. On a local root the directory itself (memory maps and
     pread in place); on an object store a private local directory: `out(name)` files are uploaded by `publish()`,
-    `get(name)` downloads the one file a task needs, and the directory is removed on exit. So any task can run on
-    any machine that reaches the root."""
+    `get(name)` downloads the one file a task needs, `read_range` and `parquet` read parts of a file with range
+    requests, and the directory is removed on exit. So any task can run on any machine that reaches the root."""
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
@@ -198,22 +268,48 @@ class Work:
         self._written.append(name)
         return path
 
+    def scratch(self, name: str) -> str:
+        """A local path for a temporary file of this task (never published; the caller removes it)."""
+        path = os.path.join(self.dir, "tmp", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
     def publish(self) -> None:
         if self.remote and self._written:
             paths.upload_dir(self.dir, paths.join(self.out_dir, WORK), self._written)
         self._written = []
+
+    def _remote(self, name: str) -> tuple[Any, str]:
+        return paths.filesystem(paths.join(self.out_dir, WORK, name))
 
     def get(self, name: str) -> str:
         """A local path with the content of `name` (downloaded once on an object store)."""
         path = os.path.join(self.dir, name)
         if self.remote and not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fs, remote = paths.filesystem(paths.join(self.out_dir, WORK, name))
+            fs, remote = self._remote(name)
             fs.get_file(remote, path)
         return path
 
+    def read_range(self, name: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of `name` (pread locally, a range request on an object store)."""
+        if end <= start:
+            return b""
+        if not self.remote:
+            with open(os.path.join(self.dir, name), "rb") as f:
+                return os.pread(f.fileno(), end - start, start)
+        fs, remote = self._remote(name)
+        return bytes(fs.cat_file(remote, start=start, end=end))
+
+    def parquet(self, name: str) -> pq.ParquetFile:
+        """`name` opened for reading row groups or columns (range requests on an object store)."""
+        if not self.remote:
+            return pq.ParquetFile(os.path.join(self.dir, name))
+        fs, remote = self._remote(name)
+        return pq.ParquetFile(fs.open(remote, "rb"))
+
     def drop(self, name: str) -> None:
-        """Forget a downloaded file (object store only: bounds the local disk of a band task)."""
+        """Forget a downloaded file (object store only: bounds the local disk of a task)."""
         if self.remote:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.dir, name))
@@ -263,10 +359,14 @@ def _key_values(batch: pa.RecordBatch, params: DedupParams) -> pa.Array:
     return col.cast(pa.float64())
 
 
+def _key_type(params: DedupParams) -> pa.DataType:
+    return pa.float64() if params.keep == "highest_quality" else pa.string()
+
+
 @task
 def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParams) -> SignatureResult:
-    """Exact keys, keep keys, one band file per LSH band and the shingle sets of one input shard, under
-    `_work/minhash/`; the signatures themselves are never stored whole."""
+    """Keep keys, exact keys and one band file per LSH band of one input shard, each grouped by partition, and
+    the shingle sets, under `_work/minhash/`; the signatures themselves are never stored whole."""
     with Work(out_dir) as work:
         n = _signature_files(work, src, index, params)
         work.publish()
@@ -274,14 +374,22 @@ def dedup_signature_shard(src: str, out_dir: str, index: int, params: DedupParam
 
 
 def _signature_files(work: Work, src: str, index: int, params: DedupParams) -> int:
+    k = params.partitions
+    if k < 1:
+        raise ValueError("dedup: partitions unresolved; call resolve_partitions(params, n_docs) first")
     hasher = MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
     total = count_rows(src)
-    # written in place, batch by batch: memory stays one batch of signatures, not the shard's
-    bands = [
-        np.lib.format.open_memmap(work.out(band_file(b, index)), mode="w+", dtype=BAND_ROW, shape=(total,))
+    # band rows in document order, written batch by batch to scratch memory maps (memory: one batch of
+    # signatures), regrouped by partition at the end one band at a time
+    scratch = [
+        np.lib.format.open_memmap(
+            work.scratch(f"{band_name(b)}-{index}.npy"), mode="w+", dtype=BAND_ROW, shape=(total,)
+        )
         for b in range(params.bands if params.near else 0)
     ]
+    has_shingles = np.zeros(total, dtype=bool)
     keys: list[pa.RecordBatch] = []
+    exact: list[pa.RecordBatch] = []
     offsets = [0]
     done = 0
     verify = params.near and params.verify_jaccard
@@ -291,57 +399,115 @@ def _signature_files(work: Work, src: str, index: int, params: DedupParams) -> i
             texts = [t or "" for t in batch.column("text").to_pylist()]
             digests = exact_digests(texts)
             hashes = [hasher.hashes(t) for t in texts] if params.near else [np.empty(0, np.uint32)] * len(texts)
+            rows = np.arange(done, done + len(texts), dtype=np.uint32)
             if params.near:
                 sig = hasher.signatures(hashes)
-                rows = np.arange(done, done + len(texts), dtype=np.uint32)
-                for b, out in enumerate(bands):
+                for b, out in enumerate(scratch):
                     band = sig[b * params.rows : (b + 1) * params.rows]
                     part = out[done : done + len(texts)]
                     part["key"], part["check"], part["row"] = band_keys(band), band_check(band), rows
+            has_shingles[done : done + len(texts)] = [len(h) > 0 for h in hashes]
             done += len(texts)
             if sets is not None:
                 flat, lens = unique_sets(hashes)
                 sets.write(flat.astype("<u4").tobytes())
                 offsets.extend((offsets[-1] + np.cumsum(lens)).tolist())
-            keys.append(
+            key = _key_values(batch, params)
+            ids = batch.column("id").cast(pa.string())
+            keys.append(pa.record_batch([ids, batch.column("url"), key], names=["id", "url", "key"]))
+            exact.append(
                 pa.record_batch(
-                    [
-                        batch.column("id"),
-                        batch.column("url"),
-                        _key_values(batch, params),
-                        pa.array(digests[:, 0]),
-                        pa.array(digests[:, 1]),
-                        pa.array([len(h) for h in hashes], pa.int32()),
-                    ],
-                    names=["id", "url", "key", "exact0", "exact1", "shingles"],
+                    [pa.array(rows), pa.array(digests[:, 0]), pa.array(digests[:, 1]), ids, key],
+                    names=["row", "exact0", "exact1", "id", "key"],
                 )
             )
     finally:
         if sets is not None:
             sets.close()
     assert done == total, f"{src}: read {done} rows, the Parquet footer says {total}"
-    for out in bands:
-        out.flush()
-    del bands
-    key_type = pa.float64() if params.keep == "highest_quality" else pa.string()
+    parts = np.zeros((len(scratch) + 1, k + 1), dtype=np.int64)
+    for b, band_rows in enumerate(scratch):
+        band_rows.flush()
+        # documents without shingles (empty or shorter than a shingle) never enter LSH: all their signatures
+        # are equal, so they would share every bucket
+        rows_b = np.asarray(band_rows[has_shingles])
+        part = _partition_of(rows_b["key"], k)
+        parts[b] = _offsets(part, k)
+        with open(work.out(band_file(b, index)), "wb") as f:
+            f.write(rows_b[np.argsort(part, kind="stable")].tobytes())
+    for b in range(len(scratch)):
+        os.remove(work.scratch(f"{band_name(b)}-{index}.npy"))
+    del scratch
     schema = pa.schema(
         [
-            ("id", pa.string()),
-            ("url", pa.string()),
-            ("key", key_type),
+            ("row", pa.uint32()),
             ("exact0", pa.uint64()),
             ("exact1", pa.uint64()),
-            ("shingles", pa.int32()),
+            ("id", pa.string()),
+            ("key", _key_type(params)),
         ]
     )
-    table = pa.Table.from_batches(keys, schema=schema)
-    pq.write_table(table, work.out(paths.shard_name(index, "keys", "parquet")))
+    table = pa.Table.from_batches(exact, schema=schema)
+    part = _partition_of(table.column("exact0").to_numpy(), k)
+    parts[-1] = _offsets(part, k)
+    table = table.take(pa.array(np.argsort(part, kind="stable")))
+    with pq.ParquetWriter(work.out(exact_file(index)), schema) as w:
+        for p in range(k):  # one row group per non-empty partition
+            lo, hi = int(parts[-1][p]), int(parts[-1][p + 1])
+            if hi > lo:
+                w.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+    np.save(work.out(parts_file(index)), parts)
+    key_schema = pa.schema([("id", pa.string()), ("url", pa.string()), ("key", _key_type(params))])
+    pq.write_table(pa.Table.from_batches(keys, schema=key_schema), work.out(paths.shard_name(index, "keys", "parquet")))
     if sets is not None:
         np.save(work.out(paths.shard_name(index, "offsets", "npy")), np.asarray(offsets, dtype=np.int64))
-    return int(table.num_rows)
+    return int(total)
+
+
+def write_starts(out_dir: str, docs_per_shard: list[int]) -> None:
+    """`starts.npy`: the global index of each shard's first document (n_shards + 1), from the map's counts."""
+    with Work(out_dir) as work:
+        np.save(work.out("starts.npy"), np.concatenate(([0], np.cumsum(docs_per_shard))).astype(np.int64))
+        work.publish()
+
+
+def _read_rows(pf: pq.ParquetFile, lo: int, hi: int) -> pa.Table:
+    """Rows [lo, hi) of a Parquet file, reading only the row groups they lie in."""
+    parts, first = [], 0
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if first < hi and first + n > lo:
+            t = pf.read_row_group(i)
+            parts.append(t.slice(max(lo - first, 0), min(hi, first + n) - max(lo, first)))
+        first += n
+    return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+
+
+def _read_global_range(pf: pq.ParquetFile, lo: int, hi: int) -> pa.Table:
+    """Rows of a file sorted by `global` with lo <= global < hi (row-group statistics skip the others)."""
+    col = pf.schema_arrow.get_field_index("global")
+    parts = []
+    for i in range(pf.metadata.num_row_groups):
+        st = pf.metadata.row_group(i).column(col).statistics
+        if st is not None and st.has_min_max and (st.max < lo or st.min >= hi):
+            continue
+        t = pf.read_row_group(i)
+        g = t.column("global").to_numpy()
+        mask = (g >= lo) & (g < hi)
+        if mask.any():
+            parts.append(t.filter(pa.array(mask)))
+    return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
 
 
 # ---------------------------------------------------------------- the global step
+
+
+class ExactResult(BaseModel):
+    """One exact partition (duck-types `ShardResult` for `map_shards`)."""
+
+    index: int
+    docs: int
+    duplicates: int
 
 
 class ClusterSummary(BaseModel):
@@ -373,74 +539,93 @@ def keep_rank(keys: pa.Table, keep: str) -> np.ndarray:
     return rank
 
 
-def _read_keys(work: Work, n_shards: int, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
-    """The shards' key tables concatenated (global document order) and the shard starts (n_shards + 1)."""
-    tables = [pq.read_table(work.get(paths.shard_name(i, "keys", "parquet")), columns=columns) for i in range(n_shards)]
-    counts = np.array([t.num_rows for t in tables], dtype=np.int64)
-    start = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    # chunked (one chunk per shard), not combined: combining would copy every column once more
-    table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([]) for c in columns})
-    return table, start
-
-
 @task
-def dedup_exact(out_dir: str, n_shards: int, params: DedupParams) -> int:
-    """Keep ranks and exact groups of all documents (16 bytes of digest + the keep key per document); writes
-    `exact.npy` (rank, exact kept copy) and `eligible.npy` (the exact survivors with shingles: the LSH input)."""
+def dedup_exact(name: str, out_dir: str, index: int, params: DedupParams) -> ExactResult:
+    """Exact partition `index`: the documents whose digest falls in it, from every shard's exact file; groups
+    equal digests, keeps the best of each by the keep rule (key, then id: the order of a global rank restricted
+    to the partition). Writes the members of groups of two or more (`exact-out/p-PPPP.parquet`: global index,
+    id, kept copy's index and id; sorted by index) and the groups (`groups-PPPP.parquet`: kept copy, size;
+    largest first). Memory: the partition's documents (~80 bytes each), bounded by `partition_docs`."""
     with Work(out_dir) as work:
-        keys, start = _read_keys(work, n_shards, ["id", "key"])
-        n = keys.num_rows
-        rank = keep_rank(keys, params.keep) if n else np.empty(0, dtype=np.int64)
-        del keys  # the ids and keep keys are not needed past the rank: the digests are read after them
-        digests = np.empty((n, 2), dtype=np.uint64)
-        has_shingles = np.empty(n, dtype=bool)
-        for s in range(n_shards):
-            cols = pq.read_table(
-                work.get(paths.shard_name(s, "keys", "parquet")), columns=["exact0", "exact1", "shingles"]
+        start = np.load(work.get("starts.npy"))
+        tables = []
+        for s in range(len(start) - 1):
+            lo, hi = (int(x) for x in np.load(work.get(parts_file(s)))[-1][index : index + 2])
+            if hi > lo:
+                t = _read_rows(work.parquet(exact_file(s)), lo, hi)
+                glob = t.column("row").to_numpy().astype(np.int64) + int(start[s])
+                tables.append(t.drop_columns(["row"]).append_column("global", pa.array(glob, pa.int64())))
+        docs = sum(t.num_rows for t in tables)
+        members, groups = MEMBERS_SCHEMA.empty_table(), GROUPS_SCHEMA.empty_table()
+        if params.exact and docs > 1:
+            t = pa.concat_tables(tables)
+            del tables
+            ids, glob = t.column("id"), t.column("global").to_numpy()
+            digests = np.stack([t.column("exact0").to_numpy(), t.column("exact1").to_numpy()], axis=1)
+            kept = exact_kept(digests, keep_rank(t.select(["id", "key"]), params.keep))
+            del digests, t
+            counts = np.bincount(kept, minlength=docs)
+            inside = np.flatnonzero(counts[kept] > 1)  # already in global order: shards in order, rows ascending
+            members = pa.table(
+                [pa.array(glob[inside]), ids.take(inside), pa.array(glob[kept[inside]]), ids.take(kept[inside])],
+                schema=MEMBERS_SCHEMA,
             )
-            lo, hi = int(start[s]), int(start[s + 1])
-            digests[lo:hi, 0] = cols.column("exact0").to_numpy()
-            digests[lo:hi, 1] = cols.column("exact1").to_numpy()
-            has_shingles[lo:hi] = cols.column("shingles").to_numpy() > 0
-            del cols
-        everyone = np.arange(n, dtype=np.int64)
-        ekept = exact_kept(digests, rank) if params.exact and n else everyone.copy()
-        del digests
-        eligible = (ekept == everyone) & has_shingles
-        np.save(work.out("exact.npy"), np.stack([rank, ekept]).reshape(2, n))
-        np.save(work.out("eligible.npy"), eligible.astype(bool))
-        np.save(work.out("starts.npy"), start)
+            reps = np.flatnonzero(counts > 1)
+            order = reps[np.lexsort((glob[reps], -counts[reps]))]
+            groups = pa.table(
+                [pa.array(glob[order]), pa.array(counts[order].astype(np.int64)), ids.take(order)], schema=GROUPS_SCHEMA
+            )
+        pq.write_table(members, work.out(members_file(index)), row_group_size=65536)
+        pq.write_table(groups, work.out(groups_file(index)), row_group_size=65536)
         work.publish()
-    return int(n)
+    return ExactResult(index=index, docs=docs, duplicates=members.num_rows - groups.num_rows)
 
 
 class BandResult(BaseModel):
-    """One LSH band (duck-types `ShardResult` for `map_shards`)."""
+    """One LSH band partition (duck-types `ShardResult` for `map_shards`)."""
 
     index: int
     docs: int
     pairs: int
 
 
+def _exact_dropped(work: Work, n: int, params: DedupParams) -> np.ndarray:
+    """Bitmap (n bits) of the documents the exact step dropped, from the partitions' member files."""
+    bits = np.zeros((n + 7) // 8, dtype=np.uint8)
+    for p in range(params.partitions):
+        t = work.parquet(members_file(p)).read(columns=["global", "rep"])
+        g, rep = t.column("global").to_numpy(), t.column("rep").to_numpy()
+        g = g[rep != g]
+        np.bitwise_or.at(bits, g >> 3, (np.uint8(1) << (g & 7).astype(np.uint8)))
+    return bits
+
+
+def _is_set(bits: np.ndarray, i: np.ndarray) -> np.ndarray:
+    return ((bits[i >> 3] >> (i & 7).astype(np.uint8)) & 1).astype(bool)
+
+
 @task
 def dedup_band(name: str, out_dir: str, index: int, params: DedupParams) -> BandResult:
-    """LSH band `index`: reads that band's (key, row) file of every shard, keeps the exact survivors, sorts
-    and writes the band's candidate pairs (i < j, unique) to `pairs/b-BBB.npy`. Memory: about 40 bytes per
-    document (keys, ids, the sort order), whatever the number of bands."""
+    """LSH band b, key partition q (index = b * partitions + q): that slice of every shard's band-b file, exact
+    survivors only, sorted; writes the candidate pairs (i < j, unique) to `pairs/b-BBB-p-PPPP.npy`. Equal keys
+    share a partition, so the pairs of a band are the union of its partitions'. Memory: about 40 bytes per
+    document of the slice plus one bit per document of the corpus."""
+    b, q = divmod(index, params.partitions)
     with Work(out_dir) as work:
         start = np.load(work.get("starts.npy"))
-        eligible = np.load(work.get("eligible.npy"))
+        dropped = _exact_dropped(work, int(start[-1]), params) if params.exact else None
         keys, checks, ids = [], [], []
         for s in range(len(start) - 1):
-            name_s = band_file(index, s)
-            rows = np.load(work.get(name_s), mmap_mode="r")
-            gid = rows["row"].astype(np.int64) + start[s]
-            keep = eligible[gid]
-            keys.append(np.asarray(rows["key"][keep]))
-            checks.append(np.asarray(rows["check"][keep]))
+            lo, hi = (int(x) for x in np.load(work.get(parts_file(s)))[b][q : q + 2])
+            rows = np.frombuffer(
+                work.read_range(band_file(b, s), lo * BAND_ROW.itemsize, hi * BAND_ROW.itemsize), BAND_ROW
+            )
+            gid = rows["row"].astype(np.int64) + int(start[s])
+            keep = ~_is_set(dropped, gid) if dropped is not None else np.ones(len(gid), dtype=bool)
+            keys.append(rows["key"][keep])
+            checks.append(rows["check"][keep])
             ids.append(gid[keep])
             del rows
-            work.drop(name_s)
         ids_all = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
         pairs = keyed_band_pairs(
             np.concatenate(keys) if keys else np.empty(0, np.uint64),
@@ -448,18 +633,17 @@ def dedup_band(name: str, out_dir: str, index: int, params: DedupParams) -> Band
             ids_all,
         )
         pairs = unique_pairs([pairs])
-        np.save(work.out(pairs_file(index)), pairs)
+        np.save(work.out(pairs_file(b, q)), pairs)
         work.publish()
     return BandResult(index=index, docs=len(ids_all), pairs=len(pairs))
 
 
 class _Corpus:
-    """Global document index <-> (shard, row), ids, and pread access to the per-shard shingle sets."""
+    """Global document index <-> (shard, row), and pread access to the per-shard shingle sets and keys."""
 
-    def __init__(self, work: Work, n_shards: int):
+    def __init__(self, work: Work, start: np.ndarray):
         self.work = work
-        table, self.start = _read_keys(work, n_shards, ["id"])
-        self.ids = table.column("id")
+        self.start = start
         self._shingles: dict[int, tuple[int, np.ndarray]] = {}
 
     def locate(self, i: int) -> tuple[int, int]:
@@ -478,20 +662,37 @@ class _Corpus:
         lo, hi = int(off[row]), int(off[row + 1])
         return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype="<u4")
 
+    def keys(self, docs: np.ndarray, columns: list[str]) -> pa.Table:
+        """`columns` of the keys files for the (ascending) global indices `docs`, one shard at a time."""
+        parts = []
+        bounds = np.searchsorted(docs, self.start)
+        for s in range(len(self.start) - 1):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            if hi > lo:
+                t = pq.read_table(self.work.get(paths.shard_name(s, "keys", "parquet")), columns=columns)
+                parts.append(t.take(pa.array(docs[lo:hi] - self.start[s])))
+        if not parts:
+            return pa.table({c: pa.array([], pa.string()) for c in columns})
+        return pa.concat_tables(parts)
+
     def close(self) -> None:
         for fd, _ in self._shingles.values():
             os.close(fd)
         self._shingles.clear()
 
 
-def _candidate_pairs(work: Work, n: int, params: DedupParams) -> np.ndarray:
+def _candidate_pairs(work: Work, params: DedupParams) -> np.ndarray:
     """The union of the band tasks' pairs (compacted as it grows: memory ~ the unique pairs)."""
     found: list[np.ndarray] = []
+    compacted = held = 0
     for b in range(params.bands):
-        found.append(np.load(work.get(pairs_file(b))))
-        work.drop(pairs_file(b))
-        if sum(len(p) for p in found) > 4 * max(n, 1):
-            found = [unique_pairs(found)]
+        for q in range(params.partitions):
+            found.append(np.load(work.get(pairs_file(b, q))))
+            work.drop(pairs_file(b, q))
+            held += len(found[-1])
+            if held > 2 * compacted + (1 << 20):
+                found = [unique_pairs(found)]
+                compacted = held = len(found[0])
     return unique_pairs(found)
 
 
@@ -504,10 +705,12 @@ def _verify(corpus: _Corpus, pairs: np.ndarray, threshold: float) -> np.ndarray:
     return pairs[ok]
 
 
+SIZE_BINS = [(2, 2), (3, 3), (4, 4), (5, 9), (10, 99), (100, None)]
+
+
 def _size_bins(sizes: np.ndarray) -> dict[str, int]:
-    bins = [(2, 2), (3, 3), (4, 4), (5, 9), (10, 99), (100, None)]
     out = {}
-    for lo, hi in bins:
+    for lo, hi in SIZE_BINS:
         label = str(lo) if lo == hi else (f"{lo}-{hi}" if hi else f"{lo}+")
         out[label] = int(np.count_nonzero((sizes >= lo) & (sizes <= (hi or np.iinfo(np.int64).max))))
     return out
@@ -520,19 +723,47 @@ _EMPTY_DECISIONS = pa.schema(
 
 @task
 def dedup_cluster(out_dir: str, n_shards: int, params: DedupParams) -> ClusterSummary:
-    """The union step, after `dedup_exact` and the band tasks: the union of the bands' candidate pairs,
-    optional Jaccard verification, union-find over the pairs' documents only, one kept copy per cluster;
-    writes `_work/minhash/decisions-NNNNN.parquet` and `_work/clusters.parquet`. Memory: the pairs, the
-    rank and exact arrays (16 bytes per document) and the ids."""
+    """The union step, after the exact and band tasks: the union of the bands' candidate pairs, optional
+    Jaccard verification, union-find over the pairs' documents only, one kept copy per cluster (the best by
+    the keep rule); then, shard by shard, merges those with the exact groups into
+    `_work/minhash/decisions-NNNNN.parquet` and `_work/clusters.parquet`. Memory: the pairs and their
+    documents, plus one shard's exact-group members; nothing per document of the corpus."""
     with Work(out_dir) as work:
         summary = _cluster(work, n_shards, params)
         work.publish()
     return summary
 
 
+class _Near(NamedTuple):
+    """The near-duplicate clusters over the pairs' documents (`nodes`, ascending global indices)."""
+
+    nodes: np.ndarray
+    kept: np.ndarray  # per node: the global index its cluster keeps
+    kept_id: list[str]  # per node: that document's id
+    ids: list[str]  # per node: its own id
+    cluster: np.ndarray  # per node: the cluster id (clusters numbered by their smallest member)
+
+    def find(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of `docs` among the nodes, and whether each is a node."""
+        if len(self.nodes) == 0:
+            return np.zeros(len(docs), dtype=np.int64), np.zeros(len(docs), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.nodes, docs), len(self.nodes) - 1)
+        return pos, self.nodes[pos] == docs
+
+
+def _near_clusters(corpus: _Corpus, pairs: np.ndarray, params: DedupParams) -> _Near:
+    nodes = np.unique(pairs)
+    labels = connected_components(len(nodes), np.searchsorted(nodes, pairs))
+    keys = corpus.keys(nodes, ["id", "key"])
+    kept_pos = choose_kept(labels, keep_rank(keys, params.keep)) if len(nodes) else np.empty(0, np.int64)
+    ids = keys.column("id").to_pylist()
+    _, cluster = np.unique(labels, return_inverse=True)
+    return _Near(nodes, nodes[kept_pos], [ids[i] for i in kept_pos.tolist()], ids, cluster.astype(np.int64))
+
+
 def _cluster(work: Work, n_shards: int, params: DedupParams) -> ClusterSummary:
-    rank, ekept = np.load(work.get("exact.npy"))
-    n = len(rank)
+    start = np.load(work.get("starts.npy"))
+    n = int(start[-1])
     if n == 0:  # nothing reached dedup: every (empty) shard gets an empty decision list
         for s in range(n_shards):
             pq.write_table(_EMPTY_DECISIONS.empty_table(), work.out(paths.shard_name(s, "decisions", "parquet")))
@@ -547,12 +778,11 @@ def _cluster(work: Work, n_shards: int, params: DedupParams) -> ClusterSummary:
             cluster_sizes={},
             largest_clusters=[],
         )
-    corpus = _Corpus(work, n_shards)
-    everyone = np.arange(n, dtype=np.int64)
-    nkept, cluster = everyone.copy(), np.full(n, -1, dtype=np.int64)
-    n_candidates = n_checked = n_verified = n_clusters = 0
+    corpus = _Corpus(work, start)
+    pairs = np.empty((0, 2), dtype=np.int64)
+    n_candidates = n_checked = 0
     if params.near:
-        pairs = _candidate_pairs(work, n, params)
+        pairs = _candidate_pairs(work, params)
         n_candidates = len(pairs)
         if params.verify_jaccard and len(pairs):
             pairs = expand_pairs(pairs, params.all_pairs_max)
@@ -561,113 +791,158 @@ def _cluster(work: Work, n_shards: int, params: DedupParams) -> ClusterSummary:
                 pairs = _verify(corpus, pairs, params.jaccard_threshold)
             finally:
                 corpus.close()
-        n_verified = len(pairs)
-        nodes = np.unique(pairs)
-        labels = connected_components(len(nodes), np.searchsorted(nodes, pairs))
-        nkept[nodes] = nodes[choose_kept(labels, rank[nodes])]
-        _, cluster[nodes] = np.unique(labels, return_inverse=True)
-        n_clusters = len(np.unique(labels))
+    near = _near_clusters(corpus, pairs, params)
+    n_clusters = int(near.cluster.max()) + 1 if len(near.nodes) else 0
+
+    # exact groups: the size of those whose kept copy is a node; the others are final clusters of their own
+    group_size = np.ones(len(near.nodes), dtype=np.int64)
+    n_exact = 0
+    bins = dict.fromkeys(_size_bins(np.empty(0)), 0)
+    candidates: list[tuple[int, int, str, int, int]] = []  # (size, kept index, kept id, exact copies, cluster)
+    for p in range(params.partitions):
+        g = work.parquet(groups_file(p)).read()
+        rep, size = g.column("rep").to_numpy(), g.column("size").to_numpy()
+        n_exact += int((size - 1).sum())
+        pos, is_node = near.find(rep)
+        group_size[pos[is_node]] = size[is_node]
+        alone = np.flatnonzero(~is_node)
+        for label, count in _size_bins(size[alone]).items():
+            bins[label] += count
+        first = alone[:10]  # the file is sorted largest first, ties by index
+        rep_ids = g.column("rep_id").take(pa.array(first)).to_pylist()
+        candidates += [(int(size[i]), int(rep[i]), r, int(size[i]) - 1, -1) for i, r in zip(first, rep_ids)]
+    if n_clusters:
+        c_size = np.bincount(near.cluster, weights=group_size, minlength=n_clusters).astype(np.int64)
+        c_nodes = np.bincount(near.cluster, minlength=n_clusters)
+        c_kept = np.empty(n_clusters, dtype=np.int64)
+        c_kept[near.cluster] = near.kept
+        c_kept_id = [""] * n_clusters
+        for c, k_id in zip(near.cluster.tolist(), near.kept_id):
+            c_kept_id[c] = k_id
+        for label, count in _size_bins(c_size).items():
+            bins[label] += count
+        top = np.lexsort((c_kept, -c_size))[:10]
+        candidates += [
+            (int(c_size[c]), int(c_kept[c]), c_kept_id[c], int(c_size[c] - c_nodes[c]), int(c)) for c in top.tolist()
+        ]
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    n_near = int(np.count_nonzero(near.kept != near.nodes))
     log.info(
         "dedup: %d docs, %d exact duplicates, %d candidate pairs, %d verified, %d near clusters",
         n,
-        int(np.count_nonzero(ekept != everyone)),
+        n_exact,
         n_candidates,
-        n_verified,
+        len(pairs),
         n_clusters,
     )
-    _write_decisions(corpus, ekept, nkept, cluster)
-    final = nkept[ekept]
-    sizes = np.bincount(final, minlength=n)
-    big = np.flatnonzero(sizes > 1)  # the ten largest clusters, ties by kept index (no sort of all n)
-    top = big[np.argsort(-sizes[big], kind="stable")[:10]]
-    largest = [_cluster_row(corpus, int(k), final, ekept, cluster) for k in top]
+    _write_decisions(work, corpus, near, params)
     return ClusterSummary(
         docs=n,
-        exact_duplicates=int(np.count_nonzero(ekept != everyone)),
-        near_duplicates=int(np.count_nonzero(nkept != everyone)),
+        exact_duplicates=n_exact,
+        near_duplicates=n_near,
         candidate_pairs=n_candidates,
         checked_pairs=n_checked,
-        verified_pairs=n_verified,
+        verified_pairs=len(pairs),
         near_clusters=n_clusters,
-        cluster_sizes=_size_bins(sizes[sizes > 1]),
-        largest_clusters=largest,
+        cluster_sizes=bins,
+        largest_clusters=[_cluster_row(corpus, *c) for c in candidates[:10]],
     )
 
 
-def _write_decisions(corpus: _Corpus, ekept: np.ndarray, nkept: np.ndarray, cluster: np.ndarray) -> None:
-    """Per shard: the dropped rows with reason and detail; plus `_work/clusters.parquet` (all members)."""
-    ids = corpus.ids
-    everyone = np.arange(len(ekept))
-    exact = ekept != everyone
-    dropped = np.flatnonzero(exact | (nkept != everyone))
-    is_exact = exact[dropped]
-    kept_ids = ids.take(pa.array(np.where(is_exact, ekept[dropped], nkept[dropped]))).to_pylist()
-    details = [
-        json.dumps({"kept_id": k} if e else {"cluster_id": c, "kept_id": k}, sort_keys=True)
-        for k, e, c in zip(kept_ids, is_exact.tolist(), cluster[dropped].tolist())
-    ]
-    table = pa.table(
-        {
-            "global": pa.array(dropped, pa.int64()),
-            "id": ids.take(pa.array(dropped, pa.int64())),
-            "reason": pa.array(np.where(is_exact, EXACT_DUPLICATE, NEAR_DUPLICATE).tolist(), pa.string()),
-            "detail": pa.array(details, pa.string()),
-        }
-    )
-    for s in range(len(corpus.start) - 1):
-        lo, hi = np.searchsorted(dropped, [corpus.start[s], corpus.start[s + 1]])
-        part = table.slice(int(lo), int(hi - lo))
-        part = part.append_column("row", pc.subtract(part.column("global"), pa.scalar(int(corpus.start[s]))))
-        pq.write_table(part, corpus.work.out(paths.shard_name(s, "decisions", "parquet")))
-    final = nkept[ekept]
-    members = np.flatnonzero(np.bincount(final, minlength=len(final))[final] > 1)
-    kind = np.where(final[members] == members, "kept", np.where(exact[members], EXACT_DUPLICATE, NEAR_DUPLICATE))
-    clusters = pa.table(
-        {
-            "doc_id": ids.take(pa.array(members, pa.int64())),
-            "kept_id": ids.take(pa.array(final[members], pa.int64())),
-            "near_cluster_id": pa.array(cluster[ekept[members]], pa.int64()),
-            "kind": pa.array(kind.tolist(), pa.string()),
-        }
-    )
-    fs, target = paths.filesystem(paths.join(corpus.work.out_dir, CLUSTERS))
+def _write_decisions(work: Work, corpus: _Corpus, near: _Near, params: DedupParams) -> None:
+    """Shard by shard: the dropped rows with reason and detail (`decisions-NNNNN.parquet`), and every member of
+    every duplicate cluster (`_work/clusters.parquet`, in global order)."""
+    members_files = [work.parquet(members_file(p)) for p in range(params.partitions)]
+    fs, target = paths.filesystem(paths.join(work.out_dir, CLUSTERS))
     fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(target, "wb") as f:
-        pq.write_table(clusters, f)
+    with fs.open(target, "wb") as f, pq.ParquetWriter(f, CLUSTERS_SCHEMA) as clusters:
+        for s in range(len(corpus.start) - 1):
+            lo, hi = int(corpus.start[s]), int(corpus.start[s + 1])
+            exact = pa.concat_tables([_read_global_range(m, lo, hi) for m in members_files])
+            exact = exact.take(pc.sort_indices(exact, sort_keys=[("global", "ascending")]))
+            eg, erep = exact.column("global").to_numpy(), exact.column("rep").to_numpy()
+            e_ids, e_rep_ids = exact.column("id").to_pylist(), exact.column("rep_id").to_pylist()
+            a, b = (int(x) for x in np.searchsorted(near.nodes, [lo, hi]))
+            # decisions: exact copies name their exact kept copy; near duplicates their cluster and kept copy
+            rows: list[tuple[int, str, str, str]] = []
+            for i in np.flatnonzero(erep != eg).tolist():
+                rows.append((int(eg[i]), e_ids[i], EXACT_DUPLICATE, json.dumps({"kept_id": e_rep_ids[i]})))
+            for i in range(a, b):
+                if near.kept[i] != near.nodes[i]:
+                    detail = {"cluster_id": int(near.cluster[i]), "kept_id": near.kept_id[i]}
+                    rows.append((int(near.nodes[i]), near.ids[i], NEAR_DUPLICATE, json.dumps(detail, sort_keys=True)))
+            rows.sort()
+            pq.write_table(
+                pa.table(
+                    {
+                        "global": pa.array([r[0] for r in rows], pa.int64()),
+                        "id": pa.array([r[1] for r in rows], pa.string()),
+                        "reason": pa.array([r[2] for r in rows], pa.string()),
+                        "detail": pa.array([r[3] for r in rows], pa.string()),
+                        "row": pa.array([r[0] - lo for r in rows], pa.int64()),
+                    }
+                ),
+                work.out(paths.shard_name(s, "decisions", "parquet")),
+            )
+            # cluster members: the exact groups' members and the near clusters' documents of this shard
+            member = {int(g): (int(r), e_ids[i], e_rep_ids[i]) for i, (g, r) in enumerate(zip(eg, erep))}
+            for i in range(a, b):
+                member.setdefault(int(near.nodes[i]), (int(near.nodes[i]), near.ids[i], near.ids[i]))
+            if not member:
+                continue
+            docs = np.array(sorted(member), dtype=np.int64)
+            rep = np.array([member[d][0] for d in docs.tolist()], dtype=np.int64)
+            pos, is_node = near.find(rep)
+            has_nodes = len(near.nodes) > 0
+            final = np.where(is_node, near.kept[pos], rep) if has_nodes else rep
+            near_cluster = np.where(is_node, near.cluster[pos], -1) if has_nodes else np.full(len(rep), -1)
+            kept_id = [near.kept_id[p] if isn else member[d][2] for d, p, isn in zip(docs.tolist(), pos, is_node)]
+            kind = np.where(final == docs, "kept", np.where(rep != docs, EXACT_DUPLICATE, NEAR_DUPLICATE))
+            clusters.write_table(
+                pa.table(
+                    [
+                        pa.array([member[d][1] for d in docs.tolist()], pa.string()),
+                        pa.array(kept_id, pa.string()),
+                        pa.array(near_cluster, pa.int64()),
+                        pa.array(kind.tolist(), pa.string()),
+                    ],
+                    schema=CLUSTERS_SCHEMA,
+                )
+            )
 
 
-def _cluster_row(
-    corpus: _Corpus, kept: int, final: np.ndarray, ekept: np.ndarray, cluster: np.ndarray
-) -> dict[str, Any]:
+def _cluster_row(corpus: _Corpus, size: int, kept: int, kept_id: str, exact: int, cluster: int) -> dict[str, Any]:
     """One of the largest clusters, for the report: size, how many exact copies, kept id, its URL."""
-    members = np.flatnonzero(final == kept)
     s, row = corpus.locate(kept)
     keys = corpus.work.get(paths.shard_name(s, "keys", "parquet"))
     url = pq.read_table(keys, columns=["url"]).column(0)[row].as_py()
-    return {
-        "kept_id": corpus.ids[kept].as_py(),
-        "size": len(members),
-        "exact": int(np.count_nonzero(ekept[members] != members)),
-        "near_cluster_id": int(cluster[kept]),
-        "sample_url": url or "",
-    }
+    return {"kept_id": kept_id, "size": size, "exact": exact, "near_cluster_id": cluster, "sample_url": url or ""}
+
+
+def exact_names(params: DedupParams) -> list[str]:
+    """The exact tasks (one per partition; `params` resolved)."""
+    return [partition_name(p) for p in range(params.partitions)]
 
 
 def band_names(params: DedupParams) -> list[str]:
-    return [band_name(b) for b in range(params.bands)]
+    """The band tasks (one per band and partition, index b * partitions + p; `params` resolved)."""
+    return [band_task_name(b, p) for b in range(params.bands) for p in range(params.partitions)]
 
 
 def run_steps(sources: list[str], out_dir: str, params: DedupParams, mapped: Any = None) -> ClusterSummary:
-    """The global steps without Prefect (bench, tests): signature map, exact step, band tasks, union step.
-    `mapped(fn, names)` runs fn(name, out_dir, i, params) over the names (default: in this process)."""
+    """The global steps without Prefect (bench, tests): signature map, exact tasks, band tasks, union step.
+    `mapped(fn, names)` runs fn(name, out_dir, i, params) over the names (default: in this process).
+    `params.partitions` unset: resolved from the sources' row count."""
+    params = resolve_partitions(params, sum(count_rows(s) for s in sources))
 
     def run_all(fn: Any, names: list[str]) -> list[Any]:
         if mapped is not None:
-            return list(mapped(fn, names))
+            return list(mapped(fn, names, params))
         return [fn(name, out_dir, i, params) for i, name in enumerate(names)]
 
-    run_all(dedup_signature_shard.fn, sources)
-    dedup_exact.fn(out_dir, len(sources), params)
+    results = run_all(dedup_signature_shard.fn, sources)
+    write_starts(out_dir, [r.docs for r in results])
+    run_all(dedup_exact.fn, exact_names(params))
     if params.near:
         run_all(dedup_band.fn, band_names(params))
     return dedup_cluster.fn(out_dir, len(sources), params)

@@ -381,8 +381,10 @@ def plan_estimate(
     verify: bool,
     background_similarity: float = 0.05,
     duplicate_fraction: float = 0.05,
+    partitions: int = 1,
 ) -> dict[str, float]:
-    """Sizes and expected candidate pairs for a corpus of `n_docs` documents / `bytes_in` text bytes.
+    """Sizes and expected candidate pairs for a corpus of `n_docs` documents / `bytes_in` text bytes, cut into
+    `partitions` hash partitions.
 
     Candidate pairs: unrelated pairs at `background_similarity` (N^2/2 * P(s)), plus each near-duplicate
     document (`duplicate_fraction` of N) meeting its original in one band-bucket pair per band it shares
@@ -391,16 +393,19 @@ def plan_estimate(
     words_est = bytes_in / 6.0  # ~6 bytes per English word incl. the space (measured on DCLM text)
     pairs_bg = n_docs * (n_docs - 1) / 2 * float(s_curve(background_similarity, bands, rows))
     pairs_dup = n_docs * duplicate_fraction * bands * float(np.power(0.8, rows))
+    per_part = n_docs / max(partitions, 1)
     return {
         "docs": float(n_docs),
         "signature_bytes": float(n_docs * num_perm * 4),
         "shingle_set_bytes": float(words_est * 4) if verify else 0.0,
         # band files: (64-bit key, 32-bit check, 32-bit row) per document and band
         "band_bytes": float(n_docs * bands * 16),
-        # one band task: its keys, checks and ids, and the sort order
-        "band_task_bytes": float(n_docs * (8 + 4 + 8 + 8 + 8)),
-        # the exact and union steps: rank, exact kept copy, digests or kept/cluster arrays, ids and keep keys
-        "cluster_step_bytes": float(n_docs * (8 + 8 + 16 + 8 + 8 + 8 + 24)),
+        # one band task: its slice's keys, checks and ids and the sort order, plus one bit per document
+        "band_task_bytes": float(per_part * (8 + 4 + 8 + 8 + 8) + n_docs / 8),
+        # one exact task: its partition's digests, ids, keep keys, rank and kept copies
+        "exact_task_bytes": float(per_part * (16 + 32 + 8 + 8 + 8 + 8)),
+        # the union step: per candidate pair 16 bytes, per document of a pair ~64 (ids, keys, clusters)
+        "pair_bytes": 16.0,
         "expected_candidate_pairs": pairs_bg + pairs_dup,
         "threshold_50pct": float((1.0 / bands) ** (1.0 / rows)),
         "p_at_0.8": float(s_curve(0.8, bands, rows)),

@@ -41,7 +41,8 @@ def save_s_curve_png(path: str, bands: int, rows: int, threshold: float | None) 
 
 def plan_markdown(n_docs: int, bytes_in: int, params: DedupParams, source: str = "") -> str:
     """Dry-run estimate: bytes written and held, expected candidate pairs, for this corpus size."""
-    e = plan_estimate(n_docs, bytes_in, params.num_perm, params.bands, params.rows, params.verify_jaccard)
+    k = params.partitions or max(1, -(-n_docs // params.partition_docs))
+    e = plan_estimate(n_docs, bytes_in, params.num_perm, params.bands, params.rows, params.verify_jaccard, partitions=k)
     return "\n".join(
         [
             f"## Dedup plan{' for ' + source if source else ''}",
@@ -59,10 +60,11 @@ def plan_markdown(n_docs: int, bytes_in: int, params: DedupParams, source: str =
                 if bytes_in
                 else "unknown (the input manifest records no text bytes)"
             ),
-            f"- memory of one band task ({params.bands} of them, on any workers): about "
-            f"{human_bytes(e['band_task_bytes'])}",
-            f"- memory of the exact step and of the union step: about {human_bytes(e['cluster_step_bytes'])} "
-            f"(+ 16 bytes per candidate pair)",
+            f"- hash partitions: {k} (about {params.partition_docs:,} documents each at most: `partition_docs`)",
+            f"- memory of one exact task ({k} of them) about {human_bytes(e['exact_task_bytes'])}; of one band "
+            f"task ({params.bands * k} of them, on any workers) about {human_bytes(e['band_task_bytes'])}",
+            "- memory of the union step: about 16 bytes per candidate pair and 64 per document in a pair, "
+            "plus one shard's exact-group members",
             f"- expected candidate pairs: about {e['expected_candidate_pairs']:,.0f} (background Jaccard 0.05 and "
             f"5% near duplicates)",
             f"- 50% detection at Jaccard {e['threshold_50pct']:.2f}; P(candidate | 0.8) = {e['p_at_0.8']:.3f}",

@@ -387,6 +387,45 @@ def test_the_train_task_carries_the_gpu_tag():
 
 
 @pytest.mark.slow
+def test_a_gpu_concurrency_limit_of_one_runs_one_training_at_a_time(prefect_backend, tmp_path, monkeypatch):
+    """On the Prefect server: with `prefect concurrency-limit create gpu 1` (the V1 API, which Prefect 3 keeps
+    as the global limit `tag:gpu`), two training runs started together on different data roots train one
+    after the other; each holds the slot at least a second, so without the limit they would overlap."""
+    from prefect.client.orchestration import get_client
+
+    from tests.threads import Run
+
+    spans: dict[str, tuple[float, float]] = {}
+    real_train = train_module.train
+
+    def timed_train(params, shards_dir, out_dir, *args, **kw):
+        t0 = time.monotonic()
+        try:
+            time.sleep(1.0)
+            return real_train(params, shards_dir, out_dir, *args, **kw)
+        finally:
+            spans[out_dir] = (t0, time.monotonic())
+
+    monkeypatch.setattr(train_module, "train", timed_train)
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        make_tokenize_version(root)
+    p = params(max_steps=4, eval_interval=2, ckpt_interval=2)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)
+        try:
+            runs = [Run(lambda root=root: run_train(root, p)) for root in roots]
+            for run in runs:
+                run.start()
+            versions = [run.value(300) for run in runs]
+        finally:
+            client.delete_concurrency_limit_by_tag(GPU_TAG)
+    assert len(set(versions)) == 1 and len(spans) == 2
+    first, second = sorted(spans.values())
+    assert first[1] <= second[0], f"the two training runs overlapped: {spans}"
+
+
+@pytest.mark.slow
 def test_two_gloo_processes_commit_the_in_process_version(prefect_backend, tmp_path, caplog):
     """gpus=2 on CPU: torchrun with 2 gloo processes, committed like an in-process run, same losses."""
     p1 = params(micro_batch_size=4, max_steps=6, eval_interval=3, ckpt_interval=3)  # 8 sequences per step

@@ -139,6 +139,10 @@ def test_plan_estimate_sizes():
     assert e["shingle_set_bytes"] == pytest.approx(2e9)
     assert e["p_at_0.8"] == pytest.approx(0.924, abs=5e-4) and 0.7 < e["threshold_50pct"] < 0.75
     assert e["expected_candidate_pairs"] > 0
+    # partitions cut the exact and band tasks, not the corpus-wide bitmap
+    e4 = dm.plan_estimate(1_000_000, 3_000_000_000, 112, 14, 8, verify=True, partitions=4)
+    assert e4["exact_task_bytes"] == pytest.approx(e["exact_task_bytes"] / 4)
+    assert e4["band_task_bytes"] - 1_000_000 / 8 == pytest.approx((e["band_task_bytes"] - 1_000_000 / 8) / 4)
 
 
 # ---------------------------------------------------------------- quality on a planted set

@@ -83,31 +83,33 @@ def test_pinned_decisions_on_a_small_corpus(tmp_path):
     assert (summary.exact_duplicates, summary.near_duplicates, summary.candidate_pairs) == PINNED_COUNTS
 
 
-def test_a_band_task_depends_only_on_its_band(tmp_path):
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_a_band_task_depends_only_on_its_band(tmp_path, partitions):
     sources, docs = _corpus(tmp_path, 200, seed=4)
-    params = DedupParams(bands=6, rows=3, verify_jaccard=False)
+    params = DedupParams(bands=6, rows=3, verify_jaccard=False, exact=False, partitions=partitions)
     out = tmp_path / "out"
     run_steps(sources, str(out), params)
     work = out / "_work" / "minhash"
-    want = np.load(work / pairs_file(2))
+    want = dm.unique_pairs([np.load(work / pairs_file(2, q)) for q in range(partitions)])
     assert len(want) > 0
-    # the same pairs as the rows-based band sort on band 2 of the exact survivors' signatures
+    # the same pairs as the rows-based band sort on band 2 of the documents' signatures (exact off: all of them)
     hasher = dm.MinHasher(params.num_perm, params.seed, params.shingle_size, params.hash_function)
     sig = hasher.signatures([hasher.hashes(d.text) for d in docs])
-    eligible = np.load(work / "eligible.npy")
-    ids = np.flatnonzero(eligible)
+    ids = np.arange(len(docs))
     ref = dm.unique_pairs([dm.band_pairs(sig[2 * 3 : 3 * 3][:, ids], ids)])
     assert np.array_equal(want, ref)
-    # destroy every other band's files (and the band's own pairs), run band 2 alone: the same bytes
+    # destroy every other band's files (and the band's own pairs), run band 2's tasks alone: the same bytes
     from tasks.dedup import dedup_band
 
     for b in range(params.bands):
         if b != 2:
             for s in range(len(sources)):
                 (work / band_file(b, s)).write_bytes(b"garbage")
-    (work / pairs_file(2)).unlink()
-    res = dedup_band.fn("b-002", str(out), 2, params)
-    assert res.pairs == len(want) and np.array_equal(np.load(work / pairs_file(2)), want)
+    for q in range(partitions):
+        before = np.load(work / pairs_file(2, q))
+        (work / pairs_file(2, q)).unlink()
+        res = dedup_band.fn(f"b-002-p-{q:04d}", str(out), 2 * partitions + q, params)
+        assert res.pairs == len(before) and np.array_equal(np.load(work / pairs_file(2, q)), before)
 
 
 def _reference(docs, params):
@@ -126,7 +128,8 @@ def _reference(docs, params):
     eligible = (ekept == np.arange(n)) & np.array([len(h) > 0 for h in hashes])
     ids = np.flatnonzero(eligible)
     r = params.rows
-    pairs = dm.unique_pairs(dm.band_pairs(sig[b * r : (b + 1) * r][:, ids], ids) for b in range(params.bands))
+    bands = params.bands if params.near else 0
+    pairs = dm.unique_pairs(dm.band_pairs(sig[b * r : (b + 1) * r][:, ids], ids) for b in range(bands))
     candidates = len(pairs)
     if params.verify_jaccard and len(pairs):
         pairs = dm.expand_pairs(pairs, params.all_pairs_max)
@@ -145,25 +148,85 @@ def _reference(docs, params):
             out[docs[i].id] = ("exact_duplicate", {"kept_id": docs[ekept[i]].id})
         elif nkept[i] != i:
             out[docs[i].id] = ("near_duplicate", {"cluster_id": int(cluster[i]), "kept_id": docs[nkept[i]].id})
-    return out, candidates
+    # `_work/clusters.parquet`: every member of every final cluster (exact copies of near duplicates included)
+    final = nkept[ekept]
+    sizes = np.bincount(final, minlength=n)
+    members = np.flatnonzero(sizes[final] > 1)
+    kinds = {True: "kept"}
+    clusters = [
+        {
+            "doc_id": docs[m].id,
+            "kept_id": docs[final[m]].id,
+            "near_cluster_id": int(cluster[ekept[m]]),
+            "kind": kinds.get(bool(final[m] == m), "exact_duplicate" if ekept[m] != m else "near_duplicate"),
+        }
+        for m in members.tolist()
+    ]
+    return out, candidates, clusters
 
 
 @pytest.mark.parametrize(
     "seed,params",
     [
         (0, DedupParams()),
-        (1, DedupParams(verify_jaccard=False, bands=20, rows=3)),
-        (2, DedupParams(exact=False, bands=9, rows=4, all_pairs_max=3, jaccard_threshold=0.6)),
+        (0, DedupParams(partitions=5)),
+        (1, DedupParams(verify_jaccard=False, bands=20, rows=3, partitions=3)),
+        (2, DedupParams(exact=False, bands=9, rows=4, all_pairs_max=3, jaccard_threshold=0.6, partitions=2)),
+        (3, DedupParams(near=False, partitions=4)),
     ],
 )
 def test_union_step_equals_the_single_process_clustering(tmp_path, seed, params):
     sources, docs = _corpus(tmp_path, 400, seed=seed, shards=4)
     out = str(tmp_path / "out")
     summary = run_steps(sources, out, params)
-    want, candidates = _reference(docs, params)
+    want, candidates, want_clusters = _reference(docs, params)
     got = _decisions(out, len(sources))
     assert len(want) > 20 and got == want
     assert summary.candidate_pairs == candidates
     clusters = pq.read_table(f"{out}/_work/clusters.parquet").to_pylist()
     assert {c["doc_id"] for c in clusters if c["kind"] != "kept"} == set(want)
+    assert clusters == want_clusters
     json.dumps(summary.model_dump())  # the manifest extras stay JSON
+
+
+def test_partitions_change_nothing_but_the_split(tmp_path):
+    """Summary (sizes, largest clusters), decisions and clusters file equal for 1, 2 and 7 partitions."""
+    sources, _ = _corpus(tmp_path, 400, seed=5, shards=3)
+    seen = []
+    for k in (1, 2, 7):
+        out = str(tmp_path / f"out-{k}")
+        summary = run_steps(sources, out, DedupParams(partitions=k))
+        clusters = pq.read_table(f"{out}/_work/clusters.parquet").to_pylist()
+        seen.append((summary.model_dump(), _decisions(out, len(sources)), clusters))
+    assert seen[0][0]["exact_duplicates"] > 0 and seen[0][0]["near_duplicates"] > 0
+    assert seen[0] == seen[1] == seen[2]
+
+
+def test_partitions_follow_the_corpus_size():
+    from tasks.dedup import resolve_partitions
+
+    assert resolve_partitions(DedupParams(partition_docs=1000), 999).partitions == 1
+    assert resolve_partitions(DedupParams(partition_docs=1000), 4001).partitions == 5
+    assert resolve_partitions(DedupParams(partitions=3), 10**9).partitions == 3
+    assert DedupParams(partitions=3).version_params() == DedupParams(partition_docs=7).version_params()
+
+
+def test_partitioned_steps_on_an_object_store_equal_local(s3_server, tmp_path, monkeypatch):
+    """Every task reads its slice of the work files with range requests on S3 (moto on 127.0.0.1): the same
+    decisions and clusters as on a local root, and no local work directory left behind."""
+    import uuid
+
+    import fsspec
+
+    monkeypatch.setenv("PRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    sources, _ = _corpus(tmp_path, 300, seed=6, shards=3)
+    params = DedupParams(partitions=3)
+    remote, local = f"s3://{bucket}/dedup", str(tmp_path / "local")
+    assert run_steps(sources, remote, params) == run_steps(sources, local, params)
+    assert _decisions(remote, len(sources)) == _decisions(local, len(sources))
+    with fs.open(f"{bucket}/dedup/_work/clusters.parquet", "rb") as f:
+        assert pq.read_table(f).to_pylist() == pq.read_table(f"{local}/_work/clusters.parquet").to_pylist()
+    assert not list((tmp_path / "cache" / "work").iterdir())
