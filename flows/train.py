@@ -61,6 +61,7 @@ from tasks.train.params import STAGE, STAGE_VERSION, check_processes
 from tasks.train.report import loss_curve_markdown, metrics_table, report
 
 RESULT_PATHS = ("checkpoint", "metrics_path", "plot_path")
+MIRROR_INTERVAL_S = 30.0  # object-store roots: seconds between checkpoint uploads while training
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one training run at a time
 
 
@@ -145,10 +146,12 @@ def _train(run: StageRun, params: TrainParams, force: bool) -> StageOutput:
 
 
 def _train_staged(run: StageRun, params: TrainParams, force: bool) -> StageOutput:
-    """Train into `<cache>/work/train-<hash of the version URL>` and upload its files into the version directory.
-    Resume: a local work directory left by a killed run on this machine is continued; else the files of a failed
-    run uploaded to the version (on failure, the local checkpoints are uploaded before the error propagates)
-    are downloaded first. A run killed outright (SIGKILL) on another machine resumes from what it uploaded."""
+    """Train into `<cache>/work/train-<hash of the version URL>` and mirror it into the version directory while it
+    trains (`storage.checkpoints.Mirror`: every `MIRROR_INTERVAL_S`, each complete checkpoint uploaded with its
+    meta.json last, pruned ones deleted, metrics re-sent; and once more at the end, success or failure).
+    Resume: a local work directory left by a killed run on this machine is continued; else the checkpoints
+    uploaded to the version are downloaded first, so a run killed outright (SIGKILL) on one machine resumes on
+    another from its last uploaded checkpoint."""
     assert run.writer is not None
     remote = run.writer.path
     fs, base = paths.filesystem(remote)
@@ -159,20 +162,17 @@ def _train_staged(run: StageRun, params: TrainParams, force: bool) -> StageOutpu
         for entry in fs.ls(base, detail=False):
             if entry.rstrip("/").rsplit("/", 1)[-1] != WRITING:
                 fs.rm(entry, recursive=True)
-    elif ckpt.latest_step(local) is None and ckpt.latest_step(remote) is not None:
+    elif (ckpt.latest_step(remote) or -1) > (ckpt.latest_step(local) or -1):  # the upload is newer: start from it
+        paths.remove_local(local)
         for entry in fs.ls(base, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             if name != WRITING:
                 fs.get(entry, os.path.join(local, name), recursive=True)
     try:
-        out = _train_in(run, params, force, local)
-    except BaseException:
-        if ckpt.latest_step(local) is not None:
-            paths.upload_dir(local, remote)
+        with ckpt.Mirror(local, remote, MIRROR_INTERVAL_S):  # each checkpoint is uploaded once it is complete
+            out = _train_in(run, params, force, local)
+    finally:
         paths.remove_local(local)
-        raise
-    paths.upload_dir(local, remote)
-    paths.remove_local(local)
     return out
 
 

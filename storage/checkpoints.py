@@ -130,3 +130,81 @@ def prune_checkpoints(out_dir: str, keep_last: int, milestone_every: int = 0) ->
     if removed:
         log.info("pruned checkpoints %s (kept %s)", removed, sorted(keep))
     return removed
+
+
+def mirror(local_dir: str, remote_dir: str, uploaded: dict[int, str] | None = None) -> dict[int, str]:
+    """Make `remote_dir`'s checkpoints those of the local `local_dir`, with the checkpoint protocol on both
+    sides: a valid local step the remote lacks (or holds with another `meta.json`, a step saved again after a
+    rollback) is uploaded files first and `meta.json` last; a remote step gone locally (pruned, rolled back)
+    loses its `meta.json` first, then its files. Every other file of `local_dir` (metrics, plots) is uploaded
+    too. `uploaded` (step -> meta text) is what an earlier call of this run uploaded: those are not re-sent.
+    Returns the updated map. Used while training on an object-store root, so a run killed outright on one
+    machine resumes elsewhere from its last uploaded checkpoint (flows/train.py)."""
+    import os
+
+    uploaded = dict(uploaded or {})
+    fs, base = paths.filesystem(remote_dir)
+    local_steps = list_checkpoints(local_dir)
+    for step in local_steps:
+        name = step_dir_name(step)
+        with open(os.path.join(local_dir, name, META)) as f:
+            meta = f.read()
+        target = paths.join(base, name)
+        if step not in uploaded and fs.exists(paths.join(target, META)):  # already there (downloaded on resume)?
+            with fs.open(paths.join(target, META), "r") as f:
+                uploaded[step] = f.read()
+        if uploaded.get(step) == meta:
+            continue
+        commit_marker_dir(fs, target, META)
+        files = sorted(f for f in os.listdir(os.path.join(local_dir, name)) if f != META)
+        paths.upload_dir(os.path.join(local_dir, name), paths.join(remote_dir, name), files)
+        finish_marker_dir(fs, target, META, meta)
+        uploaded[step] = meta
+    for step in list_checkpoints(remote_dir):
+        if step not in local_steps:
+            target = paths.join(base, step_dir_name(step))
+            fs.rm(paths.join(target, META))
+            fs.rm(target, recursive=True)
+            uploaded.pop(step, None)
+    others = sorted(
+        os.path.relpath(os.path.join(d, f), local_dir)
+        for d, _, files in os.walk(local_dir)
+        for f in files
+        if not _STEP_RE.match(os.path.relpath(d, local_dir).split(os.sep)[0])
+    )
+    paths.upload_dir(local_dir, remote_dir, others)
+    return uploaded
+
+
+class Mirror:
+    """`mirror(local_dir, remote_dir)` every `interval_s` seconds in a thread while a block runs, and once more at
+    its end (success or failure). Failures of a periodic sync are logged and retried at the next one."""
+
+    def __init__(self, local_dir: str, remote_dir: str, interval_s: float = 30.0) -> None:
+        import threading
+
+        self.local_dir, self.remote_dir, self.interval_s = local_dir, remote_dir, interval_s
+        self.uploaded: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="checkpoint-mirror", daemon=True)
+
+    def sync(self) -> None:
+        with self._lock:
+            self.uploaded = mirror(self.local_dir, self.remote_dir, self.uploaded)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sync()
+            except Exception as err:  # the next sync retries; the final one raises
+                log.warning("checkpoint upload to %s failed (retried): %s", self.remote_dir, err)
+
+    def __enter__(self) -> Mirror:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sync()
