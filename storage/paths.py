@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from fsspec.core import url_to_fs
 ENV_DATA_ROOT = "PRETRAIN_DATA_ROOT"
 DEFAULT_DATA_ROOT = "./pretrain-data"
 ENV_ALLOWED_ROOTS = "PRETRAIN_ALLOWED_ROOTS"
+ENV_CACHE_MAX_GB = "PRETRAIN_CACHE_MAX_GB"
 ENV_CACHE_DIR = "PRETRAIN_CACHE_DIR"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _LOG_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
@@ -122,16 +124,53 @@ def local_copy(path: str) -> str:
     fs, p = filesystem(path)
     key = hashlib.sha256(f"{path}\0{fs.ukey(p)}".encode()).hexdigest()[:24]
     target = os.path.join(cache_dir(), "files", key, p.rstrip("/").rsplit("/", 1)[-1])
-    if not os.path.isfile(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            fs.get_file(p, tmp)
-            os.replace(tmp, target)  # concurrent downloads of the same object write the same bytes
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    if os.path.isfile(target):
+        os.utime(os.path.dirname(target))  # recently used: evicted last
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.get_file(p, tmp)
+        os.replace(tmp, target)  # concurrent downloads of the same object write the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    os.utime(os.path.dirname(target))
+    prune_cache()
     return target
+
+
+def cache_limit() -> int:
+    """Bytes the downloads under `<cache>/files` may take: `$PRETRAIN_CACHE_MAX_GB` (default 50)."""
+    return int(float(os.environ.get(ENV_CACHE_MAX_GB) or 50) * 2**30)
+
+
+def prune_cache(max_bytes: int | None = None, min_age_s: float = 3600.0) -> list[str]:
+    """Evict the least recently used downloads of `<cache>/files` until they take at most `max_bytes`
+    (`cache_limit()`); an entry used within `min_age_s` is never evicted (a task may be about to open it; one
+    already open stays readable after the unlink). Returns the removed entries. Run after each download, and by
+    `pretrain gc`."""
+    limit = cache_limit() if max_bytes is None else max_bytes
+    top = os.path.join(cache_dir(), "files")
+    if not os.path.isdir(top):
+        return []
+    entries = []
+    for entry in os.scandir(top):
+        if entry.is_dir(follow_symlinks=False):
+            size = sum(f.stat().st_size for f in os.scandir(entry.path) if f.is_file(follow_symlinks=False))
+            entries.append((entry.stat().st_mtime, size, entry.path))
+    total = sum(size for _, size, _ in entries)
+    removed: list[str] = []
+    now = time.time()
+    for used, size, path in sorted(entries):
+        if total <= limit:
+            break
+        if now - used < min_age_s:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def upload_dir(local_dir: str, remote_dir: str, names: list[str] | None = None) -> None:
