@@ -1,14 +1,16 @@
 """The `pretrain` command line: run the Prefect pipeline, show status, inspect stage outputs.
 
     pretrain run [--config FILE] [--data-root DIR] [--input PATH_OR_URL ...] [--only S] [--from S] [--to S] [--force S]
-                 [--dask ADDRESS]
+                 [--dask ADDRESS] [--set KEY=VALUE ...]
+    pretrain config show|schema [--config FILE] [--set KEY=VALUE ...] [--json]
     pretrain status [--json] [--all]
     pretrain inspect STAGE [--version V] [--json] [--sample N] [--rejected] [--reason R]
     pretrain inspect dedup --plan [--config FILE]
     pretrain demo-crawl --out DIR [--pages N] [--seed K]
     pretrain gc --keep N [--dry-run]
     pretrain plan [--version V | --tokens N] [--compute FLOPS | --gpu-hours H] [--gpu NAME] [--gpus K] [--mfu M]
-    pretrain export-tokens --format llm.c [--split train|val|anneal] --out FILE [--version V]
+    pretrain export-tokens --format llm.c|nanogpt [--split train|val|anneal] --out FILE [--version V]
+    pretrain export-hf --out DIR [--version V] [--step final|best|N]
 
 Knob documentation lives on the pydantic params (`configs/default.yaml` lists them); this module only
 routes arguments. Prefect is imported lazily so that `status`/`inspect` stay quick and the logging
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -80,43 +81,38 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, "  ".join("-" * width[c] for c in cols), *body])
 
 
-def _own_session_server() -> Any:
-    """Prefect's temporary server in its own session (the terminal's Ctrl-C must not kill it before the
-    interrupted run is reported) that dies with this process (flows/interrupt.py)."""
-    import subprocess
+def _needs_temporary_server() -> bool:
+    from prefect.settings import get_current_settings
 
-    from prefect.server.api.server import SubprocessASGIServer
-
-    from flows.interrupt import die_with_parent
-
-    class OwnSessionServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            real_popen = subprocess.Popen
-            try:
-                subprocess.Popen = functools.partial(real_popen, preexec_fn=die_with_parent)  # type: ignore[misc,assignment]
-                return super()._run_uvicorn_command()
-            finally:
-                subprocess.Popen = real_popen  # type: ignore[misc]
-
-    return OwnSessionServer()
+    return not (os.environ.get("PREFECT_API_URL") or get_current_settings().api.url)
 
 
 @contextlib.contextmanager
-def _shared_ephemeral_server() -> Iterator[None]:
-    """Without PREFECT_API_URL, one temporary Prefect server for the whole run, shared with the process-pool
+def _shared_ephemeral_server(server: Any = None) -> Iterator[None]:
+    """Without PREFECT_API_URL, one temporary Prefect server for the whole run (`flows.server`; `server`: one
+    started earlier, so it came up while the command imported the pipeline), shared with the process-pool
     workers through the environment (left alone, every worker process starts its own, ~7 s per stage)."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
+    if not _needs_temporary_server():  # an API URL in a Prefect profile: a server started early is not needed
+        if server is not None:
+            server.stop()
         yield
         return
+    if server is None:
+        from flows.server import TemporaryServer
+
+        server = TemporaryServer().start()
     from flows.interrupt import MARKER
 
-    server = _own_session_server()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-    os.environ["PREFECT_API_URL"] = server.api_url
     MARKER.cleanups.append(server.stop)  # the interrupt watchdog stops it if the run cannot unwind
     try:
+        server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+        os.environ["PREFECT_API_URL"] = server.api_url
+        # threads that carry no settings context (Prefect's own workers among them) read the process-global
+        # settings, made at import: rebuilt from the environment, else each would start its own server
+        refresh_global_settings_context()
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
     finally:
@@ -127,16 +123,32 @@ def _shared_ephemeral_server() -> Iterator[None]:
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
+        refresh_global_settings_context()
         server.stop()
 
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
     paths.apply_prefect_env_defaults()
-    from flows.config import ConfigError, load_config
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):  # start one now: it comes up while the pipeline's modules import
+        from flows.server import TemporaryServer
+
+        server = TemporaryServer().start()
+    try:
+        return _run(args, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(args: argparse.Namespace, server: Any) -> int:
+    from flows.config import ConfigError, apply_overrides, load_config
 
     try:
         config = load_config(args.config)
+        if args.overrides:
+            config = apply_overrides(config, args.overrides)
         if args.input:
             ingest = config.section("ingest").model_copy(update={"inputs": list(args.input)})
             config = config.model_copy(update={"ingest": ingest})
@@ -154,7 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_console_tracebacks()
     try:
         select_stages(args.only, args.from_stage, args.to_stage)
-    except ValueError as err:
+        if args.force is not None:
+            _stage(args.force)
+    except (ValueError, argparse.ArgumentTypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     root = paths.resolve_data_root(args.data_root)
@@ -162,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with guard_run() as marker:
         try:
-            with _shared_ephemeral_server():
+            with _shared_ephemeral_server(server):
                 try:
                     versions = pipeline_flow(
                         config=config,
@@ -206,6 +220,32 @@ def _status_row(root: str, m: Manifest, latest: str | None) -> dict[str, Any]:
         "inputs": ",".join(f"{k}@{v}" for k, v in m.inputs.items()),
         "created_at": m.created_at,
     }
+
+
+@command("config")
+def cmd_config(args: argparse.Namespace) -> int:
+    from flows.config import HEADER, ConfigError, apply_overrides, config_schema, config_yaml, load_config
+
+    if args.action == "schema":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
+    try:
+        config = load_config(args.config)
+        if args.overrides:
+            config = apply_overrides(config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    if args.config is None and not args.overrides:
+        header = HEADER
+    else:
+        source = " + ".join([args.config or "the defaults", *(f"--set {o}" for o in args.overrides)])
+        header = f"# The effective pipeline config: {source}; every key with its description.\n"
+    print(config_yaml(config, header=header), end="")
+    return 0
 
 
 @command("status")
@@ -256,7 +296,8 @@ def _inspect_plan(args: argparse.Namespace, root: str) -> int:
     from tasks.dedup.report import plan_for_input
 
     try:
-        print(plan_for_input(root, load_config(args.config).section("dedup") if args.config else DedupParams()))
+        params = load_config(args.config).section("dedup") if args.config else DedupParams()
+        print(plan_for_input(root, params, input_kind=str(_pipeline().upstream_of("dedup"))))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -381,16 +422,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 @command("export-tokens")
 def cmd_export_tokens(args: argparse.Namespace) -> int:
-    from tasks.tokenization.llmc import export_llmc
+    from tasks.tokenization.llmc import export_tokens
 
     root = paths.resolve_data_root(args.data_root)
     try:
         m = load_manifest(root, "tokenize", args.version)
-        n = export_llmc(m, root, args.split, args.out)
+        n = export_tokens(m, root, args.split, args.out, args.format)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {n:,} {args.split} tokens of tokenize@{m.version} to {args.out} ({args.format} format)")
+    return 0
+
+
+def _export_step(value: str) -> int | str:
+    if value in ("final", "best"):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"--step must be final, best or a step number, not {value!r}")
+
+
+@command("export-hf")
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from tasks.train.export_hf import export_hf
+
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        r = export_hf(root, args.out, args.version, args.step)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote train@{r.train_version} step {r.step} ({r.num_params:,} parameters, vocab {r.vocab_size:,}, "
+        f"tokenizer of tokenize@{r.tokenize_version}) to {r.out} as LlamaForCausalLM"
+    )
     return 0
 
 
@@ -460,16 +526,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
     r = sub.add_parser("run", help="run the pipeline (default config: demo crawl -> tiny model)")
     r.add_argument("--config", help="YAML config (see configs/default.yaml)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set langid.threshold=0.7 (repeatable; values are YAML)",
+    )
     r.add_argument("--input", nargs="+", help="ingest inputs (paths, globs, http(s)/s3 URLs); overrides the config")
-    r.add_argument("--only", type=_stage, help="run just this stage on the latest upstream versions")
-    r.add_argument("--from", dest="from_stage", type=_stage, help="first stage to run")
-    r.add_argument("--to", dest="to_stage", type=_stage, help="last stage to run")
-    r.add_argument("--force", type=_stage, help="recompute this stage even if complete (and what follows it)")
+    # stage names are checked by `run` itself, after it has started the temporary server (checking them here
+    # imports every stage, which would delay the server by seconds)
+    r.add_argument("--only", help="run just this stage on the latest upstream versions")
+    r.add_argument("--from", dest="from_stage", help="first stage to run")
+    r.add_argument("--to", dest="to_stage", help="last stage to run")
+    r.add_argument("--force", help="recompute this stage even if complete (and what follows it)")
     r.add_argument(
         "--dask",
         metavar="ADDRESS",
         help="run shard tasks on the Dask cluster at ADDRESS (tcp://host:8786); overrides the config's runner",
     )
+    c = sub.add_parser("config", help="show the effective config with each key's description, or its JSON Schema")
+    c.add_argument("action", choices=["show", "schema"], help="show: YAML with comments; schema: JSON Schema")
+    c.add_argument("--config", help="YAML config to start from (default: the built-in defaults)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as for run")
+    c.add_argument("--json", action="store_true", help="show: the config as JSON, without comments")
     s = sub.add_parser("status", help="latest version of every stage")
     s.add_argument("--json", action="store_true")
     s.add_argument("--all", action="store_true", help="every complete version, with lineage")
@@ -515,16 +596,26 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--vocab-size", type=int, help="vocabulary (default: the tokenize version's, else 32000)")
     pl.add_argument("--seq-len", type=int, help="sequence length (default: the tokenize version's, else 1024)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    x = sub.add_parser("export-tokens", help="write a tokenize split as an llm.c / nanoGPT .bin token file")
+    x = sub.add_parser("export-tokens", help="write a tokenize split as an llm.c or nanoGPT .bin token file")
     x.add_argument(
         "--format",
-        choices=["llm.c"],
+        choices=["llm.c", "nanogpt"],
         default="llm.c",
-        help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens",
+        help="llm.c: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens; "
+        "nanogpt: the bare uint16 tokens (nanoGPT's np.memmap(dtype=uint16))",
     )
     x.add_argument("--split", default="train", help="train, val or anneal")
     x.add_argument("--out", required=True, help="output .bin file")
     x.add_argument("--version", type=_version, default="latest", help="tokenize version")
+    h = sub.add_parser("export-hf", help="write a train checkpoint as a Hugging Face Llama model + tokenizer")
+    h.add_argument("--out", required=True, help="output directory (from_pretrained reads it)")
+    h.add_argument("--version", type=_version, default="latest", help="train version")
+    h.add_argument(
+        "--step",
+        type=_export_step,
+        default="final",
+        help="final (default: the run's last step), best (lowest val loss) or a kept step number",
+    )
     q = sub.add_parser(
         "train-quality-classifier",
         help="train the fastText quality classifier (DCLM recipe)",
@@ -577,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pretrain config show | head`: the reader is gone, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as err:  # one readable line; the traceback with --debug
         if paths.debug_enabled():
             raise

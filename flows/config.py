@@ -122,3 +122,78 @@ def load_config(path: str | Path | None) -> ConfigBase:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of stage names to params, got {type(data).__name__}")
     return parse_config(data, str(p))
+
+
+# ---------------------------------------------------------------- discover and override
+
+
+HEADER = (
+    "# The default pipeline config (what `pretrain run` uses with no --config), written out with each key's\n"
+    "# description. Generated: `pretrain config show > configs/default.yaml`; tests/flows/test_config.py\n"
+    "# keeps it in sync with the params. Copy it, keep the keys you change, and pass it with --config.\n"
+)
+
+
+def _comment(text: str, indent: str, width: int = 110) -> list[str]:
+    import textwrap
+
+    return [f"{indent}# {line}" for line in textwrap.wrap(" ".join(text.split()), width - len(indent) - 2)]
+
+
+def _scalar_yaml(key: str, value: Any, indent: str) -> list[str]:
+    dumped = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False, width=1000).rstrip("\n")
+    return [f"{indent}{line}" for line in dumped.split("\n")]
+
+
+def _yaml_lines(model: BaseModel, indent: str, comments: bool) -> list[str]:
+    lines: list[str] = []
+    data = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if comments and field.description:
+            lines += _comment(field.description, indent)
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            lines += _yaml_lines(value, indent + "  ", comments)
+        else:
+            lines += _scalar_yaml(name, data[name], indent)
+    return lines
+
+
+def config_yaml(config: BaseModel, comments: bool = True, header: str = "") -> str:
+    """`config` as YAML, every key preceded by its field description as a comment (`pretrain config show`);
+    loads back to the same config."""
+    return header + "\n".join(_yaml_lines(config, "", comments)) + "\n"
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the pipeline config (`pretrain config schema`): every key, type, default, bound and
+    description, for editors and for generating run forms."""
+    schema: dict[str, Any] = pipeline_config().model_json_schema()
+    return schema
+
+
+def apply_overrides(config: ConfigBase, overrides: list[str]) -> ConfigBase:
+    """`--set stage.key=value` (repeatable): each value is read as YAML (`0.7`, `true`, `[en, de]`, `null`), the
+    dotted key addresses a section's field; the result is validated like a config file, errors naming the
+    `--set` that caused them."""
+    data = config.model_dump(mode="json")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set langid.threshold=0.7")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err}") from None
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                allowed = ", ".join(sorted(k for k, v in node.items() if isinstance(v, dict))) or "none"
+                raise ConfigError(f"--set {item!r}: {where} is not a config section; sections here: {allowed}")
+            node = child
+        node[parts[-1]] = value
+    return parse_config(data, "(after --set " + " ".join(overrides) + ")")

@@ -282,7 +282,8 @@ class InterruptiblePool(ProcessPoolTaskRunner):
     def __enter__(self) -> InterruptiblePool:
         super().__enter__()
         # workers are spawned by submit() on these resolver threads: start them with SIGINT blocked
-        self._resolver_executor.shutdown(wait=False)
+        if self._resolver_executor is not None:
+            self._resolver_executor.shutdown(wait=False)
         self._resolver_executor = ThreadPoolExecutor(max_workers=self._max_workers, initializer=block_sigint)
         return self
 

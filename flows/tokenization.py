@@ -10,7 +10,7 @@ from is in the manifest's `inputs` (lineage, not part of the version id: that al
 version and training params the tokenizer was made from).
 
 Views of a version: `tasks.tokenization.report` (`report`, `sample_sequences`) and
-`tasks.tokenization.llmc` (`export_llmc`: `pretrain export-tokens --format llm.c`).
+`tasks.tokenization.llmc` (`export_tokens`: `pretrain export-tokens --format llm.c|nanogpt`).
 """
 
 import datetime as dt

@@ -205,10 +205,9 @@ def _train_in(run: StageRun, params: TrainParams, force: bool, out: str) -> Stag
         result.unigram_loss,
         result.val_bpb,
     )
-    rel = {k: os.path.relpath(getattr(result, k), out) for k in RESULT_PATHS}
-    result = result.model_copy(update=rel)
+    assert not any(os.path.isabs(getattr(result, k)) for k in RESULT_PATHS), "result paths are relative to the run"
     return StageOutput(
-        shards=[ShardInfo(name=rel["checkpoint"], rows=result.tokens_seen, bytes=0)],
+        shards=[ShardInfo(name=result.checkpoint, rows=result.tokens_seen, bytes=0)],
         stats=StageStats(),
         extras={"result": result.model_dump(mode="json")},
     )

@@ -601,7 +601,8 @@ def _exact_dropped(work: Work, n: int, params: DedupParams) -> np.ndarray:
 
 
 def _is_set(bits: np.ndarray, i: np.ndarray) -> np.ndarray:
-    return ((bits[i >> 3] >> (i & 7).astype(np.uint8)) & 1).astype(bool)
+    out: np.ndarray = ((bits[i >> 3] >> (i & 7).astype(np.uint8)) & 1).astype(bool)
+    return out
 
 
 @task

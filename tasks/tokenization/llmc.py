@@ -1,11 +1,15 @@
-"""llm.c token files (`pretrain export-tokens --format llm.c`): a 256 int32 header (magic, version, token
-count), then the tokens; uint16 vocabularies use magic 20240520 / version 1, uint32 ones llm.c's llama-3
-header 20240801 / 7."""
+"""Token files for other trainers (`pretrain export-tokens --format llm.c|nanogpt`): a split's rows, in order.
+
+llm.c: a 256 int32 header (magic, version, token count), then the tokens; uint16 vocabularies use magic
+20240520 / version 1, uint32 ones llm.c's llama-3 header 20240801 / 7.
+nanoGPT: the bare uint16 tokens, no header (its train.py reads `np.memmap(path, dtype=np.uint16, mode="r")`,
+so an llm.c file read that way starts with 512 "tokens" of header); vocabularies above 65,536 do not fit.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -20,9 +24,22 @@ LLMC_HEADERS: dict[np.dtype[Any], tuple[int, int]] = {
 }
 
 
+TokenFormat = Literal["llm.c", "nanogpt"]
+TOKEN_FORMATS: tuple[TokenFormat, ...] = get_args(TokenFormat)
+
+
+def _write_tokens(shards: TokenShards, out: str, header: bytes) -> int:
+    """Write `header`, then every token of the shards in order, to `out` (whole or not at all)."""
+    fs, p = paths.filesystem(out)
+    with AtomicFile(fs, p) as f:
+        f.file.write(header)
+        for chunk in shards.iter_chunks():
+            f.file.write(np.ascontiguousarray(chunk).tobytes())
+    return shards.num_tokens
+
+
 def write_llmc(directory: str, out: str) -> int:
-    """Write the rows of a split directory, in order, as an llm.c `.bin` file (whole or not at all);
-    returns the token count."""
+    """Write the rows of a split directory, in order, as an llm.c `.bin` file; returns the token count."""
     shards = TokenShards(directory)
     n = shards.num_tokens
     if n >= 2**31:
@@ -30,12 +47,18 @@ def write_llmc(directory: str, out: str) -> int:
     magic, version = LLMC_HEADERS[shards.dtype]
     header = np.zeros(256, dtype=np.int32)
     header[:3] = (magic, version, n)
-    fs, p = paths.filesystem(out)
-    with AtomicFile(fs, p) as f:
-        f.file.write(header.tobytes())
-        for chunk in shards.iter_chunks():
-            f.file.write(np.ascontiguousarray(chunk).tobytes())
-    return n
+    return _write_tokens(shards, out, header.tobytes())
+
+
+def write_nanogpt(directory: str, out: str) -> int:
+    """Write the rows of a split directory, in order, as a headerless uint16 nanoGPT `.bin`; the token count."""
+    shards = TokenShards(directory)
+    if shards.dtype != np.dtype(np.uint16):
+        raise ValueError(
+            f"{directory}: {shards.dtype} tokens (vocabulary over 65,536) do not fit nanoGPT's uint16 .bin; "
+            f"use --format llm.c"
+        )
+    return _write_tokens(shards, out, b"")
 
 
 def read_llmc(path: str) -> np.ndarray:
@@ -52,10 +75,11 @@ def read_llmc(path: str) -> np.ndarray:
     return tokens
 
 
-def export_llmc(manifest: Manifest, root: str, split: str, out: str) -> int:
-    """Write split `split` of a tokenize version to `out` as an llm.c file; returns the token count."""
+def export_tokens(manifest: Manifest, root: str, split: str, out: str, fmt: TokenFormat = "llm.c") -> int:
+    """Write split `split` of a tokenize version to `out` in format `fmt`; returns the token count."""
     if split not in manifest.extras.get("sequences", {}):
         raise ValueError(
             f"tokenize@{manifest.version} has no split {split!r}; it has {sorted(manifest.extras.get('sequences', {}))}"
         )
-    return write_llmc(paths.version_dir(root, manifest.stage, manifest.version) + f"/{split}", out)
+    write = {"llm.c": write_llmc, "nanogpt": write_nanogpt}[fmt]
+    return write(paths.version_dir(root, manifest.stage, manifest.version) + f"/{split}", out)

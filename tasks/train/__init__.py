@@ -452,9 +452,11 @@ def finish(
         skipped_steps=st.skipped_steps,
         rollbacks=st.rollbacks,
         skipped_batches=st.skipped_batches,
-        checkpoint=ckpt.step_dir(str(run.out), st.step),
-        metrics_path=str(run.metrics.path),
-        plot_path=str(run.out / LOSS_PLOT),
+        # relative to the run's directory: a staged run (object-store root) trains in a local work directory that
+        # is gone once the version is committed, and a data root may move
+        checkpoint=ckpt.step_dir_name(st.step),
+        metrics_path=run.metrics.path.name,
+        plot_path=LOSS_PLOT,
         sample=sample,
         seconds=seconds,
     )

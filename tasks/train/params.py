@@ -190,8 +190,8 @@ class TrainResult(BaseModel):
     skipped_steps: int
     rollbacks: int
     skipped_batches: int
-    checkpoint: str
-    metrics_path: str
-    plot_path: str
+    checkpoint: str = Field(description="The final checkpoint's directory, relative to the run's directory.")
+    metrics_path: str = Field(description="metrics.jsonl, relative to the run's directory.")
+    plot_path: str = Field(description="The loss plot, relative to the run's directory.")
     sample: str
     seconds: float

@@ -192,6 +192,9 @@ def test_train_on_s3_stages_checkpoints_locally_and_uploads(prefect_backend, s3_
     assert ckpt.latest_step(out) == 10
     assert fs.exists(f"{out}/{m.extras['result']['metrics_path']}") and fs.exists(f"{out}/manifest.json")
     assert not fs.exists(f"{out}/_writing.json")
+    # the uploaded result.json names files in the version, not in the local work directory removed below (issue 15)
+    written = json.loads(fs.cat(f"{out}/result.json"))
+    assert all(fs.exists(f"{out}/{written[k]}") for k in ("checkpoint", "metrics_path", "plot_path")), written
     assert not list((tmp_path / "cache" / "work").iterdir())
     assert _s3_dirs(tmp_path) == []
     assert run_train(root, params()) == version

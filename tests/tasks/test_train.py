@@ -136,6 +136,15 @@ def test_tiny_run_beats_unigram_and_writes_outputs(shards, tmp_path):
     assert (r.skipped_steps, r.rollbacks) == (0, 0)
     for name in ("metrics.jsonl", "loss.png", "sample.txt", "result.json"):
         assert (out / name).stat().st_size > 0, name
+    # result.json names its files relative to the run's directory (issue 15): a staged run's work directory is
+    # gone after the commit, and absolute paths break when the data root moves
+    written = json.loads((out / "result.json").read_text())
+    assert (written["checkpoint"], written["metrics_path"], written["plot_path"]) == (
+        "step-000030",
+        "metrics.jsonl",
+        "loss.png",
+    )
+    assert (r.checkpoint, r.metrics_path, r.plot_path) == ("step-000030", "metrics.jsonl", "loss.png")
     assert r.sample.count("|") == 8 + 16 - 1  # 8 prompt tokens + 16 sampled
     # keep_last=1, the best by val loss (the last here) and milestone 20
     assert ckpt.list_checkpoints(str(out)) == [20, 30]

@@ -1,0 +1,123 @@
+"""The temporary Prefect server of `pretrain run`, started before the run's imports so that it is not on the
+critical path.
+
+Without `PREFECT_API_URL` Prefect starts an ephemeral API server when a flow first runs (SubprocessASGIServer:
+importing `prefect.server.api.server` alone takes ~3.5 s here, then ~4 s for uvicorn to answer), and only then
+does the first task run. `TemporaryServer.start()` launches the same uvicorn command (Prefect 3.9's, below)
+without importing the server package, at the top of `pretrain run`; the command imports the pipeline and
+lists its inputs while the server starts on the other core, and `wait_ready()` is called just before the
+pipeline flow. The process runs in its own session (the terminal's Ctrl-C must not kill it before the
+interrupted run is reported) and dies with this process (`PR_SET_PDEATHSIG`, flows/interrupt.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (Prefect retries on another port too)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TemporaryServer:
+    """A Prefect API server on 127.0.0.1 in a subprocess: `start()` returns at once, `wait_ready()` blocks."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.process: subprocess.Popen[Any] | None = None
+        self.started_at = 0.0
+        self.ready = False
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.address}/api"
+
+    def _command(self) -> list[str]:
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.origin is not None, "prefect is not installed"
+        app_dir = str(Path(spec.origin).parent.parent)
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            app_dir,
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+
+    def start(self) -> TemporaryServer:
+        from flows.interrupt import die_with_parent
+
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(self._command(), env=env, preexec_fn=die_with_parent)
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Block until `/health` answers 200 (a taken port: restart on another one)."""
+        assert self.process is not None, "start() first"
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            code = self.process.poll()
+            if code == PORT_IN_USE:
+                self.port = _free_port()
+                self.start()
+                continue
+            if code is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {code} before it answered")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        self.ready = True
+                        took = time.monotonic() - self.started_at
+                        print(f"temporary Prefect server on {self.address} (up in {took:.1f} s)", file=sys.stderr)
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer on {self.api_url} within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.ready:
+            print(f"stopping the temporary Prefect server on {self.address}", file=sys.stderr, flush=True)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
