@@ -17,7 +17,6 @@ from tasks.dedup.minhash import plan_estimate, s_curve
 
 S_CURVE_PNG = "s_curve.png"
 S_POINTS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
-DEFAULT_INPUT = "quality"  # the artifact kind dedup reads in the pipeline table (flows/pipeline.py)
 
 
 def s_curve_table(bands: int, rows: int) -> str:
@@ -77,10 +76,9 @@ def plan_for_manifest(m: Manifest, params: DedupParams) -> str:
     return plan_markdown(m.stats.docs_out, m.stats.bytes_out, params, f"{m.stage}@{m.version}")
 
 
-def plan_for_input(
-    root: str, params: DedupParams, input_version: str = "latest", input_kind: str = DEFAULT_INPUT
-) -> str:
-    """`plan_markdown` for the `input_kind` version dedup would read (default: its pipeline upstream)."""
+def plan_for_input(root: str, params: DedupParams, input_kind: str, input_version: str = "latest") -> str:
+    """`plan_markdown` for the `input_kind` version dedup would read (the caller names dedup's upstream in the
+    pipeline table, `flows.pipeline.upstream_of("dedup")`: tasks know no stage order)."""
     return plan_for_manifest(load_manifest(root, input_kind, input_version), params)
 
 

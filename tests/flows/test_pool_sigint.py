@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from prefect import flow, task
 
 from flows.stage import InterruptiblePool
@@ -64,3 +65,45 @@ def test_workers_ignore_a_sigint_that_arrives_while_they_start(prefect_backend):
         stop.set()
         spammer.join()
     assert len(set(sent)) >= 1 and len(sent) > 10, "no worker was signalled; the test did not test anything"
+
+
+@task
+def _pid(x: int) -> int:
+    return os.getpid()
+
+
+@task
+def _die(x: int) -> int:
+    os._exit(3)
+
+
+def _pids_of_a_stage() -> set[int]:
+    @flow(task_runner=InterruptiblePool(max_workers=2))
+    def stage() -> set[int]:
+        return {f.result() for f in _pid.map(list(range(6)))}
+
+    return stage()
+
+
+def test_stages_share_one_pool_inside_shared_process_pools(prefect_backend):
+    """`pretrain run` keeps one process pool for all stages (workers spawned and modules imported once); a pool a
+    killed worker broke is replaced by the next stage; outside the block every stage has its own pool."""
+    from prefect.exceptions import PrefectException
+
+    from flows.stage import shared_process_pools
+
+    with shared_process_pools():
+        first, second = _pids_of_a_stage(), _pids_of_a_stage()
+        assert first == second and len(first) >= 1
+
+        @flow(task_runner=InterruptiblePool(max_workers=2))
+        def broken() -> None:
+            _die.submit(0).result()
+
+        with pytest.raises((PrefectException, Exception)):
+            broken()
+        third = _pids_of_a_stage()
+        assert not third & first, "a broken pool was used again"
+    alive = [p for p in first | third if Path(f"/proc/{p}").exists()]
+    assert alive == [], "the shared pools outlived their block"
+    assert not _pids_of_a_stage() & _pids_of_a_stage()
