@@ -11,6 +11,7 @@
     pretrain plan [--version V | --tokens N] [--compute FLOPS | --gpu-hours H] [--gpu NAME] [--gpus K] [--mfu M]
     pretrain export-tokens --format llm.c|nanogpt [--split train|val|anneal] --out FILE [--version V]
     pretrain export-hf --out DIR [--version V] [--step final|best|N]
+    pretrain compare RUN_A RUN_B
 
 Knob documentation lives on the pydantic params (`configs/default.yaml` lists them); this module only
 routes arguments. Prefect is imported lazily so that `status`/`inspect` stay quick and the logging
@@ -25,6 +26,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,6 +164,7 @@ def _run(args: argparse.Namespace, server: Any) -> int:
         return 2
     from flows.console import quiet_console_tracebacks
     from flows.pipeline import StageFailed, pipeline_flow, select_stages
+    from flows.stage import shared_process_pools
 
     quiet_console_tracebacks()
     try:
@@ -174,9 +177,11 @@ def _run(args: argparse.Namespace, server: Any) -> int:
     root = paths.resolve_data_root(args.data_root)
     from flows.interrupt import cancel_flow_runs, exit_code, guard_run
 
+    started = time.time()
+
     with guard_run() as marker:
         try:
-            with _shared_ephemeral_server(server):
+            with _shared_ephemeral_server(server), shared_process_pools():
                 try:
                     versions = pipeline_flow(
                         config=config,
@@ -205,8 +210,26 @@ def _run(args: argparse.Namespace, server: Any) -> int:
             marker.signum = marker.signum or signal.SIGINT
             print(f"error: {marker.message()}", file=sys.stderr)
             return exit_code()
-    print(_table([{"stage": s, "version": v, "directory": paths.version_dir(root, s, v)} for s, v in versions.items()]))
+    _print_run_summary(root, versions, started)
     return 0
+
+
+def _print_run_summary(root: str, versions: dict[str, str], started: float) -> None:
+    """The attrition table of the run (documents, share of ingest, characters, tokens per stage) and where its
+    summary (summary.md + funnel.png) was written."""
+    from reports.pipeline import attrition, attrition_rows, write_run_summary
+
+    order = _pipeline().STAGE_ORDER
+    try:
+        print(_table(attrition_rows(attrition(root, versions, order, started), order)))
+        print(f"run summary: {paths.join(write_run_summary(root, versions, order, started), 'summary.md')}")
+    except Exception as err:  # noqa: BLE001 - a report; the run itself succeeded
+        print(
+            _table(
+                [{"stage": s, "version": v, "directory": paths.version_dir(root, s, v)} for s, v in versions.items()]
+            )
+        )
+        print(f"warning: could not write the run summary: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _status_row(root: str, m: Manifest, latest: str | None) -> dict[str, Any]:
@@ -251,6 +274,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
     root = paths.resolve_data_root(args.data_root)
+    fs, base = paths.filesystem(root)
+    if not fs.isdir(base):
+        print(f"error: data root {root} does not exist; run `pretrain run` first, or pass --data-root", file=sys.stderr)
+        return 1
     rows = []
     # --all also lists versioned artifacts outside the stage chain (the quality classifier), which the
     # `inputs` lineage column refers to
@@ -331,6 +358,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         print("\n" + sample_sequences(m, root, args.sample))
         return 0
+    if args.reason is not None and args.reason not in m.stats.dropped:
+        known = ", ".join(sorted(m.stats.dropped)) or "none (nothing was dropped)"
+        print(
+            f"error: {m.stage}@{m.version} dropped no document for reason {args.reason!r}; its reasons: {known}",
+            file=sys.stderr,
+        )
+        return 2
     if args.sample or args.rejected:
         docs = sample_documents(root, m, n=args.sample or 5, rejected=args.rejected, reason=args.reason)
         print(f"\n{'rejected' if args.rejected else 'sample'} documents ({len(docs)}):")
@@ -460,6 +494,33 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_of(root: str, ref: str) -> Manifest:
+    """An eval version, or the latest eval version built from a train version (`ref`: a version id)."""
+    try:
+        return load_manifest(root, "eval", ref)
+    except FileNotFoundError:
+        pass
+    train = load_manifest(root, "train", ref)  # FileNotFoundError: neither an eval nor a train version
+    made = [m for m in list_versions(root, "eval") if m.inputs.get("train") == train.version]
+    if not made:
+        raise FileNotFoundError(f"train@{train.version} has no eval version; run `pretrain run --only eval`")
+    return max(made, key=lambda m: m.created_at)
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tasks.eval.report import compare
+
+    root = paths.resolve_data_root(args.data_root)
+    try:
+        a, b = _eval_of(root, args.run_a), _eval_of(root, args.run_b)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(compare(root, a, b))
+    return 0
+
+
 @command("train-quality-classifier")
 def cmd_train_quality_classifier(args: argparse.Namespace) -> int:
     paths.apply_prefect_env_defaults()
@@ -510,8 +571,18 @@ def cmd_demo_crawl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pretrain-pipeline")
+    except PackageNotFoundError:  # a checkout that was not pip-installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain", description="Web crawl -> trained LM, as versioned Prefect stages.")
+    p.add_argument("--version", action="version", version=f"pretrain {_package_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-root", help="data root (else $PRETRAIN_DATA_ROOT, else ./pretrain-data)")
     common.add_argument(
@@ -616,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="final",
         help="final (default: the run's last step), best (lowest val loss) or a kept step number",
     )
+    cmp = sub.add_parser("compare", help="two runs' eval tables side by side and the params their lineages differ in")
+    cmp.add_argument("run_a", type=_version, help="eval version, or train version (its latest eval)")
+    cmp.add_argument("run_b", type=_version, help="eval version, or train version (its latest eval)")
     q = sub.add_parser(
         "train-quality-classifier",
         help="train the fastText quality classifier (DCLM recipe)",

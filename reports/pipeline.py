@@ -191,6 +191,33 @@ def _fmt(value: Optional[int], estimated: bool = False) -> str:
     return "-" if value is None else ("~" if estimated else "") + f"{value:,}"
 
 
+def _share(value: Optional[int], base: Optional[int]) -> str:
+    """A stage's share of ingest's documents; above 100% the stage repeats documents (mix upsampling)."""
+    if not base or value is None:
+        return "-"
+    pct = 100.0 * value / base
+    return f"{pct:.1f}%" + (" (upsampled)" if pct > 100.0 else "")
+
+
+def attrition_rows(rows: list[AttritionRow], order: Sequence[str]) -> list[dict[str, str]]:
+    """The attrition table as plain rows (`pretrain run` prints it at the end)."""
+    done = [r for r in rows if r.version]
+    base = done[0].documents if done and done[0].stage == order[0] else None
+    return [
+        {
+            "stage": r.stage,
+            "version": r.version or "-",
+            "this run": r.status,
+            "documents": _fmt(r.documents) + (f" ({r.unique:,} distinct)" if r.unique is not None else ""),
+            f"% of {order[0]}": _share(r.documents, base),
+            "characters": _fmt(r.characters, r.chars_estimated),
+            "tokens": _fmt(r.tokens, r.tokens_estimated),
+            "directory": r.directory or r.error,
+        }
+        for r in rows
+    ]
+
+
 def funnel_png(rows: list[AttritionRow]) -> bytes:
     """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red."""
     import matplotlib
@@ -215,7 +242,8 @@ def funnel_png(rows: list[AttritionRow]) -> bytes:
             if r.status == "FAILED":
                 ax.text(0.01 * top, bar.get_y() + bar.get_height() / 2, "failed", va="center", color="#d62728")
                 continue
-            share = f" ({100.0 * v / values[0]:.0f}%)" if values[0] else ""
+            pct = 100.0 * v / values[0] if values[0] else 0.0
+            share = (f" ({pct:.0f}%" + (": upsampled" if pct > 100.5 else "") + ")") if values[0] else ""
             ax.text(v + 0.01 * top, bar.get_y() + bar.get_height() / 2, f"{v:,}{share}", va="center", fontsize=8)
         ax.set_title(title)
         ax.set_xlim(0, top * 1.35)
@@ -254,7 +282,7 @@ def summary_markdown(
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        share = f"{100.0 * r.documents / ingest_docs:.1f}%" if ingest_docs and r.documents is not None else "-"
+        share = _share(r.documents, ingest_docs)
         docs = _fmt(r.documents) + (f" ({r.unique:,} distinct)" if r.unique is not None else "")
         table.append(
             f"| {r.stage} | {r.version or '-'} | {r.status} | {docs} | {share} | "
@@ -278,3 +306,24 @@ def summary_markdown(
         ),
     ]
     return "\n".join(parts)
+
+
+RUNS_DIR = "_runs"  # under the data root: one folder per `pretrain run` (gc never looks into `_` folders)
+
+
+def write_run_summary(root: str, versions: dict[str, str], order: Sequence[str], started: float) -> str:
+    """`<root>/_runs/<UTC start time>/summary.md` (the attrition table and the lineage, as the Prefect
+    `pretrain-summary` artifact shows them) with `funnel.png` beside it; returns the folder."""
+    stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = paths.join(root, RUNS_DIR, stamp)
+    fs, base = paths.filesystem(out)
+    fs.makedirs(base, exist_ok=True)
+    md = summary_markdown(root, versions, order, started, image=False)
+    rows = attrition(root, versions, order, started)
+    if any(r.version for r in rows):
+        with fs.open(paths.join(base, "funnel.png"), "wb") as f:
+            f.write(funnel_png(rows))
+        md = md.replace("## Lineage", "![attrition funnel](funnel.png)\n\n## Lineage", 1)
+    with fs.open(paths.join(base, "summary.md"), "w") as f:
+        f.write(md + "\n")
+    return out
