@@ -1,8 +1,8 @@
 """quality_flow: `langid` -> `quality` (documents passing the heuristic filters and the classifier threshold).
 
-Phases (`tasks.quality`): resolve the classifier (an explicit version, `latest`, or, by default, the
-bootstrap classifier trained on this langid version by `train_quality_classifier_flow`: trained once,
-then reused as its own versioned artifact; not trained at all when the langid version cannot supply
+Phases (`tasks.quality`): resolve the classifier (none by default; an explicit version, `latest`, or
+`bootstrap`: the classifier trained on this langid version by `train_quality_classifier_flow`, trained
+once, then reused as its own versioned artifact; not trained at all when the langid version cannot supply
 `classifier_min_examples` documents per class) -> check it against the validation bar (below it, the
 classifier annotates only: no score threshold) -> score every shard into the score cache, the side
 artifact `quality_scores/<scores version>/` (its own manifest; named in the quality manifest's `inputs`),
@@ -23,6 +23,7 @@ from storage.artifacts import ArtifactWriter, ensure_artifact
 from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest
 from storage.stats import StageStats
 from tasks.quality import (
+    BOOTSTRAP,
     SCORES_KIND,
     SCORES_VERSION,
     STAGE,
@@ -45,9 +46,9 @@ log = logging.getLogger(__name__)
 def resolve_classifier(root: str, params: QualityParams, langid: Manifest) -> tuple[Optional[Manifest], Optional[str]]:
     """The classifier manifest the stage scores with, or None (use_classifier off, or bootstrapping skipped:
     then the second value says why)."""
-    if not params.use_classifier:
-        return None, None
-    if params.classifier_version is None:
+    if not params.use_classifier or params.classifier_version is None:
+        return None, None  # no classifier asked for: nothing is trained (issue 14: 17 s for an idle classifier)
+    if params.classifier_version == BOOTSTRAP:
         n = candidate_documents(root, langid, params.classifier_languages)
         if n < 2 * params.classifier_min_examples:
             return None, (

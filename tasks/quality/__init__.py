@@ -20,10 +20,12 @@ The classifier gates only when it is shown to work (issue 10): its manifest's he
 (200) examples per class. A classifier below that bar annotates only: `quality_score` is stored, nothing
 is dropped as `quality_score_low` (nor by `keep_top_fraction`), and the log, the manifest extras
 (`classifier_gates: false`, `classifier_warning`) and the report say why. With no classifier configured
-the stage bootstraps one from the heuristic layer, but only if the langid version can supply the bar's
-example count per class; otherwise it skips training (no fastText run) and runs the heuristics only,
-saying so. A real classifier: `pretrain train-quality-classifier --positive good.jsonl --negative
-bad.jsonl`, then `classifier_version` (see `tasks.quality.classifier`).
+(the default) the stage runs the heuristics only and trains nothing (issue 14: the bootstrap classifier
+cost 17 s on every fresh data root and rarely passed the bar). `classifier_version: bootstrap` trains one
+from the heuristic layer, but only if the langid version can supply the bar's example count per class;
+otherwise it skips training (no fastText run) and runs the heuristics only, saying so. A real classifier:
+`pretrain train-quality-classifier --positive good.jsonl --negative bad.jsonl`, then `classifier_version`
+(see `tasks.quality.classifier`).
 
 Columns added: `heuristic_gopher_repetition`, `heuristic_gopher_quality`, `heuristic_c4_quality`,
 `heuristic_fineweb_quality` (`pass`, the filter's reason, `undefined`, or null when the filter does not
@@ -80,7 +82,10 @@ from tasks.quality.heuristics import (
 log = logging.getLogger(__name__)
 
 STAGE = "quality"
-STAGE_VERSION = 2  # 2: Gopher paper words by default; a classifier below the validation bar drops nothing
+# 2: Gopher paper words by default; a classifier below the validation bar drops nothing
+# 3: no classifier unless classifier_version names one (or 'bootstrap'): no bootstrap training by default
+STAGE_VERSION = 3
+BOOTSTRAP = "bootstrap"  # classifier_version: train the bootstrap classifier on this langid version
 SCORES_KIND = "quality_scores"  # the score cache: `<root>/quality_scores/<version>/`, a versioned side artifact
 SCORES_VERSION = 2  # 2: gopher_quality verdicts on whitespace words unless datatrove_compatible
 
@@ -122,14 +127,20 @@ class QualityParams(StageParams):
             "words. Default (false): the Gopher paper's rules on whitespace-separated words (tasks.quality.heuristics)."
         ),
     )
-    use_classifier: bool = Field(True, description="Score documents with the fastText quality classifier.")
+    use_classifier: bool = Field(
+        True,
+        description=(
+            "Score documents with the fastText quality classifier named by classifier_version (false: never, "
+            "even when one is named)."
+        ),
+    )
     classifier_version: str | None = Field(
         None,
         description=(
-            "quality_classifier version id, or 'latest'; empty: train (once, then reused) a classifier bootstrapped "
-            "from the heuristic layer on this langid version, unless it cannot supply classifier_min_examples "
-            "per class "
-            "(then: heuristics only, with a warning). Train a real one: pretrain train-quality-classifier."
+            "quality_classifier version id, 'latest', or 'bootstrap': train (once, then reused) a classifier "
+            "bootstrapped from the heuristic layer on this langid version, unless it cannot supply "
+            "classifier_min_examples per class (then: heuristics only, with a warning). Empty: no classifier, "
+            "heuristics only (no training). Train a real one: pretrain train-quality-classifier."
         ),
     )
     classifier_min_auc: float = Field(

@@ -3,7 +3,9 @@
 Filters (datatrove.pipeline.filters, their published defaults unless `filter_options` overrides a
 constructor argument), evaluated in FineWeb's order on every document, without stopping at the first
 failure, so every verdict is stored and enforcement can change later without recomputing:
-  gopher_repetition  GopherRepetitionFilter  (Rae et al. 2021, Gopher table A1: duplicate lines/paragraphs/n-grams)
+  gopher_repetition  GopherRepetitionFilter  (Rae et al. 2021, Gopher table A1: duplicate lines/paragraphs/n-grams;
+                                              run as tasks.quality.repetition's FastGopherRepetitionFilter:
+                                              the same verdicts, n-gram counts over word ids)
   gopher_quality     GopherPaperQualityFilter by default, GopherQualityFilter with `datatrove_compatible`
                      (word count, mean word length, symbols, bullets, alpha words, stop words; see below)
   c4_quality         C4QualityFilter         (Raffel et al. 2020: lorem ipsum, curly brackets, >= 5 sentences
@@ -64,6 +66,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -79,6 +82,8 @@ from datatrove.utils.text import PUNCTUATION
 from datatrove.utils.word_tokenizers import WordTokenizer
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from tasks.quality.repetition import FastGopherRepetitionFilter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,7 @@ ENGLISH_ONLY: frozenset[str] = frozenset({"c4_quality"})
 UNSEGMENTED: frozenset[str] = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"})
 NOT_CONSTRUCTOR_ARGS = ("language", "exclusion_writer")
 RESET_DOCUMENTS = 5000
+_TOKEN_ATTRS = ["IDX", "LENGTH", "IS_PUNCT"]
 
 
 # datatrove ships no type hints: its classes are Any to mypy
@@ -116,6 +122,8 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         self.nlp = self._blank(language)
         self.punct_chars = frozenset(Sentencizer.default_punct_chars)
         self._lines: dict[str, list[tuple[str, int, bool]]] = {}
+        self._words: dict[str, list[str]] = {}  # per line
+        self._texts: dict[str, list[str]] = {}  # per text word_tokenize was called on
         self._documents = 0
 
     @staticmethod
@@ -136,6 +144,8 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         (datatrove opens a memory zone per call instead, which re-creates every word each time: 10x slower
         on short lines), so the tokenizer is rebuilt every RESET_DOCUMENTS documents to bound memory."""
         self._lines.clear()
+        self._words.clear()
+        self._texts.clear()
         self._documents += 1
         if self._documents % RESET_DOCUMENTS == 0:
             self.nlp = self._blank(str(self.language))
@@ -144,12 +154,26 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         """(text, char offset, is_punct) of every spaCy token of `text` (whitespace tokens included)."""
         cached = self._lines.get(text)
         if cached is None:
-            cached = [(t.text, t.idx, t.is_punct) for t in self.nlp.tokenizer(text)]
+            # token attributes as one array: no Token object per token (a quarter of the tokenizer's cost)
+            attrs = self.nlp.tokenizer(text).to_array(_TOKEN_ATTRS).tolist()
+            cached = [(text[i : i + n], i, p == 1) for i, n, p in attrs]
             self._lines[text] = cached
         return cached
 
+    def _line_words(self, line: str) -> list[str]:
+        words = self._words.get(line)
+        if words is None:
+            words = [w for w in (t[0].strip() for t in self._tokens(line)) if w]
+            self._words[line] = words
+        return words
+
     def word_tokenize(self, text: str) -> list[str]:
-        return [s for line in text.split("\n") for s in (t[0].strip() for t in self._tokens(line.strip())) if s]
+        """The non-blank tokens of every line (a new list; lines and whole texts are cached until `reset`)."""
+        words = self._texts.get(text)
+        if words is None:
+            words = list(chain.from_iterable(self._line_words(line.strip()) for line in text.split("\n")))
+            self._texts[text] = words
+        return list(words)
 
     def sent_tokenize(self, text: str) -> list[str]:
         return [text[a:b] for a, b in self.span_tokenize(text)]
@@ -264,7 +288,11 @@ def build_filter(
     bad = [k for k in kwargs if k in NOT_CONSTRUCTOR_ARGS]
     if bad:
         raise ValueError(f"filter_options.{name}: {bad} are set by the stage, not by options")
-    cls = GopherPaperQualityFilter if name == "gopher_quality" and not datatrove_compatible else FILTER_CLASSES[name]
+    cls = FILTER_CLASSES[name]
+    if name == "gopher_quality" and not datatrove_compatible:
+        cls = GopherPaperQualityFilter
+    elif name == "gopher_repetition":
+        cls = FastGopherRepetitionFilter  # datatrove's verdicts, n-grams over integer ids
     try:
         return cls(language=tokenizer, **kwargs)
     except TypeError as err:

@@ -159,22 +159,24 @@ def test_quality_scores_are_a_versioned_artifact_named_in_the_lineage(prefect_ba
     assert load_manifest(root, "quality_scores", sv).created_at == sm.created_at
 
 
-def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect_backend, langid_version, monkeypatch):
-    """22 documents cannot give 200 examples per class: no classifier is trained (no fastText run), the
-    heuristics still drop, the manifest and report say why (issue 10: a 6-document classifier was used)."""
-    root, docs = langid_version
+def _no_training(monkeypatch):
     import flows.quality
 
     def boom(*a, **k):
         raise AssertionError("the bootstrap classifier must not be trained")
 
     monkeypatch.setattr(flows.quality, "train_quality_classifier_flow", boom)
+
+
+def test_default_quality_trains_no_classifier(prefect_backend, langid_version, monkeypatch):
+    """Issue 14: by default no classifier is configured, so none is trained (the bootstrap took 17 s of a
+    91 s run on real pages and then gated nothing); the heuristics drop, scores stay null, no warning."""
+    root, docs = langid_version
+    _no_training(monkeypatch)
     v = QUALITY_1(data_root=root)
     m = load_manifest(root, Stage.QUALITY, v)
     assert m.extras["classifier_version"] is None and not m.extras["classifier_gates"]
-    warning = m.extras["classifier_warning"]
-    assert "bootstrap classifier not trained" in warning and "21 documents in ['en']" in warning
-    assert "quality.use_classifier: false" in warning and "pretrain train-quality-classifier" in warning
+    assert m.extras["classifier_warning"] is None and "quality_classifier" not in m.inputs
     assert list_versions(root, "quality_classifier") == [] and "quality_score_low" not in m.stats.dropped
     spam_ids = {d.id for d in docs if d.meta["language"] == "en" and len(d.text) < 2000 and "!!!" in d.text}
     rejected = {d.id for s in m.rejected for d in read_documents(f"{root}/quality/{v}/{s.name}")}
@@ -184,6 +186,20 @@ def test_default_quality_skips_the_bootstrap_classifier_on_a_small_crawl(prefect
     )
 
 
+def test_bootstrap_is_skipped_on_a_small_crawl(prefect_backend, langid_version, monkeypatch):
+    """22 documents cannot give 200 examples per class: no classifier is trained (no fastText run), the
+    heuristics still drop, the manifest and report say why (issue 10: a 6-document classifier was used)."""
+    root, docs = langid_version
+    _no_training(monkeypatch)
+    v = QUALITY_1(params=QualityParams(classifier_version="bootstrap"), data_root=root)
+    m = load_manifest(root, Stage.QUALITY, v)
+    assert m.extras["classifier_version"] is None and not m.extras["classifier_gates"]
+    warning = m.extras["classifier_warning"]
+    assert "bootstrap classifier not trained" in warning and "21 documents in ['en']" in warning
+    assert "quality.use_classifier: false" in warning and "pretrain train-quality-classifier" in warning
+    assert list_versions(root, "quality_classifier") == [] and "quality_score_low" not in m.stats.dropped
+
+
 def test_too_few_bootstrap_labels_do_not_stop_the_stage(prefect_backend, tmp_path, make_version, demo_ground_truth):
     """Every English document fails a heuristic: 0 positives. The stage used to stop with "only 0
     positives for the quality classifier"; now it runs the heuristics only and says why."""
@@ -191,7 +207,8 @@ def test_too_few_bootstrap_labels_do_not_stop_the_stage(prefect_backend, tmp_pat
     spam = [d for d in _langid_docs(rows)]
     assert len(spam) >= 4
     make_version(tmp_path, "langid", [spam], extra=LANGID_FIELDS, version="lidspam")
-    v = QUALITY_1(params=QualityParams(classifier_min_examples=2), data_root=str(tmp_path))
+    params = QualityParams(classifier_version="bootstrap", classifier_min_examples=2)
+    v = QUALITY_1(params=params, data_root=str(tmp_path))
     m = load_manifest(str(tmp_path), Stage.QUALITY, v)
     warning = m.extras["classifier_warning"]
     assert "only 0 positives" in warning and "quality.use_classifier: false" in warning, warning
@@ -235,9 +252,10 @@ def test_cli_trains_a_classifier_on_labelled_files(prefect_backend, tmp_path, ca
     assert f"quality.classifier_version: {m.version}" in out
 
 
-def test_default_quality_bootstraps_a_versioned_classifier(prefect_backend, langid_version):
+def test_bootstrap_trains_a_versioned_classifier(prefect_backend, langid_version):
     root, docs = langid_version
-    bar = QualityParams(classifier_min_examples=2, classifier_min_auc=0.0)  # the bootstrap path on a tiny crawl
+    # the bootstrap path on a tiny crawl
+    bar = QualityParams(classifier_version="bootstrap", classifier_min_examples=2, classifier_min_auc=0.0)
     v = QUALITY_1(params=bar, data_root=root)
     m = load_manifest(root, Stage.QUALITY, v)
     clf = load_manifest(root, "quality_classifier", m.extras["classifier_version"])
