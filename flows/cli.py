@@ -221,8 +221,10 @@ def _print_run_summary(root: str, versions: dict[str, str], started: float) -> N
 
     order = _pipeline().STAGE_ORDER
     try:
-        print(_table(attrition_rows(attrition(root, versions, order, started), order)))
-        print(f"run summary: {paths.join(write_run_summary(root, versions, order, started), 'summary.md')}")
+        rows = attrition(root, versions, order, started)
+        print(_table(attrition_rows(rows, order)))
+        if any(r.status == "computed" for r in rows):  # a run that only reused versions writes nothing
+            print(f"run summary: {paths.join(write_run_summary(root, versions, order, started), 'summary.md')}")
     except Exception as err:  # noqa: BLE001 - a report; the run itself succeeded
         print(
             _table(

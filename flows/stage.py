@@ -44,7 +44,9 @@ from flows.interrupt import block_sigint, ignore_sigint, kill_workers, note_stag
 from reports import version_summary
 from storage import paths
 from storage.artifacts import ArtifactWriter, ensure_artifact
+from storage.dataset_card import dataset_card
 from storage.documents import ShardResult
+from storage.files import write_atomic
 from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest, set_latest
 from storage.params import StageParams
 from storage.stats import StageStats
@@ -153,7 +155,21 @@ def stage_manifest(run: StageRun, out: StageOutput, max_error_fraction: float | 
     out.stats.seconds = time.perf_counter() - run.started
     if max_error_fraction is not None:
         out.stats.check_error_fraction(max_error_fraction, f"{run.stage}@{run.version}")
+    card = dataset_card(
+        run.stage,
+        run.version,
+        run.inputs,
+        [s.name for s in [*out.shards, *out.rejected]] + _anneal_names(out.extras),
+        out.stats.docs_out,
+        dict(out.stats.dropped),
+    )
+    if card is not None:  # a document version: its README.md makes it load in one line (storage.dataset_card)
+        write_atomic(run.writer.fs, paths.join(run.writer.path, "README.md"), card.encode())
     return run.writer.manifest(run.stage_version, run.params, out.shards, out.stats, out.rejected, out.extras)
+
+
+def _anneal_names(extras: dict[str, Any]) -> list[str]:
+    return [str(s["name"]) for s in extras.get("anneal_shards", []) if isinstance(s, dict) and "name" in s]
 
 
 def run_stage(

@@ -179,6 +179,7 @@ class DocumentWriter:
 # ---------------------------------------------------------------- running one shard of a document stage
 
 REJECTED_DIR = "rejected"
+DATA_DIR = "data"  # kept documents of a version: `data/part-NNNNN.parquet`
 
 
 class Rejects:
@@ -210,9 +211,15 @@ def counted(docs: Iterable[Document], stats: StageStats) -> Iterator[Document]:
         yield d
 
 
+def kept_name(index: int) -> str:
+    """A document stage's kept shard `index`, relative to its version directory: `data/part-NNNNN.parquet` (the
+    version's README.md dataset card points loaders at `data/`; storage.dataset_card)."""
+    return f"{DATA_DIR}/{paths.shard_name(index)}"
+
+
 def open_shard_writers(out_dir: str, index: int, extra: list[pa.Field]) -> tuple[DocumentWriter, DocumentWriter]:
     name = paths.shard_name(index)
-    kept = DocumentWriter(paths.join(out_dir, name), extra=extra)
+    kept = DocumentWriter(paths.join(out_dir, kept_name(index)), extra=extra)
     rejected = DocumentWriter(paths.join(out_dir, REJECTED_DIR, name), extra=extra, rejected=True)
     return kept, rejected
 
@@ -239,7 +246,7 @@ def shard_result(index: int, kept_w: DocumentWriter, rej_w: DocumentWriter, stat
     return ShardResult(
         index=index,
         stats=stats,
-        shard=ShardInfo(name=name, rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
+        shard=ShardInfo(name=kept_name(index), rows=kept_w.rows, bytes=int(fs.size(paths.filesystem(kept_w.path)[1]))),
         rejected=ShardInfo(
             name=f"{REJECTED_DIR}/{name}", rows=rej_w.rows, bytes=int(fs.size(paths.filesystem(rej_w.path)[1]))
         ),

@@ -67,6 +67,7 @@ from storage.documents import (
     counted,
     extra_fields,
     iter_batches,
+    kept_name,
     open_shard_writers,
     read_documents,
     read_schema,
@@ -580,7 +581,7 @@ def mix_shard(src: str, out_dir: str, index: int, job: MixJob) -> MixShardResult
     return MixShardResult(
         index=index,
         stats=stats,
-        shard=_shard_info(kept, name),
+        shard=_shard_info(kept, kept_name(index)),
         rejected=_shard_info(rejected, f"rejected/{name}"),
         anneal=_shard_info(anneal, f"{ANNEAL_DIR}/{name}") if anneal is not None else None,
     )

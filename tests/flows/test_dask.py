@@ -285,7 +285,7 @@ def test_killed_worker_shards_run_elsewhere_and_the_stage_commits(prefect_backen
         print(cluster.logs())
         raise
     m = load_manifest(str(root), SLOW, version)
-    assert [s.name for s in m.shards] == [f"part-{i:05d}.parquet" for i in range(shards)]
+    assert [s.name for s in m.shards] == [f"data/part-{i:05d}.parquet" for i in range(shards)]
     assert m.stats.docs_in == m.stats.docs_out == shards * 3
     ran: dict[str, set[int]] = {}
     for p in markers.iterdir():

@@ -77,7 +77,7 @@ def test_mix_flow_writes_the_plan_and_report_and_is_reused(prefect_backend, data
     m = load_manifest(str(data_root), Stage.MIX)
     assert m.version == v and m.stats.docs_in == 300 == m.stats.docs_out + sum(m.stats.dropped.values())
     assert sum(s.rows for s in m.shards) == m.stats.counters["copies"]
-    assert read_schema(f"{data_root}/mix/{v}/part-00000.parquet").field("repeat").type == pa.int32()
+    assert read_schema(f"{data_root}/mix/{v}/data/part-00000.parquet").field("repeat").type == pa.int32()
     report = mix_report(m, str(data_root))
     assert "| source | weight | docs_available |" in report and "| code |" in report
     shares = {

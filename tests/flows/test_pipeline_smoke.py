@@ -41,7 +41,10 @@ def test_pipeline_end_to_end_then_reuse(prefect_backend, data_root, small_config
         assert down.inputs[str(up.stage)] == up.version, f"{down.stage} not built from {up.stage}@{up.version}"
     for m in chain[:-1]:
         m.stats.check_conservation(str(m.stage))
-    assert chain[0].stats.docs_out > 40 and chain[-1].extras["result"]["steps"] == 6
+    assert chain[0].stats.docs_out > 40 and chain[STAGE_ORDER.index("train")].extras["result"]["steps"] == 6
+    # eval scores the final checkpoint on the pipeline's own held-out (val) text by default
+    final = chain[-1].extras["checkpoints"][-1]
+    assert chain[-1].stage == "eval" and final["step"] == 6 and final["bpb"]["tokenize_val"]["bpb"] > 0
     created = [m.created_at for m in chain]
     # identical second run: every stage reused, nothing recomputed
     assert main(["run", "--config", small_config, "--data-root", str(data_root)]) == 0

@@ -65,7 +65,7 @@ def test_shard_runner_keeps_rejects_and_conserves(tmp_path):
     res = run_document_shard(src, str(tmp_path / "out"), 0, process, new_fields=[pa.field("half", pa.int64())])
     assert (res.stats.docs_in, res.stats.docs_out, res.stats.dropped) == (6, 3, {"odd_length": 3})
     res.stats.check_conservation("test")
-    kept = list(read_documents(str(tmp_path / "out" / "part-00000.parquet")))
+    kept = list(read_documents(str(tmp_path / "out" / "data" / "part-00000.parquet")))
     assert [d.meta for d in kept] == [{"lang": "en", "half": 0}, {"lang": "en", "half": 1}, {"lang": "en", "half": 2}]
     rej = list(read_documents(str(tmp_path / "out" / "rejected" / "part-00000.parquet")))
     assert {d.meta["reason"] for d in rej} == {"odd_length"} and rej[0].meta["reason_detail"] == '{"len": 1}'
@@ -74,5 +74,5 @@ def test_shard_runner_keeps_rejects_and_conserves(tmp_path):
 
 def test_write_stream_of_nothing_writes_empty_shards(tmp_path):
     res = write_stream(iter([]), str(tmp_path), 3, [], lambda d, s, r: iter(d), StageStats())
-    assert res.shard.name == "part-00003.parquet" and res.shard.rows == 0
-    assert pq.read_table(str(tmp_path / "part-00003.parquet")).num_rows == 0
+    assert res.shard.name == "data/part-00003.parquet" and res.shard.rows == 0
+    assert pq.read_table(str(tmp_path / "data" / "part-00003.parquet")).num_rows == 0

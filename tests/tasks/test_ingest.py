@@ -631,9 +631,9 @@ def test_ingest_shard_writes_kept_and_rejected_shards(tmp_path):
     out = tmp_path / "out"
     result = ingest.ingest_shard.fn(path, str(out), 3, ingest.IngestParams(inputs=[path]))
     assert (result.shard.rows, result.rejected.rows) == (1, 1) and result.stats.docs_in == 2
-    kept = list(read_documents(str(out / "part-00003.parquet")))
+    kept = list(read_documents(str(out / "data" / "part-00003.parquet")))
     assert kept[0].source == "academic" and kept[0].meta["warc_offset"] > 0
-    schema = pq.read_schema(out / "part-00003.parquet")
+    schema = pq.read_schema(out / "data" / "part-00003.parquet")
     assert schema.field("warc_offset").type == pa.int64() and "warc_record_id" in schema.names
     rejected = pq.read_table(out / "rejected" / "part-00003.parquet").to_pylist()
     assert rejected[0]["reason"] == ingest.HTTP_STATUS and json.loads(rejected[0]["reason_detail"])["status"] == 404

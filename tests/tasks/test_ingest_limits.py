@@ -340,7 +340,7 @@ def test_drop_file_drops_the_good_records_of_a_bad_file_as_counted_drops(tmp_pat
     s = result.stats
     assert (s.docs_in, s.docs_out, s.errors) == (14, 0, 1)
     assert s.dropped == {ingest.TRUNCATED_FILE: 1, ingest.BAD_FILE: 13} and result.rejected.rows == 14
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00000.parquet", "rejected"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data", "rejected"]
     kept = ingest.ingest_shard.fn(
         path, str(tmp_path / "out2"), 0, params.model_copy(update={"max_error_fraction": 0.1})
     )

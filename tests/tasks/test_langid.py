@@ -135,7 +135,7 @@ def test_shard_task_writes_columns_and_rejects(tmp_path, make_version):
     res = langid_shard.fn(str(tmp_path / "ingest" / "ing1" / "part-00000.parquet"), str(out), 0, LangidParams())
     assert (res.stats.docs_in, res.stats.docs_out) == (3, 1)
     assert res.stats.dropped == {LANGUAGE_NOT_KEPT: 1, EMPTY_TEXT: 1}
-    schema = pq.read_schema(out / "part-00000.parquet")
+    schema = pq.read_schema(out / "data" / "part-00000.parquet")
     assert schema.field("language_top3").type.value_type == pa.struct([("lang", pa.string()), ("score", pa.float64())])
     rejected = {d.id: d.meta for d in read_documents(str(out / "rejected" / "part-00000.parquet"))}
     assert rejected["b"]["reason"] == LANGUAGE_NOT_KEPT and rejected["b"]["language"] == "de"

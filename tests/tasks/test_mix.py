@@ -172,7 +172,7 @@ def _run_shard(tmp_path, docs, params, extra=None):
     plan = plan_mix(merge_counts([_counts(docs, params.seed, params.anneal_fraction > 0)]), params)
     out = str(tmp_path / "out")
     res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
-    kept = list(read_documents(f"{out}/part-00000.parquet"))
+    kept = list(read_documents(f"{out}/data/part-00000.parquet"))
     rejected = list(read_documents(f"{out}/rejected/part-00000.parquet"))
     return plan, res, kept, rejected, out
 
@@ -318,7 +318,7 @@ def test_source_rules_override_reclassifies_only_url_derived_sources(tmp_path):
     plan = plan_mix(counts, params)
     out = str(tmp_path / "out")
     res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
-    first = {d.id: d.source for d in read_documents(f"{out}/part-00000.parquet") if d.meta["repeat"] == 0}
+    first = {d.id: d.source for d in read_documents(f"{out}/data/part-00000.parquet") if d.meta["repeat"] == 0}
     assert first == {"derived": "pydocs", "own": "code", "plain": "web"}
     assert res.stats.counters["source_changed"] == 1 and res.stats.counters["docs_out.pydocs"] == 1
     # a shard without the source_from column (hand-made, older ingest) keeps its stored sources
@@ -344,7 +344,7 @@ def test_default_config_keeps_every_document_of_real_crawl_files(shared_data, tm
         plan = plan_mix(mix_count_shard.fn(src, "", 0, params).counts, params)
     out = str(tmp_path / "out")
     res = mix_shard.fn(src, out, 0, MixJob(params=params, plan=plan))
-    kept = list(read_documents(f"{out}/part-00000.parquet"))
+    kept = list(read_documents(f"{out}/data/part-00000.parquet"))
     assert {d.id for d in kept if d.meta["repeat"] == 0} == {d.id for d in docs}  # 100% of unique documents
     assert res.stats.docs_out == res.stats.docs_in == len(docs) and not res.stats.dropped
     present = {d.source for d in docs}
