@@ -45,6 +45,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -150,19 +151,48 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ours(files: list[str], workers: int, root: Path) -> tuple[float, float]:
-    """`pretrain run --to quality` in a fresh process; returns its (wall, CPU) seconds."""
-    config = root.parent / "bench-config.yaml"
+PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[1:]).returncode\n"
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _first_shard(root: Path, t0: float, stop: threading.Event, out: dict[str, float]) -> None:
+    """Seconds from the command's start until the first ingest shard task opened its output file."""
+    while not stop.is_set():
+        if any((root / "ingest").glob("*/data/*")):
+            out["first_shard_s"] = time.perf_counter() - t0
+            return
+        time.sleep(0.02)
+
+
+def run_ours(files: list[str], workers: int, root: Path) -> dict[str, float]:
+    """`pretrain run --to quality` in a fresh process: wall and CPU seconds, the largest process's peak RSS
+    (the run's own process or a pool worker; MB) and the seconds until the first shard task ran."""
+    config = root.parent / f"bench-config-{root.name}.yaml"
     config.write_text(f"workers: {workers}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--to", "quality", "--data-root", str(root)]
-    cmd += ["--config", str(config), "--input", *files]
+    cmd = [sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "flows.cli", "run", "--to", "quality"]
+    cmd += ["--data-root", str(root), "--config", str(config), "--input", *files]
+    found: dict[str, float] = {}
+    stop = threading.Event()
     t0, c0 = time.perf_counter(), _children_cpu()
+    watcher = threading.Thread(target=_first_shard, args=(root, t0, stop, found), daemon=True)
+    watcher.start()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    stop.set()
     if done.returncode:
         sys.exit(f"pretrain run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds, _children_cpu() - c0
+    rss = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
+    return {
+        "wall_s": seconds,
+        "cpu_s": _children_cpu() - c0,
+        "peak_rss_mb": rss / 1024,
+        "first_shard_s": found.get("first_shard_s", float("nan")),
+    }
 
 
 def our_stages(root: Path) -> dict[str, Any]:
@@ -318,6 +348,12 @@ def main() -> None:
         help="datatrove's per-page extraction limit, wall seconds (its default, 1, drops pages on a loaded machine)",
     )
     ap.add_argument("--keep", type=Path, help="build the corpus and data roots here and keep them")
+    ap.add_argument(
+        "--no-rss-scale",
+        dest="rss_scale",
+        action="store_false",
+        help="skip the second run of ours on a quarter of the pages (peak RSS flat in corpus size)",
+    )
     args = ap.parse_args()
     if not (args.shared / "warc").is_dir():
         sys.exit(f"{args.shared}/warc not found: pass --shared with the real data kit")
@@ -336,13 +372,23 @@ def main() -> None:
         f"# bench/pipeline.py: {pages} HTML pages ({distinct} distinct real pages, copied) in {len(files)} WARC files "
         f"({size:.1f} MB), {args.workers} workers; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    ours_s, ours_cpu = run_ours(files, args.workers, work / "ours")
+    ours = run_ours(files, args.workers, work / "ours")
+    ours_s, ours_cpu = ours["wall_s"], ours["cpu_s"]
     dt_s, dt_cpu = run_datatrove(files, args.workers, str(work / "datatrove"), args.datatrove_timeout)
     stages = our_stages(work / "ours")
     print(f"\n## whole command, {args.workers} workers, from process start to exit (CPU: the process tree's)\n")
     print(f"  ours       {ours_s:7.1f} s wall  {ours_cpu:7.1f} s CPU  (pretrain run --to quality)")
     print(f"  datatrove  {dt_s:7.1f} s wall  {dt_cpu:7.1f} s CPU  (LocalPipelineExecutor, FineWeb stack)")
-    print(f"  ratio datatrove/ours: {dt_s / ours_s:.2f}x wall, {dt_cpu / ours_cpu:.2f}x CPU")
+    print(f"  ratio datatrove/ours: {dt_s / ours_s:.2f}x wall, {dt_cpu / ours_cpu:.2f}x CPU (target >= 2.0x wall)")
+    print(f"  ours: first shard task running {ours['first_shard_s']:.1f} s after the command started (target <= 5 s)")
+    if args.rss_scale:
+        small_files, small_pages, _ = build_corpus(args.shared, work / "corpus-small", args.pages // 4, args.files)
+        small = run_ours(small_files, args.workers, work / "ours-small")
+        print(
+            f"  ours: largest process peak RSS {small['peak_rss_mb']:.0f} MB at {small_pages} pages, "
+            f"{ours['peak_rss_mb']:.0f} MB at {pages} pages: x{ours['peak_rss_mb'] / small['peak_rss_mb']:.2f} "
+            "(target <= 1.2)"
+        )
     inside = sum(m.stats.seconds for s, m in stages.items() if s != "quality_scores")  # scores: inside quality
     print(f"\n  ours per stage (manifest wall seconds); start-up, server, flows and exit: {ours_s - inside:.1f} s")
     for stage, m in stages.items():

@@ -1,7 +1,7 @@
 """pipeline_flow (`pretrain`): runs the stage flows in order, passing each output version on.
 
-Stages run in `STAGE_ORDER` (ingest -> langid -> quality -> dedup -> decontaminate -> mix -> tokenize ->
-train), restricted by `only` / `from_stage` / `to_stage`. A stage that is not selected is not run; the
+Stages run in `STAGE_ORDER` (ingest -> langid -> quality -> clean -> dedup -> decontaminate -> mix -> tokenize ->
+train -> eval), restricted by `only` / `from_stage` / `to_stage`. A stage that is not selected is not run; the
 next selected stage reads its upstream's `latest` complete version from disk. Each stage reuses its
 version when it is already complete, so re-running after a failure recomputes only from the failed
 stage on. `force` recomputes that stage even if complete, and everything after it in the selection.
@@ -19,17 +19,21 @@ from typing import TYPE_CHECKING, Any, Optional
 from prefect import Flow, flow, get_run_logger
 from pydantic import Field, create_model
 
+import tasks.clean.report
 import tasks.decontaminate.report
 import tasks.dedup.report
+import tasks.eval.report
 import tasks.ingest.report
 import tasks.langid.report
 import tasks.mix.report
 import tasks.quality.report
 import tasks.tokenization.report
 import tasks.train.report
+from flows.clean import clean_flow
 from flows.config import ConfigBase, load_config
 from flows.decontaminate import decontaminate_flow
 from flows.dedup import dedup_flow
+from flows.eval import eval_flow
 from flows.ingest import ingest_flow
 from flows.interrupt import note_stage
 from flows.langid import langid_flow
@@ -43,7 +47,8 @@ from storage import paths
 from storage.errors import describe_os_error
 from storage.manifest import list_versions, load_manifest
 from storage.params import StageParams
-from tasks import decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
+from tasks import clean, decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
+from tasks import eval as eval_stage
 from tasks.quality import classifier
 from tasks.tokenization import TokenizeParams
 
@@ -102,17 +107,25 @@ PIPELINE: tuple[StageRow, ...] = (
         artifacts={classifier.STAGE: tasks.quality.report.classifier_report},
     ),
     StageRow(
+        clean.STAGE,
+        clean_flow,
+        tasks.clean.report.report,
+        "URL block lists, line-level dedup across all shards and PII redaction (stage 4).",
+        "raise clean.max_line_repeats or lower clean.min_words_after_clean, or check the block lists "
+        "(`pretrain inspect clean --rejected`)",
+    ),
+    StageRow(
         dedup.STAGE,
         dedup_flow,
         tasks.dedup.report.report,
-        "Exact + MinHash near-duplicate removal across all shards (stage 4).",
+        "Exact + MinHash near-duplicate removal across all shards (stage 5).",
         "add inputs",
     ),
     StageRow(
         decontaminate.STAGE,
         decontaminate_flow,
         tasks.decontaminate.report.report,
-        "Benchmark 13-gram decontamination (stage 5); HumanEval by default, add benchmark files.",
+        "Benchmark 13-gram decontamination (stage 6); HumanEval by default, add benchmark files.",
         "add inputs, or check the benchmark files (`pretrain inspect decontaminate --rejected`)",
         artifacts={decontaminate.INDEX_KIND: tasks.decontaminate.report.index_report},
     ),
@@ -120,14 +133,14 @@ PIPELINE: tuple[StageRow, ...] = (
         mix.STAGE,
         mix_flow,
         tasks.mix.report.report,
-        "Weighted, seeded sampling across sources (stage 6).",
+        "Weighted, seeded sampling across sources (stage 7).",
         "check mix.weights against the sources present (`pretrain inspect mix`)",
     ),
     StageRow(
         tokenization.STAGE,
         tokenization_flow,
         tasks.tokenization.report.report,
-        "Tokenizer training and packed token shards (stage 7); the demo uses a 4,096-piece vocabulary and "
+        "Tokenizer training and packed token shards (stage 8); the demo uses a 4,096-piece vocabulary and "
         "256-token sequences (the demo crawl is ~1M characters).",
         config_default=TokenizeParams(vocab_size=4096, seq_len=256),
     ),
@@ -135,9 +148,18 @@ PIPELINE: tuple[StageRow, ...] = (
         train.STAGE,
         train_flow,
         tasks.train.report.report,
-        "GPT training on the token shards (stage 8); default: the tiny preset on CPU.",
+        "GPT training on the token shards (stage 9); default: the tiny preset on CPU.",
         pool=False,
         deployment="train/default",  # the gpu pool (deployments/prefect.yaml)
+    ),
+    StageRow(
+        eval_stage.STAGE,
+        eval_flow,
+        tasks.eval.report.report,
+        "Evaluation of the final checkpoint (and eval.steps): bits per byte on held-out text, zero-shot "
+        "multiple choice, CORE (stage 10); default: the tokenize version's val documents.",
+        pool=False,
+        deployment="eval/default",  # the gpu pool: scores on the training device
     ),
 )
 ROWS: dict[str, StageRow] = {r.stage: r for r in PIPELINE}

@@ -64,7 +64,7 @@ def test_entrypoint_is_a_flow_with_a_typed_form_and_valid_parameters(dep, monkey
         # a typed field renders as a form input; an untyped one as a raw JSON box
         assert {"type", "$ref", "allOf", "anyOf", "enum"} & set(prop), f"{dep['entrypoint']}: {name} has no type"
     pool = dep["work_pool"]["name"]
-    assert pool == ("gpu" if flow.name == "train" else "cpu"), f"{flow.name} deployed to pool {pool}"
+    assert pool == ("gpu" if flow.name in ("train", "eval") else "cpu"), f"{flow.name} deployed to pool {pool}"
 
 
 def test_pipeline_form_offers_config_path_and_stage_choices(monkeypatch):

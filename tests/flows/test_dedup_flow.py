@@ -11,7 +11,7 @@ import pytest
 
 from bench.dedup import edit_to_jaccard, stdlib_docstrings
 from flows.dedup import dedup_flow
-from flows.pipeline import Stage
+from flows.pipeline import Stage, upstream_of
 from flows.stage import task_runner
 from storage.documents import Document, read_documents
 from storage.manifest import list_versions, load_manifest
@@ -20,6 +20,7 @@ from tasks.dedup.report import plan_for_input
 from tasks.dedup.report import report as dedup_report
 
 FLOW = dedup_flow.with_options(task_runner=task_runner(1))
+UPSTREAM = str(upstream_of(Stage.DEDUP))  # the artifact dedup reads: the row before it in the pipeline table
 
 
 def _date(day):
@@ -74,12 +75,12 @@ def test_global_exact_and_near_dedup(prefect_backend, data_root, make_version):
     shards = _shard([d for d in docs if d.id != "b120"])
     shards[0].append(by_id["b120"])
     shards[2].append(Document(id="split-copy", text=near, url="https://split.example", crawl_date=_date(199)))
-    make_version(data_root, Stage.QUALITY, shards, version="q1")
+    make_version(data_root, UPSTREAM, shards, version="q1")
     everything = [d for s in shards for d in s]
 
     v = FLOW(params=DedupParams(), data_root=str(data_root))
     m = load_manifest(str(data_root), Stage.DEDUP)
-    assert m.version == v and m.inputs == {"quality": "q1"}
+    assert m.version == v and m.inputs == {UPSTREAM: "q1"}
     assert m.stats.docs_in == len(everything) == m.stats.docs_out + m.stats.docs_dropped
     rejected = _rejected(data_root, m)
     assert rejected["b005"] == ("exact_duplicate", {"kept_id": "x005"})
@@ -123,7 +124,7 @@ def test_global_exact_and_near_dedup(prefect_backend, data_root, make_version):
     # same params: reused; the plan reads the input's size
     assert FLOW(params=DedupParams(), data_root=str(data_root)) == v
     assert len(list_versions(str(data_root), Stage.DEDUP)) == 1
-    plan = plan_for_input(str(data_root), DedupParams())
+    plan = plan_for_input(str(data_root), DedupParams(), input_kind=UPSTREAM)
     assert f"documents: {len(everything)}" in plan and "signatures on disk" in plan
 
 
@@ -133,7 +134,7 @@ def test_cli_inspect_report_and_plan(prefect_backend, data_root, make_version, c
     text = " ".join(stdlib_docstrings()[0].split())
     make_version(
         data_root,
-        Stage.QUALITY,
+        UPSTREAM,
         [
             [
                 Document(id="a", text=text, url="https://a.example", crawl_date="2024-01-01"),
@@ -142,7 +143,7 @@ def test_cli_inspect_report_and_plan(prefect_backend, data_root, make_version, c
         ],
     )
     assert main(["inspect", "dedup", "--plan", "--data-root", str(data_root)]) == 0
-    assert "## Dedup plan for quality@fixture1" in capsys.readouterr().out
+    assert f"## Dedup plan for {UPSTREAM}@fixture1" in capsys.readouterr().out
     FLOW(params=DedupParams(), data_root=str(data_root))
     assert main(["inspect", "dedup", "--data-root", str(data_root), "--rejected"]) == 0
     out = capsys.readouterr().out
@@ -172,7 +173,7 @@ def test_highest_quality_keep_rule_and_missing_column(prefect_backend, data_root
         Document(id="high", text=text.lower(), crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9}),
         Document(id="tie", text=text + "  ", crawl_date="2024-06-01T00:00:00Z", meta={"quality_score": 0.9}),
     ]
-    make_version(data_root, Stage.QUALITY, [docs[:1], docs[1:]], extra=[pa.field("quality_score", pa.float64())])
+    make_version(data_root, UPSTREAM, [docs[:1], docs[1:]], extra=[pa.field("quality_score", pa.float64())])
     v = FLOW(params=DedupParams(keep="highest_quality"), data_root=str(data_root))
     rejected = _rejected(data_root, load_manifest(str(data_root), Stage.DEDUP, v))
     assert rejected == {
@@ -185,7 +186,7 @@ def test_highest_quality_keep_rule_and_missing_column(prefect_backend, data_root
 
 
 def test_missing_quality_column_fails_before_any_shard(prefect_backend, data_root, make_version):
-    make_version(data_root, Stage.QUALITY, [[Document(id="a", text="some text")]])
+    make_version(data_root, UPSTREAM, [[Document(id="a", text="some text")]])
     with pytest.raises(ValueError, match="keep='highest_quality' needs a 'quality_score' column"):
         FLOW(params=DedupParams(keep="highest_quality"), data_root=str(data_root))
     assert list_versions(str(data_root), Stage.DEDUP) == []
@@ -197,7 +198,7 @@ def test_exact_only_keeps_near_duplicates_and_empty_inputs(prefect_backend, data
     b = edit_to_jaccard(a, 0.9, random.Random(0), ["zebra", "quartz"])[0]
     make_version(
         data_root,
-        Stage.QUALITY,
+        UPSTREAM,
         [
             [
                 Document(id="a", text=a, crawl_date="2024-01-01"),
@@ -226,7 +227,7 @@ def test_demo_crawl_duplicates_are_removed(prefect_backend, data_root, make_vers
     docs = [
         Document(id=f"p{i:04d}", text=t["text"], url=t["url"], crawl_date=t["warc_date"]) for i, t in enumerate(pages)
     ]
-    make_version(data_root, Stage.QUALITY, _shard(docs, 4))
+    make_version(data_root, UPSTREAM, _shard(docs, 4))
     v = FLOW(params=DedupParams(), data_root=str(data_root))
     rejected = _rejected(data_root, load_manifest(str(data_root), Stage.DEDUP, v))
     url_of = {d.id: d.url for d in docs}
@@ -249,7 +250,7 @@ def test_demo_crawl_duplicates_are_removed(prefect_backend, data_root, make_vers
 def test_no_documents_at_all_gives_an_empty_version(prefect_backend, data_root, make_version):
     """Every upstream shard empty (quality kept nothing of a small real crawl): dedup crashed with
     FileNotFoundError on `_work/minhash/decisions-00000.parquet`; it now commits an empty version."""
-    make_version(data_root, Stage.QUALITY, [[], []])
+    make_version(data_root, UPSTREAM, [[], []])
     v = FLOW(params=DedupParams(), data_root=str(data_root))
     m = load_manifest(str(data_root), Stage.DEDUP, v)
     assert (m.stats.docs_in, m.stats.docs_out) == (0, 0) and [s.rows for s in m.shards] == [0, 0]

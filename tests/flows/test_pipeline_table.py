@@ -8,7 +8,18 @@ from flows.pipeline import PIPELINE, REPORTS, STAGE_ORDER, PipelineConfig, Stage
 
 
 def test_rows_in_order_with_uniform_flows_and_reports():
-    assert STAGE_ORDER == ["ingest", "langid", "quality", "dedup", "decontaminate", "mix", "tokenize", "train"]
+    assert STAGE_ORDER == [
+        "ingest",
+        "langid",
+        "quality",
+        "clean",
+        "dedup",
+        "decontaminate",
+        "mix",
+        "tokenize",
+        "train",
+        "eval",
+    ]
     assert [str(s) for s in Stage] == STAGE_ORDER
     for i, row in enumerate(PIPELINE):
         assert isinstance(row.flow, Flow), row.stage
@@ -26,4 +37,6 @@ def test_rows_in_order_with_uniform_flows_and_reports():
 
 def test_selection_follows_the_table():
     assert select_stages(from_stage="dedup", to_stage="mix") == ["dedup", "decontaminate", "mix"]
+    assert select_stages(from_stage="quality", to_stage="dedup") == ["quality", "clean", "dedup"]
+    assert upstream_of("clean") == "quality" and upstream_of("dedup") == "clean"
     assert select_stages(only="train") == ["train"]

@@ -50,7 +50,7 @@ def test_default_config_on_real_crawl_through_tokenize(prefect_backend, data_roo
 @pytest.mark.slow
 def test_crawl_with_no_keepable_document_stops_with_the_numbers_and_the_fix(prefect_backend, data_root, shared_data):
     """The three Common Crawl WARCs alone: 20 pages, 4 of them English, all four navigation or EXIF pages
-    that quality drops. The run stops before dedup naming the counts and the fix (dedup used to crash
+    that quality drops. The run stops before clean naming the counts and the fix (dedup used to crash
     with FileNotFoundError on its empty decisions file)."""
     files = sorted(str(p) for p in shared_data.glob("warc/commoncrawl/*.warc.gz"))
     if not files:
@@ -59,5 +59,5 @@ def test_crawl_with_no_keepable_document_stops_with_the_numbers_and_the_fix(pref
     with pytest.raises(StageFailed) as err:
         pipeline_flow(config=config, data_root=str(data_root), to_stage=Stage.MIX)
     msg = str(err.value)
-    assert "stage 'dedup' failed: NothingLeft: quality@" in msg and "kept 0 of 4 documents" in msg, msg
+    assert "stage 'clean' failed: NothingLeft: quality@" in msg and "kept 0 of 4 documents" in msg, msg
     assert "pretrain inspect quality --rejected" in msg and "langid.languages" in msg
