@@ -31,8 +31,11 @@ def version_dir(prefect_backend, tmp_path, make_version):
 
 
 def test_the_version_loads_in_one_line(version_dir):
+    """One flow run, every reader (the flow is the slow part)."""
+    import datasets
     import pandas as pd
     import pyarrow.dataset as ds
+    from datatrove.pipeline.readers import ParquetReader
 
     card = (version_dir / "README.md").read_text()
     assert card.startswith("---\nconfigs:\n- config_name: default\n") and "path: data/*.parquet" in card
@@ -41,26 +44,14 @@ def test_the_version_loads_in_one_line(version_dir):
     assert ds.dataset(str(version_dir / "data")).count_rows() == 3
     rejected = pd.read_parquet(version_dir / "rejected")
     assert list(rejected["id"]) == ["de"] and list(rejected["reason"]) == ["language_not_kept"]
-
-
-def test_hugging_face_datasets_reads_the_card(version_dir):
-    import datasets
-
+    # Hugging Face datasets reads the card's configs
     kept = datasets.load_dataset(str(version_dir), split="train")
     assert sorted(kept["id"]) == ["en0", "en1", "en2"] and "text" in kept.column_names
-    rejected = datasets.load_dataset(str(version_dir), "rejected", split="train")
-    assert rejected["reason"] == ["language_not_kept"]
-
-
-def test_datatrove_default_parquet_reader(version_dir):
-    from datatrove.pipeline.readers import ParquetReader
-
-    docs = list(ParquetReader(str(version_dir / "data"))())
-    assert sorted(d.id for d in docs) == ["en0", "en1", "en2"]
-
-
-@pytest.mark.skipif(importlib.util.find_spec("duckdb") is None, reason="duckdb is not installed")
-def test_duckdb_queries_the_shards_and_the_rejects(version_dir):
+    assert datasets.load_dataset(str(version_dir), "rejected", split="train")["reason"] == ["language_not_kept"]
+    # datatrove's default Parquet reader
+    assert sorted(d.id for d in ParquetReader(str(version_dir / "data"))()) == ["en0", "en1", "en2"]
+    if importlib.util.find_spec("duckdb") is None:
+        pytest.skip("duckdb is not installed: the other readers passed")
     import duckdb
 
     assert duckdb.sql(f"SELECT count(*) FROM '{version_dir}/data/*.parquet'").fetchall() == [(3,)]
