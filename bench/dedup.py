@@ -410,6 +410,7 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
         dedup_signature_shard,
         exact_names,
         resolve_partitions,
+        write_exact_dropped,
         write_starts,
     )
 
@@ -434,6 +435,7 @@ def run_ours(corpus: Path, work: Path, workers: int, hash_function: str | None =
     phases["signatures"] = time.perf_counter() - t
     t = time.perf_counter()
     mapped(dedup_exact.fn, exact_names(params))
+    write_exact_dropped(out, params)
     mapped(dedup_band.fn, band_names(params))
     phases["bands"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -831,7 +833,8 @@ def _task_in_child(name: str, args: tuple[Any, ...]) -> tuple[float, float]:
     if name != "noop":
         import tasks.dedup
 
-        getattr(tasks.dedup, name.split(":")[1]).fn(*args)
+        fn = getattr(tasks.dedup, name.split(":")[1])
+        getattr(fn, "fn", fn)(*args)
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     return time.perf_counter() - t, hwm / 1024
@@ -905,6 +908,7 @@ def scale_main(args: argparse.Namespace) -> None:
             steps["exact"] = _step(
                 ctx, args.workers, "new:dedup_exact", [(x, out, i, job) for i, x in enumerate(exact_names(job))]
             )
+            steps["exact bitmap"] = _step(ctx, 1, "new:write_exact_dropped", [(out, job)])
             steps["bands"] = _step(
                 ctx, args.workers, "new:dedup_band", [(b, out, i, job) for i, b in enumerate(band_names(job))]
             )

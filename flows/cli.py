@@ -224,7 +224,7 @@ def _print_run_summary(root: str, versions: dict[str, str], started: float) -> N
         rows = attrition(root, versions, order, started)
         print(_table(attrition_rows(rows, order)))
         if any(r.status == "computed" for r in rows):  # a run that only reused versions writes nothing
-            print(f"run summary: {paths.join(write_run_summary(root, versions, order, started), 'summary.md')}")
+            print(f"run summary: {paths.join(write_run_summary(root, versions, order, started, rows), 'summary.md')}")
     except Exception as err:  # noqa: BLE001 - a report; the run itself succeeded
         print(
             _table(

@@ -33,6 +33,7 @@ from tasks.dedup import (
     exact_names,
     finish_work,
     resolve_partitions,
+    write_exact_dropped,
     write_starts,
 )
 from tasks.dedup.report import S_CURVE_PNG, plan_for_manifest, report, save_s_curve_png
@@ -60,6 +61,8 @@ def dedup_phases(params: DedupParams) -> Phases:
         write_starts(run.out_dir, [r.docs for r in signatures])
         map_shards(run, dedup_exact, exact_names(job), job)
         if job.near:
+            if job.exact:
+                write_exact_dropped(run.out_dir, job)
             map_shards(run, dedup_band, band_names(job), job)
         summary = dedup_cluster(run.out_dir, len(sources), job)
         results = map_shards(run, dedup_shard, sources, job)

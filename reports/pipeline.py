@@ -265,8 +265,11 @@ def summary_markdown(
     started: Optional[float] = None,
     failed: Optional[tuple[str, BaseException]] = None,
     image: bool = True,
+    rows: Optional[list[AttritionRow]] = None,
 ) -> str:
-    rows = attrition(root, versions, order, started, failed)
+    """The run summary (attrition table, funnel, lineage); `rows`: the `attrition` rows when already computed
+    (they read every version's text to count characters)."""
+    rows = rows if rows is not None else attrition(root, versions, order, started, failed)
     done = [r for r in rows if r.version]
     if failed is not None:
         head = (
@@ -311,15 +314,21 @@ def summary_markdown(
 RUNS_DIR = "_runs"  # under the data root: one folder per `pretrain run` (gc never looks into `_` folders)
 
 
-def write_run_summary(root: str, versions: dict[str, str], order: Sequence[str], started: float) -> str:
+def write_run_summary(
+    root: str,
+    versions: dict[str, str],
+    order: Sequence[str],
+    started: float,
+    rows: Optional[list[AttritionRow]] = None,
+) -> str:
     """`<root>/_runs/<UTC start time>/summary.md` (the attrition table and the lineage, as the Prefect
     `pretrain-summary` artifact shows them) with `funnel.png` beside it; returns the folder."""
     stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = paths.join(root, RUNS_DIR, stamp)
     fs, base = paths.filesystem(out)
     fs.makedirs(base, exist_ok=True)
-    md = summary_markdown(root, versions, order, started, image=False)
-    rows = attrition(root, versions, order, started)
+    rows = rows if rows is not None else attrition(root, versions, order, started)
+    md = summary_markdown(root, versions, order, started, image=False, rows=rows)
     if any(r.version for r in rows):
         with fs.open(paths.join(base, "funnel.png"), "wb") as f:
             f.write(funnel_png(rows))

@@ -142,7 +142,14 @@ def local_copy(path: str) -> str:
 
 def cache_limit() -> int:
     """Bytes the downloads under `<cache>/files` may take: `$PRETRAIN_CACHE_MAX_GB` (default 50)."""
-    return int(float(os.environ.get(ENV_CACHE_MAX_GB) or 50) * 2**30)
+    raw = os.environ.get(ENV_CACHE_MAX_GB) or "50"
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:  # also NaN
+        raise ValueError(f"${ENV_CACHE_MAX_GB}={raw!r}: expected a number of GB >= 0 (e.g. 50), or unset it for 50")
+    return int(gb * 2**30)
 
 
 def prune_cache(max_bytes: int | None = None, min_age_s: float = 3600.0) -> list[str]:

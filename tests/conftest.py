@@ -160,3 +160,24 @@ def s3_server(s3_endpoint, monkeypatch):
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     return s3_endpoint
+
+
+@pytest.fixture
+def cli_run_config(monkeypatch):
+    """`pretrain run` as far as the config it hands the pipeline: no server (PREFECT_API_URL set, the server
+    context a no-op), `pipeline_flow` replaced by a recorder. Returns a dict whose "config" is the last one."""
+    import contextlib
+
+    from flows import cli
+
+    seen: dict = {}
+
+    def fake_pipeline_flow(config, **kw):
+        seen["config"] = config
+        return {}
+
+    monkeypatch.setattr("flows.pipeline.pipeline_flow", fake_pipeline_flow)
+    monkeypatch.setattr(cli, "_shared_ephemeral_server", lambda server=None: contextlib.nullcontext())
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server is started
+    monkeypatch.setattr(cli.paths, "apply_prefect_env_defaults", lambda: None)  # no os.environ changes
+    return seen

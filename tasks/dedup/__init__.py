@@ -14,7 +14,8 @@ holds more than one partition, whatever the corpus size:
   2. `dedup_exact` (map over partitions): the documents of one digest partition, grouped by digest; the best
      of each group by the keep rule (key, then id) is kept; writes the groups' members (`exact-out/`).
   3. `dedup_band` (map over bands x partitions): one band's keys of one key partition of every shard (range
-     reads), exact survivors only (a bitmap of one bit per document), sorted; bucket pairs
+     reads), exact survivors only (`write_exact_dropped`, run once after the exact map, writes a bitmap of one
+     bit per document), sorted; bucket pairs
      (`tasks.dedup.minhash.keyed_band_pairs`) to `pairs/b-BBB-p-PPPP.npy`. Equal keys share a partition, so
      a band's pairs are the union of its partitions'.
   4. `dedup_cluster` (one task, the union step): the union of the pairs, optional true-Jaccard verification
@@ -589,15 +590,22 @@ class BandResult(BaseModel):
     pairs: int
 
 
-def _exact_dropped(work: Work, n: int, params: DedupParams) -> np.ndarray:
-    """Bitmap (n bits) of the documents the exact step dropped, from the partitions' member files."""
-    bits = np.zeros((n + 7) // 8, dtype=np.uint8)
-    for p in range(params.partitions):
-        t = work.parquet(members_file(p)).read(columns=["global", "rep"])
-        g, rep = t.column("global").to_numpy(), t.column("rep").to_numpy()
-        g = g[rep != g]
-        np.bitwise_or.at(bits, g >> 3, (np.uint8(1) << (g & 7).astype(np.uint8)))
-    return bits
+EXACT_DROPPED = "exact-dropped.npy"  # under WORK: one bit per document, set for the exact step's dropped copies
+
+
+def write_exact_dropped(out_dir: str, params: DedupParams) -> None:
+    """After the exact tasks, once: `exact-dropped.npy`, a bitmap (n bits) of the documents they dropped, which
+    every band task loads whole instead of re-reading every partition's member files."""
+    with Work(out_dir) as work:
+        n = int(np.load(work.get("starts.npy"))[-1])
+        bits = np.zeros((n + 7) // 8, dtype=np.uint8)
+        for p in range(params.partitions):
+            t = work.parquet(members_file(p)).read(columns=["global", "rep"])
+            g, rep = t.column("global").to_numpy(), t.column("rep").to_numpy()
+            g = g[rep != g]
+            np.bitwise_or.at(bits, g >> 3, (np.uint8(1) << (g & 7).astype(np.uint8)))
+        np.save(work.out(EXACT_DROPPED), bits)
+        work.publish()
 
 
 def _is_set(bits: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -614,7 +622,7 @@ def dedup_band(name: str, out_dir: str, index: int, params: DedupParams) -> Band
     b, q = divmod(index, params.partitions)
     with Work(out_dir) as work:
         start = np.load(work.get("starts.npy"))
-        dropped = _exact_dropped(work, int(start[-1]), params) if params.exact else None
+        dropped = np.load(work.get(EXACT_DROPPED)) if params.exact else None
         keys, checks, ids = [], [], []
         for s in range(len(start) - 1):
             lo, hi = (int(x) for x in np.load(work.get(parts_file(s)))[b][q : q + 2])
@@ -945,6 +953,8 @@ def run_steps(sources: list[str], out_dir: str, params: DedupParams, mapped: Any
     write_starts(out_dir, [r.docs for r in results])
     run_all(dedup_exact.fn, exact_names(params))
     if params.near:
+        if params.exact:
+            write_exact_dropped(out_dir, params)
         run_all(dedup_band.fn, band_names(params))
     return dedup_cluster.fn(out_dir, len(sources), params)
 

@@ -137,35 +137,15 @@ def cluster(tmp_path):
         c.stop()
 
 
-def test_cli_dask_flag_reaches_the_config(monkeypatch):
+def test_cli_dask_flag_reaches_the_config(cli_run_config):
     from flows import cli
 
-    seen = {}
-
-    def fake_pipeline_flow(config, **kw):
-        seen["config"] = config
-        return {}
-
-    monkeypatch.setattr("flows.pipeline.pipeline_flow", fake_pipeline_flow)
-    monkeypatch.setattr(cli, "_shared_ephemeral_server", _nothing)
-    monkeypatch.setattr(cli, "_needs_temporary_server", lambda: False)
-    monkeypatch.setattr(cli.paths, "apply_prefect_env_defaults", lambda: None)  # no os.environ changes
+    seen = cli_run_config
     assert cli.main(["run", "--dask", "tcp://10.0.0.5:8786", "--to", "langid"]) == 0
     assert seen["config"].runner == RunnerConfig(kind="dask", address="tcp://10.0.0.5:8786")
     assert seen["config"].workers == 2  # the rest of the config is the default
     assert cli.main(["run", "--to", "langid"]) == 0
     assert seen["config"].runner == RunnerConfig()  # without the flag: the config's runner (process)
-
-
-class _nothing:
-    def __init__(self, *server):
-        pass
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def test_task_runner_for_the_runner_config():

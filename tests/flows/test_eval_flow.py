@@ -24,6 +24,7 @@ from tasks.eval.heldout import CONTINUATION_TASK
 from tasks.eval.report import table
 from tasks.tokenization import TokenizeParams
 from tasks.train import TrainParams
+from tests.tiny import tiny_train_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PROSE = ["README.md", "CONTRIBUTING.md", "models/gpt.py", "storage/manifest.py", "tasks/tokenization/__init__.py"]
@@ -37,19 +38,7 @@ def chunks(n_words: int = 90) -> list[str]:
 
 
 def train_params(**kw) -> TrainParams:
-    base = dict(
-        model="tiny",
-        micro_batch_size=8,
-        tokens_per_step=512,
-        max_steps=20,
-        warmup_steps=2,
-        eval_interval=10,
-        ckpt_interval=10,
-        eval_tokens=512,
-        device="cpu",
-        sample_tokens=4,
-    )
-    return TrainParams(**{**base, **kw})
+    return tiny_train_params(**{"max_steps": 20, "warmup_steps": 2, "eval_interval": 10, "ckpt_interval": 10, **kw})
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import fsspec
+import pytest
 
 from storage import paths
 
@@ -36,3 +37,7 @@ def test_the_limit_comes_from_the_environment(monkeypatch):
     assert paths.cache_limit() == 2**29
     monkeypatch.delenv(paths.ENV_CACHE_MAX_GB)
     assert paths.cache_limit() == 50 * 2**30
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv(paths.ENV_CACHE_MAX_GB, bad)
+        with pytest.raises(ValueError, match="PRETRAIN_CACHE_MAX_GB=.*expected a number of GB >= 0"):
+            paths.cache_limit()

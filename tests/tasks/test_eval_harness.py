@@ -33,8 +33,15 @@ from storage import checkpoints as ckpt  # noqa: E402
 from storage.artifacts import ArtifactWriter  # noqa: E402
 from tasks.eval.score import encode_pair, loglikelihoods, score_task  # noqa: E402
 from tasks.eval.tasks import EvalTask, Item, load_task  # noqa: E402
-from tasks.train import TrainParams, train  # noqa: E402
-from tests.tasks.test_export_hf import SEQ_LEN, TOK, commit_train, documents, tokenize_root  # noqa: E402,F401
+from tasks.train import train  # noqa: E402
+from tests.tasks.test_export_hf import (  # noqa: E402,F401
+    SEQ_LEN,
+    TOK,
+    commit_train,
+    documents,
+    tokenize_root,
+)
+from tests.tiny import tiny_train_params  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 HELD_OUT = ["storage/checkpoints.py", "models/presets.py", "README.md"]
@@ -47,18 +54,7 @@ def exported(tokenize_root, tmp_path_factory):  # noqa: F811 - the fixture impor
     shutil.copytree(tokenize_root, root)
     tok = Tokenizer(root / "tokenize" / TOK / "tokenizer.model")
     w = ArtifactWriter(str(root), "train", "run1", {"tokenize": TOK}, resumable=True)
-    p = TrainParams(
-        model="tiny",
-        micro_batch_size=8,
-        tokens_per_step=512,
-        max_steps=30,
-        warmup_steps=3,
-        eval_interval=30,
-        ckpt_interval=30,
-        eval_tokens=512,
-        device="cpu",
-        sample_tokens=4,
-    )
+    p = tiny_train_params()
     train(p, str(root / "tokenize" / TOK), w.path, 3.0, tokenize_version=TOK, tokenizer_sha256=tok.sha256)
     commit_train(w, 30)
     model = GPT(GPTConfig(**ckpt.load_meta(w.path, 30)["model_config"]))

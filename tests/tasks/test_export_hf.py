@@ -32,8 +32,9 @@ from storage.artifacts import ArtifactWriter  # noqa: E402
 from storage.manifest import ShardInfo, new_manifest  # noqa: E402
 from storage.stats import StageStats  # noqa: E402
 from storage.token_shards import TokenShardWriter, pack_documents  # noqa: E402
-from tasks.train import TrainParams, train  # noqa: E402
+from tasks.train import train  # noqa: E402
 from tasks.train.export_hf import hf_tokenizer  # noqa: E402
+from tests.tiny import tiny_train_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_TEXT = ["models/gpt.py", "models/tokenizer.py", "storage/manifest.py", "CONTRIBUTING.md"]
@@ -139,18 +140,7 @@ def check_same_model(ours: GPT, tok: Tokenizer, hf, hf_tok, prompt: str) -> floa
 def test_trained_model_loads_in_transformers_with_the_same_logits_and_generation(root, tmp_path):
     tok = tokenizer(root)
     w = ArtifactWriter(str(root), "train", "run1", {"tokenize": TOK}, resumable=True)
-    p = TrainParams(
-        model="tiny",
-        micro_batch_size=8,
-        tokens_per_step=512,
-        max_steps=30,
-        warmup_steps=3,
-        eval_interval=10,
-        ckpt_interval=10,
-        eval_tokens=1024,
-        device="cpu",
-        sample_tokens=4,
-    )
+    p = tiny_train_params(eval_interval=10, ckpt_interval=10, eval_tokens=1024)
     tok_dir = str(root / "tokenize" / TOK)
     r = train(p, tok_dir, w.path, 3.0, tokenize_version=TOK, tokenizer_sha256=tok.sha256)
     commit_train(w, r.steps)
