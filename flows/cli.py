@@ -46,10 +46,10 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _pipeline() -> Any:
-    """flows.pipeline, imported when a command needs the stage table (it imports Prefect and every stage)."""
-    import flows.pipeline
+    """flows.stages, the pipeline table, imported when a command needs it (it imports every stage's params)."""
+    import flows.stages
 
-    return flows.pipeline
+    return flows.stages
 
 
 def _stage(value: str) -> str:

@@ -1,6 +1,6 @@
 """The pipeline config: one YAML file holding every stage's params, validated before any stage runs.
 
-`PipelineConfig` (flows/pipeline.py, built from the pipeline table on `ConfigBase`) nests each stage's
+`PipelineConfig` (flows/stages.py, built from the pipeline table on `ConfigBase`) nests each stage's
 `<Stage>Params` under the stage's name (strict: unknown keys and bad values fail, naming the key and the
 allowed values). `pretrain run` with no `--config` uses `PipelineConfig()`: the demo
 crawl, the tiny model, everything offline. `configs/default.yaml` is the same config written out.
@@ -33,7 +33,7 @@ class RunnerConfig(BaseModel):
 
 
 class ConfigBase(BaseModel):
-    """The pipeline-wide settings; `flows.pipeline.PipelineConfig` adds one section per row of the pipeline
+    """The pipeline-wide settings; `flows.stages.PipelineConfig` adds one section per row of the pipeline
     table (the stage's params, named by the stage). Prefect renders it as the run form of `pretrain/default`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,8 +52,8 @@ class ConfigBase(BaseModel):
 
 
 def pipeline_config() -> type[ConfigBase]:
-    """flows.pipeline.PipelineConfig (built from the pipeline table, which imports every stage: so, lazily)."""
-    from flows.pipeline import PipelineConfig
+    """flows.stages.PipelineConfig (built from the pipeline table, which imports every stage's params: so, lazily)."""
+    from flows.stages import PipelineConfig
 
     return PipelineConfig
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from models.gpt import GPTConfig
+from models.config import GPTConfig
 
 
 def tiny(vocab_size: int = 4096, seq_len: int = 256) -> GPTConfig:

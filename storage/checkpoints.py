@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from storage import paths
 from storage.artifacts import commit_marker_dir, finish_marker_dir
 from storage.errors import reraise_os_error
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def save_checkpoint(out_dir: str, step: int, objects: dict[str, Any], meta: dict
     """Write objects (name -> torch-saveable) as `<name>.pt` into `step-NNNNNN/` itself, then meta.json last."""
     fs, base = paths.filesystem(out_dir)
     final = paths.join(base, step_dir_name(step))
+    import torch
+
     commit_marker_dir(fs, final, META)  # a rollback replayed past this step: the newer save wins
     for name, obj in objects.items():
         target = paths.join(final, f"{name}.pt")
@@ -85,6 +88,8 @@ def load_meta(out_dir: str, step: int) -> dict[str, Any]:
 
 def load_object(out_dir: str, step: int, name: str, map_location: str | torch.device = "cpu") -> Any:
     """One `<name>.pt` of a valid checkpoint."""
+    import torch
+
     fs, base = paths.filesystem(out_dir)
     if not fs.exists(paths.join(base, step_dir_name(step), META)):
         raise FileNotFoundError(f"{step_dir(out_dir, step)} is not a complete checkpoint (no {META})")

@@ -25,14 +25,17 @@ import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import torch
 
 from storage import paths
 from storage.files import AtomicFile
+
+if TYPE_CHECKING:
+    import torch
 
 TRAIN_DIR = "train"
 VAL_DIR = "val"
@@ -251,6 +254,8 @@ def to_torch(
     rows: np.ndarray, device: str | torch.device = "cpu", pin: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) int64 tensors from rows (n, seq_len + 1): x = rows[:, :-1], y = rows[:, 1:]."""
+    import torch
+
     t = torch.from_numpy(rows.astype(np.int64))
     if pin and torch.cuda.is_available():
         t = t.pin_memory()
@@ -260,4 +265,6 @@ def to_torch(
 
 def doc_ids_to_torch(offsets: Sequence[np.ndarray], seq_len: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """(n, seq_len) int64 document ids of the x positions, for `GPT.forward(doc_ids=...)`."""
+    import torch
+
     return torch.from_numpy(doc_ids_from_offsets(offsets, seq_len)).to(device)

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import pyarrow as pa
-from prefect import task
 from pydantic import BaseModel, Field, field_validator
 
 from storage import paths
@@ -36,6 +35,7 @@ from tasks.clean.cleaner import PII_DENSE, TOO_SHORT_AFTER_CLEAN, URL_BLOCKED, C
 from tasks.clean.lines import TOP_LINES, line_key, load_frequent, sum_partition, write_counts
 from tasks.clean.pii import PiiConfig
 from tasks.clean.urls import UrlFilter, compile_hashes, save_array, save_substrings, substrings_of, url_filter
+from tasks.lazy_task import task
 
 STAGE = "clean"
 STAGE_VERSION = 1

@@ -51,7 +51,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storage import paths
@@ -62,6 +61,7 @@ from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.decontaminate import benchmarks as bm
 from tasks.decontaminate.ngram_index import IndexSource, NgramIndex, build_index, load_index, save_index
+from tasks.lazy_task import task
 from tasks.text import rolling_ngram_hashes, word_hashes, word_spans, words
 
 log = logging.getLogger(__name__)

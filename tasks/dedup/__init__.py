@@ -50,7 +50,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from storage import paths
@@ -80,6 +79,7 @@ from tasks.dedup.minhash import (
     unique_pairs,
     unique_sets,
 )
+from tasks.lazy_task import task
 
 log = logging.getLogger(__name__)
 

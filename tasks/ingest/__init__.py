@@ -55,12 +55,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import Task, task
-from prefect.client.schemas.objects import State, TaskRun
 from pydantic import Field, field_validator, model_validator
 
 from storage import paths
@@ -95,6 +93,11 @@ from tasks.ingest.sources import (
     open_input,
 )
 from tasks.ingest.warc import DEFAULT_MAX_RECORD_BYTES, WarcItem, read_warc
+from tasks.lazy_task import task
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
 __all__ = [
     "INGEST_FIELDS",

@@ -24,13 +24,13 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
-from prefect import task
 from pydantic import Field, field_validator
 
 from models.classifiers import TextClassifier, load_lid_model
 from storage.documents import Document, Rejects, ShardResult, batched, run_document_shard
 from storage.params import StageParams
 from storage.stats import StageStats
+from tasks.lazy_task import task
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from typing import Literal, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from storage import paths
@@ -76,6 +75,7 @@ from storage.manifest import ShardInfo
 from storage.params import StageParams
 from storage.stats import StageStats
 from tasks.ingest.sources import DEFAULT_SOURCE_RULES, FALLBACK_SOURCE, SourceRule, classify_source
+from tasks.lazy_task import task
 from tasks.text import sample_key
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from models.classifiers import TextClassifier, load_quality_model
@@ -70,6 +69,7 @@ from storage.files import AtomicFile
 from storage.manifest import Manifest, canonical_json
 from storage.params import StageParams
 from storage.stats import StageStats
+from tasks.lazy_task import task
 from tasks.quality.classifier import FIX_HINT, classifier_shortfall, classifier_text, score_texts
 from tasks.quality.heuristics import (
     FILTER_NAMES,

@@ -42,7 +42,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Literal, Optional
 
 import numpy as np
-from prefect import task
 from pydantic import BaseModel, Field
 
 from models.tokenizer import MAX_PIECE_CHARS, Tokenizer, load_tokenizer, train_tokenizer, training_lines
@@ -63,6 +62,7 @@ from storage.manifest import ShardInfo
 from storage.params import StageParams
 from storage.stats import StageStats
 from storage.token_shards import SHARD_EXT, SHARD_KIND, TRAIN_DIR, VAL_DIR, TokenShardWriter, token_dtype
+from tasks.lazy_task import task
 from tasks.text import sample_key
 
 STAGE = "tokenize"
