@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.config import load_config
 from flows.interrupt import note_stage
-from flows.stage import SHARD_NOTE, task_runner
+from flows.stage import task_runner
 from flows.stages import (
     PIPELINE,
     REPORTS,
@@ -25,13 +25,13 @@ from flows.stages import (
     STAGE_ORDER,
     PipelineConfig,
     Stage,
+    StageFailed,
     StageRow,
     select_stages,
     upstream_of,
 )
 from reports.pipeline import summary_markdown
 from storage import paths
-from storage.errors import describe_os_error
 from storage.manifest import list_versions, load_manifest
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "STAGE_ORDER",
     "PipelineConfig",
     "Stage",
+    "StageFailed",
     "StageRow",
     "pipeline_flow",
     "select_stages",
@@ -141,17 +142,6 @@ def publish_summary(
     except Exception:  # noqa: BLE001 - the summary is a report; the stages' own outcome decides the run
         log.exception("could not build the pipeline summary artifact")
         return None
-
-
-class StageFailed(RuntimeError):
-    """A stage raised; the message names the stage and the cause."""
-
-    def __init__(self, stage: Stage, cause: BaseException, stage_dir: str | None = None):
-        self.stage = stage
-        shards = [n.removeprefix(SHARD_NOTE) for n in getattr(cause, "__notes__", []) if n.startswith(SHARD_NOTE)]
-        where = f" on {shards[0]}" if shards else ""
-        what = describe_os_error(cause, stage_dir) or f"{type(cause).__name__}: {cause}"
-        super().__init__(f"stage '{stage}' failed{where}: {what}")
 
 
 class NothingLeft(ValueError):

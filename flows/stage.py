@@ -9,8 +9,8 @@ flow keeps only its phases (`phases(run) -> StageOutput`):
   2. if that version is complete and not forced: log "reused <stage>@<version>", point `latest` at it,
      publish its artifacts again, return;
   3. otherwise open its `ArtifactWriter` (storage.artifacts: files under the final path, manifest last)
-     and run the phases; shard maps go through `map_shards` on the flow's task runner (progress bar and
-     Prefect progress artifact); `sharded(task)` is the phases of a one-pass document stage;
+     and run the phases; shard maps go through `map_shards` on the flow's task runner (progress bar,
+     flows/progress.py, and Prefect progress artifact); `sharded(task)` is the phases of a one-pass document stage;
   4. merge stats, enforce `max_error_fraction`, commit (manifest last) or, on any error, abort;
   5. publish `<stage>-stats` (table), `<stage>-summary` (markdown: version, path, samples, the stage's
      report) and the stage's extra artifacts.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,14 +39,15 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
-from tqdm import tqdm
 
 from flows.interrupt import block_sigint, ignore_sigint, kill_workers, note_stage
+from flows.progress import stage_progress
 from reports import version_summary
 from storage import paths
 from storage.artifacts import ArtifactWriter, ensure_artifact
 from storage.dataset_card import dataset_card
 from storage.documents import ShardResult
+from storage.errors import SHARD_NOTE
 from storage.files import write_atomic
 from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest, set_latest
 from storage.params import StageParams
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
 ReportFn = Callable[[Manifest, str], str]
 PublishFn = Callable[[Manifest, str], None]
 Phases = Callable[["StageRun"], "StageOutput"]
-SHARD_NOTE = "input shard: "
 UPSTREAM = "pipeline"  # run_stage's default: the stage's upstream is the row before it in the pipeline table
 
 
@@ -253,15 +254,16 @@ def map_shards(
     run: StageRun, shard_task: Any, sources: Sequence[str], job: Any, out_dir: str | None = None
 ) -> list[Any]:
     """Map `shard_task(src, out_dir, index, job)` over sources (out_dir: the version's, or a side artifact's
-    the phases write); progress bar + progress artifact. Returns the results (each with an `index`, e.g.
+    the phases write); progress bar (flows/progress.py: a bar in a live display, else one summary line) +
+    progress artifact. Returns the results (each with an `index`, e.g.
     ShardResult), in source order."""
     target = out_dir if out_dir is not None else run.out_dir
     futures = shard_task.map(list(sources), unmapped(target), list(range(len(sources))), unmapped(job))
     source_of = {id(f): src for f, src in zip(futures, sources)}
     progress_id = _progress_artifact(run)
     results: list[Any] = []
-    docs = 0
-    with tqdm(total=len(futures), desc=f"{run.stage} shards", unit="shard") as bar:
+    docs = kept = 0
+    with stage_progress(run.stage, len(futures), unit="shard") as bar:
         try:
             for fut in as_completed(futures):
                 try:
@@ -271,9 +273,10 @@ def map_shards(
                     raise
                 results.append(res)
                 if isinstance(getattr(res, "stats", None), StageStats):
-                    docs += res.stats.docs_in
-                    bar.set_postfix(docs=docs, kept=sum(r.stats.docs_out for r in results))
-                bar.update(1)
+                    docs, kept = docs + res.stats.docs_in, kept + res.stats.docs_out
+                    bar.advance(1, docs=docs, kept=kept)
+                else:
+                    bar.advance(1)
                 if progress_id is not None:
                     update_progress_artifact(artifact_id=progress_id, progress=100.0 * len(results) / len(futures))
         except Exception:
@@ -293,14 +296,21 @@ class _Shared:
 
 
 @contextlib.contextmanager
-def shared_process_pools() -> Iterator[None]:
+def shared_process_pools(prewarm: int = 0, modules: Sequence[str] = ()) -> Iterator[None]:
     """Inside this block every stage's `InterruptiblePool` of the same size uses one process pool: its workers
     are spawned, import the stage modules and load their models once per run instead of once per stage
     (measured: ~2 s of start-up and ~2 s of shutdown per stage flow on 2 cores, bench/pipeline.py). `pretrain
     run` runs the pipeline in it. Workers keep what they cached (models keyed by path); a pool that broke
-    (a worker killed) is replaced by the next stage; the pools are shut down when the block ends."""
+    (a worker killed) is replaced by the next stage; the pools are shut down when the block ends.
+
+    `prewarm` > 1: start that pool's workers now and have each import `modules` (Prefect's task engine is
+    always among them), so the first stage's shards start on warm workers while the command is still
+    starting the Prefect server and creating the flow runs (issue 14: from `pretrain run` to the first shard
+    task). Workers inherit the environment at their start: set PREFECT_API_URL before entering."""
     _Shared.enabled = True
     try:
+        if prewarm > 1:
+            _prewarm(prewarm, ["prefect.task_engine", *modules])
         yield
     finally:
         _Shared.enabled = False
@@ -308,6 +318,43 @@ def shared_process_pools() -> Iterator[None]:
             executor.shutdown(wait=True, cancel_futures=True)
             _stop_forwarding(queue, thread)
         _Shared.pools.clear()
+
+
+def discard_shared_pools() -> None:
+    """Shut down the shared pools now (their workers were started with an environment that is no longer right,
+    e.g. the Prefect API URL); the next stage starts a new pool."""
+    pools = list(_Shared.pools.values())
+    _Shared.pools.clear()
+    for executor, queue, thread in pools:
+        executor.shutdown(wait=True, cancel_futures=True)
+        _stop_forwarding(queue, thread)
+
+
+def _import_modules(modules: Sequence[str]) -> int:
+    """Pool warm-up job: import `modules` in a worker; returns the worker's pid."""
+    import importlib
+    import os
+
+    for name in modules:
+        importlib.import_module(name)
+    return os.getpid()
+
+
+def _prewarm(workers: int, modules: Sequence[str]) -> None:
+    """Create the shared pool of `workers` and start every worker on an import job (not awaited)."""
+    pool = InterruptiblePool(max_workers=workers)
+    pool.__enter__()  # registers the pool in _Shared.pools; the first stage borrows it
+    executor = _Shared.pools[workers][0]
+    pool.__exit__(None, None, None)  # gives it back to _Shared (kept: a borrowed pool is not shut down)
+
+    def submit() -> None:
+        block_sigint()  # the workers start from this thread: with SIGINT blocked (flows/interrupt.py)
+        for _ in range(workers):
+            executor.submit(_import_modules, list(modules))
+
+    starter = threading.Thread(target=submit, name="pool-prewarm", daemon=True)
+    starter.start()
+    starter.join()
 
 
 def _stop_forwarding(queue: Any, thread: Any) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import Field, create_model
 
 from flows.config import ConfigBase
+from storage.errors import SHARD_NOTE, describe_os_error
 from storage.manifest import Manifest
 from storage.params import StageParams
 from tasks import clean, decontaminate, dedup, ingest, langid, mix, quality, tokenization, train
@@ -218,3 +219,14 @@ def select_stages(
     if lo > hi:
         raise ValueError(f"from_stage={from_stage} comes after to_stage={to_stage}")
     return available[lo : hi + 1]
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the message names the stage and the cause."""
+
+    def __init__(self, stage: Stage, cause: BaseException, stage_dir: str | None = None):
+        self.stage = stage
+        shards = [n.removeprefix(SHARD_NOTE) for n in getattr(cause, "__notes__", []) if n.startswith(SHARD_NOTE)]
+        where = f" on {shards[0]}" if shards else ""
+        what = describe_os_error(cause, stage_dir) or f"{type(cause).__name__}: {cause}"
+        super().__init__(f"stage '{stage}' failed{where}: {what}")

@@ -6,6 +6,9 @@ Training is not sharded: one `train_run` task trains (or resumes), writing `step
 `checkpoint`, `metrics_path` and `plot_path` relative to the version directory. The report, the
 `train-metrics` table and the `train-loss-curve` markdown are tasks/train/report.py's.
 
+Progress: with `gpus: 1`, inside `pretrain run`'s live display (flows/progress.py), a training bar (step/total,
+loss, tokens/s, ETA) follows the trainer's `on_step` callback; without one the trainer's log lines are all.
+
 Processes: with `gpus: 1` (the default) the task trains in its own process on one device. With
 `gpus: N > 1` it launches `torchrun --standalone --nproc_per_node N -m tasks.train <version
 dir>/_work/job.json` (tasks/train/launch.py): N DDP processes, one per GPU on CUDA (NCCL), N gloo
@@ -49,6 +52,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.progress import train_progress
 from flows.stage import StageOutput, StageRun, run_stage
 from storage import checkpoints as ckpt
 from storage import paths
@@ -57,7 +61,7 @@ from storage.manifest import Manifest, ShardInfo
 from storage.stats import StageStats
 from tasks.train import TrainJob, TrainParams, TrainResult, train
 from tasks.train.launch import train_processes
-from tasks.train.params import STAGE, STAGE_VERSION, check_processes
+from tasks.train.params import STAGE, STAGE_VERSION, check_processes, grad_accumulation
 from tasks.train.report import loss_curve_markdown, metrics_table, report
 
 RESULT_PATHS = ("checkpoint", "metrics_path", "plot_path")
@@ -72,15 +76,17 @@ def train_run(
     """Train in this process (gpus: 1) or in `gpus` torchrun processes (deterministic compute: no retries)."""
     tok_path = paths.join(shards_dir, tokenize["tokenizer_path"]) if tokenize.get("tokenizer_path") else None
     if params.gpus == 1:
-        return train(
-            params,
-            shards_dir,
-            out_dir,
-            float(tokenize["bytes_per_token"]),
-            tokenizer_path=tok_path,
-            tokenize_version=version,
-            tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
-        )
+        with train_progress(params.max_steps, _tokens_per_step(params, tokenize)) as bar:  # a bar in a live display
+            return train(
+                params,
+                shards_dir,
+                out_dir,
+                float(tokenize["bytes_per_token"]),
+                tokenizer_path=tok_path,
+                tokenize_version=version,
+                tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
+                on_step=bar.on_step,
+            )
     _check_processes(params, tokenize)
     job = TrainJob(
         params=params,
@@ -92,6 +98,14 @@ def train_run(
         tokenizer_sha256=str(tokenize.get("tokenizer_sha256", "")),
     )
     return train_processes(job, params.gpus, get_run_logger())
+
+
+def _tokens_per_step(params: TrainParams, tokenize: dict[str, Any]) -> int:
+    """The batch in tokens of a one-process run (tasks/train/params.py `grad_accumulation`)."""
+    if "seq_len" not in tokenize:
+        return params.tokens_per_step
+    seq_len = int(tokenize["seq_len"])
+    return grad_accumulation(params, seq_len, 1) * params.micro_batch_size * seq_len
 
 
 def _check_processes(params: TrainParams, tokenize: dict[str, Any]) -> None:

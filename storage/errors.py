@@ -14,6 +14,8 @@ import errno
 import re
 from typing import NoReturn
 
+SHARD_NOTE = "input shard: "  # the note a failed shard task's error gets, naming its input (flows/stage.py)
+
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
 _RERUN = "then run the same command again (complete stages are reused)"
 MEANINGS: dict[int, tuple[str, str]] = {

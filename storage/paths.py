@@ -271,3 +271,27 @@ def set_debug(on: bool) -> None:
         os.environ[ENV_DEBUG] = "1"
     else:
         os.environ.pop(ENV_DEBUG, None)
+
+
+ENV_NO_PROGRESS = "PRETRAIN_NO_PROGRESS"
+ENV_LIVE_PIPE = "PRETRAIN_LIVE_PIPE"  # set by flows.progress.live_display for the pool workers it spawns
+
+
+def progress_disabled() -> bool:
+    """`PRETRAIN_NO_PROGRESS=1`: no live progress display, even on a terminal (flows/progress.py)."""
+    return os.environ.get(ENV_NO_PROGRESS, "") not in ("", "0")
+
+
+def live_pipe() -> tuple[int, str] | None:
+    """(pid of the process showing a live display, path of the FIFO its workers write their console to), or
+    None; a pool worker started inside `flows.progress.live_display` reads it (flows/console.py)."""
+    pid, _, path = os.environ.get(ENV_LIVE_PIPE, "").partition(":")
+    return (int(pid), path) if pid.isdigit() and path else None
+
+
+def set_live_pipe(pid: int | None, path: str = "") -> None:
+    """Announce (or, with None, withdraw) the live display's FIFO to the worker processes started from now on."""
+    if pid is None:
+        os.environ.pop(ENV_LIVE_PIPE, None)
+    else:
+        os.environ[ENV_LIVE_PIPE] = f"{pid}:{path}"

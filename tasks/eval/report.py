@@ -178,3 +178,21 @@ def compare(root: str, a: Manifest, b: Manifest) -> str:
             *md_table(lineage_rows(root, a, b)),
         ]
     )
+
+
+def compare_data(root: str, a: Manifest, b: Manifest) -> dict[str, Any]:
+    """`pretrain compare --json`: what `compare` shows, as data. Each run's eval version, train version and
+    scores table (`table`: one row per step and task), the final checkpoints side by side (`compare_rows`;
+    `different_items`: a task was scored on other items in A and B, its name ends in " *") and the lineage
+    difference (`lineage_rows`)."""
+    rows = compare_rows(a, b)
+    runs = {
+        k: {"eval_version": m.version, "train_version": m.extras.get("train_version"), "scores": table(m)}
+        for k, m in (("A", a), ("B", b))
+    }
+    return {
+        **runs,
+        "final": rows,
+        "different_items": any(r["task"].endswith(" *") for r in rows),
+        "lineage": lineage_rows(root, a, b),
+    }

@@ -256,6 +256,13 @@ def gather_rng(rt: Runtime) -> list[dict[str, Any]]:
     return out
 
 
+StepCallback = Callable[[int, int, float, float], None]
+"""Progress callback `on_step(step, total_steps, loss, tokens_per_second)`: called by rank 0 after every optimizer
+step (step 1..total_steps; lower again after a loss-spike rollback); tokens_per_second is that step's own
+throughput (tokens of the step / seconds of its forward, backward and update). flows/train.py drives its
+progress bar with it; tasks import nothing of flows."""
+
+
 @dataclass
 class FaultHooks:
     """Fault injection for tests: corrupt rows (by sample position), corrupt the loss, or stop after a step."""

@@ -32,6 +32,7 @@ from tasks.train.loop import (
     Run,
     Runtime,
     SpikeGuard,
+    StepCallback,
     TrainState,
     barrier,
     gather_rng,
@@ -267,8 +268,8 @@ def run_eval(run: Run) -> float:
     return loss
 
 
-def run_steps(run: Run, hooks: FaultHooks) -> float | None:
-    """The training loop; returns the last training loss."""
+def run_steps(run: Run, hooks: FaultHooks, on_step: StepCallback | None = None) -> float | None:
+    """The training loop; returns the last training loss. `on_step`: the progress callback (loop.StepCallback)."""
     p, last_loss = run.params, None
     stream = batches(run, run.state.seq_pos, hooks)
     while run.state.step < p.max_steps:
@@ -288,7 +289,10 @@ def run_steps(run: Run, hooks: FaultHooks) -> float | None:
         )
         st = run.state
         st.step, st.seq_pos, st.tokens_seen = st.step + 1, end, st.tokens_seen + run.tokens_per_step
-        record_step(run, out.loss, lr_at(st.step - 1, p), out.grad_norm, out.skipped, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        record_step(run, out.loss, lr_at(st.step - 1, p), out.grad_norm, out.skipped, seconds)
+        if on_step is not None and run.rt.is_main:
+            on_step(st.step, p.max_steps, out.loss, run.tokens_per_step / seconds if seconds > 0 else 0.0)
         last_loss = out.loss
         if run.guard.update(out.loss, (start, end)) and rollback(run):
             stream = batches(run, run.state.seq_pos, hooks)
@@ -459,8 +463,10 @@ def train(
     tokenize_version: str = "",
     tokenizer_sha256: str = "",
     hooks: FaultHooks | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
-    """Train (or resume) a model on a tokenize version's shards; writes everything under out_dir."""
+    """Train (or resume) a model on a tokenize version's shards; writes everything under out_dir.
+    `on_step(step, total_steps, loss, tokens_per_second)`: called after each optimizer step (progress bars)."""
     job = TrainJob(
         params=params,
         shards_dir=str(shards_dir),
@@ -480,7 +486,7 @@ def train(
         torch.set_num_threads(params.cpu_threads)
     try:
         run = prepare(params, job, rt)
-        last_loss = run_steps(run, hooks or FaultHooks())
+        last_loss = run_steps(run, hooks or FaultHooks(), on_step)
         return finish(run, last_loss, decode, encode, time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)

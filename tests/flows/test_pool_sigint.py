@@ -107,3 +107,16 @@ def test_stages_share_one_pool_inside_shared_process_pools(prefect_backend):
     alive = [p for p in first | third if Path(f"/proc/{p}").exists()]
     assert alive == [], "the shared pools outlived their block"
     assert not _pids_of_a_stage() & _pids_of_a_stage()
+
+
+def test_prewarmed_pool_is_the_one_the_first_stage_uses(prefect_backend):
+    """`shared_process_pools(prewarm=2, modules)` starts the workers at once, each importing the modules, and the
+    first stage's shards run on those very workers (issue 14: the first shard starts on a warm worker)."""
+    import multiprocessing
+
+    from flows.stage import shared_process_pools
+
+    with shared_process_pools(prewarm=2, modules=["tasks.langid"]):
+        started = {p.pid for p in multiprocessing.active_children()}
+        assert len(started) >= 2, "prewarm did not start the workers"
+        assert _pids_of_a_stage() <= started

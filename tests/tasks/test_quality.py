@@ -2,6 +2,10 @@
 
 import json
 import math
+import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +47,8 @@ from tasks.quality.heuristics import (
     SpacyWordTokenizer,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 PROSE = (
     "The town library opened in 1902 with a gift from a local merchant. It held a few thousand books "
     "and a reading room that was warm in winter. Over the following decades the collection grew, and "
@@ -83,6 +89,49 @@ def test_tokenizer_matches_datatrove_spacy_tokenizer(demo_ground_truth):
         for line in text.splitlines():
             if line.strip():
                 assert len(ours.span_tokenize(line.strip())) == len(stock.span_tokenize(line.strip())), line
+
+
+def _spacy_words(tok, text):
+    return [w for line in text.split("\n") for w in (t[0].strip() for t in tok._spacy_tokens(line.strip())) if w]
+
+
+def test_composed_tokens_equal_spacy_on_emoticon_soups_and_whitespace():
+    """Spans are tokenized alone and cached; a special case straddling a single space (") :)" blocks the
+    ":)" match inside the second span) sends the line to spaCy whole. Tokens, offsets, punctuation flags
+    and words equal spaCy's on every generated line (real pages: tests/tasks/test_quality_gopher_words.py)."""
+    tok = SpacyWordTokenizer("en")
+    rng = random.Random(7)
+    pieces = list(".,:;!?()[]{}'\"-–—…/\\$%&*+=<>@#_~`^|") + ["a", "b", "I", "n't", "'s", "Mr.", "e.g.", ":)", ";)"]
+    pieces += ["<3", "http://x.com", "10.5", "don", "'t", "o", "O", "D", "8", "-_-", "o.O", "(:", "):"]
+    spaces = [" ", " ", " ", "  ", "\t", " \t", "\t ", "\u00a0", "\u2028"]
+    straddled = 0
+    for _ in range(4000):
+        n = rng.randint(1, 6)
+        words = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 3))) for _ in range(n)]
+        line = "".join(w + (rng.choice(spaces) if i < n - 1 else "") for i, w in enumerate(words))
+        line = rng.choice(["", " ", "\t"]) + line + rng.choice(["", " "])
+        tok.reset()
+        expected = tok._spacy_tokens(line)
+        straddled += tok._composed_tokens(line) is None
+        assert tok._tokens(line) == expected, repr(line)
+        assert tok._line_words(line) == [w for w in (t[0].strip() for t in expected) if w], repr(line)
+    assert straddled > 0  # the generator does produce lines the composition must hand to spaCy
+    text = "Hello :) there.\n\n) :)*. and (: so\n  Mr. Smith's  dog\t's ok :-)\nlast"
+    tok.reset()
+    assert tok.word_tokenize(text) == _spacy_words(tok, text)
+
+
+def test_spacy_loads_without_torch(tmp_path):
+    """The quality workers' tokenizer does not import torch (thinc would: ~1.1 s per worker start)."""
+    code = (
+        "import sys\nfrom tasks.quality.heuristics import SpacyWordTokenizer\n"
+        "SpacyWordTokenizer('en').word_tokenize('Hello world.')\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import torch\nprint(torch.tensor([1]).sum().item())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"  # and torch imports fine afterwards
 
 
 def test_datatrove_compatible_layer_equals_datatrove_filters(demo_ground_truth):
