@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (Prefect retries on another port too)
+IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "TRIGGERS")
 
 
 def _free_port() -> int:
@@ -79,6 +80,13 @@ class TemporaryServer:
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
+            # a server that lives for one run needs no deployment scheduling, late-run or worker-heartbeat
+            # sweeps, pause expirations, automations or database vacuuming (it shares PREFECT_HOME's database:
+            # the scheduler would even start other deployments' runs); ~0.4 s less start-up on 2 cores.
+            # Task run recording, the event persister, cancellation cleanup and the repossessor (expired
+            # concurrency leases of a killed run, e.g. the gpu limit) stay on.
+            **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES},
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "[]",
         }
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(self._command(), env=env, preexec_fn=die_with_parent)

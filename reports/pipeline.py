@@ -59,8 +59,20 @@ def parse_time(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
+# a committed version never changes: its character count is read once per process (the run's summary artifact
+# and the CLI's summary both count the same versions)
+_CHARACTERS: dict[tuple[str, str, str], tuple[Optional[int], bool]] = {}
+
+
 def count_characters(root: str, m: Manifest) -> tuple[Optional[int], bool]:
     """(characters of kept text, estimated?) for a document version; (None, False) for other outputs."""
+    key = (root, str(m.stage), m.version)
+    if key not in _CHARACTERS:
+        _CHARACTERS[key] = _count_characters(root, m)
+    return _CHARACTERS[key]
+
+
+def _count_characters(root: str, m: Manifest) -> tuple[Optional[int], bool]:
     shards = [s for s in m.shards if s.name.endswith(".parquet")]
     if not shards:
         return None, False
@@ -218,8 +230,19 @@ def attrition_rows(rows: list[AttritionRow], order: Sequence[str]) -> list[dict[
     ]
 
 
+_FUNNELS: dict[str, bytes] = {}
+
+
 def funnel_png(rows: list[AttritionRow]) -> bytes:
-    """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red."""
+    """Horizontal bar funnel per document stage: documents, characters and (estimated) tokens; failed in red.
+    Drawn once per distinct rows in a process (the summary artifact and the CLI's summary.md show the same)."""
+    key = repr(rows)
+    if key not in _FUNNELS:
+        _FUNNELS[key] = _funnel_png(rows)
+    return _FUNNELS[key]
+
+
+def _funnel_png(rows: list[AttritionRow]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -168,18 +168,21 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         self._texts: dict[str, list[str]] = {}  # per text word_tokenize was called on
         self._documents = 0
         self._spans: dict[str, _Span] = {}
-        self._pattern_next = self._matcher_pairs(self.nlp)
-        self._special = frozenset(str(t[65]) for rule in (self.nlp.tokenizer.rules or {}).values() for t in rule)
+        self._pattern_next, self._special = self._matcher_rules(self.nlp)
 
     @staticmethod
-    def _matcher_pairs(nlp: Any) -> dict[str, frozenset[str]] | None:
-        """{pattern element: the elements that follow it in some special-case matcher pattern}; None when the
-        language's tokenizer is not spaCy's rule-based `Tokenizer` (then every line goes to spaCy whole)."""
+    def _matcher_rules(nlp: Any) -> tuple[dict[str, frozenset[str]] | None, frozenset[str]]:
+        """({pattern element: the elements that follow it in some special-case matcher pattern}, the tokens
+        those special cases produce). spaCy applies a special case whose text holds an affix character (or a
+        space) with a matcher over the whole text's tokens, after the affix rules; the others apply inside a
+        span like any affix rule. (None, {}) when the language's tokenizer is not spaCy's rule-based
+        `Tokenizer` (then every line goes to spaCy whole)."""
+        from spacy.attrs import ORTH
         from spacy.tokenizer import Tokenizer
 
         tk = nlp.tokenizer
         if type(tk) is not Tokenizer:
-            return None
+            return None, frozenset()
         # the patterns are the special cases' texts split by the affix rules alone (spaCy's add_special_case)
         plain = Tokenizer(
             nlp.vocab,
@@ -191,12 +194,14 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
             url_match=tk.url_match,
         )
         pairs: dict[str, set[str]] = {}
-        for rule in tk.rules or {}:
+        produced: set[str] = set()
+        for rule, tokens in (tk.rules or {}).items():
             if tk.find_prefix(rule) or tk.find_infix(rule) or tk.find_suffix(rule) or " " in rule:
                 parts = [t.text for t in plain(rule)]
                 for a, b in zip(parts, parts[1:]):
                     pairs.setdefault(a, set()).add(b)
-        return {a: frozenset(b) for a, b in pairs.items()}
+                produced.update(str(t[ORTH]) for t in tokens)
+        return {a: frozenset(b) for a, b in pairs.items()}, frozenset(produced)
 
     @staticmethod
     def _blank(language: str) -> Any:
