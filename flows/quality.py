@@ -20,6 +20,7 @@ from flows.quality_classifier import train_quality_classifier_flow
 from flows.stage import StageOutput, StageRun, map_shards, run_stage, task_runner
 from storage import paths
 from storage.artifacts import ArtifactWriter, ensure_artifact
+from storage.documents import ShardResult
 from storage.manifest import Manifest, ShardInfo, compute_version, load_manifest
 from storage.stats import StageStats
 from tasks.quality import (
@@ -30,10 +31,12 @@ from tasks.quality import (
     STAGE_VERSION,
     FilterJob,
     QualityParams,
+    ScoreFilterJob,
     ScoreJob,
     below_bar_warning,
     candidate_documents,
     quality_filter_shard,
+    quality_score_filter_shard,
     quality_score_shard,
     top_fraction_threshold,
 )
@@ -82,15 +85,29 @@ def resolve_classifier(root: str, params: QualityParams, langid: Manifest) -> tu
 
 
 def ensure_scores(
-    run: StageRun, version: str, inputs: dict[str, str], sources: list[str], job: ScoreJob, force: bool
-) -> tuple[str, bool, dict[str, int]]:
+    run: StageRun,
+    version: str,
+    inputs: dict[str, str],
+    sources: list[str],
+    job: ScoreJob,
+    force: bool,
+    filter_job: Optional[FilterJob] = None,
+) -> tuple[str, bool, dict[str, int], Optional[list[ShardResult]]]:
     """Score every shard into the `quality_scores` artifact `version`, or reuse it when complete; returns
-    (its directory, reused, the score counters)."""
+    (its directory, reused, the score counters, the filtered shards). With `filter_job` (a threshold known
+    before scoring) a fresh score cache is built by the fused task, which filters each shard in the same
+    pass: the filtered shards come back with it (None when the cache was reused: filter it then)."""
     directory = paths.version_dir(run.root, SCORES_KIND, version)
+    filtered: list[ShardResult] = []
 
     def build(writer: ArtifactWriter) -> Manifest:
         t0 = time.perf_counter()
-        results = map_shards(run, quality_score_shard, sources, job, out_dir=directory)
+        if filter_job is None:
+            results = map_shards(run, quality_score_shard, sources, job, out_dir=directory)
+        else:
+            fused = map_shards(run, quality_score_filter_shard, sources, ScoreFilterJob(score=job, filter=filter_job))
+            results = [r.score for r in fused]
+            filtered.extend(r.result for r in fused)
         rows = sum(r.rows for r in results)
         counters = StageStats.merge_all([StageStats(counters=r.counters) for r in results]).counters
         stats = StageStats(docs_in=rows, docs_out=rows, seconds=time.perf_counter() - t0, counters=counters)
@@ -101,7 +118,7 @@ def ensure_scores(
     m, reused = ensure_artifact(run.root, SCORES_KIND, version, build, inputs, force)
     assert len(m.shards) == len(sources), f"score cache {directory} has {len(m.shards)} shards, input {len(sources)}"
     log.info("%s %s@%s (%d documents)", "reused" if reused else "built", SCORES_KIND, version, m.stats.docs_in)
-    return directory, reused, m.stats.counters
+    return directory, reused, m.stats.counters, (filtered if filtered else None)
 
 
 @flow(name="quality", task_runner=task_runner(2))
@@ -139,18 +156,25 @@ def quality_flow(
             classifier_path=paths.join(paths.version_dir(root, clf.stage, clf.version), MODEL_FILE) if clf else None,
             classifier_max_chars=clf.params.get("max_chars", 100_000) if clf else 100_000,
         )
-        scores_dir, reused, score_counters = ensure_scores(run, scores_version, scores_inputs, sources, job, force)
-        run.note_input(SCORES_KIND, scores_version)  # lineage only: the version id already covers its inputs
-        score_paths = [paths.join(scores_dir, paths.shard_name(i)) for i in range(len(sources))]
-        threshold = (
+        scores_dir = paths.version_dir(root, SCORES_KIND, scores_version)
+        # a threshold known before scoring: score and filter in one pass over the shards (issue 14)
+        early = None if params.keep_top_fraction is not None else (params.min_score if gates else None)
+        fused = (
             None
-            if not gates
-            else params.min_score
-            if params.keep_top_fraction is None
-            else top_fraction_threshold(score_paths, params)
+            if params.keep_top_fraction is not None
+            else FilterJob(params=params, scores_dir=scores_dir, score_threshold=early)
         )
-        filter_job = FilterJob(params=params, scores_dir=scores_dir, score_threshold=threshold)
-        results = map_shards(run, quality_filter_shard, sources, filter_job)
+        scores_dir, reused, score_counters, results = ensure_scores(
+            run, scores_version, scores_inputs, sources, job, force, fused
+        )
+        run.note_input(SCORES_KIND, scores_version)  # lineage only: the version id already covers its inputs
+        threshold = early
+        if results is None:  # scores reused, or keep_top_fraction: filter from the cache
+            score_paths = [paths.join(scores_dir, paths.shard_name(i)) for i in range(len(sources))]
+            if params.keep_top_fraction is not None and gates:
+                threshold = top_fraction_threshold(score_paths, params)
+            filter_job = FilterJob(params=params, scores_dir=scores_dir, score_threshold=threshold)
+            results = map_shards(run, quality_filter_shard, sources, filter_job)
         stats = StageStats.merge_all([r.stats for r in results] + [StageStats(counters=score_counters)])
         return StageOutput(
             shards=[r.shard for r in results],

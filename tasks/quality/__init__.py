@@ -401,6 +401,57 @@ def quality_filter_shard(src: str, out_dir: str, index: int, job: FilterJob) -> 
     return result
 
 
+class ScoreFilterJob(StageParams):
+    """What one fused task needs: score a shard into the score cache and filter it in the same pass."""
+
+    score: ScoreJob
+    filter: FilterJob
+
+
+class ScoreFilterResult(BaseModel):
+    index: int
+    stats: StageStats  # the filter's (documents in, kept, dropped)
+    result: ShardResult
+    score: ScoreResult
+
+
+@task(task_run_name="quality-{index}")
+def quality_score_filter_shard(src: str, out_dir: str, index: int, job: ScoreFilterJob) -> ScoreFilterResult:
+    """`quality_score_shard` and `quality_filter_shard` in one pass over the shard (issue 14): each batch is
+    scored, its rows appended to the score cache's shard (`job.filter.scores_dir`, written whole or not at
+    all), and the same rows decide the documents. For thresholds known before scoring (no
+    `keep_top_fraction`); outputs are those of the two passes."""
+    t0, score_stats = time.perf_counter(), StageStats()
+    p = job.score.params
+    layer = heuristic_layer(tuple(p.filters), canonical_json(p.filter_options), p.datatrove_compatible)
+    model = load_quality_model(job.score.classifier_path) if job.score.classifier_path else None
+    fs, path = paths.filesystem(paths.join(job.filter.scores_dir, paths.shard_name(index)))
+    rows = 0
+
+    def process(docs: Iterable[Document], stats: StageStats, rejects: Rejects) -> Iterator[Document]:
+        nonlocal rows
+        with AtomicFile(fs, path) as out, pq.ParquetWriter(out.file, SCORE_SCHEMA, compression="zstd") as writer:
+            for batch in batched(docs, p.batch_size):
+                scored = list(score_documents(batch, job.score, score_stats, layer, model))
+                writer.write_table(pa.Table.from_pylist(scored, schema=SCORE_SCHEMA))
+                rows += len(scored)
+                yield from filter_documents(batch, job.filter, stats, rejects, iter(scored))
+
+    result = run_document_shard(src, out_dir, index, process, QUALITY_FIELDS)
+    seconds = time.perf_counter() - t0
+    size = int(fs.size(path))
+    score = ScoreResult(index=index, rows=rows, bytes=size, counters=score_stats.counters, seconds=seconds)
+    log.info(
+        "%s: %d in, %d kept, dropped %s (scored in the same pass, %.1fs)",
+        src,
+        result.stats.docs_in,
+        result.stats.docs_out,
+        result.stats.dropped,
+        seconds,
+    )
+    return ScoreFilterResult(index=index, stats=result.stats, result=result, score=score)
+
+
 def top_fraction_threshold(score_paths: list[str], p: QualityParams) -> float | None:
     """The score of the last document inside the top `keep_top_fraction` of the eligible scored documents."""
     assert p.keep_top_fraction is not None

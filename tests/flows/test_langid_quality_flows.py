@@ -159,6 +159,40 @@ def test_quality_scores_are_a_versioned_artifact_named_in_the_lineage(prefect_ba
     assert load_manifest(root, "quality_scores", sv).created_at == sm.created_at
 
 
+def test_fused_score_and_filter_pass_equals_the_two_passes(prefect_backend, langid_version):
+    """A fresh score cache with a threshold known before scoring is built by one fused pass that also filters
+    (issue 14); the same version filtered from the reused cache (two passes) holds the same documents, rejects,
+    stats and score files."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root, _ = langid_version
+    params = QualityParams(use_classifier=False)
+    v = QUALITY_1(params=params, data_root=root)
+    fused = load_manifest(root, Stage.QUALITY, v)
+    assert not fused.extras["scores_reused"]
+    sv = fused.extras["scores_version"]
+
+    def contents(version_dir):
+        return {
+            p.relative_to(version_dir).as_posix(): pq.read_table(p).to_pylist()
+            for p in sorted(Path(version_dir).rglob("*.parquet"))
+            if "_work" not in p.parts
+        }
+
+    first = contents(Path(root) / "quality" / v)
+    scores = contents(Path(root) / "quality_scores" / sv)
+    shutil.rmtree(Path(root) / "quality" / v)  # the scores stay: the rerun filters from them
+    assert QUALITY_1(params=params, data_root=root) == v
+    two_pass = load_manifest(root, Stage.QUALITY, v)
+    assert two_pass.extras["scores_reused"]
+    assert contents(Path(root) / "quality" / v) == first and first  # the same kept and rejected rows
+    assert contents(Path(root) / "quality_scores" / sv) == scores
+    assert two_pass.stats.model_dump(exclude={"seconds"}) == fused.stats.model_dump(exclude={"seconds"})
+    assert [s.rows for s in two_pass.shards] == [s.rows for s in fused.shards]
+
+
 def _no_training(monkeypatch):
     import flows.quality
 
