@@ -177,7 +177,8 @@ def cli_run_config(monkeypatch):
         return {}
 
     monkeypatch.setattr("flows.pipeline.pipeline_flow", fake_pipeline_flow)
-    monkeypatch.setattr(cli, "_shared_ephemeral_server", lambda server=None: contextlib.nullcontext())
+    # the server context yields its `ready()` wait: a no-op here
+    monkeypatch.setattr(cli, "_shared_ephemeral_server", lambda server=None: contextlib.nullcontext(lambda: None))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server is started
     monkeypatch.setattr(cli.paths, "apply_prefect_env_defaults", lambda: None)  # no os.environ changes
     return seen
