@@ -314,10 +314,7 @@ def shared_process_pools(prewarm: int = 0, modules: Sequence[str] = ()) -> Itera
         yield
     finally:
         _Shared.enabled = False
-        for executor, queue, thread in _Shared.pools.values():
-            executor.shutdown(wait=True, cancel_futures=True)
-            _stop_forwarding(queue, thread)
-        _Shared.pools.clear()
+        discard_shared_pools()
 
 
 def discard_shared_pools() -> None:

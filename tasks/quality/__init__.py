@@ -300,13 +300,18 @@ def score_documents(
         yield from rows
 
 
+def _scorers(job: ScoreJob) -> tuple[HeuristicLayer, TextClassifier | None]:
+    """The heuristic layer (cached per process) and the classifier (None without one) a score job uses."""
+    p = job.params
+    layer = heuristic_layer(tuple(p.filters), canonical_json(p.filter_options), p.datatrove_compatible)
+    return layer, load_quality_model(job.classifier_path) if job.classifier_path else None
+
+
 @task(task_run_name="quality-score-{index}")
 def quality_score_shard(src: str, out_dir: str, index: int, job: ScoreJob) -> ScoreResult:
     """Score one langid shard into `<out_dir>/part-NNNNN.parquet` of the score cache (written whole or not at all)."""
     t0, stats = time.perf_counter(), StageStats()
-    p = job.params
-    layer = heuristic_layer(tuple(p.filters), canonical_json(p.filter_options), p.datatrove_compatible)
-    model = load_quality_model(job.classifier_path) if job.classifier_path else None
+    layer, model = _scorers(job)
     fs, path = paths.filesystem(paths.join(out_dir, paths.shard_name(index)))
     rows = 0
     with AtomicFile(fs, path) as out, pq.ParquetWriter(out.file, SCORE_SCHEMA, compression="zstd") as writer:
@@ -423,8 +428,7 @@ def quality_score_filter_shard(src: str, out_dir: str, index: int, job: ScoreFil
     `keep_top_fraction`); outputs are those of the two passes."""
     t0, score_stats = time.perf_counter(), StageStats()
     p = job.score.params
-    layer = heuristic_layer(tuple(p.filters), canonical_json(p.filter_options), p.datatrove_compatible)
-    model = load_quality_model(job.score.classifier_path) if job.score.classifier_path else None
+    layer, model = _scorers(job.score)
     fs, path = paths.filesystem(paths.join(job.filter.scores_dir, paths.shard_name(index)))
     rows = 0
 

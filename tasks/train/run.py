@@ -56,8 +56,6 @@ from tasks.train.metrics import (
 )
 from tasks.train.params import (
     RESULT,
-    STAGE,
-    STAGE_VERSION,
     TrainJob,
     TrainParams,
     TrainResult,
@@ -65,18 +63,6 @@ from tasks.train.params import (
     grad_accumulation,
 )
 from tasks.train.plan import MAX_EPOCHS, auto_preset, gpu_key_for_device_name, peak_flops
-
-__all__ = [
-    "STAGE",
-    "STAGE_VERSION",
-    "FaultHooks",
-    "TrainJob",
-    "TrainParams",
-    "TrainResult",
-    "lr_at",
-    "train",
-    "unigram_baseline_loss",
-]
 
 log = logging.getLogger(__name__)
 
