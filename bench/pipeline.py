@@ -174,7 +174,7 @@ def run_ours(files: list[str], workers: int, root: Path) -> dict[str, float]:
     config = root.parent / f"bench-config-{root.name}.yaml"
     config.write_text(f"workers: {workers}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    cmd = [sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "flows.cli", "run", "--to", "quality"]
+    cmd = [sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "flows", "run", "--to", "quality"]
     cmd += ["--data-root", str(root), "--config", str(config), "--input", *files]
     found: dict[str, float] = {}
     stop = threading.Event()

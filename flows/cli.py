@@ -164,7 +164,12 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
     at once, so pool workers started before `ready()` (the prewarmed pool) inherit it. If the server had to
     move to another port, `ready()` updates both and drops the prewarmed pool (its workers have the old URL)."""
     from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     if not _needs_temporary_server():  # an API URL in a Prefect profile: a server started early is not needed
         if server is not None:
@@ -179,13 +184,28 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
 
     MARKER.cleanups.append(server.stop)  # the interrupt watchdog stops it if the run cannot unwind
     url = server.api_url
+    # the server is this installation's Prefect: no client (here or in a worker) asks it for its version
+    # (the first such request also costs the server ~0.3 s of FastAPI route set-up on the first task's path)
+    no_check = "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"
+    checked = os.environ.get(no_check)
     try:
         os.environ["PREFECT_API_URL"] = url
+        os.environ[no_check] = "false"
         # threads that carry no settings context (Prefect's own workers among them) read the process-global
         # settings, made at import: rebuilt from the environment, else each would start its own server
         refresh_global_settings_context()
         with contextlib.ExitStack() as settings:
-            settings.enter_context(temporary_settings({PREFECT_API_URL: url}))
+            # no flow-run heartbeats either: they feed crashed-run automations, which a server that lives only
+            # as long as the run has none of, and each flow's end waited up to 1 s for its heartbeat thread
+            settings.enter_context(
+                temporary_settings(
+                    {
+                        PREFECT_API_URL: url,
+                        PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED: False,
+                        PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                    }
+                )
+            )
 
             def ready() -> None:
                 server.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
@@ -207,25 +227,46 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
+        if checked is None:
+            os.environ.pop(no_check, None)
+        else:
+            os.environ[no_check] = checked
         refresh_global_settings_context()
         server.stop()
 
 
+# what Prefect imports on a flow's first call (the flow engine, the flow graph helper, and FastAPI's
+# `jsonable_encoder` for the parameters: all of FastAPI, ~0.3 s with the rest on 2 cores)
+FLOW_CALL_MODULES = ("prefect.flow_engine", "prefect.utilities.visualization", "fastapi.encoders", "rich._emoji_codes")
+
+
+def _preload(modules: Iterable[str]) -> None:
+    """Import `modules` now (a module another Prefect version lacks is skipped: it is only a head start)."""
+    import importlib
+
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def cmd_run(args: Args) -> int:
     paths.apply_prefect_env_defaults()
-    server = None
-    if not os.environ.get("PREFECT_API_URL"):  # start one now: it comes up while the pipeline's modules import
-        from flows.server import TemporaryServer
+    from flows.startup import collector_paused
 
-        server = TemporaryServer().start()
-    try:
-        return _run(args, server)
-    finally:
-        if server is not None:
-            server.stop()
+    with collector_paused() as resume_collector:
+        from flows.server import TemporaryServer, take_early
+
+        server = take_early()  # `pretrain` started it before importing this module (flows/__main__.py)
+        if server is None and not os.environ.get("PREFECT_API_URL"):  # else now: it comes up while the pipeline imports
+            server = TemporaryServer().start()
+        try:
+            return _run(args, server, resume_collector)
+        finally:
+            if server is not None:
+                server.stop()
 
 
-def _run(args: Args, server: Any) -> int:
+def _run(args: Args, server: Any, resume_collector: Callable[[], None] = lambda: None) -> int:
     from flows.config import ConfigError, apply_overrides, load_config
 
     try:
@@ -273,7 +314,9 @@ def _run(args: Args, server: Any) -> int:
             ):
                 from flows.pipeline import pipeline_flow
 
+                _preload(FLOW_CALL_MODULES)  # while the server comes up, not after
                 server_ready()
+                resume_collector()
                 try:
                     versions = pipeline_flow(
                         config=config,

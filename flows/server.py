@@ -3,16 +3,23 @@ critical path.
 
 Without `PREFECT_API_URL` Prefect starts an ephemeral API server when a flow first runs (SubprocessASGIServer:
 importing `prefect.server.api.server` alone takes ~3.5 s here, then ~4 s for uvicorn to answer), and only then
-does the first task run. `TemporaryServer.start()` launches the same uvicorn command (Prefect 3.9's, below)
-without importing the server package, at the top of `pretrain run`; the command imports the pipeline and
-lists its inputs while the server starts on the other core, and `wait_ready()` is called just before the
-pipeline flow. The process runs in its own session (the terminal's Ctrl-C must not kill it before the
-interrupted run is reported) and dies with this process (`PR_SET_PDEATHSIG`, flows/interrupt.py).
+does the first task run. `TemporaryServer.start()` launches the same app (Prefect's `create_app` under uvicorn,
+as Prefect 3.9's ephemeral server does) without importing the server package, at the top of `pretrain run`;
+the command imports the pipeline and lists its inputs while the server starts on the other core, and
+`wait_ready()` is called just before the pipeline flow. The process runs in its own session (the terminal's
+Ctrl-C must not kill it before the interrupted run is reported) and dies with this process
+(`PR_SET_PDEATHSIG`, flows/interrupt.py).
+
+The server is the longest part of the start-up (issue 14: from `pretrain run` to the first shard task), so
+its process (`python -m flows.server PORT`, `serve()`) imports and builds the app with the cyclic garbage
+collector off (the import makes millions of objects and nothing to collect: ~0.6 s less on 2 cores), then
+freezes what it made and turns the collector back on once the app has started. It skips the block-type
+registration at start (it imports every installed Prefect collection, prefect-dask and distributed among
+them, ~0.5 s, to register block types that a pipeline run never saves) and its telemetry.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -20,7 +27,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (Prefect retries on another port too)
@@ -51,26 +57,7 @@ class TemporaryServer:
         return f"{self.address}/api"
 
     def _command(self) -> list[str]:
-        spec = importlib.util.find_spec("prefect")
-        assert spec is not None and spec.origin is not None, "prefect is not installed"
-        app_dir = str(Path(spec.origin).parent.parent)
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            app_dir,
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ]
+        return [sys.executable, "-m", "flows.server", str(self.port)]
 
     def start(self) -> TemporaryServer:
         from flows.interrupt import die_with_parent
@@ -87,6 +74,11 @@ class TemporaryServer:
             # concurrency leases of a killed run, e.g. the gpu limit) stay on.
             **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in IDLE_SERVICES},
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "[]",
+            # no block-type registration at start (its memo check alone imports every Prefect collection) and
+            # no telemetry: a run saves no block, and the server lives for one run
+            "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+            "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(self._command(), env=env, preexec_fn=die_with_parent)
@@ -129,3 +121,61 @@ class TemporaryServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+_early: TemporaryServer | None = None  # started by start_early(), taken over by `pretrain run`
+
+
+def start_early(argv: list[str]) -> None:
+    """Start the temporary server now when `argv` is a `run` command that will need one (no PREFECT_API_URL in
+    the environment; an API URL in a Prefect profile is only known after importing Prefect: `run` then stops
+    it unused). Called first thing by `pretrain` (flows/__main__.py)."""
+    global _early
+    if _early is None and argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
+        if not os.environ.get("PREFECT_API_URL"):
+            _early = TemporaryServer().start()
+
+
+def take_early() -> TemporaryServer | None:
+    """The server start_early() started, now owned by the caller (None when there is none)."""
+    global _early
+    server, _early = _early, None
+    return server
+
+
+def stop_early() -> None:
+    """Stop a server that start_early() started and no command took over."""
+    server = take_early()
+    if server is not None:
+        server.stop()
+
+
+def serve(port: int) -> None:
+    """The server process: Prefect's API app (`create_app`, the UI off) under uvicorn on 127.0.0.1:`port`,
+    imported and built with the cyclic GC off; once the app's start-up (migrations, services) is done, what
+    was made is frozen (`gc.freeze`: never scanned again) and the collector turned back on. A taken port
+    exits with uvicorn's code 3 (PORT_IN_USE)."""
+    import gc
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    gc.disable()
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    app = create_app()
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with started(app) as state:
+            gc.freeze()
+            gc.enable()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

@@ -121,6 +121,29 @@ def test_composed_tokens_equal_spacy_on_emoticon_soups_and_whitespace():
     assert tok.word_tokenize(text) == _spacy_words(tok, text)
 
 
+@pytest.mark.parametrize("language", ["en", "de", "fr", "ru"])
+def test_plain_words_need_no_tokenizer_call_and_equal_spacy(language):
+    """A span with no special case, prefix, suffix or infix is its own one token, taken without a tokenizer
+    call; tokens and words still equal spaCy's on lines of words, numbers, affixes and special cases."""
+    tok = SpacyWordTokenizer(language)
+    assert tok._atomic is not None
+    assert tok._atomic("Bibliothek") == ("Bibliothek", 0, False) and tok._atomic("«»") is None
+    assert tok._atomic("cannot" if language == "en" else "(x)") is None
+    rng = random.Random(11)
+    pieces = ["hello", "Straße", "café", "naïve", "Москва", "l", "'", "homme", "cannot", "gonna", "xD", "x", "5"]
+    pieces += ["km", "5km", "°C", "-", "—", "n't", "'s", ".", ",", "!", "?", ":)", "(", ")", "«", "»", "…", "U.S."]
+    plain = 0
+    for _ in range(3000):
+        n = rng.randint(1, 8)
+        line = " ".join("".join(rng.choice(pieces) for _ in range(rng.randint(1, 3))) for _ in range(n))
+        tok.reset()
+        plain += sum(tok._atomic(span) is not None for span in line.split())
+        expected = tok._spacy_tokens(line)
+        assert tok._tokens(line) == expected, repr(line)
+        assert tok._line_words(line) == [w for w in (t[0].strip() for t in expected) if w], repr(line)
+    assert plain > 1000  # the generator does produce plain words
+
+
 def test_spacy_loads_without_torch(tmp_path):
     """The quality workers' tokenizer does not import torch (thinc would: ~1.1 s per worker start)."""
     code = (
@@ -154,6 +177,29 @@ def test_datatrove_compatible_layer_equals_datatrove_filters(demo_ground_truth):
             r = flt.filter(doc)
             expected[name] = PASS if r is True else r[1]
         assert layer.evaluate(text, "en") == expected, text[:80]
+
+
+def test_c4_counts_sentences_only_up_to_the_threshold():
+    """C4 needs `min_num_sentences` sentences: lines after the fifth sentence are not split into sentences
+    (datatrove splits every kept line), and the verdicts and rewritten text stay datatrove's."""
+    from datatrove.data import Document as DtDocument
+    from datatrove.pipeline.filters import C4QualityFilter
+
+    from tasks.quality.heuristics import CountedC4QualityFilter
+
+    tok = SpacyWordTokenizer("en")
+    calls = []
+    real = tok.span_tokenize
+    tok.span_tokenize = lambda text: calls.append(text) or real(text)
+    counted, stock = CountedC4QualityFilter(language=tok), C4QualityFilter()
+    long_page = "\n".join(f"Line {i} says one thing. It says a second thing too." for i in range(40))
+    few = "One sentence here is fine.\nA second line with words.\nNo end"
+    for text in (long_page, few, long_page + "\nlorem ipsum dolor sit amet.", PROSE, CITED):
+        a, b = DtDocument(text=text, id=""), DtDocument(text=text, id="")
+        tok.reset()
+        assert counted.filter(a) == stock.filter(b)
+        assert a.text == b.text
+    assert len([c for c in calls if c.startswith("Line ")]) == 2 * 3  # 2 sentences a line: 3 lines, 2 pages
 
 
 def test_english_verdicts(layer, demo_ground_truth):

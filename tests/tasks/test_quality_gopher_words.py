@@ -106,3 +106,17 @@ def test_paper_words_are_faster_than_datatrove(english_pages):
     paper = HeuristicLayer(["gopher_quality"])._filters_for("en")[1][0][1]
     # measured: ~40x faster (datatrove tokenizes with spaCy); a 3x margin keeps a busy machine from failing it
     assert 3 * best(paper) < best(GopherQualityFilter())
+
+
+def test_counted_c4_equals_datatrove_c4_on_real_pages(english_pages):
+    """The C4 filter that stops counting sentences at the threshold gives datatrove's verdict, rewritten
+    text and line statistics on every real page."""
+    from tasks.quality.heuristics import CountedC4QualityFilter, SpacyWordTokenizer
+
+    counted, stock = CountedC4QualityFilter(language=SpacyWordTokenizer("en")), C4QualityFilter()
+    for d in english_pages:
+        a, b = DtDocument(text=d.text, id=""), DtDocument(text=d.text, id="")
+        counted.language.reset()
+        assert counted.filter(a) == stock.filter(b), d.id
+        assert a.text == b.text, d.id
+    assert counted.stats.to_dict() == stock.stats.to_dict()
