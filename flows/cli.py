@@ -154,6 +154,22 @@ def _no_wait() -> None:
     return None
 
 
+def _one_ca_certificate() -> str:
+    """A new temporary CA file holding one certificate (certifi's first), for the clients of a plain-HTTP
+    server, whose TLS context is never used; the caller removes it."""
+    import tempfile
+
+    import certifi
+
+    bundle = open(certifi.where(), encoding="ascii").read()
+    end = "-----END CERTIFICATE-----"
+    first = bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)]
+    fd, path = tempfile.mkstemp(prefix="pretrain-ca-", suffix=".pem")
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(first + "\n")
+    return path
+
+
 @contextlib.contextmanager
 def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]:
     """Without PREFECT_API_URL, one temporary Prefect server for the whole run (`flows.server`; `server`: one
@@ -165,6 +181,7 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
     move to another port, `ready()` updates both and drops the prewarmed pool (its workers have the old URL)."""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import (
+        PREFECT_API_SSL_CERT_FILE,
         PREFECT_API_URL,
         PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -185,12 +202,17 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
     MARKER.cleanups.append(server.stop)  # the interrupt watchdog stops it if the run cannot unwind
     url = server.api_url
     # the server is this installation's Prefect: no client (here or in a worker) asks it for its version
-    # (the first such request also costs the server ~0.3 s of FastAPI route set-up on the first task's path)
-    no_check = "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"
-    checked = os.environ.get(no_check)
+    # (the first such request also costs the server ~0.3 s of FastAPI route set-up on the first task's path);
+    # it speaks plain HTTP on 127.0.0.1, yet every Prefect client builds a TLS context from a CA file, the
+    # whole certifi bundle by default (~18 ms, twice per task run in a pool worker): one certificate will do
+    env = {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"}
+    ca_file = None if os.environ.get("PREFECT_API_SSL_CERT_FILE") else _one_ca_certificate()
+    if ca_file is not None:
+        env["PREFECT_API_SSL_CERT_FILE"] = ca_file
+    saved = {k: os.environ.get(k) for k in env}
     try:
         os.environ["PREFECT_API_URL"] = url
-        os.environ[no_check] = "false"
+        os.environ.update(env)
         # threads that carry no settings context (Prefect's own workers among them) read the process-global
         # settings, made at import: rebuilt from the environment, else each would start its own server
         refresh_global_settings_context()
@@ -203,6 +225,7 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
                         PREFECT_API_URL: url,
                         PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED: False,
                         PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                        PREFECT_API_SSL_CERT_FILE: os.environ["PREFECT_API_SSL_CERT_FILE"],
                     }
                 )
             )
@@ -227,12 +250,15 @@ def _shared_ephemeral_server(server: Any = None) -> Iterator[Callable[[], None]]
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
-        if checked is None:
-            os.environ.pop(no_check, None)
-        else:
-            os.environ[no_check] = checked
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         refresh_global_settings_context()
         server.stop()
+        if ca_file is not None:
+            os.unlink(ca_file)
 
 
 # what Prefect imports on a flow's first call (the flow engine, the flow graph helper, and FastAPI's
@@ -310,7 +336,7 @@ def _run(args: Args, server: Any, resume_collector: Callable[[], None] = lambda:
             with (
                 _shared_ephemeral_server(server) as server_ready,
                 live_display(),  # before the pool: its workers print through it (flows/progress.py)
-                shared_process_pools(prewarm, [first.params_type.__module__]),
+                shared_process_pools(prewarm, [first.params_type.__module__, first.flow_ref.partition(":")[0]]),
             ):
                 from flows.pipeline import pipeline_flow
 

@@ -293,6 +293,16 @@ class _Shared:
 
     enabled = False
     pools: dict[int, tuple[Any, Any, Any]] = {}  # max_workers -> (executor, message queue, forwarding thread)
+    in_worker = False  # this process is one of an InterruptiblePool's workers (`_init_pool_worker`)
+
+
+def _init_pool_worker() -> None:
+    """InterruptiblePool's worker initializer: Ctrl-C is left to the parent (`ignore_sigint`), and the process
+    knows it is a pool worker: Prefect rebuilds every task run's context in the worker, entering a copy of
+    the flow's task runner each time (`hydrated_context`), which then starts no pool of its own (a queue, a
+    forwarding thread and two executors, torn down after the task) unless the task submits tasks."""
+    ignore_sigint()
+    _Shared.in_worker = True
 
 
 @contextlib.contextmanager
@@ -387,10 +397,24 @@ class InterruptiblePool(ProcessPoolTaskRunner):
 
     def __init__(self, max_workers: int | None = None, **kw: Any) -> None:
         super().__init__(max_workers=max_workers, **kw)
-        self._initializer = ignore_sigint  # set after construction: duplicate() copies it this way too
+        self._initializer = _init_pool_worker  # set after construction: duplicate() copies it this way too
         self._borrowed = False
+        self._deferred = False
 
     def __enter__(self) -> InterruptiblePool:
+        if _Shared.in_worker:  # a task run's context in one of our workers: a pool only if a task submits
+            TaskRunner.__enter__(self)
+            self._deferred = True
+            return self
+        return self._start()
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if self._deferred:
+            self._deferred, self._started = False, False  # TaskRunner.__enter__ sets it again
+            self._start()
+        return super().submit(*args, **kwargs)
+
+    def _start(self) -> InterruptiblePool:
         shared = _Shared.pools.get(self._max_workers) if _Shared.enabled else None
         if shared is not None and getattr(shared[0], "_broken", False):  # a worker died: start a new pool
             _Shared.pools.pop(self._max_workers)

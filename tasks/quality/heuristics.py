@@ -68,7 +68,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, filterfalse
 from operator import attrgetter
 from types import UnionType
 from typing import Any, Literal, NamedTuple, Union, cast, get_args, get_origin
@@ -108,6 +108,7 @@ NOT_CONSTRUCTOR_ARGS = ("language", "exclusion_writer")
 RESET_DOCUMENTS = 5000
 _TOKEN_ATTRS = ["IDX", "LENGTH", "IS_PUNCT"]
 _SPANS = re.compile(r"\S+")
+_NONE: frozenset[str] = frozenset()
 _FOLLOW = attrgetter("follow")
 _WORDS = attrgetter("words")
 
@@ -278,6 +279,8 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         unchanged unless a special case produced it, so a pattern can continue after it only with the
         elements that follow `tail` itself; a special-case token may hide a shorter affix token, so then every
         element the span ends with counts."""
+        nexts = self._pattern_next
+        assert nexts is not None
         atomic = self._atomic
         if atomic is not None:  # a plain word needs no tokenizer call (`_atomic_test`)
             rest = []
@@ -285,8 +288,10 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
                 token = atomic(span)
                 if token is None:
                     rest.append(span)
-                else:
+                elif span in self._special:
                     self._keep(span, [token])
+                else:  # `_keep` for one token that no special case produced
+                    self._spans[span] = _Span([token], [span], nexts.get(span, _NONE), span, False)
             spans = rest
             if not spans:
                 return
@@ -470,7 +475,7 @@ class CountedC4QualityFilter(C4QualityFilter):  # type: ignore[misc]
             line = line.strip()
             words = line.split()
             self.stat_update("line-total")
-            if self.max_word_length != -1 and any(len(word) > self.max_word_length for word in words):
+            if self.max_word_length != -1 and max(map(len, words), default=0) > self.max_word_length:
                 self.stat_update("line-filter-too_long_word")
                 continue
             if self.remove_citations:
@@ -546,7 +551,8 @@ class GopherPaperQualityFilter(GopherQualityFilter):  # type: ignore[misc]
             return False, "gopher_too_many_end_ellipsis"
         if self.max_non_alpha_words_ratio:
             # most words are all letters (one C call); the rest need a character scan
-            alpha = sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w)))
+            alpha = sum(map(str.isalpha, words))
+            alpha += sum(1 for w in filterfalse(str.isalpha, words) if any(map(str.isalpha, w)))
             if alpha / n_words < self.max_non_alpha_words_ratio:
                 return False, "gopher_below_alpha_threshold"
         if (
