@@ -15,7 +15,7 @@ from flows import server, startup
 if "__mp_main__" in sys.modules:
     # a process-pool worker spawned by `pretrain`: multiprocessing imports the parent's main module (this one,
     # or the console script that imports it) as __mp_main__ first, then Prefect and the stage's modules; the
-    # pool's initializer sets the collector back (flows.interrupt.ignore_sigint)
+    # pool's initializer sets the collector back (flows.stage._init_pool_worker)
     startup.lazy_collector()
 
 

@@ -101,14 +101,11 @@ def block_sigint() -> None:
 
 def ignore_sigint() -> None:
     """Process-pool initializer: workers leave Ctrl-C to the parent, which ends them; their console shows
-    no tracebacks unless --debug (flows/console.py); their garbage collector runs as usual. Ignoring first
-    and unblocking second discards a Ctrl-C that arrived while the worker started (`block_sigint`)."""
+    no tracebacks unless --debug (flows/console.py). Ignoring first and unblocking second discards a
+    Ctrl-C that arrived while the worker started (`block_sigint`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from flows.console import quiet_console_tracebacks
-    from flows.startup import normal_collector
-
-    normal_collector()  # a worker of `pretrain` imported Prefect collecting lazily (flows/__main__.py)
 
     quiet_console_tracebacks()
 

@@ -300,8 +300,13 @@ def _init_pool_worker() -> None:
     """InterruptiblePool's worker initializer: Ctrl-C is left to the parent (`ignore_sigint`), and the process
     knows it is a pool worker: Prefect rebuilds every task run's context in the worker, entering a copy of
     the flow's task runner each time (`hydrated_context`), which then starts no pool of its own (a queue, a
-    forwarding thread and two executors, torn down after the task) unless the task submits tasks."""
+    forwarding thread and two executors, torn down after the task) unless the task submits tasks. Its
+    garbage collector goes back to the normal settings: a worker of `pretrain` imported Prefect collecting
+    lazily (flows/__main__.py)."""
+    from flows.startup import normal_collector
+
     ignore_sigint()
+    normal_collector()
     _Shared.in_worker = True
 
 

@@ -108,7 +108,6 @@ NOT_CONSTRUCTOR_ARGS = ("language", "exclusion_writer")
 RESET_DOCUMENTS = 5000
 _TOKEN_ATTRS = ["IDX", "LENGTH", "IS_PUNCT"]
 _SPANS = re.compile(r"\S+")
-_NONE: frozenset[str] = frozenset()
 _FOLLOW = attrgetter("follow")
 _WORDS = attrgetter("words")
 
@@ -279,8 +278,6 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
         unchanged unless a special case produced it, so a pattern can continue after it only with the
         elements that follow `tail` itself; a special-case token may hide a shorter affix token, so then every
         element the span ends with counts."""
-        nexts = self._pattern_next
-        assert nexts is not None
         atomic = self._atomic
         if atomic is not None:  # a plain word needs no tokenizer call (`_atomic_test`)
             rest = []
@@ -288,10 +285,8 @@ class SpacyWordTokenizer(WordTokenizer):  # type: ignore[misc]
                 token = atomic(span)
                 if token is None:
                     rest.append(span)
-                elif span in self._special:
+                else:
                     self._keep(span, [token])
-                else:  # `_keep` for one token that no special case produced
-                    self._spans[span] = _Span([token], [span], nexts.get(span, _NONE), span, False)
             spans = rest
             if not spans:
                 return

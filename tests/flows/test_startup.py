@@ -89,10 +89,10 @@ WORKER_MAIN = textwrap.dedent(
     if __name__ == "__main__":
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        from flows.interrupt import ignore_sigint
+        from flows.stage import _init_pool_worker
 
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=context, initializer=ignore_sigint) as pool:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_init_pool_worker) as pool:
             print("worker", pool.submit(probe).result())
         print("parent", gc.get_threshold(), gc.isenabled())
     """
@@ -169,6 +169,10 @@ def test_a_run_on_its_temporary_server_skips_heartbeats_and_the_version_check(mo
     assert after.flows.heartbeat_frequency == before.flows.heartbeat_frequency
     assert os.environ["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] == "true"
     assert "PREFECT_API_URL" not in os.environ
+    monkeypatch.undo()  # the exit rebuilt Prefect's process-wide settings from this test's environment
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
 
 
 def test_the_temporary_server_answers_and_moves_off_a_taken_port(tmp_path, monkeypatch):

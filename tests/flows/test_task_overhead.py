@@ -69,10 +69,15 @@ def test_the_temporary_servers_clients_load_one_ca_certificate(monkeypatch):
         ssl.create_default_context(cafile=path)  # a valid CA file
     MARKER.cleanups.remove(server.stop)
     assert not os.path.exists(path) and "PREFECT_API_SSL_CERT_FILE" not in os.environ
-    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", "/etc/mine.pem")
+    import certifi
+    from prefect.context import refresh_global_settings_context
+
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", certifi.where())
     with cli._shared_ephemeral_server(server):
-        assert os.environ["PREFECT_API_SSL_CERT_FILE"] == "/etc/mine.pem"
+        assert os.environ["PREFECT_API_SSL_CERT_FILE"] == certifi.where()
     MARKER.cleanups.remove(server.stop)
+    monkeypatch.undo()  # the exit rebuilt Prefect's process-wide settings from this test's environment
+    refresh_global_settings_context()
 
 
 class _Stop(BaseException):
